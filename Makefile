@@ -1,0 +1,44 @@
+# The one place the commands live; the README shows them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# Stage commands (`python -m pipeline.<stage>`) and tools resolve to the project's environment.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install repro test lint format ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+repro: install  ## run the pipeline (dvc repro): fetch, preprocess, train, evaluate
+	dvc repro
+
+test: install lint  ## lint, then run every test (the slow end-to-end ones included)
+	python -m pytest
+
+lint: install  ## ruff check and format check
+	ruff check .
+	ruff format --check .
+
+format: install  ## apply ruff's fixes and formatting
+	ruff check --fix .
+	ruff format .
+
+ui: install  ## open the MLflow UI on this repo's store at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove caches (keeps .venv, data, models and the MLflow store)
+	rm -rf .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,42 @@
+"""build_model(): the row-by-row LSTM classifier and nothing else."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from pipeline import config
+
+IMAGE_SHAPE = (28, 28)
+
+
+def build_model(params: config.ModelParams) -> keras.Model:
+    """Image (28×28) → `time_steps` rows of `n_input` pixels → LSTM → Dense softmax over classes."""
+    images = keras.Input(shape=IMAGE_SHAPE, name="image")  # (batch, 28, 28)
+    rows = keras.layers.Reshape((params.time_steps, params.n_input), name="rows")(images)
+    # Keras adds no constant to the forget gate (TF1's forget_bias does); starting the learned
+    # bias at forget_bias is the same function and the same gradients.
+    last_output = keras.layers.LSTM(params.num_units, unit_forget_bias=False, name="lstm")(rows)
+    probabilities = keras.layers.Dense(params.n_classes, activation="softmax", name="digits")(
+        last_output
+    )  # (batch, n_classes)
+    model = keras.Model(images, probabilities, name="mnist_lstm")
+    set_forget_bias(model.get_layer("lstm"), params.forget_bias)
+    return model
+
+
+def set_forget_bias(layer: keras.layers.LSTM, forget_bias: float) -> None:
+    """Set the forget-gate slice of the LSTM bias; Keras orders the gates i, f, c, o."""
+    units = layer.units
+    bias = np.zeros(4 * units, dtype="float32")
+    bias[units : 2 * units] = forget_bias
+    layer.cell.bias.assign(bias)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam on softmax cross-entropy, with accuracy, as the reference does."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
