@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny synthetic MNIST, an IDX mirror of it, and tiny params in tmp_path."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.data import sha256_array
+from pipeline.sources import IDX_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 120, 40
+
+
+def make_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> dict:
+    """Random uint8 images with every class present; labels cycle 0..9."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(size).to_bytes(4, "big") for size in array.shape
+    )
+    return header + array.tobytes()
+
+
+def write_idx_folder(folder: Path, arrays: dict, gzipped: bool = True) -> Path:
+    """Write the four standard IDX files, as a private mirror would hold them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in IDX_FILES.items():
+        raw = idx_bytes(arrays[split])
+        if gzipped:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return folder
+
+
+def array_hashes(arrays: dict) -> dict[str, str]:
+    return {name: sha256_array(arrays[name]) for name in IDX_FILES}
+
+
+def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
+    """The repo's params.yaml with a local mirror, tiny model and training, paths under `root`."""
+    raw = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    raw["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
+    raw["data"]["sha256"] = array_hashes(arrays)
+    raw["data"]["validation_size"] = 20
+    raw["model"]["num_units"] = 8
+    raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3}
+    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
+    return raw
+
+
+@pytest.fixture
+def mnist() -> dict:
+    return make_mnist()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, mnist: dict) -> Path:
+    return write_idx_folder(tmp_path / "mirror", mnist)
+
+
+@pytest.fixture
+def raw_params(tmp_path: Path, mirror: Path, mnist: dict) -> dict:
+    return tiny_params(tmp_path, mirror, mnist)
+
+
+@pytest.fixture
+def params(raw_params: dict) -> config.Params:
+    return config.parse_params(raw_params)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MLflow store in tmp_path: the stages find it through DVC_ROOT, as under DVC."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow sets it; undone after
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path

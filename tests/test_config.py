@@ -1,0 +1,154 @@
+"""params.yaml schema: defaults load, YAML 1.2 numbers work, bad values fail with one line."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import config
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_value(raw: dict, key: str, value: object) -> dict:
+    changed = copy.deepcopy(raw)
+    *parents, last = key.split(".")
+    section = changed
+    for part in parents:
+        section = section[part]
+    section[last] = value
+    return changed
+
+
+def test_repo_params_load_with_the_issue_defaults():
+    params = config.load_params(REPO / "params.yaml")
+    assert params.seed == 42
+    assert params.data.validation_size == 5000
+    assert (params.model.time_steps, params.model.n_input, params.model.num_units) == (28, 28, 128)
+    assert params.model.forget_bias == 1.0 and params.model.n_classes == 10
+    assert params.train.learning_rate == 0.001 and params.train.batch_size == 128
+    assert (params.train.iterations, params.train.log_every) == (2000, 100)
+    assert params.mlflow.experiment == params.mlflow.registered_model == "mnist-lstm"
+    assert [source.kind for source in params.data.sources] == ["url", "local", "pypi"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("5e-04", 0.0005), ("1e-3", 0.001), ("2E-3", 0.002)]
+)
+def test_yaml12_numbers_written_by_dvc_exp_are_numbers(defaults, text, expected):
+    # PyYAML (YAML 1.1) reads `5e-04` as a string; `dvc exp run -S` writes exactly that.
+    loaded = yaml.safe_load(f"learning_rate: {text}")["learning_rate"]
+    assert isinstance(loaded, str)
+    params = config.parse_params(with_value(defaults, "train.learning_rate", loaded))
+    assert params.train.learning_rate == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "phrase"),
+    [
+        ("train.learning_rate", -0.1, "greater than 0"),
+        ("train.learning_rate", "fast", "valid number"),
+        ("train.iterations", True, "not a boolean"),
+        ("train.iterations", 2.5, "valid integer"),
+        ("model.num_units", 0, "greater than or equal to 1"),
+        ("data.validation_size", None, "valid integer"),
+        ("data.sources", [], "at least 1 item"),
+        ("mlflow.experiment", "", "at least 1 character"),
+        ("paths.model", "models/model.h5", "pattern"),
+    ],
+)
+def test_bad_value_names_key_value_and_rule(defaults, key, value, phrase):
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_params(with_value(defaults, key, value))
+    message = str(error.value)
+    assert key in message and phrase in message and "\n" not in message
+
+
+def test_unknown_and_missing_keys_are_named(defaults):
+    raw = with_value(defaults, "train.lr", 0.1)
+    del raw["model"]["num_units"]
+    message = str(pytest.raises(config.ConfigError, config.parse_params, raw).value)
+    assert "train.lr: unknown key" in message
+    assert "model.num_units: missing" in message
+
+
+def test_cross_field_rules(defaults):
+    raw = with_value(defaults, "train.log_every", 5000)
+    assert "log_every (5000) must not exceed iterations (2000)" in str(
+        pytest.raises(config.ConfigError, config.parse_params, raw).value
+    )
+    raw = with_value(defaults, "model.time_steps", 14)
+    assert "time_steps × n_input must be 784" in str(
+        pytest.raises(config.ConfigError, config.parse_params, raw).value
+    )
+
+
+def test_rows_of_two_image_lines_are_allowed(defaults):
+    raw = with_value(with_value(defaults, "model.time_steps", 14), "model.n_input", 56)
+    assert config.parse_params(raw).model.n_input == 56
+
+
+NUMERIC_KEYS = [
+    "seed", "data.validation_size", "data.download_timeout", "model.num_units",
+    "model.n_classes", "train.learning_rate", "train.batch_size", "train.iterations",
+]  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(NUMERIC_KEYS),
+    value=st.one_of(
+        st.booleans(),
+        st.text(alphabet="abcxyz-_ ", min_size=1, max_size=8),
+        st.integers(max_value=-1),
+        st.lists(st.integers(), max_size=2),
+        st.none(),
+    ),
+)
+def test_any_wrong_numeric_value_is_rejected_naming_the_key(defaults, key, value):
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_params(with_value(defaults, key, value))
+    assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def run_stage(stage: str, params_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}", "--params", str(params_file)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["fetch", "preprocess", "train", "evaluate"])
+def test_stage_exits_with_one_line_before_any_work(tmp_path, defaults, stage):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_value(defaults, "train.learning_rate", "0.001x")))
+    result = run_stage(stage, bad)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: {bad}: train.learning_rate = '0.001x': Input should be a valid number, "
+        "unable to parse string as a number"
+    ]
+
+
+def test_unreadable_params_file_is_one_line(tmp_path):
+    result = run_stage("fetch", tmp_path / "absent.yaml")
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'absent.yaml'}: cannot read (No such file or directory)"
+    )

@@ -1,0 +1,73 @@
+"""fetch: first verified source wins, failures are listed, the manifest records what was used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import config, fetch
+from pipeline.data import load_arrays, read_json, sha256_file
+
+from .conftest import array_hashes
+from .test_sources import free_port
+
+
+def with_sources(raw_params: dict, sources: list[dict]) -> config.Params:
+    raw_params["data"]["sources"] = sources
+    return config.parse_params(raw_params)
+
+
+def test_falls_through_to_the_first_source_that_verifies(raw_params, mirror, mnist, tmp_path):
+    params = with_sources(
+        raw_params,
+        [
+            {"kind": "url", "url": f"http://127.0.0.1:{free_port()}/m.npz", "sha256": "0" * 64},
+            {"kind": "local", "path": str(tmp_path / "absent.npz")},
+            {"kind": "local", "path": str(mirror)},
+        ],
+    )
+    result = fetch.run(params)
+    assert result.source == f"local {mirror}"
+    written = load_arrays(tmp_path / "data/raw/mnist.npz")
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert written[name].dtype == np.uint8
+        assert np.array_equal(written[name], mnist[name])
+    manifest = read_json(tmp_path / "data/raw/manifest.json")
+    assert manifest["arrays_sha256"] == array_hashes(mnist)
+    assert manifest["files_sha256"]["mnist.npz"] == sha256_file(tmp_path / "data/raw/mnist.npz")
+    assert manifest["source"] == result.source
+
+
+def test_arrays_that_are_not_the_expected_mnist_are_refused(raw_params, tmp_path):
+    raw_params["data"]["sha256"]["y_test"] = "a" * 64
+    with pytest.raises(fetch.FetchError, match="checksum mismatch for array y_test"):
+        fetch.run(config.parse_params(raw_params))
+    assert not (tmp_path / "data/raw/mnist.npz").exists()
+
+
+def test_when_all_fail_one_error_lists_each_source_and_why(raw_params, tmp_path):
+    port = free_port()
+    params = with_sources(
+        raw_params,
+        [
+            {"kind": "url", "url": f"http://127.0.0.1:{port}/m.npz", "sha256": "0" * 64},
+            {"kind": "local", "path": str(tmp_path / "absent")},
+        ],
+    )
+    with pytest.raises(fetch.FetchError) as error:
+        fetch.run(params)
+    message = str(error.value)
+    assert message.startswith("no MNIST source verified: ")
+    assert f"url http://127.0.0.1:{port}/m.npz: download failed" in message
+    assert f"local {tmp_path / 'absent'}: {tmp_path / 'absent'} does not exist" in message
+
+
+def test_main_exits_non_zero_with_one_line(raw_params, tmp_path, capsys):
+    import yaml
+
+    raw_params["data"]["sources"] = [{"kind": "local", "path": str(tmp_path / "absent")}]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params))
+    with pytest.raises(SystemExit) as stop:
+        fetch.main(["--params", str(params_file)])
+    assert str(stop.value).startswith("error: no MNIST source verified: local ")
