@@ -1,0 +1,146 @@
+"""End to end: the real `dvc repro` and `dvc exp run` in a temporary copy of this repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from .conftest import REPO, array_hashes, make_mnist, write_idx_folder
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_repo(destination: Path) -> Path:
+    """The project's tracked files, as a fresh clone has them (working-tree content)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in listed:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC repo with tiny params and a local IDX mirror, after one `dvc repro`."""
+    base = tmp_path_factory.mktemp("e2e")
+    mnist = make_mnist()
+    mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
+    repo = copy_repo(base / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
+    params["data"]["sha256"] = array_hashes(mnist)
+    params["data"]["validation_size"] = 20
+    params["model"]["num_units"] = 8
+    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    first = run(["dvc", "repro"], repo)
+    assert "Running stage 'train'" in first.stdout
+    return repo
+
+
+def client_for(repo: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def test_outputs_exist(repo):
+    assert (repo / "data/raw/mnist.npz").is_file()
+    assert json.loads((repo / "data/raw/manifest.json").read_text())["source"].startswith("local ")
+    for split in ("train", "val", "test"):
+        assert (repo / f"data/processed/{split}.npz").is_file()
+    assert (repo / "models/model.keras").is_file()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert {"test_accuracy", "test_loss"} <= set(metrics)
+    assert (repo / "reports/train_history.csv").read_text().startswith("iteration,train_loss")
+
+
+def test_mlflow_holds_the_run_and_a_registered_model_that_predicts(repo):
+    client = client_for(repo)
+    experiment = client.get_experiment_by_name("mnist-lstm")
+    (run_,) = client.search_runs([experiment.experiment_id])
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["train.iterations"] == "6"
+    assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")] == [3, 6]
+    assert "test_accuracy" in run_.data.metrics
+    (version,) = client.search_model_versions("name='mnist-lstm'")
+    assert int(version.version) == 1 and version.run_id == run_.info.run_id
+    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/mnist-lstm/1")
+    assert np.asarray(model.predict(np.zeros((3, 28, 28), np.float32))).shape == (3, 10)
+
+
+def test_second_repro_runs_nothing(repo):
+    again = run(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date." in again.stdout
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def runs_in(repo: Path) -> list:
+    client = client_for(repo)
+    experiment = client.get_experiment_by_name("mnist-lstm")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_changing_learning_rate_reruns_train_and_evaluate_only(repo):
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    before = len(runs_in(repo))
+    try:
+        params_file.write_text(original.replace("learning_rate: 0.001", "learning_rate: 0.002"))
+        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+        assert sorted(status) == ["train"]  # evaluate follows from train's new outputs
+        assert stages_run(run(["dvc", "repro"], repo).stdout) == ["train", "evaluate"]
+        assert len(runs_in(repo)) == before + 1
+    finally:
+        params_file.write_text(original)
+    # back to the committed params: DVC restores train from its run cache, no new MLflow run
+    restored = run(["dvc", "repro"], repo)
+    assert "train" not in stages_run(restored.stdout)
+    assert len(runs_in(repo)) == before + 1
+
+
+def test_temp_experiment_lands_in_the_repo_store(repo):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "first results"], repo)
+    before = len(runs_in(repo))
+    result = run(["dvc", "exp", "run", "--temp", "-S", "train.learning_rate=5e-04"], repo)
+    assert "train" in stages_run(result.stdout)
+    runs = runs_in(repo)
+    assert len(runs) == before + 1
+    assert runs[-1].data.params["train.learning_rate"] == "0.0005"
+    assert runs[-1].data.tags["dvc.exp_name"] and "test_accuracy" in runs[-1].data.metrics
+    assert not list((repo / ".dvc").rglob("mlflow.db"))
+    versions = client_for(repo).search_model_versions("name='mnist-lstm'")
+    assert len(versions) == len(runs)
