@@ -89,7 +89,12 @@ def params(raw_params: dict) -> config.Params:
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty MLflow store in tmp_path: the stages find it through DVC_ROOT, as under DVC."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow sets it; undone after
-    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+    # mlflow.set_tracking_uri/set_registry_uri export these; monkeypatch removes them afterwards
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path

@@ -67,7 +67,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 def client_for(repo: Path) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process defaults
 
 
 def test_outputs_exist(repo):
