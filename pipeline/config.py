@@ -140,6 +140,8 @@ class PathParams(_Section):
     metrics: Name
     per_class: Name
     confusion: Name
+    figures_dir: Name
+    model_card: Annotated[str, Field(pattern=r"\.md$")]
 
 
 class Params(_Section):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import config, tracking
-from pipeline.data import atomic_path, load_arrays, read_json, write_json
+from pipeline import config, fetch, model_card, tracking
+from pipeline.data import Arrays, atomic_path, load_arrays, read_json, write_json
 from pipeline.preprocess import split_path
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,28 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> None:
         table.to_csv(temporary, index=False, float_format="%.6g")
 
 
-def log_to_run(run_id: str, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
-               params: config.Params) -> None:  # fmt: skip
-    """Add test metrics, per-class metrics and report files to the run that train started."""
+def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
+                  folder: Path) -> dict[str, Path]:  # fmt: skip
+    """The confusion matrix and misclassified digits as PNGs (for DVC, MLflow and the card)."""
+    from pipeline import figures
+
+    drawn = {
+        "confusion_matrix.png": figures.confusion_matrix(confusion),
+        "misclassified.png": figures.misclassified_grid(test["x"], test["y"], predictions),
+    }
+    for name, figure in drawn.items():
+        figures.save(figure, folder / name)
+    return {name: folder / name for name in drawn}
+
+
+def write_card(params: config.Params, text: str) -> None:
+    with atomic_path(params.paths.model_card, ".md") as temporary:
+        temporary.write_text(text)
+
+
+def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
+               pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
+    """Log test results into train's run, promote the champion, write and log the model card."""
     import mlflow
 
     tracking.use_store(params.mlflow)
@@ -65,17 +85,34 @@ def log_to_run(run_id: str, metrics: dict, per_class: pd.DataFrame, confusion: n
         for row in per_class.to_dict("records")
         for column in ("precision", "recall", "f1")
     }
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_info["run_id"]) as run:
         mlflow.log_metrics(metrics | per_class_flat)
         mlflow.log_table(per_class, "evaluation/per_class.json")
         mlflow.log_dict({"labels": list(range(len(confusion))), "matrix": confusion.tolist()},
                         "evaluation/confusion_matrix.json")  # fmt: skip
-        mlflow.log_artifact(params.paths.metrics, "evaluation")
-    log.info("logged test metrics to run %s", run_id)
+        for picture in pictures.values():
+            mlflow.log_artifact(str(picture), "figures")
+        champion = tracking.promote_champion(params.mlflow.registered_model)
+        card_dir = Path(params.paths.model_card).parent
+        lineage = model_card.Lineage(
+            git_commit=run.data.tags.get("git_commit", "unknown"),
+            dvc_experiment=run.data.tags.get("dvc.exp_name", "none (plain dvc repro)"),
+            run_id=run.info.run_id,
+            registered_model=params.mlflow.registered_model,
+            registered_version=run_info["registered_version"],
+            champion_version=champion,
+        )
+        card = model_card.render(
+            params, read_json(fetch.manifest_path(params.paths.raw_dir)), metrics, per_class,
+            lineage, *(os.path.relpath(pictures[name], card_dir) for name in pictures),
+        )  # fmt: skip
+        write_card(params, card)
+        mlflow.log_artifact(params.paths.model_card)
+    log.info("logged test results and model card to run %s", run_info["run_id"])
 
 
 def run(params: config.Params) -> dict[str, float]:
-    """Score the test split; write metrics.json, per-class table and confusion plot data."""
+    """Score the test split; write metrics, plots, figures and the model card; log them."""
     import keras
 
     model = keras.saving.load_model(params.paths.model)
@@ -90,8 +127,9 @@ def run(params: config.Params) -> dict[str, float]:
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
     write_csv(pd.DataFrame({"actual": test["y"], "predicted": predictions}), params.paths.confusion)
+    pictures = write_figures(test, predictions, confusion, Path(params.paths.figures_dir))
     log.info("test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    log_to_run(read_json(params.paths.run_info)["run_id"], metrics, per_class, confusion, params)
+    log_to_run(read_json(params.paths.run_info), metrics, per_class, confusion, pictures, params)
     return metrics
 
 

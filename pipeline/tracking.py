@@ -1,21 +1,30 @@
-"""Where runs are tracked (the repo's SQLite store by default) and the lineage tags they carry."""
+"""Where runs are tracked (the repo's SQLite store by default), lineage tags, the champion alias."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 
 from pipeline import config
 
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+CHAMPION = "champion"
+CHAMPION_METRIC = "test_accuracy"
+# What a run's result depends on: a change here since the baseline commit marks it dirty.
+INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
 
 
 def tracking_uri(params: config.MlflowParams, root: Path) -> str:
@@ -28,6 +37,33 @@ def artifact_location(params: config.MlflowParams, root: Path) -> str:
     return (root / params.artifacts_dir).resolve().as_uri()
 
 
+def _local_db(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str | None = None) -> Iterator[None]:
+    """Serialise store set-up and champion promotion across parallel experiments.
+
+    Two processes opening a new SQLite store both run its migrations and collide; two
+    evaluations promoting at once could leave the alias on the worse model. Server stores
+    handle their own concurrency, so only a local SQLite file gets a lock file beside it.
+    """
+    database = _local_db(uri or mlflow.get_tracking_uri())
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock", timeout=300):
+        yield
+
+
+def _use_wal(database: Path) -> None:
+    """Write-ahead logging lets readers (the UI) and one writer work at once; it persists."""
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     root = root or config.repo_root()
@@ -35,12 +71,15 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     uri = tracking_uri(params, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment = mlflow.get_experiment_by_name(params.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None if overridden else artifact_location(params, root)
-        experiment_id = mlflow.create_experiment(params.experiment, artifact_location=location)
+    with store_lock(uri):
+        if (database := _local_db(uri)) is not None:
+            _use_wal(database)
+        experiment = mlflow.get_experiment_by_name(params.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = None if overridden else artifact_location(params, root)
+            experiment_id = mlflow.create_experiment(params.experiment, artifact_location=location)
     log.info("tracking to %s, experiment %r", uri, params.experiment)
     return experiment_id
 
@@ -57,27 +96,71 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def git_commit() -> str | None:
-    """HEAD of the repository the stage runs in (the baseline commit in a DVC experiment)."""
+def params_sha256(params: config.Params) -> str:
+    """A stable hash of every validated param value."""
+    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _git(*args: str) -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+            ["git", *args], capture_output=True, text=True, check=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    return result.stdout.strip()
 
 
-def lineage_tags(data_hashes: dict[str, str]) -> dict[str, str]:
-    """Tags that lead from a run back to its code, DVC experiment and data."""
+def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str, str]:
+    """Tags that lead from a run back to its commit, DVC experiment, data and params."""
     tags = {f"data.{name}_sha256": digest for name, digest in data_hashes.items()}
-    commit = git_commit()
+    tags["params_sha256"] = params_sha256(params)
+    commit = _git("rev-parse", "HEAD")
     if commit:
-        tags["git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-    # DVC sets these while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
+        # In `dvc exp run` HEAD is the experiment's baseline; its changes are uncommitted.
+        changed = _git("diff", "--name-only", "HEAD", "--", *INPUT_PATHS) or ""
+        tags |= {
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            "git.dirty": str(bool(changed)).lower(),
+            "git.changed_files": ",".join(changed.split()),
+        }
+    # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    if baseline:
+        tags["dvc.baseline_rev"] = baseline
     return tags
+
+
+def choose_champion(scores: dict[int, float], current: int | None) -> int:
+    """The version with the best score; the current champion keeps it on a tie."""
+    best = max(scores.values())
+    if current in scores and scores[current] >= best:
+        return current
+    return min(version for version, score in scores.items() if score == best)
+
+
+def promote_champion(name: str) -> int | None:
+    """Point the `champion` alias at the registered version with the best test accuracy."""
+    client = mlflow.MlflowClient()
+    with store_lock():
+        scores = {}
+        for version in client.search_model_versions(f"name='{name}'"):
+            metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+            if CHAMPION_METRIC in metrics:
+                scores[int(version.version)] = metrics[CHAMPION_METRIC]
+        if not scores:
+            return None
+        try:
+            current = int(client.get_model_version_by_alias(name, CHAMPION).version)
+        except mlflow.exceptions.MlflowException:
+            current = None
+        champion = choose_champion(scores, current)
+        if champion != current:
+            client.set_registered_model_alias(name, CHAMPION, str(champion))
+            log.info("%s@%s is now version %d (%s %.4f)", name, CHAMPION, champion,
+                     CHAMPION_METRIC, scores[champion])  # fmt: skip
+    return champion

@@ -91,7 +91,7 @@ def run(params: config.Params) -> TrainResult:
     """Train, save the model and history, log everything to one MLflow run, register the model."""
     import keras  # TensorFlow loads only once the params are known to be valid
 
-    from pipeline import fitting
+    from pipeline import figures, fitting
     from pipeline.model import build_model, compile_model
 
     keras.utils.set_random_seed(params.seed)
@@ -104,11 +104,12 @@ def run(params: config.Params) -> TrainResult:
     run_name = os.environ.get("DVC_EXP_NAME")
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(tracking.flatten(params.model_dump()))
-        mlflow.set_tags(tracking.lineage_tags(data_hashes))
+        mlflow.set_tags(tracking.lineage_tags(data_hashes, params))
         log_inputs(train, data_hashes)
         history = History(params.train.iterations)
         fitting.fit(model, train, val, params.train, params.seed, history)
         write_history(history.table(), params.paths.history)
+        mlflow.log_figure(figures.training_curves(history.table()), "figures/training_curves.png")
         save_model(model, params.paths.model)
         info = log_model(model, val["x"][:3], params)
         run_info = {

@@ -15,6 +15,10 @@ from pipeline.data import sha256_array
 from pipeline.sources import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost",
+}  # fmt: skip
 N_TRAIN, N_TEST = 120, 40
 
 

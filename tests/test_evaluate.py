@@ -63,3 +63,33 @@ def test_evaluate_writes_reports_and_logs_into_train_run(params, store, tmp_path
     assert "test_f1.class_9" in logged and "val_loss" in logged
     artifacts = {item.path for item in client.list_artifacts(trained.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.json" in artifacts
+    figures = {item.path for item in client.list_artifacts(trained.run_id, "figures")}
+    assert figures == {"figures/training_curves.png", "figures/confusion_matrix.png",
+                       "figures/misclassified.png"}  # fmt: skip
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        assert (tmp_path / "reports/figures" / name).read_bytes().startswith(b"\x89PNG")
+
+    name = params.mlflow.registered_model
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert np.asarray(champion.predict(np.zeros((2, 28, 28), np.float32))).shape == (2, 10)
+
+
+def test_model_card_names_run_data_scores_and_figures(params, store, tmp_path):
+    fetch.run(params)
+    preprocess.run(params)
+    trained = train.run(params)
+    metrics = evaluate.run(params)
+    card = (tmp_path / "reports/model_card.md").read_text()
+    manifest = json.loads((tmp_path / "data/raw/manifest.json").read_text())
+    assert card.startswith("# Model card: mnist-lstm version 1")
+    assert f"MLflow run: `{trained.run_id}`" in card
+    assert manifest["arrays_sha256"]["x_train"] in card
+    assert f"accuracy: **{metrics['test_accuracy']:.4f}**" in card
+    assert "![confusion matrix](figures/confusion_matrix.png)" in card
+    assert "![misclassified test digits](figures/misclassified.png)" in card
+    assert "champion (`models:/mnist-lstm@champion`): this version" in card
+    assert "| model.num_units | 8 |" in card
+    assert "## Intended use and limits" in card
+    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(trained.run_id)}
+    assert "model_card.md" in logged

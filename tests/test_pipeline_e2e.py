@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import REPO, array_hashes, make_mnist, write_idx_folder
+from .conftest import GIT_IDENTITY, REPO, array_hashes, make_mnist, write_idx_folder
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -23,8 +24,7 @@ BIN = Path(sys.executable).parent
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env |= GIT_IDENTITY
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
@@ -121,7 +121,7 @@ def test_changing_learning_rate_reruns_train_and_evaluate_only(repo):
     try:
         params_file.write_text(original.replace("learning_rate: 0.001", "learning_rate: 0.002"))
         status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-        assert sorted(status) == ["train"]  # evaluate follows from train's new outputs
+        assert sorted(status) == ["evaluate", "train"]  # evaluate writes train params in the card
         assert stages_run(run(["dvc", "repro"], repo).stdout) == ["train", "evaluate"]
         assert len(runs_in(repo)) == before + 1
     finally:
@@ -145,3 +145,58 @@ def test_temp_experiment_lands_in_the_repo_store(repo):
     assert not list((repo / ".dvc").rglob("mlflow.db"))
     versions = client_for(repo).search_model_versions("name='mnist-lstm'")
     assert len(versions) == len(runs)
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            return status
+        time.sleep(2)
+    pytest.fail(f"queue still busy after {timeout} s:\n{status}")
+
+
+def test_queued_sweep_runs_in_parallel_into_one_store(repo):
+    before = runs_in(repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "model.num_units=4,6", "-S", "train.iterations=4"],
+        repo)  # fmt: skip
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    status = wait_for_queue(repo)
+    assert "Failed" not in status, status
+    runs = runs_in(repo)
+    new = runs[len(before) :]
+    assert sorted(r.data.params["model.num_units"] for r in new) == ["4", "6"]
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in new)
+    names = {r.data.tags["dvc.exp_name"] for r in new}
+    assert len(names) == 2 and all(r.data.tags["git.dirty"] == "true" for r in new)
+    assert {r.data.tags["dvc.baseline_rev"] for r in new} == {
+        run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    }
+    # the DVC side shows each experiment with its MLflow run id
+    table = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    for r in new:
+        line = next(row for row in table.splitlines() if r.info.run_id in row)
+        assert r.data.tags["dvc.exp_name"] in line
+    assert not list((repo / ".dvc").rglob("mlflow.db"))
+
+
+def test_champion_is_the_best_registered_version(repo):
+    client = client_for(repo)
+    scores = {
+        int(v.version): client.get_run(v.run_id).data.metrics["test_accuracy"]
+        for v in client.search_model_versions("name='mnist-lstm'")
+    }
+    champion = int(client.get_model_version_by_alias("mnist-lstm", "champion").version)
+    assert scores[champion] == max(scores.values())
+    assert min(v for v, s in scores.items() if s == max(scores.values())) <= champion
+
+
+def test_plots_show_renders_curves_confusion_and_misclassified(repo):
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    page = (repo / "plots_html/index.html").read_text()
+    for expected in ("training curves, loss", "training curves, accuracy",
+                     "test confusion matrix", "misclassified.png"):  # fmt: skip
+        assert expected in page
+    assert (repo / "reports/model_card.md").read_text().count("MLflow run: `") == 1

@@ -1,0 +1,67 @@
+"""Figures people look at: training curves, confusion matrix, misclassified digits (matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+from pipeline.data import atomic_path
+
+
+def training_curves(history: pd.DataFrame) -> Figure:
+    """Loss and accuracy, train and validation, against the iteration."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss, accuracy = figure.subplots(1, 2)
+    for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
+        for split in ("train", "val"):
+            axes.plot(history["iteration"], history[f"{split}_{metric}"], marker="o", label=split)
+        axes.set(xlabel="iteration", ylabel=metric, title=metric)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def confusion_matrix(confusion: np.ndarray) -> Figure:
+    """Counts with true classes as rows and predictions as columns; the diagonal is correct."""
+    n_classes = len(confusion)
+    figure = Figure(figsize=(6, 5.5), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(confusion, cmap="Blues")
+    threshold = confusion.max() / 2
+    for (row, column), count in np.ndenumerate(confusion):
+        color = "white" if count > threshold else "black"
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
+    axes.set(
+        xticks=range(n_classes), yticks=range(n_classes), xlabel="predicted", ylabel="true",
+        title="test confusion matrix",
+    )  # fmt: skip
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return figure
+
+
+def misclassified_grid(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, limit: int = 36
+) -> Figure:
+    """Up to `limit` misclassified test digits, each titled `true → predicted`."""
+    wrong = np.flatnonzero(labels != predictions)[:limit]
+    columns = 6
+    rows = max(1, -(-len(wrong) // columns))
+    figure = Figure(figsize=(columns * 1.5, rows * 1.7 + 0.4), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, index in zip(grid.flat, wrong, strict=False):
+        axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=1)
+        axes.set_title(f"{labels[index]} → {predictions[index]}", fontsize=9)
+    figure.suptitle(f"misclassified test digits (true → predicted): {len(wrong)} shown, "
+                    f"{int((labels != predictions).sum())} in all")  # fmt: skip
+    return figure
+
+
+def save(figure: Figure, path: str | Path) -> None:
+    """Write a PNG atomically."""
+    with atomic_path(path, ".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=100)

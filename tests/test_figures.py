@@ -1,0 +1,49 @@
+"""Figures: each is drawn from real arrays and saved as a PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import figures
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves_have_loss_and_accuracy(tmp_path):
+    history = pd.DataFrame(
+        {"iteration": [100, 200], "train_loss": [1.0, 0.5], "train_accuracy": [0.6, 0.8],
+         "val_loss": [0.9, 0.6], "val_accuracy": [0.7, 0.75]}
+    )  # fmt: skip
+    figure = figures.training_curves(history)
+    assert [axes.get_title() for axes in figure.axes] == ["loss", "accuracy"]
+    assert [len(axes.lines) for axes in figure.axes] == [2, 2]
+    figures.save(figure, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_confusion_matrix_shows_every_count(tmp_path):
+    confusion = np.arange(9).reshape(3, 3)
+    figure = figures.confusion_matrix(confusion)
+    texts = sorted(int(text.get_text()) for text in figure.axes[0].texts)
+    assert texts == list(range(9))
+    figures.save(figure, tmp_path / "figures" / "confusion.png")
+    assert (tmp_path / "figures" / "confusion.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_misclassified_grid_titles_true_and_predicted():
+    images = np.zeros((5, 28, 28), np.float32)
+    labels = np.array([1, 2, 3, 4, 5])
+    predictions = np.array([1, 7, 3, 9, 5])
+    figure = figures.misclassified_grid(images, labels, predictions)
+    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
+    assert titles == ["2 → 7", "4 → 9"]
+    assert "2 shown, 2 in all" in figure.get_suptitle()
+
+
+def test_misclassified_grid_with_no_errors_still_draws(tmp_path):
+    labels = np.arange(4)
+    figure = figures.misclassified_grid(np.zeros((4, 28, 28)), labels, labels)
+    assert "0 shown, 0 in all" in figure.get_suptitle()
+    figures.save(figure, tmp_path / "none.png")
+    assert (tmp_path / "none.png").stat().st_size > 0

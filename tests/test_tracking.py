@@ -1,0 +1,142 @@
+"""Tracking: the champion rule, lineage tags, store set-up under parallel processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import mlflow
+import pytest
+
+from pipeline import config, tracking
+
+from .conftest import GIT_IDENTITY
+
+
+@pytest.mark.parametrize(
+    ("scores", "current", "expected"),
+    [
+        ({1: 0.90}, None, 1),
+        ({1: 0.90, 2: 0.95}, 1, 2),  # better model takes it
+        ({1: 0.95, 2: 0.90}, 1, 1),  # worse model never does
+        ({1: 0.95, 2: 0.95}, 1, 1),  # a tie keeps the current champion
+        ({1: 0.95, 2: 0.97, 3: 0.97}, None, 2),  # earliest of the best
+        ({1: 0.90, 2: 0.92}, 7, 2),  # a champion that lost its score is replaced
+    ],
+)
+def test_choose_champion(scores, current, expected):
+    assert tracking.choose_champion(scores, current) == expected
+
+
+def register(client: mlflow.MlflowClient, name: str, accuracy: float) -> int:
+    """A run with a test accuracy and a registered version pointing at it."""
+    with mlflow.start_run() as run:
+        mlflow.log_metric("test_accuracy", accuracy)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    return int(version.version)
+
+
+def test_champion_follows_the_best_version_and_a_worse_one_never_takes_it(params, store):
+    tracking.use_store(params.mlflow)
+    client = mlflow.MlflowClient()
+    name = params.mlflow.registered_model
+    first = register(client, name, 0.91)
+    assert tracking.promote_champion(name) == first
+    worse = register(client, name, 0.85)
+    assert tracking.promote_champion(name) == first
+    better = register(client, name, 0.93)
+    assert tracking.promote_champion(name) == better
+    assert int(client.get_model_version_by_alias(name, "champion").version) == better
+    assert worse not in (first, better)
+
+
+def git(cwd, *args):
+    env = {**os.environ, **GIT_IDENTITY}
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env)
+
+
+def test_lineage_tags_name_commit_changes_experiment_data_and_params(params, tmp_path, monkeypatch):
+    git(tmp_path, "init", "-q")
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "baseline")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-fox")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+
+    clean = tracking.lineage_tags({"train": "t" * 64}, params)
+    assert clean["git.dirty"] == "false" and clean["git.changed_files"] == ""
+    assert clean["dvc.exp_name"] == "brave-fox" and clean["dvc.baseline_rev"] == "abc123"
+    assert clean["data.train_sha256"] == "t" * 64
+    assert clean["params_sha256"] == tracking.params_sha256(params)
+
+    (tmp_path / "params.yaml").write_text("seed: 2\n")
+    dirty = tracking.lineage_tags({"train": "t" * 64}, params)
+    assert dirty["git.dirty"] == "true" and dirty["git.changed_files"] == "params.yaml"
+    assert dirty["git_commit"] == clean["git_commit"]
+
+
+def test_params_hash_changes_with_any_value(params):
+    changed = params.model_copy(update={"seed": params.seed + 1})
+    assert tracking.params_sha256(params) != tracking.params_sha256(changed)
+    assert tracking.params_sha256(params) == tracking.params_sha256(params.model_copy())
+
+
+def no_secrets_logged(raw_params: dict) -> None:
+    """Child process: make a run the way train does, with a secret in the environment."""
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "super-secret-value"
+    params = config.parse_params(raw_params)
+    experiment = tracking.use_store(params.mlflow)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_params(tracking.flatten(params.model_dump()))
+        mlflow.set_tags(tracking.lineage_tags({"train": "0" * 64}, params))
+    logged = mlflow.get_run(run.info.run_id).data
+    assert "super-secret-value" not in str(logged.params) + str(logged.tags)
+
+
+def open_store(raw_params: dict) -> str:
+    return tracking.use_store(config.parse_params(raw_params).mlflow)
+
+
+def test_parallel_processes_set_up_one_new_store_without_errors(raw_params, store):
+    # A new SQLite store migrates on first use; without the lock two processes collide.
+    with ProcessPoolExecutor(4) as pool:
+        experiment_ids = list(pool.map(open_store, [raw_params] * 4))
+    assert len(set(experiment_ids)) == 1
+    assert (store / "mlflow.db").is_file()
+
+
+def test_environment_secrets_are_not_logged(raw_params, store):
+    with ProcessPoolExecutor(1) as pool:
+        pool.submit(no_secrets_logged, raw_params).result()
+
+
+def test_parallel_processes_share_one_store_without_locking_errors(raw_params, store):
+    script = (
+        "import sys, yaml, mlflow\n"
+        "from pipeline import config, tracking\n"
+        "params = config.parse_params(yaml.safe_load(open(sys.argv[1])))\n"
+        "experiment = tracking.use_store(params.mlflow)\n"
+        "with mlflow.start_run(experiment_id=experiment):\n"
+        "    for step in range(40):\n"
+        "        mlflow.log_metric('x', step, step=step)\n"
+    )
+    import yaml
+
+    params_file = store / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params))
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(params_file)], stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "DVC_ROOT": str(store)})
+        for _ in range(4)
+    ]  # fmt: skip
+    errors = [worker.communicate(timeout=180)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0, 0], errors
+    assert not any("database is locked" in error for error in errors)
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(raw_params["mlflow"]["experiment"])
+    assert len(client.search_runs([experiment.experiment_id])) == 4
