@@ -94,15 +94,15 @@ def run(params: config.Params) -> TrainResult:
     from pipeline import figures, fitting
     from pipeline.model import build_model, compile_model
 
-    keras.utils.set_random_seed(params.seed)
     files = {split: split_path(params.paths.processed_dir, split) for split in ("train", "val")}
     train, val = (load_arrays(files[split]) for split in ("train", "val"))
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
-    model = build_model(params.model)
-    compile_model(model, params.train.learning_rate)
     experiment_id = tracking.use_store(params.mlflow)
-    run_name = os.environ.get("DVC_EXP_NAME")
+    run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        keras.utils.set_random_seed(params.seed)
+        model = build_model(params.model)
+        compile_model(model, params.train.learning_rate)
         mlflow.log_params(tracking.flatten(params.model_dump()))
         mlflow.set_tags(tracking.lineage_tags(data_hashes, params))
         log_inputs(train, data_hashes)
