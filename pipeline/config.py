@@ -7,11 +7,22 @@ import logging
 import math
 import os
 import re
+import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 IMAGE_PIXELS = 28 * 28
@@ -113,6 +124,7 @@ class TrainParams(_Section):
     batch_size: Annotated[Int, Field(ge=1, le=65536)]
     iterations: Annotated[Int, Field(ge=1, le=10_000_000)]
     log_every: Annotated[Int, Field(ge=1)]
+    deterministic: StrictBool
 
     @model_validator(mode="after")
     def _log_within_run(self) -> TrainParams:
@@ -199,7 +211,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def load_params_from_cli(argv: list[str] | None, description: str) -> Params:
+def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:
     """Parse `--params PATH` and load it; exit with one line on a bad file."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
@@ -207,6 +219,33 @@ def load_params_from_cli(argv: list[str] | None, description: str) -> Params:
     try:
         return load_params(args.params)
     except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_stage(
+    run: Callable[[Params], object],
+    argv: list[str] | None,
+    description: str | None,
+    expected: tuple[type[Exception], ...] = (),
+) -> None:
+    """A stage's command line: validate params, run, and turn known failures into one line.
+
+    SIGTERM (what `dvc queue kill` and most schedulers send) is handled like Ctrl-C, so the
+    stage unwinds: the MLflow run is closed as KILLED and no partial output is left behind.
+    """
+    params = load_params_from_cli(argv, description or "")
+    setup_logging()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run(params)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted; outputs from before this run are untouched\n")
+        raise SystemExit(130) from None
+    except expected as error:
         raise SystemExit(f"error: {error}") from None
 
 

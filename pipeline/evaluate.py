@@ -74,40 +74,58 @@ def write_card(params: config.Params, text: str) -> None:
         temporary.write_text(text)
 
 
+def log_results(metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
+                pictures: dict[str, Path]) -> None:  # fmt: skip
+    """Test metrics (overall and per class), tables and figures, into the active run."""
+    import mlflow
+
+    per_class_flat = {
+        f"test_{column}.class_{row['class']}": float(row[column])
+        for row in per_class.to_dict("records")
+        for column in ("precision", "recall", "f1")
+    }
+    mlflow.log_metrics(metrics | per_class_flat)
+    mlflow.log_table(per_class, "evaluation/per_class.json")
+    matrix = {"labels": list(range(len(confusion))), "matrix": confusion.tolist()}
+    mlflow.log_dict(matrix, "evaluation/confusion_matrix.json")
+    for picture in pictures.values():
+        mlflow.log_artifact(str(picture), "figures")
+
+
+def card_for(run, run_info: dict, champion: int | None, metrics: dict, per_class: pd.DataFrame,
+             pictures: dict[str, Path], params: config.Params) -> str:  # fmt: skip
+    """The model card's text, with lineage from the run's tags."""
+    lineage = model_card.Lineage(
+        git_commit=run.data.tags.get("git_commit", "unknown"),
+        dvc_experiment=run.data.tags.get("dvc.exp_name", "none (plain dvc repro)"),
+        run_id=run.info.run_id,
+        registered_model=params.mlflow.registered_model,
+        registered_version=run_info["registered_version"],
+        champion_version=champion,
+    )
+    card_dir = Path(params.paths.model_card).parent
+    figure_links = [os.path.relpath(pictures[name], card_dir) for name in pictures]
+    manifest = read_json(fetch.manifest_path(params.paths.raw_dir))
+    return model_card.render(params, manifest, metrics, per_class, lineage, *figure_links)
+
+
 def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
                pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
     """Log test results into train's run, promote the champion, write and log the model card."""
     import mlflow
 
     tracking.use_store(params.mlflow)
-    per_class_flat = {
-        f"test_{column}.class_{row['class']}": float(row[column])
-        for row in per_class.to_dict("records")
-        for column in ("precision", "recall", "f1")
-    }
-    with mlflow.start_run(run_id=run_info["run_id"]) as run:
-        mlflow.log_metrics(metrics | per_class_flat)
-        mlflow.log_table(per_class, "evaluation/per_class.json")
-        mlflow.log_dict({"labels": list(range(len(confusion))), "matrix": confusion.tolist()},
-                        "evaluation/confusion_matrix.json")  # fmt: skip
-        for picture in pictures.values():
-            mlflow.log_artifact(str(picture), "figures")
+    run = mlflow.start_run(run_id=run_info["run_id"])
+    try:
+        log_results(metrics, per_class, confusion, pictures)
         champion = tracking.promote_champion(params.mlflow.registered_model)
-        card_dir = Path(params.paths.model_card).parent
-        lineage = model_card.Lineage(
-            git_commit=run.data.tags.get("git_commit", "unknown"),
-            dvc_experiment=run.data.tags.get("dvc.exp_name", "none (plain dvc repro)"),
-            run_id=run.info.run_id,
-            registered_model=params.mlflow.registered_model,
-            registered_version=run_info["registered_version"],
-            champion_version=champion,
-        )
-        card = model_card.render(
-            params, read_json(fetch.manifest_path(params.paths.raw_dir)), metrics, per_class,
-            lineage, *(os.path.relpath(pictures[name], card_dir) for name in pictures),
-        )  # fmt: skip
-        write_card(params, card)
+        write_card(params, card_for(run, run_info, champion, metrics, per_class, pictures, params))
         mlflow.log_artifact(params.paths.model_card)
+    except BaseException:
+        mlflow.set_tag("evaluate.status", "failed")
+        raise
+    finally:
+        mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
     log.info("logged test results and model card to run %s", run_info["run_id"])
 
 
@@ -134,9 +152,7 @@ def run(params: config.Params) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    params = config.load_params_from_cli(argv, __doc__)
-    config.setup_logging()
-    run(params)
+    config.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
 
 
 if __name__ == "__main__":

@@ -78,12 +78,7 @@ def run(params: config.Params) -> FetchResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    params = config.load_params_from_cli(argv, __doc__)
-    config.setup_logging()
-    try:
-        run(params)
-    except FetchError as error:
-        raise SystemExit(f"error: {error}") from None
+    config.run_stage(run, argv, __doc__, expected=(FetchError,))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,13 @@ class IntervalReporter(keras.callbacks.Callback):
         )
 
 
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow's kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
     """Endless shuffled batches from in-memory arrays (reshuffled each pass, seeded)."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))

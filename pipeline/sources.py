@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
 import logging
 import pickle
@@ -72,17 +73,24 @@ def verify_sha256(name: str, actual: str, expected: str | None) -> None:
 def download(url: str, destination: Path, timeout: float) -> None:
     """Stream `url` to `destination`; give up after `timeout` s without progress or in total ×10."""
     deadline = time.monotonic() + timeout * 10
+    received = 0
     try:
         with (
             urllib.request.urlopen(url, timeout=timeout) as response,
             open(destination, "wb") as out,
         ):
+            promised = response.headers.get("Content-Length")
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
+                received += len(chunk)
                 if time.monotonic() > deadline:
                     raise SourceError(f"download took longer than {timeout * 10:.0f} s")
-    except (OSError, ValueError) as error:  # URLError, timeouts, refused connections
-        raise SourceError(f"download failed: {getattr(error, 'reason', error)}") from None
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        # URLError, refused connections, read timeouts (stalls), bodies cut short
+        reason = getattr(error, "reason", None) or error or type(error).__name__
+        raise SourceError(f"download failed: {reason}") from None
+    if promised is not None and received != int(promised):
+        raise SourceError(f"download failed: truncated, {received} of {promised} bytes")
 
 
 def read_url(source: config.UrlSource, timeout: float, workdir: Path) -> Arrays:

@@ -9,6 +9,8 @@ import logging
 import os
 import sqlite3
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from pipeline import config
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before the stage gives up
 CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 # What a run's result depends on: a change here since the baseline commit marks it dirty.
@@ -35,6 +38,30 @@ def tracking_uri(params: config.MlflowParams, root: Path) -> str:
 def artifact_location(params: config.MlflowParams, root: Path) -> str:
     """Artifacts sit in a folder beside the store, whatever folder the stage runs in."""
     return (root / params.artifacts_dir).resolve().as_uri()
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be reached; the message names its URI."""
+
+
+def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
+    """Fail fast, before any training, when a tracking server does not answer.
+
+    MLflow's own client retries for minutes; its server answers GET /health.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a server that lacks /health may still be MLflow behind a proxy
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error or type(error).__name__
+        raise TrackingError(
+            f"MLflow tracking server {uri} did not answer within {timeout:g} s ({reason}); "
+            f"start it, or unset {TRACKING_URI_ENV} to use the repo's SQLite store"
+        ) from None
 
 
 def _local_db(uri: str) -> Path | None:
@@ -69,6 +96,7 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     root = root or config.repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = tracking_uri(params, root)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with store_lock(uri):
@@ -82,6 +110,16 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
             experiment_id = mlflow.create_experiment(params.experiment, artifact_location=location)
     log.info("tracking to %s, experiment %r", uri, params.experiment)
     return experiment_id
+
+
+@contextlib.contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """End the active run as KILLED, never left RUNNING, when the stage is interrupted."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:

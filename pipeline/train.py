@@ -89,18 +89,19 @@ def log_model(model, example, params: config.Params):
 
 def run(params: config.Params) -> TrainResult:
     """Train, save the model and history, log everything to one MLflow run, register the model."""
-    import keras  # TensorFlow loads only once the params are known to be valid
-
-    from pipeline import figures, fitting
+    from pipeline import figures, fitting  # TensorFlow loads only once the params are valid
     from pipeline.model import build_model, compile_model
 
+    experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
     files = {split: split_path(params.paths.processed_dir, split) for split in ("train", "val")}
     train, val = (load_arrays(files[split]) for split in ("train", "val"))
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
-    experiment_id = tracking.use_store(params.mlflow)
     run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        keras.utils.set_random_seed(params.seed)
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        tracking.killed_on_interrupt(),
+    ):
+        fitting.seed_everything(params.seed, params.train.deterministic)
         model = build_model(params.model)
         compile_model(model, params.train.learning_rate)
         mlflow.log_params(tracking.flatten(params.model_dump()))
@@ -127,9 +128,7 @@ def run(params: config.Params) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    params = config.load_params_from_cli(argv, __doc__)
-    config.setup_logging()
-    run(params)
+    config.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
 
 
 if __name__ == "__main__":

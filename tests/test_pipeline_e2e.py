@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -200,3 +204,112 @@ def test_plots_show_renders_curves_confusion_and_misclassified(repo):
                      "test confusion matrix", "misclassified.png"):  # fmt: skip
         assert expected in page
     assert (repo / "reports/model_card.md").read_text().count("MLflow run: `") == 1
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(repo: Path) -> dict:
+    """What must survive a failed run: outputs, every MLflow run's status, every version."""
+    client = client_for(repo)
+    return {
+        "model": sha256_of(repo / "models/model.keras"),
+        "metrics": (repo / "reports/metrics.json").read_text(),
+        "runs": {r.info.run_id: r.info.status for r in runs_in(repo)},
+        "versions": sorted(
+            int(v.version) for v in client.search_model_versions("name='mnist-lstm'")
+        ),
+    }
+
+
+@contextmanager
+def edited_params(repo: Path, **changes: str) -> Iterator[None]:
+    """params.yaml with `key: old` lines replaced (e.g. learning_rate="0.001 -> -1"), then back."""
+    params_file = repo / "params.yaml"
+    original = edited = params_file.read_text()
+    for key, change in changes.items():
+        old, new = change.split(" -> ")
+        assert f"{key}: {old}" in edited
+        edited = edited.replace(f"{key}: {old}", f"{key}: {new}")
+    params_file.write_text(edited)
+    try:
+        yield
+    finally:
+        params_file.write_text(original)
+
+
+def test_a_bad_param_loses_nothing(repo):
+    before = snapshot(repo)
+    with edited_params(repo, learning_rate="0.001 -> -1"):
+        failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0
+    assert "error: params.yaml: train.learning_rate = -1: Input should be greater than 0" in (
+        failed.stdout + failed.stderr
+    )
+    run(["dvc", "checkout"], repo)
+    assert snapshot(repo) == before
+
+
+def start_repro(repo: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.Popen(
+        ["dvc", "repro"], cwd=repo, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def interrupt_when_training(process: subprocess.Popen, signum: int) -> str:
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "iteration 20/" in line:
+            os.killpg(process.pid, signum)
+            break
+    rest, _ = process.communicate(timeout=120)
+    return "".join(seen) + rest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_repro_loses_nothing_and_the_next_completes(repo, signum):
+    before = snapshot(repo)
+    iterations = 400 + signum  # a change DVC has not run before, for each signal
+    longer = {"iterations": f"6 -> {iterations}", "log_every": "3 -> 20"}
+    with edited_params(repo, **longer):
+        process = start_repro(repo)
+        output = interrupt_when_training(process, signum)
+    assert process.returncode != 0, output
+    if signum != signal.SIGKILL:
+        interrupted = [r for r in runs_in(repo) if r.info.run_id not in before["runs"]]
+        assert [r.info.status for r in interrupted] == ["KILLED"]
+    assert not list((repo / "models").glob(".model.keras*"))  # no half-written model
+
+    run(["dvc", "checkout"], repo)  # the previous model and metrics come back
+    after = snapshot(repo)
+    assert after["model"] == before["model"] and after["metrics"] == before["metrics"]
+    assert all(after["runs"][run_id] == status for run_id, status in before["runs"].items())
+    assert set(before["versions"]) <= set(after["versions"])
+
+    with edited_params(repo, **longer):  # the interrupted change now runs to the end
+        completed = run(["dvc", "repro"], repo)
+    assert f"iteration {iterations}/{iterations}" in completed.stdout + completed.stderr
+    assert "Running stage" not in run(["dvc", "repro"], repo).stdout  # back, from the run cache
+    assert snapshot(repo)["model"] == before["model"]
+
+
+def test_eight_queued_experiments_with_four_workers_all_land(repo):
+    before = runs_in(repo)
+    values = ",".join(str(units) for units in range(10, 18))  # none equals the baseline
+    run(["dvc", "exp", "run", "--queue", "-S", f"model.num_units={values}"], repo)
+    started = time.monotonic()
+    run(["dvc", "queue", "start", "-j", "4"], repo)
+    status = wait_for_queue(repo, timeout=1500)
+    elapsed = time.monotonic() - started
+    assert status.count("Success") >= 8 and "Failed" not in status, status
+    new = runs_in(repo)[len(before) :]
+    assert sorted(int(r.data.params["model.num_units"]) for r in new) == list(range(10, 18))
+    assert all(r.info.status == "FINISHED" for r in new)
+    table = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    assert all(r.info.run_id in table and r.data.tags["dvc.exp_name"] in table for r in new)
+    print(f"8 queued experiments, -j 4: {elapsed:.0f} s wall")  # noqa: T201  (a figure to report)

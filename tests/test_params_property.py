@@ -1,0 +1,138 @@
+"""Property: any wrong value for any key stops a stage with one line naming it, before any work."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import evaluate, fetch, preprocess, train
+
+from .conftest import REPO
+
+DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
+STAGES = {"fetch": fetch.main, "preprocess": preprocess.main, "train": train.main,
+          "evaluate": evaluate.main}  # fmt: skip
+
+junk = st.one_of(
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(), min_size=1, max_size=1),
+)
+words = st.text(alphabet="abcxyz_ -", min_size=1, max_size=10)
+not_an_int = st.one_of(junk, st.booleans(), words, st.floats(0.1, 0.9).map(lambda f: 3 + f))
+not_a_number = st.one_of(junk, st.booleans(), words)
+too_small = st.integers(max_value=0)
+
+INVALID = {
+    "seed": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(min_value=2**32)),
+    "data.validation_size": st.one_of(not_an_int, too_small),
+    "data.download_timeout": st.one_of(not_a_number, st.floats(max_value=0), st.floats(3601, 1e9)),
+    "data.sources": st.one_of(
+        st.none(),
+        st.just([]),
+        words,
+        st.just([{"kind": "ftp", "url": "ftp://x"}]),
+        st.just([{"kind": "url", "url": "https://x/m.npz"}]),  # no sha256
+        st.just([{"kind": "local"}]),
+        st.just([{"kind": "local", "path": "/x", "extra": 1}]),
+    ),  # fmt: skip
+    "data.sha256.x_train": st.one_of(junk, words, st.just("ABC" * 21 + "D")),
+    "model.time_steps": st.one_of(
+        not_an_int, too_small, st.integers(785, 10**6), st.sampled_from([1, 7, 14, 56])
+    ),  # fmt: skip
+    "model.n_input": st.one_of(not_an_int, too_small, st.sampled_from([1, 4, 56, 784])),
+    "model.num_units": st.one_of(not_an_int, too_small, st.integers(min_value=4097)),
+    "model.forget_bias": st.one_of(not_a_number, st.floats(100.5, 1e9), st.floats(-1e9, -100.5)),
+    "model.n_classes": st.one_of(not_an_int, st.integers(max_value=1), st.integers(min_value=257)),
+    "train.learning_rate": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1.01, 1e9)),
+    "train.batch_size": st.one_of(not_an_int, too_small, st.integers(min_value=65537)),
+    "train.iterations": st.one_of(not_an_int, too_small, st.integers(1, 99)),  # < log_every
+    "train.log_every": st.one_of(not_an_int, too_small, st.integers(2001, 10**7)),
+    "train.deterministic": st.one_of(junk, words, st.integers(0, 1)),
+    "mlflow.experiment": st.one_of(junk, st.just(""), st.integers()),
+    "mlflow.registered_model": st.one_of(junk, st.just(""), st.integers()),
+    "mlflow.tracking_db": st.one_of(junk, st.just("")),
+    "mlflow.artifacts_dir": st.one_of(junk, st.just("")),
+    "paths.raw_dir": st.one_of(junk, st.just("")),
+    "paths.model": st.one_of(junk, st.just(""), st.just("models/model.h5")),
+    "paths.model_card": st.one_of(junk, st.just("reports/card.txt")),
+    "paths.metrics": st.one_of(junk, st.just("")),
+}
+SECTIONS = ["data", "model", "train", "mlflow", "paths"]
+
+
+def with_value(key: str, value: object) -> dict:
+    raw = copy.deepcopy(DEFAULTS)
+    *parents, last = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    section[last] = value
+    return raw
+
+
+def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:
+    """The stage exits non-zero with one `error:` line naming the key; nothing was started."""
+    params_file = folder / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    with contextlib.chdir(folder), pytest.raises(SystemExit) as stop:  # relative outputs land here
+        STAGES[stage](["--params", str(params_file)])
+    message = str(stop.value.code)
+    assert stop.value.code not in (0, None)
+    assert message.startswith(f"error: {params_file}: ") and "\n" not in message
+    assert any(name in message for name in names), (names, message)
+    assert sorted(path.name for path in folder.iterdir()) == ["params.yaml"]  # nothing else
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=st.sampled_from(sorted(INVALID)), stage=st.sampled_from(sorted(STAGES)), data=st.data())
+def test_any_wrong_value_for_any_key_is_refused(tmp_path_factory, key, stage, data):
+    value = data.draw(INVALID[key], label="value")
+    folder = tmp_path_factory.mktemp("bad")
+    assert_stopped_with_one_line(with_value(key, value), folder, stage, [key, key.split(".")[-1]])
+
+
+@settings(max_examples=100, deadline=None)
+@given(section=st.sampled_from(SECTIONS), name=st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True))
+def test_unknown_keys_are_refused(tmp_path_factory, section, name):
+    raw = copy.deepcopy(DEFAULTS)
+    if name in raw[section]:
+        return
+    raw[section][name] = 1
+    folder = tmp_path_factory.mktemp("unknown")
+    assert_stopped_with_one_line(raw, folder, "train", [f"{section}.{name}: unknown key"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_missing_keys_are_refused(tmp_path_factory, data):
+    raw = copy.deepcopy(DEFAULTS)
+    section = data.draw(st.sampled_from(SECTIONS))
+    name = data.draw(st.sampled_from(sorted(raw[section])))
+    del raw[section][name]
+    folder = tmp_path_factory.mktemp("missing")
+    assert_stopped_with_one_line(raw, folder, "train", [f"{section}.{name}: missing"])
+
+
+def test_every_leaf_key_has_a_wrong_value_strategy():
+    def leaves(mapping: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                found |= leaves(value, f"{prefix}{key}.")
+            else:
+                found.add(f"{prefix}{key}")
+        return found
+
+    covered = set(INVALID) | {f"data.sha256.{k}" for k in ("y_train", "x_test", "y_test")}
+    covered |= {f"paths.{k}" for k in DEFAULTS["paths"]}  # same rule as the paths listed
+    covered |= {"mlflow.tracking_db"}
+    assert leaves(DEFAULTS) <= covered

@@ -1,0 +1,160 @@
+"""Faults: misbehaving download servers, an unreachable tracking server, interrupted training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline import config, fetch
+
+from .conftest import REPO
+
+
+@contextmanager
+def misbehaving_server(mode: str) -> Iterator[str]:
+    """A one-connection-at-a-time HTTP server on 127.0.0.1 that fails in the way `mode` says."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    body = b"not the mnist you are looking for" * 100
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)  # the request
+                head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                if mode == "silent":  # accepts, then never answers
+                    stop.wait(10)
+                elif mode == "stall":  # headers and a little of the body, then nothing
+                    connection.sendall(head + body[:100])
+                    stop.wait(10)
+                elif mode == "truncated":  # promises more than it sends, then closes
+                    connection.sendall(head + body[: len(body) // 2])
+                elif mode == "wrong":  # a complete body that is not the expected file
+                    connection.sendall(head + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        listener.close()
+
+
+@pytest.mark.parametrize("mode", ["silent", "stall", "truncated", "wrong"])
+def test_bad_download_falls_through_to_the_next_source(raw_params, mirror, tmp_path, mode):
+    with misbehaving_server(mode) as url:
+        raw_params["data"]["download_timeout"] = 1
+        raw_params["data"]["sources"] = [
+            {"kind": "url", "url": f"{url}/mnist.npz", "sha256": "0" * 64},
+            {"kind": "local", "path": str(mirror)},
+        ]
+        started = time.monotonic()
+        result = fetch.run(config.parse_params(raw_params))
+    assert result.source == f"local {mirror}"
+    assert time.monotonic() - started < 8
+
+
+def test_failed_download_leaves_nothing_at_the_output(raw_params, tmp_path):
+    with misbehaving_server("truncated") as url:
+        raw_params["data"]["download_timeout"] = 1
+        raw_params["data"]["sources"] = [{"kind": "url", "url": f"{url}/m.npz", "sha256": "0" * 64}]
+        with pytest.raises(fetch.FetchError, match="download failed"):
+            fetch.run(config.parse_params(raw_params))
+    raw_dir = tmp_path / "data/raw"
+    assert not raw_dir.exists() or not any(raw_dir.iterdir())
+
+
+def stage(name: str, params_file: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"pipeline.{name}", "--params", str(params_file)],
+        cwd=REPO, env=environment | (env or {}), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def prepared(params, raw_params, store, tmp_path) -> Path:
+    """Fetched and preprocessed tiny data; the params file a stage subprocess reads."""
+    from pipeline import preprocess
+
+    fetch.run(params)
+    preprocess.run(params)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw_params))
+    return params_file
+
+
+def test_unanswering_tracking_server_fails_fast_before_training(prepared, tmp_path):
+    with misbehaving_server("silent") as url:
+        started = time.monotonic()
+        process = stage("train", prepared, {"MLFLOW_TRACKING_URI": url, "DVC_ROOT": str(tmp_path)})
+        _, stderr = process.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    assert process.returncode != 0
+    assert elapsed < 15
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MLflow tracking server {url} did not answer")
+    assert "Traceback" not in stderr
+    assert "iteration" not in stderr and not (tmp_path / "models/model.keras").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_training_is_killed_cleanly(prepared, raw_params, tmp_path, signum):
+    raw_params["train"] |= {"iterations": 1_000_000, "log_every": 20}
+    prepared.write_text(yaml.safe_dump(raw_params))
+    process = stage("train", prepared, {"DVC_ROOT": str(tmp_path)})
+    for line in process.stderr:  # wait until training is under way
+        if "iteration 20/" in line:
+            break
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-lstm").experiment_id])
+    assert run.info.status == "KILLED"
+    models = tmp_path / "models"
+    assert not models.exists() or list(models.iterdir()) == []  # no model, no temp file
+
+
+def test_same_params_and_seed_give_bit_identical_weights_and_metrics(prepared, tmp_path):
+    import hashlib
+
+    import keras
+
+    outputs = []
+    for _ in ("first", "second"):
+        for name in ("train", "evaluate"):
+            process = stage(name, prepared, {"DVC_ROOT": str(tmp_path)})
+            _, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr
+        model = keras.saving.load_model(tmp_path / "models/model.keras")
+        weights = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+        outputs.append((weights, (tmp_path / "reports/metrics.json").read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_readme_and_makefile_bind_the_ui_to_localhost():
+    for document in ("README.md", "Makefile"):
+        lines = [line for line in (REPO / document).read_text().splitlines() if "mlflow ui" in line]
+        assert lines and all("--host 127.0.0.1" in line for line in lines), document
