@@ -33,6 +33,17 @@ def make_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> d
     }
 
 
+def with_value(raw: dict, key: str, value: object) -> dict:
+    """A deep copy of a params mapping with the dotted `key` set to `value`."""
+    changed = copy.deepcopy(raw)
+    *parents, last = key.split(".")
+    section = changed
+    for part in parents:
+        section = section[part]
+    section[last] = value
+    return changed
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array in the IDX format."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(

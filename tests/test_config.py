@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,12 @@ from hypothesis import strategies as st
 
 from pipeline import config
 
-from .conftest import REPO
+from .conftest import REPO, with_value
 
 
 @pytest.fixture(scope="module")
 def defaults() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
-
-
-def with_value(raw: dict, key: str, value: object) -> dict:
-    changed = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    section = changed
-    for part in parents:
-        section = section[part]
-    section[last] = value
-    return changed
 
 
 def test_repo_params_load_with_the_issue_defaults():

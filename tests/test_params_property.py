@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pipeline import evaluate, fetch, preprocess, train
 
-from .conftest import REPO
+from .conftest import REPO, with_value
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 STAGES = {"fetch": fetch.main, "preprocess": preprocess.main, "train": train.main,
@@ -67,16 +67,6 @@ INVALID = {
 SECTIONS = ["data", "model", "train", "mlflow", "paths"]
 
 
-def with_value(key: str, value: object) -> dict:
-    raw = copy.deepcopy(DEFAULTS)
-    *parents, last = key.split(".")
-    section = raw
-    for part in parents:
-        section = section[part]
-    section[last] = value
-    return raw
-
-
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:
     """The stage exits non-zero with one `error:` line naming the key; nothing was started."""
     params_file = folder / "params.yaml"
@@ -97,7 +87,9 @@ def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: lis
 def test_any_wrong_value_for_any_key_is_refused(tmp_path_factory, key, stage, data):
     value = data.draw(INVALID[key], label="value")
     folder = tmp_path_factory.mktemp("bad")
-    assert_stopped_with_one_line(with_value(key, value), folder, stage, [key, key.split(".")[-1]])
+    assert_stopped_with_one_line(
+        with_value(DEFAULTS, key, value), folder, stage, [key, key.split(".")[-1]]
+    )
 
 
 @settings(max_examples=100, deadline=None)
