@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test lint format ui clean
+.PHONY: help install repro test lint format ui bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ format: install  ## apply ruff's fixes and formatting
 
 ui: install  ## open the MLflow UI on this repo's store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+bench: install  ## training speed vs PyTorch and plain Keras, pipeline and inference timings
+	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	dvc repro
+	python -m benchmarks.bench
 
 clean:  ## remove caches (keeps .venv, data, models and the MLflow store)
 	rm -rf .pytest_cache .ruff_cache .hypothesis

@@ -63,8 +63,12 @@ def fit(
     settings: config.TrainParams,
     seed: int,
     report: Callable[[Interval], None],
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> None:
-    """Train for `settings.iterations` batches; validate and report every `log_every`."""
+    """Train for `settings.iterations` batches; validate and report every `log_every`.
+
+    `callbacks` are extra Keras callbacks (the benchmarks time training with one).
+    """
     # One Keras "epoch" per logging interval; the reporter cuts the last one short.
     model.fit(
         batches(train["x"], train["y"], settings.batch_size, seed),
@@ -72,7 +76,7 @@ def fit(
         epochs=math.ceil(settings.iterations / settings.log_every),
         validation_data=(val["x"], val["y"]),
         validation_batch_size=EVAL_BATCH_SIZE,
-        callbacks=[IntervalReporter(settings.iterations, report)],
+        callbacks=[IntervalReporter(settings.iterations, report), *(callbacks or [])],
         shuffle=False,  # the dataset is already shuffled, seeded
         verbose=0,
     )

@@ -1,0 +1,267 @@
+"""`make bench`: training speed against PyTorch and a plain Keras port, plus the pipeline around it.
+
+Everything is measured in this one invocation on this machine; contenders are interleaved and
+each measurement runs in a fresh process. Results print as tables and go to benchmarks/RESULTS.md.
+Run it after `make repro` (it reads data/processed/ and models/model.keras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 0.9786  # the reference tutorial's test accuracy
+CONTENDERS = ("project", "peer", "naive")
+
+
+def contender(name: str, *args: str) -> list[dict]:
+    """Run one contender in its own process; return its checkpoints."""
+    command = [sys.executable, "-m", "benchmarks.contenders", name, *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"]
+
+
+def throughput(repeats: int, iterations: int) -> dict[str, list[float]]:
+    """Steady-state samples/s: the first 100 iterations (tracing, warm-up) are left out."""
+    samples = {name: [] for name in CONTENDERS}
+    for repeat in range(repeats):
+        for name in CONTENDERS:  # interleaved, so drift hits every contender alike
+            rows = contender(name, "--iterations", str(iterations), "--every", "100")
+            first, last = rows[0], rows[-1]
+            rate = (
+                (last["iteration"] - first["iteration"])
+                * 128
+                / (last["seconds"] - first["seconds"])
+            )
+            samples[name].append(rate)
+            print(f"  repeat {repeat + 1}/{repeats} {name}: {rate:,.0f} samples/s", flush=True)  # noqa: T201
+    return samples
+
+
+def time_to_accuracy(max_iterations: int) -> dict[str, dict]:
+    """Training seconds (evaluation excluded) until test accuracy first reaches TARGET."""
+    found = {}
+    for name in CONTENDERS:
+        rows = contender(name, "--iterations", str(max_iterations), "--every", "100", "--accuracy")
+        hit = next((row for row in rows if row["accuracy"] >= TARGET), None)
+        at_2000 = next((row["accuracy"] for row in rows if row["iteration"] == 2000), None)
+        found[name] = {"seconds": hit and hit["seconds"], "iteration": hit and hit["iteration"],
+                       "accuracy_at_2000": at_2000}  # fmt: skip
+        print(f"  {name}: {found[name]}", flush=True)  # noqa: T201
+    return found
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started
+
+
+def pipeline_timings(repeats: int) -> dict[str, object]:
+    """dvc repro in a scratch copy of the repo (its own MLflow store): full, no-op, per stage."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-repo-"))
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.split()  # fmt: skip
+        for name in files:
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, scratch / name)
+        params = (scratch / "params.yaml").read_text()
+        mirror = REPO / "data/raw/mnist.npz"  # "from cached data": the fetched file, locally
+        params = params.replace(
+            "    - kind: url", f"    - kind: local\n      path: {mirror}\n    - kind: url", 1
+        )
+        (scratch / "params.yaml").write_text(params)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+        for command in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"]):
+            subprocess.run(command, cwd=scratch, check=True, env=env)
+        full = timed(["dvc", "repro"], scratch, env)
+        noop = [timed(["dvc", "repro"], scratch, env) for _ in range(repeats)]
+        startup = {
+            stage: statistics.median(
+                timed([sys.executable, "-m", f"pipeline.{stage}", "--help"], scratch, env)
+                for _ in range(repeats)
+            )
+            for stage in ("fetch", "preprocess", "train", "evaluate")
+        }
+        startup["import tensorflow"] = statistics.median(
+            timed([sys.executable, "-c", "import tensorflow"], scratch, env) for _ in range(repeats)
+        )
+        rss_probe = "import resource,subprocess,sys; subprocess.run(sys.argv[1:],check=True); " \
+                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"  # fmt: skip
+        peak = subprocess.run([sys.executable, "-c", rss_probe, sys.executable, "-m",
+                               "pipeline.train"], cwd=scratch, env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        peak_mib = int(peak.stdout.strip().splitlines()[-1]) / 1024
+        return {"full": full, "noop": noop, "startup": startup, "train_peak_rss_mib": peak_mib}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def latency(predict, batch: np.ndarray, repeats: int) -> dict[str, float]:
+    predict(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict(batch)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def inference(repeats: int) -> dict[str, dict]:
+    """Batch-1 latency and batch-1000 throughput of the saved Keras model and the pyfunc model."""
+    import keras
+    import mlflow
+
+    from pipeline import config
+    from pipeline.data import load_arrays, read_json
+    from pipeline.preprocess import split_path
+
+    params = config.load_params(REPO / "params.yaml")
+    test = load_arrays(REPO / split_path(params.paths.processed_dir, "test"))["x"]
+    model = keras.saving.load_model(REPO / params.paths.model)
+    mlflow.set_tracking_uri(f"sqlite:///{REPO / params.mlflow.tracking_db}")
+    version = read_json(REPO / params.paths.run_info)["registered_version"]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/{version}")
+    callers = {
+        "keras model(x)": lambda x: model(x, training=False),
+        "keras model.predict(x)": lambda x: model.predict(x, verbose=0),
+        "mlflow pyfunc predict(x)": pyfunc.predict,
+    }
+    results = {}
+    for name, predict in callers.items():
+        single = latency(predict, test[:1], repeats)
+        bulk = latency(predict, test[:1000], max(3, repeats // 20))
+        results[name] = single | {"batch1000_per_s": 1000 / (bulk["p50_ms"] / 1000)}
+    return results
+
+
+def machine() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+    import torch
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    return {
+        "cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+        "tensorflow": tf.__version__, "keras": keras.__version__, "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+    }  # fmt: skip
+
+
+def summarise(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def report(results: dict) -> str:
+    """Markdown tables of everything measured, ratios last."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {results['date']} by `make bench`, in one run.",
+        "",
+    ]
+    lines += ["| machine | |", "|---|---|"] + [
+        f"| {k} | {v} |" for k, v in results["machine"].items()
+    ]
+    lines += [
+        "",
+        "## Training throughput (batch 128, steady state)",
+        "",
+        "| contender | samples/s median | min | max | ms/iteration |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in results["throughput"].items():
+        median, low, high = summarise(values)
+        lines.append(
+            f"| {name} | {median:,.0f} | {low:,.0f} | {high:,.0f} | {128_000 / median:.2f} |"
+        )
+    lines += [
+        "",
+        f"## Time to {TARGET:.2%} test accuracy (training time, checks every 100 iterations)",
+        "",
+        "| contender | seconds | iteration | accuracy at 2000 |",
+        "|---|---|---|---|",
+    ]
+    for name, hit in results["time_to_accuracy"].items():
+        seconds = f"{hit['seconds']:.1f}" if hit["seconds"] else "not reached"
+        lines.append(
+            f"| {name} | {seconds} | {hit['iteration'] or '—'} | {hit['accuracy_at_2000']} |"
+        )
+    pipe = results["pipeline"]
+    lines += [
+        "",
+        "## The pipeline around training",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+        f"| full `dvc repro` (data from a local copy) | {pipe['full']:.1f} |",
+        f"| no-op `dvc repro` (median of {len(pipe['noop'])}) | best {min(pipe['noop']):.2f}, "
+        f"{statistics.median(pipe['noop']):.2f} median |",
+    ]
+    lines += [
+        f"| start-up: `python -m pipeline.{k} --help` | {v:.2f} |"
+        if k != "import tensorflow"
+        else f"| start-up: `import tensorflow` | {v:.2f} |"
+        for k, v in pipe["startup"].items()
+    ]
+    lines += [f"| train stage peak RSS | {pipe['train_peak_rss_mib']:,.0f} MiB |"]
+    lines += [
+        "",
+        "## Inference",
+        "",
+        "| caller | batch 1 p50 ms | batch 1 p99 ms | batch 1000 images/s |",
+        "|---|---|---|---|",
+    ]
+    for name, row in results["inference"].items():
+        p50, p99, bulk = row["p50_ms"], row["p99_ms"], row["batch1000_per_s"]
+        lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {bulk:,.0f} |")
+    rate = {name: statistics.median(values) for name, values in results["throughput"].items()}
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        f"- project / peer throughput: **{rate['project'] / rate['peer']:.2f}×**",
+        f"- project / naive throughput: **{rate['project'] / rate['naive']:.2f}×**",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--accuracy-iterations", type=int, default=3000)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    print("training throughput", flush=True)  # noqa: T201
+    results["throughput"] = throughput(args.repeats, args.iterations)
+    print("time to accuracy", flush=True)  # noqa: T201
+    results["time_to_accuracy"] = time_to_accuracy(args.accuracy_iterations)
+    print("pipeline", flush=True)  # noqa: T201
+    results["pipeline"] = pipeline_timings(args.repeats)
+    print("inference", flush=True)  # noqa: T201
+    results["inference"] = inference(200)
+    text = report(results)
+    args.output.write_text(text)
+    print(text)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The three trainers compared, run one per process: `python -m benchmarks.contenders NAME ...`.
+
+- project: the pipeline's own code (pipeline.model + pipeline.fitting, as `pipeline.train` runs it)
+- naive:   a plain Keras port, `keras.layers.LSTM(128)` and `model.fit`
+- peer:    PyTorch `nn.LSTM(28, 128, batch_first=True)` + `nn.Linear(128, 10)`
+
+Each trains at batch 128 with Adam 0.001 and reports, every `--every` iterations, the
+cumulative training time (evaluation excluded) and, with `--accuracy`, the test accuracy.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from pipeline import config
+from pipeline.data import load_arrays
+from pipeline.preprocess import split_path
+
+
+class Clock:
+    """Training time only: paused while the contender evaluates."""
+
+    def __init__(self) -> None:
+        self.total, self.started = 0.0, None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.total += time.perf_counter() - self.started
+
+
+def keras_checkpoints(build, params: config.Params, args, train, test) -> list[dict]:
+    """Train a Keras model through pipeline.fitting.fit, timing the training steps only."""
+    import keras
+
+    from pipeline import fitting
+
+    clock, rows = Clock(), []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            clock.start()
+
+        def on_test_begin(self, logs=None):
+            clock.stop()
+
+    def report(row: dict) -> None:
+        rows.append({"iteration": int(row["iteration"]), "seconds": clock.total,
+                     "accuracy": row["val_accuracy"]})  # fmt: skip
+
+    fitting.seed_everything(params.seed, params.train.deterministic)
+    model = build()
+    settings = params.train.model_copy(
+        update={"iterations": args.iterations, "log_every": args.every}
+    )
+    check = test if args.accuracy else {"x": test["x"][:128], "y": test["y"][:128]}
+    fitting.fit(model, train, check, settings, params.seed, report, callbacks=[Timer()])
+    return rows
+
+
+def project(params, args, train, test):
+    from pipeline.model import build_model, compile_model
+
+    def build():
+        model = build_model(params.model)
+        compile_model(model, params.train.learning_rate)
+        return model
+
+    return keras_checkpoints(build, params, args, train, test)
+
+
+def naive(params, args, train, test):
+    import keras
+
+    def build():
+        model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128),
+                                  keras.layers.Dense(10, activation="softmax")])  # fmt: skip
+        model.compile(keras.optimizers.Adam(0.001), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])  # fmt: skip
+        return model
+
+    return keras_checkpoints(build, params, args, train, test)
+
+
+def peer(params, args, train, test):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(params.seed)
+    lstm, head = nn.LSTM(28, 128, batch_first=True), nn.Linear(128, 10)
+    with torch.no_grad():  # the reference's forget bias 1.0 (gates i, f, g, o)
+        lstm.bias_ih_l0[128:256].fill_(1.0)
+        lstm.bias_hh_l0[128:256].fill_(0.0)
+    optimizer = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=0.001)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.from_numpy(train["x"]), torch.from_numpy(train["y"].astype(np.int64))
+    x_test, y_test = torch.from_numpy(test["x"]), torch.from_numpy(test["y"].astype(np.int64))
+    generator = torch.Generator().manual_seed(params.seed)
+    order, position, clock, rows = torch.randperm(len(x), generator=generator), 0, Clock(), []
+    clock.start()
+    for iteration in range(1, args.iterations + 1):
+        if position + 128 > len(x):
+            order, position = torch.randperm(len(x), generator=generator), 0
+        batch = order[position : position + 128]
+        position += 128
+        output, _ = lstm(x[batch])
+        loss = loss_fn(head(output[:, -1]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if iteration % args.every == 0:
+            clock.stop()
+            accuracy = None
+            if args.accuracy:
+                with torch.no_grad():
+                    logits = head(lstm(x_test)[0][:, -1])
+                    accuracy = float((logits.argmax(1) == y_test).float().mean())
+            rows.append({"iteration": iteration, "seconds": clock.total, "accuracy": accuracy})
+            clock.start()
+    return rows
+
+
+CONTENDERS = {"project": project, "naive": naive, "peer": peer}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("name", choices=sorted(CONTENDERS))
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--accuracy", action="store_true", help="test accuracy at each check")
+    args = parser.parse_args()
+    params = config.load_params()
+    processed = params.paths.processed_dir
+    train, test = (load_arrays(split_path(processed, split)) for split in ("train", "test"))
+    rows = CONTENDERS[args.name](params, args, train, test)
+    print(json.dumps({"contender": args.name, "checkpoints": rows}))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
