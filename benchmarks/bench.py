@@ -260,6 +260,7 @@ def main() -> None:
     results["inference"] = inference(200)
     text = report(results)
     args.output.write_text(text)
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     print(text)  # noqa: T201
 
 
