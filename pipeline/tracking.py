@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import subprocess
 import urllib.error
@@ -120,6 +121,40 @@ def killed_on_interrupt() -> Iterator[None]:
     except KeyboardInterrupt:
         mlflow.end_run(status="KILLED")
         raise
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run, so a later stage can tell a killed run from a live one."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark as KILLED the RUNNING runs whose process on this host is gone (e.g. after SIGKILL)."""
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get("pipeline.pid", "")
+        if (
+            tags.get("pipeline.host") == socket.gethostname()
+            and pid.isdigit()
+            and not _alive(int(pid))
+        ):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+            log.warning("run %s was left RUNNING by a process that died; marked KILLED",
+                        run.info.run_id)  # fmt: skip
+    return closed
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:

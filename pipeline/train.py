@@ -93,6 +93,7 @@ def run(params: config.Params) -> TrainResult:
     from pipeline.model import build_model, compile_model
 
     experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
+    tracking.close_orphaned_runs(experiment_id)
     files = {split: split_path(params.paths.processed_dir, split) for split in ("train", "val")}
     train, val = (load_arrays(files[split]) for split in ("train", "val"))
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
@@ -105,7 +106,7 @@ def run(params: config.Params) -> TrainResult:
         model = build_model(params.model)
         compile_model(model, params.train.learning_rate)
         mlflow.log_params(tracking.flatten(params.model_dump()))
-        mlflow.set_tags(tracking.lineage_tags(data_hashes, params))
+        mlflow.set_tags(tracking.lineage_tags(data_hashes, params) | tracking.process_tags())
         log_inputs(train, data_hashes)
         history = History(params.train.iterations)
         fitting.fit(model, train, val, params.train, params.seed, history)

@@ -140,3 +140,24 @@ def test_parallel_processes_share_one_store_without_locking_errors(raw_params, s
     client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(raw_params["mlflow"]["experiment"])
     assert len(client.search_runs([experiment.experiment_id])) == 4
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_killed(params, store):
+    import socket
+
+    experiment = tracking.use_store(params.mlflow)
+    client = mlflow.MlflowClient()
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    here = socket.gethostname()
+    owners = {
+        "dead": {"pipeline.host": here, "pipeline.pid": str(finished.pid)},
+        "alive": {"pipeline.host": here, "pipeline.pid": str(os.getpid())},
+        "elsewhere": {"pipeline.host": f"not-{here}", "pipeline.pid": str(finished.pid)},
+    }
+    runs = {
+        name: client.create_run(experiment, tags=tags).info.run_id for name, tags in owners.items()
+    }
+    assert tracking.close_orphaned_runs(experiment) == [runs["dead"]]
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING"}
