@@ -9,9 +9,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Arrays = dict[str, np.ndarray]
 _CHUNK = 1 << 20
@@ -66,6 +69,18 @@ def write_json(path: str | Path, payload: Any) -> None:
     """Write JSON atomically, keys in a stable order."""
     with atomic_path(path, ".json") as temporary:
         temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a table as CSV atomically, floats to six significant digits."""
+    with atomic_path(path, ".csv") as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6g")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
 
 
 def read_json(path: str | Path) -> Any:

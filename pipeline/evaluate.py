@@ -6,11 +6,12 @@ import logging
 import os
 from pathlib import Path
 
+import mlflow  # already loaded by tracking; TensorFlow is imported only in run()
 import numpy as np
 import pandas as pd
 
 from pipeline import config, fetch, model_card, tracking
-from pipeline.data import Arrays, atomic_path, load_arrays, read_json, write_json
+from pipeline.data import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 from pipeline.preprocess import split_path
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,6 @@ def per_class_metrics(confusion: np.ndarray) -> pd.DataFrame:
     )  # fmt: skip
 
 
-def write_csv(table: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path, ".csv") as temporary:
-        table.to_csv(temporary, index=False, float_format="%.6g")
-
-
 def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
                   folder: Path) -> dict[str, Path]:  # fmt: skip
     """The confusion matrix and misclassified digits as PNGs (for DVC, MLflow and the card)."""
@@ -69,16 +65,9 @@ def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
     return {name: folder / name for name in drawn}
 
 
-def write_card(params: config.Params, text: str) -> None:
-    with atomic_path(params.paths.model_card, ".md") as temporary:
-        temporary.write_text(text)
-
-
 def log_results(metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
                 pictures: dict[str, Path]) -> None:  # fmt: skip
     """Test metrics (overall and per class), tables and figures, into the active run."""
-    import mlflow
-
     per_class_flat = {
         f"test_{column}.class_{row['class']}": float(row[column])
         for row in per_class.to_dict("records")
@@ -112,14 +101,13 @@ def card_for(run, run_info: dict, champion: int | None, metrics: dict, per_class
 def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
                pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
     """Log test results into train's run, promote the champion, write and log the model card."""
-    import mlflow
-
     tracking.use_store(params.mlflow)
     run = mlflow.start_run(run_id=run_info["run_id"])
     try:
         log_results(metrics, per_class, confusion, pictures)
         champion = tracking.promote_champion(params.mlflow.registered_model)
-        write_card(params, card_for(run, run_info, champion, metrics, per_class, pictures, params))
+        card = card_for(run, run_info, champion, metrics, per_class, pictures, params)
+        write_text(params.paths.model_card, card)
         mlflow.log_artifact(params.paths.model_card)
     except BaseException:
         mlflow.set_tag("evaluate.status", "failed")

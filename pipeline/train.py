@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 
 from pipeline import config, tracking
-from pipeline.data import Arrays, atomic_path, load_arrays, sha256_file, write_json
+from pipeline.data import Arrays, atomic_path, load_arrays, sha256_file, write_csv, write_json
 from pipeline.preprocess import split_path
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,6 @@ def save_model(model, path: str | Path) -> None:
     """Save in Keras format; the file appears at `path` only once complete."""
     with atomic_path(path, ".keras") as temporary:
         model.save(temporary)
-
-
-def write_history(history: pd.DataFrame, path: str | Path) -> None:
-    with atomic_path(path, ".csv") as temporary:
-        history.to_csv(temporary, index=False, float_format="%.6g")
 
 
 def log_inputs(train: Arrays, data_hashes: dict[str, str]) -> None:
@@ -110,8 +105,9 @@ def run(params: config.Params) -> TrainResult:
         log_inputs(train, data_hashes)
         history = History(params.train.iterations)
         fitting.fit(model, train, val, params.train, params.seed, history)
-        write_history(history.table(), params.paths.history)
-        mlflow.log_figure(figures.training_curves(history.table()), "figures/training_curves.png")
+        table = history.table()
+        write_csv(table, params.paths.history)
+        mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
         save_model(model, params.paths.model)
         info = log_model(model, val["x"][:3], params)
         run_info = {
@@ -124,8 +120,7 @@ def run(params: config.Params) -> TrainResult:
         write_json(params.paths.run_info, run_info)
     log.info("run %s: registered %s version %s", run.info.run_id,
              params.mlflow.registered_model, info.registered_model_version)  # fmt: skip
-    return TrainResult(run.info.run_id, info.model_uri, info.registered_model_version,
-                       history.table())  # fmt: skip
+    return TrainResult(run.info.run_id, info.model_uri, info.registered_model_version, table)
 
 
 def main(argv: list[str] | None = None) -> None:
