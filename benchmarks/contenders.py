@@ -54,23 +54,21 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
         rows.append({"iteration": int(row["iteration"]), "seconds": clock.total,
                      "accuracy": row["val_accuracy"]})  # fmt: skip
 
-    fitting.seed_everything(params.seed, params.train.deterministic)
-    model = build()
-    settings = params.train.model_copy(
-        update={"iterations": args.iterations, "log_every": args.every}
-    )
+    update = {"iterations": args.iterations, "log_every": args.every}
+    settings = config.TrainParams.model_validate(params.train.model_dump() | update)
+    model = build(settings)
     check = test if args.accuracy else {"x": test["x"][:128], "y": test["y"][:128]}
     fitting.fit(model, train, check, settings, params.seed, report, callbacks=[Timer()])
     return rows
 
 
 def project(params, args, train, test):
-    from pipeline.model import build_model, compile_model
+    from pipeline import fitting
+    from pipeline.model import build_model
 
-    def build():
-        model = build_model(params.model)
-        compile_model(model, params.train.learning_rate)
-        return model
+    def build(settings):  # as pipeline.train.run does it
+        fitting.configure_runtime(params.seed, settings)
+        return fitting.compile_trainer(build_model(params.model), settings)
 
     return keras_checkpoints(build, params, args, train, test)
 
@@ -78,7 +76,8 @@ def project(params, args, train, test):
 def naive(params, args, train, test):
     import keras
 
-    def build():
+    def build(settings):  # TensorFlow's default threads, no op determinism
+        keras.utils.set_random_seed(params.seed)
         model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128),
                                   keras.layers.Dense(10, activation="softmax")])  # fmt: skip
         model.compile(keras.optimizers.Adam(0.001), "sparse_categorical_crossentropy",

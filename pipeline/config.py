@@ -108,6 +108,7 @@ class ModelParams(_Section):
     num_units: Annotated[Int, Field(ge=1, le=4096)]
     forget_bias: Annotated[Float, Field(ge=-100, le=100)]
     n_classes: Annotated[Int, Field(ge=2, le=256)]
+    unroll: StrictBool
 
     @model_validator(mode="after")
     def _rows_cover_image(self) -> ModelParams:
@@ -125,12 +126,28 @@ class TrainParams(_Section):
     iterations: Annotated[Int, Field(ge=1, le=10_000_000)]
     log_every: Annotated[Int, Field(ge=1)]
     deterministic: StrictBool
+    # Execution only: none of these changes the model or the arithmetic it is trained with.
+    steps_per_execution: Annotated[Int, Field(ge=1)]
+    batch_shards: Annotated[Int, Field(ge=1, le=64)]
+    intra_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: CPU cores / batch_shards
+    inter_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: TensorFlow's default
 
     @model_validator(mode="after")
-    def _log_within_run(self) -> TrainParams:
+    def _intervals_fit(self) -> TrainParams:
         if self.log_every > self.iterations:
             raise ValueError(
                 f"log_every ({self.log_every}) must not exceed iterations ({self.iterations})"
+            )
+        for name in ("iterations", "log_every"):
+            if getattr(self, name) % self.steps_per_execution:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of "
+                    f"steps_per_execution ({self.steps_per_execution})"
+                )
+        if self.batch_size % self.batch_shards:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of "
+                f"batch_shards ({self.batch_shards})"
             )
         return self
 

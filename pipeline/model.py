@@ -16,7 +16,9 @@ def build_model(params: config.ModelParams) -> keras.Model:
     rows = keras.layers.Reshape((params.time_steps, params.n_input), name="rows")(images)
     # Keras adds no constant to the forget gate (TF1's forget_bias does); starting the learned
     # bias at forget_bias is the same function and the same gradients.
-    last_output = keras.layers.LSTM(params.num_units, unit_forget_bias=False, name="lstm")(rows)
+    last_output = keras.layers.LSTM(
+        params.num_units, unit_forget_bias=False, unroll=params.unroll, name="lstm"
+    )(rows)
     probabilities = keras.layers.Dense(params.n_classes, activation="softmax", name="digits")(
         last_output
     )  # (batch, n_classes)
@@ -31,12 +33,3 @@ def set_forget_bias(layer: keras.layers.LSTM, forget_bias: float) -> None:
     bias = np.zeros(4 * units, dtype="float32")
     bias[units : 2 * units] = forget_bias
     layer.cell.bias.assign(bias)
-
-
-def compile_model(model: keras.Model, learning_rate: float) -> None:
-    """Adam on softmax cross-entropy, with accuracy, as the reference does."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )

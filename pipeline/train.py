@@ -85,7 +85,7 @@ def log_model(model, example, params: config.Params):
 def run(params: config.Params) -> TrainResult:
     """Train, save the model and history, log everything to one MLflow run, register the model."""
     from pipeline import figures, fitting  # TensorFlow loads only once the params are valid
-    from pipeline.model import build_model, compile_model
+    from pipeline.model import build_model
 
     experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
     tracking.close_orphaned_runs(experiment_id)
@@ -97,14 +97,14 @@ def run(params: config.Params) -> TrainResult:
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tracking.killed_on_interrupt(),
     ):
-        fitting.seed_everything(params.seed, params.train.deterministic)
+        fitting.configure_runtime(params.seed, params.train)
         model = build_model(params.model)
-        compile_model(model, params.train.learning_rate)
+        trainer = fitting.compile_trainer(model, params.train)
         mlflow.log_params(tracking.flatten(params.model_dump()))
         mlflow.set_tags(tracking.lineage_tags(data_hashes, params) | tracking.process_tags())
         log_inputs(train, data_hashes)
         history = History(params.train.iterations)
-        fitting.fit(model, train, val, params.train, params.seed, history)
+        fitting.fit(trainer, train, val, params.train, params.seed, history)
         table = history.table()
         write_csv(table, params.paths.history)
         mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")

@@ -75,7 +75,7 @@ def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
     raw["data"]["sha256"] = array_hashes(arrays)
     raw["data"]["validation_size"] = 20
     raw["model"]["num_units"] = 8
-    raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3}
+    raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 3}
     raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
     return raw
 

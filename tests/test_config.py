@@ -73,15 +73,21 @@ def test_unknown_and_missing_keys_are_named(defaults):
     assert "model.num_units: missing" in message
 
 
-def test_cross_field_rules(defaults):
-    raw = with_value(defaults, "train.log_every", 5000)
-    assert "log_every (5000) must not exceed iterations (2000)" in str(
-        pytest.raises(config.ConfigError, config.parse_params, raw).value
-    )
-    raw = with_value(defaults, "model.time_steps", 14)
-    assert "time_steps × n_input must be 784" in str(
-        pytest.raises(config.ConfigError, config.parse_params, raw).value
-    )
+@pytest.mark.parametrize(
+    ("key", "value", "phrase"),
+    [
+        ("train.log_every", 5000, "log_every (5000) must not exceed iterations (2000)"),
+        ("model.time_steps", 14, "time_steps × n_input must be 784"),
+        ("train.steps_per_execution", 30,
+         "iterations (2000) must be a multiple of steps_per_execution (30)"),
+        ("train.steps_per_execution", 40,
+         "log_every (100) must be a multiple of steps_per_execution (40)"),
+        ("train.batch_shards", 3, "batch_size (128) must be a multiple of batch_shards (3)"),
+    ],
+)  # fmt: skip
+def test_cross_field_rules(defaults, key, value, phrase):
+    raw = with_value(defaults, key, value)
+    assert phrase in str(pytest.raises(config.ConfigError, config.parse_params, raw).value)
 
 
 def test_rows_of_two_image_lines_are_allowed(defaults):

@@ -11,7 +11,8 @@ from pipeline.model import build_model
 
 
 def model_params(**changes) -> config.ModelParams:
-    values = {"time_steps": 28, "n_input": 28, "num_units": 16, "forget_bias": 1.0, "n_classes": 10}
+    values = {"time_steps": 28, "n_input": 28, "num_units": 16, "forget_bias": 1.0, "n_classes": 10,
+              "unroll": True}  # fmt: skip
     return config.ModelParams(**(values | changes))
 
 
@@ -43,3 +44,14 @@ def test_rows_can_be_read_two_at_a_time():
     model = build_model(model_params(time_steps=14, n_input=56))
     assert model.get_layer("rows").output.shape == (None, 14, 56)
     assert model.predict(np.zeros((2, 28, 28), np.float32), verbose=0).shape == (2, 10)
+
+
+def test_unrolled_and_looped_lstm_compute_the_same_function():
+    unrolled = build_model(model_params(unroll=True))
+    looped = build_model(model_params(unroll=False))
+    looped.set_weights(unrolled.get_weights())
+    images = np.random.default_rng(1).random((7, 28, 28), dtype=np.float32)
+    assert unrolled.get_layer("lstm").unroll and not looped.get_layer("lstm").unroll
+    np.testing.assert_allclose(
+        unrolled.predict(images, verbose=0), looped.predict(images, verbose=0), rtol=0, atol=1e-6
+    )

@@ -50,11 +50,20 @@ INVALID = {
     "model.num_units": st.one_of(not_an_int, too_small, st.integers(min_value=4097)),
     "model.forget_bias": st.one_of(not_a_number, st.floats(100.5, 1e9), st.floats(-1e9, -100.5)),
     "model.n_classes": st.one_of(not_an_int, st.integers(max_value=1), st.integers(min_value=257)),
+    "model.unroll": st.one_of(junk, words, st.integers(0, 1)),
     "train.learning_rate": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1.01, 1e9)),
     "train.batch_size": st.one_of(not_an_int, too_small, st.integers(min_value=65537)),
     "train.iterations": st.one_of(not_an_int, too_small, st.integers(1, 99)),  # < log_every
     "train.log_every": st.one_of(not_an_int, too_small, st.integers(2001, 10**7)),
     "train.deterministic": st.one_of(junk, words, st.integers(0, 1)),
+    "train.steps_per_execution": st.one_of(  # must divide iterations (2000) and log_every (100)
+        not_an_int, too_small, st.sampled_from([3, 7, 30, 200, 4000])
+    ),  # fmt: skip
+    "train.batch_shards": st.one_of(  # must divide batch_size (128)
+        not_an_int, too_small, st.integers(65, 10**6), st.sampled_from([3, 5, 6, 7, 48])
+    ),  # fmt: skip
+    "train.intra_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
+    "train.inter_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
     "mlflow.experiment": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.registered_model": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.tracking_db": st.one_of(junk, st.just("")),

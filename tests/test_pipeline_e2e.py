@@ -60,7 +60,7 @@ def repo(tmp_path_factory) -> Path:
     params["data"]["sha256"] = array_hashes(mnist)
     params["data"]["validation_size"] = 20
     params["model"]["num_units"] = 8
-    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3}
+    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 1}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)

@@ -120,11 +120,11 @@ def test_unanswering_tracking_server_fails_fast_before_training(prepared, tmp_pa
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_is_killed_cleanly(prepared, raw_params, tmp_path, signum):
-    raw_params["train"] |= {"iterations": 1_000_000, "log_every": 20}
+    raw_params["train"] |= {"iterations": 999_999, "log_every": 21}
     prepared.write_text(yaml.safe_dump(raw_params))
     process = stage("train", prepared, {"DVC_ROOT": str(tmp_path)})
     for line in process.stderr:  # wait until training is under way
-        if "iteration 20/" in line:
+        if "iteration 21/" in line:
             break
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)

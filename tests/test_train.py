@@ -60,7 +60,7 @@ def test_train_logs_one_complete_run(prepared, store, tmp_path):
 def test_iterations_not_a_multiple_of_log_every(prepared, raw_params, tmp_path):
     from pipeline import config
 
-    raw_params["train"] |= {"iterations": 7, "log_every": 3}
+    raw_params["train"] |= {"iterations": 7, "log_every": 3, "steps_per_execution": 1}
     result = train.run(config.parse_params(raw_params))
     assert result.history["iteration"].tolist() == [3, 6, 7]
     assert result.registered_version == 1

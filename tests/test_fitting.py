@@ -1,0 +1,98 @@
+"""fitting: sharded steps take the whole batch's gradient; exact iteration counts; thread counts."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import config, fitting
+from pipeline.model import build_model
+
+
+def settings(**changes) -> config.TrainParams:
+    values = {"learning_rate": 0.001, "batch_size": 16, "iterations": 6, "log_every": 3,
+              "deterministic": True, "steps_per_execution": 3, "batch_shards": 2,
+              "intra_op_threads": 0, "inter_op_threads": 0}  # fmt: skip
+    return config.TrainParams(**(values | changes))
+
+
+def twin_nets() -> tuple[keras.Model, keras.Model]:
+    params = config.ModelParams(time_steps=28, n_input=28, num_units=8, forget_bias=1.0,
+                                n_classes=10, unroll=True)  # fmt: skip
+    first, second = build_model(params), build_model(params)
+    second.set_weights(first.get_weights())
+    return first, second
+
+
+def batches(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 28, 28), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_sharded_steps_take_the_whole_batch_gradient(shards):
+    """Plain SGD, whose step is proportional to the gradient: any scale or shard error shows."""
+    keras.utils.set_random_seed(0)
+    sharded_net, plain = twin_nets()
+    sharded = fitting.ShardedTrainer(sharded_net, shards)
+    for model in (sharded, plain):  # plain: Keras's own train_step on the whole batch
+        model.compile(keras.optimizers.SGD(learning_rate=0.5), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])  # fmt: skip
+    x, y = batches(48)
+    start = plain.get_weights()
+    logs = [model.fit(x, y, batch_size=16, shuffle=False, verbose=0).history
+            for model in (sharded, plain)]  # fmt: skip
+    assert not np.allclose(plain.get_weights()[0], start[0], atol=1e-3)  # the steps moved it
+    for ours, keras_own in zip(sharded_net.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, keras_own, rtol=0, atol=2e-6)
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], abs=1e-6)
+    assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
+
+
+def test_exactly_n_iterations_with_several_steps_per_execution():
+    keras.utils.set_random_seed(0)
+    net, _ = twin_nets()
+    trainer = fitting.compile_trainer(net, settings(iterations=12, log_every=6))
+    x, y = batches(64)
+    reports: list[dict] = []
+    fitting.fit(trainer, {"x": x, "y": y}, {"x": x[:16], "y": y[:16]},
+                settings(iterations=12, log_every=6), 0, reports.append)  # fmt: skip
+    assert [row["iteration"] for row in reports] == [6, 12]
+    assert int(trainer.optimizer.iterations.numpy()) == 12
+
+
+def test_the_saved_network_is_compiled_with_the_trained_optimizer(tmp_path):
+    keras.utils.set_random_seed(0)
+    net, _ = twin_nets()
+    trainer = fitting.compile_trainer(net, settings())
+    x, y = batches(32)
+    fitting.fit(trainer, {"x": x, "y": y}, {"x": x, "y": y}, settings(), 0, lambda row: None)
+    net.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert int(loaded.optimizer.iterations.numpy()) == 6
+    loss, accuracy = loaded.evaluate(x, y, verbose=0)
+    assert 0 <= accuracy <= 1 and loss > 0
+
+
+def test_thread_counts_share_the_cores_between_shards(monkeypatch):
+    monkeypatch.setattr(fitting.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert fitting.thread_counts(settings(batch_shards=2)) == (4, 0)
+    assert fitting.thread_counts(settings(batch_shards=16)) == (1, 0)
+    assert fitting.thread_counts(settings(intra_op_threads=3, inter_op_threads=5)) == (3, 5)
+
+
+def test_a_fresh_process_gets_the_configured_thread_pools():
+    import subprocess
+    import sys
+
+    values = settings(intra_op_threads=3, inter_op_threads=5).model_dump()
+    script = (
+        "import tensorflow as tf; from pipeline import config, fitting; "
+        f"fitting.configure_runtime(0, config.TrainParams.model_validate({values!r})); "
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads())"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               check=True)  # fmt: skip
+    assert completed.stdout.split() == ["3", "5"]
