@@ -69,6 +69,8 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> None:
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)  # 0: TensorFlow's default
+        log.info("TensorFlow threads: %d per op, %s ops at once; %d batch shards", intra,
+                 inter or "default", settings.batch_shards)  # fmt: skip
     except RuntimeError:  # TensorFlow already ran in this process (a notebook, a test)
         log.warning("TensorFlow is already running in this process: its thread pools stay as "
                     "they are, not intra-op %d / inter-op %d", intra, inter)  # fmt: skip
