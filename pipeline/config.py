@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
@@ -264,6 +265,9 @@ def run_stage(
         raise SystemExit(130) from None
     except expected as error:
         raise SystemExit(f"error: {error}") from None
+    # Free the stage's TensorFlow objects while TensorFlow's runtime is still up: left to the
+    # interpreter's exit, collecting them took ~7 s after a full training run (0.4 s here).
+    gc.collect()
 
 
 def setup_logging(level: int = logging.INFO) -> None:

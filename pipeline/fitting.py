@@ -80,11 +80,12 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> None:
 
 
 class ShardedTrainer(keras.Model):
-    """Trains `net` with each batch cut into `shards` equal parts whose passes run concurrently.
+    """Trains `net` with each batch cut into `shards` parts whose passes run concurrently.
 
-    Only the training step differs from Keras's own: the loss is the mean of the shards' mean
-    losses, i.e. the batch's mean loss, so the gradients are the batch's. Inference and
-    validation go straight to `net`, and `net` is what gets saved.
+    Training batches split evenly (batch_size is a multiple of the shards), so the mean of the
+    shards' mean losses is the batch's mean loss and the gradients are the batch's. Validation
+    batches are split the same way, the last shard taking any remainder, and scored on the
+    whole batch. Only training uses this class: `net` is what gets saved.
     """
 
     def __init__(self, net: keras.Model, shards: int) -> None:
@@ -94,9 +95,17 @@ class ShardedTrainer(keras.Model):
     def call(self, inputs, training: bool = False):
         return self.net(inputs, training=training)
 
+    def split(self, tensor: tf.Tensor) -> list[tf.Tensor]:
+        """`shards` parts along the batch axis, equal but for the remainder in the last."""
+        total = tf.shape(tensor)[0]
+        size = total // self.shards
+        rest = total - size * (self.shards - 1)
+        return tf.split(tensor, tf.concat([tf.fill([self.shards - 1], size), [rest]], 0),
+                        num=self.shards)  # fmt: skip
+
     def train_step(self, data):
         x, y = data
-        x_shards, y_shards = tf.split(x, self.shards), tf.split(y, self.shards)
+        x_shards, y_shards = self.split(x), self.split(y)
         with tf.GradientTape() as tape:
             predictions = [self.net(part, training=True) for part in x_shards]
             losses = [
@@ -106,10 +115,19 @@ class ShardedTrainer(keras.Model):
             loss = tf.add_n(losses) / self.shards
         gradients = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        predicted = tf.concat(predictions, axis=0)
+        return self.update_metrics(x, y, tf.concat(predictions, axis=0), loss)
+
+    def test_step(self, data):
+        x, y = data
+        predicted = tf.concat([self.net(part, training=False) for part in self.split(x)], axis=0)
+        loss = self.compute_loss(x=x, y=y, y_pred=predicted, training=False)
+        return self.update_metrics(x, y, predicted, loss)
+
+    def update_metrics(self, x, y, predicted, loss) -> dict:
+        """The loss tracker (weighted by batch size, as Keras's own steps do) and the metrics."""
         for metric in self.metrics:
             if metric.name == "loss":
-                metric.update_state(loss)
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
             else:
                 metric.update_state(y, predicted)
         return {metric.name: metric.result() for metric in self.metrics}

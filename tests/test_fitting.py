@@ -50,6 +50,22 @@ def test_sharded_steps_take_the_whole_batch_gradient(shards):
     assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
 
 
+@pytest.mark.parametrize("shards", [2, 3])
+def test_sharded_validation_scores_like_keras_evaluate(shards):
+    """Batches of 16, 16, 5 and 1 (a shard of zero rows): loss and accuracy as Keras's own."""
+    keras.utils.set_random_seed(0)
+    sharded_net, plain = twin_nets()
+    sharded = fitting.ShardedTrainer(sharded_net, shards)
+    for model in (sharded, plain):
+        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    for n in (37, 1):
+        x, y = batches(n, seed=n)
+        ours = sharded.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+        keras_own = plain.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+        assert ours["loss"] == pytest.approx(keras_own["loss"], abs=1e-6)
+        assert ours["accuracy"] == pytest.approx(keras_own["accuracy"])
+
+
 def test_exactly_n_iterations_with_several_steps_per_execution():
     keras.utils.set_random_seed(0)
     net, _ = twin_nets()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -98,21 +99,27 @@ def no_secrets_logged(raw_params: dict) -> None:
     assert "super-secret-value" not in str(logged.params) + str(logged.tags)
 
 
+def pool(workers: int) -> ProcessPoolExecutor:
+    """Fresh interpreters: a forked copy of this process inherits TensorFlow's runtime from
+    earlier tests, without its threads, and can crash when it garbage-collects a tf.function."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def open_store(raw_params: dict) -> str:
     return tracking.use_store(config.parse_params(raw_params).mlflow)
 
 
 def test_parallel_processes_set_up_one_new_store_without_errors(raw_params, store):
     # A new SQLite store migrates on first use; without the lock two processes collide.
-    with ProcessPoolExecutor(4) as pool:
-        experiment_ids = list(pool.map(open_store, [raw_params] * 4))
+    with pool(4) as workers:
+        experiment_ids = list(workers.map(open_store, [raw_params] * 4))
     assert len(set(experiment_ids)) == 1
     assert (store / "mlflow.db").is_file()
 
 
 def test_environment_secrets_are_not_logged(raw_params, store):
-    with ProcessPoolExecutor(1) as pool:
-        pool.submit(no_secrets_logged, raw_params).result()
+    with pool(1) as workers:
+        workers.submit(no_secrets_logged, raw_params).result()
 
 
 def test_parallel_processes_share_one_store_without_locking_errors(raw_params, store):
