@@ -139,6 +139,7 @@ def inference(repeats: int) -> dict[str, dict]:
     callers = {
         "keras model(x)": lambda x: model(x, training=False),
         "keras model.predict(x)": lambda x: model.predict(x, verbose=0),
+        "keras model.predict_on_batch(x)": model.predict_on_batch,
         "mlflow pyfunc predict(x)": pyfunc.predict,
     }
     results = {}

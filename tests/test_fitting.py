@@ -30,7 +30,7 @@ def batches(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((n, 28, 28), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
 
 
-@pytest.mark.parametrize("shards", [2, 4])
+@pytest.mark.parametrize("shards", [1, 2, 4])
 def test_sharded_steps_take_the_whole_batch_gradient(shards):
     """Plain SGD, whose step is proportional to the gradient: any scale or shard error shows."""
     keras.utils.set_random_seed(0)
@@ -50,7 +50,7 @@ def test_sharded_steps_take_the_whole_batch_gradient(shards):
     assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
 
 
-@pytest.mark.parametrize("shards", [2, 3])
+@pytest.mark.parametrize("shards", [1, 2, 3])
 def test_sharded_validation_scores_like_keras_evaluate(shards):
     """Batches of 16, 16, 5 and 1 (a shard of zero rows): loss and accuracy as Keras's own."""
     keras.utils.set_random_seed(0)
