@@ -63,8 +63,11 @@ def thread_counts(settings: config.TrainParams) -> tuple[int, int]:
     return intra, settings.inter_op_threads
 
 
-def configure_runtime(seed: int, settings: config.TrainParams) -> None:
-    """Thread pools, seeds and op determinism; call before TensorFlow runs its first op."""
+def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]:
+    """Thread pools, seeds and op determinism; call before TensorFlow runs its first op.
+
+    Returns the thread counts in effect, as tags for the run (they decide summation order).
+    """
     intra, inter = thread_counts(settings)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -77,6 +80,11 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> None:
     keras.utils.set_random_seed(seed)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
+    threading = tf.config.threading
+    return {
+        "tensorflow.intra_op_threads": str(threading.get_intra_op_parallelism_threads()),
+        "tensorflow.inter_op_threads": str(threading.get_inter_op_parallelism_threads()),
+    }
 
 
 class ShardedTrainer(keras.Model):

@@ -97,11 +97,13 @@ def run(params: config.Params) -> TrainResult:
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tracking.killed_on_interrupt(),
     ):
-        fitting.configure_runtime(params.seed, params.train)
+        runtime = fitting.configure_runtime(params.seed, params.train)
         model = build_model(params.model)
         trainer = fitting.compile_trainer(model, params.train)
         mlflow.log_params(tracking.flatten(params.model_dump()))
-        mlflow.set_tags(tracking.lineage_tags(data_hashes, params) | tracking.process_tags())
+        mlflow.set_tags(
+            tracking.lineage_tags(data_hashes, params) | tracking.process_tags() | runtime
+        )
         log_inputs(train, data_hashes)
         history = History(params.train.iterations)
         fitting.fit(trainer, train, val, params.train, params.seed, history)
