@@ -33,7 +33,7 @@ def contender(name: str, *args: str) -> list[dict]:
     return json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"]
 
 
-def throughput(repeats: int, iterations: int) -> dict[str, list[float]]:
+def throughput(repeats: int, iterations: int, batch_size: int) -> dict[str, list[float]]:
     """Steady-state samples/s: the first 100 iterations (tracing, warm-up) are left out."""
     samples = {name: [] for name in CONTENDERS}
     for repeat in range(repeats):
@@ -42,7 +42,7 @@ def throughput(repeats: int, iterations: int) -> dict[str, list[float]]:
             first, last = rows[0], rows[-1]
             rate = (
                 (last["iteration"] - first["iteration"])
-                * 128
+                * batch_size
                 / (last["seconds"] - first["seconds"])
             )
             samples[name].append(rate)
@@ -182,16 +182,15 @@ def report(results: dict) -> str:
     ]
     lines += [
         "",
-        "## Training throughput (batch 128, steady state)",
+        f"## Training throughput (batch {results['batch_size']}, steady state)",
         "",
         "| contender | samples/s median | min | max | ms/iteration |",
         "|---|---|---|---|---|",
     ]
     for name, values in results["throughput"].items():
         median, low, high = summarise(values)
-        lines.append(
-            f"| {name} | {median:,.0f} | {low:,.0f} | {high:,.0f} | {128_000 / median:.2f} |"
-        )
+        ms = results["batch_size"] * 1000 / median
+        lines.append(f"| {name} | {median:,.0f} | {low:,.0f} | {high:,.0f} | {ms:.2f} |")
     lines += [
         "",
         f"## Time to {TARGET:.2%} test accuracy (training time, checks every 100 iterations)",
@@ -257,9 +256,12 @@ def main() -> None:
     parser.add_argument("--accuracy-iterations", type=int, default=3000)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    from pipeline import config
+
+    batch_size = config.load_params(REPO / "params.yaml").train.batch_size  # the contenders' too
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "batch_size": batch_size}
     print("training throughput", flush=True)  # noqa: T201
-    results["throughput"] = throughput(args.repeats, args.iterations)
+    results["throughput"] = throughput(args.repeats, args.iterations, batch_size)
     print("time to accuracy", flush=True)  # noqa: T201
     results["time_to_accuracy"] = time_to_accuracy(args.accuracy_iterations)
     print("pipeline", flush=True)  # noqa: T201

@@ -4,9 +4,9 @@
 - naive:   a plain Keras port, `keras.layers.LSTM(128)` and `model.fit`
 - peer:    PyTorch `nn.LSTM(28, 128, batch_first=True)` + `nn.Linear(128, 10)`
 
-Each trains at batch 128 with Adam 0.001 and reports, every `--every` iterations, the
-cumulative training time (evaluation excluded) and, with `--accuracy`, the test accuracy.
-Prints one JSON object.
+Each trains at params.yaml's batch size (128) with Adam 0.001 and reports, every `--every`
+iterations, the cumulative training time (evaluation excluded) and, with `--accuracy`, the
+test accuracy. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -101,13 +101,14 @@ def peer(params, args, train, test):
     x, y = torch.from_numpy(train["x"]), torch.from_numpy(train["y"].astype(np.int64))
     x_test, y_test = torch.from_numpy(test["x"]), torch.from_numpy(test["y"].astype(np.int64))
     generator = torch.Generator().manual_seed(params.seed)
+    size = params.train.batch_size  # the same batches as the pipeline's
     order, position, clock, rows = torch.randperm(len(x), generator=generator), 0, Clock(), []
     clock.start()
     for iteration in range(1, args.iterations + 1):
-        if position + 128 > len(x):
+        if position + size > len(x):
             order, position = torch.randperm(len(x), generator=generator), 0
-        batch = order[position : position + 128]
-        position += 128
+        batch = order[position : position + size]
+        position += size
         output, _ = lstm(x[batch])
         loss = loss_fn(head(output[:, -1]), y[batch])
         optimizer.zero_grad()
