@@ -87,7 +87,7 @@ def download(url: str, destination: Path, timeout: float) -> None:
                     raise SourceError(f"download took longer than {timeout * 10:.0f} s")
     except (OSError, ValueError, http.client.HTTPException) as error:
         # URLError, refused connections, read timeouts (stalls), bodies cut short
-        reason = getattr(error, "reason", None) or error or type(error).__name__
+        reason = getattr(error, "reason", None) or str(error) or type(error).__name__
         raise SourceError(f"download failed: {reason}") from None
     if promised is not None and received != int(promised):
         raise SourceError(f"download failed: truncated, {received} of {promised} bytes")

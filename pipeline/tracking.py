@@ -58,7 +58,7 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
     except urllib.error.HTTPError:
         return  # it answered: a server that lacks /health may still be MLflow behind a proxy
     except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", None) or error or type(error).__name__
+        reason = getattr(error, "reason", None) or str(error) or type(error).__name__
         raise TrackingError(
             f"MLflow tracking server {uri} did not answer within {timeout:g} s ({reason}); "
             f"start it, or unset {TRACKING_URI_ENV} to use the repo's SQLite store"
