@@ -3,13 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
+PLOTS_TEMPLATE := build/plots_template.html
 
 # Stage commands (`python -m pipeline.<stage>`) and tools resolve to the project's environment.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test lint format ui bench clean
+.PHONY: help install browser repro test lint format ui plots serve predict demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,7 +26,14 @@ install: $(STAMP)  ## create .venv and install the project with its dev tools
 repro: install  ## run the pipeline (dvc repro): fetch, preprocess, train, evaluate
 	dvc repro
 
-test: install lint  ## lint, then run every test (the slow end-to-end ones included)
+browser:  ## Debian's chromium + chromium-driver for the browser tests (installed as root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	else echo "no chromium: the browser tests will skip (apt-get install chromium chromium-driver)"; fi
+
+test: install browser lint  ## lint, then run every test (the slow end-to-end ones included)
 	python -m pytest
 
 lint: install  ## ruff check and format check
@@ -38,6 +46,19 @@ format: install  ## apply ruff's fixes and formatting
 
 ui: install  ## open the MLflow UI on this repo's store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL= to change)
+	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+
+predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
+	python -m pipeline.serving.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
+
+demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL= to change)
+	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+
+plots: install  ## dvc plots show with Vega inlined, so the charts render offline: dvc_plots/index.html
+	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)
+	dvc plots show --html-template $(PLOTS_TEMPLATE)
 
 bench: install  ## training speed vs PyTorch and plain Keras, pipeline and inference timings
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"

@@ -15,13 +15,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.scratch import REPO, scratch_repo
+
 TARGET = 0.9786  # the reference tutorial's test accuracy
 CONTENDERS = ("project", "peer", "naive")
 
@@ -71,23 +71,8 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
 
 def pipeline_timings(repeats: int) -> dict[str, object]:
     """dvc repro in a scratch copy of the repo (its own MLflow store): full, no-op, per stage."""
-    scratch = Path(tempfile.mkdtemp(prefix="bench-repo-"))
+    scratch, env = scratch_repo("bench-repo-")
     try:
-        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.split()  # fmt: skip
-        for name in files:
-            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, scratch / name)
-        params = (scratch / "params.yaml").read_text()
-        mirror = REPO / "data/raw/mnist.npz"  # "from cached data": the fetched file, locally
-        params = params.replace(
-            "    - kind: url", f"    - kind: local\n      path: {mirror}\n    - kind: url", 1
-        )
-        (scratch / "params.yaml").write_text(params)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
-        for command in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"]):
-            subprocess.run(command, cwd=scratch, check=True, env=env)
         full = timed(["dvc", "repro"], scratch, env)
         noop = [timed(["dvc", "repro"], scratch, env) for _ in range(repeats)]
         startup = {
@@ -126,12 +111,11 @@ def inference(repeats: int) -> dict[str, dict]:
     import keras
     import mlflow
 
-    from pipeline import config
-    from pipeline.data import load_arrays, read_json
-    from pipeline.preprocess import split_path
+    from pipeline.shared import config
+    from pipeline.shared.data import load_arrays, read_json
 
     params = config.load_params(REPO / "params.yaml")
-    test = load_arrays(REPO / split_path(params.paths.processed_dir, "test"))["x"]
+    test = load_arrays(REPO / params.paths.split("test"))["x"]
     model = keras.saving.load_model(REPO / params.paths.model)
     mlflow.set_tracking_uri(f"sqlite:///{REPO / params.mlflow.tracking_db}")
     version = read_json(REPO / params.paths.run_info)["registered_version"]
@@ -256,7 +240,7 @@ def main() -> None:
     parser.add_argument("--accuracy-iterations", type=int, default=3000)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
-    from pipeline import config
+    from pipeline.shared import config
 
     batch_size = config.load_params(REPO / "params.yaml").train.batch_size  # the contenders' too
     results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "batch_size": batch_size}

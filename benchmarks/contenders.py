@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 
-from pipeline import config
-from pipeline.data import load_arrays
-from pipeline.preprocess import split_path
+from pipeline.shared import config
+from pipeline.shared.data import load_arrays
 
 
 class Clock:
@@ -39,7 +38,7 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
     """Train a Keras model through pipeline.fitting.fit, timing the training steps only."""
     import keras
 
-    from pipeline import fitting
+    from pipeline.shared import fitting
 
     clock, rows = Clock(), []
 
@@ -63,8 +62,8 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
 
 
 def project(params, args, train, test):
-    from pipeline import fitting
-    from pipeline.model import build_model
+    from pipeline.shared import fitting
+    from pipeline.shared.model import build_model
 
     def build(settings):  # as pipeline.train.run does it
         fitting.configure_runtime(params.seed, settings)
@@ -137,8 +136,7 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="test accuracy at each check")
     args = parser.parse_args()
     params = config.load_params()
-    processed = params.paths.processed_dir
-    train, test = (load_arrays(split_path(processed, split)) for split in ("train", "test"))
+    train, test = (load_arrays(params.paths.split(split)) for split in ("train", "test"))
     rows = CONTENDERS[args.name](params, args, train, test)
     print(json.dumps({"contender": args.name, "checkpoints": rows}))  # noqa: T201
 

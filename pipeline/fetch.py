@@ -1,4 +1,4 @@
-"""Fetch MNIST from the first source in `data.sources` that verifies; write it to data/raw/."""
+"""Fetch the data set from the first source in `data.sources` that verifies; write it raw."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import config, sources
-from pipeline.data import Arrays, save_arrays, sha256_array, sha256_file, write_json
+from pipeline.shared import config, sources, stage
+from pipeline.shared.data import Arrays, save_arrays, sha256_array, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-RAW_FILE = "mnist.npz"
-MANIFEST_FILE = "manifest.json"
-
 
 class FetchError(Exception):
-    """No source gave verified MNIST."""
+    """No source gave verified data."""
 
 
 @dataclass(frozen=True)
@@ -42,35 +39,31 @@ def first_verified(data: config.DataParams) -> tuple[str, Arrays, dict[str, str]
     for source in data.sources:
         name = sources.describe(source)
         log.info("trying %s", name)
-        with tempfile.TemporaryDirectory(prefix="mnist-fetch-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="fetch-") as workdir:
             try:
                 arrays = sources.read(source, data.download_timeout, Path(workdir))
                 hashes = check_arrays(arrays, data.sha256)
             except sources.SourceError as error:
-                log.warning("source failed: %s: %s", name, error)
+                log.info("source unavailable, trying the next: %s: %s", name, error)
                 failures.append(f"{name}: {error}")
                 continue
         log.info("verified %s", name)
         return name, arrays, hashes
-    raise FetchError("no MNIST source verified: " + " | ".join(failures))
-
-
-def manifest_path(raw_dir: str | Path) -> Path:
-    return Path(raw_dir) / MANIFEST_FILE
+    raise FetchError(f"no {data.name} source verified: " + " | ".join(failures))
 
 
 def run(params: config.Params) -> FetchResult:
-    """Write verified MNIST and a manifest (source, array and file hashes) to paths.raw_dir."""
+    """Write the verified arrays and a manifest (source, array and file hashes)."""
     name, arrays, hashes = first_verified(params.data)
-    raw_file = Path(params.paths.raw_dir) / RAW_FILE
+    raw_file = Path(params.paths.raw_data)
     save_arrays(raw_file, {key: arrays[key].astype("uint8", copy=False) for key in sources.SPLITS})
     manifest = {
         "source": name,
         "arrays_sha256": hashes,
-        "files_sha256": {RAW_FILE: sha256_file(raw_file)},
+        "raw_data_sha256": sha256_file(raw_file),
         "counts": {key: int(arrays[key].shape[0]) for key in ("x_train", "x_test")},
     }
-    write_json(manifest_path(params.paths.raw_dir), manifest)
+    write_json(params.paths.raw_manifest, manifest)
     log.info(
         "wrote %s (%d train, %d test images) from %s", raw_file, *manifest["counts"].values(), name
     )
@@ -78,7 +71,7 @@ def run(params: config.Params) -> FetchResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config.run_stage(run, argv, __doc__, expected=(FetchError,))
+    stage.run_stage(run, argv, __doc__, expected=(FetchError,))
 
 
 if __name__ == "__main__":

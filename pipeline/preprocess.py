@@ -7,12 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import config, fetch
-from pipeline.data import Arrays, load_arrays, read_json, save_arrays, sha256_file, write_json
+from pipeline.shared import config, stage
+from pipeline.shared.data import (
+    Arrays,
+    load_arrays,
+    read_json,
+    save_arrays,
+    sha256_file,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-SPLIT_FILES = {"train": "train.npz", "val": "val.npz", "test": "test.npz"}
+SPLITS = ("train", "val", "test")
 IMAGE_SHAPE = (28, 28)
 
 
@@ -20,18 +27,12 @@ class DataError(Exception):
     """The data on disk is not what the pipeline expects; the message says how to recover."""
 
 
-def split_path(processed_dir: str | Path, split: str) -> Path:
-    """Where preprocess writes one split (`train`, `val` or `test`)."""
-    return Path(processed_dir) / SPLIT_FILES[split]
-
-
-def load_raw(raw_dir: str | Path) -> Arrays:
+def load_raw(paths: config.PathParams) -> Arrays:
     """Load fetch's arrays after checking the file against fetch's manifest."""
-    raw_file = Path(raw_dir) / fetch.RAW_FILE
-    manifest_file = fetch.manifest_path(raw_dir)
+    raw_file, manifest_file = Path(paths.raw_data), Path(paths.raw_manifest)
     if not raw_file.is_file() or not manifest_file.is_file():
         raise DataError(f"{raw_file} or its manifest is missing: run `dvc repro fetch`")
-    expected = read_json(manifest_file)["files_sha256"][fetch.RAW_FILE]
+    expected = read_json(manifest_file)["raw_data_sha256"]
     actual = sha256_file(raw_file)
     if actual != expected:
         raise DataError(
@@ -80,16 +81,16 @@ def check_split(name: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict
 
 def run(params: config.Params) -> dict:
     """Write the train/val/test splits and the data report; return the report."""
-    raw = load_raw(params.paths.raw_dir)
+    raw = load_raw(params.paths)
     splits = split_validation(
         scale(raw["x_train"]), raw["y_train"], params.data.validation_size, params.seed
     )
     splits |= {"x_test": scale(raw["x_test"]), "y_test": raw["y_test"]}
     report = {"seed": params.seed, "splits": {}}
-    for split in SPLIT_FILES:
+    for split in SPLITS:
         x, y = splits[f"x_{split}"], splits[f"y_{split}"]
         report["splits"][split] = check_split(split, x, y, params.model.n_classes)
-        save_arrays(split_path(params.paths.processed_dir, split), {"x": x, "y": y})
+        save_arrays(params.paths.split(split), {"x": x, "y": y})
         log.info(
             "%s: %d images, class counts %s", split, len(x), report["splits"][split]["class_counts"]
         )
@@ -98,7 +99,7 @@ def run(params: config.Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config.run_stage(run, argv, __doc__, expected=(DataError,))
+    stage.run_stage(run, argv, __doc__, expected=(DataError,))
 
 
 if __name__ == "__main__":

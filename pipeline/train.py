@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -10,12 +11,20 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipeline import config, tracking
-from pipeline.data import Arrays, atomic_path, load_arrays, sha256_file, write_csv, write_json
-from pipeline.preprocess import split_path
+from pipeline.shared import config, stage, tracking
+from pipeline.shared.data import (
+    Arrays,
+    atomic_path,
+    load_arrays,
+    sha256_file,
+    write_csv,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
+# The registered model's code, logged with it; found without importing (it sets MLflow's model).
+PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.pyfunc_classifier").origin
 HISTORY_COLUMNS = ["iteration", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 
 
@@ -54,42 +63,46 @@ def save_model(model, path: str | Path) -> None:
         model.save(temporary)
 
 
-def log_inputs(train: Arrays, data_hashes: dict[str, str]) -> None:
+def log_inputs(train: Arrays, data_hashes: dict[str, str], data_name: str) -> None:
     """Record the training set as an MLflow dataset input, with its file hash."""
-    dataset = mlflow.data.from_numpy(train["x"], targets=train["y"], name="mnist-train")
+    dataset = mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train")
     mlflow.log_input(dataset, context="training", tags={"sha256": data_hashes["train"]})
 
 
-def log_model(model, example, params: config.Params):
-    """Log the model with the TensorFlow flavour, a signature and an input example; register it.
+def log_model(model, model_file: str | Path, example, params: config.Params):
+    """Log the model as a pyfunc over the saved Keras file, with a signature and an example.
 
-    The TensorFlow flavour saves Keras models in `.keras` format; `mlflow.keras.log_model` fails
-    when given an input example (mlflow/mlflow#16183).
+    The pyfunc is `pipeline/serving/pyfunc_classifier.py` (MLflow's "models from code"); the
+    `.keras` file is its `keras_model` artifact, so the Keras network loads from it directly.
     """
     import keras
-    import mlflow.tensorflow
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    return mlflow.tensorflow.log_model(
-        model,
+    signature = infer_signature(example, model.predict_on_batch(example))
+    return mlflow.pyfunc.log_model(
         name="model",
+        python_model=PYFUNC_CODE,
+        artifacts={"keras_model": str(model_file)},
         signature=signature,
         input_example=example,
         registered_model_name=params.mlflow.registered_model,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        pip_requirements=[
+            f"tensorflow=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"mlflow=={mlflow.__version__}",
+        ],  # fmt: skip
     )
 
 
 def run(params: config.Params) -> TrainResult:
     """Train, save the model and history, log everything to one MLflow run, register the model."""
-    from pipeline import figures, fitting  # TensorFlow loads only once the params are valid
-    from pipeline.model import build_model
+    from pipeline.shared import figures, fitting  # TensorFlow loads once the params are valid
+    from pipeline.shared.model import build_model
 
     experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
     tracking.close_orphaned_runs(experiment_id)
-    files = {split: split_path(params.paths.processed_dir, split) for split in ("train", "val")}
+    files = {split: params.paths.split(split) for split in ("train", "val")}
     train, val = (load_arrays(files[split]) for split in ("train", "val"))
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
     run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
@@ -104,14 +117,14 @@ def run(params: config.Params) -> TrainResult:
         mlflow.set_tags(
             tracking.lineage_tags(data_hashes, params) | tracking.process_tags() | runtime
         )
-        log_inputs(train, data_hashes)
+        log_inputs(train, data_hashes, params.data.name)
         history = History(params.train.iterations)
         fitting.fit(trainer, train, val, params.train, params.seed, history)
         table = history.table()
         write_csv(table, params.paths.history)
         mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
         save_model(model, params.paths.model)
-        info = log_model(model, val["x"][:3], params)
+        info = log_model(model, params.paths.model, val["x"][:3], params)
         run_info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
@@ -126,7 +139,7 @@ def run(params: config.Params) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
+    stage.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import copy
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.data import sha256_array
-from pipeline.sources import IDX_FILES
+from pipeline.shared import config
+from pipeline.shared.data import sha256_array
+from pipeline.shared.sources import IDX_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 GIT_IDENTITY = {
@@ -74,7 +75,7 @@ def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
     raw["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
     raw["data"]["sha256"] = array_hashes(arrays)
     raw["data"]["validation_size"] = 20
-    raw["model"]["num_units"] = 8
+    raw["model"] |= {"num_units": 8, "unroll": False}  # a small graph: quick to build
     raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 3}
     raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
     return raw
@@ -100,10 +101,9 @@ def params(raw_params: dict) -> config.Params:
     return config.parse_params(raw_params)
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty MLflow store in tmp_path: the stages find it through DVC_ROOT, as under DVC."""
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stages find the MLflow store at `root` through DVC_ROOT, as under DVC."""
+    monkeypatch.setenv("DVC_ROOT", str(root))
     # mlflow.set_tracking_uri/set_registry_uri export these; monkeypatch removes them afterwards
     for name in (
         "MLFLOW_TRACKING_URI",
@@ -112,4 +112,45 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "DVC_EXP_BASELINE_REV",
     ):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty MLflow store in tmp_path."""
+    return use_store_at(tmp_path, monkeypatch)
+
+
+@dataclass(frozen=True)
+class TrainedPipeline:
+    """fetch → preprocess → train → evaluate, run once on tiny data; for tests that only read."""
+
+    root: Path
+    params: config.Params
+    run_id: str
+    metrics: dict
+
+    def client(self):
+        import mlflow
+
+        uri = f"sqlite:///{self.root / 'mlflow.db'}"
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
+    """One tiny trained pipeline shared by every test that needs a model and its run."""
+    from pipeline import evaluate, fetch, preprocess, train
+
+    root = tmp_path_factory.mktemp("trained")
+    arrays = make_mnist()
+    params = config.parse_params(
+        tiny_params(root, write_idx_folder(root / "mirror", arrays), arrays)
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_store_at(root, monkeypatch)
+        fetch.run(params)
+        preprocess.run(params)
+        result = train.run(params)
+        metrics = evaluate.run(params)
+    return TrainedPipeline(root, params, result.run_id, metrics)

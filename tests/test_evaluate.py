@@ -1,4 +1,4 @@
-"""evaluate: metric arithmetic on known data, and logging into the run that train started."""
+"""evaluate: reports on disk, results logged into the run that train started, the model card."""
 
 from __future__ import annotations
 
@@ -9,53 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, fetch, preprocess, train
+from pipeline import evaluate
+from pipeline.shared import config
+
+from .conftest import with_value
 
 
-def test_confusion_and_per_class_on_known_predictions():
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    predictions = np.array([0, 1, 1, 1, 0, 2])
-    confusion = evaluate.confusion_matrix(labels, predictions, 3)
-    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    table = evaluate.per_class_metrics(confusion)
-    assert table["precision"].tolist() == pytest.approx([0.5, 2 / 3, 1.0])
-    assert table["recall"].tolist() == pytest.approx([0.5, 1.0, 0.5])
-    assert table["f1"].tolist() == pytest.approx([0.5, 0.8, 2 / 3])
-    assert table["support"].tolist() == [2, 2, 2]
-
-
-def test_a_class_never_predicted_scores_zero_not_nan():
-    table = evaluate.per_class_metrics(
-        evaluate.confusion_matrix(np.array([0, 1]), np.array([0, 0]), 2)
-    )
-    assert table["precision"].tolist() == [0.5, 0.0] and table["f1"].tolist()[1] == 0.0
-
-
-def test_summary_metrics():
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    metrics = evaluate.summary_metrics(probabilities, np.array([0, 1, 1]))
-    assert metrics["test_accuracy"] == pytest.approx(2 / 3)
-    assert metrics["test_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4])))
-
-
-def test_evaluate_writes_reports_and_logs_into_train_run(params, store, tmp_path):
-    fetch.run(params)
-    preprocess.run(params)
-    trained = train.run(params)
-    metrics = evaluate.run(params)
-
-    written = json.loads((tmp_path / "reports/metrics.json").read_text())
-    assert written == metrics
+def test_evaluate_writes_reports_and_logs_into_train_run(trained):
+    root, written = trained.root, json.loads((trained.root / "reports/metrics.json").read_text())
+    assert written == trained.metrics
     assert 0.0 <= written["test_accuracy"] <= 1.0 and written["test_loss"] > 0
-    confusion = pd.read_csv(tmp_path / "reports/confusion.csv")
+    confusion = pd.read_csv(root / "reports/confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 40
     assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(
         written["test_accuracy"]
     )
-    per_class = pd.read_csv(tmp_path / "reports/per_class.csv")
+    per_class = pd.read_csv(root / "reports/per_class.csv")
     assert per_class["support"].sum() == 40
 
-    client = mlflow.MlflowClient()
+    client = trained.client()
     runs = client.search_runs([client.get_run(trained.run_id).info.experiment_id])
     assert [run.info.run_id for run in runs] == [trained.run_id]  # no second run
     logged = runs[0].data.metrics
@@ -67,29 +39,59 @@ def test_evaluate_writes_reports_and_logs_into_train_run(params, store, tmp_path
     assert figures == {"figures/training_curves.png", "figures/confusion_matrix.png",
                        "figures/misclassified.png"}  # fmt: skip
     for name in ("confusion_matrix.png", "misclassified.png"):
-        assert (tmp_path / "reports/figures" / name).read_bytes().startswith(b"\x89PNG")
+        assert (root / "reports/figures" / name).read_bytes().startswith(b"\x89PNG")
 
-    name = params.mlflow.registered_model
+    name = trained.params.mlflow.registered_model
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
-    champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    assert np.asarray(champion.predict(np.zeros((2, 28, 28), np.float32))).shape == (2, 10)
 
 
-def test_model_card_names_run_data_scores_and_figures(params, store, tmp_path):
-    fetch.run(params)
-    preprocess.run(params)
-    trained = train.run(params)
-    metrics = evaluate.run(params)
-    card = (tmp_path / "reports/model_card.md").read_text()
-    manifest = json.loads((tmp_path / "data/raw/manifest.json").read_text())
+def test_model_card_names_run_data_scores_and_figures(trained):
+    card = (trained.root / "reports/model_card.md").read_text()
+    manifest = json.loads((trained.root / "data/raw/manifest.json").read_text())
     assert card.startswith("# Model card: mnist-lstm version 1")
     assert f"MLflow run: `{trained.run_id}`" in card
     assert manifest["arrays_sha256"]["x_train"] in card
-    assert f"accuracy: **{metrics['test_accuracy']:.4f}**" in card
+    assert f"accuracy: **{trained.metrics['test_accuracy']:.4f}**" in card
     assert "![confusion matrix](figures/confusion_matrix.png)" in card
-    assert "![misclassified test digits](figures/misclassified.png)" in card
+    assert "![misclassified test images](figures/misclassified.png)" in card
     assert "champion (`models:/mnist-lstm@champion`): this version" in card
     assert "| model.num_units | 8 |" in card
     assert "## Intended use and limits" in card
-    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(trained.run_id)}
+    logged = {item.path for item in trained.client().list_artifacts(trained.run_id)}
     assert "model_card.md" in logged
+
+
+def test_another_data_set_is_named_as_the_params_say(trained, tmp_path, monkeypatch):
+    """Pointed at another ten-class data set, nothing written claims MNIST or digits."""
+    raw = trained.params.model_dump(mode="json")
+    raw = with_value(raw, "data.name", "Fashion-MNIST")
+    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"]  # fmt: skip
+    raw = with_value(raw, "data.class_names", names)
+    outputs = ("metrics", "per_class", "confusion", "figures_dir", "model_card")
+    for key in outputs:
+        raw = with_value(raw, f"paths.{key}", str(tmp_path / key))
+    raw = with_value(raw, "paths.model_card", str(tmp_path / "card.md"))
+    monkeypatch.setenv("DVC_ROOT", str(trained.root))
+    evaluate.run(config.parse_params(raw))
+
+    card = (tmp_path / "card.md").read_text()
+    per_class = pd.read_csv(tmp_path / "per_class")
+    confusion = pd.read_csv(tmp_path / "confusion")
+    assert per_class["class"].tolist() == names
+    assert set(confusion["actual"]) == set(names)
+    assert "Fashion-MNIST" in card and "`Ankle boot`" in card
+    for claim in ("MNIST,", "MNIST images", "digit", "handwritten"):
+        assert claim not in card.replace("Fashion-MNIST", ""), claim
+    metrics = (
+        mlflow.MlflowClient(f"sqlite:///{trained.root / 'mlflow.db'}")
+        .get_run(trained.run_id)
+        .data.metrics
+    )
+    assert "test_f1.class_Ankle boot" in metrics
+
+
+def test_metric_keys_keep_only_characters_mlflow_accepts():
+    assert evaluate.metric_safe("T-shirt/top") == "T-shirt/top"
+    assert evaluate.metric_safe("a:b*c") == "a_b_c"
+    assert np.asarray([evaluate.metric_safe(str(i)) for i in range(3)]).tolist() == ["0", "1", "2"]

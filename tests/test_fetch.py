@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import config, fetch
-from pipeline.data import load_arrays, read_json, sha256_file
+from pipeline import fetch
+from pipeline.shared import config
+from pipeline.shared.data import load_arrays, read_json, sha256_file
 
 from .conftest import array_hashes
 from .test_sources import free_port
@@ -34,7 +35,7 @@ def test_falls_through_to_the_first_source_that_verifies(raw_params, mirror, mni
         assert np.array_equal(written[name], mnist[name])
     manifest = read_json(tmp_path / "data/raw/manifest.json")
     assert manifest["arrays_sha256"] == array_hashes(mnist)
-    assert manifest["files_sha256"]["mnist.npz"] == sha256_file(tmp_path / "data/raw/mnist.npz")
+    assert manifest["raw_data_sha256"] == sha256_file(tmp_path / "data/raw/mnist.npz")
     assert manifest["source"] == result.source
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline import figures
+from pipeline.shared import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -24,9 +24,10 @@ def test_training_curves_have_loss_and_accuracy(tmp_path):
 
 def test_confusion_matrix_shows_every_count(tmp_path):
     confusion = np.arange(9).reshape(3, 3)
-    figure = figures.confusion_matrix(confusion)
+    figure = figures.confusion_matrix(confusion, ["ant", "bee", "cow"])
     texts = sorted(int(text.get_text()) for text in figure.axes[0].texts)
     assert texts == list(range(9))
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["ant", "bee", "cow"]
     figures.save(figure, tmp_path / "figures" / "confusion.png")
     assert (tmp_path / "figures" / "confusion.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -35,15 +36,17 @@ def test_misclassified_grid_titles_true_and_predicted():
     images = np.zeros((5, 28, 28), np.float32)
     labels = np.array([1, 2, 3, 4, 5])
     predictions = np.array([1, 7, 3, 9, 5])
-    figure = figures.misclassified_grid(images, labels, predictions)
+    names = [f"c{index}" for index in range(10)]
+    figure = figures.misclassified_grid(images, labels, predictions, names, "Toys")
     titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
-    assert titles == ["2 → 7", "4 → 9"]
+    assert titles == ["c2 → c7", "c4 → c9"]
+    assert "misclassified Toys test images" in figure.get_suptitle()
     assert "2 shown, 2 in all" in figure.get_suptitle()
 
 
 def test_misclassified_grid_with_no_errors_still_draws(tmp_path):
     labels = np.arange(4)
-    figure = figures.misclassified_grid(np.zeros((4, 28, 28)), labels, labels)
+    figure = figures.misclassified_grid(np.zeros((4, 28, 28)), labels, labels, list("abcd"), "X")
     assert "0 shown, 0 in all" in figure.get_suptitle()
     figures.save(figure, tmp_path / "none.png")
     assert (tmp_path / "none.png").stat().st_size > 0

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import config, sources
-from pipeline.data import sha256_bytes, sha256_file
+from pipeline.shared import config, sources
+from pipeline.shared.data import sha256_bytes, sha256_file
 
 from .conftest import idx_bytes, write_idx_folder
 

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 import mlflow
 import pytest
 
-from pipeline import config, tracking
+from pipeline.shared import config, tracking
 
 from .conftest import GIT_IDENTITY
 
@@ -47,12 +47,21 @@ def test_champion_follows_the_best_version_and_a_worse_one_never_takes_it(params
     name = params.mlflow.registered_model
     first = register(client, name, 0.91)
     assert tracking.promote_champion(name) == first
-    worse = register(client, name, 0.85)
+    register(client, name, 0.85)
     assert tracking.promote_champion(name) == first
+    assert int(client.get_model_version_by_alias(name, "champion").version) == first
     better = register(client, name, 0.93)
     assert tracking.promote_champion(name) == better
     assert int(client.get_model_version_by_alias(name, "champion").version) == better
-    assert worse not in (first, better)
+
+
+def test_mlflow_tracking_uri_overrides_the_repo_store(params, store, monkeypatch):
+    other = store / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    experiment_id = tracking.use_store(params.mlflow)
+    assert other.is_file() and not (store / "mlflow.db").exists()
+    experiment = mlflow.MlflowClient(f"sqlite:///{other}").get_experiment(experiment_id)
+    assert experiment.name == params.mlflow.experiment
 
 
 def git(cwd, *args):
@@ -109,6 +118,7 @@ def open_store(raw_params: dict) -> str:
     return tracking.use_store(config.parse_params(raw_params).mlflow)
 
 
+@pytest.mark.slow
 def test_parallel_processes_set_up_one_new_store_without_errors(raw_params, store):
     # A new SQLite store migrates on first use; without the lock two processes collide.
     with pool(4) as workers:
@@ -122,10 +132,11 @@ def test_environment_secrets_are_not_logged(raw_params, store):
         workers.submit(no_secrets_logged, raw_params).result()
 
 
+@pytest.mark.slow
 def test_parallel_processes_share_one_store_without_locking_errors(raw_params, store):
     script = (
         "import sys, yaml, mlflow\n"
-        "from pipeline import config, tracking\n"
+        "from pipeline.shared import config, tracking\n"
         "params = config.parse_params(yaml.safe_load(open(sys.argv[1])))\n"
         "experiment = tracking.use_store(params.mlflow)\n"
         "with mlflow.start_run(experiment_id=experiment):\n"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline import config
+from pipeline.shared import config
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def render(
     misclassified_png: str,
 ) -> str:
     """Markdown for reports/model_card.md; figure paths are relative to the card."""
-    model, train = params.model, params.train
+    model, train, data = params.model, params.train, params.data
     hashes = "\n".join(
         f"  - `{name}`: `{digest}`" for name, digest in manifest["arrays_sha256"].items()
     )
@@ -55,9 +55,10 @@ def render(
     return f"""# Model card: {lineage.registered_model} version {lineage.registered_version}
 
 ## Model
-A classifier of handwritten digits that reads each 28×28 image row by row: {model.time_steps} time
+A classifier of {data.name} images that reads each 28×28 image row by row: {model.time_steps} time
 steps of {model.n_input} pixels go through one LSTM layer of {model.num_units} units (forget-gate
-bias {model.forget_bias}); its last output feeds a dense softmax over {model.n_classes} classes.
+bias {model.forget_bias}); its last output feeds a dense softmax over {model.n_classes} classes:
+{", ".join(f"`{name}`" for name in data.class_names)} (output column i is class i).
 Trained with Adam (learning rate {train.learning_rate}) on softmax cross-entropy, batch
 {train.batch_size}, for {train.iterations} iterations; TensorFlow 2 / Keras 3.
 
@@ -65,7 +66,7 @@ Trained with Adam (learning rate {train.learning_rate}) on softmax cross-entropy
 - Output: float32 array `(n, {model.n_classes})` of class probabilities.
 
 ## Data
-MNIST, {manifest["counts"]["x_train"]} training images (of which {params.data.validation_size}
+{data.name}, {manifest["counts"]["x_train"]} training images (of which {data.validation_size}
 held out for validation, seed {params.seed}) and {manifest["counts"]["x_test"]} test images,
 fetched from `{manifest["source"]}`. sha256 of the raw uint8 arrays:
 {hashes}
@@ -79,7 +80,7 @@ fetched from `{manifest["source"]}`. sha256 of the raw uint8 arrays:
 
 ![confusion matrix]({confusion_png})
 
-![misclassified test digits]({misclassified_png})
+![misclassified test images]({misclassified_png})
 
 ## Params
 {markdown_table(param_rows)}
@@ -92,12 +93,13 @@ fetched from `{manifest["source"]}`. sha256 of the raw uint8 arrays:
   champion (`models:/{lineage.registered_model}@champion`): {champion}
 
 ## Intended use and limits
-- Intended for learning, demonstration and comparison of training set-ups on MNIST-like data:
-  centred, size-normalised, white-on-black handwritten single digits at 28×28.
-- Not for production reading of real documents: it has not seen other scripts, scanned forms,
-  rotated, unsegmented or multi-digit input, and its probabilities are not calibrated.
-- Errors are not uniform across classes (see the per-class table); MNIST's writers are
-  US Census employees and high-school students, not a representative population.
+- Intended for learning, demonstration and comparison of training set-ups on images like those
+  of {data.name}'s test set: one centred, size-normalised 28×28 grayscale image per example.
+- Not for production use: it has seen only {data.name}; input unlike its training images
+  (other sources, rotated, unsegmented or several objects per image) is out of scope, and its
+  probabilities are not calibrated.
+- Errors are not uniform across classes (see the per-class table); who made {data.name}, and
+  how representative it is, is for its own documentation to say.
 """
 
 

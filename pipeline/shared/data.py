@@ -17,16 +17,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Arrays = dict[str, np.ndarray]
-_CHUNK = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:

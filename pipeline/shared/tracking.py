@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from filelock import FileLock
 
-from pipeline import config
+from pipeline.shared import config
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,21 @@ CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 # What a run's result depends on: a change here since the baseline commit marks it dirty.
 INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
+
+
+def repo_root() -> Path:
+    """The DVC repo the run belongs to, even when `dvc exp run` executes in a temporary copy.
+
+    DVC sets DVC_ROOT for every stage command; for queued and --temp experiments it points at
+    the parent repository, not at the copy (dvc/repo/experiments/queue/base.py).
+    """
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    return here
 
 
 def tracking_uri(params: config.MlflowParams, root: Path) -> str:
@@ -94,7 +110,7 @@ def _use_wal(database: Path) -> None:
 
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
-    root = root or config.repo_root()
+    root = root or repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = tracking_uri(params, root)
     check_server(uri)
@@ -157,16 +173,13 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     return closed
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(values: dict[str, Any]) -> dict[str, str]:
     """Nested params → {"train.learning_rate": "0.001", ...}; lists become JSON."""
-    flat = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{name}.")
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
-    return flat
+    row = pd.json_normalize(values, sep=".").iloc[0].to_dict()
+    return {
+        key: json.dumps(value) if isinstance(value, list) else str(value)
+        for key, value in row.items()
+    }
 
 
 def params_sha256(params: config.Params) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline import config
+from pipeline.shared import config
 
 IMAGE_SHAPE = (28, 28)
 
@@ -19,10 +19,10 @@ def build_model(params: config.ModelParams) -> keras.Model:
     last_output = keras.layers.LSTM(
         params.num_units, unit_forget_bias=False, unroll=params.unroll, name="lstm"
     )(rows)
-    probabilities = keras.layers.Dense(params.n_classes, activation="softmax", name="digits")(
+    probabilities = keras.layers.Dense(params.n_classes, activation="softmax", name="classes")(
         last_output
     )  # (batch, n_classes)
-    model = keras.Model(images, probabilities, name="mnist_lstm")
+    model = keras.Model(images, probabilities, name="row_lstm")
     set_forget_bias(model.get_layer("lstm"), params.forget_bias)
     return model
 

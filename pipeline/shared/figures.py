@@ -1,4 +1,4 @@
-"""Figures people look at: training curves, confusion matrix, misclassified digits (matplotlib)."""
+"""Figures people look at: training curves, confusion matrix, misclassified images (matplotlib)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from pipeline.data import atomic_path
+from pipeline.shared.data import atomic_path
 
 
 def training_curves(history: pd.DataFrame) -> Figure:
@@ -24,7 +24,7 @@ def training_curves(history: pd.DataFrame) -> Figure:
     return figure
 
 
-def confusion_matrix(confusion: np.ndarray) -> Figure:
+def confusion_matrix(confusion: np.ndarray, class_names: list[str]) -> Figure:
     """Counts with true classes as rows and predictions as columns; the diagonal is correct."""
     n_classes = len(confusion)
     figure = Figure(figsize=(6, 5.5), layout="constrained")
@@ -36,16 +36,21 @@ def confusion_matrix(confusion: np.ndarray) -> Figure:
         axes.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
     axes.set(
         xticks=range(n_classes), yticks=range(n_classes), xlabel="predicted", ylabel="true",
-        title="test confusion matrix",
+        xticklabels=class_names, yticklabels=class_names, title="test confusion matrix",
     )  # fmt: skip
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 
 
 def misclassified_grid(
-    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, limit: int = 36
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: list[str],
+    data_name: str,
+    limit: int = 36,
 ) -> Figure:
-    """Up to `limit` misclassified test digits, each titled `true → predicted`."""
+    """Up to `limit` misclassified test images, each titled `true → predicted`."""
     wrong = np.flatnonzero(labels != predictions)[:limit]
     columns = 6
     rows = max(1, -(-len(wrong) // columns))
@@ -55,9 +60,10 @@ def misclassified_grid(
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong, strict=False):
         axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=1)
-        axes.set_title(f"{labels[index]} → {predictions[index]}", fontsize=9)
-    figure.suptitle(f"misclassified test digits (true → predicted): {len(wrong)} shown, "
-                    f"{int((labels != predictions).sum())} in all")  # fmt: skip
+        axes.set_title(f"{class_names[labels[index]]} → {class_names[predictions[index]]}",
+                       fontsize=9)  # fmt: skip
+    figure.suptitle(f"misclassified {data_name} test images (true → predicted): "
+                    f"{len(wrong)} shown, {int((labels != predictions).sum())} in all")  # fmt: skip
     return figure
 
 

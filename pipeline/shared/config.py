@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
-import logging
-import math
-import os
-import re
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,28 +20,22 @@ from pydantic import (
 PARAMS_FILE = "params.yaml"
 IMAGE_PIXELS = 28 * 28
 
-# YAML 1.2 writes floats that PyYAML (YAML 1.1) reads back as strings, e.g. `5e-04`.
-_YAML12_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
 
 class ConfigError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key."""
 
 
-def _number(value: Any) -> Any:
-    """Accept numbers and YAML 1.2 numeric strings; reject booleans, which Python counts as ints."""
+def _not_boolean(value: Any) -> Any:
+    """Python counts booleans as ints; a `true` where a number belongs is a mistake."""
     if isinstance(value, bool):
         raise ValueError("must be a number, not a boolean")
-    if isinstance(value, str) and _YAML12_NUMBER.match(value.strip()):
-        text = value.strip()
-        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite number")
     return value
 
 
-Int = Annotated[int, BeforeValidator(_number)]
-Float = Annotated[float, BeforeValidator(_number)]
+# pydantic's lax mode parses numeric strings too: YAML 1.2 floats such as `5e-04`, which
+# PyYAML (YAML 1.1) reads back as strings, become numbers; NaN and infinity are refused.
+Int = Annotated[int, BeforeValidator(_not_boolean)]
+Float = Annotated[float, BeforeValidator(_not_boolean), Field(allow_inf_nan=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1)]
 
@@ -97,6 +83,8 @@ class ArrayHashes(_Section):
 
 
 class DataParams(_Section):
+    name: Name  # what the model card, figures and logs call the data set
+    class_names: Annotated[list[Name], Field(min_length=2)]  # index i names label i
     sources: Annotated[list[Source], Field(min_length=1)]
     sha256: ArrayHashes
     download_timeout: Annotated[Float, Field(gt=0, le=3600)]
@@ -160,18 +148,36 @@ class MlflowParams(_Section):
     artifacts_dir: Name
 
 
+class ServeParams(_Section):
+    """`make serve` (REST) and `make demo` (the draw-a-digit page); no stage reads these."""
+
+    host: Name
+    port: Annotated[Int, Field(ge=1, le=65535)]
+    demo_port: Annotated[Int, Field(ge=1, le=65535)]
+    max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
+
+
 class PathParams(_Section):
-    raw_dir: Name
-    processed_dir: Name
+    """Every file one stage hands to another, named once; dvc.yaml reads them with ${paths.*}."""
+
+    raw_data: Annotated[str, Field(pattern=r"\.npz$")]
+    raw_manifest: Annotated[str, Field(pattern=r"\.json$")]
+    train_split: Annotated[str, Field(pattern=r"\.npz$")]
+    val_split: Annotated[str, Field(pattern=r"\.npz$")]
+    test_split: Annotated[str, Field(pattern=r"\.npz$")]
+    data_report: Name
     model: Annotated[str, Field(pattern=r"\.keras$")]
     run_info: Name
-    data_report: Name
     history: Name
     metrics: Name
     per_class: Name
     confusion: Name
     figures_dir: Name
     model_card: Annotated[str, Field(pattern=r"\.md$")]
+
+    def split(self, name: str) -> Path:
+        """The file of one split: `train`, `val` or `test`."""
+        return Path(getattr(self, f"{name}_split"))
 
 
 class Params(_Section):
@@ -180,7 +186,19 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     mlflow: MlflowParams
+    serve: ServeParams
     paths: PathParams
+
+    @model_validator(mode="after")
+    def _one_name_per_class(self) -> Params:
+        names, classes = self.data.class_names, self.model.n_classes
+        if len(names) != classes:
+            raise ValueError(
+                f"data.class_names has {len(names)} names but model.n_classes is {classes}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.class_names repeats a name: {names}")
+        return self
 
 
 def _key(loc: tuple[Any, ...]) -> str:
@@ -202,7 +220,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
     if isinstance(value, dict):  # a cross-field rule: the message names the fields
-        return f"{key}: {message}"
+        return message if key == "(top level)" else f"{key}: {message}"
     return f"{key} = {value!r}: {message}"
 
 
@@ -229,64 +247,21 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:
-    """Parse `--params PATH` and load it; exit with one line on a bad file."""
+def params_parser(description: str = "") -> argparse.ArgumentParser:
+    """An argument parser with `--params PATH`, for stages and tools to extend."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def load_params_or_exit(path: str | Path) -> Params:
+    """load_params, exiting with one line on a bad file."""
     try:
-        return load_params(args.params)
+        return load_params(path)
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def run_stage(
-    run: Callable[[Params], object],
-    argv: list[str] | None,
-    description: str | None,
-    expected: tuple[type[Exception], ...] = (),
-) -> None:
-    """A stage's command line: validate params, run, and turn known failures into one line.
-
-    SIGTERM (what `dvc queue kill` and most schedulers send) is handled like Ctrl-C, so the
-    stage unwinds: the MLflow run is closed as KILLED and no partial output is left behind.
-    """
-    params = load_params_from_cli(argv, description or "")
-    setup_logging()
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        run(params)
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted; outputs from before this run are untouched\n")
-        raise SystemExit(130) from None
-    except expected as error:
-        raise SystemExit(f"error: {error}") from None
-    # Free the stage's TensorFlow objects while TensorFlow's runtime is still up: left to the
-    # interpreter's exit, collecting them took ~7 s after a full training run (0.4 s here).
-    gc.collect()
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Log lines a person reads in `dvc repro` output."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-
-
-def repo_root() -> Path:
-    """The DVC repo the run belongs to, even when `dvc exp run` executes in a temporary copy.
-
-    DVC sets DVC_ROOT for every stage command; for queued and --temp experiments it points at
-    the parent repository, not at the copy (dvc/repo/experiments/queue/base.py).
-    """
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / ".dvc").is_dir():
-            return candidate
-    return here
+def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:
+    """Parse `--params PATH` and load it; exit with one line on a bad file."""
+    return load_params_or_exit(params_parser(description).parse_args(argv).params)

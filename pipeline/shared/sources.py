@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import config
-from pipeline.data import Arrays, sha256_bytes, sha256_file
+from pipeline.shared import config
+from pipeline.shared.data import Arrays, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

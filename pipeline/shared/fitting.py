@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import config
-from pipeline.data import Arrays
+from pipeline.shared import config
+from pipeline.shared.data import Arrays
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,103 @@
+"""Classify image files (PNG, JPEG, any size, colour or grayscale), `.npy` arrays, or folders.
+
+    python -m pipeline.serving.predict digit.png scans/ --csv predictions.csv
+
+Each line printed is `file<TAB>label<TAB>probability`; a file that cannot be read gets one
+`error:` line naming it and the problem, the others are still classified, and the exit code is
+1 if any failed. The model is the registered champion unless `--model` names another.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.serving import images, models
+from pipeline.shared import config, tracking
+from pipeline.shared.data import write_csv
+from pipeline.shared.stage import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    inputs: dict[Path, np.ndarray]  # file → (28, 28) model input
+    failures: dict[Path, str]  # file → what is wrong with it
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image and `.npy` files inside folders (sorted, not recursive)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            suffixes = images.IMAGE_SUFFIXES | {".npy"}
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        else:
+            found.append(path)
+    return found
+
+
+def read_all(files: list[Path]) -> Outcome:
+    inputs, failures = {}, {}
+    for file in files:
+        try:
+            inputs[file] = images.load_input(file)
+        except images.ImageError as error:
+            failures[file] = str(error)
+    return Outcome(inputs, failures)
+
+
+def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """One row per file: its label, that label's probability, and every class's probability."""
+    best = probabilities.argmax(axis=1)
+    rows = pd.DataFrame({"file": [str(file) for file in files],
+                         "label": [class_names[index] for index in best],
+                         "probability": probabilities.max(axis=1)})  # fmt: skip
+    by_class = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
+    return pd.concat([rows, by_class], axis=1)
+
+
+def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) -> Outcome:
+    """Classify every readable file; print one line per file; write the CSV if asked."""
+    outcome = read_all(expand(paths))
+    for file, problem in outcome.failures.items():
+        sys.stderr.write(f"error: {file}: {problem}\n")
+    if not outcome.inputs:
+        return outcome
+    predict = models.load(model, params)
+    files = list(outcome.inputs)
+    probabilities = predict(np.stack([outcome.inputs[file] for file in files]))
+    results = table(files, probabilities, params.data.class_names)
+    for row in results.itertuples(index=False):
+        sys.stdout.write(f"{row.file}\t{row.label}\t{row.probability:.4f}\n")
+    if csv is not None:
+        write_csv(results, csv)
+        log.info("wrote %s (%d rows)", csv, len(results))
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config.params_parser(__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="image files, .npy files, folders")
+    parser.add_argument("--model", help="an MLflow model URI or a .keras file "
+                        "(default: models:/<mlflow.registered_model>@champion)")  # fmt: skip
+    parser.add_argument("--csv", type=Path, help="also write every class's probability here")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = config.load_params_or_exit(args.params)
+    try:
+        outcome = run(args.paths, args.model or models.default_uri(params), params, args.csv)
+    except (models.ModelError, tracking.TrackingError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if outcome.failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

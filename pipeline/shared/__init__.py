@@ -1,0 +1,1 @@
+"""What the stages share: params schema, stage runner, data files, model, training, tracking."""

@@ -1,0 +1,1 @@
+"""Command-line tools around the pipeline (not stages): the offline plots page."""

@@ -1,0 +1,108 @@
+"""An HTML template for `dvc plots show` with Vega inlined, so the charts render offline.
+
+DVC's default page loads Vega, Vega-Lite and vega-embed from a CDN; on a machine that reaches
+only the package registries its charts stay blank. This builds the same page with those three
+libraries, at the versions DVC's page asks for, taken from the npm registry (`npm pack`,
+checked against pinned sha256) and inlined: `make plots` passes it to `--html-template`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from pipeline.shared.data import write_text
+from pipeline.shared.stage import setup_logging
+
+log = logging.getLogger(__name__)
+
+# (npm package, its tarball's sha256, the browser build inside it); versions as dvc-render's page
+LIBRARIES = [
+    ("vega@5.20.2", "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d",
+     "package/build/vega.min.js"),
+    ("vega-lite@5.2.0", "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
+     "package/build/vega-lite.min.js"),
+    ("vega-embed@6.18.2", "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
+     "package/build/vega-embed.min.js"),
+]  # fmt: skip
+PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    <meta charset="utf-8">
+    {refresh_tag}
+    <title>DVC Plot</title>
+{inlined}
+    <style>
+        table {
+            border-spacing: 15px;
+        }
+    </style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>
+"""
+
+
+class PlotsTemplateError(Exception):
+    """A library could not be fetched or did not verify; the message says which."""
+
+
+def fetch_script(package: str, sha256: str, member: str, workdir: Path) -> str:
+    """Download one npm tarball (no install, no scripts run), verify it, return its script."""
+    try:
+        packed = subprocess.run(
+            ["npm", "pack", "--silent", "--pack-destination", str(workdir), package],
+            capture_output=True, text=True, check=True, timeout=300,
+        ).stdout.split()[-1]  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        raise PlotsTemplateError(f"npm pack {package} failed: {detail.strip()}") from None
+    tarball = workdir / packed
+    with open(tarball, "rb") as handle:
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    if actual != sha256:
+        raise PlotsTemplateError(f"{package}: sha256 {actual}, expected {sha256}")
+    with tarfile.open(tarball) as archive:
+        return archive.extractfile(member).read().decode()
+
+
+def render(scripts: list[str]) -> str:
+    """The page, each script inlined; `</script` inside one is escaped so it cannot end it."""
+    inlined = "\n".join(
+        "    <script>" + script.replace("</script", "<\\/script") + "</script>"
+        for script in scripts
+    )
+    return PAGE.replace("{inlined}", inlined)
+
+
+def run(output: Path) -> Path:
+    """Write the template to `output` (once: an existing file is kept)."""
+    if output.is_file():
+        return output
+    with tempfile.TemporaryDirectory(prefix="vega-") as workdir:
+        scripts = [fetch_script(*library, Path(workdir)) for library in LIBRARIES]
+    write_text(output, render(scripts))
+    log.info("wrote %s with %s inlined", output, ", ".join(name for name, *_ in LIBRARIES))
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", type=Path, help="where to write the HTML template")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        run(args.output)
+    except PlotsTemplateError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Start a server module as a process on a free port of 127.0.0.1; stop it by its pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from .conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(
+    url: str, process: subprocess.Popen, log: Path, deadline_s: float = 120
+) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy within {deadline_s} s")
+
+
+@contextlib.contextmanager
+def running(
+    module: str, args: list[str], health: str, log: Path, env: dict | None = None
+) -> Iterator[str]:
+    """`python -m module args --port P` until the block ends; SIGTERM must stop it cleanly."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=environment | (env or {}), stdout=output, stderr=output,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url + health, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    # uvicorn finishes open requests, then re-raises the signal: exit by SIGTERM, or 0
+    assert code in (0, -signal.SIGTERM), f"{module} did not stop cleanly on SIGTERM (exit {code})"
+
+
+def write_params(raw: dict, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    return path

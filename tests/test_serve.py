@@ -1,0 +1,90 @@
+"""The REST server: MLflow's scoring server on the registered model, and bad input it refuses."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+from .servers import running, write_params
+
+pytestmark = pytest.mark.slow
+MAX_BODY = 200_000
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["max_body_bytes"] = MAX_BODY
+    params = write_params(raw, folder / "params.yaml")
+    with running("pipeline.serving.serve", ["--params", str(params)], "/ping",
+                 folder / "server.log", {"DVC_ROOT": str(trained.root)}) as url:  # fmt: skip
+        yield url
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/invocations", data=body, method="POST",
+                                     headers={"Content-Type": content_type})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def images_json(images: np.ndarray) -> bytes:
+    return json.dumps({"inputs": images.tolist()}).encode()
+
+
+def test_predictions_match_the_saved_keras_model(server, trained):
+    images = np.random.default_rng(1).random((3, 28, 28), dtype=np.float32)
+    status, answer = post(server, images_json(images))
+    assert status == 200
+    expected = keras.saving.load_model(trained.root / "models/model.keras").predict_on_batch(images)
+    np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
+
+
+def good_request_still_works(url: str) -> None:
+    status, answer = post(url, images_json(np.zeros((1, 28, 28), np.float32)))
+    assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)
+
+
+BAD_BODIES = {
+    "malformed JSON": b'{"inputs": [[[0.1, 0.2',
+    "empty body": b"",
+    "wrong shape": json.dumps({"inputs": np.zeros((2, 27, 28)).tolist()}).encode(),
+    "flat pixels": json.dumps({"inputs": np.zeros((1, 784)).tolist()}).encode(),
+    "NaN": json.dumps({"inputs": np.full((1, 28, 28), np.nan).tolist()}).encode(),
+    "out of range": json.dumps({"inputs": np.full((1, 28, 28), 255.0).tolist()}).encode(),
+    "strings": json.dumps({"inputs": [[["a"] * 28] * 28]}).encode(),
+    "not an object": b'"hello"',
+    "oversized": json.dumps({"inputs": np.zeros((60, 28, 28)).tolist()}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_bad_input_gets_a_4xx_with_one_line_and_the_server_goes_on(server, case):
+    body = BAD_BODIES[case]
+    if case == "oversized":
+        assert len(body) > MAX_BODY
+    status, answer = post(server, body)
+    assert 400 <= status < 500, (status, answer)
+    message = answer["message"]
+    assert message and "\n" not in message and len(message) <= 300, message
+    good_request_still_works(server)
+
+
+def test_the_size_limit_is_a_413_naming_the_limit(server):
+    status, answer = post(server, BAD_BODIES["oversized"])
+    assert status == 413 and str(MAX_BODY) in answer["message"]
+
+
+def test_nan_and_range_errors_say_what_is_wrong(server):
+    for case in ("NaN", "out of range"):
+        status, answer = post(server, BAD_BODIES[case])
+        assert status == 400 and "[0, 1]" in answer["message"], answer
