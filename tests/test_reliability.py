@@ -113,7 +113,7 @@ def test_unanswering_tracking_server_fails_fast_before_training(prepared, tmp_pa
         _, stderr = process.communicate(timeout=60)
         elapsed = time.monotonic() - started
     assert process.returncode != 0
-    assert elapsed < 15
+    assert elapsed < 30  # process start-up (imports) included; the server gets 5 s
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: MLflow tracking server {url} did not answer")
     assert "Traceback" not in stderr

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from here
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pipeline.serving import http, images, models, serve
 from pipeline.shared import config
@@ -53,10 +55,7 @@ def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
     return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
 
 
-def build_app(predict: models.Predict, class_names: list[str]):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-
+def build_app(predict: models.Predict, class_names: list[str]) -> FastAPI:
     app = FastAPI(title="draw a digit")
     page = PAGE.read_text()
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SIDE = 28
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
-INK_LEVEL = 0.2  # a pixel darker/brighter than this (of the ink's full range) counts as ink
+INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 

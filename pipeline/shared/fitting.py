@@ -184,8 +184,11 @@ def fit(
         batches(train["x"], train["y"], settings.batch_size, seed),
         steps_per_epoch=settings.log_every,
         epochs=math.ceil(settings.iterations / settings.log_every),
-        validation_data=(val["x"], val["y"]),
-        validation_batch_size=EVAL_BATCH_SIZE,
+        # A dataset of our own: Keras's array adapter slices with a parallel map whose NodeDef
+        # TensorFlow 2.21 logs as an E0000 error under op determinism with a partial batch.
+        validation_data=tf.data.Dataset.from_tensor_slices((val["x"], val["y"])).batch(
+            EVAL_BATCH_SIZE
+        ),
         callbacks=[IntervalReporter(settings.iterations, report), *(callbacks or [])],
         shuffle=False,  # the dataset is already shuffled, seeded
         verbose=0,

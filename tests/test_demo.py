@@ -1,0 +1,153 @@
+"""The draw-a-digit page: its JSON endpoint, bad input, and real strokes drawn in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .servers import running, write_params
+
+pytestmark = pytest.mark.slow
+SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit
+
+
+@pytest.fixture(scope="module")
+def demo(real_model, trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["max_body_bytes"] = 100_000
+    params = write_params(raw, folder / "params.yaml")
+    args = ["--params", str(params), "--model", str(real_model.path)]
+    with running("pipeline.serving.demo", args, "/health", folder / "demo.log") as url:
+        yield url
+
+
+def classify(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url + "/api/classify", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - (image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_page_has_a_canvas(demo):
+    with urllib.request.urlopen(demo + "/", timeout=10) as response:
+        page = response.read().decode()
+    assert '<canvas id="board"' in page and "api/classify" in page
+
+
+def test_classify_answers_the_top_classes_best_first(demo, real_model):
+    body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
+    status, answer = classify(demo, body)
+    assert status == 200
+    probabilities = [item["probability"] for item in answer["classes"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert answer["classes"][0]["label"] == str(real_model.predicted[0])
+
+
+BAD = {
+    "malformed JSON": b'{"image": ',
+    "empty body": b"",
+    "no image key": json.dumps({"picture": "x"}).encode(),
+    "not base64": json.dumps({"image": "data:image/png;base64,@@@@"}).encode(),
+    "not an image": json.dumps({"image": base64.b64encode(b"hello").decode()}).encode(),
+    "a number": json.dumps({"image": float("nan")}).encode(),
+    "blank image": json.dumps({"image": png_data_url(np.zeros((28, 28)))}).encode(),
+    "oversized": json.dumps({"image": "A" * 150_000}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_a_4xx_with_one_line_and_the_page_goes_on(demo, real_model, case):
+    status, answer = classify(demo, BAD[case])
+    assert 400 <= status < 500, (status, answer)
+    assert answer["message"] and "\n" not in answer["message"]
+    good = json.dumps({"image": png_data_url(real_model.images[1])}).encode()
+    assert classify(demo, good)[0] == 200
+
+
+def browser():
+    """Headless Debian chromium through its own chromedriver (never a downloaded browser)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test "
+                    "installs them as root: apt-get install chromium chromium-driver)")  # fmt: skip
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--window-size=800,900"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def strokes(image: np.ndarray) -> list[tuple[int, int, int]]:
+    """The digit as horizontal pen strokes: (row, first column, last column) of each ink run."""
+    runs = []
+    for row, line in enumerate(image > 0.5):
+        columns = np.flatnonzero(line)
+        for run in np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1):
+            if len(run):
+                runs.append((row, int(run[0]), int(run[-1])))
+    return runs
+
+
+def draw(driver, canvas, image: np.ndarray) -> int:
+    """Drag the mouse along each stroke, as a person would; return how many strokes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    half = 140  # offsets are from the canvas's centre
+    done = 0
+    for row, first, last in strokes(image):
+        y = row * SCALE + SCALE // 2 - half
+        chain = ActionChains(driver, duration=0)
+        chain.move_to_element_with_offset(canvas, first * SCALE + 5 - half, y).click_and_hold()
+        chain.move_to_element_with_offset(canvas, last * SCALE + 5 - half, y).release().perform()
+        done += 1
+    return done
+
+
+def test_a_digit_drawn_with_the_mouse_is_recognised(demo, real_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
+    try:
+        driver.get(demo + "/")
+        canvas = driver.find_element(By.ID, "board")
+        confident = np.flatnonzero(real_model.predicted == real_model.labels)[:3]
+        shown = []
+        for index in confident:
+            driver.find_element(By.ID, "clear").click()
+            assert draw(driver, canvas, real_model.images[index]) > 3
+            # each stroke's pointerup sends a request, counted as pending before it goes out
+            WebDriverWait(driver, 60).until(
+                lambda page: (
+                    canvas.get_attribute("data-pending") == "0"
+                    and int(canvas.get_attribute("data-classified")) > 0
+                )
+            )
+            first = driver.find_element(By.CSS_SELECTOR, "#answer li")
+            shown.append(first.get_attribute("data-label"))
+        assert shown == [str(real_model.labels[index]) for index in confident]
+    finally:
+        driver.quit()
