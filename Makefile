@@ -34,7 +34,7 @@ browser:  ## Debian's chromium + chromium-driver for the browser tests (installe
 	else echo "no chromium: the browser tests will skip (apt-get install chromium chromium-driver)"; fi
 
 test: install browser lint  ## lint, then run every test (the slow end-to-end ones included)
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile
 
 lint: install  ## ruff check and format check
 	ruff check .

@@ -34,13 +34,16 @@ def run_stage(
 
     SIGTERM (what `dvc queue kill` and most schedulers send) is handled like Ctrl-C, so the
     stage unwinds: the MLflow run is closed as KILLED and no partial output is left behind.
+    SIGINT gets the handler explicitly too: a process started in the background, or by a test
+    runner's worker, inherits SIGINT ignored, and Python then leaves it ignored.
     """
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
     # MLflow's tqdm bars ("Downloading artifacts: 100%") redraw with carriage returns: in a
     # `dvc repro` log they are noise. Set the variable to true to see them again.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     try:
         run(params)
     except KeyboardInterrupt:
