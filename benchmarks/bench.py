@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import serving
 from benchmarks.scratch import REPO, scratch_repo
 
 TARGET = 0.9786  # the reference tutorial's test accuracy
@@ -215,6 +216,8 @@ def report(results: dict) -> str:
     for name, row in results["inference"].items():
         p50, p99, bulk = row["p50_ms"], row["p99_ms"], row["batch1000_per_s"]
         lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {bulk:,.0f} |")
+    if "serving" in results:
+        lines += serving_table(results["serving"])
     rate = {name: statistics.median(values) for name, values in results["throughput"].items()}
     lines += [
         "",
@@ -231,6 +234,32 @@ def report(results: dict) -> str:
             f"(project / peer **{project / peer:.2f}×**, lower is faster)"
         )
     return "\n".join(lines) + "\n"
+
+
+def serving_table(serving: dict) -> list[str]:
+    """The registered model in-process and over HTTP, and the load test."""
+    inner, outer, load = (
+        serving["in_process"],
+        serving["http"]["one_image"],
+        serving["http"]["load"],
+    )
+    return [
+        "",
+        "## Serving the registered model",
+        "",
+        "| path | one image p50 ms | p99 ms | batch 1000 images/s |",
+        "|---|---|---|---|",
+        f"| `mlflow.pyfunc.load_model(...).predict`, in-process | {inner['p50_ms']:.2f} | "
+        f"{inner['p99_ms']:.2f} | {inner['batch1000_images_per_s']:,.0f} |",
+        f"| `make serve`, POST /invocations, one connection | {outer['p50_ms']:.2f} | "
+        f"{outer['p99_ms']:.2f} | |",
+        "",
+        f"Printed by the pyfunc model while predicting: {inner['printed_chars']} characters.",
+        "",
+        f"Load test from a second process: {load['requests']} requests of one image at "
+        f"concurrency {load['concurrency']}: {load['errors']} errors, p50 {load['p50_ms']:.1f} ms, "
+        f"p99 {load['p99_ms']:.1f} ms, {load['requests_per_s']:,.0f} requests/s.",
+    ]
 
 
 def main() -> None:
@@ -252,6 +281,8 @@ def main() -> None:
     results["pipeline"] = pipeline_timings(args.repeats)
     print("inference", flush=True)  # noqa: T201
     results["inference"] = inference(200)
+    print("serving", flush=True)  # noqa: T201
+    results["serving"] = serving.run()
     text = report(results)
     args.output.write_text(text)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -292,7 +292,7 @@ def interrupt_when_training(process: subprocess.Popen, signum: int) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGKILL])
 def test_interrupted_repro_loses_nothing_and_the_next_completes(repo, signum):
     before = snapshot(repo)
-    iterations = 400 + signum  # a change DVC has not run before, for each signal
+    iterations = 200 + signum  # a change DVC has not run before
     longer = {"iterations": f"6 -> {iterations}", "log_every": "3 -> 20"}
     with edited_params(repo, **longer):
         process = start_repro(repo)

@@ -126,11 +126,16 @@ def test_interrupted_training_is_killed_cleanly(prepared, raw_params, tmp_path, 
     raw_params["train"] |= {"iterations": 999_999, "log_every": 21}
     prepared.write_text(yaml.safe_dump(raw_params))
     process = stage("train", prepared, {"DVC_ROOT": str(tmp_path)})
-    for line in process.stderr:  # wait until training is under way
-        if "iteration 21/" in line:
-            break
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        for line in process.stderr:  # wait until training is under way
+            if "iteration 21/" in line:
+                break
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave a 999,999-iteration training behind
+            process.kill()
+            process.wait()
     assert process.returncode != 0
     assert "error: interrupted" in stderr and "Traceback" not in stderr
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
