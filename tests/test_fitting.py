@@ -68,7 +68,10 @@ def test_sharded_validation_scores_like_keras_evaluate(shards):
 
 @pytest.mark.parametrize(
     ("iterations", "log_every", "steps_per_execution", "reported"),
-    [(12, 6, 3, [6, 12]), (7, 3, 1, [3, 6, 7])],  # the last interval may be short
+    [
+        pytest.param(12, 6, 3, [6, 12], marks=pytest.mark.slow),
+        (7, 3, 1, [3, 6, 7]),
+    ],  # the last interval may be short; fmt: skip
 )
 def test_exactly_n_iterations_reported_every_interval(
     iterations, log_every, steps_per_execution, reported

@@ -127,6 +127,7 @@ def test_parallel_processes_set_up_one_new_store_without_errors(raw_params, stor
     assert (store / "mlflow.db").is_file()
 
 
+@pytest.mark.slow
 def test_environment_secrets_are_not_logged(raw_params, store):
     with pool(1) as workers:
         workers.submit(no_secrets_logged, raw_params).result()
