@@ -33,7 +33,7 @@ def percentiles(milliseconds: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(milliseconds, 99))}  # fmt: skip
 
 
-def in_process(images: np.ndarray, repeats: int) -> dict:
+def in_process(images: np.ndarray, repeats: int, model_uri: str | None) -> dict:
     """pyfunc predict: one image (p50/p99) and batches of 1,000 (images/s); output captured."""
     import mlflow
 
@@ -41,7 +41,7 @@ def in_process(images: np.ndarray, repeats: int) -> dict:
     from pipeline.shared import config
 
     params = config.load_params(REPO / "params.yaml")
-    model = models.load_pyfunc(models.default_uri(params), params)
+    model = models.load_pyfunc(model_uri or models.default_uri(params), params)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         single = [timed(model.predict, images[:1]) for _ in range(repeats + 20)][20:]
@@ -65,11 +65,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(port: int):
+def server(port: int, model_uri: str | None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    model = ["--model", model_uri] if model_uri else []
     process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--port",
-                                str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+                                str(port), *model], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -127,10 +128,12 @@ def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float
                                      "concurrency": concurrency}  # fmt: skip
 
 
-def over_http(images: np.ndarray, repeats: int, requests: int, concurrency: int) -> dict:
+def over_http(
+    images: np.ndarray, repeats: int, requests: int, concurrency: int, model_uri: str | None
+) -> dict:
     body = json.dumps({"inputs": images[:1].tolist()}).encode()
     port = free_port()
-    with server(port):
+    with server(port, model_uri):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(20):
             post(connection, body)  # warm-up
@@ -140,22 +143,27 @@ def over_http(images: np.ndarray, repeats: int, requests: int, concurrency: int)
     return {"one_image": percentiles(single), "load": loaded}
 
 
-def run(repeats: int = 300, requests: int = 2000, concurrency: int = 8) -> dict:
+def run(
+    repeats: int = 300, requests: int = 2000, concurrency: int = 8, model_uri: str | None = None
+) -> dict:
+    """Everything above; the model is the registered champion unless `model_uri` says."""
     from pipeline.shared import config
     from pipeline.shared.data import load_arrays
 
     params = config.load_params(REPO / "params.yaml")
     images = load_arrays(REPO / params.paths.split("test"))["x"][:1000]
-    return {"in_process": in_process(images, repeats),
-            "http": over_http(images, repeats, requests, concurrency)}  # fmt: skip
+    return {"in_process": in_process(images, repeats, model_uri),
+            "http": over_http(images, repeats, requests, concurrency, model_uri)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--model", help="an MLflow model URI (default: the champion)")
     args = parser.parse_args()
-    print(json.dumps(run(requests=args.requests, concurrency=args.concurrency), indent=2))  # noqa: T201
+    results = run(requests=args.requests, concurrency=args.concurrency, model_uri=args.model)
+    print(json.dumps(results, indent=2))  # noqa: T201
 
 
 if __name__ == "__main__":
