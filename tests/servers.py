@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -71,3 +72,14 @@ def write_params(raw: dict, path: Path) -> Path:
 
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def post_json(url: str, body: bytes) -> tuple[int, dict]:
+    """POST a JSON body; the status and the decoded JSON answer, 4xx and 5xx included."""
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

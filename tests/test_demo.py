@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .servers import running, write_params
+from .servers import post_json, running, write_params
 
 pytestmark = pytest.mark.slow
 SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit
@@ -31,13 +31,7 @@ def demo(real_model, trained, tmp_path_factory):
 
 
 def classify(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/api/classify", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post_json(url + "/api/classify", body)
 
 
 def png_data_url(image: np.ndarray) -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import keras
 import numpy as np
 import pytest
 
-from .servers import running, write_params
+from .servers import post_json, running, write_params
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 200_000
@@ -27,14 +25,8 @@ def server(trained, tmp_path_factory):
         yield url
 
 
-def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/invocations", data=body, method="POST",
-                                     headers={"Content-Type": content_type})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    return post_json(url + "/invocations", body)
 
 
 def images_json(images: np.ndarray) -> bytes:
