@@ -11,7 +11,11 @@ import mlflow  # already loaded by tracking; TensorFlow is imported only in run(
 import numpy as np
 import pandas as pd
 
-from pipeline.shared import config, model_card, scoring, stage, tracking
+import pipeline.shared.config as config
+import pipeline.shared.model_card as model_card
+import pipeline.shared.scoring as scoring
+import pipeline.shared.stage as stage
+import pipeline.shared.tracking as tracking
 from pipeline.shared.data import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -22,7 +26,7 @@ PREDICT_BATCH_SIZE = 1000
 def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
                   data: config.DataParams, folder: Path) -> dict[str, Path]:  # fmt: skip
     """The confusion matrix and misclassified images as PNGs (for DVC, MLflow and the card)."""
-    from pipeline.shared import figures
+    import pipeline.shared.figures as figures
 
     drawn = {
         "confusion_matrix.png": figures.confusion_matrix(confusion, data.class_names),

@@ -7,7 +7,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.shared import config, sources, stage
+import pipeline.shared.config as config
+import pipeline.shared.sources as sources
+import pipeline.shared.stage as stage
 from pipeline.shared.data import Arrays, save_arrays, sha256_array, sha256_file, write_json
 
 log = logging.getLogger(__name__)

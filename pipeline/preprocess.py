@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shared import config, stage
+import pipeline.shared.config as config
+import pipeline.shared.stage as stage
 from pipeline.shared.data import (
     Arrays,
     load_arrays,

@@ -11,7 +11,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pipeline.shared import config, stage, tracking
+import pipeline.shared.config as config
+import pipeline.shared.stage as stage
+import pipeline.shared.tracking as tracking
 from pipeline.shared.data import (
     Arrays,
     atomic_path,
@@ -97,7 +99,8 @@ def log_model(model, model_file: str | Path, example, params: config.Params):
 
 def run(params: config.Params) -> TrainResult:
     """Train, save the model and history, log everything to one MLflow run, register the model."""
-    from pipeline.shared import figures, fitting  # TensorFlow loads once the params are valid
+    import pipeline.shared.figures as figures  # TensorFlow loads once the params are valid
+    import pipeline.shared.fitting as fitting
     from pipeline.shared.model import build_model
 
     experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast

@@ -18,8 +18,8 @@ import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from here
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+import pipeline.shared.config as config
 from pipeline.serving import http, images, models, serve
-from pipeline.shared import config
 
 log = logging.getLogger(__name__)
 

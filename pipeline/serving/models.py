@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shared import config, tracking
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
 
 log = logging.getLogger(__name__)
 

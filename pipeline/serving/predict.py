@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
 from pipeline.serving import images, models
-from pipeline.shared import config, tracking
 from pipeline.shared.data import write_csv
 from pipeline.shared.stage import setup_logging
 

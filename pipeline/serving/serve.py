@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
 from pipeline.serving import http, models
-from pipeline.shared import config, tracking
 from pipeline.shared.stage import setup_logging
 
 log = logging.getLogger(__name__)

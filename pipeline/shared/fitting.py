@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 from pipeline.shared.data import Arrays
 
 log = logging.getLogger(__name__)

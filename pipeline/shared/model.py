@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 
 IMAGE_SHAPE = (28, 28)
 

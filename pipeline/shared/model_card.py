@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 from pipeline.shared.data import Arrays, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 
 
 def setup_logging(level: int = logging.INFO) -> None:

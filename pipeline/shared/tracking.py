@@ -20,7 +20,7 @@ import mlflow
 import pandas as pd
 from filelock import FileLock
 
-from pipeline.shared import config
+import pipeline.shared.config as config
 
 log = logging.getLogger(__name__)
 
