@@ -24,22 +24,11 @@ def default_uri(params: config.Params) -> str:
     return f"models:/{params.mlflow.registered_model}@{tracking.CHAMPION}"
 
 
-def use_tracking_store(params: config.Params) -> str:
-    """Resolve `models:/` URIs against MLFLOW_TRACKING_URI, else the repo's own store."""
-    import mlflow
-
-    uri = tracking.tracking_uri(params.mlflow, tracking.repo_root())
-    tracking.check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
 def load_pyfunc(model_uri: str, params: config.Params):
     """The MLflow pyfunc model at any MLflow URI (`models:/`, `runs:/`, a local folder)."""
     import mlflow
 
-    use_tracking_store(params)
+    tracking.connect(params.mlflow, tracking.repo_root())  # `models:/` resolves in that store
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except (mlflow.exceptions.MlflowException, OSError) as error:

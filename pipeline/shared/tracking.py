@@ -108,14 +108,21 @@ def _use_wal(database: Path) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
-def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
-    """Point MLflow at the store and make sure the experiment exists; return its id."""
-    root = root or repo_root()
-    overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
+def connect(params: config.MlflowParams, root: Path) -> str:
+    """Point MLflow's tracking and registry at the store (failing fast if it is a server that
+    does not answer); return its URI."""
     uri = tracking_uri(params, root)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    root = root or repo_root()
+    overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
+    uri = connect(params, root)
     with store_lock(uri):
         if (database := _local_db(uri)) is not None:
             _use_wal(database)
