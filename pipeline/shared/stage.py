@@ -14,7 +14,10 @@ import pipeline.shared.config as config
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log lines a person reads in `dvc repro` output."""
+    """Log lines a person reads in `dvc repro` output (and a server's or a tool's)."""
+    # MLflow's tqdm bars ("Downloading artifacts: 100%") redraw with carriage returns: in a
+    # log they are noise. Set the variable to true to see them again.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -39,9 +42,6 @@ def run_stage(
     """
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
-    # MLflow's tqdm bars ("Downloading artifacts: 100%") redraw with carriage returns: in a
-    # `dvc repro` log they are noise. Set the variable to true to see them again.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     try:
