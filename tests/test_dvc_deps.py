@@ -81,7 +81,7 @@ def test_no_dependency_on_code_the_stage_does_not_import(stage):
 def test_no_stage_module_imports_another_stage_module():
     modules = {stage_module(stage) for stage in STAGES}
     for module in sorted(modules):
-        reached = {file for other in modules - {module} for file in [module_file(other)]}
+        reached = {module_file(other) for other in modules - {module}}
         imported = {REPO / path for path in imported_files(module)}
         assert not (reached & imported), f"{module} imports another stage: {reached & imported}"
 
