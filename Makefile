@@ -10,10 +10,11 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser repro test lint format ui plots serve predict demo bench clean
+.PHONY: help install browser postgres repro test lint format ui plots serve predict demo \
+        server server-stop relocate bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,14 @@ browser:  ## Debian's chromium + chromium-driver for the browser tests (installe
 			chromium chromium-driver >/dev/null; \
 	else echo "no chromium: the browser tests will skip (apt-get install chromium chromium-driver)"; fi
 
-test: install browser lint  ## lint, then run every test (the slow end-to-end ones included)
+postgres:  ## Debian's PostgreSQL binaries, for `make server` and the team tests (installed as root)
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			postgresql >/dev/null; \
+	else echo "no PostgreSQL: the team tests will skip (apt-get install postgresql)"; fi
+
+test: install browser postgres lint  ## lint, then run every test (the slow end-to-end ones included)
 	python -m pytest -n 2 --dist loadfile
 
 lint: install  ## ruff check and format check
@@ -55,6 +63,15 @@ predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV
 
 demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL= to change)
 	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+
+server: install  ## MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (AUTH=1: basic auth)
+	python -m pipeline.team.server start $(if $(AUTH),--auth)
+
+server-stop: install  ## stop `make server` (the MLflow server, then its own PostgreSQL); data kept
+	python -m pipeline.team.server stop
+
+relocate: install  ## after moving or copying the repo: point mlflow.db at this folder's artifacts
+	python -m pipeline.team.relocate
 
 plots: install  ## dvc plots show with Vega inlined, so the charts render offline: dvc_plots/index.html
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)

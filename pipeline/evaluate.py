@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -81,18 +82,20 @@ def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion
                pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
     """Log test results into train's run, promote the champion, write and log the model card."""
     tracking.use_store(params.mlflow)
-    run = mlflow.start_run(run_id=run_info["run_id"])
-    try:
-        log_results(metrics, per_class, confusion, pictures)
-        champion = tracking.promote_champion(params.mlflow.registered_model)
-        card = card_for(run, run_info, champion, metrics, per_class, pictures, params)
-        write_text(params.paths.model_card, card)
-        mlflow.log_artifact(params.paths.model_card)
-    except BaseException:
-        mlflow.set_tag("evaluate.status", "failed")
-        raise
-    finally:
-        mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
+    with tracking.server_lost_as_error():
+        run = mlflow.start_run(run_id=run_info["run_id"])
+        try:
+            log_results(metrics, per_class, confusion, pictures)
+            champion = tracking.promote_champion(params.mlflow.registered_model)
+            card = card_for(run, run_info, champion, metrics, per_class, pictures, params)
+            write_text(params.paths.model_card, card)
+            mlflow.log_artifact(params.paths.model_card)
+        except BaseException:
+            with contextlib.suppress(Exception):  # a server that is gone cannot take the tag
+                mlflow.set_tag("evaluate.status", "failed")
+            raise
+        finally:
+            mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
     log.info("logged test results and model card to run %s", run_info["run_id"])
 
 

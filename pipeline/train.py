@@ -110,6 +110,7 @@ def run(params: config.Params) -> TrainResult:
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
     run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
     with (
+        tracking.server_lost_as_error(),  # outermost: ending the run needs the server too
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tracking.killed_on_interrupt(),
     ):

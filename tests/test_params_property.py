@@ -84,6 +84,11 @@ INVALID = {
     "serve.port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "serve.demo_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "serve.max_body_bytes": st.one_of(not_an_int, st.integers(max_value=1023)),
+    "team.host": st.one_of(junk, st.just(""), st.integers()),
+    "team.port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
+    "team.postgres_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
+    "team.workers": st.one_of(not_an_int, st.integers(max_value=0)),
+    "team.state_dir": st.one_of(junk, st.just("")),
     **{f"paths.{key}": st.one_of(junk, st.just("")) for key in DEFAULTS["paths"]},
     "paths.raw_data": st.one_of(junk, st.just(""), st.just("data/raw/mnist.csv")),
     "paths.raw_manifest": st.one_of(junk, st.just(""), st.just("data/raw/manifest.yaml")),
@@ -94,7 +99,7 @@ INVALID = {
     "paths.model": st.one_of(junk, st.just(""), st.just("models/model.h5")),
     "paths.model_card": st.one_of(junk, st.just(""), st.just("reports/card.txt")),
 }
-SECTIONS = ["data", "model", "train", "mlflow", "serve", "paths"]
+SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "paths"]
 
 
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:

@@ -17,55 +17,18 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
-from .conftest import GIT_IDENTITY, REPO, array_hashes, make_mnist, write_idx_folder
+from .repos import environment, run, tiny_repo
 from .test_dvc_deps import STAGES, imported_files, stage_module
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env |= GIT_IDENTITY
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def copy_repo(destination: Path) -> Path:
-    """The project's tracked files, as a fresh clone has them (working-tree content)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in listed:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    return destination
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A git + DVC repo with tiny params and a local IDX mirror, after one `dvc repro`."""
     base = tmp_path_factory.mktemp("e2e")
-    mnist = make_mnist()
-    mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
-    repo = copy_repo(base / "repo")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
-    params["data"]["sha256"] = array_hashes(mnist)
-    params["data"]["validation_size"] = 20
-    params["model"] |= {"num_units": 8, "unroll": False}
-    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 1}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "baseline"], repo)
+    repo = tiny_repo(base)
     first = run(["dvc", "repro"], repo)
     assert "Running stage 'train'" in first.stdout
     (base / "first_repro.log").write_text(first.stdout + first.stderr)
@@ -269,10 +232,8 @@ def test_a_bad_param_loses_nothing(repo):
 
 
 def start_repro(repo: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"}
     return subprocess.Popen(
-        ["dvc", "repro"], cwd=repo, env=env, text=True, start_new_session=True,
+        ["dvc", "repro"], cwd=repo, env=environment(), text=True, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -157,6 +157,16 @@ class ServeParams(_Section):
     max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
 
 
+class TeamParams(_Section):
+    """`make server` and `make server-stop`: the team's tracking server; no stage reads these."""
+
+    host: Name
+    port: Annotated[Int, Field(ge=1, le=65535)]
+    workers: Annotated[Int, Field(ge=1, le=64)]
+    postgres_port: Annotated[Int, Field(ge=1, le=65535)]
+    state_dir: Name  # its own PostgreSQL cluster, proxied artifacts, logs and pid files
+
+
 class PathParams(_Section):
     """Every file one stage hands to another, named once; dvc.yaml reads them with ${paths.*}."""
 
@@ -187,6 +197,7 @@ class Params(_Section):
     train: TrainParams
     mlflow: MlflowParams
     serve: ServeParams
+    team: TeamParams
     paths: PathParams
 
     @model_validator(mode="after")

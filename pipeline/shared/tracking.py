@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before the stage gives up
+# MLflow's client retries a failed request 7 times with doubling waits (~4 minutes) by default;
+# a stage whose server went away should say so within seconds: 3 retries wait ~6-9 s in all.
+# Set either variable to choose otherwise.
+SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 # What a run's result depends on: a change here since the baseline commit marks it dirty.
@@ -66,7 +70,7 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
 
     MLflow's own client retries for minutes; its server answers GET /health.
     """
-    if not uri.startswith(("http://", "https://")):
+    if not _is_server(uri):
         return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
@@ -79,6 +83,30 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
             f"MLflow tracking server {uri} did not answer within {timeout:g} s ({reason}); "
             f"start it, or unset {TRACKING_URI_ENV} to use the repo's SQLite store"
         ) from None
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def server_lost_as_error() -> Iterator[None]:
+    """A tracking server that stops answering mid-stage ends the stage with one clear line."""
+    try:
+        yield
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        uri = mlflow.get_tracking_uri()
+        if not _is_server(uri):
+            raise
+        try:
+            check_server(uri)
+        except TrackingError:
+            reason = str(error).strip().splitlines()[0][:200]
+            raise TrackingError(
+                f"MLflow tracking server {uri} stopped answering during the stage ({reason}); "
+                "start it again and rerun the stage: outputs from before are in DVC's cache"
+            ) from None
+        raise
 
 
 def _local_db(uri: str) -> Path | None:
@@ -112,6 +140,9 @@ def connect(params: config.MlflowParams, root: Path) -> str:
     """Point MLflow's tracking and registry at the store (failing fast if it is a server that
     does not answer); return its URI."""
     uri = tracking_uri(params, root)
+    if _is_server(uri):
+        for name, value in SERVER_RETRIES.items():
+            os.environ.setdefault(name, value)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -127,11 +158,17 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
         if (database := _local_db(uri)) is not None:
             _use_wal(database)
         experiment = mlflow.get_experiment_by_name(params.experiment)
-        if experiment is not None:
-            experiment_id = experiment.experiment_id
-        else:
-            location = None if overridden else artifact_location(params, root)
+        location = None if overridden else artifact_location(params, root)
+        if experiment is None:
             experiment_id = mlflow.create_experiment(params.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+            if location and experiment.artifact_location != location:
+                raise TrackingError(
+                    f"{uri} keeps artifacts in {experiment.artifact_location}, not in this "
+                    f"repo's {location}: the repo was moved or copied; run `make relocate` "
+                    "(python -m pipeline.team.relocate) to point the store here"
+                )
     log.info("tracking to %s, experiment %r", uri, params.experiment)
     return experiment_id
 
@@ -236,24 +273,40 @@ def choose_champion(scores: dict[int, float], current: int | None) -> int:
     return min(version for version, score in scores.items() if score == best)
 
 
-def promote_champion(name: str) -> int | None:
-    """Point the `champion` alias at the registered version with the best test accuracy."""
+def version_scores(client: mlflow.MlflowClient, name: str) -> dict[int, float]:
+    """Each registered version's test accuracy, for the versions that have one."""
+    scores = {}
+    for version in client.search_model_versions(f"name='{name}'"):
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        if CHAMPION_METRIC in metrics:
+            scores[int(version.version)] = metrics[CHAMPION_METRIC]
+    return scores
+
+
+def promote_champion(name: str, max_rounds: int = 20) -> int | None:
+    """Point the `champion` alias at the registered version with the best test accuracy.
+
+    A local SQLite store is locked meanwhile. A server is shared by processes on any machine,
+    so after moving the alias the versions are read again, and the choice made again until
+    no new score came in: whichever evaluation sets the alias last has seen every version
+    scored before it, so the alias ends on the best, whatever the interleaving.
+    """
     client = mlflow.MlflowClient()
     with store_lock():
-        scores = {}
-        for version in client.search_model_versions(f"name='{name}'"):
-            metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-            if CHAMPION_METRIC in metrics:
-                scores[int(version.version)] = metrics[CHAMPION_METRIC]
-        if not scores:
-            return None
-        try:
-            current = int(client.get_model_version_by_alias(name, CHAMPION).version)
-        except mlflow.exceptions.MlflowException:
-            current = None
-        champion = choose_champion(scores, current)
-        if champion != current:
-            client.set_registered_model_alias(name, CHAMPION, str(champion))
-            log.info("%s@%s is now version %d (%s %.4f)", name, CHAMPION, champion,
-                     CHAMPION_METRIC, scores[champion])  # fmt: skip
+        scores = version_scores(client, name)
+        for _ in range(max_rounds):
+            if not scores:
+                return None
+            try:
+                current = int(client.get_model_version_by_alias(name, CHAMPION).version)
+            except mlflow.exceptions.MlflowException:
+                current = None
+            champion = choose_champion(scores, current)
+            if champion != current:
+                client.set_registered_model_alias(name, CHAMPION, str(champion))
+                log.info("%s@%s is now version %d (%s %.4f)", name, CHAMPION, champion,
+                         CHAMPION_METRIC, scores[champion])  # fmt: skip
+            scores, seen = version_scores(client, name), scores
+            if scores == seen:
+                break
     return champion

@@ -1,0 +1,1 @@
+"""Team tooling: the shared MLflow tracking server and its PostgreSQL, moving a store."""

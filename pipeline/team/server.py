@@ -1,0 +1,226 @@
+"""`make server` / `make server-stop`: an MLflow tracking server for a team, on PostgreSQL.
+
+    python -m pipeline.team.server start [--auth]  # PostgreSQL (own, unless given) + mlflow server
+    python -m pipeline.team.server stop            # both, by the pids they wrote; data kept
+    python -m pipeline.team.server status
+
+The backend store is MLFLOW_BACKEND_STORE_URI (MLflow's own variable) when set, else a
+PostgreSQL cluster of the project's own in `team.state_dir`. Artifacts are proxied: clients
+upload and download through the server (`mlflow-artifacts:/`), which keeps them in
+MLFLOW_ARTIFACTS_DESTINATION (a folder or s3://...) or `<state_dir>/artifacts`, so clients
+need no storage credentials. `--auth` runs MLflow's basic-auth app; its admin password comes
+from MLFLOW_AUTH_ADMIN_PASSWORD, never from a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
+from pipeline.shared.stage import setup_logging
+from pipeline.team.postgres import Cluster, PostgresError
+
+log = logging.getLogger(__name__)
+
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"
+ARTIFACTS_ENV = "MLFLOW_ARTIFACTS_DESTINATION"
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
+START_TIMEOUT = 180.0  # seconds: a new PostgreSQL store runs all of MLflow's migrations first
+STOP_TIMEOUT = 20.0
+
+
+class ServerError(Exception):
+    """The server cannot start or stop; the message says why and what to do."""
+
+
+class State:
+    """Where a server keeps what it owns: `team.state_dir` under the repo (or absolute)."""
+
+    def __init__(self, params: config.TeamParams, root: Path) -> None:
+        self.folder = (root / params.state_dir).resolve()
+        self.cluster = Cluster(self.folder / "postgres", params.postgres_port)
+        self.pid_file = self.folder / "mlflow-server.pid"
+        self.log_file = self.folder / "logs" / "mlflow-server.log"
+        self.artifacts = self.folder / "artifacts"
+        self.auth_config = self.folder / "basic_auth.ini"
+        self.secret_key = self.folder / "flask-secret-key"
+
+    def server_pid(self) -> int | None:
+        """The pid in the pid file, if that process is alive."""
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        return None
+
+
+def url(params: config.TeamParams) -> str:
+    return f"http://{params.host}:{params.port}"
+
+
+def healthy(base_url: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+            return response.status == 200
+    return False
+
+
+def backend_uri(state: State) -> str:
+    """MLFLOW_BACKEND_STORE_URI, or the project's own cluster (made and started if need be)."""
+    if os.environ.get(BACKEND_ENV):
+        return os.environ[BACKEND_ENV]
+    state.cluster.init()
+    state.cluster.start()
+    state.cluster.create_database("mlflow")
+    return state.cluster.url("mlflow")
+
+
+def _secret(path: Path) -> str:
+    """A value made once at random and kept beside the server, readable by its owner only."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def auth_environment(state: State) -> dict[str, str]:
+    """MLflow's basic-auth app: its user store sits beside the tracking store."""
+    if os.environ.get(BACKEND_ENV):
+        database = f"sqlite:///{state.folder / 'basic_auth.db'}"
+    else:
+        state.cluster.create_database("mlflow_auth")
+        database = state.cluster.url("mlflow_auth")
+    # MLflow refuses to create its admin user without a password: it must come from the env.
+    if not os.environ.get(ADMIN_PASSWORD_ENV) and not state.auth_config.exists():
+        raise ServerError(f"basic auth needs {ADMIN_PASSWORD_ENV} set for its first start")
+    state.auth_config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = {database}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    state.auth_config.chmod(0o600)  # it holds the database password
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(state.auth_config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+        or _secret(state.secret_key),
+    }
+
+
+def server_command(params: config.TeamParams, state: State, auth: bool) -> list[str]:
+    artifacts = os.environ.get(ARTIFACTS_ENV) or str(state.artifacts)
+    mlflow_cli = Path(sys.executable).with_name("mlflow")  # this environment's, PATH or not
+    command = [str(mlflow_cli), "server", "--host", params.host, "--port", str(params.port),
+               "--workers", str(params.workers), "--serve-artifacts",
+               "--artifacts-destination", artifacts]  # fmt: skip
+    return [*command, "--app-name", "basic-auth"] if auth else command
+
+
+def wait_until_up(process: subprocess.Popen, state: State, base_url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            lines = state.log_file.read_text(errors="replace").strip().splitlines() or ["no output"]
+            raise ServerError(f"mlflow server exited ({lines[-1]}); log: {state.log_file}")
+        if healthy(base_url):
+            return
+        time.sleep(0.5)
+    terminate(process.pid)
+    raise ServerError(
+        f"mlflow server did not answer within {START_TIMEOUT:g} s; log: {state.log_file}"
+    )
+
+
+def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
+    """Start PostgreSQL (if it is ours) and the MLflow server; return the server's URL."""
+    state, base_url = State(params, root), url(params)
+    if state.server_pid() and healthy(base_url):
+        log.info("the MLflow server is already running at %s", base_url)
+        return base_url
+    if healthy(base_url):
+        raise ServerError(f"something else answers on {base_url}: stop it or set team.port")
+    state.log_file.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, BACKEND_ENV: backend_uri(state)}  # in the env, not in `ps`
+    if auth:
+        environment |= auth_environment(state)
+    with state.log_file.open("ab") as server_log:
+        process = subprocess.Popen(server_command(params, state, auth), cwd=root,
+                                   env=environment, stdout=server_log, stderr=server_log,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    state.pid_file.write_text(f"{process.pid}\n")
+    wait_until_up(process, state, base_url)
+    artifacts = os.environ.get(ARTIFACTS_ENV) or state.artifacts
+    log.info("MLflow server (pid %d) at %s%s; artifacts proxied to %s",
+             process.pid, base_url, " with basic auth" if auth else "", artifacts)  # fmt: skip
+    log.info("point the pipeline at it: export %s=%s", tracking.TRACKING_URI_ENV, base_url)
+    return base_url
+
+
+def terminate(pid: int) -> None:
+    """SIGTERM the server's process group (uvicorn and its workers), SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop(params: config.TeamParams, root: Path) -> None:
+    """Stop the MLflow server and, if it is ours, PostgreSQL; every stored thing is kept."""
+    state = State(params, root)
+    pid = state.server_pid()
+    if pid:
+        terminate(pid)
+        log.info("MLflow server (pid %d) stopped", pid)
+    else:
+        log.info("no MLflow server of this repo is running")
+    state.pid_file.unlink(missing_ok=True)
+    state.cluster.stop()
+
+
+def status(params: config.TeamParams, root: Path) -> bool:
+    state = State(params, root)
+    pid, up = state.server_pid(), healthy(url(params))
+    answer = "answers" if up else "does not answer"
+    log.info("MLflow server: %s", f"pid {pid}, {url(params)} {answer}" if pid else "not running")
+    log.info("PostgreSQL (own cluster): %s", "running" if state.cluster.running() else "stopped")
+    return bool(pid and up)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config.params_parser(__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument(
+        "--auth", action="store_true",
+        help=f"MLflow's basic-auth app (admin password from {ADMIN_PASSWORD_ENV})",
+    )  # fmt: skip
+    arguments = parser.parse_args(argv)
+    params = config.load_params_or_exit(arguments.params)
+    setup_logging()
+    root = Path(arguments.params).resolve().parent
+    try:
+        if arguments.action == "start":
+            start(params.team, root, arguments.auth)
+        elif arguments.action == "stop":
+            stop(params.team, root)
+        elif not status(params.team, root):
+            raise SystemExit(1)
+    except (ServerError, PostgresError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

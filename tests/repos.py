@@ -1,0 +1,65 @@
+"""Scratch copies of this repository for end-to-end tests: tracked files, tiny params, git."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import GIT_IDENTITY, REPO, array_hashes, make_mnist, write_idx_folder
+
+BIN = Path(sys.executable).parent
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without MLflow's and DVC's variables, tools on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    return env | {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"} \
+        | GIT_IDENTITY | extra  # fmt: skip
+
+
+def run(
+    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command in a scratch repo; a failure fails the test with its output."""
+    result = subprocess.run(command, cwd=cwd, env=env or environment(), capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_repo(destination: Path) -> Path:
+    """The project's tracked files, as a fresh clone has them (working-tree content)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in listed:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+def tiny_repo(base: Path, name: str = "repo") -> Path:
+    """A git repo of this project with tiny params and a local IDX mirror, committed."""
+    mnist = make_mnist()
+    mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
+    repo = copy_repo(base / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
+    params["data"]["sha256"] = array_hashes(mnist)
+    params["data"]["validation_size"] = 20
+    params["model"] |= {"num_units": 8, "unroll": False}
+    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 1}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    return repo
