@@ -59,8 +59,8 @@ class State:
         """The pid in the pid file, if that process is alive."""
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
+            if running(pid):
+                return pid
         return None
 
 
@@ -165,16 +165,26 @@ def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
     return base_url
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited server whose parent has not reaped it yet)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def terminate(pid: int) -> None:
     """SIGTERM the server's process group (uvicorn and its workers), SIGKILL if it lingers."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
-            os.kill(pid, 0)
-            time.sleep(0.2)
+            if not running(pid):
+                return
+            time.sleep(0.1)
         os.killpg(pid, signal.SIGKILL)
 
 

@@ -1,0 +1,373 @@
+"""Team mode end to end: two clones, a real PostgreSQL, a real `mlflow server`, DVC remotes.
+
+Clone A trains against the server and shares through a bare git `origin` and a DVC remote;
+clone B pulls, reproduces nothing and opens A's run and champion on the server. Then the
+failures: the server lost mid-training, an unreachable remote, a restart of the server and
+PostgreSQL, two clones training at once, and basic auth. Every process started here is
+stopped by its pid, through `python -m pipeline.team.server stop` or directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.team import postgres
+
+from .repos import BIN, environment, run, tiny_repo
+from .servers import free_port, wait_until_healthy
+
+
+def _postgres_missing() -> str:
+    try:
+        postgres.binary("initdb")
+    except postgres.PostgresError as error:
+        return str(error)
+    return ""
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(_postgres_missing()), reason=_postgres_missing() or "-"),
+]
+MODEL = "mnist-lstm"
+
+
+@dataclass
+class Team:
+    base: Path
+    origin: Path
+    storage: Path  # the local DVC remote both clones use
+    url: str  # the MLflow server
+    state: Path  # team.state_dir: PostgreSQL cluster, artifacts, pid files
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return environment(MLFLOW_TRACKING_URI=self.url, **extra)
+
+    def server(self, action: str, repo: Path, *options: str, **env: str):
+        command = [sys.executable, "-m", "pipeline.team.server", action, *options]
+        return run(command, repo, env=environment(**env))
+
+    def clone(self, name: str) -> Path:
+        run(["git", "clone", "-q", "-b", "main", str(self.origin), name], self.base)
+        repo = self.base / name
+        run(["dvc", "remote", "modify", "--local", "local", "url", str(self.storage)], repo)
+        return repo
+
+
+def reset(repo: Path) -> None:
+    """Back to the committed workspace: `dvc exp run` and `dvc exp apply` leave theirs."""
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+
+
+def post(url: str, path: str, body: dict, headers: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", method="POST", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def get(url: str, path: str, **query: str) -> dict:
+    address = f"{url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(address, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def in_python(repo: Path, env: dict, code: str) -> str:
+    """Run Python as a user of clone `repo` would; its last stdout line."""
+    result = run([sys.executable, "-c", code], repo, env=env)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    base = tmp_path_factory.mktemp("team")
+    # pytest's temporary folders are root's alone: the cluster's must be reachable by `postgres`
+    state = Path(tempfile.mkdtemp(prefix="mnist-lstm-team-"))
+    state.chmod(0o755)
+    team = Team(base, base / "origin.git", base / "dvc-storage", "", state)
+    a = tiny_repo(base, "a")
+    port = free_port()
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["team"] |= {"port": port, "postgres_port": free_port(), "state_dir": str(state),
+                       "workers": 1}  # fmt: skip
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "branch", "-M", "main"], a)
+    run(["git", "commit", "-qam", "team server ports"], a)
+    run(["git", "init", "-q", "--bare", str(team.origin)], base)
+    run(["git", "remote", "add", "origin", str(team.origin)], a)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(team.storage)], a)
+    try:
+        team.server("start", a)
+        team.url = f"http://127.0.0.1:{port}"
+        yield team
+    finally:
+        team.server("stop", a)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared(team):
+    """A after `dvc repro` against the server, `dvc push`, and a git push; B cloned from it."""
+    a = team.base / "a"
+    run(["dvc", "repro"], a, env=team.env())
+    pushed = run(["dvc", "push"], a)
+    assert "files pushed" in pushed.stdout + pushed.stderr
+    # what DVC keeps out of its cache (metrics, plots) travels in git, with dvc.lock
+    run(["git", "add", "dvc.lock", "models/mlflow_run.json", "reports"], a)
+    run(["git", "commit", "-qm", "trained against the team server"], a)
+    run(["git", "push", "-q", "origin", "main"], a)
+    return a, team.clone("b")
+
+
+def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
+    a, b = shared
+    run(["dvc", "pull"], b)
+    repro = run(["dvc", "repro"], b, env=team.env())
+    assert "Running stage" not in repro.stdout and "up to date" in repro.stdout, repro.stdout
+    for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
+        assert sha256(b / output) == sha256(a / output), output
+    run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]
+    found = post(team.url, "runs/search", {"experiment_ids": ["1"], "max_results": 50})["runs"]
+    by_id = {found_run["info"]["run_id"]: found_run for found_run in found}
+    assert run_id in by_id and by_id[run_id]["info"]["artifact_uri"].startswith("mlflow-artifacts:")
+    metrics = {m["key"]: m["value"] for m in by_id[run_id]["data"]["metrics"]}
+    accuracy = json.loads((b / "reports/metrics.json").read_text())["test_accuracy"]
+    assert metrics["test_accuracy"] == pytest.approx(accuracy)
+    code = (f"import mlflow, numpy as np; c = mlflow.MlflowClient()\n"
+            f"v = c.get_model_version_by_alias('{MODEL}', 'champion')\n"
+            f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+            f"p = m.predict(np.load('data/processed/test.npz')['x'][:5])\n"
+            f"print(v.run_id, p.shape)")  # fmt: skip
+    assert in_python(b, team.env(), code) == f"{run_id} (5, 10)"
+
+
+def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team, shared):
+    a, b = shared
+    processes = [
+        subprocess.Popen(
+            ["dvc", "exp", "run", "-n", name, "-S", f"train.learning_rate={rate}"],
+            cwd=repo,
+            env=team.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for repo, name, rate in ((a, "lr-high", 0.02), (b, "lr-low", 0.0001))
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    versions = get(team.url, "model-versions/search", filter=f"name='{MODEL}'")
+    scores = {}
+    for version in versions["model_versions"]:
+        found = post(team.url, "runs/search", {"experiment_ids": ["1"],
+                     "filter": f"attributes.run_id = '{version['run_id']}'"})["runs"]  # fmt: skip
+        metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
+        scores[int(version["version"])] = metrics["test_accuracy"]
+    reset(a)
+    reset(b)
+    assert len(scores) == 3  # A's repro, then one experiment from each clone
+    champion = get(team.url, "registered-models/alias", name=MODEL, alias="champion")
+    assert scores[int(champion["model_version"]["version"])] == max(scores.values()), scores
+
+
+def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
+    a, b = shared
+    run(["dvc", "exp", "push", "origin", "lr-high"], a)
+    run(["dvc", "exp", "pull", "origin", "lr-high"], b)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], b).stdout)
+    experiments = {
+        exp["name"]: exp
+        for row in shown
+        for exp in (row.get("experiments") or [])
+        if exp.get("name")
+    }
+    assert "lr-high" in experiments, shown
+    revs = experiments["lr-high"]["revs"][0]["data"]
+    run_id = revs["metrics"]["models/mlflow_run.json"]["data"]["run_id"]
+    run(["dvc", "exp", "apply", "lr-high"], b)
+    assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.02
+    assert json.loads((b / "models/mlflow_run.json").read_text())["run_id"] == run_id
+    query = {"experiment_ids": ["1"], "filter": f"attributes.run_id = '{run_id}'"}
+    tags = post(team.url, "runs/search", query)["runs"][0]["data"]["tags"]
+    assert {"key": "dvc.exp_name", "value": "lr-high"} in tags
+    reset(b)
+
+
+def champion_files(team: Team) -> dict[str, str]:
+    """The champion model's files, downloaded through the server: name → sha256."""
+    import mlflow
+
+    folder = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{MODEL}@champion", tracking_uri=team.url,
+        dst_path=tempfile.mkdtemp(dir=team.base),
+    ))  # fmt: skip
+    return {str(path.relative_to(folder)): sha256(path) for path in folder.rglob("*")
+            if path.is_file()}  # fmt: skip
+
+
+def server_pid(team: Team) -> int:
+    return int((team.state / "mlflow-server.pid").read_text())
+
+
+def everything(team: Team, run_id: str) -> dict:
+    """Every run with its metrics, every model version, and one run's model card."""
+    runs = post(team.url, "runs/search", {"experiment_ids": ["1"], "max_results": 100})["runs"]
+    versions = get(team.url, "model-versions/search", filter=f"name='{MODEL}'")["model_versions"]
+    card = f"{team.url}/get-artifact?path=model_card.md&run_uuid={run_id}"
+    with urllib.request.urlopen(card, timeout=30) as response:
+        card_bytes = response.read()
+    return {
+        "runs": sorted((r["info"]["run_id"], r["info"]["status"],
+                        sorted((m["key"], m["value"]) for m in r["data"]["metrics"]))
+                       for r in runs),
+        "versions": sorted((v["version"], v["run_id"], v["source"]) for v in versions),
+        "card": card_bytes,
+    }  # fmt: skip
+
+
+def test_a_restart_of_server_and_postgres_keeps_every_run_metric_artifact_and_version(team, shared):
+    a, _ = shared
+    run_id = json.loads((a / "models/mlflow_run.json").read_text())["run_id"]
+    before, model_before = everything(team, run_id), champion_files(team)
+    team.server("stop", a)
+    cluster = postgres.Cluster(team.state / "postgres", 0)
+    assert not cluster.running()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{team.url}/health", timeout=2)
+    team.server("start", a)
+    assert everything(team, run_id) == before
+    assert champion_files(team) == model_before
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@contextlib.contextmanager
+def moto_s3(log: Path):
+    """moto's S3 server on 127.0.0.1 with a bucket `team`; its URL. Stopped by its pid."""
+    port = free_port()
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(f"{url}/moto-api/", server, log)
+        import boto3
+
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing",
+                     ).create_bucket(Bucket="team")  # fmt: skip
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def use_s3_remote(repo: Path, endpoint: str) -> None:
+    """The documented team remote: the URL may be committed, the endpoint stays local."""
+    run(["dvc", "remote", "add", "--local", "-f", "-d", "s3", "s3://team/dvc"], repo)
+    run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], repo)
+
+
+def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, shared, tmp_path):
+    a, _ = shared
+    c = team.base / "c"
+    with moto_s3(tmp_path / "moto.log") as endpoint:
+        use_s3_remote(a, endpoint)
+        pushed = run(["dvc", "push"], a, env=environment(**S3_KEYS))
+        assert "files pushed" in pushed.stdout + pushed.stderr
+        run(["git", "clone", "-q", "-b", "main", str(team.origin), str(c)], team.base)
+        use_s3_remote(c, endpoint)
+        run(["dvc", "pull"], c, env=environment(**S3_KEYS))
+    assert sha256(c / "models/model.keras") == sha256(a / "models/model.keras")
+    kept = {path: sha256(c / path) for path in ("models/model.keras", "data/processed/train.npz")}
+    failed = run(["dvc", "push"], c, check=False, env=environment(**S3_KEYS))  # moto is gone
+    lines = [line for line in (failed.stdout + failed.stderr).splitlines() if line.strip()]
+    assert failed.returncode != 0, lines
+    assert len([line for line in lines if line.startswith("ERROR")]) == 1, lines
+    assert {path: sha256(c / path) for path in kept} == kept
+    assert run(["dvc", "status"], c).stdout.strip().endswith("up to date.")
+
+
+def test_with_basic_auth_a_request_without_credentials_is_refused_and_with_them_a_run_lands(
+    team, shared, tmp_path
+):
+    a, _ = shared
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["team"] |= {"port": (port := free_port()), "state_dir": str(tmp_path / "auth")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    password = "a-Long-test-passw0rd!"
+    url, options = f"http://127.0.0.1:{port}", ("--params", str(tmp_path / "params.yaml"))
+    # the team's PostgreSQL store as an existing database: its migrations are done already
+    store = postgres.Cluster(team.state / "postgres", params["team"]["postgres_port"])
+    team.server("start", a, "--auth", *options, MLFLOW_AUTH_ADMIN_PASSWORD=password,
+                MLFLOW_BACKEND_STORE_URI=store.url("mlflow"))  # fmt: skip
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(url, "experiments/search", {"max_results": 1})
+        assert refused.value.code == 401
+        user = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        for stage in ("train", "evaluate"):
+            run([sys.executable, "-m", f"pipeline.{stage}"], a,
+                env=environment(MLFLOW_TRACKING_URI=url, **user))  # fmt: skip
+        run_id = json.loads((a / "models/mlflow_run.json").read_text())["run_id"]
+        token = base64.b64encode(f"admin:{password}".encode()).decode()
+        query = {"experiment_ids": ["1"], "filter": f"attributes.run_id = '{run_id}'"}
+        found = post(url, "runs/search", query, {"Authorization": f"Basic {token}"})["runs"]
+        assert [run["info"]["status"] for run in found] == ["FINISHED"]
+    finally:
+        team.server("stop", a, *options)
+
+
+def test_training_fails_with_one_line_within_seconds_when_the_server_goes_away(team, shared):
+    a, _ = shared
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["train"] |= {"iterations": 1_000_000, "log_every": 3}
+    (a / "long.yaml").write_text(yaml.safe_dump(params))
+    model_before = sha256(a / "models/model.keras")
+    stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", "long.yaml"],
+                             cwd=a, env=team.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        for line in stage.stdout:
+            if "iteration 6/" in line:
+                break
+        os.killpg(server_pid(team), signal.SIGKILL)  # the server dies, as a crash would
+        killed = time.monotonic()
+        rest = stage.communicate(timeout=120)[0]
+        waited = time.monotonic() - killed
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            stage.kill()
+    # the last test: the module's teardown stops PostgreSQL, with the server already gone
+    last = rest.strip().splitlines()[-1]
+    assert stage.returncode == 1, rest
+    assert last.startswith(f"error: MLflow tracking server {team.url} stopped answering"), rest
+    assert "Traceback" not in rest
+    assert waited < 30, f"took {waited:.0f} s to give up"
+    assert sha256(a / "models/model.keras") == model_before  # the last good model is untouched
