@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser postgres repro test lint format ui plots serve predict demo \
-        server server-stop relocate bench clean
+        server server-stop relocate tune bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ server-stop: install  ## stop `make server` (the MLflow server, then its own Pos
 
 relocate: install  ## after moving or copying the repo: point mlflow.db at this folder's artifacts
 	python -m pipeline.team.relocate
+
+tune: install  ## Optuna search, each trial a DVC experiment (WORKERS=2: processes here)
+	python -m pipeline.tune $(if $(WORKERS),--workers $(WORKERS))
 
 plots: install  ## dvc plots show with Vega inlined, so the charts render offline: dvc_plots/index.html
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)

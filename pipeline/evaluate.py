@@ -86,6 +86,10 @@ def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
             log_results(metrics, per_class, confusion, pictures)
+            if params.mlflow.registration == "better":  # train logged the model, unregistered
+                run_info = run_info | {"registered_version": tracking.register_if_better(
+                    params.mlflow.registered_model, run_info["model_uri"],
+                    metrics[tracking.CHAMPION_METRIC])}  # fmt: skip
             champion = tracking.promote_champion(params.mlflow.registered_model)
             card = card_for(run, run_info, champion, metrics, per_class, pictures, params)
             write_text(params.paths.model_card, card)

@@ -88,7 +88,10 @@ def log_model(model, model_file: str | Path, example, params: config.Params):
         artifacts={"keras_model": str(model_file)},
         signature=signature,
         input_example=example,
-        registered_model_name=params.mlflow.registered_model,
+        # registration `better`: evaluate registers it if it beats the champion
+        registered_model_name=params.mlflow.registered_model
+        if params.mlflow.registration == "always"
+        else None,
         pip_requirements=[
             f"tensorflow=={tf.__version__}",
             f"keras=={keras.__version__}",
@@ -137,8 +140,12 @@ def run(params: config.Params) -> TrainResult:
             "registered_version": info.registered_model_version,
         }
         write_json(params.paths.run_info, run_info)
-    log.info("run %s: registered %s version %s", run.info.run_id,
-             params.mlflow.registered_model, info.registered_model_version)  # fmt: skip
+    if info.registered_model_version is None:
+        log.info("run %s: model logged; evaluate registers it if it beats the champion",
+                 run.info.run_id)  # fmt: skip
+    else:
+        log.info("run %s: registered %s version %s", run.info.run_id,
+                 params.mlflow.registered_model, info.registered_model_version)  # fmt: skip
     return TrainResult(run.info.run_id, info.model_uri, info.registered_model_version, table)
 
 

@@ -84,6 +84,22 @@ INVALID = {
     "serve.port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "serve.demo_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "serve.max_body_bytes": st.one_of(not_an_int, st.integers(max_value=1023)),
+    "mlflow.registration": st.one_of(junk, words, st.just("")),
+    "tune.study": st.one_of(junk, st.just(""), st.integers()),
+    "tune.storage": junk,
+    "tune.journal": st.one_of(junk, st.just("")),
+    "tune.metric": st.one_of(junk, st.just("")),
+    "tune.direction": st.one_of(junk, words),
+    "tune.trials": st.one_of(not_an_int, too_small),
+    "tune.space": st.one_of(  # a whole mapping: its keys are dotted param names themselves
+        st.none(),
+        st.just({}),
+        words,
+        st.just({"train.no_such_param": {"kind": "float", "low": 0.1, "high": 1.0}}),
+        st.just({"train.learning_rate": {"kind": "normal", "low": 0.1, "high": 1.0}}),
+        st.just({"train.learning_rate": {"kind": "float", "low": 1.0, "high": 0.1}}),
+        st.just({"model.num_units": {"kind": "choice", "choices": []}}),
+    ),
     "team.host": st.one_of(junk, st.just(""), st.integers()),
     "team.port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "team.postgres_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
@@ -99,7 +115,7 @@ INVALID = {
     "paths.model": st.one_of(junk, st.just(""), st.just("models/model.h5")),
     "paths.model_card": st.one_of(junk, st.just(""), st.just("reports/card.txt")),
 }
-SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "paths"]
+SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "tune", "paths"]
 
 
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:
@@ -152,7 +168,7 @@ def test_every_leaf_key_has_a_wrong_value_strategy():
     def leaves(mapping: dict, prefix: str = "") -> set[str]:
         found = set()
         for key, value in mapping.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and f"{prefix}{key}" != "tune.space":
                 found |= leaves(value, f"{prefix}{key}.")
             else:
                 found.add(f"{prefix}{key}")

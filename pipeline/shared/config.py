@@ -146,6 +146,9 @@ class MlflowParams(_Section):
     registered_model: Name
     tracking_db: Name
     artifacts_dir: Name
+    # always: every trained model becomes a registered version (train registers it);
+    # better: only one whose test score beats the champion's (evaluate registers it): searches
+    registration: Literal["always", "better"]
 
 
 class ServeParams(_Section):
@@ -165,6 +168,60 @@ class TeamParams(_Section):
     workers: Annotated[Int, Field(ge=1, le=64)]
     postgres_port: Annotated[Int, Field(ge=1, le=65535)]
     state_dir: Name  # its own PostgreSQL cluster, proxied artifacts, logs and pid files
+
+
+class FloatRange(_Section):
+    """A float drawn between low and high; `log: true` draws its logarithm uniformly."""
+
+    kind: Literal["float"]
+    low: Float
+    high: Float
+    log: StrictBool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high or (self.log and self.low <= 0):
+            raise ValueError(
+                f"needs low < high (and low > 0 with log), got {self.low}, {self.high}"
+            )
+        return self
+
+
+class IntRange(_Section):
+    """An integer from low to high, both included, in steps of `step`."""
+
+    kind: Literal["int"]
+    low: Int
+    high: Int
+    step: Annotated[Int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low >= self.high:
+            raise ValueError(f"needs low < high, got {self.low}, {self.high}")
+        return self
+
+
+class Choice(_Section):
+    """One of the listed values."""
+
+    kind: Literal["choice"]
+    choices: Annotated[list[Int | Float | StrictBool | Name], Field(min_length=1)]
+
+
+Dimension = Annotated[FloatRange | IntRange | Choice, Field(discriminator="kind")]
+
+
+class TuneParams(_Section):
+    """`make tune`: an Optuna search whose trials are DVC experiments; no stage reads these."""
+
+    study: Name
+    storage: str  # "" → the journal file `journal`; OPTUNA_STORAGE overrides either
+    journal: Name  # the default storage: a file in the repo, git- and DVC-ignored
+    metric: Name  # a metric of evaluate's, read from the trial's MLflow run
+    direction: Literal["maximize", "minimize"]
+    trials: Annotated[Int, Field(ge=1, le=100_000)]  # the study's budget, across all workers
+    space: Annotated[dict[str, Dimension], Field(min_length=1)]  # params.yaml key → its range
 
 
 class PathParams(_Section):
@@ -198,6 +255,7 @@ class Params(_Section):
     mlflow: MlflowParams
     serve: ServeParams
     team: TeamParams
+    tune: TuneParams
     paths: PathParams
 
     @model_validator(mode="after")
@@ -209,6 +267,15 @@ class Params(_Section):
             )
         if len(set(names)) != len(names):
             raise ValueError(f"data.class_names repeats a name: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _space_names_params(self) -> Params:
+        tunable = {f"{section}.{key}" for section in ("model", "train")
+                   for key in getattr(self, section).model_dump()}  # fmt: skip
+        unknown = sorted(set(self.tune.space) - tunable)
+        if unknown:
+            raise ValueError(f"tune.space names no model or train param: {', '.join(unknown)}")
         return self
 
 

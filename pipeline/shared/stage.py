@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -21,6 +23,16 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+
+
+STOP_WITH_PARENT_ENV = "PIPELINE_STOP_WITH_PARENT"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(signum: int) -> None:
+    """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -44,6 +56,8 @@ def run_stage(
     setup_logging()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
+    if os.environ.get(STOP_WITH_PARENT_ENV):  # `make tune`: a trial ends with its worker
+        die_with_parent(signal.SIGTERM)
     try:
         run(params)
     except KeyboardInterrupt:

@@ -32,6 +32,8 @@ SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before the stag
 SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
+# A search's trials tag their runs with the study and trial number (pipeline/team/tune.py).
+TRIAL_TAG_ENV = {"optuna.study": "PIPELINE_OPTUNA_STUDY", "optuna.trial": "PIPELINE_OPTUNA_TRIAL"}
 # What a run's result depends on: a change here since the baseline commit marks it dirty.
 INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
 
@@ -188,7 +190,8 @@ def process_tags() -> dict[str, str]:
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -208,7 +211,7 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
         if (
             tags.get("pipeline.host") == socket.gethostname()
             and pid.isdigit()
-            and not _alive(int(pid))
+            and not process_alive(int(pid))
         ):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
@@ -256,6 +259,8 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
             "git.dirty": str(bool(changed)).lower(),
             "git.changed_files": ",".join(changed.split()),
         }
+    # Set by `make tune` for each trial's `dvc exp run`.
+    tags |= {tag: os.environ[name] for tag, name in TRIAL_TAG_ENV.items() if os.environ.get(name)}
     # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -281,6 +286,35 @@ def version_scores(client: mlflow.MlflowClient, name: str) -> dict[int, float]:
         if CHAMPION_METRIC in metrics:
             scores[int(version.version)] = metrics[CHAMPION_METRIC]
     return scores
+
+
+def champion_score(client: mlflow.MlflowClient, name: str) -> tuple[int, float] | None:
+    """The champion's version and test accuracy, if there is a champion with one."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+    score = client.get_run(version.run_id).data.metrics.get(CHAMPION_METRIC)
+    return None if score is None else (int(version.version), score)
+
+
+def register_if_better(name: str, model_uri: str, score: float) -> int | None:
+    """Register the model as a new version only if its score beats the champion's.
+
+    For searches and sweeps: the registry keeps the models that were, when made, the best so
+    far, not one version per trial. Two that both beat the champion at once both register;
+    promote_champion then picks the better.
+    """
+    client = mlflow.MlflowClient()
+    with store_lock():
+        current = champion_score(client, name)
+    if current is not None and score <= current[1]:
+        log.info("not registered: %s %.4f does not beat %s@%s (version %d, %.4f)",
+                 CHAMPION_METRIC, score, name, CHAMPION, *current)  # fmt: skip
+        return None
+    version = int(mlflow.register_model(model_uri, name).version)
+    log.info("registered %s version %d (%s %.4f)", name, version, CHAMPION_METRIC, score)
+    return version
 
 
 def promote_champion(name: str, max_rounds: int = 20) -> int | None:

@@ -1,0 +1,243 @@
+"""`make tune`: an Optuna search whose every trial is a DVC experiment and an MLflow run.
+
+Workers on any number of machines share one study through its storage (a journal file in the
+repo by default; a PostgreSQL database for a team). Each worker asks the study for a point,
+runs it as `dvc exp run --temp -n <study>-<trial> -S key=value ...` (so `dvc exp show` lists it
+and `dvc exp apply` restores it), reads the objective from the trial's MLflow run (tagged with
+the study and trial number), and tells the study, until the study holds `tune.trials` trials.
+Trials run with `mlflow.registration=better`: only a model that beats the champion becomes a
+registered version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pipeline.shared.config as config
+import pipeline.shared.stage as stage
+import pipeline.shared.tracking as tracking
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "OPTUNA_STORAGE"
+TRIAL_TIMEOUT = 24 * 3600  # seconds; a trial is one full training
+
+
+class TuneError(Exception):
+    """The search cannot go on; the message says why."""
+
+
+class TrialFailed(Exception):
+    """One trial failed; the study records the reason and the search goes on."""
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    value: float
+    experiment: str
+    run_id: str
+
+
+def storage_url(params: config.TuneParams, root: Path) -> str:
+    """OPTUNA_STORAGE, else tune.storage, else the journal file (made in the repo)."""
+    url = os.environ.get(STORAGE_ENV) or params.storage
+    if url:
+        return url
+    journal = (root / params.journal).resolve()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return str(journal)
+
+
+def open_storage(url: str):
+    """A database URL → Optuna's RDB storage (with heartbeats); a path → its journal file."""
+    import optuna
+
+    if "://" in url:  # heartbeats let any worker fail the trials of one that died
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(url))
+
+
+def load_study(params: config.TuneParams, storage):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs each trial itself
+    return optuna.create_study(study_name=params.study, storage=storage,
+                               direction=params.direction, load_if_exists=True)  # fmt: skip
+
+
+def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Draw one point of the declared space."""
+    point = {}
+    for name, dimension in space.items():
+        if dimension.kind == "float":
+            point[name] = trial.suggest_float(
+                name, dimension.low, dimension.high, log=dimension.log
+            )
+        elif dimension.kind == "int":
+            point[name] = trial.suggest_int(
+                name, dimension.low, dimension.high, step=dimension.step
+            )
+        else:
+            point[name] = trial.suggest_categorical(name, dimension.choices)
+    return point
+
+
+def experiment_name(study: str, number: int) -> str:
+    return f"{study}-{number}"
+
+
+def _die_with_parent() -> None:
+    """In a trial's `dvc` process: killed when the worker dies, so no trial outlives it."""
+    stage.die_with_parent(signal.SIGKILL)
+
+
+def run_trial(root: Path, study: str, number: int, point: dict[str, Any]) -> str:
+    """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why."""
+    name = experiment_name(study, number)
+    sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
+    command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
+    tools = str(Path(sys.executable).parent)  # dvc and the stages' python: this environment's
+    env = os.environ | {
+        "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}",
+        tracking.TRIAL_TAG_ENV["optuna.study"]: study,
+        tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number),
+        stage.STOP_WITH_PARENT_ENV: "1",  # the stages end with dvc, as dvc ends with us
+    }
+    log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=TRIAL_TIMEOUT, preexec_fn=_die_with_parent)  # fmt: skip
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        reasons = [line for line in lines if line.startswith(("error:", "ERROR"))] or lines[-1:]
+        raise TrialFailed(reasons[0] if reasons else f"dvc exp run exited {result.returncode}")
+    return name
+
+
+def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
+    """The objective from the trial's MLflow run, found by its study and trial tags."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.`optuna.study` = '{study}' and tags.`optuna.trial` = '{number}' "
+                      "and attributes.status = 'FINISHED'",
+    )  # fmt: skip
+    scored = [run for run in runs if metric in run.data.metrics]
+    if not scored:
+        raise TrialFailed(f"no finished MLflow run of trial {number} has the metric {metric!r}")
+    run = scored[0]
+    return TrialResult(run.data.metrics[metric], experiment, run.info.run_id)
+
+
+def duplicate_of(study, trial, point: dict[str, Any]):
+    """A finished or running trial at the same point, if any: a point runs once."""
+    from optuna.trial import TrialState
+
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number != trial.number and other.params == point:
+            return other
+    return None
+
+
+def fail(study, trial, reason: str) -> None:
+    """Mark the trial failed, with its reason (the user attribute `fail_reason`)."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+    log.warning("trial %d failed: %s", trial.number, reason)
+
+
+def fail_orphans(study, storage) -> list[int]:
+    """Fail the RUNNING trials of this host whose worker process is gone (e.g. SIGKILL).
+
+    A database storage also fails, by heartbeat, the trials of workers on other machines.
+    """
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid", 0)
+        if host == socket.gethostname() and not tracking.process_alive(pid):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed.append(trial.number)
+            log.warning("trial %d was left running by a worker that died; marked failed",
+                        trial.number)  # fmt: skip
+    if hasattr(storage, "heartbeat_interval"):
+        import optuna
+
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def run_one(study, params: config.Params, root: Path) -> bool:
+    """Ask for a trial and run it; False once the budget is spent."""
+    budget = params.tune.trials
+    if len(study.get_trials(deepcopy=False)) >= budget:
+        return False
+    trial = study.ask()
+    if trial.number >= budget:  # another worker asked at the same moment
+        fail(study, trial, "over budget: another worker took the last trial; not run")
+        return False
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    point = suggest(trial, params.tune.space)
+    same = duplicate_of(study, trial, point)
+    if same is not None:
+        fail(study, trial, f"same point as trial {same.number}; not run twice")
+        return True
+    try:
+        experiment = run_trial(root, params.tune.study, trial.number, point)
+        result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
+    except (TrialFailed, subprocess.TimeoutExpired) as error:
+        fail(study, trial, str(error))
+        return True
+    trial.set_user_attr("dvc_experiment", result.experiment)
+    trial.set_user_attr("mlflow_run_id", result.run_id)
+    study.tell(trial, result.value)
+    log.info("trial %d: %s %.4f (experiment %s, MLflow run %s)", trial.number,
+             params.tune.metric, result.value, result.experiment, result.run_id)  # fmt: skip
+    return True
+
+
+def report_best(study, metric: str) -> None:
+    try:
+        best = study.best_trial
+    except ValueError:
+        log.warning("no trial of study %r completed", study.study_name)
+        return
+    log.info("best trial %d: %s %.4f with %s; experiment %s, MLflow run %s (dvc exp apply %s)",
+             best.number, metric, best.value, best.params, best.user_attrs["dvc_experiment"],
+             best.user_attrs["mlflow_run_id"], best.user_attrs["dvc_experiment"])  # fmt: skip
+
+
+def work(params: config.Params, root: Path) -> None:
+    """One worker: run trials until the study's budget is spent, then report the best."""
+    tracking.connect(params.mlflow, root)
+    storage = open_storage(storage_url(params.tune, root))
+    study = load_study(params.tune, storage)
+    fail_orphans(study, storage)
+    log.info("study %r: %d of %d trials so far", params.tune.study, len(study.trials),
+             params.tune.trials)  # fmt: skip
+    while run_one(study, params, root):
+        pass
+    report_best(study, params.tune.metric)
+
+
+def spawn_workers(argv: list[str], count: int) -> list[subprocess.Popen]:
+    """`count` more workers of this command, as processes on this machine."""
+    command = [sys.executable, "-m", "pipeline.tune", *argv, "--workers", "1"]
+    return [subprocess.Popen(command, preexec_fn=_die_with_parent) for _ in range(count)]

@@ -1,0 +1,41 @@
+"""Search hyperparameters with Optuna; each trial a DVC experiment and an MLflow run.
+
+    python -m pipeline.tune [--workers N]     # make tune; start it on several machines too
+
+The search space, metric, budget and study storage are `tune:` in params.yaml; the workers
+(here and on other machines) share the study. See pipeline/team/tune.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
+import pipeline.team.tune as tune
+from pipeline.shared.stage import setup_logging
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config.params_parser(__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine (default: 1)")  # fmt: skip
+    arguments = parser.parse_args(argv)
+    if arguments.workers < 1:
+        parser.error("--workers must be at least 1")
+    params = config.load_params_or_exit(arguments.params)
+    setup_logging()
+    root = Path(arguments.params).resolve().parent
+    others = tune.spawn_workers(["--params", arguments.params], arguments.workers - 1)
+    try:
+        tune.work(params, root)
+    except (tune.TuneError, tracking.TrackingError) as error:
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        codes = [worker.wait() for worker in others]
+    if any(codes):
+        raise SystemExit(f"error: {sum(1 for code in codes if code)} worker(s) failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`python -m pipeline.tune` end to end: two workers, one study in a real PostgreSQL.
+
+One worker is killed mid-trial and started again; the study's budget is spent with no point run
+twice, every completed trial is a DVC experiment and an MLflow run, and the best one applies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from pipeline.team import postgres
+
+from .repos import environment, run, tiny_repo
+from .servers import free_port
+from .test_team import _postgres_missing
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(_postgres_missing()), reason=_postgres_missing() or "-"),
+]
+STUDY = "search"
+BUDGET = 4
+
+
+@pytest.fixture(scope="module")
+def storage():
+    """A PostgreSQL database for the study, in a cluster of the test's own."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-lstm-tune-"))
+    folder.chmod(0o755)  # reachable by the `postgres` user
+    cluster = postgres.Cluster(folder / "postgres", free_port())
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database("optuna")
+        yield cluster.url("optuna")
+    finally:
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tiny_repo(tmp_path_factory.mktemp("tune"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tune"] |= {"study": STUDY, "trials": BUDGET, "space": {
+        "train.learning_rate": {"kind": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "model.num_units": {"kind": "choice", "choices": [4, 8]},
+    }}  # fmt: skip
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], repo)  # the baseline: trials reuse its fetched and split data
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+    return repo
+
+
+def start_worker(repo: Path, storage: str, log: Path) -> subprocess.Popen:
+    with log.open("a") as output:
+        return subprocess.Popen([sys.executable, "-m", "pipeline.tune"], cwd=repo,
+                                env=environment(OPTUNA_STORAGE=storage),
+                                stdout=output, stderr=output)  # fmt: skip
+
+
+def wait_for_running_trial(study, worker: subprocess.Popen, timeout: float = 300) -> int:
+    """The number of a RUNNING trial of this worker, once it has one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("pid") == worker.pid and trial.params:
+                return trial.number
+        time.sleep(0.5)
+    raise TimeoutError("the worker started no trial")
+
+
+def trial_processes(number: int) -> list[int]:
+    """The pids of processes (dvc, the stages) working on trial `number` of the study."""
+    marks = (
+        f"PIPELINE_OPTUNA_STUDY={STUDY}\0".encode(),
+        f"PIPELINE_OPTUNA_TRIAL={number}\0".encode(),
+    )
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if all(mark in environ.read_bytes() for mark in marks):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo, storage, tmp_path):
+    study = None
+    log = tmp_path / "workers.log"
+    first, second = (start_worker(repo, storage, log) for _ in range(2))
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        deadline = time.monotonic() + 120
+        while study is None and time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name=STUDY, storage=storage)
+            except KeyError:
+                time.sleep(0.5)
+        killed = wait_for_running_trial(study, first)
+        time.sleep(2)
+        assert trial_processes(killed)  # its dvc exp run is working
+        first.send_signal(signal.SIGKILL)  # a worker dies mid-trial ...
+        first.wait(timeout=30)
+        time.sleep(5)
+        assert trial_processes(killed) == []  # ... and its trial ends with it
+        restarted = start_worker(repo, storage, log)  # ... and is started again
+        assert restarted.wait(timeout=900) == 0, log.read_text()
+        assert second.wait(timeout=900) == 0, log.read_text()
+    finally:
+        for worker in (first, second):
+            if worker.poll() is None:
+                worker.kill()
+    trials = {trial.number: trial for trial in study.get_trials()}
+    assert trials[killed].state == TrialState.FAIL
+    assert trials[killed].user_attrs["fail_reason"] == "its worker died"
+    over = [trial for number, trial in trials.items() if number >= BUDGET]
+    assert all(trial.user_attrs["fail_reason"].startswith("over budget") for trial in over)
+    done = [trial for trial in trials.values() if trial.state == TrialState.COMPLETE]
+    assert len(done) + 1 == BUDGET, {n: (t.state, t.user_attrs) for n, t in trials.items()}
+    points = [tuple(sorted(trial.params.items())) for trial in done]
+    assert len(set(points)) == len(points)  # no point run twice
+
+    listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    for trial in done:
+        assert trial.user_attrs["dvc_experiment"] == f"{STUDY}-{trial.number}" in listed
+        tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+        assert (tags["optuna.study"], tags["optuna.trial"]) == (STUDY, str(trial.number))
+
+    best = study.best_trial
+    assert f"best trial {best.number}" in log.read_text()
+    run(["dvc", "exp", "apply", best.user_attrs["dvc_experiment"]], repo)
+    applied = yaml.safe_load((repo / "params.yaml").read_text())
+    assert applied["train"]["learning_rate"] == pytest.approx(best.params["train.learning_rate"])
+    assert applied["model"]["num_units"] == best.params["model.num_units"]
+    run_info = json.loads((repo / "models/mlflow_run.json").read_text())
+    assert run_info["run_id"] == best.user_attrs["mlflow_run_id"]
+
+    # the registry holds the baseline and only trials that beat the champion of their time
+    versions = client.search_model_versions("name='mnist-lstm'")
+    scores = {int(v.version): client.get_run(v.run_id).data.metrics["test_accuracy"]
+              for v in versions}  # fmt: skip
+    assert len(versions) <= 1 + len(done)
+    assert all(score > scores[1] for version, score in scores.items() if version > 1)
+    champion = client.get_model_version_by_alias("mnist-lstm", "champion")
+    assert scores[int(champion.version)] == max(scores.values())
