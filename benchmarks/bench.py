@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import serving
+from benchmarks import serving, tuning
 from benchmarks.scratch import REPO, scratch_repo
 
 TARGET = 0.9786  # the reference tutorial's test accuracy
@@ -214,6 +214,8 @@ def report(results: dict) -> str:
         lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {bulk:,.0f} |")
     if "serving" in results:
         lines += serving_table(results["serving"])
+    if "tuning" in results:
+        lines += tuning_table(results["tuning"])
     rate = {name: statistics.median(values) for name, values in results["throughput"].items()}
     lines += [
         "",
@@ -230,6 +232,24 @@ def report(results: dict) -> str:
             f"(project / peer **{project / peer:.2f}×**, lower is faster)"
         )
     return "\n".join(lines) + "\n"
+
+
+def tuning_table(rows: list[dict]) -> list[str]:
+    """Trials per hour of `make tune` with 1 and 2 worker processes on this machine."""
+    lines = [
+        "",
+        "## Searches: `python -m pipeline.tune` (trials of 200 iterations, each a DVC experiment)",
+        "",
+        "| workers | trials completed | seconds | trials/hour |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {row['workers']} | {row['completed']} of {row['trials']} | {row['seconds']:.0f} "
+              f"| {row['per_hour']:.0f} |" for row in rows]  # fmt: skip
+    if len(rows) == 2 and rows[0]["per_hour"]:
+        lines.append(
+            f"\n2 workers / 1 worker: **{rows[1]['per_hour'] / rows[0]['per_hour']:.2f}×**"
+        )
+    return lines
 
 
 def serving_table(serving: dict) -> list[str]:
@@ -279,6 +299,8 @@ def main() -> None:
     results["inference"] = inference(200)
     print("serving", flush=True)  # noqa: T201
     results["serving"] = serving.run()
+    print("searches", flush=True)  # noqa: T201
+    results["tuning"] = tuning.run()
     text = report(results)
     args.output.write_text(text)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
