@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser postgres repro test lint format ui plots serve predict demo \
-        server server-stop relocate tune bench clean
+        server server-stop relocate tune bench bench-distributed clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ bench: install  ## training speed vs PyTorch and plain Keras, pipeline and infer
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	dvc repro
 	python -m benchmarks.bench
+
+bench-distributed: install  ## default params: two local workers (multi_worker) vs one process
+	dvc repro preprocess
+	python -m benchmarks.distributed
 
 clean:  ## remove caches (keeps .venv, data, models and the MLflow store)
 	rm -rf .pytest_cache .ruff_cache .hypothesis

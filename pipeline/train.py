@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+import pipeline.shared.cluster as cluster
 import pipeline.shared.config as config
 import pipeline.shared.stage as stage
 import pipeline.shared.tracking as tracking
@@ -100,12 +101,69 @@ def log_model(model, model_file: str | Path, example, params: config.Params):
     )
 
 
-def run(params: config.Params) -> TrainResult:
-    """Train, save the model and history, log everything to one MLflow run, register the model."""
-    import pipeline.shared.figures as figures  # TensorFlow loads once the params are valid
-    import pipeline.shared.fitting as fitting
-    from pipeline.shared.model import build_model
+def prepare_training(params: config.Params, workers: cluster.Cluster | None):
+    """Set up TensorFlow and the network; return a function (train, val, history) → model.
 
+    One process: the network is built here, before anything else draws from the seeded
+    generators. Several workers: the returned function joins the cluster, and
+    `distributed.fit` builds the same network in the strategy's scope.
+    """
+    import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
+
+    runtime = fitting.configure_runtime(params.seed, params.train)
+    if workers is None:
+        from pipeline.shared.model import build_model
+
+        model = build_model(params.model)
+        trainer = fitting.compile_trainer(model, params.train)
+
+        def train_model(train: Arrays, val: Arrays, report) -> object:
+            fitting.fit(trainer, train, val, params.train, params.seed, report)
+            return model
+
+        return train_model, runtime
+    import pipeline.shared.distributed as distributed
+
+    def train_distributed(train: Arrays, val: Arrays, report) -> object:
+        # Joined only now: the others wait for the chief's MLflow set-up while registering
+        # with the cluster (no deadline), never inside a collective (which has one).
+        strategy = distributed.make_strategy()
+        return distributed.fit(strategy, params.model, train, val, params.train, params.seed,
+                               report)  # fmt: skip
+
+    return train_distributed, runtime | {"train.workers": str(workers.workers)}
+
+
+def cluster_of(params: config.Params) -> cluster.Cluster | None:
+    """This process's place among the workers, or None when training in one process."""
+    if params.train.distribution == "none":
+        return None
+    workers = cluster.cluster_from_environment()
+    cluster.check_batch_split(params.train.batch_size, workers.workers)
+    return workers
+
+
+def run_worker(params: config.Params, workers: cluster.Cluster) -> None:
+    """A non-chief worker: train its share of each batch; no files, no MLflow."""
+    train, val = (load_arrays(params.paths.split(split)) for split in ("train", "val"))
+    train_model, _ = prepare_training(params, workers)
+    train_model(train, val, lambda row: None)
+    log.info("worker %s:%d of %d: training done; the chief saves and logs the model",
+             workers.task_type, workers.task_index, workers.workers)  # fmt: skip
+
+
+def run(params: config.Params) -> TrainResult | None:
+    """Train, save the model and history, log everything to one MLflow run, register the model.
+
+    With `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the
+    chief writes files and talks to MLflow, and the others return None.
+    """
+    import pipeline.shared.figures as figures  # TensorFlow loads once the params are valid
+
+    workers = cluster_of(params)
+    if workers is not None and not workers.is_chief:
+        run_worker(params, workers)
+        return None
     experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
     tracking.close_orphaned_runs(experiment_id)
     files = {split: params.paths.split(split) for split in ("train", "val")}
@@ -117,16 +175,14 @@ def run(params: config.Params) -> TrainResult:
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
         tracking.killed_on_interrupt(),
     ):
-        runtime = fitting.configure_runtime(params.seed, params.train)
-        model = build_model(params.model)
-        trainer = fitting.compile_trainer(model, params.train)
+        train_model, runtime = prepare_training(params, workers)
         mlflow.log_params(tracking.flatten(params.model_dump()))
         mlflow.set_tags(
             tracking.lineage_tags(data_hashes, params) | tracking.process_tags() | runtime
         )
         log_inputs(train, data_hashes, params.data.name)
         history = History(params.train.iterations)
-        fitting.fit(trainer, train, val, params.train, params.seed, history)
+        model = train_model(train, val, history)
         table = history.table()
         write_csv(table, params.paths.history)
         mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
@@ -150,7 +206,9 @@ def run(params: config.Params) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
+    stage.run_stage(
+        run, argv, __doc__, expected=(tracking.TrackingError, cluster.DistributionError)
+    )
 
 
 if __name__ == "__main__":

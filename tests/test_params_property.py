@@ -76,6 +76,12 @@ INVALID = {
     ),  # fmt: skip
     "train.intra_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
     "train.inter_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
+    "train.distribution": st.one_of(
+        junk,
+        st.booleans(),
+        st.integers(),
+        st.sampled_from(["", "None", "multi-worker", "mirrored"]),
+    ),  # fmt: skip
     "mlflow.experiment": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.registered_model": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.tracking_db": st.one_of(junk, st.just("")),

@@ -120,6 +120,9 @@ class TrainParams(_Section):
     batch_shards: Annotated[Int, Field(ge=1, le=64)]
     intra_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: CPU cores / batch_shards
     inter_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: TensorFlow's default
+    # none: one process. multi_worker: tf.distribute.MultiWorkerMirroredStrategy over the
+    # cluster in TF_CONFIG; batch_size stays the global batch, split evenly between workers.
+    distribution: Literal["none", "multi_worker"]
 
     @model_validator(mode="after")
     def _intervals_fit(self) -> TrainParams:

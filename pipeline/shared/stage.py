@@ -58,13 +58,18 @@ def run_stage(
         signal.signal(signum, _interrupt)
     if os.environ.get(STOP_WITH_PARENT_ENV):  # `make tune`: a trial ends with its worker
         die_with_parent(signal.SIGTERM)
+    failure = None
     try:
         run(params)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; outputs from before this run are untouched\n")
         raise SystemExit(130) from None
     except expected as error:
-        raise SystemExit(f"error: {error}") from None
+        failure = f"error: {error}"
     # Free the stage's TensorFlow objects while TensorFlow's runtime is still up: left to the
-    # interpreter's exit, collecting them took ~7 s after a full training run (0.4 s here).
+    # interpreter's exit, collecting them took ~7 s after a full training run (0.4 s here),
+    # and after a failed multi-worker run tf.distribute's thread pool, still referenced by the
+    # error's traceback, died with "OSError: Bad file descriptor" after the error line.
     gc.collect()
+    if failure:
+        raise SystemExit(failure)
