@@ -104,14 +104,17 @@ def params(raw_params: dict) -> config.Params:
 def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Stages find the MLflow store at `root` through DVC_ROOT, as under DVC."""
     monkeypatch.setenv("DVC_ROOT", str(root))
-    # mlflow.set_tracking_uri/set_registry_uri export these; monkeypatch removes them afterwards
+    # mlflow.set_tracking_uri/set_registry_uri export these. monkeypatch restores only what it
+    # recorded, and delenv of an absent variable records nothing: setenv first, so a value a
+    # stage sets during the test is removed afterwards instead of leaking into later tests.
     for name in (
         "MLFLOW_TRACKING_URI",
         "MLFLOW_REGISTRY_URI",
         "DVC_EXP_NAME",
         "DVC_EXP_BASELINE_REV",
     ):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return root
 
 

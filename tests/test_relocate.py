@@ -31,28 +31,33 @@ def moved(trained, tmp_path, monkeypatch):
     return use_store_at(tmp_path / "after", monkeypatch)
 
 
-def load_first_version(root):
+def load_first_version(root, monkeypatch):
+    """Through the environment, which monkeypatch restores: no store leaks into later tests."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return mlflow.pyfunc.load_model("models:/mnist-lstm/1")
 
 
-def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained):
+def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained, monkeypatch):
     with pytest.raises(tracking.TrackingError, match=r"moved or copied; run `make relocate`"):
         tracking.use_store(trained.params.mlflow, moved)
     with pytest.raises(Exception, match="No such"):  # what MLflow says without the fix
-        load_first_version(moved)
+        load_first_version(moved, monkeypatch)
 
 
-def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(moved, trained):
+def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(
+    moved, trained, monkeypatch
+):
     command = [sys.executable, "-m", "pipeline.team.relocate", "--params", "params.yaml"]
     result = subprocess.run(command, cwd=moved, capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "model_versions.storage_location: 1 rows" in result.stderr
     tracking.use_store(trained.params.mlflow, moved)  # no longer refused
-    model = load_first_version(moved)
+    model = load_first_version(moved, monkeypatch)
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     assert model.predict(images).shape == (3, trained.params.model.n_classes)
     run = mlflow.MlflowClient().get_run(trained.run_id)

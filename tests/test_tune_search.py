@@ -137,7 +137,8 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
     assert len(set(points)) == len(points)  # no point run twice
 
     listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     for trial in done:
         assert trial.user_attrs["dvc_experiment"] == f"{STUDY}-{trial.number}" in listed
         tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
