@@ -60,9 +60,7 @@ def repo(tmp_path_factory):
         "model.num_units": {"kind": "choice", "choices": [4, 8]},
     }}  # fmt: skip
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro"], repo)  # the baseline: trials reuse its fetched and split data
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "baseline run"], repo)
+    run(["git", "commit", "-qam", "search space"], repo)  # no baseline run: the trials fetch
     return repo
 
 
@@ -153,11 +151,11 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
     run_info = json.loads((repo / "models/mlflow_run.json").read_text())
     assert run_info["run_id"] == best.user_attrs["mlflow_run_id"]
 
-    # the registry holds the baseline and only trials that beat the champion of their time
+    # the registry holds only trials that beat the champion when they were scored (two scored
+    # at once with no champion yet may both register), never one version per trial regardless
     versions = client.search_model_versions("name='mnist-lstm'")
     scores = {int(v.version): client.get_run(v.run_id).data.metrics["test_accuracy"]
               for v in versions}  # fmt: skip
-    assert len(versions) <= 1 + len(done)
-    assert all(score > scores[1] for version, score in scores.items() if version > 1)
+    assert 1 <= len(versions) <= len(done)
     champion = client.get_model_version_by_alias("mnist-lstm", "champion")
-    assert scores[int(champion.version)] == max(scores.values())
+    assert scores[int(champion.version)] == max(scores.values()) == best.value

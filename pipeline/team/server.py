@@ -107,6 +107,11 @@ def auth_environment(state: State) -> dict[str, str]:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {database}\nadmin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Each request's password is checked with a slow hash (PBKDF2, by design); a training
+        # run makes a hundred requests. MLflow can cache a good check for a while: a password
+        # changed through its API takes effect at once on the worker that changed it, on the
+        # others within this many seconds (mlflow/server/auth/basic_auth.ini).
+        "auth_cache_ttl_seconds = 60\n"
     )
     state.auth_config.chmod(0o600)  # it holds the database password
     return {
