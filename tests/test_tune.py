@@ -111,6 +111,7 @@ def test_two_processes_share_one_journal_file_study(study, tmp_path):
     assert sorted(trial.number for trial in reloaded.trials) == list(range(10))
 
 
+@pytest.mark.slow  # a real `dvc exp run` in a scratch repo
 def test_a_bad_point_fails_its_trial_with_the_stage_error_and_nothing_is_kept(tmp_path):
     repo = tiny_repo(tmp_path)
     with pytest.raises(tune.TrialFailed, match=r"error: .*model.num_units = 0"):
