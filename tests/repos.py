@@ -63,3 +63,14 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def postgres_missing() -> str:
+    """Why the PostgreSQL tests cannot run here ("" when they can): no binaries."""
+    from pipeline.team import postgres
+
+    try:
+        postgres.binary("initdb")
+    except postgres.PostgresError as error:
+        return str(error)
+    return ""

@@ -31,21 +31,12 @@ import yaml
 
 from pipeline.team import postgres
 
-from .repos import BIN, environment, run, tiny_repo
+from .repos import BIN, environment, postgres_missing, run, tiny_repo
 from .servers import free_port, wait_until_healthy
-
-
-def _postgres_missing() -> str:
-    try:
-        postgres.binary("initdb")
-    except postgres.PostgresError as error:
-        return str(error)
-    return ""
-
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(bool(_postgres_missing()), reason=_postgres_missing() or "-"),
+    pytest.mark.skipif(bool(postgres_missing()), reason=postgres_missing() or "-"),
 ]
 MODEL = "mnist-lstm"
 

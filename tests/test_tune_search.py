@@ -23,13 +23,12 @@ from optuna.trial import TrialState
 
 from pipeline.team import postgres
 
-from .repos import environment, run, tiny_repo
+from .repos import environment, postgres_missing, run, tiny_repo
 from .servers import free_port
-from .test_team import _postgres_missing
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(bool(_postgres_missing()), reason=_postgres_missing() or "-"),
+    pytest.mark.skipif(bool(postgres_missing()), reason=postgres_missing() or "-"),
 ]
 STUDY = "search"
 BUDGET = 4

@@ -111,7 +111,8 @@ def server_lost_as_error() -> Iterator[None]:
         raise
 
 
-def _local_db(uri: str) -> Path | None:
+def local_db(uri: str) -> Path | None:
+    """The SQLite file of a `sqlite:///` URI; None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
@@ -123,7 +124,7 @@ def store_lock(uri: str | None = None) -> Iterator[None]:
     evaluations promoting at once could leave the alias on the worse model. Server stores
     handle their own concurrency, so only a local SQLite file gets a lock file beside it.
     """
-    database = _local_db(uri or mlflow.get_tracking_uri())
+    database = local_db(uri or mlflow.get_tracking_uri())
     if database is None:
         yield
         return
@@ -157,7 +158,7 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = connect(params, root)
     with store_lock(uri):
-        if (database := _local_db(uri)) is not None:
+        if (database := local_db(uri)) is not None:
             _use_wal(database)
         experiment = mlflow.get_experiment_by_name(params.experiment)
         location = None if overridden else artifact_location(params, root)

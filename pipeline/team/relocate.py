@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             "the repo; unset it to relocate the repo's SQLite store"
         )
     root = Path(arguments.params).resolve().parent
-    database = Path(tracking.tracking_uri(params.mlflow, root).removeprefix("sqlite:///"))
+    database = tracking.local_db(tracking.tracking_uri(params.mlflow, root))
     try:
         changed = relocate(database, params.mlflow, root)
     except (RelocateError, sqlite3.Error) as error:

@@ -31,10 +31,6 @@ STORAGE_ENV = "OPTUNA_STORAGE"
 TRIAL_TIMEOUT = 24 * 3600  # seconds; a trial is one full training
 
 
-class TuneError(Exception):
-    """The search cannot go on; the message says why."""
-
-
 class TrialFailed(Exception):
     """One trial failed; the study records the reason and the search goes on."""
 
