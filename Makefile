@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser postgres repro test lint format ui plots serve predict demo \
+.PHONY: help install browser postgres repro test test-heavy lint format ui plots serve predict demo \
         server server-stop relocate tune bench bench-distributed clean
 
 help:  ## list the targets
@@ -18,8 +18,9 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# uv resolves and installs the same versions as pip, in seconds rather than minutes
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.9"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its dev tools
@@ -41,8 +42,11 @@ postgres:  ## Debian's PostgreSQL binaries, for `make server` and the team tests
 			postgresql >/dev/null; \
 	else echo "no PostgreSQL: the team tests will skip (apt-get install postgresql)"; fi
 
-test: install browser postgres lint  ## lint, then run every test (the slow end-to-end ones included)
-	python -m pytest -n 2 --dist loadfile
+test: install browser postgres lint  ## lint, then the tests (end-to-end included) but the heavy tier
+	python -m pytest -n 2 --dist loadfile -m "not heavy"
+
+test-heavy: install browser postgres  ## the heavy tier: two clones on a team server, a 2-worker search ...
+	python -m pytest -n 2 --dist loadfile -m heavy
 
 lint: install  ## ruff check and format check
 	ruff check .

@@ -142,21 +142,38 @@ class TrainedPipeline:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
-    """One tiny trained pipeline shared by every test that needs a model and its run."""
+    """One tiny trained pipeline shared by every test that needs a model and its run.
+
+    Made once per test session, even across pytest-xdist workers (they share the folder).
+    """
+    import json
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker
+    root, made = shared / "trained", shared / "trained.json"
+    arrays = make_mnist()
+    params = config.parse_params(tiny_params(root, root / "mirror", arrays))
+    with FileLock(shared / "trained.lock"):
+        if not made.is_file():
+            run_id, metrics = train_tiny_pipeline(root, arrays, params)
+            made.write_text(json.dumps({"run_id": run_id, "metrics": metrics}))
+        saved = json.loads(made.read_text())
+    return TrainedPipeline(root, params, saved["run_id"], saved["metrics"])
+
+
+def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> tuple[str, dict]:
+    """fetch → preprocess → train → evaluate in `root`; the run id and the test metrics."""
     from pipeline import evaluate, fetch, preprocess, train
 
-    root = tmp_path_factory.mktemp("trained")
-    arrays = make_mnist()
-    params = config.parse_params(
-        tiny_params(root, write_idx_folder(root / "mirror", arrays), arrays)
-    )
+    write_idx_folder(root / "mirror", arrays)
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_store_at(root, monkeypatch)
         fetch.run(params)
         preprocess.run(params)
         result = train.run(params)
         metrics = evaluate.run(params)
-    return TrainedPipeline(root, params, result.run_id, metrics)
+    return result.run_id, metrics
 
 
 @dataclass(frozen=True)

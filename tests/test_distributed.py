@@ -182,7 +182,9 @@ def wait_for(text: str, log: Path, processes: list[subprocess.Popen], deadline_s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("killed", [1, 0], ids=["worker-dies", "chief-dies"])
+@pytest.mark.parametrize(
+    "killed", [1, pytest.param(0, marks=pytest.mark.heavy)], ids=["worker-dies", "chief-dies"]
+)
 def test_a_dying_worker_makes_the_other_fail_with_one_line(
     killed, tmp_path, raw_params, monkeypatch
 ):

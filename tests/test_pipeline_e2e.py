@@ -136,6 +136,7 @@ def wait_for_queue(repo: Path, timeout: float = 900) -> str:
     pytest.fail(f"queue still busy after {timeout} s:\n{status}")
 
 
+@pytest.mark.heavy
 def test_queued_sweep_runs_in_parallel_into_one_store(repo):
     before = runs_in(repo)
     run(["git", "add", "-A"], repo)
@@ -250,6 +251,7 @@ def interrupt_when_training(process: subprocess.Popen, signum: int) -> str:
 
 
 # SIGINT and SIGTERM to the train stage: test_reliability.py; here the harshest, under DVC
+@pytest.mark.heavy
 @pytest.mark.parametrize("signum", [signal.SIGKILL])
 def test_interrupted_repro_loses_nothing_and_the_next_completes(repo, signum):
     before = snapshot(repo)

@@ -157,6 +157,7 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     assert in_python(b, team.env(), code) == f"{run_id} (5, 10)"
 
 
+@pytest.mark.heavy
 def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team, shared):
     a, b = shared
     processes = [
@@ -186,6 +187,7 @@ def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team
     assert scores[int(champion["model_version"]["version"])] == max(scores.values()), scores
 
 
+@pytest.mark.heavy
 def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
     a, b = shared
     run(["dvc", "exp", "push", "origin", "lr-high"], a)
@@ -241,6 +243,7 @@ def everything(team: Team, run_id: str) -> dict:
     }  # fmt: skip
 
 
+@pytest.mark.heavy
 def test_a_restart_of_server_and_postgres_keeps_every_run_metric_artifact_and_version(team, shared):
     a, _ = shared
     run_id = json.loads((a / "models/mlflow_run.json").read_text())["run_id"]
@@ -285,6 +288,7 @@ def use_s3_remote(repo: Path, endpoint: str) -> None:
     run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", endpoint], repo)
 
 
+@pytest.mark.heavy
 def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, shared, tmp_path):
     a, _ = shared
     c = team.base / "c"
@@ -305,6 +309,7 @@ def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, sh
     assert run(["dvc", "status"], c).stdout.strip().endswith("up to date.")
 
 
+@pytest.mark.heavy
 def test_with_basic_auth_a_request_without_credentials_is_refused_and_with_them_a_run_lands(
     team, shared, tmp_path
 ):
@@ -335,6 +340,7 @@ def test_with_basic_auth_a_request_without_credentials_is_refused_and_with_them_
         team.server("stop", a, *options)
 
 
+@pytest.mark.heavy
 def test_training_fails_with_one_line_within_seconds_when_the_server_goes_away(team, shared):
     a, _ = shared
     params = yaml.safe_load((a / "params.yaml").read_text())

@@ -28,6 +28,7 @@ from .servers import free_port
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.heavy,
     pytest.mark.skipif(bool(postgres_missing()), reason=postgres_missing() or "-"),
 ]
 STUDY = "search"
