@@ -123,7 +123,8 @@ def team(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared(team):
-    """A after `dvc repro` against the server, `dvc push`, and a git push; B cloned from it."""
+    """A after `dvc repro` against the server, `dvc push`, and a git push; B cloned from it and
+    `dvc pull`ed (each test may run alone: the heavy tier runs without the first)."""
     a = team.base / "a"
     run(["dvc", "repro"], a, env=team.env())
     pushed = run(["dvc", "push"], a)
@@ -132,12 +133,13 @@ def shared(team):
     run(["git", "add", "dvc.lock", "models/mlflow_run.json", "reports"], a)
     run(["git", "commit", "-qm", "trained against the team server"], a)
     run(["git", "push", "-q", "origin", "main"], a)
-    return a, team.clone("b")
+    b = team.clone("b")
+    run(["dvc", "pull"], b)
+    return a, b
 
 
 def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
-    a, b = shared
-    run(["dvc", "pull"], b)
+    a, b = shared  # B has pulled
     repro = run(["dvc", "repro"], b, env=team.env())
     assert "Running stage" not in repro.stdout and "up to date" in repro.stdout, repro.stdout
     for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
