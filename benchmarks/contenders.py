@@ -6,7 +6,9 @@
 
 Each trains at params.yaml's batch size (128) with Adam 0.001 and reports, every `--every`
 iterations, the cumulative training time (evaluation excluded) and, with `--accuracy`, the
-test accuracy. Prints one JSON object.
+test accuracy. `--seed` replaces params.yaml's seed. The peer with `--validate` also scores the
+validation split (5,000 images) every `--every` iterations, as the train stage does, so its whole
+run does the stage's work. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -86,6 +88,20 @@ def naive(params, args, train, test):
     return keras_checkpoints(build, params, args, train, test)
 
 
+def validate(lstm, head, loss_fn, val: dict) -> tuple[float, float]:
+    """Loss and accuracy on the validation split, in batches of 1,000 as the stage scores it."""
+    import torch
+
+    x, y = torch.from_numpy(val["x"]), torch.from_numpy(val["y"].astype(np.int64))
+    loss = correct = 0.0
+    with torch.no_grad():
+        for start in range(0, len(x), 1000):
+            logits = head(lstm(x[start : start + 1000])[0][:, -1])
+            loss += float(loss_fn(logits, y[start : start + 1000])) * len(logits)
+            correct += float((logits.argmax(1) == y[start : start + 1000]).sum())
+    return loss / len(x), correct / len(x)
+
+
 def peer(params, args, train, test):
     import torch
     from torch import nn
@@ -99,6 +115,7 @@ def peer(params, args, train, test):
     loss_fn = nn.CrossEntropyLoss()
     x, y = torch.from_numpy(train["x"]), torch.from_numpy(train["y"].astype(np.int64))
     x_test, y_test = torch.from_numpy(test["x"]), torch.from_numpy(test["y"].astype(np.int64))
+    val = load_arrays(params.paths.split("val")) if args.validate else None
     generator = torch.Generator().manual_seed(params.seed)
     size = params.train.batch_size  # the same batches as the pipeline's
     order, position, clock, rows = torch.randperm(len(x), generator=generator), 0, Clock(), []
@@ -115,6 +132,8 @@ def peer(params, args, train, test):
         optimizer.step()
         if iteration % args.every == 0:
             clock.stop()
+            if args.validate:
+                validate(lstm, head, loss_fn, val)
             accuracy = None
             if args.accuracy:
                 with torch.no_grad():
@@ -134,8 +153,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--accuracy", action="store_true", help="test accuracy at each check")
+    parser.add_argument("--seed", type=int, help="instead of params.yaml's seed")
+    parser.add_argument("--validate", action="store_true", help="peer: score val, as the stage")
     args = parser.parse_args()
     params = config.load_params()
+    if args.seed is not None:
+        params = params.model_copy(update={"seed": args.seed})
     train, test = (load_arrays(params.paths.split(split)) for split in ("train", "test"))
     rows = CONTENDERS[args.name](params, args, train, test)
     print(json.dumps({"contender": args.name, "checkpoints": rows}))  # noqa: T201

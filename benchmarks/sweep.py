@@ -50,21 +50,27 @@ def sweep(scratch: Path, env: dict, workers: int, units: list[int], timeout: flo
             "seconds": elapsed, "per_hour": succeeded * 3600 / elapsed}  # fmt: skip
 
 
+def run(experiments: int = 8, iterations: int = 200, timeout: float = 1800) -> list[dict]:
+    """One sweep of `experiments` with `-j 1`, then one with `-j 2`, in one scratch repo."""
+    scratch, env = baseline(iterations)
+    try:
+        results = []
+        for workers, first in ((1, 16), (2, 16 + experiments)):  # new values each time
+            units = list(range(first, first + experiments))
+            results.append(sweep(scratch, env, workers, units, timeout))
+            print(f"  {json.dumps(results[-1])}", flush=True)  # noqa: T201
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return [row | {"iterations": iterations} for row in results]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
-    scratch, env = baseline(args.iterations)
-    try:
-        results = []
-        for workers, first in ((1, 16), (2, 16 + args.experiments)):  # new values each time
-            units = list(range(first, first + args.experiments))
-            results.append(sweep(scratch, env, workers, units, args.timeout))
-            print(json.dumps(results[-1]), flush=True)  # noqa: T201
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    results = run(args.experiments, args.iterations, args.timeout)
     failed = [row for row in results if row["succeeded"] != row["experiments"]]
     if failed:
         raise SystemExit(f"error: experiments did not all succeed: {failed}")
