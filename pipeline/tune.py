@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     others = tune.spawn_workers(["--params", arguments.params], arguments.workers - 1)
     try:
         tune.work(params, root)
-    except tracking.TrackingError as error:
+    except (tracking.TrackingError, tune.PrepareError) as error:
         raise SystemExit(f"error: {error}") from None
     finally:
         codes = [worker.wait() for worker in others]

@@ -108,6 +108,30 @@ def test_thread_counts_share_the_cores_between_shards(monkeypatch):
     assert fitting.thread_counts(settings(intra_op_threads=3, inter_op_threads=5)) == (3, 5)
 
 
+def test_other_trainings_take_their_share_of_ops_at_once_never_of_threads_per_op(monkeypatch):
+    monkeypatch.setattr(fitting.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert fitting.thread_counts(settings(batch_shards=2), others=1) == (4, 1)  # 8 cores / 2 / 4
+    monkeypatch.setattr(fitting.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert fitting.thread_counts(settings(batch_shards=2), others=1) == (8, 1)
+    assert fitting.thread_counts(settings(batch_shards=4), others=1) == (4, 2)
+    assert fitting.thread_counts(settings(batch_shards=16), others=3) == (1, 4)
+    assert fitting.thread_counts(settings(inter_op_threads=5), others=3) == (8, 5)  # as set
+
+
+def test_a_training_process_on_this_machine_is_found():
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
+                              "pipeline.train"])  # fmt: skip
+    try:
+        assert other.pid in fitting.other_trainings()
+    finally:
+        other.kill()
+        other.wait()
+    assert other.pid not in fitting.other_trainings()
+
+
 @pytest.mark.slow
 def test_a_fresh_process_gets_the_configured_thread_pools():
     import subprocess

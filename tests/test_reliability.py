@@ -159,23 +159,30 @@ rows = []
 fitting.fit(fitting.compile_trainer(net, params.train), {"x": x, "y": y},
             {"x": x[:20], "y": y[:20]}, params.train, params.seed, rows.append)
 print(hashlib.sha256(b"".join(w.tobytes() for w in net.get_weights())).hexdigest(), rows)
+import tensorflow as tf
+sys.stderr.write(f"inter-op threads {tf.config.threading.get_inter_op_parallelism_threads()}")
 """
+
+
+def train_in_a_fresh_process(params_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", TRAIN_TWICE, str(params_file)], cwd=REPO,
+                          capture_output=True, text=True, check=True)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_same_params_and_seed_give_bit_identical_weights_and_history(prepared, tmp_path):
-    """The train stage's code path in two fresh processes: the same weights, bit for bit."""
-    outputs = [
-        subprocess.run(
-            [sys.executable, "-c", TRAIN_TWICE, str(prepared)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout  # fmt: skip
-        for _ in ("first", "second")
-    ]
-    assert outputs[0] == outputs[1] and len(outputs[0].split()[0]) == 64
+    """The train stage's code path in two fresh processes: the same weights, bit for bit, the
+    second with another training beside it (which makes it run fewer ops at once)."""
+    first = train_in_a_fresh_process(prepared)
+    beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "-m",
+                               "pipeline.train"])  # fmt: skip
+    try:
+        second = train_in_a_fresh_process(prepared)
+    finally:
+        beside.kill()
+        beside.wait()
+    assert second.stderr.endswith("inter-op threads 1"), second.stderr[-300:]
+    assert first.stdout == second.stdout and len(first.stdout.split()[0]) == 64
 
 
 def test_readme_and_makefile_bind_the_ui_to_localhost():

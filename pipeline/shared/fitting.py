@@ -8,11 +8,13 @@ gradient is the mean of the shards' gradients, which is the whole batch's gradie
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,6 +26,7 @@ from pipeline.shared.data import Arrays
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 1000
+TRAIN_MODULE = b"pipeline.train"  # `python -m pipeline.train`: the stage, as DVC runs it
 Interval = dict[str, float]
 
 
@@ -76,11 +79,38 @@ class StepClock(keras.callbacks.Callback):
         self.validation += time.perf_counter() - self.started
 
 
-def thread_counts(settings: config.TrainParams) -> tuple[int, int]:
-    """(intra-op, inter-op) threads; intra 0 means one share of the CPU cores per batch shard."""
+def other_trainings() -> list[int]:
+    """Pids of the other `python -m pipeline.train` processes on this machine (Linux; else [])."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        pid = int(cmdline.parent.name)
+        if pid != os.getpid() and any(
+            flag == b"-m" and module == TRAIN_MODULE for flag, module in itertools.pairwise(args)
+        ):
+            found.append(pid)
+    return found
+
+
+def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, int]:
+    """(intra-op, inter-op) threads; intra 0 means one share of the CPU cores per batch shard.
+
+    With `others` trainings running beside this one (`dvc queue start -j 2`, workers of a
+    search), inter-op 0 becomes the cores' share of this training, so that together they do not
+    oversubscribe the cores. Only the number of ops at once changes, never the threads within an
+    op: inter-op threads schedule independent ops, so the arithmetic, and the weights, stay the
+    same as when training alone.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    intra = settings.intra_op_threads or max(1, (cores or 1) // settings.batch_shards)
-    return intra, settings.inter_op_threads
+    cores = cores or 1
+    intra = settings.intra_op_threads or max(1, cores // settings.batch_shards)
+    inter = settings.inter_op_threads
+    if inter == 0 and others:
+        inter = max(1, cores // ((others + 1) * intra))
+    return intra, inter
 
 
 def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]:
@@ -88,12 +118,14 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]
 
     Returns the thread counts in effect, as tags for the run (they decide summation order).
     """
-    intra, inter = thread_counts(settings)
+    others = len(other_trainings())
+    intra, inter = thread_counts(settings, others)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)  # 0: TensorFlow's default
-        log.info("TensorFlow threads: %d per op, %s ops at once; %d batch shards", intra,
-                 inter or "default", settings.batch_shards)  # fmt: skip
+        log.info("TensorFlow threads: %d per op, %s ops at once; %d batch shards%s", intra,
+                 inter or "default", settings.batch_shards,
+                 f"; {others} other training(s) on this machine" if others else "")  # fmt: skip
     except RuntimeError:  # TensorFlow already ran in this process (a notebook, a test)
         log.warning("TensorFlow is already running in this process: its thread pools stay as "
                     "they are, not intra-op %d / inter-op %d", intra, inter)  # fmt: skip

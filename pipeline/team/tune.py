@@ -113,10 +113,15 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any]) -> str
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
                             timeout=TRIAL_TIMEOUT, preexec_fn=_die_with_parent)  # fmt: skip
     if result.returncode != 0:
-        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        reasons = [line for line in lines if line.startswith(("error:", "ERROR"))] or lines[-1:]
-        raise TrialFailed(reasons[0] if reasons else f"dvc exp run exited {result.returncode}")
+        raise TrialFailed(failure_reason(result))
     return name
+
+
+def failure_reason(result: subprocess.CompletedProcess) -> str:
+    """The first `error:` (a stage's) or `ERROR` (DVC's) line of a failed command, else its last."""
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    reasons = [line for line in lines if line.startswith(("error:", "ERROR"))] or lines[-1:]
+    return reasons[0] if reasons else f"{result.args[0]} exited {result.returncode}"
 
 
 def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
@@ -220,9 +225,34 @@ def report_best(study, metric: str) -> None:
              best.user_attrs["mlflow_run_id"], best.user_attrs["dvc_experiment"])  # fmt: skip
 
 
+class PrepareError(Exception):
+    """The data stages could not be reproduced, so no trial can run."""
+
+
+def prepare_data(root: Path, lock_file: Path) -> None:
+    """`dvc repro preprocess` once per clone, one worker at a time, before any trial.
+
+    Trials then restore the data stages from DVC's run cache; without this, the first trials
+    of a never-reproduced clone each fetched and split the data at once in their temporary
+    copies, and one could fail.
+    """
+    from filelock import FileLock
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    tools = str(Path(sys.executable).parent)
+    env = os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with FileLock(lock_file):
+        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=env,
+                                capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        raise PrepareError(f"dvc repro preprocess failed before any trial: "
+                           f"{failure_reason(result)}")  # fmt: skip
+
+
 def work(params: config.Params, root: Path) -> None:
     """One worker: run trials until the study's budget is spent, then report the best."""
     tracking.connect(params.mlflow, root)
+    prepare_data(root, (root / params.tune.journal).parent / "prepare.lock")
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
     fail_orphans(study, storage)
