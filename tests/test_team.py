@@ -217,9 +217,13 @@ def champion_files(team: Team) -> dict[str, str]:
     """The champion model's files, downloaded through the server: name → sha256."""
     import mlflow
 
+    # The registry named explicitly: a `models:/` URI would resolve in whatever registry an
+    # earlier test in this process set as MLflow's default.
+    client = mlflow.MlflowClient(tracking_uri=team.url, registry_uri=team.url)
+    version = client.get_model_version_by_alias(MODEL, "champion").version
     folder = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{MODEL}@champion", tracking_uri=team.url,
-        dst_path=tempfile.mkdtemp(dir=team.base),
+        artifact_uri=client.get_model_version_download_uri(MODEL, version),
+        tracking_uri=team.url, dst_path=tempfile.mkdtemp(dir=team.base),
     ))  # fmt: skip
     return {str(path.relative_to(folder)): sha256(path) for path in folder.rglob("*")
             if path.is_file()}  # fmt: skip

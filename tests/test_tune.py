@@ -115,7 +115,7 @@ def test_two_processes_share_one_journal_file_study(study, tmp_path):
 def test_a_bad_point_fails_its_trial_with_the_stage_error_and_nothing_is_kept(tmp_path):
     repo = tiny_repo(tmp_path)
     with pytest.raises(tune.TrialFailed, match=r"error: .*model.num_units = 0"):
-        tune.run_trial(repo, "study", 7, {"model.num_units": 0})
+        tune.run_trial(repo, "study", 7, {"model.num_units": 0}, repo / ".tune/start.lock")
     listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     assert "study-7" not in listed
     assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["num_units"] == 8

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_ENV = "OPTUNA_STORAGE"
 TRIAL_TIMEOUT = 24 * 3600  # seconds; a trial is one full training
+START_POLL_S = 0.2
+STAGE_COMMAND = re.compile(rb"-m[\0 ]pipeline\.(fetch|preprocess|train|evaluate)\b")
 
 
 class TrialFailed(Exception):
@@ -97,31 +102,72 @@ def _die_with_parent() -> None:
     stage.die_with_parent(signal.SIGKILL)
 
 
-def run_trial(root: Path, study: str, number: int, point: dict[str, Any]) -> str:
-    """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why."""
+def run_trial(root: Path, study: str, number: int, point: dict[str, Any], start_lock: Path) -> str:
+    """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why.
+
+    Concurrent `dvc exp run --temp` in one clone race: each stashes its experiment on one
+    shared stash (refs/exps/stash) and then runs the newest entry, which can be the other's
+    (dvc/repo/experiments/queue/tempdir.py, `get`). Seen here: a trial ran another's point
+    under its own trial tags. So a worker holds `start_lock` from stashing until a stage of its
+    experiment is running (DVC has taken the entry by then) or dvc has ended.
+    """
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
     command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
     tools = str(Path(sys.executable).parent)  # dvc and the stages' python: this environment's
-    env = os.environ | {
-        "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}",
-        tracking.TRIAL_TAG_ENV["optuna.study"]: study,
-        tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number),
-        stage.STOP_WITH_PARENT_ENV: "1",  # the stages end with dvc, as dvc ends with us
-    }
+    marks = {tracking.TRIAL_TAG_ENV["optuna.study"]: study,
+             tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number)}  # fmt: skip
+    env = (
+        os.environ
+        | marks
+        | {
+            "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}",
+            stage.STOP_WITH_PARENT_ENV: "1",  # the stages end with dvc, as dvc ends with us
+        }
+    )
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=TRIAL_TIMEOUT, preexec_fn=_die_with_parent)  # fmt: skip
-    if result.returncode != 0:
-        raise TrialFailed(failure_reason(result))
+    from filelock import FileLock
+
+    start_lock.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as output:
+        with FileLock(start_lock):
+            process = subprocess.Popen(command, cwd=root, env=env, stdout=output,
+                                       stderr=subprocess.STDOUT,
+                                       preexec_fn=_die_with_parent)  # fmt: skip
+            environ = tuple(f"{key}={value}\0".encode() for key, value in marks.items())
+            while process.poll() is None and not stage_running(environ):
+                time.sleep(START_POLL_S)
+        try:
+            code = process.wait(timeout=TRIAL_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        output.seek(0)
+        text = output.read().decode(errors="replace")
+    if code != 0:
+        raise TrialFailed(failure_reason(text, f"dvc exp run exited {code}"))
     return name
 
 
-def failure_reason(result: subprocess.CompletedProcess) -> str:
+def stage_running(environ: tuple[bytes, ...]) -> bool:
+    """Whether a stage (`python -m pipeline.<stage>`) with all of `environ` in its environment
+    runs on this machine (Linux's /proc; elsewhere never, so the caller waits for dvc's end)."""
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if STAGE_COMMAND.search((process / "cmdline").read_bytes()) and all(
+                mark in (process / "environ").read_bytes() for mark in environ
+            ):
+                return True
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return False
+
+
+def failure_reason(output: str, otherwise: str) -> str:
     """The first `error:` (a stage's) or `ERROR` (DVC's) line of a failed command, else its last."""
-    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    lines = [line for line in output.splitlines() if line.strip()]
     reasons = [line for line in lines if line.startswith(("error:", "ERROR"))] or lines[-1:]
-    return reasons[0] if reasons else f"{result.args[0]} exited {result.returncode}"
+    return reasons[0] if reasons else otherwise
 
 
 def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
@@ -137,6 +183,10 @@ def read_result(study: str, number: int, metric: str, experiment: str) -> TrialR
     if not scored:
         raise TrialFailed(f"no finished MLflow run of trial {number} has the metric {metric!r}")
     run = scored[0]
+    ran_as = run.data.tags.get("dvc.exp_name")
+    if ran_as not in (None, experiment):  # the guard against the stash race in run_trial
+        raise TrialFailed(f"trial {number}'s MLflow run {run.info.run_id} ran experiment "
+                          f"{ran_as}, not {experiment}")  # fmt: skip
     return TrialResult(run.data.metrics[metric], experiment, run.info.run_id)
 
 
@@ -201,7 +251,8 @@ def run_one(study, params: config.Params, root: Path) -> bool:
         fail(study, trial, f"same point as trial {same.number}; not run twice")
         return True
     try:
-        experiment = run_trial(root, params.tune.study, trial.number, point)
+        experiment = run_trial(root, params.tune.study, trial.number, point,
+                               lock_folder(params, root) / "start.lock")  # fmt: skip
         result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
     except (TrialFailed, subprocess.TimeoutExpired) as error:
         fail(study, trial, str(error))
@@ -225,6 +276,11 @@ def report_best(study, metric: str) -> None:
              best.user_attrs["mlflow_run_id"], best.user_attrs["dvc_experiment"])  # fmt: skip
 
 
+def lock_folder(params: config.Params, root: Path) -> Path:
+    """Where a clone's workers keep their locks: beside the journal (git- and DVC-ignored)."""
+    return (root / params.tune.journal).parent
+
+
 class PrepareError(Exception):
     """The data stages could not be reproduced, so no trial can run."""
 
@@ -245,14 +301,14 @@ def prepare_data(root: Path, lock_file: Path) -> None:
         result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=env,
                                 capture_output=True, text=True)  # fmt: skip
     if result.returncode != 0:
-        raise PrepareError(f"dvc repro preprocess failed before any trial: "
-                           f"{failure_reason(result)}")  # fmt: skip
+        reason = failure_reason(result.stderr + result.stdout, f"exit {result.returncode}")
+        raise PrepareError(f"dvc repro preprocess failed before any trial: {reason}")
 
 
 def work(params: config.Params, root: Path) -> None:
     """One worker: run trials until the study's budget is spent, then report the best."""
     tracking.connect(params.mlflow, root)
-    prepare_data(root, (root / params.tune.journal).parent / "prepare.lock")
+    prepare_data(root, lock_folder(params, root) / "prepare.lock")
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
     fail_orphans(study, storage)
