@@ -132,6 +132,7 @@ class TrainedPipeline:
     params: config.Params
     run_id: str
     metrics: dict
+    threads: list[int]  # TensorFlow's intra- and inter-op threads in the process that trained
 
     def client(self):
         import mlflow
@@ -156,14 +157,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
     params = config.parse_params(tiny_params(root, root / "mirror", arrays))
     with FileLock(shared / "trained.lock"):
         if not made.is_file():
-            run_id, metrics = train_tiny_pipeline(root, arrays, params)
-            made.write_text(json.dumps({"run_id": run_id, "metrics": metrics}))
+            made.write_text(json.dumps(train_tiny_pipeline(root, arrays, params)))
         saved = json.loads(made.read_text())
-    return TrainedPipeline(root, params, saved["run_id"], saved["metrics"])
+    return TrainedPipeline(root, params, saved["run_id"], saved["metrics"], saved["threads"])
 
 
-def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> tuple[str, dict]:
-    """fetch → preprocess → train → evaluate in `root`; the run id and the test metrics."""
+def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict:
+    """fetch → preprocess → train → evaluate in `root`: the run id, the test metrics and the
+    thread pools the training had (an xdist worker other than a test's may have trained)."""
+    import tensorflow as tf
+
     from pipeline import evaluate, fetch, preprocess, train
 
     write_idx_folder(root / "mirror", arrays)
@@ -173,7 +176,10 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> tupl
         preprocess.run(params)
         result = train.run(params)
         metrics = evaluate.run(params)
-    return result.run_id, metrics
+    threading = tf.config.threading
+    threads = [threading.get_intra_op_parallelism_threads(),
+               threading.get_inter_op_parallelism_threads()]  # fmt: skip
+    return {"run_id": result.run_id, "metrics": metrics, "threads": threads}
 
 
 @dataclass(frozen=True)

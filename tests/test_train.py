@@ -8,7 +8,6 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from pipeline import train
 from pipeline.shared.data import read_json
@@ -35,13 +34,10 @@ def test_train_logs_one_complete_run(trained):
     assert run.data.params["train.learning_rate"] == str(params.train.learning_rate)
     assert run.data.params["model.num_units"] == "8"
     assert run.data.tags["data.train_sha256"] and run.data.tags["data.val_sha256"]
-    threading = tf.config.threading  # the tags record the pools in effect in this process
-    assert run.data.tags["tensorflow.intra_op_threads"] == str(
-        threading.get_intra_op_parallelism_threads()
-    )
-    assert run.data.tags["tensorflow.inter_op_threads"] == str(
-        threading.get_inter_op_parallelism_threads()
-    )
+    # the tags record the pools in effect in the process that trained
+    intra, inter = trained.threads
+    assert run.data.tags["tensorflow.intra_op_threads"] == str(intra)
+    assert run.data.tags["tensorflow.inter_op_threads"] == str(inter)
     steps = [m.step for m in client.get_metric_history(trained.run_id, "val_accuracy")]
     assert steps == [3, 6]
     assert run.inputs.dataset_inputs[0].dataset.name == "MNIST-train"
