@@ -322,37 +322,30 @@ def stage_cost_table(cost: dict, full_repro: float, loop_ms: float) -> list[str]
 
 def sweep_table(rows: list[dict]) -> list[str]:
     """Experiments per hour of a queued sweep with 1 and 2 queue workers."""
-    lines = [
-        "",
-        f"## Queued sweeps: {rows[0]['experiments']} experiments of {rows[0]['iterations']} "
-        "iterations, `dvc queue start -j N`",
-        "",
-        "| workers | succeeded | seconds | experiments/hour |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {row['workers']} | {row['succeeded']} of {row['experiments']} "
-              f"| {row['seconds']:.0f} | {row['per_hour']:.0f} |" for row in rows]  # fmt: skip
-    if len(rows) == 2 and rows[0]["per_hour"]:
-        lines.append(f"\n-j 2 / -j 1: **{rows[1]['per_hour'] / rows[0]['per_hour']:.2f}×**")
+    title = (f"Queued sweeps: {rows[0]['experiments']} experiments of {rows[0]['iterations']} "
+             "iterations, `dvc queue start -j N`")  # fmt: skip
+    table = [(row["workers"], row["succeeded"], row["experiments"], row["seconds"],
+              row["per_hour"]) for row in rows]  # fmt: skip
+    return per_hour_table(title, "experiments", table)
+
+
+def per_hour_table(title: str, unit: str, rows: list[tuple]) -> list[str]:
+    """Rows of (workers, done, of, seconds, per hour), then 2 workers against 1."""
+    lines = ["", f"## {title}", "", f"| workers | {unit} done | seconds | {unit}/hour |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {workers} | {done} of {total} | {seconds:.0f} | {per_hour:.0f} |"
+              for workers, done, total, seconds, per_hour in rows]  # fmt: skip
+    if len(rows) == 2 and rows[0][4]:
+        lines.append(f"\n2 workers / 1 worker: **{rows[1][4] / rows[0][4]:.2f}×**")
     return lines
 
 
 def tuning_table(rows: list[dict]) -> list[str]:
     """Trials per hour of `make tune` with 1 and 2 worker processes on this machine."""
-    lines = [
-        "",
-        "## Searches: `python -m pipeline.tune` (trials of 200 iterations, each a DVC experiment)",
-        "",
-        "| workers | trials completed | seconds | trials/hour |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {row['workers']} | {row['completed']} of {row['trials']} | {row['seconds']:.0f} "
-              f"| {row['per_hour']:.0f} |" for row in rows]  # fmt: skip
-    if len(rows) == 2 and rows[0]["per_hour"]:
-        lines.append(
-            f"\n2 workers / 1 worker: **{rows[1]['per_hour'] / rows[0]['per_hour']:.2f}×**"
-        )
-    return lines
+    title = "Searches: `python -m pipeline.tune` (trials of 200 iterations, each a DVC experiment)"
+    table = [(row["workers"], row["completed"], row["trials"], row["seconds"], row["per_hour"])
+             for row in rows]  # fmt: skip
+    return per_hour_table(title, "trials", table)
 
 
 def serving_table(serving: dict) -> list[str]:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from pipeline.shared import stage
 from pipeline.team import postgres
 
 from .repos import environment, postgres_missing, run, tiny_repo
@@ -88,14 +89,7 @@ def trial_processes(number: int) -> list[int]:
         f"PIPELINE_OPTUNA_STUDY={STUDY}\0".encode(),
         f"PIPELINE_OPTUNA_TRIAL={number}\0".encode(),
     )
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if all(mark in environ.read_bytes() for mark in marks):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
+    return stage.processes(lambda cmdline, environ: all(mark in environ() for mark in marks))
 
 
 def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo, storage, tmp_path):

@@ -8,25 +8,24 @@ gradient is the mean of the shards' gradients, which is the whole batch's gradie
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import pipeline.shared.config as config
+import pipeline.shared.stage as stage
 from pipeline.shared.data import Arrays
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 1000
-TRAIN_MODULE = b"pipeline.train"  # `python -m pipeline.train`: the stage, as DVC runs it
+TRAIN_COMMAND = b"-m\0pipeline.train\0"  # `python -m pipeline.train`, as DVC runs the stage
 Interval = dict[str, float]
 
 
@@ -81,18 +80,7 @@ class StepClock(keras.callbacks.Callback):
 
 def other_trainings() -> list[int]:
     """Pids of the other `python -m pipeline.train` processes on this machine (Linux; else [])."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-        pid = int(cmdline.parent.name)
-        if pid != os.getpid() and any(
-            flag == b"-m" and module == TRAIN_MODULE for flag, module in itertools.pairwise(args)
-        ):
-            found.append(pid)
-    return found
+    return stage.processes(lambda cmdline, environ: TRAIN_COMMAND in cmdline)
 
 
 def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, int]:

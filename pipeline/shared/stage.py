@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pipeline.shared.config as config
@@ -33,6 +34,22 @@ def die_with_parent(signum: int) -> None:
     """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
+def processes(matching: Callable[[bytes, Callable[[], bytes]], bool]) -> list[int]:
+    """Pids of this machine's other processes whose command line (NUL-separated) and, read only
+    when asked, environment match (Linux's /proc; elsewhere none)."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        pid = int(process.name)
+        try:
+            if pid != os.getpid() and matching(
+                (process / "cmdline").read_bytes(), (process / "environ").read_bytes
+            ):
+                found.append(pid)
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -102,6 +102,12 @@ def _die_with_parent() -> None:
     stage.die_with_parent(signal.SIGKILL)
 
 
+def tools_environment() -> dict[str, str]:
+    """This process's environment with its own `dvc` and `python` first on PATH."""
+    tools = str(Path(sys.executable).parent)
+    return os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run_trial(root: Path, study: str, number: int, point: dict[str, Any], start_lock: Path) -> str:
     """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why.
 
@@ -114,17 +120,10 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], start_
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
     command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
-    tools = str(Path(sys.executable).parent)  # dvc and the stages' python: this environment's
     marks = {tracking.TRIAL_TAG_ENV["optuna.study"]: study,
              tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number)}  # fmt: skip
-    env = (
-        os.environ
-        | marks
-        | {
-            "PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}",
-            stage.STOP_WITH_PARENT_ENV: "1",  # the stages end with dvc, as dvc ends with us
-        }
-    )
+    # the stages end with dvc, as dvc ends with us
+    env = tools_environment() | marks | {stage.STOP_WITH_PARENT_ENV: "1"}
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
     from filelock import FileLock
 
@@ -152,15 +151,8 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], start_
 def stage_running(environ: tuple[bytes, ...]) -> bool:
     """Whether a stage (`python -m pipeline.<stage>`) with all of `environ` in its environment
     runs on this machine (Linux's /proc; elsewhere never, so the caller waits for dvc's end)."""
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if STAGE_COMMAND.search((process / "cmdline").read_bytes()) and all(
-                mark in (process / "environ").read_bytes() for mark in environ
-            ):
-                return True
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-    return False
+    return bool(stage.processes(lambda cmdline, read_environ: bool(STAGE_COMMAND.search(cmdline))
+                                and all(mark in read_environ() for mark in environ)))  # fmt: skip
 
 
 def failure_reason(output: str, otherwise: str) -> str:
@@ -295,10 +287,8 @@ def prepare_data(root: Path, lock_file: Path) -> None:
     from filelock import FileLock
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    tools = str(Path(sys.executable).parent)
-    env = os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
     with FileLock(lock_file):
-        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=env,
+        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=tools_environment(),
                                 capture_output=True, text=True)  # fmt: skip
     if result.returncode != 0:
         reason = failure_reason(result.stderr + result.stdout, f"exit {result.returncode}")
