@@ -38,28 +38,19 @@ class Clock:
 
 def keras_checkpoints(build, params: config.Params, args, train, test) -> list[dict]:
     """Train a Keras model through pipeline.fitting.fit, timing the training steps only."""
-    import keras
-
     from pipeline.shared import fitting
 
-    clock, rows = Clock(), []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            clock.start()
-
-        def on_test_begin(self, logs=None):
-            clock.stop()
+    clock, rows = fitting.StepClock(), []  # the train stage's own clock of its training steps
 
     def report(row: dict) -> None:
-        rows.append({"iteration": int(row["iteration"]), "seconds": clock.total,
+        rows.append({"iteration": int(row["iteration"]), "seconds": clock.training,
                      "accuracy": row["val_accuracy"]})  # fmt: skip
 
     update = {"iterations": args.iterations, "log_every": args.every}
     settings = config.TrainParams.model_validate(params.train.model_dump() | update)
     model = build(settings)
     check = test if args.accuracy else {"x": test["x"][:128], "y": test["y"][:128]}
-    fitting.fit(model, train, check, settings, params.seed, report, callbacks=[Timer()])
+    fitting.fit(model, train, check, settings, params.seed, report, callbacks=[clock])
     return rows
 
 
