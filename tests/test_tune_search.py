@@ -105,8 +105,12 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
             except KeyError:
                 time.sleep(0.5)
         killed = wait_for_running_trial(study, first)
+        # its dvc exp run is working (it may first wait for the other worker's start lock)
+        deadline = time.monotonic() + 120
+        while not trial_processes(killed) and time.monotonic() < deadline:
+            time.sleep(0.5)
         time.sleep(2)
-        assert trial_processes(killed)  # its dvc exp run is working
+        assert trial_processes(killed)
         first.send_signal(signal.SIGKILL)  # a worker dies mid-trial ...
         first.wait(timeout=30)
         time.sleep(5)
