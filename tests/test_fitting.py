@@ -132,6 +132,19 @@ def test_a_training_process_on_this_machine_is_found():
     assert other.pid not in fitting.other_trainings()
 
 
+def test_a_wrapper_of_this_training_is_not_another_training():
+    import subprocess
+    import sys
+
+    # The parent's command line has the training's words (as `time python -m pipeline.train`
+    # has); the child, a training, must not count its own wrapper.
+    child = "import pipeline.shared.fitting as f, os; print(os.getppid() in f.other_trainings())"
+    wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    result = subprocess.run([sys.executable, "-c", wrapper, "-m", "pipeline.train"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert result.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 def test_a_fresh_process_gets_the_configured_thread_pools():
     import subprocess

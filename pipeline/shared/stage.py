@@ -36,14 +36,31 @@ def die_with_parent(signum: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
+def lineage() -> set[int]:
+    """This process and its ancestors (Linux's /proc; elsewhere just this process)."""
+    pids, pid = {os.getpid()}, os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            status = (Path("/proc") / str(pid) / "status").read_text()
+        except OSError:
+            break
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return pids
+
+
 def processes(matching: Callable[[bytes, Callable[[], bytes]], bool]) -> list[int]:
     """Pids of this machine's other processes whose command line (NUL-separated) and, read only
-    when asked, environment match (Linux's /proc; elsewhere none)."""
-    found = []
+    when asked, environment match (Linux's /proc; elsewhere none).
+
+    This process's ancestors are never "other": a wrapper such as `time python -m ...`,
+    `nice` or `uv run` carries the same words in its command line.
+    """
+    found, own = [], lineage()
     for process in Path("/proc").glob("[0-9]*"):
         pid = int(process.name)
         try:
-            if pid != os.getpid() and matching(
+            if pid not in own and matching(
                 (process / "cmdline").read_bytes(), (process / "environ").read_bytes
             ):
                 found.append(pid)
