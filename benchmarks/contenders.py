@@ -55,6 +55,9 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
 
 
 def project(params, args, train, test):
+    from pipeline.shared import stage
+
+    stage.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
     from pipeline.shared import fitting
     from pipeline.shared.model import build_model
 

@@ -108,6 +108,7 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     generators. Several workers: the returned function joins the cluster, and
     `distributed.fit` builds the same network in the strategy's scope.
     """
+    stage.use_onednn(params.train.onednn)
     import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
 
     runtime = fitting.configure_runtime(params.seed, params.train)

@@ -13,7 +13,8 @@ from pipeline.shared.model import build_model
 def settings(**changes) -> config.TrainParams:
     values = {"learning_rate": 0.001, "batch_size": 16, "iterations": 6, "log_every": 3,
               "deterministic": True, "steps_per_execution": 3, "batch_shards": 2,
-              "intra_op_threads": 0, "inter_op_threads": 0, "distribution": "none"}  # fmt: skip
+              "intra_op_threads": 0, "inter_op_threads": 0, "onednn": True,
+              "distribution": "none"}  # fmt: skip
     return config.TrainParams(**(values | changes))
 
 

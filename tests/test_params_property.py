@@ -76,6 +76,7 @@ INVALID = {
     ),  # fmt: skip
     "train.intra_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
     "train.inter_op_threads": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(1025)),
+    "train.onednn": st.one_of(junk, words, st.integers(0, 1)),
     "train.distribution": st.one_of(
         junk,
         st.booleans(),

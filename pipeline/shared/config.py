@@ -120,6 +120,10 @@ class TrainParams(_Section):
     batch_shards: Annotated[Int, Field(ge=1, le=64)]
     intra_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: CPU cores / batch_shards
     inter_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: TensorFlow's default
+    # TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS): the same ops and float32 maths,
+    # other kernels (other rounding). Unset, TensorFlow uses them only on CPUs with AVX-512
+    # VNNI/BF16 or AMX; on makes every CPU kind run the same kernels. Reruns train when changed.
+    onednn: StrictBool
     # none: one process. multi_worker: tf.distribute.MultiWorkerMirroredStrategy over the
     # cluster in TF_CONFIG; batch_size stays the global batch, split evenly between workers.
     distribution: Literal["none", "multi_worker"]

@@ -124,7 +124,18 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]
     return {
         "tensorflow.intra_op_threads": str(threading.get_intra_op_parallelism_threads()),
         "tensorflow.inter_op_threads": str(threading.get_inter_op_parallelism_threads()),
+        "tensorflow.onednn": onednn_in_use(),
     }
+
+
+def onednn_in_use() -> str:
+    """Whether TensorFlow runs its oneDNN kernels in this process: "true" or "false"."""
+    try:  # no public API says it; TensorFlow's own tests ask this
+        from tensorflow.python.util import _pywrap_util_port
+
+        return str(bool(_pywrap_util_port.IsMklEnabled())).lower()
+    except (ImportError, AttributeError):
+        return "unknown"
 
 
 class ShardedTrainer(keras.Model):

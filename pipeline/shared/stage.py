@@ -69,6 +69,14 @@ def processes(matching: Callable[[bytes, Callable[[], bytes]], bool]) -> list[in
     return found
 
 
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def use_onednn(enabled: bool) -> None:
+    """TensorFlow's oneDNN kernels on or off; TensorFlow reads this once, when it loads."""
+    os.environ[ONEDNN_ENV] = "1" if enabled else "0"
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
