@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,12 @@ class TrainedPipeline:
         return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's temporary folder, the same for every xdist worker (never an earlier run's)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
     """One tiny trained pipeline shared by every test that needs a model and its run.
@@ -151,7 +158,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
 
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker
+    shared = shared_temp(tmp_path_factory)
     root, made = shared / "trained", shared / "trained.json"
     arrays = make_mnist()
     params = config.parse_params(tiny_params(root, root / "mirror", arrays))
@@ -197,7 +204,7 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
     """Trained once per test session, even across pytest-xdist workers (they share the folder)."""
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker
+    shared = shared_temp(tmp_path_factory)
     with FileLock(shared / "real-model.lock"):
         cached = shared / "real-model.npz"
         if not cached.is_file():
