@@ -63,7 +63,7 @@ serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, M
 	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
 
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
-	python -m pipeline.serving.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
+	python -m pipeline.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
 
 demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL= to change)
 	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))

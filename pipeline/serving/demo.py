@@ -4,7 +4,7 @@
 
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
 {"classes": [{"label", "probability"}, ...]}, best first, after the same preprocessing as
-`python -m pipeline.serving.predict`. Bound to 127.0.0.1 unless told otherwise.
+`python -m pipeline.predict`. Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations

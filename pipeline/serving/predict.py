@@ -1,6 +1,6 @@
 """Classify image files (PNG, JPEG, any size, colour or grayscale), `.npy` arrays, or folders.
 
-    python -m pipeline.serving.predict digit.png scans/ --csv predictions.csv
+    python -m pipeline.predict digit.png scans/ --csv predictions.csv
 
 Each line printed is `file<TAB>label<TAB>probability`; a file that cannot be read gets one
 `error:` line naming it and the problem, the others are still classified, and the exit code is

@@ -1,0 +1,11 @@
+"""Classify image files, `.npy` arrays or folders with the registered champion (make predict).
+
+    python -m pipeline.predict digit.png scans/ --csv predictions.csv
+
+The entry point by the name users know; the work is in pipeline/serving/predict.py.
+"""
+
+from pipeline.serving.predict import main
+
+if __name__ == "__main__":
+    main()
