@@ -130,7 +130,7 @@ def candidates(keras_path: str) -> dict:
     traced_xla = traced(plain, True)
     traced_plain = traced(plain, False)
     return {
-        "now: pob xla pow2 pad 1024": chunked(xla_pow2, 1024),
+        "pob xla pow2 pad 1024 (first XLA pyfunc)": chunked(xla_pow2, 1024),
         "pob xla exact 1000": xla_exact,
         "pob xla 2x512 seq": chunked(xla_pow2, 512),
         "pob xla 2x512 2 threads": chunked(xla_pow2, 512, pool),
