@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.shared import config
+from pipeline.shared import config, stage
 from pipeline.team import tune
 
+from .conftest import REPO
 from .repos import run, tiny_repo
 
 
@@ -119,3 +124,72 @@ def test_a_bad_point_fails_its_trial_with_the_stage_error_and_nothing_is_kept(tm
     listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     assert "study-7" not in listed
     assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["num_units"] == 8
+
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def locked(path) -> bool:
+    """Whether another holder has an exclusive flock on `path`."""
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_a_trial_stage_ends_like_on_sigterm_when_its_worker_ends():
+    worker = subprocess.Popen(SLEEPER)
+    code = ("import time\nfrom pipeline.shared import stage\n"
+            "stage.run_stage(lambda params: time.sleep(120), [], 'a trial stage')\n")  # fmt: skip
+    env = os.environ | {stage.STOP_WITH_ENV: str(worker.pid)}
+    trial = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(3)
+        assert trial.poll() is None  # the worker lives: so does its stage
+        worker.kill()
+        worker.wait()
+        _, stderr = trial.communicate(timeout=30)
+    finally:
+        for process in (worker, trial):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert trial.returncode == 130 and "error: interrupted" in stderr, stderr
+
+
+def test_the_start_lock_is_held_by_a_dead_workers_dvc_until_it_ends(tmp_path):
+    lock = tmp_path / "start.lock"
+    code = ("import subprocess, sys, time\nfrom pathlib import Path\n"
+            "from pipeline.team import tune\n"
+            f"with tune.start_lock(Path(sys.argv[1])) as held:\n"
+            f"    child = subprocess.Popen({SLEEPER!r}, pass_fds=(held,))\n"
+            "    print(child.pid, flush=True)\n"
+            "    if sys.argv[2] == 'dies':\n        time.sleep(120)\n"
+            "child.wait()\n")  # fmt: skip
+    for fate in ("dies", "goes on"):
+        worker = subprocess.Popen([sys.executable, "-c", code, str(lock), fate],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        child = int(worker.stdout.readline())
+        try:
+            if fate == "dies":
+                assert locked(lock)
+                worker.kill()
+                worker.wait()
+                assert locked(lock)  # still held, by the child
+            else:
+                deadline = time.monotonic() + 30
+                while locked(lock) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert not locked(lock)  # released for the child too once the block ends
+        finally:
+            os.kill(child, signal.SIGKILL)
+            worker.kill()
+            worker.wait()
+        deadline = time.monotonic() + 30
+        while locked(lock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not locked(lock)

@@ -92,9 +92,18 @@ def trial_processes(number: int) -> list[int]:
     return stage.processes(lambda cmdline, environ: all(mark in environ() for mark in marks))
 
 
+def clone_state(repo: Path) -> tuple[str, str]:
+    """The clone's checked-out branch and its changes to tracked files."""
+    branch = run(["git", "symbolic-ref", "-q", "HEAD"], repo, check=False).stdout.strip()
+    changes = run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout.strip()
+    return branch or "a detached HEAD", changes
+
+
 def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo, storage, tmp_path):
     study = None
     log = tmp_path / "workers.log"
+    before = clone_state(repo)
+    assert before[0].startswith("refs/heads/") and before[1] == ""
     first, second = (start_worker(repo, storage, log) for _ in range(2))
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,8 +122,11 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
         assert trial_processes(killed)
         first.send_signal(signal.SIGKILL)  # a worker dies mid-trial ...
         first.wait(timeout=30)
-        time.sleep(5)
+        deadline = time.monotonic() + 120
+        while trial_processes(killed) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert trial_processes(killed) == []  # ... and its trial ends with it
+        assert clone_state(repo) == before  # leaving the clone as it was
         restarted = start_worker(repo, storage, log)  # ... and is started again
         assert restarted.wait(timeout=900) == 0, log.read_text()
         assert second.wait(timeout=900) == 0, log.read_text()
@@ -128,7 +140,10 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
     over = [trial for number, trial in trials.items() if number >= BUDGET]
     assert all(trial.user_attrs["fail_reason"].startswith("over budget") for trial in over)
     done = [trial for trial in trials.values() if trial.state == TrialState.COMPLETE]
-    assert len(done) + 1 == BUDGET, {n: (t.state, t.user_attrs) for n, t in trials.items()}
+    outcomes = "; ".join(f"{n} {t.state.name} {t.user_attrs.get('fail_reason', '')}"
+                         for n, t in sorted(trials.items()))  # fmt: skip
+    assert len(done) + 1 == BUDGET, f"{outcomes}\n{log.read_text()}"
+    assert clone_state(repo) == before
     points = [tuple(sorted(trial.params.items())) for trial in done]
     assert len(set(points)) == len(points)  # no point run twice
 

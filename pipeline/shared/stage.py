@@ -7,8 +7,11 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,52 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-STOP_WITH_PARENT_ENV = "PIPELINE_STOP_WITH_PARENT"
+STOP_WITH_ENV = "PIPELINE_STOP_WITH_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+POLL_S = 0.5
 
 
 def die_with_parent(signum: int) -> None:
     """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
+def wait_for_exit(pid: int) -> None:
+    """Return once process `pid` has ended (a pidfd on Linux; elsewhere by polling)."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            time.sleep(POLL_S)
+    try:
+        select.select([handle], [], [])  # readable once the process has exited
+    finally:
+        os.close(handle)
+
+
+def stop_with(pid: int) -> None:
+    """Stop this process as SIGTERM does (it unwinds, see `run_stage`) when process `pid` ends.
+
+    `make tune` runs a trial as `dvc exp run`, which must not be killed itself: killed while
+    it stashes the experiment, it leaves the user's clone on a detached HEAD with the trial's
+    params in params.yaml. So the trial's stage watches the worker instead; when the worker
+    dies the stage ends, and `dvc` fails the experiment and cleans up as after any failed stage.
+    """
+
+    def watch() -> None:
+        wait_for_exit(pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name=f"stop-with-{pid}", daemon=True).start()
 
 
 def lineage() -> set[int]:
@@ -98,8 +139,10 @@ def run_stage(
     setup_logging()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
-    if os.environ.get(STOP_WITH_PARENT_ENV):  # `make tune`: a trial ends with its worker
+    worker = os.environ.get(STOP_WITH_ENV)
+    if worker:  # `make tune`: a trial ends with its worker, and with its `dvc`
         die_with_parent(signal.SIGTERM)
+        stop_with(int(worker))
     failure = None
     try:
         run(params)

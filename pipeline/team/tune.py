@@ -11,6 +11,8 @@ registered version.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +101,8 @@ def experiment_name(study: str, number: int) -> str:
 
 
 def _die_with_parent() -> None:
-    """In a trial's `dvc` process: killed when the worker dies, so no trial outlives it."""
+    """In a worker started by `--workers N`: killed when that command dies (its trial's stages
+    then end too, see run_trial)."""
     stage.die_with_parent(signal.SIGKILL)
 
 
@@ -108,31 +112,48 @@ def tools_environment() -> dict[str, str]:
     return os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def run_trial(root: Path, study: str, number: int, point: dict[str, Any], start_lock: Path) -> str:
+@contextlib.contextmanager
+def start_lock(path: Path) -> Iterator[int]:
+    """Hold an exclusive lock on `path` (flock); yields its descriptor, to hand to a child.
+
+    A child given the descriptor (Popen's pass_fds) shares the lock: if this process dies, the
+    lock stays held until the child ends too. Released here for both when the block ends.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield descriptor
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: Path) -> str:
     """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why.
 
     Concurrent `dvc exp run --temp` in one clone race: each stashes its experiment on one
     shared stash (refs/exps/stash) and then runs the newest entry, which can be the other's
     (dvc/repo/experiments/queue/tempdir.py, `get`). Seen here: a trial ran another's point
-    under its own trial tags. So a worker holds `start_lock` from stashing until a stage of its
-    experiment is running (DVC has taken the entry by then) or dvc has ended.
+    under its own trial tags. So a worker holds the start `lock` from stashing until a stage of
+    its experiment is running (DVC has taken the entry by then) or dvc has ended; `dvc` holds
+    it too, so a worker that dies meanwhile leaves it held until its `dvc` has ended.
+
+    `dvc` is never killed: killed while stashing, it leaves the clone on a detached HEAD with
+    the trial's params in params.yaml (scmrepo's detach_head and DVC's _stash_exp). The trial's
+    stages end when this worker does (stage.stop_with), and `dvc` then fails and cleans up.
     """
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
     command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
     marks = {tracking.TRIAL_TAG_ENV["optuna.study"]: study,
              tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number)}  # fmt: skip
-    # the stages end with dvc, as dvc ends with us
-    env = tools_environment() | marks | {stage.STOP_WITH_PARENT_ENV: "1"}
+    env = tools_environment() | marks | {stage.STOP_WITH_ENV: str(os.getpid())}
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
-    from filelock import FileLock
-
-    start_lock.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as output:
-        with FileLock(start_lock):
+        with start_lock(lock) as held:
             process = subprocess.Popen(command, cwd=root, env=env, stdout=output,
-                                       stderr=subprocess.STDOUT,
-                                       preexec_fn=_die_with_parent)  # fmt: skip
+                                       stderr=subprocess.STDOUT, pass_fds=(held,))  # fmt: skip
             environ = tuple(f"{key}={value}\0".encode() for key, value in marks.items())
             while process.poll() is None and not stage_running(environ):
                 time.sleep(START_POLL_S)
