@@ -75,10 +75,10 @@ def test_a_point_already_run_or_running_is_found_as_a_duplicate(study):
 
 
 def test_a_spent_budget_stops_a_worker_without_asking(study, tmp_path):
-    params, _, optuna_study = study
+    params, storage, optuna_study = study
     for _ in range(params.tune.trials):
         optuna_study.tell(optuna_study.ask(), 0.1)
-    assert tune.run_one(optuna_study, params, tmp_path) is False
+    assert tune.run_one(optuna_study, storage, params, tmp_path) is False
     assert len(optuna_study.trials) == params.tune.trials
 
 
@@ -97,6 +97,20 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(study):
     assert trials[orphan.number].state == TrialState.FAIL
     assert trials[orphan.number].user_attrs["fail_reason"] == "its worker died"
     assert trials[alive.number].state == TrialState.RUNNING
+
+
+def test_a_database_study_fails_a_trial_whose_worker_elsewhere_stopped_beating(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}",
+                                         heartbeat_interval=1, grace_period=2)  # fmt: skip
+    optuna_study = optuna.create_study(study_name="search", storage=storage)
+    trial = optuna_study.ask()
+    trial.set_user_attr("host", "another-machine")
+    with tune.heartbeat(storage, optuna_study, trial.number):
+        time.sleep(4)  # past the grace period, but beating
+        assert tune.fail_orphans(optuna_study, storage) == []
+    time.sleep(3)  # the worker has stopped beating
+    assert tune.fail_orphans(optuna_study, storage) == [trial.number]
+    assert optuna_study.trials[trial.number].state == TrialState.FAIL
 
 
 def test_two_processes_share_one_journal_file_study(study, tmp_path):

@@ -21,7 +21,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,10 @@ def open_storage(url: str):
     import optuna
 
     if "://" in url:  # heartbeats let any worker fail the trials of one that died
+        # Heartbeats and fail_stale_trials are "experimental" (since Optuna 2.9), and every ask()
+        # warns that heartbeats belong to Study.optimize: this worker records them itself.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     from optuna.storages.journal import JournalFileBackend
 
@@ -223,32 +229,76 @@ def fail(study, trial, reason: str) -> None:
 
 
 def fail_orphans(study, storage) -> list[int]:
-    """Fail the RUNNING trials of this host whose worker process is gone (e.g. SIGKILL).
-
-    A database storage also fails, by heartbeat, the trials of workers on other machines.
+    """Fail the RUNNING trials whose worker is gone: on this host, a worker process that has
+    ended (e.g. SIGKILL); with a database storage, on any host, a worker whose heartbeat
+    (see `heartbeat`) stopped more than the storage's grace period ago (e.g. its machine died).
     """
+    import optuna
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
         host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid", 0)
         if host == socket.gethostname() and not tracking.process_alive(pid):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
-            study.tell(trial.number, state=TrialState.FAIL)
+            try:
+                storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker failed it first
             failed.append(trial.number)
             log.warning("trial %d was left running by a worker that died; marked failed",
                         trial.number)  # fmt: skip
-    if hasattr(storage, "heartbeat_interval"):
-        import optuna
-
+    if getattr(storage, "heartbeat_interval", None):
         optuna.storages.fail_stale_trials(study)
+        stale = {trial.number: trial.user_attrs.get("host") for trial in running
+                 if trial.number not in failed}  # fmt: skip
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in stale and "fail_reason" not in trial.user_attrs:
+                failed.append(trial.number)
+                log.warning("trial %d: its worker on %s stopped sending heartbeats; marked failed",
+                            trial.number, stale[trial.number])  # fmt: skip
     return failed
 
 
-def run_one(study, params: config.Params, root: Path) -> bool:
-    """Ask for a trial and run it; False once the budget is spent."""
+@contextlib.contextmanager
+def heartbeat(storage, study, number: int) -> Iterator[None]:
+    """Record trial `number`'s heartbeat now and every `heartbeat_interval` s until the block
+    ends (a database storage; otherwise nothing), so `fail_orphans` on any worker fails the
+    trial once this worker stops (e.g. its machine died). Optuna records heartbeats only
+    inside Study.optimize (its _optimize.py); these workers ask and tell.
+    """
+    interval = getattr(storage, "heartbeat_interval", None)
+    if not interval:
+        yield
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as error:  # the database may be away for a while; keep trying
+                log.warning("trial %d: heartbeat not recorded: %s", number, error)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_one(study, storage, params: config.Params, root: Path) -> bool:
+    """Fail orphaned trials, ask for a trial and run it; False once the budget is spent."""
+    fail_orphans(study, storage)
     budget = params.tune.trials
     if len(study.get_trials(deepcopy=False)) >= budget:
         return False
@@ -264,9 +314,10 @@ def run_one(study, params: config.Params, root: Path) -> bool:
         fail(study, trial, f"same point as trial {same.number}; not run twice")
         return True
     try:
-        experiment = run_trial(root, params.tune.study, trial.number, point,
-                               lock_folder(params, root) / "start.lock")  # fmt: skip
-        result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
+        with heartbeat(storage, study, trial.number):
+            experiment = run_trial(root, params.tune.study, trial.number, point,
+                                   lock_folder(params, root) / "start.lock")  # fmt: skip
+            result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
     except (TrialFailed, subprocess.TimeoutExpired) as error:
         fail(study, trial, str(error))
         return True
@@ -322,10 +373,9 @@ def work(params: config.Params, root: Path) -> None:
     prepare_data(root, lock_folder(params, root) / "prepare.lock")
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
-    fail_orphans(study, storage)
     log.info("study %r: %d of %d trials so far", params.tune.study, len(study.trials),
              params.tune.trials)  # fmt: skip
-    while run_one(study, params, root):
+    while run_one(study, storage, params, root):
         pass
     report_best(study, params.tune.metric)
 
