@@ -106,9 +106,9 @@ def test_a_database_study_fails_a_trial_whose_worker_elsewhere_stopped_beating(t
     trial = optuna_study.ask()
     trial.set_user_attr("host", "another-machine")
     with tune.heartbeat(storage, optuna_study, trial.number):
-        time.sleep(4)  # past the grace period, but beating
+        time.sleep(3.2)  # past the grace period, but beating (SQLite's clock counts seconds)
         assert tune.fail_orphans(optuna_study, storage) == []
-    time.sleep(3)  # the worker has stopped beating
+    time.sleep(3.2)  # the worker has stopped beating
     assert tune.fail_orphans(optuna_study, storage) == [trial.number]
     assert optuna_study.trials[trial.number].state == TrialState.FAIL
 
@@ -157,12 +157,14 @@ def locked(path) -> bool:
 def test_a_trial_stage_ends_like_on_sigterm_when_its_worker_ends():
     worker = subprocess.Popen(SLEEPER)
     code = ("import time\nfrom pipeline.shared import stage\n"
-            "stage.run_stage(lambda params: time.sleep(120), [], 'a trial stage')\n")  # fmt: skip
+            "def run(params):\n    print('running', flush=True)\n    time.sleep(120)\n"
+            "stage.run_stage(run, [], 'a trial stage')\n")  # fmt: skip
     env = os.environ | {stage.STOP_WITH_ENV: str(worker.pid)}
     trial = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        time.sleep(3)
+        assert trial.stdout.readline() == "running\n"
+        time.sleep(0.5)
         assert trial.poll() is None  # the worker lives: so does its stage
         worker.kill()
         worker.wait()
@@ -175,35 +177,34 @@ def test_a_trial_stage_ends_like_on_sigterm_when_its_worker_ends():
     assert trial.returncode == 130 and "error: interrupted" in stderr, stderr
 
 
-def test_the_start_lock_is_held_by_a_dead_workers_dvc_until_it_ends(tmp_path):
+def test_the_start_lock_is_shared_with_the_child_it_is_handed_to(tmp_path):
     lock = tmp_path / "start.lock"
+    with tune.start_lock(lock) as held:  # a worker that goes on
+        child = subprocess.Popen(SLEEPER, pass_fds=(held,))
+        assert locked(lock)
+    try:
+        assert not locked(lock)  # released for its child too once the block ends
+    finally:
+        child.kill()
+        child.wait()
     code = ("import subprocess, sys, time\nfrom pathlib import Path\n"
             "from pipeline.team import tune\n"
-            f"with tune.start_lock(Path(sys.argv[1])) as held:\n"
+            "with tune.start_lock(Path(sys.argv[1])) as held:\n"
             f"    child = subprocess.Popen({SLEEPER!r}, pass_fds=(held,))\n"
-            "    print(child.pid, flush=True)\n"
-            "    if sys.argv[2] == 'dies':\n        time.sleep(120)\n"
-            "child.wait()\n")  # fmt: skip
-    for fate in ("dies", "goes on"):
-        worker = subprocess.Popen([sys.executable, "-c", code, str(lock), fate],
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
-        child = int(worker.stdout.readline())
-        try:
-            if fate == "dies":
-                assert locked(lock)
-                worker.kill()
-                worker.wait()
-                assert locked(lock)  # still held, by the child
-            else:
-                deadline = time.monotonic() + 30
-                while locked(lock) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                assert not locked(lock)  # released for the child too once the block ends
-        finally:
-            os.kill(child, signal.SIGKILL)
-            worker.kill()
-            worker.wait()
-        deadline = time.monotonic() + 30
-        while locked(lock) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not locked(lock)
+            "    print(child.pid, flush=True)\n    time.sleep(120)\n")  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    child = int(worker.stdout.readline())
+    try:
+        assert locked(lock)
+        worker.kill()  # a worker that dies
+        worker.wait()
+        assert locked(lock)  # still held, by its child
+    finally:
+        os.kill(child, signal.SIGKILL)
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 30
+    while locked(lock) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not locked(lock)  # and released when the child ends
