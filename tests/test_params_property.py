@@ -128,7 +128,7 @@ SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "tune", "paths"
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:
     """The stage exits non-zero with one `error:` line naming the key; nothing was started."""
     params_file = folder / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw))
+    params_file.write_text(yaml.dump(raw, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
     with contextlib.chdir(folder), pytest.raises(SystemExit) as stop:  # relative outputs land here
         STAGES[stage](["--params", str(params_file)])
     message = str(stop.value.code)

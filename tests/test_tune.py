@@ -99,6 +99,7 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(study):
     assert trials[alive.number].state == TrialState.RUNNING
 
 
+@pytest.mark.slow  # waits out a grace period twice (~7 s)
 def test_a_database_study_fails_a_trial_whose_worker_elsewhere_stopped_beating(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}",
                                          heartbeat_interval=1, grace_period=2)  # fmt: skip

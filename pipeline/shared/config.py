@@ -320,11 +320,14 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ConfigError(f"{source}: {problems}") from None
 
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
