@@ -188,6 +188,15 @@ def test_the_start_lock_is_shared_with_the_child_it_is_handed_to(tmp_path):
     finally:
         child.kill()
         child.wait()
+    with pytest.raises(KeyboardInterrupt), tune.start_lock(lock) as held:  # Ctrl-C meanwhile
+        child = subprocess.Popen(SLEEPER, pass_fds=(held,))
+        raise KeyboardInterrupt
+    try:
+        assert locked(lock)  # still held, by the child
+    finally:
+        child.kill()
+        child.wait()
+    assert not locked(lock)
     code = ("import subprocess, sys, time\nfrom pathlib import Path\n"
             "from pipeline.team import tune\n"
             "with tune.start_lock(Path(sys.argv[1])) as held:\n"

@@ -122,16 +122,17 @@ def tools_environment() -> dict[str, str]:
 def start_lock(path: Path) -> Iterator[int]:
     """Hold an exclusive lock on `path` (flock); yields its descriptor, to hand to a child.
 
-    A child given the descriptor (Popen's pass_fds) shares the lock: if this process dies, the
-    lock stays held until the child ends too. Released here for both when the block ends.
+    A child given the descriptor (Popen's pass_fds) shares the lock: if this process dies, or
+    the block ends with an exception (Ctrl-C), the lock stays held until the child ends too.
+    When the block ends normally it is released here, for both.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield descriptor
-    finally:
         fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
         os.close(descriptor)
 
 
@@ -145,9 +146,10 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
     its experiment is running (DVC has taken the entry by then) or dvc has ended; `dvc` holds
     it too, so a worker that dies meanwhile leaves it held until its `dvc` has ended.
 
-    `dvc` is never killed: killed while stashing, it leaves the clone on a detached HEAD with
-    the trial's params in params.yaml (scmrepo's detach_head and DVC's _stash_exp). The trial's
-    stages end when this worker does (stage.stop_with), and `dvc` then fails and cleans up.
+    `dvc` is not killed (but after TRIAL_TIMEOUT): killed while stashing, it leaves the clone on
+    a detached HEAD with the trial's params in params.yaml (scmrepo's detach_head and DVC's
+    _stash_exp). The trial's stages end when this worker ends, however it ends (Ctrl-C,
+    SIGTERM, SIGKILL: stage.stop_with), and `dvc` then fails and cleans up.
     """
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
@@ -165,9 +167,9 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
                 time.sleep(START_POLL_S)
         try:
             code = process.wait(timeout=TRIAL_TIMEOUT)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        except subprocess.TimeoutExpired:  # a day: past the stash, so killing it is safe
+            process.kill()
+            raise
         output.seek(0)
         text = output.read().decode(errors="replace")
     if code != 0:
