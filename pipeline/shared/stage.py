@@ -40,6 +40,17 @@ def die_with_parent(signum: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def wait_for_exit(pid: int) -> None:
     """Return once process `pid` has ended (a pidfd on Linux; elsewhere by polling)."""
     try:
@@ -47,14 +58,9 @@ def wait_for_exit(pid: int) -> None:
     except ProcessLookupError:
         return
     except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                pass
+        while process_alive(pid):
             time.sleep(POLL_S)
+        return
     try:
         select.select([handle], [], [])  # readable once the process has exited
     finally:

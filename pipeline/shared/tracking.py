@@ -21,6 +21,7 @@ import pandas as pd
 from filelock import FileLock
 
 import pipeline.shared.config as config
+import pipeline.shared.stage as stage
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +192,6 @@ def process_tags() -> dict[str, str]:
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process of this machine with that pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark as KILLED the RUNNING runs whose process on this host is gone (e.g. after SIGKILL)."""
     client = mlflow.MlflowClient()
@@ -212,7 +202,7 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
         if (
             tags.get("pipeline.host") == socket.gethostname()
             and pid.isdigit()
-            and not process_alive(int(pid))
+            and not stage.process_alive(int(pid))
         ):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)

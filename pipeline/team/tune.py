@@ -243,7 +243,7 @@ def fail_orphans(study, storage) -> list[int]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
         host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid", 0)
-        if host == socket.gethostname() and not tracking.process_alive(pid):
+        if host == socket.gethostname() and not stage.process_alive(pid):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
                 storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
