@@ -59,8 +59,9 @@ format: install  ## apply ruff's fixes and formatting
 ui: install  ## open the MLflow UI on this repo's store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL= to change)
-	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=)
+	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(WORKERS),--workers $(WORKERS))
 
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
 	python -m pipeline.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))

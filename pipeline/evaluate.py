@@ -1,4 +1,9 @@
-"""Evaluate the trained model on the test set; write metrics and plots; log them to train's run."""
+"""Evaluate the trained model on the test set; write metrics and plots; log them to train's run.
+
+The model scored is the one train logged to its MLflow run (the ONNX network, through its
+pyfunc), loaded from the store as a user loads it: the metrics are those of the artifact that
+is registered and served. No TensorFlow is imported here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-import mlflow  # already loaded by tracking; TensorFlow is imported only in run()
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -20,8 +25,6 @@ import pipeline.shared.tracking as tracking
 from pipeline.shared.data import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
-
-PREDICT_BATCH_SIZE = 1000
 
 
 def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
@@ -81,7 +84,6 @@ def card_for(run, run_info: dict, champion: int | None, metrics: dict, per_class
 def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
                pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
     """Log test results into train's run, promote the champion, write and log the model card."""
-    tracking.use_store(params.mlflow)
     with tracking.server_lost_as_error():
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
@@ -103,13 +105,20 @@ def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion
     log.info("logged test results and model card to run %s", run_info["run_id"])
 
 
+def logged_model_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
+    """Class probabilities from the model train logged, loaded through MLflow's pyfunc."""
+    with tracking.server_lost_as_error():
+        model = mlflow.pyfunc.load_model(model_uri)
+    log.info("scoring the logged model %s on %d test images", model_uri, len(images))
+    return np.asarray(model.predict(images))
+
+
 def run(params: config.Params) -> dict[str, float]:
     """Score the test split; write metrics, plots, figures and the model card; log them."""
-    import keras
-
-    model = keras.saving.load_model(params.paths.model)
+    run_info = read_json(params.paths.run_info)
+    tracking.use_store(params.mlflow)
     test = load_arrays(params.paths.split("test"))
-    probabilities = model.predict(test["x"], batch_size=PREDICT_BATCH_SIZE, verbose=0)
+    probabilities = logged_model_probabilities(run_info["model_uri"], test["x"])
     predictions = probabilities.argmax(axis=1)
     confusion = scoring.confusion_matrix(test["y"], predictions, params.model.n_classes)
     per_class = scoring.per_class_metrics(confusion, params.data.class_names)
@@ -125,7 +134,7 @@ def run(params: config.Params) -> dict[str, float]:
         test, predictions, confusion, params.data, Path(params.paths.figures_dir)
     )
     log.info("test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    log_to_run(read_json(params.paths.run_info), metrics, per_class, confusion, pictures, params)
+    log_to_run(run_info, metrics, per_class, confusion, pictures, params)
     return metrics
 
 

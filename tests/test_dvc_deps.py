@@ -90,9 +90,9 @@ def test_the_import_reader_sees_imports_inside_functions_and_module_names_in_str
     source = (
         "def f():\n    from pipeline.shared import figures\n"
         "import importlib.util\n"
-        "SPEC = importlib.util.find_spec('pipeline.serving.pyfunc_classifier')\n"
+        "SPEC = importlib.util.find_spec('pipeline.serving.onnx_classifier')\n"
         "from pipeline.shared.data import load_arrays\n"
     )
     assert named_modules(source) >= {
-        "pipeline.shared.figures", "pipeline.serving.pyfunc_classifier", "pipeline.shared.data",
+        "pipeline.shared.figures", "pipeline.serving.onnx_classifier", "pipeline.shared.data",
     }  # fmt: skip

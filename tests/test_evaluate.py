@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -10,9 +13,15 @@ import pandas as pd
 import pytest
 
 from pipeline import evaluate
-from pipeline.shared import config
+from pipeline.shared import config, scoring
+from pipeline.shared.data import load_arrays
 
-from .conftest import with_value
+from .conftest import REPO, with_value
+
+# The ONNX model's probabilities are Keras's within onnx_export.TOLERANCE (1e-5) each, so the
+# mean cross-entropy moves by at most about 1e-5 / p for the probabilities p picked; a label can
+# flip only where two classes tie within 1e-5, which none of these images do.
+LOSS_TOLERANCE = 1e-4
 
 
 def test_evaluate_writes_reports_and_logs_into_train_run(trained):
@@ -95,3 +104,42 @@ def test_metric_keys_keep_only_characters_mlflow_accepts():
     assert evaluate.metric_safe("T-shirt/top") == "T-shirt/top"
     assert evaluate.metric_safe("a:b*c") == "a_b_c"
     assert np.asarray([evaluate.metric_safe(str(i)) for i in range(3)]).tolist() == ["0", "1", "2"]
+
+
+def test_the_onnx_models_metrics_are_the_keras_networks(trained):
+    import keras
+
+    network = keras.saving.load_model(trained.root / "models/model.keras", compile=False)
+    test = load_arrays(trained.params.paths.split("test"))
+    keras_metrics = scoring.summary_metrics(network.predict_on_batch(test["x"]), test["y"])
+    assert trained.metrics["test_accuracy"] == keras_metrics["test_accuracy"]
+    assert trained.metrics["test_loss"] == pytest.approx(keras_metrics["test_loss"],
+                                                         abs=LOSS_TOLERANCE)  # fmt: skip
+
+
+EVALUATE_ALONE = """
+import json, sys
+from pipeline import evaluate
+from pipeline.shared import config
+metrics = evaluate.run(config.load_params(sys.argv[1]))
+heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
+print(json.dumps({"heavy": heavy, "metrics": metrics}))
+"""
+
+
+def test_evaluate_imports_no_tensorflow(trained, tmp_path):
+    raw = trained.params.model_dump(mode="json")
+    for key in ("metrics", "per_class", "confusion", "figures_dir", "model_card"):
+        raw = with_value(raw, f"paths.{key}", str(tmp_path / key))
+    raw = with_value(raw, "paths.model_card", str(tmp_path / "card.md"))
+    (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], cwd=REPO,
+        env=environment | {"DVC_ROOT": str(trained.root)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["heavy"] == []
+    assert answer["metrics"] == trained.metrics

@@ -81,7 +81,7 @@ def test_bad_files_get_one_line_each_and_the_rest_are_classified(real_model, tmp
 
 def test_a_missing_model_is_one_line(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((28, 28), np.float32))
-    result = predict(str(tmp_path / "x.npy"), "--model", str(tmp_path / "absent.keras"))
+    result = predict(str(tmp_path / "x.npy"), "--model", str(tmp_path / "absent.onnx"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load model")
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import mlflow
@@ -10,7 +14,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import train
+from pipeline.shared import onnx_export
 from pipeline.shared.data import read_json
+
+from .conftest import REPO
 
 
 def test_train_logs_one_complete_run(trained):
@@ -60,6 +67,44 @@ def test_registered_model_predicts_like_the_saved_keras_model_and_prints_nothing
     printed = capfd.readouterr()
     assert printed.out == "" and printed.err == ""  # no progress bar, per request, in a server log
     assert predictions.shape == (4, 10)
-    np.testing.assert_allclose(predictions, keras_model.predict_on_batch(images), atol=1e-5)  # XLA
+    np.testing.assert_allclose(predictions, keras_model.predict_on_batch(images),
+                               atol=onnx_export.TOLERANCE)  # fmt: skip
     assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
     assert pyfunc.metadata.saved_input_example_info["type"] == "ndarray"
+
+
+def test_the_registered_model_is_the_checked_onnx_export_and_names_no_tensorflow(trained):
+    client = trained.client()
+    run = client.get_run(trained.run_id)
+    assert float(run.data.tags["onnx.largest_difference"]) <= onnx_export.TOLERANCE
+    assert (trained.root / "models/model.onnx").is_file()
+    model_uri = read_json(trained.root / "models/mlflow_run.json")["model_uri"]
+    folder = mlflow.artifacts.download_artifacts(model_uri, tracking_uri=client.tracking_uri)
+    requirements = (Path(folder) / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "tensorflow" not in requirements
+    assert (Path(folder) / "artifacts/model.onnx").read_bytes() == (
+        trained.root / "models/model.onnx"
+    ).read_bytes()
+    # the Keras network stays one call away, logged with the run
+    keras_files = {item.path for item in client.list_artifacts(trained.run_id, "keras")}
+    assert keras_files == {"keras/model.keras"}
+
+
+NO_TENSORFLOW = """
+import json, sys
+import mlflow, numpy as np
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+probabilities = model.predict(np.full((2, 28, 28), 0.5, np.float32))
+heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
+print(json.dumps({"heavy": heavy, "shape": list(np.shape(probabilities))}))
+"""
+
+
+def test_loading_and_predicting_the_champion_imports_no_tensorflow(trained):
+    uri = f"sqlite:///{trained.root / 'mlflow.db'}"
+    champion = f"models:/{trained.params.mlflow.registered_model}@champion"
+    result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, uri, champion], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"heavy": [], "shape": [2, 10]}

@@ -5,15 +5,22 @@
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
 {"classes": [{"label", "probability"}, ...]}, best first, after the same preprocessing as
 `python -m pipeline.predict`. Bound to 127.0.0.1 unless told otherwise.
+
+Parsing, decoding and scoring run on worker threads, at most one per core at a time, never on
+the event loop: a slow request (a large image) delays only those queued behind it for a
+thread, and the page and /health still answer. An image's size is checked from its header
+before it is decoded (`serve.max_image_pixels`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from pathlib import Path
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from here
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -31,7 +38,7 @@ class BadRequest(ValueError):
     """The request cannot be classified; the message says why."""
 
 
-def decode(payload: object) -> np.ndarray:
+def decode(payload: object, max_pixels: int) -> np.ndarray:
     """{"image": data URL or base64 of an image file} → the model's (28, 28) input."""
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise BadRequest('expected a JSON object {"image": "data:image/png;base64,..."}')
@@ -45,7 +52,7 @@ def decode(payload: object) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise BadRequest("image is not valid base64") from None
     try:
-        return images.to_model_input(images.read_image(data))
+        return images.to_model_input(images.read_image(data, max_pixels))
     except images.ImageError as error:
         raise BadRequest(f"image: {error}") from None
 
@@ -55,9 +62,24 @@ def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
     return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
 
 
-def build_app(predict: models.Predict, class_names: list[str]) -> FastAPI:
+def classify_body(body: bytes, predict: models.Predict, class_names: list[str],
+                  max_pixels: int) -> list[dict]:  # fmt: skip
+    """A request body → the top classes; BadRequest names what is wrong with it."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    model_input = decode(payload, max_pixels)
+    return ranked(predict(model_input[np.newaxis])[0], class_names)
+
+
+def build_app(model_uri: str, params: config.Params) -> FastAPI:
+    """The page and its endpoint around the model at `model_uri` (or an `.onnx` file)."""
+    predict = models.load(model_uri, params)
+    class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     app = FastAPI(title="draw a digit")
     page = PAGE.read_text()
+    limiter = anyio.CapacityLimiter(http.cores())
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
@@ -69,16 +91,14 @@ def build_app(predict: models.Predict, class_names: list[str]) -> FastAPI:
 
     @app.post("/api/classify")
     async def classify(request: Request) -> Response:
+        body = await request.body()
         try:
-            payload = await request.json()
-        except ValueError:
-            return error(400, "BAD_REQUEST", "the body is not valid JSON")
-        try:
-            model_input = decode(payload)
+            classes = await anyio.to_thread.run_sync(
+                classify_body, body, predict, class_names, max_pixels, limiter=limiter
+            )
         except BadRequest as problem:
             return error(400, "BAD_REQUEST", str(problem))
-        probabilities = predict(model_input[np.newaxis])[0]
-        return JSONResponse({"classes": ranked(probabilities, class_names)})
+        return JSONResponse({"classes": classes})
 
     def error(status: int, code: str, message: str) -> Response:
         return Response(http.error_body(code, message), status, media_type="application/json")
@@ -86,14 +106,8 @@ def build_app(predict: models.Predict, class_names: list[str]) -> FastAPI:
     return app
 
 
-def run(model_uri: str, params: config.Params, host: str, port: int) -> None:
-    predict = models.load(model_uri, params)
-    http.serve(build_app(predict, params.data.class_names), host, port,
-               params.serve.max_body_bytes)  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
-    serve.serve_main(run, __doc__.splitlines()[0], "demo_port", argv)
+    serve.serve_main("pipeline.serving.demo", __doc__.splitlines()[0], "demo_port", argv)
 
 
 if __name__ == "__main__":

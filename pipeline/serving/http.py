@@ -1,9 +1,18 @@
-"""What the REST server and the demo page share: a body-size limit, one-line errors, uvicorn."""
+"""What the REST server and the demo page share: a body-size limit, one-line errors, uvicorn.
+
+With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
+processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
+supervisor stops them all. The supervisor pins the model first (`models:/name@champion` →
+that version), so every process serves the same version even if the alias moves meanwhile, and
+each process's ONNX Runtime gets its share of the cores.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -106,10 +115,47 @@ def rewrite(body: bytes) -> bytes:
     return error_body(code, one_line(message))
 
 
-def serve(app, host: str, port: int, max_body_bytes: int) -> None:
-    """Run `app` with uvicorn until SIGINT or SIGTERM (uvicorn finishes open requests first)."""
+APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model, params file
+
+
+def build(module: str, model_uri: str, params_file: str):
+    """`module.build_app(model_uri, params)` with the body limit and one-line errors around it."""
+    import pipeline.shared.config as config
+
+    params = config.load_params(params_file)
+    app = importlib.import_module(module).build_app(model_uri, params)
+    return BodyLimit(OneLineErrors(app), params.serve.max_body_bytes)
+
+
+def app_from_environment():
+    """The app of one worker process (uvicorn's factory), as the supervisor described it."""
+    from pipeline.shared.stage import setup_logging
+
+    setup_logging()
+    spec = json.loads(os.environ[APP_ENV])
+    return build(spec["module"], spec["model_uri"], spec["params_file"])
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
+          workers: int = 1) -> None:  # fmt: skip
+    """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first)."""
     import uvicorn
 
-    log.info("serving on http://%s:%d (bodies up to %d bytes)", host, port, max_body_bytes)
-    uvicorn.run(BodyLimit(OneLineErrors(app), max_body_bytes), host=host, port=port,
-                log_level="warning", timeout_graceful_shutdown=10)  # fmt: skip
+    from pipeline.serving import models, onnx_classifier
+
+    options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        app = build(module, model_uri, params_file)  # a model that cannot load fails here
+        log.info("serving %s on http://%s:%d", model_uri, host, port)
+        uvicorn.run(app, **options)
+        return
+    model_uri = models.pinned(model_uri, params_file)
+    os.environ[APP_ENV] = json.dumps({"module": module, "model_uri": model_uri,
+                                      "params_file": str(params_file)})  # fmt: skip
+    os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, cores() // workers)))
+    log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers)
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)

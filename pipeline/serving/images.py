@@ -23,12 +23,25 @@ class ImageError(ValueError):
     """This input cannot become a model input; the message says why."""
 
 
-def read_image(data: bytes) -> Image.Image:
-    """Decode PNG, JPEG or any format Pillow reads; transparent pixels count as background."""
+def read_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode PNG, JPEG or any format Pillow reads; transparent pixels count as background.
+
+    The size is read from the file's header first, and an image of more than `max_pixels`
+    pixels is refused before it is decoded: a small file can hold a huge image (a 37 kB PNG of
+    13000×13000 white pixels decodes to 169 MB per channel).
+    """
+    unreadable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except unreadable as error:
+        raise ImageError(f"not a readable image ({error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"image of {width}×{height} pixels, over the limit of "
+                         f"{max_pixels:,} pixels (serve.max_image_pixels)")  # fmt: skip
+    try:
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except unreadable as error:
         raise ImageError(f"not a readable image ({error})") from None
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
@@ -92,8 +105,8 @@ def from_array(array: np.ndarray) -> np.ndarray:
     return values
 
 
-def load_input(path: Path) -> np.ndarray:
-    """One file (an image, or a `.npy` array) → the model's input."""
+def load_input(path: Path, max_pixels: int) -> np.ndarray:
+    """One file (an image of at most `max_pixels` pixels, or a `.npy` array) → the model's input."""
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -104,4 +117,4 @@ def load_input(path: Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read ({error.strerror})") from None
-    return to_model_input(read_image(data))
+    return to_model_input(read_image(data, max_pixels))

@@ -1,8 +1,12 @@
-"""Which model to use (the registered champion by default) and loading it for prediction."""
+"""Which model to use (the registered champion by default) and loading it for prediction.
+
+Everything here runs on ONNX Runtime through MLflow's pyfunc: no TensorFlow is imported.
+"""
 
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,21 +34,51 @@ def load_pyfunc(model_uri: str, params: config.Params):
 
     tracking.connect(params.mlflow, tracking.repo_root())  # `models:/` resolves in that store
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
     except (mlflow.exceptions.MlflowException, OSError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(f"cannot load model {model_uri}: {message}") from None
 
 
-def load(model: str, params: config.Params) -> Predict:
-    """A `.keras` file, or any MLflow model URI, as one function of a batch of images."""
-    if model.endswith(".keras"):
-        if not Path(model).is_file():
-            raise ModelError(f"cannot load model {model}: no such file")
-        import keras
+def pinned(model_uri: str, params_file: str) -> str:
+    """`models:/name@alias` as `models:/name/<the version it points at now>`; others as given."""
+    import mlflow
 
-        network = keras.saving.load_model(model, compile=False)
-        return lambda images: np.asarray(network.predict_on_batch(images))
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return model_uri
+    name, alias = model_uri.removeprefix("models:/").split("@", 1)
+    tracking.connect(config.load_params(params_file).mlflow, tracking.repo_root())
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    except mlflow.exceptions.MlflowException as error:
+        raise ModelError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}") from None
+    log.info("%s is version %s", model_uri, version)
+    return f"models:/{name}/{version}"
+
+
+def load_onnx_file(path: Path):
+    """An `.onnx` file (e.g. models/model.onnx) behind the registered model's own pyfunc class."""
+    from pipeline.serving import onnx_classifier
+
+    if not path.is_file():
+        raise ModelError(f"cannot load model {path}: no such file")
+    classifier = onnx_classifier.OnnxClassifier()
+    try:
+        classifier.load_context(types.SimpleNamespace(artifacts={
+            onnx_classifier.ONNX_ARTIFACT: str(path)}))  # fmt: skip
+    except Exception as error:  # onnxruntime raises its own exception types for a bad file
+        raise ModelError(f"cannot load model {path}: {str(error).splitlines()[0]}") from None
+    return classifier
+
+
+def load(model: str, params: config.Params) -> Predict:
+    """An `.onnx` file, or any MLflow model URI, as one function of a batch of images."""
+    if model.endswith(".onnx"):
+        classifier = load_onnx_file(Path(model))
+        return lambda images: np.asarray(classifier.predict(None, images))
+    if model.endswith(".keras"):
+        raise ModelError(f"cannot load model {model}: a Keras file needs TensorFlow; give its "
+                         "ONNX export (models/model.onnx) or an MLflow model URI")  # fmt: skip
     pyfunc = load_pyfunc(model, params)
     log.info("loaded %s", model)
     return lambda images: np.asarray(pyfunc.predict(images))

@@ -44,11 +44,11 @@ def expand(paths: list[Path]) -> list[Path]:
     return found
 
 
-def read_all(files: list[Path]) -> Outcome:
+def read_all(files: list[Path], max_pixels: int) -> Outcome:
     inputs, failures = {}, {}
     for file in files:
         try:
-            inputs[file] = images.load_input(file)
+            inputs[file] = images.load_input(file, max_pixels)
         except images.ImageError as error:
             failures[file] = str(error)
     return Outcome(inputs, failures)
@@ -66,7 +66,7 @@ def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) 
 
 def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) -> Outcome:
     """Classify every readable file; print one line per file; write the CSV if asked."""
-    outcome = read_all(expand(paths))
+    outcome = read_all(expand(paths), params.serve.max_image_pixels)
     for file, problem in outcome.failures.items():
         sys.stderr.write(f"error: {file}: {problem}\n")
     if not outcome.inputs:
@@ -86,7 +86,7 @@ def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) 
 def main(argv: list[str] | None = None) -> None:
     parser = config.params_parser(__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="image files, .npy files, folders")
-    parser.add_argument("--model", help="an MLflow model URI or a .keras file "
+    parser.add_argument("--model", help="an MLflow model URI or an .onnx file "
                         "(default: models:/<mlflow.registered_model>@champion)")  # fmt: skip
     parser.add_argument("--csv", type=Path, help="also write every class's probability here")
     args = parser.parse_args(argv)

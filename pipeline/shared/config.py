@@ -165,6 +165,8 @@ class ServeParams(_Section):
     port: Annotated[Int, Field(ge=1, le=65535)]
     demo_port: Annotated[Int, Field(ge=1, le=65535)]
     max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
+    max_image_pixels: Annotated[Int, Field(ge=IMAGE_PIXELS, le=2**31)]  # width × height, read
+    workers: Annotated[Int, Field(ge=1, le=64)]  # server processes on the one port
 
 
 class TeamParams(_Section):
@@ -241,6 +243,7 @@ class PathParams(_Section):
     test_split: Annotated[str, Field(pattern=r"\.npz$")]
     data_report: Name
     model: Annotated[str, Field(pattern=r"\.keras$")]
+    onnx_model: Annotated[str, Field(pattern=r"\.onnx$")]
     run_info: Name
     history: Name
     metrics: Name
