@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .conftest import REPO
@@ -22,6 +23,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds, asking every `interval`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def wait_until_healthy(
@@ -39,10 +50,37 @@ def wait_until_healthy(
     raise TimeoutError(f"{url} not healthy within {deadline_s} s")
 
 
+@dataclass(frozen=True)
+class Running:
+    url: str  # http://127.0.0.1:<port>
+    pid: int
+
+
+def memory_kb(pid: int, field: str = "VmHWM") -> int:
+    """A process's resident memory from /proc: VmHWM is its peak so far, VmRSS its current."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field)))
+
+
+def mapped_files(pid: int) -> str:
+    """The shared libraries and files a process has mapped (what it has loaded)."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
 @contextlib.contextmanager
 def running(
     module: str, args: list[str], health: str, log: Path, env: dict | None = None
-) -> Iterator[str]:
+) -> Iterator[Running]:
     """`python -m module args --port P` until the block ends; SIGTERM must stop it cleanly."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -54,7 +92,7 @@ def running(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url + health, process, log)
-        yield url
+        yield Running(url, process.pid)
     finally:
         process.terminate()
         try:

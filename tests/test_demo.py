@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -13,21 +16,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .servers import post_json, running, write_params
+from .pictures import huge_png
+from .servers import mapped_files, memory_kb, post_json, running, write_params
 
 pytestmark = pytest.mark.slow
 SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit
+MAX_BODY = 1_000_000  # room for a small file holding a huge image
 
 
 @pytest.fixture(scope="module")
 def demo(real_model, trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     raw = trained.params.model_dump(mode="json")
-    raw["serve"]["max_body_bytes"] = 100_000
+    raw["serve"]["max_body_bytes"] = MAX_BODY
     params = write_params(raw, folder / "params.yaml")
     args = ["--params", str(params), "--model", str(real_model.path)]
-    with running("pipeline.serving.demo", args, "/health", folder / "demo.log") as url:
-        yield url
+    with running("pipeline.serving.demo", args, "/health", folder / "demo.log") as process:
+        yield process
 
 
 def classify(url: str, body: bytes) -> tuple[int, dict]:
@@ -41,14 +46,14 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def test_the_page_has_a_canvas(demo):
-    with urllib.request.urlopen(demo + "/", timeout=10) as response:
+    with urllib.request.urlopen(demo.url + "/", timeout=10) as response:
         page = response.read().decode()
     assert '<canvas id="board"' in page and "api/classify" in page
 
 
 def test_classify_answers_the_top_classes_best_first(demo, real_model):
     body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
-    status, answer = classify(demo, body)
+    status, answer = classify(demo.url, body)
     assert status == 200
     probabilities = [item["probability"] for item in answer["classes"]]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
@@ -63,17 +68,54 @@ BAD = {
     "not an image": json.dumps({"image": base64.b64encode(b"hello").decode()}).encode(),
     "a number": json.dumps({"image": float("nan")}).encode(),
     "blank image": json.dumps({"image": png_data_url(np.zeros((28, 28)))}).encode(),
-    "oversized": json.dumps({"image": "A" * 150_000}).encode(),
+    "oversized": json.dumps({"image": "A" * (MAX_BODY + 1)}).encode(),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_gets_a_4xx_with_one_line_and_the_page_goes_on(demo, real_model, case):
-    status, answer = classify(demo, BAD[case])
+    status, answer = classify(demo.url, BAD[case])
     assert 400 <= status < 500, (status, answer)
     assert answer["message"] and "\n" not in answer["message"]
     good = json.dumps({"image": png_data_url(real_model.images[1])}).encode()
-    assert classify(demo, good)[0] == 200
+    assert classify(demo.url, good)[0] == 200
+
+
+@functools.cache
+def huge_request() -> bytes:
+    """A 13000×13000 white PNG (about 0.2 MB as a file, 169 MB decoded) as a classify body."""
+    return json.dumps({"image": base64.b64encode(huge_png(13000, 13000)).decode()}).encode()
+
+
+def test_a_huge_image_is_refused_from_its_header_quickly_and_costs_no_memory(demo):
+    peak_before = memory_kb(demo.pid)
+    started = time.perf_counter()
+    status, answer = classify(demo.url, huge_request())
+    elapsed = time.perf_counter() - started
+    assert status == 400 and "13000×13000" in answer["message"], answer
+    assert "\n" not in answer["message"] and elapsed < 1.0, elapsed
+    assert memory_kb(demo.pid) - peak_before < 100_000  # kB: the image was never decoded
+
+
+def test_a_normal_request_is_answered_while_eight_huge_ones_are_in_flight(demo, real_model):
+    statuses: list[int] = []
+    senders = [threading.Thread(target=lambda: statuses.append(classify(demo.url,
+                                                                        huge_request())[0]))
+               for _ in range(8)]  # fmt: skip
+    for sender in senders:
+        sender.start()
+    started = time.perf_counter()
+    status, _ = classify(demo.url, json.dumps({"image": png_data_url(real_model.images[2])})
+                         .encode())  # fmt: skip
+    elapsed = time.perf_counter() - started
+    for sender in senders:
+        sender.join(timeout=30)
+    assert status == 200 and elapsed < 1.0, elapsed
+    assert statuses == [400] * 8
+
+
+def test_the_page_loads_no_tensorflow(demo):
+    assert "tensorflow" not in mapped_files(demo.pid)
 
 
 def browser():
@@ -126,7 +168,7 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(demo, real_model):
 
     driver = browser()
     try:
-        driver.get(demo + "/")
+        driver.get(demo.url + "/")
         canvas = driver.find_element(By.ID, "board")
         confident = np.flatnonzero(real_model.predicted == real_model.labels)[:3]
         shown = []

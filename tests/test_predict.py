@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline.serving import images
 
 from .conftest import REPO
+from .pictures import huge_png
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +65,18 @@ def test_bad_files_get_one_line_each_and_the_rest_are_classified(real_model, tmp
     (tmp_path / "garbage.png").write_bytes(b"not a picture at all")
     Image.new("L", (30, 30), 255).save(tmp_path / "blank.png")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 3)))
+    (tmp_path / "huge.png").write_bytes(huge_png(13000, 13000))  # 169 megapixels in ~0.2 MB
     np.save(tmp_path / "good.npy", real_model.images[0])
     as_picture(real_model.images[1], 1).save(tmp_path / "good.png")
     result = predict(str(tmp_path), "--model", str(real_model.path))
     assert result.returncode == 1
     errors = result.stderr.strip().splitlines()
     errors = [line for line in errors if line.startswith("error: ")]
-    assert len(errors) == 3, result.stderr
-    for name, problem in (("garbage.png", "not a readable image"), ("blank.png", "empty"),
-                          ("wrong.npy", "shape (3, 3)")):  # fmt: skip
+    assert len(errors) == 4, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    expected = {"garbage.png": "not a readable image", "blank.png": "empty",
+                "wrong.npy": "shape (3, 3)", "huge.png": "13000×13000 pixels"}  # fmt: skip
+    for name, problem in expected.items():
         assert any(name in line and problem in line for line in errors), (name, errors)
     classified = dict(line.split("\t")[:2] for line in result.stdout.strip().splitlines())
     assert set(classified) == {str(tmp_path / "good.npy"), str(tmp_path / "good.png")}

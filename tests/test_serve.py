@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from .servers import post_json, running, write_params
+from .servers import (
+    Running,
+    children,
+    mapped_files,
+    post_json,
+    running,
+    wait_until,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 200_000
@@ -21,12 +30,12 @@ def server(trained, tmp_path_factory):
     raw["serve"]["max_body_bytes"] = MAX_BODY
     params = write_params(raw, folder / "params.yaml")
     with running("pipeline.serving.serve", ["--params", str(params)], "/ping",
-                 folder / "server.log", {"DVC_ROOT": str(trained.root)}) as url:  # fmt: skip
-        yield url
+                 folder / "server.log", {"DVC_ROOT": str(trained.root)}) as process:  # fmt: skip
+        yield process
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    return post_json(url + "/invocations", body)
+def post(server: Running, body: bytes) -> tuple[int, dict]:
+    return post_json(server.url + "/invocations", body)
 
 
 def images_json(images: np.ndarray) -> bytes:
@@ -41,8 +50,8 @@ def test_predictions_match_the_saved_keras_model(server, trained):
     np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
 
 
-def good_request_still_works(url: str) -> None:
-    status, answer = post(url, images_json(np.zeros((1, 28, 28), np.float32)))
+def good_request_still_works(server: Running) -> None:
+    status, answer = post(server, images_json(np.zeros((1, 28, 28), np.float32)))
     assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)
 
 
@@ -80,3 +89,26 @@ def test_nan_and_range_errors_say_what_is_wrong(server):
     for case in ("NaN", "out of range"):
         status, answer = post(server, BAD_BODIES[case])
         assert status == 400 and "[0, 1]" in answer["message"], answer
+
+
+def test_the_server_loads_no_tensorflow(server):
+    good_request_still_works(server)
+    assert "tensorflow" not in mapped_files(server.pid)
+
+
+def test_workers_share_the_port_and_all_stop_with_the_server(trained, tmp_path):
+    params = write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
+    args = ["--params", str(params), "--workers", "2"]
+    with running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
+                 {"DVC_ROOT": str(trained.root)}) as server:  # fmt: skip
+        spawned = children(server.pid)  # the workers and multiprocessing's resource tracker
+        workers = [
+            pid for pid in spawned if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2, spawned
+        for _ in range(20):
+            good_request_still_works(server)
+        assert all("tensorflow" not in mapped_files(pid) for pid in workers)
+    # the resource tracker ends once it sees the supervisor's end of its pipe close
+    alive = lambda: [pid for pid in spawned if Path(f"/proc/{pid}").exists()]  # noqa: E731
+    assert wait_until(lambda: not alive(), timeout=10), alive()

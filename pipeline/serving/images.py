@@ -8,6 +8,7 @@ of mass is the centre; pixels in [0, 1] (LeCun et al., the MNIST database's own 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ IMAGE_SIDE = 28
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
 INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+# read_image refuses an image over its own pixel limit right after reading the header, so
+# Pillow's warning for images over its larger limit (~89 megapixels) would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
