@@ -182,6 +182,10 @@ def report(results: dict) -> str:
         f"Measured {results['date']} by `make bench`, in one run.",
         "",
     ]
+    if len(set(results.get("measured", {}).values())) > 1:  # some sections from `--only` runs
+        lines += ["When each section was measured (`make bench ONLY=...` measures some again):",
+                  ""] + [f"- {name.replace('_', ' ')}: {when}"
+                         for name, when in results["measured"].items()] + [""]  # fmt: skip
     lines += ["| machine | |", "|---|---|"] + [
         f"| {k} | {v} |" for k, v in results["machine"].items()
     ]
@@ -351,30 +355,66 @@ def tuning_table(rows: list[dict]) -> list[str]:
     return per_hour_table(title, "trials", table)
 
 
+SERVED = {"onnx": "ONNX model (registered now)", "tensorflow": "TensorFlow pyfunc (before)"}
+
+
 def serving_table(serving: dict) -> list[str]:
-    """The registered model in-process and over HTTP, and the load test."""
-    inner, outer, load = (
-        serving["in_process"],
-        serving["http"]["one_image"],
-        serving["http"]["load"],
-    )
-    return [
+    """The registered ONNX model beside the previous TensorFlow pyfunc: in-process, over HTTP,
+    under load."""
+    if "onnx" not in serving:  # RESULTS.json from before the ONNX model
+        return []
+    lines = [
         "",
-        "## Serving the registered model",
+        "## Serving the registered model: ONNX Runtime against the previous TensorFlow pyfunc",
         "",
-        "| path | one image p50 ms | p99 ms | batch 1000 images/s |",
-        "|---|---|---|---|",
-        f"| `mlflow.pyfunc.load_model(...).predict`, in-process | {inner['p50_ms']:.2f} | "
-        f"{inner['p99_ms']:.2f} | {inner['batch1000_images_per_s']:,.0f} |",
-        f"| `make serve`, POST /invocations, one connection | {outer['p50_ms']:.2f} | "
-        f"{outer['p99_ms']:.2f} | |",
+        "Both over the same trained weights, each measured in fresh processes, interleaved.",
         "",
-        f"Printed by the pyfunc model while predicting: {inner['printed_chars']} characters.",
-        "",
-        f"Load test from a second process: {load['requests']} requests of one image at "
-        f"concurrency {load['concurrency']}: {load['errors']} errors, p50 {load['p50_ms']:.1f} ms, "
-        f"p99 {load['p99_ms']:.1f} ms, {load['requests_per_s']:,.0f} requests/s.",
+        "| model | cold start to first prediction s | memory then MiB | one image p50 ms | p99 ms "
+        "| batch 1000 images/s | printed | TensorFlow loaded |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for key, name in SERVED.items():
+        row = serving[key]["in_process"]
+        lines.append(f"| {name} | {row['cold_start_s']:.2f} | "
+                     f"{row['memory_at_first_prediction']['rss_mib']:.0f} | {row['p50_ms']:.3f} | "
+                     f"{row['p99_ms']:.3f} | {row['batch1000_images_per_s']:,.0f} | "
+                     f"{row['printed_chars']} chars | {row['tensorflow_loaded']} |")  # fmt: skip
+    lines += [
+        "",
+        "`make serve` (POST /invocations, one image per request): start to the first answer, "
+        "one connection, then load tests from a second process; memory is the largest resident "
+        "set among the server's processes after the load tests.",
+        "",
+        "| model | workers | start to first answer s | server RSS MiB | one image p50 ms | p99 ms "
+        "| load: concurrency, errors, p50 ms, p99 ms, requests/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for index, _ in enumerate(serving["onnx"]["http"]):
+        for key, name in SERVED.items():
+            row = serving[key]["http"][index]
+            loads = "; ".join(f"{run['concurrency']}: {run['errors']}, {run['p50_ms']:.1f}, "
+                              f"{run['p99_ms']:.1f}, {run['requests_per_s']:,.0f}"
+                              for run in row["load"])  # fmt: skip
+            lines.append(f"| {name} | {row['workers']} | {row['cold_start_s']:.2f} | "
+                         f"{row['memory']['rss_mib']:.0f} | {row['one_image']['p50_ms']:.2f} | "
+                         f"{row['one_image']['p99_ms']:.2f} | {loads} |")  # fmt: skip
+    onnx, tensorflow = serving["onnx"]["in_process"], serving["tensorflow"]["in_process"]
+    web_onnx, web_tf = serving["onnx"]["http"][0], serving["tensorflow"]["http"][0]
+    ratios = {
+        "one image in-process, p50": tensorflow["p50_ms"] / onnx["p50_ms"],
+        "batches of 1,000, images/s": (onnx["batch1000_images_per_s"]
+                                       / tensorflow["batch1000_images_per_s"]),
+        "one image over HTTP, p50": web_tf["one_image"]["p50_ms"] / web_onnx["one_image"]["p50_ms"],
+        "server start to first answer": web_tf["cold_start_s"] / web_onnx["cold_start_s"],
+        "server memory": web_tf["memory"]["rss_mib"] / web_onnx["memory"]["rss_mib"],
+    }  # fmt: skip
+    lines += [
+        "",
+        "TensorFlow pyfunc / ONNX model (above 1: ONNX is faster or smaller): "
+        + ", ".join(f"{what} **{ratio:.2f}×**" for what, ratio in ratios.items())
+        + ".",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -420,6 +460,7 @@ def main() -> None:
                 continue
             print(name.replace("_", " "), flush=True)  # noqa: T201
             results[name] = measure()
+            results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")
             saved.write_text(json.dumps(results, indent=2) + "\n")  # a failure later keeps these
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,10 +1,17 @@
-"""Serving figures: the registered model in-process (pyfunc) and over HTTP (`make serve`).
+"""Serving figures: the registered ONNX model against the previous TensorFlow pyfunc, one run.
 
-In-process: p50/p99 of one image and images/s for batches of 1,000 through
-`mlflow.pyfunc.load_model("models:/<name>@champion").predict`, and whether it printed anything.
-Over HTTP: `python -m pipeline.serving.serve` started on a free port of 127.0.0.1; one image per
-request, sequentially (p50/p99), then a load test from a second process: `--requests` requests
-at `--concurrency` (threads, one kept-alive connection each), bounded in count and time.
+Run in a scratch copy that `dvc repro` reproduced (benchmarks/bench.py does), so the champion
+is the model this code logs. The previous registered model, the TensorFlow pyfunc with its
+fused forward pass (benchmarks/tf_pyfunc.py), is logged beside it into the same scratch store
+from the same trained `.keras` file, so both serve the same weights.
+
+For each model, interleaved, each in a fresh process:
+- in-process: cold start (process start to its first prediction) and resident memory, then
+  one image p50/p99 and batches of 1,000 (images/s) through `mlflow.pyfunc.load_model`;
+- over HTTP (`python -m pipeline.serving.serve` on a free port of 127.0.0.1): start to the first
+  answered POST /invocations, one image per request on one connection (p50/p99), then load tests
+  from this process at each concurrency and number of server workers, bounded in count and
+  time, and the server's resident memory.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+TENSORFLOW_PYFUNC = REPO / "benchmarks" / "tf_pyfunc.py"
+MODELS = ("onnx", "tensorflow")  # the registered model now, and the one before
 
 
 def percentiles(milliseconds: list[float]) -> dict[str, float]:
@@ -33,23 +41,74 @@ def percentiles(milliseconds: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(milliseconds, 99))}  # fmt: skip
 
 
-def in_process(images: np.ndarray, repeats: int, model_uri: str | None) -> dict:
-    """pyfunc predict: one image (p50/p99) and batches of 1,000 (images/s); output captured."""
-    import mlflow
+def memory_mib(pid: int | str = "self") -> dict[str, float]:
+    """Resident memory now (VmRSS) and at its peak (VmHWM), from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if line.startswith(("VmRSS", "VmHWM")))  # fmt: skip
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
+            "peak_mib": int(fields["VmHWM"].split()[0]) / 1024}  # fmt: skip
 
-    from pipeline.serving import models
+
+def test_images() -> np.ndarray:
     from pipeline.shared import config
+    from pipeline.shared.data import load_arrays
 
     params = config.load_params(REPO / "params.yaml")
-    model = models.load_pyfunc(model_uri or models.default_uri(params), params)
+    return load_arrays(REPO / params.paths.split("test"))["x"][:1000]
+
+
+def connect() -> None:
+    from pipeline.shared import config, tracking
+
+    tracking.connect(config.load_params(REPO / "params.yaml").mlflow, REPO)
+
+
+def log_tensorflow_pyfunc() -> str:
+    """The previous registered model over this scratch repo's .keras file; its model URI."""
+    import mlflow
+
+    from pipeline.shared import config, tracking
+
+    params = config.load_params(REPO / "params.yaml")
+    experiment_id = tracking.use_store(params.mlflow, REPO)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="bench-tensorflow-pyfunc"):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(TENSORFLOW_PYFUNC),
+            artifacts={"keras_model": str(REPO / params.paths.model)},
+            pip_requirements=["tensorflow", "keras", f"mlflow=={mlflow.__version__}"],
+        )  # fmt: skip
+    return info.model_uri
+
+
+def in_process(model_uri: str, repeats: int) -> dict:
+    """In this (fresh) process: load, first prediction, then steady-state timings."""
+    import mlflow
+
+    connect()
+    images = test_images()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        model = mlflow.pyfunc.load_model(model_uri)
+        model.predict(images[:1])
+        first = time.time()
+        memory = memory_mib()
         single = [timed(model.predict, images[:1]) for _ in range(repeats + 20)][20:]
-        bulk = [timed(model.predict, images[:1000]) for _ in range(12)][2:]
+        bulk = [timed(model.predict, images) for _ in range(12)][2:]
     return percentiles(single) | {
+        "first_prediction_at": first, "memory_at_first_prediction": memory,
         "batch1000_images_per_s": 1000 / (float(np.median(bulk)) / 1000),
-        "printed_chars": len(printed.getvalue()), "mlflow": mlflow.__version__,
+        "printed_chars": len(printed.getvalue()), "tensorflow_loaded": "tensorflow" in sys.modules,
     }  # fmt: skip
+
+
+def in_fresh_process(model_uri: str, repeats: int) -> dict:
+    """`in_process` in a new interpreter; cold start counts from just before it is spawned."""
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--in-process",
+                             model_uri, "--repeats", str(repeats)], cwd=REPO,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured | {"cold_start_s": measured.pop("first_prediction_at") - started}
 
 
 def timed(function, *args) -> float:
@@ -64,26 +123,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextlib.contextmanager
-def server(port: int, model_uri: str | None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    model = ["--model", model_uri] if model_uri else []
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--port",
-                                str(port), *model], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                break
-            time.sleep(0.3)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
     started = time.perf_counter()
     connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
@@ -92,8 +131,41 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, floa
     return response.status, (time.perf_counter() - started) * 1000
 
 
+def first_answer(port: int, body: bytes, process: subprocess.Popen, limit_s: float) -> None:
+    """Return once POST /invocations answers 200; fail if the server exits or `limit_s` passes."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            if post(connection, body)[0] == 200:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"no answer within {limit_s} s")
+
+
+@contextlib.contextmanager
+def server(model_uri: str, workers: int, body: bytes):
+    """`make serve` on a free port; yields (port, pid, seconds from spawn to first answer)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--port",
+                                str(port), "--model", model_uri, "--workers", str(workers)],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        first_answer(port, body, process, limit_s=180)
+        yield port, process.pid, time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
 def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float) -> dict:
-    """`requests` POSTs from `concurrency` threads; stops early at `limit_s`."""
+    """`requests` POSTs from `concurrency` threads, one kept-alive connection each; stops early
+    at `limit_s`."""
     latencies: list[float] = []
     errors = [0]
     lock, remaining = threading.Lock(), [requests]
@@ -108,7 +180,7 @@ def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float
                 remaining[0] -= 1
             try:
                 status, milliseconds = post(connection, body)
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 status, milliseconds = 0, 0.0
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             with lock:
@@ -128,41 +200,60 @@ def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float
                                      "concurrency": concurrency}  # fmt: skip
 
 
-def over_http(
-    images: np.ndarray, repeats: int, requests: int, concurrency: int, model_uri: str | None
-) -> dict:
+def server_memory(pid: int) -> dict[str, float]:
+    """The largest resident memory among the server's processes (its workers, if any)."""
+    pids = [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children")
+                    .read_text().split()]  # fmt: skip
+    measured = [memory_mib(each) for each in pids if Path(f"/proc/{each}").exists()]
+    return {key: max(row[key] for row in measured) for key in ("rss_mib", "peak_mib")}
+
+
+def over_http(model_uri: str, images: np.ndarray, repeats: int, requests: int,
+              concurrencies: list[int], workers: int) -> dict:  # fmt: skip
     body = json.dumps({"inputs": images[:1].tolist()}).encode()
-    port = free_port()
-    with server(port, model_uri):
+    with server(model_uri, workers, body) as (port, pid, cold_start):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for _ in range(20):
             post(connection, body)  # warm-up
         single = [post(connection, body)[1] for _ in range(repeats)]
         connection.close()
-        loaded = load(port, body, requests, concurrency, limit_s=300)
-    return {"one_image": percentiles(single), "load": loaded}
+        loads = [load(port, body, requests, concurrency, limit_s=120)
+                 for concurrency in concurrencies]  # fmt: skip
+        memory = server_memory(pid)
+    return {"workers": workers, "cold_start_s": cold_start, "one_image": percentiles(single),
+            "load": loads, "memory": memory}  # fmt: skip
 
 
-def run(
-    repeats: int = 300, requests: int = 2000, concurrency: int = 8, model_uri: str | None = None
-) -> dict:
-    """Everything above; the model is the registered champion unless `model_uri` says."""
+def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
+        workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
+    """Everything above, for both models, interleaved."""
     from pipeline.shared import config
-    from pipeline.shared.data import load_arrays
 
     params = config.load_params(REPO / "params.yaml")
-    images = load_arrays(REPO / params.paths.split("test"))["x"][:1000]
-    return {"in_process": in_process(images, repeats, model_uri),
-            "http": over_http(images, repeats, requests, concurrency, model_uri)}  # fmt: skip
+    uris = {"onnx": f"models:/{params.mlflow.registered_model}@champion",
+            "tensorflow": log_tensorflow_pyfunc()}  # fmt: skip
+    images = test_images()
+    results: dict = {name: {"model_uri": uri, "http": []} for name, uri in uris.items()}
+    for name in MODELS:
+        results[name]["in_process"] = in_fresh_process(uris[name], repeats)
+    for count in workers:
+        for name in MODELS:
+            results[name]["http"].append(over_http(uris[name], images, repeats, requests,
+                                                   list(concurrencies), count))  # fmt: skip
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--model", help="an MLflow model URI (default: the champion)")
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--in-process", metavar="MODEL_URI",
+                        help="only this model's in-process figures, here")  # fmt: skip
     args = parser.parse_args()
-    results = run(requests=args.requests, concurrency=args.concurrency, model_uri=args.model)
+    if args.in_process:
+        results = in_process(args.in_process, args.repeats)
+    else:
+        results = run(repeats=args.repeats, requests=args.requests)
     print(json.dumps(results))  # noqa: T201  (one line, the last: make bench reads it)
 
 

@@ -1,31 +1,12 @@
-"""The registered MLflow model's code ("models from code"): the Keras network behind pyfunc.
+"""The previous registered model, kept for `make bench` only: a pyfunc over the `.keras` file.
 
-MLflow runs this file when it loads the model, so it imports nothing from this project. It
-scores inside one `tf.function` compiled with XLA, instead of the TensorFlow flavour's
-`model.predict`, whose per-call set-up costs ~40 ms and prints a progress bar on each call.
-XLA compiles once per batch shape, so batches are cut into chunks of CHUNK images and each
-chunk is padded to a power of two: at most 10 shapes, each compiled on first use.
-
-The forward pass. For the network `pipeline/shared/model.py` builds (Reshape → LSTM → Dense
-softmax), the compiled function is the same maths written for speed, from the Keras model's own
-weights (`fused_row_lstm`): each step's four gates come from one matmul of [row, h] with the
-stacked [kernel; recurrent kernel] (Keras does two, one with only 28 rows in its inner
-dimension), and one tanh covers all four gates, since sigmoid(v) = (1 + tanh(v / 2)) / 2. On
-load it is checked against the Keras model itself on random images; any other network, or one
-that disagrees, is scored by calling the Keras model (`keras_forward`), as before.
-
-Why chunks on a thread pool: one XLA call keeps about one core busy (the LSTM's steps run one
-after another), so a batch is cut into chunks of CHUNK images scored by a pool of threads, one
-per usable core (TensorFlow releases the GIL while a call runs); a batch of up to CHUNK images
-is one direct call with no thread hop. Only the last chunk is padded (1,000 images: 512 + 488
-padded to 512). Tracing once for every batch size (input_signature) keeps tf.function from
-warning about retracing on stderr.
-
-Measured interleaved in one process (50 calls of 1,000 test images each, medians) on a 2-core
-AMD EPYC (AVX2): the previous version (Keras forward, chunks of 256) 15,309 images/s, this one
-21,147 (1.38×); one image 1.18 ms p50 for both. Same predictions on all 10,000 test images
-(largest probability difference 1.1e-6, accuracy 0.9777 both). Nothing here depends on the
-instruction set: a machine with more cores just gets more threads.
+Before the registered model became the ONNX export (pipeline/serving/onnx_classifier.py), this
+was the model users loaded and served: TensorFlow in every process, the row-LSTM's forward pass
+written out by hand (one matmul of [row, h] per step, one tanh over the four gates) and compiled
+with XLA in chunks on a thread pool, checked against Keras at load, with Keras's own forward
+pass as the fallback. benchmarks/serving.py logs it beside the ONNX model over the same weights
+so that both are measured in one run. MLflow runs this file when it loads the model, so it
+imports nothing from this project.
 """
 
 import concurrent.futures

@@ -40,9 +40,11 @@ def test_the_export_gives_kerass_probabilities_through_onnxs_own_lstm_op(tmp_pat
     # the registered model's pyfunc class on that file scores any batch size, one image too
     classifier = onnx_classifier.OnnxClassifier()
     classifier.load_context(types.SimpleNamespace(artifacts={"onnx_model": str(path)}))
-    batch = images(3, seed=2)
+    batch = images(2 * onnx_classifier.CHUNK + 3, seed=2)  # three calls into ONNX Runtime
     np.testing.assert_allclose(classifier.predict(None, batch), network.predict_on_batch(batch),
                                atol=onnx_export.TOLERANCE)  # fmt: skip
+    np.testing.assert_array_equal(classifier.predict(None, batch[:1]),
+                                  classifier.predict(None, batch)[:1])  # fmt: skip
     assert classifier.predict(None, batch[:0]).shape == (0, 10)
 
 

@@ -92,6 +92,9 @@ INVALID = {
     "serve.demo_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "serve.max_body_bytes": st.one_of(not_an_int, st.integers(max_value=1023)),
     "mlflow.registration": st.one_of(junk, words, st.just("")),
+    "mlflow.system_metrics": st.one_of(junk, words, st.integers(0, 1)),
+    "serve.max_image_pixels": st.one_of(not_an_int, st.integers(max_value=783)),
+    "serve.workers": st.one_of(not_an_int, too_small, st.integers(min_value=65)),
     "tune.study": st.one_of(junk, st.just(""), st.integers()),
     "tune.storage": junk,
     "tune.journal": st.one_of(junk, st.just("")),
@@ -120,6 +123,7 @@ INVALID = {
         for split in ("train", "val", "test")
     },
     "paths.model": st.one_of(junk, st.just(""), st.just("models/model.h5")),
+    "paths.onnx_model": st.one_of(junk, st.just(""), st.just("models/model.keras")),
     "paths.model_card": st.one_of(junk, st.just(""), st.just("reports/card.txt")),
 }
 SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "tune", "paths"]

@@ -45,7 +45,7 @@ def test_outputs_exist(repo):
     assert json.loads((repo / "data/raw/manifest.json").read_text())["source"].startswith("local ")
     for split in ("train", "val", "test"):
         assert (repo / f"data/processed/{split}.npz").is_file()
-    assert (repo / "models/model.keras").is_file()
+    assert (repo / "models/model.keras").is_file() and (repo / "models/model.onnx").is_file()
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"test_accuracy", "test_loss"} <= set(metrics)
     assert (repo / "reports/train_history.csv").read_text().startswith("iteration,train_loss")
