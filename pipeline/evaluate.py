@@ -50,9 +50,13 @@ def metric_safe(name: str) -> str:
 
 def log_results(metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
                 pictures: dict[str, Path]) -> None:  # fmt: skip
-    """Test metrics (overall and per class), tables and figures, into the active run."""
+    """Test metrics (overall and per class), tables and figures, into the active run.
+
+    Per-class metrics are keyed `test_f1/<class>`: MLflow's UI groups charts into sections by
+    the prefix before a `/`, so they sit in sections of their own after the training curves and
+    the headline test metrics."""
     per_class_flat = {
-        f"test_{column}.class_{metric_safe(row['class'])}": float(row[column])
+        f"test_{column}/{metric_safe(row['class'])}": float(row[column])
         for row in per_class.to_dict("records")
         for column in ("precision", "recall", "f1")
     }

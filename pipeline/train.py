@@ -185,7 +185,11 @@ def run(params: config.Params) -> TrainResult | None:
     run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
     with (
         tracking.server_lost_as_error(),  # outermost: ending the run needs the server too
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            log_system_metrics=params.mlflow.system_metrics,
+        ) as run,  # fmt: skip
         tracking.killed_on_interrupt(),
     ):
         train_model, runtime = prepare_training(params, workers)

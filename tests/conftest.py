@@ -179,6 +179,9 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict
     write_idx_folder(root / "mirror", arrays)
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_store_at(root, monkeypatch)
+        # a tiny training lasts seconds: sample system metrics every second, log each sample
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
         fetch.run(params)
         preprocess.run(params)
         result = train.run(params)

@@ -6,7 +6,6 @@ import base64
 import functools
 import io
 import json
-import shutil
 import threading
 import time
 import urllib.error
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .browsers import browser
 from .pictures import huge_png
 from .servers import mapped_files, memory_kb, post_json, running, write_params
 
@@ -88,9 +88,10 @@ def huge_request() -> bytes:
 
 
 def test_a_huge_image_is_refused_from_its_header_quickly_and_costs_no_memory(demo):
+    body = huge_request()
     peak_before = memory_kb(demo.pid)
     started = time.perf_counter()
-    status, answer = classify(demo.url, huge_request())
+    status, answer = classify(demo.url, body)
     elapsed = time.perf_counter() - started
     assert status == 400 and "13000×13000" in answer["message"], answer
     assert "\n" not in answer["message"] and elapsed < 1.0, elapsed
@@ -99,8 +100,8 @@ def test_a_huge_image_is_refused_from_its_header_quickly_and_costs_no_memory(dem
 
 def test_a_normal_request_is_answered_while_eight_huge_ones_are_in_flight(demo, real_model):
     statuses: list[int] = []
-    senders = [threading.Thread(target=lambda: statuses.append(classify(demo.url,
-                                                                        huge_request())[0]))
+    body = huge_request()
+    senders = [threading.Thread(target=lambda: statuses.append(classify(demo.url, body)[0]))
                for _ in range(8)]  # fmt: skip
     for sender in senders:
         sender.start()
@@ -116,24 +117,6 @@ def test_a_normal_request_is_answered_while_eight_huge_ones_are_in_flight(demo, 
 
 def test_the_page_loads_no_tensorflow(demo):
     assert "tensorflow" not in mapped_files(demo.pid)
-
-
-def browser():
-    """Headless Debian chromium through its own chromedriver (never a downloaded browser)."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make test "
-                    "installs them as root: apt-get install chromium chromium-driver)")  # fmt: skip
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--window-size=800,900"):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def strokes(image: np.ndarray) -> list[tuple[int, int, int]]:

@@ -41,7 +41,7 @@ def test_evaluate_writes_reports_and_logs_into_train_run(trained):
     assert [run.info.run_id for run in runs] == [trained.run_id]  # no second run
     logged = runs[0].data.metrics
     assert logged["test_accuracy"] == pytest.approx(written["test_accuracy"])
-    assert "test_f1.class_9" in logged and "val_loss" in logged
+    assert "test_f1/9" in logged and "val_loss" in logged
     artifacts = {item.path for item in client.list_artifacts(trained.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.json" in artifacts
     figures = {item.path for item in client.list_artifacts(trained.run_id, "figures")}
@@ -97,7 +97,7 @@ def test_another_data_set_is_named_as_the_params_say(trained, tmp_path, monkeypa
         .get_run(trained.run_id)
         .data.metrics
     )
-    assert "test_f1.class_Ankle boot" in metrics
+    assert "test_f1/Ankle boot" in metrics
 
 
 def test_metric_keys_keep_only_characters_mlflow_accepts():

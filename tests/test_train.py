@@ -108,3 +108,9 @@ def test_loading_and_predicting_the_champion_imports_no_tensorflow(trained):
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"heavy": [], "shape": [2, 10]}
+
+
+def test_the_training_run_logs_system_metrics(trained):
+    logged = trained.client().get_run(trained.run_id).data.metrics
+    system = {key for key in logged if key.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system

@@ -156,6 +156,7 @@ class MlflowParams(_Section):
     # always: every trained model becomes a registered version (train registers it);
     # better: only one whose test score beats the champion's (evaluate registers it): searches
     registration: Literal["always", "better"]
+    system_metrics: StrictBool  # MLflow's CPU, memory, disk (and GPU) charts on training runs
 
 
 class ServeParams(_Section):

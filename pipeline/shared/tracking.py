@@ -31,6 +31,9 @@ SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before the stag
 # a stage whose server went away should say so within seconds: 3 retries wait ~6-9 s in all.
 # Set either variable to choose otherwise.
 SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# `mlflow ui` / `mlflow server` start job-consumer processes (huey) for GenAI jobs unless told
+# not to; this project runs none, and `mlflow ui` leaves them behind when stopped.
+NO_SERVER_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 # A search's trials tag their runs with the study and trial number (pipeline/team/tune.py).

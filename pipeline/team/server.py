@@ -155,6 +155,7 @@ def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
         raise ServerError(f"something else answers on {base_url}: stop it or set team.port")
     state.log_file.parent.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, BACKEND_ENV: backend_uri(state)}  # in the env, not in `ps`
+    environment |= tracking.NO_SERVER_JOBS
     if auth:
         environment |= auth_environment(state)
     with state.log_file.open("ab") as server_log:
