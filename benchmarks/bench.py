@@ -182,7 +182,7 @@ def report(results: dict) -> str:
         f"Measured {results['date']} by `make bench`, in one run.",
         "",
     ]
-    if len(set(results.get("measured", {}).values())) > 1:  # some sections from `--only` runs
+    if len(set(results.get("measured", {}).values())) > 1:  # some sections from earlier runs
         lines += ["When each section was measured (`make bench ONLY=...` measures some again):",
                   ""] + [f"- {name.replace('_', ' ')}: {when}"
                          for name, when in results["measured"].items()] + [""]  # fmt: skip
@@ -438,6 +438,7 @@ def main() -> None:
 
     batch_size = config.load_params(REPO / "params.yaml").train.batch_size  # the contenders' too
     results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
+    earlier_date = results.get("date", "an earlier run")
     results |= {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "batch_size": batch_size}
     scratch, env = scratch_repo("bench-repo-")  # reproduced by `pipeline`, served by `serving`
     sections = {
@@ -450,6 +451,9 @@ def main() -> None:
         "sweeps": sweep.run,
         "tuning": tuning.run,
     }
+    measured = results.setdefault("measured", {})  # when each section was measured
+    for name in set(results) & set(sections):  # the sections kept from an earlier run
+        measured.setdefault(name, earlier_date)
     unknown = set(args.only or []) - set(sections)
     if unknown:
         raise SystemExit(f"error: no section {', '.join(sorted(unknown))}; sections: "
@@ -460,7 +464,7 @@ def main() -> None:
                 continue
             print(name.replace("_", " "), flush=True)  # noqa: T201
             results[name] = measure()
-            results.setdefault("measured", {})[name] = time.strftime("%Y-%m-%d %H:%M")
+            results["measured"][name] = time.strftime("%Y-%m-%d %H:%M")
             saved.write_text(json.dumps(results, indent=2) + "\n")  # a failure later keeps these
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -8,10 +8,11 @@ from the same trained `.keras` file, so both serve the same weights.
 For each model, interleaved, each in a fresh process:
 - in-process: cold start (process start to its first prediction) and resident memory, then
   one image p50/p99 and batches of 1,000 (images/s) through `mlflow.pyfunc.load_model`;
-- over HTTP (`python -m pipeline.serving.serve` on a free port of 127.0.0.1): start to the first
-  answered POST /invocations, one image per request on one connection (p50/p99), then load tests
-  from this process at each concurrency and number of server workers, bounded in count and
-  time, and the server's resident memory.
+- over HTTP (`python -m pipeline.serving.serve` on a free port of 127.0.0.1, both models' servers
+  up at once): start to the first answered POST /invocations, one image per request on one
+  connection (p50/p99, in alternating blocks), then load tests from this process at each
+  concurrency and number of server workers, bounded in count and time, alternating, and each
+  server's resident memory.
 """
 
 from __future__ import annotations
@@ -208,20 +209,34 @@ def server_memory(pid: int) -> dict[str, float]:
     return {key: max(row[key] for row in measured) for key in ("rss_mib", "peak_mib")}
 
 
-def over_http(model_uri: str, images: np.ndarray, repeats: int, requests: int,
-              concurrencies: list[int], workers: int) -> dict:  # fmt: skip
+def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: int,
+              concurrencies: list[int], workers: int) -> dict[str, dict]:  # fmt: skip
+    """Both models' servers up at once, started one after the other; their one-image requests
+    in alternating blocks and their load tests alternating, so drift hits both alike."""
     body = json.dumps({"inputs": images[:1].tolist()}).encode()
-    with server(model_uri, workers, body) as (port, pid, cold_start):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for _ in range(20):
-            post(connection, body)  # warm-up
-        single = [post(connection, body)[1] for _ in range(repeats)]
-        connection.close()
-        loads = [load(port, body, requests, concurrency, limit_s=120)
-                 for concurrency in concurrencies]  # fmt: skip
-        memory = server_memory(pid)
-    return {"workers": workers, "cold_start_s": cold_start, "one_image": percentiles(single),
-            "load": loads, "memory": memory}  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        started = {name: stack.enter_context(server(uri, workers, body))
+                   for name, uri in uris.items()}  # fmt: skip
+        connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                       for name, (port, _, _) in started.items()}  # fmt: skip
+        single: dict[str, list[float]] = {name: [] for name in uris}
+        for connection in connections.values():
+            for _ in range(20):
+                post(connection, body)  # warm-up
+        blocks = 6
+        for block in range(blocks):
+            for name in MODELS if block % 2 == 0 else MODELS[::-1]:
+                single[name] += [post(connections[name], body)[1]
+                                 for _ in range(repeats // blocks)]  # fmt: skip
+        for connection in connections.values():
+            connection.close()
+        loads: dict[str, list[dict]] = {name: [] for name in uris}
+        for concurrency in concurrencies:
+            for name in MODELS:
+                loads[name].append(load(started[name][0], body, requests, concurrency, 120))
+        return {name: {"workers": workers, "cold_start_s": started[name][2],
+                       "one_image": percentiles(single[name]), "load": loads[name],
+                       "memory": server_memory(started[name][1])} for name in uris}  # fmt: skip
 
 
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
@@ -237,9 +252,9 @@ def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...]
     for name in MODELS:
         results[name]["in_process"] = in_fresh_process(uris[name], repeats)
     for count in workers:
+        measured = over_http(uris, images, repeats, requests, list(concurrencies), count)
         for name in MODELS:
-            results[name]["http"].append(over_http(uris[name], images, repeats, requests,
-                                                   list(concurrencies), count))  # fmt: skip
+            results[name]["http"].append(measured[name])
     return results
 
 

@@ -2,8 +2,9 @@
 
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
-supervisor stops them all. The supervisor pins the model first (`models:/name@champion` →
-that version), so every process serves the same version even if the alias moves meanwhile, and
+supervisor stops them all. The supervisor first pins the model (`models:/name@champion` → that
+version) and copies it to a temporary folder, so every process serves the same version even if
+the alias moves meanwhile, and loads it with no tracking store (no SQLAlchemy in the workers);
 each process's ONNX Runtime gets its share of the cores.
 """
 
@@ -14,7 +15,9 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -169,13 +172,17 @@ def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
         log.info("serving %s on http://%s:%d", model_uri, host, port)
         uvicorn.run(app, **options)
         return
-    model_uri = models.pinned(model_uri, params_file)
-    os.environ[APP_ENV] = json.dumps({"module": module, "model_uri": model_uri,
-                                      "params_file": str(params_file)})  # fmt: skip
-    os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, cores() // workers)))
-    log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers)
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(f"{__name__}:app_from_environment", factory=True, workers=workers,
-                            **options)  # fmt: skip
-    Multiprocess(config, sockets=[tcp_socket(host, port)]).run()
+    with tempfile.TemporaryDirectory(prefix="serve-model-") as folder:
+        local_model = model_uri
+        if not model_uri.endswith(".onnx") and not Path(model_uri).exists():
+            local_model = models.downloaded(model_uri, params_file, Path(folder))
+        os.environ[APP_ENV] = json.dumps({"module": module, "model_uri": local_model,
+                                          "params_file": str(params_file)})  # fmt: skip
+        os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, cores() // workers)))
+        log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port,
+                 workers)  # fmt: skip
+        config = uvicorn.Config(f"{__name__}:app_from_environment", factory=True,
+                                workers=workers, **options)  # fmt: skip
+        Multiprocess(config, sockets=[tcp_socket(host, port)]).run()

@@ -56,6 +56,22 @@ def pinned(model_uri: str, params_file: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def downloaded(model_uri: str, params_file: str, folder: Path) -> str:
+    """The model at `model_uri` (an alias pinned to its version first) copied into `folder`;
+    the local path, which loads with no tracking store at all."""
+    import mlflow
+
+    pinned_uri = pinned(model_uri, params_file)
+    tracking.connect(config.load_params(params_file).mlflow, tracking.repo_root())
+    try:
+        path = mlflow.artifacts.download_artifacts(pinned_uri, dst_path=str(folder))
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"cannot load model {pinned_uri}: {message}") from None
+    log.info("%s copied to %s for the workers", pinned_uri, path)
+    return path
+
+
 def load_onnx_file(path: Path):
     """An `.onnx` file (e.g. models/model.onnx) behind the registered model's own pyfunc class."""
     from pipeline.serving import onnx_classifier
