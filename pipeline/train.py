@@ -189,7 +189,7 @@ def run(params: config.Params) -> TrainResult | None:
             experiment_id=experiment_id,
             run_name=run_name,
             log_system_metrics=params.mlflow.system_metrics,
-        ) as run,  # fmt: skip
+        ) as run,
         tracking.killed_on_interrupt(),
     ):
         train_model, runtime = prepare_training(params, workers)

@@ -126,7 +126,7 @@ def start_workers(raw: dict, roots: list[Path]) -> tuple[list[subprocess.Popen],
             paths=raw["paths"]
             | {
                 key: str(root / Path(raw["paths"][key]).name)
-                for key in ("model", "history", "run_info")
+                for key in ("model", "onnx_model", "history", "run_info")
             },
         )
         params_file = write_params(own, root / "params.yaml")
@@ -161,6 +161,7 @@ def test_two_workers_train_and_only_the_chief_saves_and_logs(tmp_path, raw_param
     assert sorted(path.name for path in roots[1].iterdir()) == ["params.yaml"]  # no files, no db
     chief = roots[0]
     assert (chief / "model.keras").is_file() and (chief / "train_history.csv").is_file()
+    assert (chief / "model.onnx").is_file()  # only the chief exports
     model = keras.saving.load_model(chief / "model.keras")
     assert int(model.optimizer.iterations.numpy()) == raw["train"]["iterations"]
     import mlflow

@@ -7,7 +7,7 @@ What is exported is a copy of the network with every recurrent layer set to `unr
 and `use_cudnn=False`, holding the same weights:
 - a rolled LSTM is a loop that tf2onnx maps to ONNX's own `LSTM` op, one fused kernel in
   ONNX Runtime; an unrolled one becomes 28 steps of small matmuls, slower per image. `unroll`
-  is a training-speed choice (README, "Speed") that leaves the function computed unchanged.
+  is a training-speed choice (docs/speed.md) that leaves the function computed unchanged.
 - on a GPU, `use_cudnn="auto"` traces the layer as a `CudnnRNNV3` op, which ONNX has no
   equivalent for (keras-team/keras#21799); off, it is the plain maths on any machine.
 """

@@ -1,0 +1,41 @@
+"""The README and docs/: every relative link resolves, and measured figures live in RESULTS.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FIGURE = re.compile(r"[0-9]+(\.[0-9]+)? ?(ms|images/s|samples/s|requests/s)")
+
+
+def relative_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
+    return [link for link in LINK.findall(text) if not re.match(r"[a-z]+:|#", link)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_relative_link_resolves(page):
+    missing = [link for link in relative_links(page)
+               if not (page.parent / link.split("#")[0]).exists()]  # fmt: skip
+    assert not missing, f"{page.name}: {missing}"
+
+
+def test_the_docs_cover_each_topic_and_the_readme_links_them():
+    readme = (REPO / "README.md").read_text()
+    for topic in ("team", "serving", "search-and-multi-worker", "reliability", "data-sources",
+                  "speed", "development"):  # fmt: skip
+        assert (REPO / "docs" / f"{topic}.md").is_file(), topic
+        assert f"(docs/{topic}.md)" in readme, topic
+    assert len(readme.splitlines()) <= 200
+
+
+def test_measured_figures_are_only_in_the_results():
+    found = [f"{page.name}: {line.strip()}" for page in PAGES
+             for line in page.read_text().splitlines() if FIGURE.search(line)]  # fmt: skip
+    assert not found, found
