@@ -64,6 +64,19 @@ def test_mlflow_tracking_uri_overrides_the_repo_store(params, store, monkeypatch
     assert experiment.name == params.mlflow.experiment
 
 
+def test_a_sqlite_store_named_by_the_variable_keeps_artifacts_beside_it(params, store, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """Not under the working folder, which under `dvc exp run --temp` DVC deletes afterwards."""
+    other = tmp_path / "stores" / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    (tmp_path / "workspace").mkdir()
+    monkeypatch.chdir(tmp_path / "workspace")
+    experiment_id = tracking.use_store(params.mlflow)
+    experiment = mlflow.MlflowClient(f"sqlite:///{other}").get_experiment(experiment_id)
+    expected = (other.parent / params.mlflow.artifacts_dir).resolve().as_uri()
+    assert experiment.artifact_location == expected
+
+
 def git(cwd, *args):
     env = {**os.environ, **GIT_IDENTITY}
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env)

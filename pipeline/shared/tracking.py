@@ -156,6 +156,18 @@ def connect(params: config.MlflowParams, root: Path) -> str:
     return uri
 
 
+def beside_store(uri: str, params: config.MlflowParams) -> str | None:
+    """For a SQLite store named by MLFLOW_TRACKING_URI, the artifacts folder beside it; None for
+    a server, which keeps artifacts where it is configured to.
+
+    Left to MLflow, a new experiment's artifacts would go to `./mlruns` under the working folder
+    of whichever stage created it: under `dvc exp run --temp` a temporary copy that DVC deletes
+    when that experiment ends, taking the later runs' models with it.
+    """
+    database = local_db(uri)
+    return None if database is None else (database.parent / params.artifacts_dir).resolve().as_uri()
+
+
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     root = root or repo_root()
@@ -167,7 +179,9 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
         experiment = mlflow.get_experiment_by_name(params.experiment)
         location = None if overridden else artifact_location(params, root)
         if experiment is None:
-            experiment_id = mlflow.create_experiment(params.experiment, artifact_location=location)
+            experiment_id = mlflow.create_experiment(
+                params.experiment, artifact_location=location or beside_store(uri, params)
+            )
         else:
             experiment_id = experiment.experiment_id
             if location and experiment.artifact_location != location:
