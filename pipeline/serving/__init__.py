@@ -1,1 +1,1 @@
-"""Using the trained model: the MLflow model's code, and (later) serving and prediction."""
+"""Using the model: the registered model's code (ONNX Runtime), REST, image files, the demo page."""
