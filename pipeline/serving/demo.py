@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import pipeline.shared.config as config
 from pipeline.serving import http, images, models, serve
+from pipeline.shared.stage import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def build_app(model_uri: str, params: config.Params) -> FastAPI:
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     app = FastAPI(title="draw a digit")
     page = PAGE.read_text()
-    limiter = anyio.CapacityLimiter(http.cores())
+    limiter = anyio.CapacityLimiter(usable_cores())
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:

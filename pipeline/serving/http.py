@@ -155,16 +155,14 @@ def tcp_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
           workers: int = 1) -> None:  # fmt: skip
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first)."""
     import uvicorn
 
+    import pipeline.shared.config as config
     from pipeline.serving import models, onnx_classifier
+    from pipeline.shared.stage import usable_cores
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
     if workers == 1:
@@ -177,10 +175,11 @@ def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
     with tempfile.TemporaryDirectory(prefix="serve-model-") as folder:
         local_model = model_uri
         if not model_uri.endswith(".onnx") and not Path(model_uri).exists():
-            local_model = models.downloaded(model_uri, params_file, Path(folder))
+            params = config.load_params(params_file)
+            local_model = models.downloaded(model_uri, params, Path(folder))
         os.environ[APP_ENV] = json.dumps({"module": module, "model_uri": local_model,
                                           "params_file": str(params_file)})  # fmt: skip
-        os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, cores() // workers)))
+        os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, usable_cores() // workers)))
         log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port,
                  workers)  # fmt: skip
         config = uvicorn.Config(f"{__name__}:app_from_environment", factory=True,

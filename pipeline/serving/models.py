@@ -40,14 +40,14 @@ def load_pyfunc(model_uri: str, params: config.Params):
         raise ModelError(f"cannot load model {model_uri}: {message}") from None
 
 
-def pinned(model_uri: str, params_file: str) -> str:
-    """`models:/name@alias` as `models:/name/<the version it points at now>`; others as given."""
+def pinned(model_uri: str) -> str:
+    """`models:/name@alias` as `models:/name/<the version it points at now>`; others as given.
+    MLflow must be pointed at the store already (`tracking.connect`)."""
     import mlflow
 
     if not model_uri.startswith("models:/") or "@" not in model_uri:
         return model_uri
     name, alias = model_uri.removeprefix("models:/").split("@", 1)
-    tracking.connect(config.load_params(params_file).mlflow, tracking.repo_root())
     try:
         version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     except mlflow.exceptions.MlflowException as error:
@@ -56,13 +56,13 @@ def pinned(model_uri: str, params_file: str) -> str:
     return f"models:/{name}/{version}"
 
 
-def downloaded(model_uri: str, params_file: str, folder: Path) -> str:
+def downloaded(model_uri: str, params: config.Params, folder: Path) -> str:
     """The model at `model_uri` (an alias pinned to its version first) copied into `folder`;
     the local path, which loads with no tracking store at all."""
     import mlflow
 
-    pinned_uri = pinned(model_uri, params_file)
-    tracking.connect(config.load_params(params_file).mlflow, tracking.repo_root())
+    tracking.connect(params.mlflow, tracking.repo_root())
+    pinned_uri = pinned(model_uri)
     try:
         path = mlflow.artifacts.download_artifacts(pinned_uri, dst_path=str(folder))
     except (mlflow.exceptions.MlflowException, OSError) as error:

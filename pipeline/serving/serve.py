@@ -41,7 +41,7 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
     args = parser.parse_args(argv)
     params = config.load_params_or_exit(args.params)
     setup_logging()
-    workers = args.workers or params.serve.workers
+    workers = params.serve.workers if args.workers is None else args.workers
     if workers < 1:
         raise SystemExit(f"error: --workers {workers}: needs at least 1")
     try:

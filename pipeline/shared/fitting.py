@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 
@@ -92,8 +91,7 @@ def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, i
     op: inter-op threads schedule independent ops, so the arithmetic, and the weights, stay the
     same as when training alone.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = stage.usable_cores()
     intra = settings.intra_op_threads or max(1, cores // settings.batch_shards)
     inter = settings.inter_op_threads
     if inter == 0 and others:

@@ -10,6 +10,9 @@ and `use_cudnn=False`, holding the same weights:
   is a training-speed choice (docs/speed.md) that leaves the function computed unchanged.
 - on a GPU, `use_cudnn="auto"` traces the layer as a `CudnnRNNV3` op, which ONNX has no
   equivalent for (keras-team/keras#21799); off, it is the plain maths on any machine.
+
+TensorFlow is imported only inside the functions: the train stage imports this module before
+it sets TensorFlow's start-up options (oneDNN), which TensorFlow reads once, when it loads.
 """
 
 from __future__ import annotations
@@ -34,10 +37,6 @@ INPUT_NAME = "images"
 # differ by rounding (a few 1e-7 for this network); a wrong weight, gate order or activation
 # moves them by 1e-2 or more. 1e-5 sits well between the two.
 TOLERANCE = 1e-5
-
-
-# TensorFlow is imported only inside the functions: the train stage imports this module before
-# it sets TensorFlow's start-up options (oneDNN), which TensorFlow reads once, when it loads.
 
 
 class ExportError(Exception):

@@ -40,6 +40,13 @@ def die_with_parent(signum: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity on Linux; elsewhere all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this machine with that pid exists."""
     try:

@@ -165,7 +165,7 @@ def beside_store(uri: str, params: config.MlflowParams) -> str | None:
     when that experiment ends, taking the later runs' models with it.
     """
     database = local_db(uri)
-    return None if database is None else (database.parent / params.artifacts_dir).resolve().as_uri()
+    return None if database is None else artifact_location(params, database.parent)
 
 
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
