@@ -26,6 +26,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 MAX_MESSAGE = 300  # characters of an error message a client gets back
+DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -33,7 +34,14 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed."""
+    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed.
+
+    Clients such as urllib and requests send the whole body before they read an answer: if the
+    server answers and closes while the body is still coming, they see a broken pipe instead of
+    the 413. So an oversized body up to DRAIN_FACTOR times the limit is read and thrown away
+    (nothing is kept) before the answer; a larger one, or a client that asked for
+    `Expect: 100-continue` and so has sent nothing yet, gets the 413 at once.
+    """
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -41,8 +49,11 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= self.max_bytes * DRAIN_FACTOR and not expects_continue(headers):
+                await discard(receive, self.max_bytes * DRAIN_FACTOR)
             return await self.refuse(send)
         chunks, size = [], 0
         while True:  # read the body once, counting, and hand the app a replay of it
@@ -51,6 +62,8 @@ class BodyLimit:
                 return await self.app(scope, receive, send)  # e.g. the client disconnected
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                if message.get("more_body"):
+                    await discard(receive, self.max_bytes * DRAIN_FACTOR - size)
                 return await self.refuse(send)
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
@@ -69,6 +82,19 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
+
+
+def expects_continue(headers: dict[bytes, bytes]) -> bool:
+    return headers.get(b"expect", b"").lower() == b"100-continue"
+
+
+async def discard(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a request body, at most `budget` bytes of it."""
+    while budget > 0:
+        message = await receive()
+        budget -= len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
 
 
 def one_line(message: str) -> str:
