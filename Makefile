@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser postgres repro test test-heavy test-quick lint format ui plots serve predict demo \
-        server server-stop relocate tune bench bench-distributed clean
+        server server-stop relocate reproduce tune bench bench-distributed clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ ui: install  ## the MLflow UI on this repo's store, http://127.0.0.1:5000 (print
 serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=)
 	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(WORKERS),--workers $(WORKERS))
+
+reproduce: install  ## rebuild a model from its lineage and judge it: make reproduce MODEL=models:/mnist-lstm/3 (or RUN=<run id>)
+	python -m pipeline.tools.reproduce $(if $(MODEL),--model $(MODEL)) $(if $(RUN),--run $(RUN))
 
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
 	python -m pipeline.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))

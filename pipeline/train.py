@@ -14,6 +14,7 @@ import pandas as pd
 import pipeline.shared.cluster as cluster
 import pipeline.shared.config as config
 import pipeline.shared.onnx_export as onnx_export
+import pipeline.shared.provenance as provenance
 import pipeline.shared.stage as stage
 import pipeline.shared.tracking as tracking
 from pipeline.shared.data import (
@@ -110,7 +111,10 @@ def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
     save_model(model, params.paths.model)
     difference = onnx_export.export_checked(model, params.paths.onnx_model, val["x"])
     mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
-    return {"onnx.largest_difference": f"{difference:.3g}"}
+    return {
+        "onnx.largest_difference": f"{difference:.3g}",
+        provenance.WEIGHTS_TAG: provenance.weights_sha256(model.get_weights()),
+    }
 
 
 def prepare_training(params: config.Params, workers: cluster.Cluster | None):
@@ -195,7 +199,10 @@ def run(params: config.Params) -> TrainResult | None:
         train_model, runtime = prepare_training(params, workers)
         mlflow.log_params(tracking.flatten(params.model_dump()))
         mlflow.set_tags(
-            tracking.lineage_tags(data_hashes, params) | tracking.process_tags() | runtime
+            tracking.lineage_tags(data_hashes, params)
+            | tracking.process_tags()
+            | provenance.environment_tags()
+            | runtime
         )
         log_inputs(train, data_hashes, params.data.name)
         history = History(params.train.iterations)

@@ -1,0 +1,358 @@
+"""`make reproduce`: rebuild a registered model (or any training run) from its lineage and judge it.
+
+    python -m pipeline.tools.reproduce [--model models:/mnist-lstm/3 | --run RUN_ID]
+
+1. The run's lineage tags give the revision: its DVC experiment's ref when it was made by
+   `dvc exp run` (fetched with `dvc exp pull` from a git remote when not here), else its commit;
+   a run whose params were edited without a commit gets the params MLflow logged for it.
+2. That revision is checked out in a temporary git worktree, beside the workspace. Its DVC
+   cache is this repo's and its remotes are this repo's, so `dvc repro` restores the data from
+   the run cache or a remote (or re-fetches it, checked against its sha256).
+3. The revision's own `train` and `evaluate` commands run there against a scratch SQLite
+   store, so the user's store gets no run and its registry no version.
+4. The reproduction is judged against the original (pipeline/tools/verdict.py); the verdict
+   and the date are tagged on the original run (`reproduce.*`). The worktree and the scratch
+   store are removed, also on Ctrl-C.
+Exit codes: 0 bit-identical, 3 within tolerance, 4 not reproduced, 1 could not reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
+from pipeline.shared.data import sha256_file
+from pipeline.shared.stage import setup_logging
+from pipeline.tools import verdict as verdicts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models:/{name}@champion"
+TAG_PREFIX = "reproduce."
+MAX_TAG_CHARS = 5000
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+# Variables of the caller's own DVC, MLflow or search that must not reach the reproduction.
+SCRUBBED_PREFIXES = ("MLFLOW_", "DVC_", "PIPELINE_")
+
+
+class ReproduceError(Exception):
+    """The run cannot be reproduced; the message says what is missing and how to get it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the run's code and params come from."""
+
+    revision: str
+    description: str
+    logged_params: bool  # params.yaml rebuilt from the params MLflow logged
+
+
+def command(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise ReproduceError(f"`{' '.join(args)}` failed in {cwd}: {cause(result)}")
+    return result
+
+
+def cause(result: subprocess.CompletedProcess) -> str:
+    """A failed command's reason: a stage's own `error:` line, else its last line."""
+    lines = (result.stderr + result.stdout).strip().splitlines() or ["no output"]
+    errors = [line for line in lines if line.startswith("error: ")]
+    return (errors or lines)[-1].removeprefix("error: ").removeprefix("ERROR: ")
+
+
+def run_id_of(client, model: str | None, run_id: str | None, registered: str) -> str:
+    """The training run behind a model URI (`models:/name/N`, `models:/name@alias`) or a run id."""
+    import mlflow
+
+    if run_id:
+        return run_id
+    uri = model or DEFAULT_MODEL.format(name=registered)
+    match = MODEL_URI.match(uri)
+    if not match:
+        raise ReproduceError(
+            f"{uri}: give a registered model as models:/NAME/VERSION or "
+            "models:/NAME@ALIAS, or a run with --run RUN_ID"
+        )
+    try:
+        if match["version"]:
+            version = client.get_model_version(match["name"], match["version"])
+        else:
+            version = client.get_model_version_by_alias(match["name"], match["alias"])
+    except mlflow.exceptions.MlflowException as error:
+        raise ReproduceError(f"{uri} is not in the registry: {error.message}") from None
+    if not version.run_id:
+        raise ReproduceError(f"{uri} names no training run: it was not logged by this pipeline")
+    return version.run_id
+
+
+def record_of(client, run_id: str) -> verdicts.RunRecord:
+    import mlflow
+
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ReproduceError(f"run {run_id} is not in the store: {error.message}") from None
+    return verdicts.RunRecord(run_id, dict(run.data.tags), dict(run.data.metrics))
+
+
+def experiment_ref(root: Path, name: str) -> str | None:
+    refs = command(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], root).stdout
+    found = [ref for ref in refs.split() if ref.endswith(f"/{name}")]
+    return found[0] if found else None
+
+
+def pulled_experiment_ref(root: Path, name: str, baseline: str) -> str:
+    """The experiment's ref, pulled from the repo's git remotes when it is not here."""
+    ref = experiment_ref(root, name)
+    remotes = command(["git", "remote"], root).stdout.split()
+    for remote in remotes:
+        if ref:
+            break
+        log.info("experiment %s is not in this repository: dvc exp pull %s %s", name, remote, name)
+        command(["dvc", "exp", "pull", "--no-cache", remote, name], root, check=False)
+        ref = experiment_ref(root, name)
+    if not ref:
+        where = f"nor on its git remotes ({', '.join(remotes)})" if remotes else "(no git remote)"
+        raise ReproduceError(
+            f"experiment {name} (baseline {baseline[:7]}) is neither in this repository {where}: "
+            f"push it from the clone that ran it (dvc exp push origin {name})"
+        )
+    return ref
+
+
+def source_of(root: Path, original: verdicts.RunRecord) -> Source:
+    """The revision to check out, from the run's lineage tags."""
+    tags = original.tags
+    commit = tags.get("git_commit")
+    if not commit:
+        raise ReproduceError(
+            f"run {original.run_id} has no lineage tags (git_commit): it was "
+            "made outside a git repository or by older code; retrain it"
+        )
+    if tags.get("dvc.exp_name"):
+        ref = pulled_experiment_ref(root, tags["dvc.exp_name"], tags.get("dvc.baseline_rev", ""))
+        revision = command(["git", "rev-parse", ref], root).stdout.strip()
+        return Source(revision, f"experiment {tags['dvc.exp_name']} ({ref})", False)
+    exists = command(["git", "cat-file", "-e", f"{commit}^{{commit}}"], root, check=False)
+    if exists.returncode != 0:
+        raise ReproduceError(
+            f"commit {commit[:12]} of run {original.run_id} is not in this "
+            "repository: git fetch it from the clone that made the run"
+        )
+    dirty = tags.get("git.dirty") == "true"
+    described = f"commit {commit[:12]}" + (", params as MLflow logged them" if dirty else "")
+    return Source(commit, described, dirty)
+
+
+@contextlib.contextmanager
+def worktree(root: Path, revision: str) -> Iterator[Path]:
+    """A detached git worktree of `revision` in a temporary folder, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="reproduce-"))
+    source = folder / "src"
+    try:
+        command(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
+        yield source
+    finally:
+        command(["git", "worktree", "remove", "--force", str(source)], root, check=False)
+        command(["git", "worktree", "prune"], root, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def parsed(text: str, current: object) -> object:
+    """A param value from MLflow's string, typed like the value it replaces."""
+    if isinstance(current, bool):
+        return text == "True"
+    if isinstance(current, str):
+        return text
+    if isinstance(current, list):
+        return json.loads(text)
+    for convert in (int, float):
+        with contextlib.suppress(ValueError):
+            return convert(text)
+    return None if text == "None" else yaml.safe_load(text)
+
+
+def with_logged_params(raw: dict, logged: dict[str, str], prefix: str = "") -> dict:
+    """`raw` (params.yaml as loaded) with each value the run logged put back in its place."""
+    rebuilt = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            rebuilt[key] = with_logged_params(value, logged, f"{name}.")
+        else:
+            rebuilt[key] = parsed(logged[name], value) if name in logged else value
+    return rebuilt
+
+
+def restore_params(source: Path, client, run_id: str) -> None:
+    path = source / config.PARAMS_FILE
+    raw = yaml.safe_load(path.read_text())
+    logged = client.get_run(run_id).data.params
+    path.write_text(yaml.safe_dump(with_logged_params(raw, logged), sort_keys=False))
+
+
+def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
+    """Give the worktree this repo's DVC cache and remotes (relative URLs made absolute)."""
+    from dvc.repo import Repo
+
+    local = root / ".dvc" / "config.local"
+    if local.exists():
+        shutil.copy2(local, source / ".dvc" / "config.local")
+    with Repo(str(root)) as repo:  # DVC's own reading of the config: paths resolved
+        cache, remotes = repo.cache.local_cache_dir, dict(repo.config["remote"])
+    command(["dvc", "config", "--local", "cache.dir", str(cache)], source, env)
+    for name, settings in remotes.items():
+        if "://" not in settings["url"]:  # a path remote, relative to the repo's .dvc folder
+            command(
+                ["dvc", "remote", "modify", "--local", name, "url", settings["url"]], source, env
+            )
+
+
+def restore_data(source: Path, env: dict[str, str], original: verdicts.RunRecord) -> None:
+    """The revision's training data, through its own pipeline up to `train`, checked by hash."""
+    stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
+    upstream = [name for name in stages if name not in ("train", "evaluate")]
+    result = command(["dvc", "repro", "--pull", *upstream], source, env, check=False)
+    if result.returncode != 0:
+        raise ReproduceError(
+            f"the data of {original.run_id} is in neither the DVC cache nor a remote, and the "
+            f"revision's pipeline could not make it again ({cause(result)}); "
+            "`dvc pull` it in a clone at that revision, or restore its source"
+        )
+
+
+def data_differences(source: Path, original: verdicts.RunRecord) -> list[str]:
+    paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
+    lines = []
+    for split in ("train", "val"):
+        recorded = original.tags.get(f"data.{split}_sha256")
+        digest = sha256_file(source / paths[f"{split}_split"])
+        if recorded and recorded != digest:
+            lines.append(f"data.{split}_sha256: {recorded[:12]} → {digest[:12]}")
+    return lines
+
+
+def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
+    scrubbed = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    bin_folder = str(Path(sys.executable).parent)
+    return scrubbed | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
+        "PYTHONPATH": str(source),  # the revision's package, not the one installed here
+        "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def run_stages(source: Path, env: dict[str, str]) -> None:
+    """The revision's own `train` and `evaluate` commands, output shown as they run."""
+    stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "evaluate"):
+        args = shlex.split(stages[name]["cmd"])
+        if args[0] in ("python", "python3"):
+            args[0] = sys.executable
+        log.info("reproduction: %s", " ".join(args))
+        code = subprocess.run(args, cwd=source, env=env).returncode
+        if code != 0:
+            raise ReproduceError(f"the revision's {name} stage failed (exit {code}); see above")
+
+
+def reproduction_of(source: Path, env: dict[str, str]) -> verdicts.RunRecord:
+    import mlflow
+
+    paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
+    run_id = json.loads((source / paths["run_info"]).read_text())["run_id"]
+    return record_of(mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]), run_id)
+
+
+def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Verdict:
+    """Rebuild the run in a worktree against a scratch store; judge the result."""
+    source_info = source_of(root, original)
+    log.info("reproducing run %s from %s", original.run_id, source_info.description)
+    with worktree(root, source_info.revision) as source:
+        env = stage_environment(source.parent, source)
+        if source_info.logged_params:
+            restore_params(source, client, original.run_id)
+        attach_dvc(root, source, env)
+        restore_data(source, env, original)
+        data = data_differences(source, original)
+        run_stages(source, env)
+        judged = verdicts.judge(original, reproduction_of(source, env))
+    notes = [f"from {source_info.description}"] + data
+    changed = original.tags.get("git.changed_files", "")
+    code = [name for name in changed.split(",") if name and name != config.PARAMS_FILE]
+    if source_info.logged_params and code:
+        notes.append(
+            f"uncommitted changes to {', '.join(code)} were not recorded: rebuilt as committed"
+        )
+    return verdicts.Verdict(judged.kind, judged.differences + notes)
+
+
+def record_verdict(client, run_id: str, judged: verdicts.Verdict) -> None:
+    """Tag the original run, so the registry shows which versions were checked and how."""
+    summary = "; ".join(judged.differences)
+    client.set_tag(run_id, f"{TAG_PREFIX}verdict", judged.kind)
+    client.set_tag(run_id, f"{TAG_PREFIX}date", datetime.datetime.now(datetime.UTC).isoformat())
+    client.set_tag(run_id, f"{TAG_PREFIX}details", summary[:MAX_TAG_CHARS] or "-")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(params: config.Params, model: str | None, run_id: str | None) -> verdicts.Verdict:
+    import mlflow
+
+    root = tracking.repo_root()
+    tracking.connect(params.mlflow, root)
+    client = mlflow.MlflowClient()
+    target = run_id_of(client, model, run_id, params.mlflow.registered_model)
+    original = record_of(client, target)
+    judged = reproduce(root, client, original)
+    record_verdict(client, target, judged)
+    log.info("run %s: %s", target, judged.kind)
+    for line in judged.differences:
+        log.info("  %s", line)
+    return judged
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = config.params_parser(__doc__.splitlines()[0])
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--model", help="a registered model (default: models:/<name>@champion)")
+    chosen.add_argument("--run", help="a training run's id, registered or not")
+    args = parser.parse_args(argv)
+    params = config.load_params_or_exit(args.params)
+    setup_logging()
+    signal.signal(signal.SIGTERM, _interrupt)  # unwinds like Ctrl-C: the worktree goes too
+    try:
+        judged = run(params, args.model, args.run)
+    except (ReproduceError, tracking.TrackingError) as error:
+        raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted; the worktree and scratch store are removed") from None
+    raise SystemExit(judged.exit_code)
+
+
+if __name__ == "__main__":
+    main()

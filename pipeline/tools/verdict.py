@@ -1,0 +1,105 @@
+"""Whether a reproduction came out the same as the run it rebuilt, and if not, what differs.
+
+Three verdicts, each with its exit code for `make reproduce`:
+- bit-identical: the same weight bytes (their hash, tag `model.weights_sha256`) and the same
+  test metrics, to the last bit: what one machine with the same versions gives;
+- reproduced within tolerance: test accuracy and loss within ACCURACY_TOLERANCE and
+  LOSS_TOLERANCE: what another CPU kind, or other thread counts, give (float sums in another
+  order make other weights);
+- not reproduced: anything further off.
+Every verdict but the first lists what differs: metrics, package versions, CPU kind and flags,
+thread settings, data hashes, params.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.shared.provenance import ENV_PREFIX, WEIGHTS_TAG
+
+BIT_IDENTICAL, WITHIN_TOLERANCE, NOT_REPRODUCED = (
+    "bit-identical",
+    "reproduced within tolerance",
+    "not reproduced",
+)
+EXIT_CODES = {BIT_IDENTICAL: 0, WITHIN_TOLERANCE: 3, NOT_REPRODUCED: 4}
+# 0.005 is 50 of the 10,000 test images; the loss bound is of the same order relative to a
+# loss near 0.07. Both far exceed what summation order changes, far below what a bug costs.
+ACCURACY_TOLERANCE = 0.005
+LOSS_TOLERANCE = 0.02
+# Tags whose values shape the result besides code and params: compared, and listed if they differ.
+SHAPING_PREFIXES = (ENV_PREFIX, "tensorflow.", "data.", "params_sha256")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What is compared of a run: its tags and metrics."""
+
+    run_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
+
+
+def scored_metrics(record: RunRecord) -> dict[str, float]:
+    return {key: value for key, value in record.metrics.items() if key.startswith("test_")}
+
+
+def metric_differences(original: RunRecord, again: RunRecord) -> list[str]:
+    before, after = scored_metrics(original), scored_metrics(again)
+    lines = [
+        f"{key}: {before[key]!r} → {after[key]!r}"
+        for key in sorted(before.keys() & after.keys())
+        if before[key] != after[key]
+    ]
+    lines += [f"{key}: only in the original run" for key in sorted(before.keys() - after.keys())]
+    return lines
+
+
+def shaping_tags(record: RunRecord) -> dict[str, str]:
+    return {key: value for key, value in record.tags.items() if key.startswith(SHAPING_PREFIXES)}
+
+
+def tag_differences(original: RunRecord, again: RunRecord) -> list[str]:
+    before, after = shaping_tags(original), shaping_tags(again)
+    keys = sorted(before.keys() | after.keys())
+    return [
+        f"{key}: {before.get(key, 'not recorded')} → {after.get(key, 'not recorded')}"
+        for key in keys
+        if before.get(key) != after.get(key)
+    ]
+
+
+def within_tolerance(original: RunRecord, again: RunRecord) -> bool:
+    pairs = (("test_accuracy", ACCURACY_TOLERANCE), ("test_loss", LOSS_TOLERANCE))
+    return all(
+        key in original.metrics
+        and key in again.metrics
+        and abs(original.metrics[key] - again.metrics[key]) <= tolerance
+        for key, tolerance in pairs
+    )
+
+
+def judge(original: RunRecord, again: RunRecord) -> Verdict:
+    """Compare a reproduction with the run it rebuilt."""
+    weights = original.tags.get(WEIGHTS_TAG)
+    same_weights = weights is not None and weights == again.tags.get(WEIGHTS_TAG)
+    metrics = metric_differences(original, again)
+    if same_weights and not metrics:
+        return Verdict(BIT_IDENTICAL)
+    differences = metrics + tag_differences(original, again)
+    if weights is None:
+        differences.append(f"the original run recorded no {WEIGHTS_TAG}: weights not compared")
+    elif not same_weights:
+        differences.append("weights: other bytes")
+    kind = WITHIN_TOLERANCE if within_tolerance(original, again) else NOT_REPRODUCED
+    return Verdict(kind, differences)

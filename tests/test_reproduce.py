@@ -1,0 +1,208 @@
+"""`make reproduce`: a model rebuilt from its lineage, judged, and nothing else touched."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline.shared import config, tracking
+from pipeline.tools import reproduce, verdict
+
+from .conftest import REPO
+from .repos import environment, run, tiny_repo
+
+MODULE = ["python", "-m", "pipeline.tools.reproduce"]
+
+
+def record(weights: str | None = "w1", accuracy: float = 0.98, loss: float = 0.07, **tags):
+    recorded = {"env.tensorflow": "2.21.0", "data.train_sha256": "d1"} | tags
+    if weights:
+        recorded[verdict.WEIGHTS_TAG] = weights
+    return verdict.RunRecord("run", recorded, {"test_accuracy": accuracy, "test_loss": loss})
+
+
+def test_the_same_weights_and_metrics_are_bit_identical():
+    judged = verdict.judge(record(), record())
+    assert (judged.kind, judged.exit_code, judged.differences) == (verdict.BIT_IDENTICAL, 0, [])
+
+
+def test_other_weights_close_metrics_are_within_tolerance_and_say_what_differs():
+    again = record("w2", accuracy=0.978, loss=0.075, **{"env.tensorflow": "2.22.0"})
+    judged = verdict.judge(record(), again)
+    assert (judged.kind, judged.exit_code) == (verdict.WITHIN_TOLERANCE, 3)
+    assert "env.tensorflow: 2.21.0 → 2.22.0" in judged.differences
+    assert "weights: other bytes" in judged.differences
+    assert any(line.startswith("test_accuracy: 0.98") for line in judged.differences)
+
+
+def test_far_metrics_are_not_reproduced_and_name_the_data_that_differs():
+    again = record("w2", accuracy=0.90, **{"data.train_sha256": "d2"})
+    judged = verdict.judge(record(), again)
+    assert (judged.kind, judged.exit_code) == (verdict.NOT_REPRODUCED, 4)
+    assert "data.train_sha256: d1 → d2" in judged.differences
+
+
+def test_a_run_without_a_weights_hash_is_never_called_bit_identical():
+    judged = verdict.judge(record(weights=None), record())
+    assert judged.kind == verdict.WITHIN_TOLERANCE
+    assert any("recorded no model.weights_sha256" in line for line in judged.differences)
+
+
+def test_logged_params_rebuild_params_yaml_with_its_types():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edited = json.loads(json.dumps(raw))
+    edited["train"] |= {"learning_rate": 1e-05, "iterations": 3000, "deterministic": False}
+    edited["data"]["class_names"] = list("abcdefghij")
+    edited["mlflow"]["experiment"] = "123"  # a string that looks like a number stays a string
+    logged = tracking.flatten(config.Params.model_validate(edited).model_dump())
+    rebuilt = reproduce.with_logged_params(raw, logged)
+    assert rebuilt["train"] == edited["train"] and rebuilt["mlflow"] == edited["mlflow"]
+    validated = config.Params.model_validate(rebuilt)
+    assert validated == config.Params.model_validate(edited)
+    assert tracking.params_sha256(validated) != tracking.params_sha256(
+        config.Params.model_validate(raw)
+    )
+
+
+@pytest.fixture
+def bare_repo(tmp_path) -> tuple[Path, mlflow.MlflowClient]:
+    """A git repo with DVC's folder and an empty store: enough for the lineage checks."""
+    run(["git", "init", "-q"], tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_experiment("mnist-lstm")
+    return tmp_path, client
+
+
+def reproduce_in(repo: Path, *args: str, **env: str):
+    """Run the tool in `repo` with a temporary folder of its own, which must be left empty."""
+    scratch = Path(tempfile.mkdtemp(prefix="tmp-", dir=repo.parent))
+    result = run([*MODULE, *args], repo, False, environment(TMPDIR=str(scratch), **env))
+    assert not list(scratch.glob("reproduce-*")), "the worktree or scratch store was left behind"
+    return result
+
+
+def failure_of(repo: Path, *args: str) -> str:
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    result = reproduce_in(repo, "--params", str(REPO / "params.yaml"), *args,
+                          MLFLOW_TRACKING_URI=uri)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({}, "has no lineage tags (git_commit)"),
+        ({"git_commit": "0" * 40}, "is not in this repository: git fetch it"),
+        ({"git_commit": "0" * 40, "dvc.exp_name": "ghost"}, "experiment ghost"),
+    ],
+)
+def test_a_run_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, expected):
+    repo, client = bare_repo
+    made = client.create_run(client.get_experiment_by_name("mnist-lstm").experiment_id, tags=tags)
+    assert expected in failure_of(repo, "--run", made.info.run_id)
+
+
+def test_a_model_not_in_the_registry_gets_one_line(bare_repo):
+    repo, _ = bare_repo
+    assert "models:/mnist-lstm/9 is not in the registry" in failure_of(
+        repo, "--model", "models:/mnist-lstm/9"
+    )
+
+
+# --- on the tiny pipeline: real training, twice per reproduction ------------------------------
+
+
+def client_for(repo: Path) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def workspace(repo: Path) -> dict:
+    """What a reproduction must leave as it was: git state, params, lock, registry."""
+    client = client_for(repo)
+    return {
+        "status": run(["git", "status", "--porcelain"], repo).stdout,
+        "worktrees": run(["git", "worktree", "list"], repo).stdout,
+        "params": (repo / "params.yaml").read_bytes(),
+        "lock": (repo / "dvc.lock").read_bytes(),
+        "versions": sorted(v.version for v in client.search_model_versions("name='mnist-lstm'")),
+        "champion": client.get_model_version_by_alias("mnist-lstm", "champion").version,
+    }
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> Path:
+    """Version 1 from the first commit; version 2 from uncommitted params; then main moves on
+    with a code change that changes the weights."""
+    repo = tiny_repo(tmp_path_factory.mktemp("reproduce"))
+    run(["dvc", "repro"], repo)
+    params = repo / "params.yaml"
+    committed = params.read_text()
+    params.write_text(committed.replace("iterations: 6", "iterations: 9"))
+    run(["dvc", "repro"], repo)
+    params.write_text(committed)
+    model = repo / "pipeline/shared/model.py"
+    model.write_text(model.read_text().replace("= forget_bias\n", "= forget_bias + 0.5\n"))
+    run(["git", "commit", "-qam", "a later commit: another forget-gate start"], repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def reproduced(repo: Path, version: int) -> tuple[str, dict[str, str]]:
+    """Reproduce a version: its verdict line, and the tags it left on the original run."""
+    before = workspace(repo)
+    result = reproduce_in(repo, "--model", f"models:/mnist-lstm/{version}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert workspace(repo) == before
+    client = client_for(repo)
+    tags = client.get_run(client.get_model_version("mnist-lstm", str(version)).run_id).data.tags
+    return result.stderr, tags
+
+
+@pytest.mark.slow
+def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved(history):
+    client = client_for(history)
+    first, third = (client.get_model_version("mnist-lstm", v).run_id for v in ("1", "3"))
+    weights = [client.get_run(r).data.tags[verdict.WEIGHTS_TAG] for r in (first, third)]
+    assert weights[0] != weights[1]  # the later commit changed the result
+    output, tags = reproduced(history, 1)
+    assert ": bit-identical" in output
+    checked = datetime.datetime.fromisoformat(tags["reproduce.date"])
+    assert tags["reproduce.verdict"] == "bit-identical"
+    assert checked.date() == datetime.datetime.now(datetime.UTC).date()
+
+
+@pytest.mark.slow
+def test_a_run_with_uncommitted_params_reproduces_from_its_logged_params(history):
+    output, tags = reproduced(history, 2)
+    assert tags["git.dirty"] == "true" and "params.yaml" in tags["git.changed_files"]
+    assert ": bit-identical" in output and "params as MLflow logged them" in output
+    assert "params as MLflow logged them" in tags["reproduce.details"]
+
+
+@pytest.mark.slow
+def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(history):
+    cache, mirror = history / ".dvc/cache", history.parent / "mirror"
+    shutil.move(cache, history.parent / "cache-away")
+    shutil.move(mirror, history.parent / "mirror-away")
+    try:
+        result = reproduce_in(history, "--model", "models:/mnist-lstm/1")
+    finally:
+        shutil.move(history.parent / "cache-away", cache)
+        shutil.move(history.parent / "mirror-away", mirror)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1
+    assert "is in neither the DVC cache nor a remote" in last and "no MNIST source" in last
+    assert run(["git", "worktree", "list"], history).stdout.count("\n") == 1
