@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,14 @@ def postgres_missing() -> str:
     except postgres.PostgresError as error:
         return str(error)
     return ""
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            return status
+        time.sleep(2)
+    pytest.fail(f"queue still busy after {timeout} s:\n{status}")

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from .repos import environment, run, tiny_repo
+from .repos import environment, run, tiny_repo, wait_for_queue
 from .test_dvc_deps import STAGES, imported_files, stage_module
 
 pytestmark = pytest.mark.slow
@@ -131,17 +130,6 @@ def test_changing_learning_rate_marks_train_and_evaluate_only(repo):
     finally:
         params_file.write_text(original)
     assert sorted(status) == ["evaluate", "train"]  # evaluate writes train params in the card
-
-
-def wait_for_queue(repo: Path, timeout: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if not any(state in status for state in ("Queued", "Running")):
-            return status
-        time.sleep(2)
-    pytest.fail(f"queue still busy after {timeout} s:\n{status}")
 
 
 @pytest.mark.heavy

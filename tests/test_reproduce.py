@@ -16,7 +16,7 @@ from pipeline.shared import config, tracking
 from pipeline.tools import reproduce, verdict
 
 from .conftest import REPO
-from .repos import environment, run, tiny_repo
+from .repos import environment, run, tiny_repo, wait_for_queue
 
 MODULE = ["python", "-m", "pipeline.tools.reproduce"]
 
@@ -206,3 +206,34 @@ def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(his
     assert result.returncode == 1
     assert "is in neither the DVC cache nor a remote" in last and "no MNIST source" in last
     assert run(["git", "worktree", "list"], history).stdout.count("\n") == 1
+
+
+@pytest.mark.heavy
+def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path):
+    """Clone one queues an experiment and pushes it (git ref, DVC data and run cache); clone two
+    shares the store, not the mirror the data came from, and reproduces the version."""
+    storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
+    env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'shared.db'}")
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    one = tiny_repo(tmp_path, "one")
+    run(["git", "remote", "add", "origin", str(origin)], one)
+    run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], one)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(storage)], one)
+    run(["dvc", "exp", "run", "--queue", "-S", "train.iterations=9"], one, env=env)
+    run(["dvc", "queue", "start"], one, env=env)
+    assert "Failed" not in wait_for_queue(one)
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    original = client.get_run(client.get_model_version("mnist-lstm", "1").run_id)
+    name = original.data.tags["dvc.exp_name"]
+    run(["dvc", "exp", "push", "origin", name], one, env=env)
+    run(["dvc", "push", "--run-cache"], one, env=env)
+    shutil.rmtree(tmp_path / "mirror")  # the data now lives only in clone one and the remote
+    two = tmp_path / "two"
+    run(["git", "clone", "-q", "-b", "main", str(origin), str(two)], tmp_path)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(storage)], two)
+    result = reproduce_in(two, "--model", "models:/mnist-lstm/1", **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"from experiment {name}" in result.stderr and ": bit-identical" in result.stderr
+    assert name in run(["git", "for-each-ref", "refs/exps/"], two).stdout
+    tags = client.get_run(original.info.run_id).data.tags
+    assert tags["reproduce.verdict"] == "bit-identical"
