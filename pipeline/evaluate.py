@@ -112,7 +112,9 @@ def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion
 def logged_model_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
     """Class probabilities from the model train logged, loaded through MLflow's pyfunc."""
     with tracking.server_lost_as_error():
-        model = mlflow.pyfunc.load_model(model_uri)
+        # No requirements check: train logged them from this same environment, and MLflow's
+        # check maps every installed distribution to its modules first, which takes seconds.
+        model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
     log.info("scoring the logged model %s on %d test images", model_uri, len(images))
     return np.asarray(model.predict(images))
 

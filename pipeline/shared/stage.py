@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pipeline.shared.config as config
 
@@ -131,6 +132,21 @@ def use_onednn(enabled: bool) -> None:
     os.environ[ONEDNN_ENV] = "1" if enabled else "0"
 
 
+def exit_now() -> NoReturn:
+    """End a stage command that finished: exit handlers run, the interpreter's teardown does not.
+
+    By now every output is on disk and the MLflow run is ended. What the teardown would still
+    do is collect the training's TensorFlow and tf2onnx objects (graphs of many Python objects)
+    and unload modules: seconds of work whose only effect is memory the OS takes back anyway.
+    The handlers registered with atexit still run (autograph's and MLflow's temporary files).
+    """
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -164,12 +180,13 @@ def run_stage(
         raise SystemExit(130) from None
     except expected as error:
         failure = f"error: {error}"
-    # Free the stage's TensorFlow objects while TensorFlow's runtime is still up: left to the
-    # interpreter's exit, collecting them took ~7 s after a full training run (0.4 s here),
-    # and after a failed multi-worker run tf.distribute's thread pool, still referenced by the
-    # error's traceback, died with "OSError: Bad file descriptor" after the error line.
-    # Only as a command (argv None): called in a long-lived process (a test run), a full
-    # collection frees everything earlier callers left behind, once ~40 s.
+    if argv is None and failure is None:
+        exit_now()
+    # A failed stage frees its TensorFlow objects while TensorFlow's runtime is still up: after
+    # a failed multi-worker run tf.distribute's thread pool, still referenced by the error's
+    # traceback, otherwise died with "OSError: Bad file descriptor" after the error line.
+    # Only as a command (argv None): in a long-lived process (a test run), a full collection
+    # frees everything earlier callers left behind.
     if argv is None:
         gc.collect()
     if failure:
