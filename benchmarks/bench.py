@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import stage_cost, sweep, tuning
+from benchmarks import overhead, stage_cost, sweep, tuning
 from benchmarks.scratch import REPO, scratch_repo
 
 TARGET = 0.9786  # the reference tutorial's test accuracy
@@ -235,6 +235,8 @@ def report(results: dict) -> str:
         lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {bulk:,.0f} |")
     if "serving" in results:
         lines += serving_table(results["serving"])
+    if "overhead" in results:
+        lines += overhead.table(results["overhead"], results.get("sweeps"), results.get("tuning"))
     if "sweeps" in results:
         lines += sweep_table(results["sweeps"])
     if "tuning" in results:
@@ -417,6 +419,15 @@ def serving_table(serving: dict) -> list[str]:
     return lines
 
 
+def earlier_throughput(saved: dict, cpu: str) -> dict:
+    """The sweep and search figures of the last run on this CPU kind, for the overhead goals."""
+    if saved.get("machine", {}).get("cpu") != cpu:
+        return {}
+    measured = saved.get("measured", {})
+    return {"cpu": cpu, "date": measured.get("sweeps", saved.get("date")),
+            "sweeps": saved.get("sweeps"), "tuning": saved.get("tuning")}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -439,6 +450,7 @@ def main() -> None:
     batch_size = config.load_params(REPO / "params.yaml").train.batch_size  # the contenders' too
     results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
     earlier_date = results.get("date", "an earlier run")
+    earlier = earlier_throughput(results, machine()["cpu"])  # before this run replaces them
     results |= {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "batch_size": batch_size}
     scratch, env = scratch_repo("bench-repo-")  # reproduced by `pipeline`, served by `serving`
     sections = {
@@ -448,6 +460,7 @@ def main() -> None:
         "pipeline": lambda: pipeline_timings(scratch, env, args.repeats),
         "inference": lambda: inference(200),
         "serving": lambda: serving_in_a_fresh_process(scratch, env),
+        "overhead": lambda: overhead.run() | {"previous": earlier},
         "sweeps": sweep.run,
         "tuning": tuning.run,
     }
