@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from pipeline.shared import config
+from pipeline.shared import config, tf_options
 from pipeline.shared.data import load_arrays
 
 
@@ -55,9 +55,7 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
 
 
 def project(params, args, train, test):
-    from pipeline.shared import stage
-
-    stage.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
+    tf_options.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
     from pipeline.shared import fitting
     from pipeline.shared.model import build_model
 

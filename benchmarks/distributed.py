@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline.shared.processes import environment_without
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "DISTRIBUTED.md"
 PROGRESS = re.compile(r"^(\d\d:\d\d:\d\d) INFO .*(TensorFlow threads|iteration (\d+)/(\d+))")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def params_in(root: Path, data: Path, distribution: str) -> Path:
@@ -51,7 +47,7 @@ def params_in(root: Path, data: Path, distribution: str) -> Path:
 
 
 def environment(root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "TF_"))}
+    env = environment_without("MLFLOW_", "DVC_", "TF_")
     return env | {"DVC_ROOT": str(root), "PYTHONPATH": str(REPO)} | extra
 
 

@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.shared.processes import environment_without
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +32,7 @@ def scratch_repo(prefix: str) -> tuple[Path, dict[str, str]]:
         "    - kind: url", f"    - kind: local\n      path: {mirror}\n    - kind: url", 1
     )
     (scratch / "params.yaml").write_text(params)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = environment_without("MLFLOW_", "DVC_")
     env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
             "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@localhost",
             "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@localhost"}  # fmt: skip

@@ -22,8 +22,6 @@ import contextlib
 import http.client
 import io
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.shared.processes import environment_without
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW_PYFUNC = REPO / "benchmarks" / "tf_pyfunc.py"
@@ -118,12 +119,6 @@ def timed(function, *args) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
     started = time.perf_counter()
     connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
@@ -149,7 +144,7 @@ def first_answer(port: int, body: bytes, process: subprocess.Popen, limit_s: flo
 @contextlib.contextmanager
 def server(model_uri: str, workers: int, body: bytes):
     """`make serve` on a free port; yields (port, pid, seconds from spawn to first answer)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = environment_without("MLFLOW_")
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--port",

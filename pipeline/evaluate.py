@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ import pandas as pd
 
 import pipeline.shared.config as config
 import pipeline.shared.model_card as model_card
+import pipeline.shared.registry as registry
 import pipeline.shared.scoring as scoring
 import pipeline.shared.stage as stage
 import pipeline.shared.tracking as tracking
@@ -27,8 +29,13 @@ from pipeline.shared.data import Arrays, load_arrays, read_json, write_csv, writ
 log = logging.getLogger(__name__)
 
 
-def write_figures(test: Arrays, predictions: np.ndarray, confusion: np.ndarray,
-                  data: config.DataParams, folder: Path) -> dict[str, Path]:  # fmt: skip
+def write_figures(
+    test: Arrays,
+    predictions: np.ndarray,
+    confusion: np.ndarray,
+    data: config.DataParams,
+    folder: Path,
+) -> dict[str, Path]:
     """The confusion matrix and misclassified images as PNGs (for DVC, MLflow and the card)."""
     import pipeline.shared.figures as figures
 
@@ -48,28 +55,39 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
-def log_results(metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
-                pictures: dict[str, Path]) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class Evaluation:
+    """What the stage measured on the test split, and the figures it drew of it."""
+
+    metrics: dict[str, float]  # test_accuracy, test_loss, test_macro_f1
+    per_class: pd.DataFrame  # class, precision, recall, f1, support
+    confusion: np.ndarray  # (true class, predicted class) counts
+    pictures: dict[str, Path]  # figure file name → its path
+
+
+def log_results(results: Evaluation) -> None:
     """Test metrics (overall and per class), tables and figures, into the active run.
 
     Per-class metrics are keyed `test_f1/<class>`: MLflow's UI groups charts into sections by
     the prefix before a `/`, so they sit in sections of their own after the training curves and
     the headline test metrics."""
+    per_class = results.per_class
     per_class_flat = {
         f"test_{column}/{metric_safe(row['class'])}": float(row[column])
         for row in per_class.to_dict("records")
         for column in ("precision", "recall", "f1")
     }
-    mlflow.log_metrics(metrics | per_class_flat)
+    mlflow.log_metrics(results.metrics | per_class_flat)
     mlflow.log_table(per_class, "evaluation/per_class.json")
-    matrix = {"labels": per_class["class"].tolist(), "matrix": confusion.tolist()}
+    matrix = {"labels": per_class["class"].tolist(), "matrix": results.confusion.tolist()}
     mlflow.log_dict(matrix, "evaluation/confusion_matrix.json")
-    for picture in pictures.values():
+    for picture in results.pictures.values():
         mlflow.log_artifact(str(picture), "figures")
 
 
-def card_for(run, run_info: dict, champion: int | None, metrics: dict, per_class: pd.DataFrame,
-             pictures: dict[str, Path], params: config.Params) -> str:  # fmt: skip
+def card_for(
+    run, run_info: dict, champion: int | None, results: Evaluation, params: config.Params
+) -> str:
     """The model card's text, with lineage from the run's tags."""
     lineage = model_card.Lineage(
         git_commit=run.data.tags.get("git_commit", "unknown"),
@@ -80,25 +98,28 @@ def card_for(run, run_info: dict, champion: int | None, metrics: dict, per_class
         champion_version=champion,
     )
     card_dir = Path(params.paths.model_card).parent
-    figure_links = [os.path.relpath(pictures[name], card_dir) for name in pictures]
+    links = [os.path.relpath(results.pictures[name], card_dir) for name in results.pictures]
     manifest = read_json(params.paths.raw_manifest)
-    return model_card.render(params, manifest, metrics, per_class, lineage, *figure_links)
+    scores = (results.metrics, results.per_class)
+    return model_card.render(params, manifest, scores, lineage, model_card.Figures(*links))
 
 
-def log_to_run(run_info: dict, metrics: dict, per_class: pd.DataFrame, confusion: np.ndarray,
-               pictures: dict[str, Path], params: config.Params) -> None:  # fmt: skip
+def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> None:
     """Log test results into train's run, promote the champion, write and log the model card."""
     with tracking.server_lost_as_error():
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
-            log_results(metrics, per_class, confusion, pictures)
+            log_results(results)
             if params.mlflow.registration == "better":  # train logged the model, unregistered
-                run_info = run_info | {"registered_version": tracking.register_if_better(
-                    params.mlflow.registered_model, run_info["model_uri"],
-                    metrics[tracking.CHAMPION_METRIC])}  # fmt: skip
-            champion = tracking.promote_champion(params.mlflow.registered_model)
-            card = card_for(run, run_info, champion, metrics, per_class, pictures, params)
-            write_text(params.paths.model_card, card)
+                run_info = run_info | {
+                    "registered_version": registry.register_if_better(
+                        params.mlflow.registered_model,
+                        run_info["model_uri"],
+                        results.metrics[registry.CHAMPION_METRIC],
+                    )
+                }
+            champion = registry.promote_champion(params.mlflow.registered_model)
+            write_text(params.paths.model_card, card_for(run, run_info, champion, results, params))
             mlflow.log_artifact(params.paths.model_card)
         except BaseException:
             with contextlib.suppress(Exception):  # a server that is gone cannot take the tag
@@ -134,13 +155,15 @@ def run(params: config.Params) -> dict[str, float]:
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
     names = np.asarray(params.data.class_names)
-    write_csv(pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),
-              params.paths.confusion)  # fmt: skip
+    write_csv(
+        pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),
+        params.paths.confusion,
+    )
     pictures = write_figures(
         test, predictions, confusion, params.data, Path(params.paths.figures_dir)
     )
     log.info("test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    log_to_run(run_info, metrics, per_class, confusion, pictures, params)
+    log_to_run(run_info, Evaluation(metrics, per_class, confusion, pictures), params)
     return metrics
 
 

@@ -2,10 +2,10 @@
 
     python -m pipeline.predict digit.png scans/ --csv predictions.csv
 
-The entry point by the name users know; the work is in pipeline/serving/predict.py.
+The entry point by the name users know; the work is in pipeline/serving/classify_files.py.
 """
 
-from pipeline.serving.predict import main
+from pipeline.serving.classify_files import main
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ from pipeline.shared.data import (
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IMAGE_SHAPE = (28, 28)
 
 
 class DataError(Exception):
@@ -60,7 +59,7 @@ def split_validation(x: np.ndarray, y: np.ndarray, size: int, seed: int) -> Arra
 def check_split(name: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
     """Check shapes, dtypes and labels of one split; return what was checked."""
     problems = []
-    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE or x.shape[0] != y.shape[0] or y.ndim != 1:
+    if x.ndim != 3 or x.shape[1:] != config.IMAGE_SHAPE or x.shape[0] != y.shape[0] or y.ndim != 1:
         problems.append(f"shapes x {x.shape}, y {y.shape}")
     if x.dtype != np.float32 or not (x.min() >= 0.0 and x.max() <= 1.0):
         problems.append(f"pixels {x.dtype} in [{x.min()}, {x.max()}], expected float32 in [0, 1]")

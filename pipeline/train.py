@@ -13,9 +13,10 @@ import pandas as pd
 
 import pipeline.shared.cluster as cluster
 import pipeline.shared.config as config
+import pipeline.shared.lineage as lineage
 import pipeline.shared.onnx_export as onnx_export
-import pipeline.shared.provenance as provenance
 import pipeline.shared.stage as stage
+import pipeline.shared.tf_options as tf_options
 import pipeline.shared.tracking as tracking
 from pipeline.shared.data import (
     Arrays,
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
 PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.onnx_classifier").origin
 KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
+# Wall seconds inside training steps and inside validation (Keras's own hooks), as run metrics.
+TIME_METRICS = {"training": "time/training_steps_s", "validation": "time/validation_s"}
 HISTORY_COLUMNS = ["iteration", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 
 
@@ -55,9 +58,13 @@ class History:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "iteration"}, step=step)
         log.info(
             "iteration %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
-            step, self.iterations, row["train_loss"], row["train_accuracy"],
-            row["val_loss"], row["val_accuracy"],
-        )  # fmt: skip
+            step,
+            self.iterations,
+            row["train_loss"],
+            row["train_accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+        )
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS).astype({"iteration": int})
@@ -101,7 +108,7 @@ def log_model(model, onnx_file: str | Path, example, params: config.Params):
             f"onnxruntime=={onnxruntime.__version__}",
             f"numpy=={np.__version__}",
             f"mlflow=={mlflow.__version__}",
-        ],  # fmt: skip
+        ],
     )
 
 
@@ -113,7 +120,7 @@ def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
     mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
     return {
         "onnx.largest_difference": f"{difference:.3g}",
-        provenance.WEIGHTS_TAG: provenance.weights_sha256(model.get_weights()),
+        lineage.WEIGHTS_TAG: lineage.weights_sha256(model.get_weights()),
     }
 
 
@@ -124,7 +131,7 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     generators. Several workers: the returned function joins the cluster, and
     `distributed.fit` builds the same network in the strategy's scope.
     """
-    stage.use_onednn(params.train.onednn)
+    tf_options.use_onednn(params.train.onednn)
     import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
 
     runtime = fitting.configure_runtime(params.seed, params.train)
@@ -135,7 +142,9 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
         trainer = fitting.compile_trainer(model, params.train)
 
         def train_model(train: Arrays, val: Arrays, report) -> object:
-            fitting.fit(trainer, train, val, params.train, params.seed, report)
+            clock = fitting.fit(trainer, train, val, params.train, params.seed, report)
+            times = {"training": clock.training, "validation": clock.validation}
+            mlflow.log_metrics({TIME_METRICS[name]: seconds for name, seconds in times.items()})
             return model
 
         return train_model, runtime
@@ -145,8 +154,9 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
         # Joined only now: the others wait for the chief's MLflow set-up while registering
         # with the cluster (no deadline), never inside a collective (which has one).
         strategy = distributed.make_strategy()
-        return distributed.fit(strategy, params.model, train, val, params.train, params.seed,
-                               report)  # fmt: skip
+        return distributed.fit(
+            strategy, params.model, train, val, params.train, params.seed, report
+        )
 
     return train_distributed, runtime | {"train.workers": str(workers.workers)}
 
@@ -165,8 +175,12 @@ def run_worker(params: config.Params, workers: cluster.Cluster) -> None:
     train, val = (load_arrays(params.paths.split(split)) for split in ("train", "val"))
     train_model, _ = prepare_training(params, workers)
     train_model(train, val, lambda row: None)
-    log.info("worker %s:%d of %d: training done; the chief saves and logs the model",
-             workers.task_type, workers.task_index, workers.workers)  # fmt: skip
+    log.info(
+        "worker %s:%d of %d: training done; the chief saves and logs the model",
+        workers.task_type,
+        workers.task_index,
+        workers.workers,
+    )
 
 
 def run(params: config.Params) -> TrainResult | None:
@@ -175,7 +189,7 @@ def run(params: config.Params) -> TrainResult | None:
     With `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the
     chief writes files and talks to MLflow, and the others return None.
     """
-    import pipeline.shared.figures as figures  # TensorFlow loads once the params are valid
+    import pipeline.shared.figures as figures  # matplotlib: loaded once the params are valid
 
     workers = cluster_of(params)
     if workers is not None and not workers.is_chief:
@@ -197,11 +211,11 @@ def run(params: config.Params) -> TrainResult | None:
         tracking.killed_on_interrupt(),
     ):
         train_model, runtime = prepare_training(params, workers)
-        mlflow.log_params(tracking.flatten(params.model_dump()))
+        mlflow.log_params(lineage.flatten(params.model_dump(warnings=False)))
         mlflow.set_tags(
-            tracking.lineage_tags(data_hashes, params)
+            lineage.lineage_tags(data_hashes, params)
             | tracking.process_tags()
-            | provenance.environment_tags()
+            | lineage.environment_tags()
             | runtime
         )
         log_inputs(train, data_hashes, params.data.name)
@@ -221,11 +235,16 @@ def run(params: config.Params) -> TrainResult | None:
         }
         write_json(params.paths.run_info, run_info)
     if info.registered_model_version is None:
-        log.info("run %s: model logged; evaluate registers it if it beats the champion",
-                 run.info.run_id)  # fmt: skip
+        log.info(
+            "run %s: model logged; evaluate registers it if it beats the champion", run.info.run_id
+        )
     else:
-        log.info("run %s: registered %s version %s", run.info.run_id,
-                 params.mlflow.registered_model, info.registered_model_version)  # fmt: skip
+        log.info(
+            "run %s: registered %s version %s",
+            run.info.run_id,
+            params.mlflow.registered_model,
+            info.registered_model_version,
+        )
     return TrainResult(run.info.run_id, info.model_uri, info.registered_model_version, table)
 
 

@@ -3,23 +3,24 @@
     python -m pipeline.tune [--workers N]     # make tune; start it on several machines too
 
 The search space, metric, budget and study storage are `tune:` in params.yaml; the workers
-(here and on other machines) share the study. See pipeline/team/tune.py.
+(here and on other machines) share the study. See pipeline/search/.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pipeline.search.trials as tune
 import pipeline.shared.config as config
 import pipeline.shared.tracking as tracking
-import pipeline.team.tune as tune
 from pipeline.shared.stage import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes on this machine (default: 1)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (default: 1)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.workers < 1:
         parser.error("--workers must be at least 1")

@@ -70,14 +70,20 @@ def array_hashes(arrays: dict) -> dict[str, str]:
     return {name: sha256_array(arrays[name]) for name in IDX_FILES}
 
 
-def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
-    """The repo's params.yaml with a local mirror, tiny model and training, paths under `root`."""
-    raw = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+def tiny_settings(raw: dict, mirror: Path, arrays: dict) -> dict:
+    """Params with a local mirror of `arrays` and a tiny model and training: the tests' recipe."""
+    raw = copy.deepcopy(raw)
     raw["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
     raw["data"]["sha256"] = array_hashes(arrays)
     raw["data"]["validation_size"] = 20
     raw["model"] |= {"num_units": 8, "unroll": False}  # a small graph: quick to build
     raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 3}
+    return raw
+
+
+def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
+    """The repo's params.yaml with the tiny recipe and every path under `root`."""
+    raw = tiny_settings(yaml.safe_load((REPO / "params.yaml").read_text()), mirror, arrays)
     raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
     return raw
 

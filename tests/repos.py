@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import GIT_IDENTITY, REPO, array_hashes, make_mnist, write_idx_folder
+from pipeline.shared.processes import environment_without
+
+from .conftest import GIT_IDENTITY, REPO, make_mnist, tiny_settings, write_idx_folder
 
 BIN = Path(sys.executable).parent
 
 
 def environment(**extra: str) -> dict[str, str]:
     """This process's environment without MLflow's and DVC's variables, tools on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env = environment_without("MLFLOW_", "DVC_")
     return env | {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "DVC_NO_ANALYTICS": "1"} \
         | GIT_IDENTITY | extra  # fmt: skip
 
@@ -53,12 +55,7 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     mnist = make_mnist()
     mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
     repo = copy_repo(base / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
-    params["data"]["sha256"] = array_hashes(mnist)
-    params["data"]["validation_size"] = 20
-    params["model"] |= {"num_units": 8, "unroll": False}
-    params["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 1}
+    params = tiny_settings(yaml.safe_load((repo / "params.yaml").read_text()), mirror, mnist)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)

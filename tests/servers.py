@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.shared.processes import environment_without
 
 from .conftest import REPO
 
@@ -101,7 +102,7 @@ def running(
 ) -> Iterator[Running]:
     """`python -m module args --port P` until the block ends; SIGTERM must stop it cleanly."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment = environment_without("MLFLOW_")
     with open(log, "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", str(port)],

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from pipeline.serving.http import DRAIN_FACTOR, BodyLimit
+from pipeline.serving.asgi import DRAIN_FACTOR, BodyLimit
+
+from .servers import wait_until
 
 LIMIT = 200_000
 
@@ -35,9 +37,7 @@ def address() -> Iterator[tuple[str, int]]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: server.started, timeout=10, interval=0.01)
         yield listener.getsockname()
     finally:
         server.should_exit = True

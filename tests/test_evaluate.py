@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import pytest
 from pipeline import evaluate
 from pipeline.shared import config, scoring
 from pipeline.shared.data import load_arrays
+from pipeline.shared.processes import environment_without
 
 from .conftest import REPO, with_value
 
@@ -133,7 +133,7 @@ def test_evaluate_imports_no_tensorflow(trained, tmp_path):
         raw = with_value(raw, f"paths.{key}", str(tmp_path / key))
     raw = with_value(raw, "paths.model_card", str(tmp_path / "card.md"))
     (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environment = environment_without("MLFLOW_", "DVC_")
     result = subprocess.run(
         [sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], cwd=REPO,
         env=environment | {"DVC_ROOT": str(trained.root)}, capture_output=True, text=True,

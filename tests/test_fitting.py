@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import keras
 import numpy as np
 import pytest
 
 from pipeline.shared import config, fitting, stage
 from pipeline.shared.model import build_model
+
+from .servers import wait_until
 
 
 def settings(**changes) -> config.TrainParams:
@@ -130,10 +130,7 @@ def test_a_training_process_on_this_machine_is_found():
     try:
         # Popen returns once the child has begun exec; under load its /proc cmdline can still
         # be empty then (seen: 22 % of 400 tries with the cores busy), so look for a while.
-        deadline = time.monotonic() + 10
-        while other.pid not in fitting.other_trainings() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert other.pid in fitting.other_trainings()
+        assert wait_until(lambda: other.pid in fitting.other_trainings(), 10, interval=0.05)
     finally:
         other.kill()
         other.wait()

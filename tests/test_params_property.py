@@ -12,12 +12,21 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import evaluate, fetch, preprocess, train
+from pipeline.shared import config
 
 from .conftest import REPO, with_value
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 STAGES = {"fetch": fetch.main, "preprocess": preprocess.main, "train": train.main,
           "evaluate": evaluate.main}  # fmt: skip
+# What `make serve`, `make demo`, `make server` and `make tune` do first with their params.
+ENTRIES = STAGES | {"tools": lambda argv: config.load_params_or_exit(argv[-1])}
+
+
+def entry_for(key: str, stage: str) -> str:
+    """Who must refuse a wrong `key`: the stage, or for a tools' section the tools."""
+    return "tools" if key.split(".")[0] in config.TOOL_SECTIONS else stage
+
 
 junk = st.one_of(
     st.none(),
@@ -134,7 +143,7 @@ def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: lis
     params_file = folder / "params.yaml"
     params_file.write_text(yaml.dump(raw, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
     with contextlib.chdir(folder), pytest.raises(SystemExit) as stop:  # relative outputs land here
-        STAGES[stage](["--params", str(params_file)])
+        ENTRIES[stage](["--params", str(params_file)])
     message = str(stop.value.code)
     assert stop.value.code not in (0, None)
     assert message.startswith(f"error: {params_file}: ") and "\n" not in message
@@ -150,7 +159,7 @@ def test_any_wrong_value_for_any_key_is_refused(tmp_path_factory, key, stage, da
     value = data.draw(INVALID[key], label="value")
     folder = tmp_path_factory.mktemp("bad")
     assert_stopped_with_one_line(
-        with_value(DEFAULTS, key, value), folder, stage, [key, key.split(".")[-1]]
+        with_value(DEFAULTS, key, value), folder, entry_for(key, stage), [key, key.split(".")[-1]]
     )
 
 
@@ -161,7 +170,8 @@ def test_unknown_keys_are_refused(tmp_path_factory, section, name):
     assume(name not in raw[section])
     raw[section][name] = 1
     folder = tmp_path_factory.mktemp("unknown")
-    assert_stopped_with_one_line(raw, folder, "train", [f"{section}.{name}: unknown key"])
+    entry = entry_for(section, "train")
+    assert_stopped_with_one_line(raw, folder, entry, [f"{section}.{name}: unknown key"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -172,7 +182,24 @@ def test_missing_keys_are_refused(tmp_path_factory, data):
     name = data.draw(st.sampled_from(sorted(raw[section])))
     del raw[section][name]
     folder = tmp_path_factory.mktemp("missing")
-    assert_stopped_with_one_line(raw, folder, "train", [f"{section}.{name}: missing"])
+    assert_stopped_with_one_line(
+        raw, folder, entry_for(section, "train"), [f"{section}.{name}: missing"]
+    )
+
+
+TOOL_KEYS = sorted(key for key in INVALID if key.split(".")[0] in config.TOOL_SECTIONS)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=st.sampled_from(TOOL_KEYS), data=st.data())
+def test_a_stage_reads_past_a_wrong_value_in_a_tools_section(tmp_path_factory, key, data):
+    params_file = tmp_path_factory.mktemp("tools") / "params.yaml"
+    raw = with_value(DEFAULTS, key, data.draw(INVALID[key], label="value"))
+    params_file.write_text(yaml.dump(raw, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
+    params = config.load_params_from_cli(["--params", str(params_file)])  # as run_stage does
+    assert params.train == config.load_params(REPO / "params.yaml").train
 
 
 def test_every_leaf_key_has_a_wrong_value_strategy():

@@ -17,8 +17,8 @@ import mlflow
 import numpy as np
 import pytest
 
+from .imports import STAGES, imported_files, stage_module
 from .repos import environment, run, tiny_repo, wait_for_queue
-from .test_dvc_deps import STAGES, imported_files, stage_module
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +138,7 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "first results"], repo)
     # 5e-04 is how DVC writes the value back (YAML 1.2); the stage must read it as a number
-    run(["dvc", "exp", "run", "--queue", "-S", "model.num_units=4,6", "-S", "train.iterations=4",
+    run(["dvc", "exp", "run", "--queue", "-S", "model.num_units=4,6", "-S", "train.iterations=3",
          "-S", "train.learning_rate=5e-04"], repo)  # fmt: skip
     run(["dvc", "queue", "start", "-j", "2"], repo)
     status = wait_for_queue(repo)

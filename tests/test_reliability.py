@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import yaml
 
 from pipeline import fetch
 from pipeline.shared import config
+from pipeline.shared.processes import environment_without
 
 from .conftest import REPO
 
@@ -85,7 +85,7 @@ def test_failed_download_leaves_nothing_at_the_output(raw_params, tmp_path):
 
 
 def stage(name: str, params_file: Path, env: dict | None = None, **popen) -> subprocess.Popen:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment = environment_without("MLFLOW_")
     return subprocess.Popen(
         [sys.executable, "-m", f"pipeline.{name}", "--params", str(params_file)],
         cwd=REPO, env=environment | (env or {}), text=True,

@@ -12,7 +12,8 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline.shared import config, tracking
+import pipeline.shared.lineage as lineage
+from pipeline.shared import config
 from pipeline.tools import reproduce, verdict
 
 from .conftest import REPO
@@ -61,12 +62,12 @@ def test_logged_params_rebuild_params_yaml_with_its_types():
     edited["train"] |= {"learning_rate": 1e-05, "iterations": 3000, "deterministic": False}
     edited["data"]["class_names"] = list("abcdefghij")
     edited["mlflow"]["experiment"] = "123"  # a string that looks like a number stays a string
-    logged = tracking.flatten(config.Params.model_validate(edited).model_dump())
+    logged = lineage.flatten(config.Params.model_validate(edited).model_dump())
     rebuilt = reproduce.with_logged_params(raw, logged)
     assert rebuilt["train"] == edited["train"] and rebuilt["mlflow"] == edited["mlflow"]
     validated = config.Params.model_validate(rebuilt)
     assert validated == config.Params.model_validate(edited)
-    assert tracking.params_sha256(validated) != tracking.params_sha256(
+    assert lineage.params_sha256(validated) != lineage.params_sha256(
         config.Params.model_validate(raw)
     )
 

@@ -255,7 +255,7 @@ def test_a_restart_of_server_and_postgres_keeps_every_run_metric_artifact_and_ve
     run_id = json.loads((a / "models/mlflow_run.json").read_text())["run_id"]
     before, model_before = everything(team, run_id), champion_files(team)
     team.server("stop", a)
-    cluster = postgres.Cluster(team.state / "postgres", 0)
+    cluster = postgres.PostgresCluster(team.state / "postgres", 0)
     assert not cluster.running()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{team.url}/health", timeout=2)
@@ -326,7 +326,7 @@ def test_with_basic_auth_a_request_without_credentials_is_refused_and_with_them_
     password = "a-Long-test-passw0rd!"
     url, options = f"http://127.0.0.1:{port}", ("--params", str(tmp_path / "params.yaml"))
     # the team's PostgreSQL store as an existing database: its migrations are done already
-    store = postgres.Cluster(team.state / "postgres", params["team"]["postgres_port"])
+    store = postgres.PostgresCluster(team.state / "postgres", params["team"]["postgres_port"])
     team.server("start", a, "--auth", *options, MLFLOW_AUTH_ADMIN_PASSWORD=password,
                 MLFLOW_BACKEND_STORE_URI=store.url("mlflow"))  # fmt: skip
     try:
@@ -350,7 +350,7 @@ def test_with_basic_auth_a_request_without_credentials_is_refused_and_with_them_
 def test_training_fails_with_one_line_within_seconds_when_the_server_goes_away(team, shared):
     a, _ = shared
     params = yaml.safe_load((a / "params.yaml").read_text())
-    params["train"] |= {"iterations": 1_000_000, "log_every": 3}
+    params["train"] |= {"iterations": 999_999, "log_every": 3}
     (a / "long.yaml").write_text(yaml.safe_dump(params))
     model_before = sha256(a / "models/model.keras")
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", "long.yaml"],

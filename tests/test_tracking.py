@@ -11,6 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 import mlflow
 import pytest
 
+import pipeline.shared.lineage as lineage
+import pipeline.shared.registry as registry
 from pipeline.shared import config, tracking
 
 from .conftest import GIT_IDENTITY
@@ -28,7 +30,7 @@ from .conftest import GIT_IDENTITY
     ],
 )
 def test_choose_champion(scores, current, expected):
-    assert tracking.choose_champion(scores, current) == expected
+    assert registry.choose_champion(scores, current) == expected
 
 
 def register(client: mlflow.MlflowClient, name: str, accuracy: float) -> int:
@@ -46,12 +48,12 @@ def test_champion_follows_the_best_version_and_a_worse_one_never_takes_it(params
     client = mlflow.MlflowClient()
     name = params.mlflow.registered_model
     first = register(client, name, 0.91)
-    assert tracking.promote_champion(name) == first
+    assert registry.promote_champion(name) == first
     register(client, name, 0.85)
-    assert tracking.promote_champion(name) == first
+    assert registry.promote_champion(name) == first
     assert int(client.get_model_version_by_alias(name, "champion").version) == first
     better = register(client, name, 0.93)
-    assert tracking.promote_champion(name) == better
+    assert registry.promote_champion(name) == better
     assert int(client.get_model_version_by_alias(name, "champion").version) == better
 
 
@@ -91,22 +93,22 @@ def test_lineage_tags_name_commit_changes_experiment_data_and_params(params, tmp
     monkeypatch.setenv("DVC_EXP_NAME", "brave-fox")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
 
-    clean = tracking.lineage_tags({"train": "t" * 64}, params)
+    clean = lineage.lineage_tags({"train": "t" * 64}, params)
     assert clean["git.dirty"] == "false" and clean["git.changed_files"] == ""
     assert clean["dvc.exp_name"] == "brave-fox" and clean["dvc.baseline_rev"] == "abc123"
     assert clean["data.train_sha256"] == "t" * 64
-    assert clean["params_sha256"] == tracking.params_sha256(params)
+    assert clean["params_sha256"] == lineage.params_sha256(params)
 
     (tmp_path / "params.yaml").write_text("seed: 2\n")
-    dirty = tracking.lineage_tags({"train": "t" * 64}, params)
+    dirty = lineage.lineage_tags({"train": "t" * 64}, params)
     assert dirty["git.dirty"] == "true" and dirty["git.changed_files"] == "params.yaml"
     assert dirty["git_commit"] == clean["git_commit"]
 
 
 def test_params_hash_changes_with_any_value(params):
     changed = params.model_copy(update={"seed": params.seed + 1})
-    assert tracking.params_sha256(params) != tracking.params_sha256(changed)
-    assert tracking.params_sha256(params) == tracking.params_sha256(params.model_copy())
+    assert lineage.params_sha256(params) != lineage.params_sha256(changed)
+    assert lineage.params_sha256(params) == lineage.params_sha256(params.model_copy())
 
 
 def no_secrets_logged(raw_params: dict) -> None:
@@ -115,8 +117,8 @@ def no_secrets_logged(raw_params: dict) -> None:
     params = config.parse_params(raw_params)
     experiment = tracking.use_store(params.mlflow)
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_params(tracking.flatten(params.model_dump()))
-        mlflow.set_tags(tracking.lineage_tags({"train": "0" * 64}, params))
+        mlflow.log_params(lineage.flatten(params.model_dump()))
+        mlflow.set_tags(lineage.lineage_tags({"train": "0" * 64}, params))
     logged = mlflow.get_run(run.info.run_id).data
     assert "super-secret-value" not in str(logged.params) + str(logged.tags)
 

@@ -116,3 +116,11 @@ def test_the_training_run_logs_system_metrics(trained):
     logged = trained.client().get_run(trained.run_id).data.metrics
     system = {key for key in logged if key.startswith("system/")}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+
+
+def test_the_training_run_logs_its_time_in_steps_and_in_validation(trained):
+    from pipeline.train import TIME_METRICS
+
+    logged = trained.client().get_run(trained.run_id).data.metrics
+    times = [logged[TIME_METRICS[name]] for name in ("training", "validation")]
+    assert all(seconds > 0 for seconds in times), times

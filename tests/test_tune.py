@@ -14,11 +14,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from pipeline.search import trials as tune
 from pipeline.shared import config, stage
-from pipeline.team import tune
 
 from .conftest import REPO
 from .repos import run, tiny_repo
+from .servers import wait_until
 
 
 def tune_params(params: config.Params, storage: str, **changes) -> config.Params:
@@ -198,7 +199,7 @@ def test_the_start_lock_is_shared_with_the_child_it_is_handed_to(tmp_path):
         child.wait()
     assert not locked(lock)
     code = ("import subprocess, sys, time\nfrom pathlib import Path\n"
-            "from pipeline.team import tune\n"
+            "from pipeline.search import trials as tune\n"
             "with tune.start_lock(Path(sys.argv[1])) as held:\n"
             f"    child = subprocess.Popen({SLEEPER!r}, pass_fds=(held,))\n"
             "    print(child.pid, flush=True)\n    time.sleep(120)\n")  # fmt: skip
@@ -214,7 +215,4 @@ def test_the_start_lock_is_shared_with_the_child_it_is_handed_to(tmp_path):
         os.kill(child, signal.SIGKILL)
         worker.kill()
         worker.wait()
-    deadline = time.monotonic() + 30
-    while locked(lock) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not locked(lock)  # and released when the child ends
+    assert wait_until(lambda: not locked(lock), 30)  # and released when the child ends

@@ -21,11 +21,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.shared import stage
+from pipeline.shared import processes
 from pipeline.team import postgres
 
 from .repos import environment, postgres_missing, run, tiny_repo
-from .servers import free_port
+from .servers import free_port, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +41,7 @@ def storage():
     """A PostgreSQL database for the study, in a cluster of the test's own."""
     folder = Path(tempfile.mkdtemp(prefix="mnist-lstm-tune-"))
     folder.chmod(0o755)  # reachable by the `postgres` user
-    cluster = postgres.Cluster(folder / "postgres", free_port())
+    cluster = postgres.PostgresCluster(folder / "postgres", free_port())
     try:
         cluster.init()
         cluster.start()
@@ -89,7 +89,7 @@ def trial_processes(number: int) -> list[int]:
         f"PIPELINE_OPTUNA_STUDY={STUDY}\0".encode(),
         f"PIPELINE_OPTUNA_TRIAL={number}\0".encode(),
     )
-    return stage.processes(lambda cmdline, environ: all(mark in environ() for mark in marks))
+    return processes.processes(lambda cmdline, environ: all(mark in environ() for mark in marks))
 
 
 def clone_state(repo: Path) -> tuple[str, str]:
@@ -115,17 +115,14 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
                 time.sleep(0.5)
         killed = wait_for_running_trial(study, first)
         # its dvc exp run is working (it may first wait for the other worker's start lock)
-        deadline = time.monotonic() + 120
-        while not trial_processes(killed) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        assert wait_until(lambda: trial_processes(killed), 120, interval=0.5)
         time.sleep(2)
         assert trial_processes(killed)
         first.send_signal(signal.SIGKILL)  # a worker dies mid-trial ...
         first.wait(timeout=30)
-        deadline = time.monotonic() + 120
-        while trial_processes(killed) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert trial_processes(killed) == []  # ... and its trial ends with it
+        assert wait_until(
+            lambda: not trial_processes(killed), 120, interval=0.5
+        )  # ... and its trial ends with it
         assert clone_state(repo) == before  # leaving the clone as it was
         restarted = start_worker(repo, storage, log)  # ... and is started again
         assert restarted.wait(timeout=900) == 0, log.read_text()

@@ -26,8 +26,8 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves annotatio
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import pipeline.shared.config as config
-from pipeline.serving import http, images, models, serve
-from pipeline.shared.stage import usable_cores
+from pipeline.serving import asgi, images, loader, serve
+from pipeline.shared.processes import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
     return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
 
 
-def classify_body(body: bytes, predict: models.Predict, class_names: list[str],
-                  max_pixels: int) -> list[dict]:  # fmt: skip
+def classify_body(
+    body: bytes, predict: loader.Predict, class_names: list[str], max_pixels: int
+) -> list[dict]:
     """A request body → the top classes; BadRequest names what is wrong with it."""
     try:
         payload = json.loads(body)
@@ -76,7 +77,7 @@ def classify_body(body: bytes, predict: models.Predict, class_names: list[str],
 
 def build_app(model_uri: str, params: config.Params) -> FastAPI:
     """The page and its endpoint around the model at `model_uri` (or an `.onnx` file)."""
-    predict = models.load(model_uri, params)
+    predict = loader.load(model_uri, params)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     app = FastAPI(title="draw a digit")
     page = PAGE.read_text()
@@ -102,7 +103,7 @@ def build_app(model_uri: str, params: config.Params) -> FastAPI:
         return JSONResponse({"classes": classes})
 
     def error(status: int, code: str, message: str) -> Response:
-        return Response(http.error_body(code, message), status, media_type="application/json")
+        return Response(asgi.error_body(code, message), status, media_type="application/json")
 
     return app
 

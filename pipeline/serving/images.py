@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SIDE = 28
+from pipeline.shared.config import IMAGE_SIDE
+
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
 INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -43,8 +44,10 @@ def read_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"not a readable image ({error})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"image of {width}×{height} pixels, over the limit of "
-                         f"{max_pixels:,} pixels (serve.max_image_pixels)")  # fmt: skip
+        raise ImageError(
+            f"image of {width}×{height} pixels, over the limit of "
+            f"{max_pixels:,} pixels (serve.max_image_pixels)"
+        )
     try:
         image.load()
     except unreadable as error:

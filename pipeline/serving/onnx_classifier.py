@@ -17,7 +17,10 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 ONNX_ARTIFACT = "onnx_model"
-IMAGE_SHAPE = (28, 28)
+IMAGE_SHAPE = (
+    28,
+    28,
+)  # config.IMAGE_SHAPE: this file is logged with the model and imports no pipeline module
 THREADS_ENV = "PIPELINE_ONNX_THREADS"  # threads per prediction; unset: ONNX Runtime's default
 # Images per call into ONNX Runtime. The LSTM op keeps each step's gates, (batch, 4 × units)
 # floats: for 128 images and 128 units 256 kB, which stays in a core's L2 cache, while 1,000
@@ -63,9 +66,10 @@ class OnnxClassifier(mlflow.pyfunc.PythonModel):
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(
-            context.artifacts[ONNX_ARTIFACT], session_options(),
+            context.artifacts[ONNX_ARTIFACT],
+            session_options(),
             providers=["CPUExecutionProvider"],
-        )  # fmt: skip
+        )
         self.input_name = self.session.get_inputs()[0].name
         self.n_classes = self.session.get_outputs()[0].shape[-1]
 

@@ -14,7 +14,7 @@ import logging
 
 import pipeline.shared.config as config
 import pipeline.shared.tracking as tracking
-from pipeline.serving import http, models
+from pipeline.serving import asgi, loader
 from pipeline.shared.stage import setup_logging
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def build_app(model_uri: str, params: config.Params):
     """MLflow's scoring server app around the pyfunc model at `model_uri`."""
     from mlflow.pyfunc import scoring_server
 
-    return scoring_server.init(models.load_pyfunc(model_uri, params))
+    return scoring_server.init(loader.load_pyfunc(model_uri, params))
 
 
 def serve_main(module: str, description: str, port_key: str, argv: list[str] | None) -> None:
@@ -32,12 +32,14 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
     params.yaml `serve:`) and `--params`; one line and a non-zero exit when the model cannot
     be had. `module.build_app(model_uri, params)` makes the app."""
     parser = config.params_parser(description)
-    parser.add_argument("--model", help="an MLflow model URI "
-                        "(default: models:/<mlflow.registered_model>@champion)")  # fmt: skip
+    parser.add_argument(
+        "--model", help="an MLflow model URI (default: models:/<mlflow.registered_model>@champion)"
+    )
     parser.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help=f"port (default: serve.{port_key})")
-    parser.add_argument("--workers", type=int, help="server processes on the port "
-                        "(default: serve.workers)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, help="server processes on the port (default: serve.workers)"
+    )
     args = parser.parse_args(argv)
     params = config.load_params_or_exit(args.params)
     setup_logging()
@@ -45,10 +47,15 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
     if workers < 1:
         raise SystemExit(f"error: --workers {workers}: needs at least 1")
     try:
-        http.serve(module, args.model or models.default_uri(params), args.params,
-                   args.host or params.serve.host, args.port or getattr(params.serve, port_key),
-                   workers)  # fmt: skip
-    except (models.ModelError, tracking.TrackingError, config.ConfigError) as error:
+        asgi.serve(
+            module,
+            args.model or loader.default_uri(params),
+            args.params,
+            args.host or params.serve.host,
+            args.port or getattr(params.serve, port_key),
+            workers,
+        )
+    except (loader.ModelError, tracking.TrackingError, config.ConfigError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

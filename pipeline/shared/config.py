@@ -14,11 +14,18 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
 PARAMS_FILE = "params.yaml"
-IMAGE_PIXELS = 28 * 28
+# Read by `make serve`/`make demo`, `make server` and `make tune`, never by a stage: a stage takes
+# them as they are, and the tool that reads one checks it (a typo in tune.space stops
+# `make tune`, not `dvc repro`).
+TOOL_SECTIONS = ("serve", "team", "tune")
+IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
+IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
+IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
 
 class ConfigError(ValueError):
@@ -281,9 +288,14 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
-    def _space_names_params(self) -> Params:
-        tunable = {f"{section}.{key}" for section in ("model", "train")
-                   for key in getattr(self, section).model_dump()}  # fmt: skip
+    def _space_names_params(self, info: ValidationInfo) -> Params:
+        if (info.context or {}).get("for_stage"):
+            return self  # tune: is not a stage's
+        tunable = {
+            f"{section}.{key}"
+            for section in ("model", "train")
+            for key in getattr(self, section).model_dump()
+        }
         unknown = sorted(set(self.tune.space) - tunable)
         if unknown:
             raise ValueError(f"tune.space names no model or train param: {', '.join(unknown)}")
@@ -313,12 +325,26 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key} = {value!r}: {message}"
 
 
-def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
-    """Validate a params mapping; raise ConfigError with one line naming every bad key."""
+def unchecked_tool_sections(raw: dict) -> dict:
+    """`raw` with the tools' sections taken as written, without validation (a stage's view)."""
+    taken = {}
+    for name in TOOL_SECTIONS:
+        section, value = Params.model_fields[name].annotation, raw.get(name)
+        if isinstance(value, dict):
+            taken[name] = section.model_construct(**value)
+    return raw | taken
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE, for_stage: bool = False) -> Params:
+    """Validate a params mapping; raise ConfigError with one line naming every bad key.
+
+    `for_stage`: the sections of TOOL_SECTIONS are not checked, only those stages read."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        if for_stage:
+            raw = unchecked_tool_sections(raw)
+        return Params.model_validate(raw, context={"for_stage": for_stage})
     except ValidationError as error:
         problems = "; ".join(_describe(item) for item in error.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None
@@ -327,8 +353,8 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+def load_params(path: str | Path = PARAMS_FILE, for_stage: bool = False) -> Params:
+    """Read and validate params.yaml (`for_stage`: see parse_params)."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
@@ -336,7 +362,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+    return parse_params(raw, str(path), for_stage)
 
 
 def params_parser(description: str = "") -> argparse.ArgumentParser:
@@ -346,14 +372,15 @@ def params_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def load_params_or_exit(path: str | Path) -> Params:
+def load_params_or_exit(path: str | Path, for_stage: bool = False) -> Params:
     """load_params, exiting with one line on a bad file."""
     try:
-        return load_params(path)
+        return load_params(path, for_stage)
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
 
 
 def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:
-    """Parse `--params PATH` and load it; exit with one line on a bad file."""
-    return load_params_or_exit(params_parser(description).parse_args(argv).params)
+    """A stage's params: parse `--params PATH` and load it, the tools' sections unchecked;
+    exit with one line on a bad file."""
+    return load_params_or_exit(params_parser(description).parse_args(argv).params, for_stage=True)

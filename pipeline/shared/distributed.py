@@ -166,10 +166,13 @@ def train_replicated(strategy, model_params, train, val, settings, seed, report)
         optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
         optimizer.build(net.trainable_variables)
     loop = Loop(strategy, net, optimizer, settings.batch_size)
-    batches = iter(distribute(strategy, fitting.batches(train["x"], train["y"],
-                                                        settings.batch_size, seed)))  # fmt: skip
-    val_batches = distribute(strategy, tf.data.Dataset.from_tensor_slices((val["x"], val["y"]))
-                             .batch(fitting.EVAL_BATCH_SIZE))  # fmt: skip
+    batches = iter(
+        distribute(strategy, fitting.batches(train["x"], train["y"], settings.batch_size, seed))
+    )
+    val_batches = distribute(
+        strategy,
+        tf.data.Dataset.from_tensor_slices((val["x"], val["y"])).batch(fitting.EVAL_BATCH_SIZE),
+    )
     done = 0
     while done < settings.iterations:
         interval = min(settings.log_every, settings.iterations - done)
@@ -178,9 +181,15 @@ def train_replicated(strategy, model_params, train, val, settings, seed, report)
             totals += loop.train_steps(batches, tf.constant(settings.steps_per_execution)).numpy()
         done += interval
         val_loss, val_accuracy = loop.evaluate(val_batches)
-        report({"iteration": done, "train_loss": float(totals[0] / totals[2]),
-                "train_accuracy": float(totals[1] / totals[2]), "val_loss": float(val_loss),
-                "val_accuracy": float(val_accuracy)})  # fmt: skip
+        report(
+            {
+                "iteration": done,
+                "train_loss": float(totals[0] / totals[2]),
+                "train_accuracy": float(totals[1] / totals[2]),
+                "val_loss": float(val_loss),
+                "val_accuracy": float(val_accuracy),
+            }
+        )
     return net, optimizer
 
 

@@ -35,9 +35,14 @@ def confusion_matrix(confusion: np.ndarray, class_names: list[str]) -> Figure:
         color = "white" if count > threshold else "black"
         axes.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
     axes.set(
-        xticks=range(n_classes), yticks=range(n_classes), xlabel="predicted", ylabel="true",
-        xticklabels=class_names, yticklabels=class_names, title="test confusion matrix",
-    )  # fmt: skip
+        xticks=range(n_classes),
+        yticks=range(n_classes),
+        xlabel="predicted",
+        ylabel="true",
+        xticklabels=class_names,
+        yticklabels=class_names,
+        title="test confusion matrix",
+    )
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 
@@ -59,16 +64,20 @@ def misclassified_grid(
     # Fixed margins: images with their axes off need no layout engine, and constrained layout
     # measures every title and tick of the 36 axes (most of the evaluate stage's drawing time).
     grid = figure.subplots(rows, columns, squeeze=False)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.8 / height,
-                           wspace=0.1, hspace=0.35)  # fmt: skip
+    figure.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - 0.8 / height, wspace=0.1, hspace=0.35
+    )
     for axes in grid.flat:
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong, strict=False):
         axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=1)
-        axes.set_title(f"{class_names[labels[index]]} → {class_names[predictions[index]]}",
-                       fontsize=9)  # fmt: skip
-    figure.suptitle(f"misclassified {data_name} test images (true → predicted): "
-                    f"{len(wrong)} shown, {int((labels != predictions).sum())} in all")  # fmt: skip
+        axes.set_title(
+            f"{class_names[labels[index]]} → {class_names[predictions[index]]}", fontsize=9
+        )
+    figure.suptitle(
+        f"misclassified {data_name} test images (true → predicted): "
+        f"{len(wrong)} shown, {int((labels != predictions).sum())} in all"
+    )
     return figure
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import pipeline.shared.config as config
-import pipeline.shared.stage as stage
+import pipeline.shared.processes as processes
 from pipeline.shared.data import Arrays
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class StepClock(keras.callbacks.Callback):
 
 def other_trainings() -> list[int]:
     """Pids of the other `python -m pipeline.train` processes on this machine (Linux; else [])."""
-    return stage.processes(lambda cmdline, environ: TRAIN_COMMAND in cmdline)
+    return processes.processes(lambda cmdline, environ: TRAIN_COMMAND in cmdline)
 
 
 def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, int]:
@@ -91,7 +91,7 @@ def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, i
     op: inter-op threads schedule independent ops, so the arithmetic, and the weights, stay the
     same as when training alone.
     """
-    cores = stage.usable_cores()
+    cores = processes.usable_cores()
     intra = settings.intra_op_threads or max(1, cores // settings.batch_shards)
     inter = settings.inter_op_threads
     if inter == 0 and others:
@@ -109,12 +109,20 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)  # 0: TensorFlow's default
-        log.info("TensorFlow threads: %d per op, %s ops at once; %d batch shards%s", intra,
-                 inter or "default", settings.batch_shards,
-                 f"; {others} other training(s) on this machine" if others else "")  # fmt: skip
+        log.info(
+            "TensorFlow threads: %d per op, %s ops at once; %d batch shards%s",
+            intra,
+            inter or "default",
+            settings.batch_shards,
+            f"; {others} other training(s) on this machine" if others else "",
+        )
     except RuntimeError:  # TensorFlow already ran in this process (a notebook, a test)
-        log.warning("TensorFlow is already running in this process: its thread pools stay as "
-                    "they are, not intra-op %d / inter-op %d", intra, inter)  # fmt: skip
+        log.warning(
+            "TensorFlow is already running in this process: its thread pools stay as "
+            "they are, not intra-op %d / inter-op %d",
+            intra,
+            inter,
+        )
     keras.utils.set_random_seed(seed)
     if settings.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -157,8 +165,9 @@ class ShardedTrainer(keras.Model):
         total = tf.shape(tensor)[0]
         size = total // self.shards
         rest = total - size * (self.shards - 1)
-        return tf.split(tensor, tf.concat([tf.fill([self.shards - 1], size), [rest]], 0),
-                        num=self.shards)  # fmt: skip
+        return tf.split(
+            tensor, tf.concat([tf.fill([self.shards - 1], size), [rest]], 0), num=self.shards
+        )
 
     def train_step(self, data):
         x, y = data
@@ -244,7 +253,10 @@ def fit(
         shuffle=False,  # the dataset is already shuffled, seeded
         verbose=0,
     )
-    log.info("time in training steps %.2f s (%.2f ms per iteration), in validation %.2f s",
-             clock.training, 1000 * clock.training / settings.iterations,
-             clock.validation)  # fmt: skip
+    log.info(
+        "time in training steps %.2f s (%.2f ms per iteration), in validation %.2f s",
+        clock.training,
+        1000 * clock.training / settings.iterations,
+        clock.validation,
+    )
     return clock

@@ -7,12 +7,10 @@ import numpy as np
 
 import pipeline.shared.config as config
 
-IMAGE_SHAPE = (28, 28)
-
 
 def build_model(params: config.ModelParams) -> keras.Model:
     """Image (28×28) → `time_steps` rows of `n_input` pixels → LSTM → Dense softmax over classes."""
-    images = keras.Input(shape=IMAGE_SHAPE, name="image")  # (batch, 28, 28)
+    images = keras.Input(shape=config.IMAGE_SHAPE, name="image")  # (batch, 28, 28)
     rows = keras.layers.Reshape((params.time_steps, params.n_input), name="rows")(images)
     # Keras adds no constant to the forget gate (TF1's forget_bias does); starting the learned
     # bias at forget_bias is the same function and the same gradients.

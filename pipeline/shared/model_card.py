@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from string import Template
 
 import pandas as pd
 
 import pipeline.shared.config as config
+
+# Markdown with $placeholders (string.Template), filled in by render().
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
+HEADLINE_METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
+MODEL_FIELDS = ("time_steps", "n_input", "num_units", "forget_bias", "n_classes")
+TRAIN_FIELDS = ("learning_rate", "batch_size", "iterations")
 
 
 @dataclass(frozen=True)
@@ -33,74 +41,51 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+@dataclass(frozen=True)
+class Figures:
+    """The card's figures, as paths relative to the card."""
+
+    confusion_png: str
+    misclassified_png: str
+
+
 def render(
     params: config.Params,
     manifest: dict,
-    metrics: dict[str, float],
-    per_class: pd.DataFrame,
+    scores: tuple[dict[str, float], pd.DataFrame],
     lineage: Lineage,
-    confusion_png: str,
-    misclassified_png: str,
+    figures: Figures,
 ) -> str:
-    """Markdown for reports/model_card.md; figure paths are relative to the card."""
+    """Markdown for reports/model_card.md: TEMPLATE with the run's values put in."""
+    metrics, per_class = scores
     model, train, data = params.model, params.train, params.data
-    hashes = "\n".join(
-        f"  - `{name}`: `{digest}`" for name, digest in manifest["arrays_sha256"].items()
-    )
-    param_rows = pd.DataFrame(sorted(config_items(params)), columns=["param", "value"])
     champion = (
-        "this version" if lineage.champion_version == lineage.registered_version
+        "this version"
+        if lineage.champion_version == lineage.registered_version
         else f"version {lineage.champion_version}"
-    )  # fmt: skip
-    return f"""# Model card: {lineage.registered_model} version {lineage.registered_version}
-
-## Model
-A classifier of {data.name} images that reads each 28×28 image row by row: {model.time_steps} time
-steps of {model.n_input} pixels go through one LSTM layer of {model.num_units} units (forget-gate
-bias {model.forget_bias}); its last output feeds a dense softmax over {model.n_classes} classes:
-{", ".join(f"`{name}`" for name in data.class_names)} (output column i is class i).
-Trained with Adam (learning rate {train.learning_rate}) on softmax cross-entropy, batch
-{train.batch_size}, for {train.iterations} iterations; TensorFlow 2 / Keras 3.
-
-- Input: float32 array `(n, 28, 28)`, pixels scaled to [0, 1] (raw uint8 / 255).
-- Output: float32 array `(n, {model.n_classes})` of class probabilities.
-
-## Data
-{data.name}, {manifest["counts"]["x_train"]} training images (of which {data.validation_size}
-held out for validation, seed {params.seed}) and {manifest["counts"]["x_test"]} test images,
-fetched from `{manifest["source"]}`. sha256 of the raw uint8 arrays:
-{hashes}
-
-## Evaluation on the test set
-- accuracy: **{metrics["test_accuracy"]:.4f}**
-- loss (cross-entropy): {metrics["test_loss"]:.4f}
-- macro F1: {metrics["test_macro_f1"]:.4f}
-
-{markdown_table(per_class)}
-
-![confusion matrix]({confusion_png})
-
-![misclassified test images]({misclassified_png})
-
-## Params
-{markdown_table(param_rows)}
-
-## Lineage
-- git commit (baseline): `{lineage.git_commit}`
-- DVC experiment: `{lineage.dvc_experiment}`
-- MLflow run: `{lineage.run_id}`
-- registered model: `models:/{lineage.registered_model}/{lineage.registered_version}`;
-  champion (`models:/{lineage.registered_model}@champion`): {champion}
-
-## Intended use and limits
-- Intended for learning, demonstration and comparison of training set-ups on images like those
-  of {data.name}'s test set: one centred, size-normalised 28×28 grayscale image per example.
-- Not for production use: it has seen only {data.name}; input unlike its training images
-  (other sources, rotated, unsegmented or several objects per image) is out of scope, and its
-  probabilities are not calibrated.
-- Errors are not uniform across classes (see the per-class table); who made {data.name}, and
-  how representative it is, is for its own documentation to say.
-"""
+    )
+    values = {
+        "data_name": data.name,
+        "class_names": ", ".join(f"`{name}`" for name in data.class_names),
+        "train_count": manifest["counts"]["x_train"],
+        "test_count": manifest["counts"]["x_test"],
+        "validation_size": data.validation_size,
+        "seed": params.seed,
+        "source": manifest["source"],
+        "hashes": "\n".join(
+            f"  - `{name}`: `{digest}`" for name, digest in manifest["arrays_sha256"].items()
+        ),
+        "per_class_table": markdown_table(per_class),
+        "params_table": markdown_table(
+            pd.DataFrame(sorted(config_items(params)), columns=["param", "value"])
+        ),
+        "champion": champion,
+    }
+    values |= {key: f"{metrics[key]:.4f}" for key in HEADLINE_METRICS}
+    values |= {key: getattr(model, key) for key in MODEL_FIELDS}
+    values |= {key: getattr(train, key) for key in TRAIN_FIELDS}
+    values |= asdict(lineage) | asdict(figures)
+    return Template(TEMPLATE.read_text()).substitute(values)
 
 
 def config_items(params: config.Params) -> list[tuple[str, str]]:

@@ -102,8 +102,9 @@ def largest_difference(network: keras.Model, path: str | Path, images: np.ndarra
     return float(np.abs(onnx_probabilities - keras_probabilities).max(initial=0.0))
 
 
-def export_checked(network: keras.Model, path: str | Path, images: np.ndarray,
-                   tolerance: float = TOLERANCE) -> float:  # fmt: skip
+def export_checked(
+    network: keras.Model, path: str | Path, images: np.ndarray, tolerance: float = TOLERANCE
+) -> float:
     """Export to `path` once ONNX Runtime's probabilities on `images` match Keras's within
     `tolerance`; else raise ExportError and leave `path` as it was. Returns the difference."""
     with atomic_path(path, ".onnx") as temporary:
@@ -114,6 +115,10 @@ def export_checked(network: keras.Model, path: str | Path, images: np.ndarray,
                 f"the ONNX export differs from the Keras network by {difference:.2e} "
                 f"(tolerance {tolerance:.0e}) on {len(images)} validation images"
             )
-    log.info("exported %s: largest probability difference from Keras %.1e on %d images",
-             path, difference, len(images))  # fmt: skip
+    log.info(
+        "exported %s: largest probability difference from Keras %.1e on %d images",
+        path,
+        difference,
+        len(images),
+    )
     return difference

@@ -34,6 +34,11 @@ def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> pd.DataF
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
     return pd.DataFrame(
-        {"class": class_names, "precision": precision, "recall": recall, "f1": f1,
-         "support": actual}
-    )  # fmt: skip
+        {
+            "class": class_names,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": actual,
+        }
+    )

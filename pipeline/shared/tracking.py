@@ -1,27 +1,26 @@
-"""Where runs are tracked (the repo's SQLite store by default), lineage tags, the champion alias."""
+"""Where runs are tracked: the repo's SQLite store by default, or a server; locking, orphaned runs.
+
+Lineage tags are in pipeline/shared/lineage.py, the registry and its champion alias in
+pipeline/shared/registry.py.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import socket
 import sqlite3
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import pandas as pd
 from filelock import FileLock
 
 import pipeline.shared.config as config
-import pipeline.shared.stage as stage
+import pipeline.shared.processes as processes
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,6 @@ SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_B
 # `mlflow ui` / `mlflow server` start job-consumer processes (huey) for GenAI jobs unless told
 # not to; this project runs none, and `mlflow ui` leaves them behind when stopped.
 NO_SERVER_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-CHAMPION = "champion"
-CHAMPION_METRIC = "test_accuracy"
-# A search's trials tag their runs with the study and trial number (pipeline/team/tune.py).
-TRIAL_TAG_ENV = {"optuna.study": "PIPELINE_OPTUNA_STUDY", "optuna.trial": "PIPELINE_OPTUNA_TRIAL"}
-# What a run's result depends on: a change here since the baseline commit marks it dirty.
-INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
 
 
 def repo_root() -> Path:
@@ -219,136 +212,11 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
         if (
             tags.get("pipeline.host") == socket.gethostname()
             and pid.isdigit()
-            and not stage.process_alive(int(pid))
+            and not processes.process_alive(int(pid))
         ):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
-            log.warning("run %s was left RUNNING by a process that died; marked KILLED",
-                        run.info.run_id)  # fmt: skip
+            log.warning(
+                "run %s was left RUNNING by a process that died; marked KILLED", run.info.run_id
+            )
     return closed
-
-
-def flatten(values: dict[str, Any]) -> dict[str, str]:
-    """Nested params → {"train.learning_rate": "0.001", ...}; lists become JSON."""
-    row = pd.json_normalize(values, sep=".").iloc[0].to_dict()
-    return {
-        key: json.dumps(value) if isinstance(value, list) else str(value)
-        for key, value in row.items()
-    }
-
-
-def params_sha256(params: config.Params) -> str:
-    """A stable hash of every validated param value."""
-    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip()
-
-
-def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str, str]:
-    """Tags that lead from a run back to its commit, DVC experiment, data and params."""
-    tags = {f"data.{name}_sha256": digest for name, digest in data_hashes.items()}
-    tags["params_sha256"] = params_sha256(params)
-    commit = _git("rev-parse", "HEAD")
-    if commit:
-        # In `dvc exp run` HEAD is the experiment's baseline; its changes are uncommitted.
-        changed = _git("diff", "--name-only", "HEAD", "--", *INPUT_PATHS) or ""
-        tags |= {
-            "git_commit": commit,
-            "mlflow.source.git.commit": commit,
-            "git.dirty": str(bool(changed)).lower(),
-            "git.changed_files": ",".join(changed.split()),
-        }
-    # Set by `make tune` for each trial's `dvc exp run`.
-    tags |= {tag: os.environ[name] for tag, name in TRIAL_TAG_ENV.items() if os.environ.get(name)}
-    # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
-    if baseline:
-        tags["dvc.baseline_rev"] = baseline
-    return tags
-
-
-def choose_champion(scores: dict[int, float], current: int | None) -> int:
-    """The version with the best score; the current champion keeps it on a tie."""
-    best = max(scores.values())
-    if current in scores and scores[current] >= best:
-        return current
-    return min(version for version, score in scores.items() if score == best)
-
-
-def version_scores(client: mlflow.MlflowClient, name: str) -> dict[int, float]:
-    """Each registered version's test accuracy, for the versions that have one."""
-    scores = {}
-    for version in client.search_model_versions(f"name='{name}'"):
-        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-        if CHAMPION_METRIC in metrics:
-            scores[int(version.version)] = metrics[CHAMPION_METRIC]
-    return scores
-
-
-def champion_score(client: mlflow.MlflowClient, name: str) -> tuple[int, float] | None:
-    """The champion's version and test accuracy, if there is a champion with one."""
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None
-    score = client.get_run(version.run_id).data.metrics.get(CHAMPION_METRIC)
-    return None if score is None else (int(version.version), score)
-
-
-def register_if_better(name: str, model_uri: str, score: float) -> int | None:
-    """Register the model as a new version only if its score beats the champion's.
-
-    For searches and sweeps: the registry keeps the models that were, when made, the best so
-    far, not one version per trial. Two that both beat the champion at once both register;
-    promote_champion then picks the better.
-    """
-    client = mlflow.MlflowClient()
-    with store_lock():
-        current = champion_score(client, name)
-    if current is not None and score <= current[1]:
-        log.info("not registered: %s %.4f does not beat %s@%s (version %d, %.4f)",
-                 CHAMPION_METRIC, score, name, CHAMPION, *current)  # fmt: skip
-        return None
-    version = int(mlflow.register_model(model_uri, name).version)
-    log.info("registered %s version %d (%s %.4f)", name, version, CHAMPION_METRIC, score)
-    return version
-
-
-def promote_champion(name: str, max_rounds: int = 20) -> int | None:
-    """Point the `champion` alias at the registered version with the best test accuracy.
-
-    A local SQLite store is locked meanwhile. A server is shared by processes on any machine,
-    so after moving the alias the versions are read again, and the choice made again until
-    no new score came in: whichever evaluation sets the alias last has seen every version
-    scored before it, so the alias ends on the best, whatever the interleaving.
-    """
-    client = mlflow.MlflowClient()
-    with store_lock():
-        scores = version_scores(client, name)
-        for _ in range(max_rounds):
-            if not scores:
-                return None
-            try:
-                current = int(client.get_model_version_by_alias(name, CHAMPION).version)
-            except mlflow.exceptions.MlflowException:
-                current = None
-            champion = choose_champion(scores, current)
-            if champion != current:
-                client.set_registered_model_alias(name, CHAMPION, str(champion))
-                log.info("%s@%s is now version %d (%s %.4f)", name, CHAMPION, champion,
-                         CHAMPION_METRIC, scores[champion])  # fmt: skip
-            scores, seen = version_scores(client, name), scores
-            if scores == seen:
-                break
-    return champion

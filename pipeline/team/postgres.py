@@ -47,7 +47,7 @@ def _as_root() -> bool:
 
 
 @dataclass(frozen=True)
-class Cluster:
+class PostgresCluster:
     """One cluster: its data folder and the loopback port it listens on."""
 
     data_dir: Path
@@ -94,9 +94,17 @@ class Cluster:
             if _as_root():
                 shutil.chown(self.data_dir, OWNER, OWNER)
                 shutil.chown(handle.name, OWNER, OWNER)
-            result = self._run("initdb", "-D", str(self.data_dir), "-U", ROLE,
-                               f"--pwfile={handle.name}", "--auth=scram-sha-256",
-                               "--encoding=UTF8", "--locale=C")  # fmt: skip
+            result = self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                ROLE,
+                f"--pwfile={handle.name}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+            )
         if result.returncode != 0 and "Permission denied" in result.stderr and _as_root():
             raise PostgresError(
                 f"the `{OWNER}` user cannot reach {self.data_dir}: make its parent folders "
@@ -113,8 +121,19 @@ class Cluster:
         if self.running():
             return
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-        result = self._run("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file),
-                           "-w", "-t", "60", "-o", options)  # fmt: skip
+        result = self._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+        )
         self._check(result, f"start on 127.0.0.1:{self.port}")
         log.info("PostgreSQL listening on 127.0.0.1:%d (data: %s)", self.port, self.data_dir)
 

@@ -47,8 +47,10 @@ def old_root_uri(connection: sqlite3.Connection, params: config.MlflowParams) ->
         raise RelocateError(f"the store has no experiment {params.experiment!r}: nothing to move")
     suffix = "/" + params.artifacts_dir.strip("/")
     if not row[0].startswith("file://") or not row[0].endswith(suffix):
-        raise RelocateError(f"experiment {params.experiment!r} keeps artifacts in {row[0]}, "
-                            f"not in a repo folder's {params.artifacts_dir}")  # fmt: skip
+        raise RelocateError(
+            f"experiment {params.experiment!r} keeps artifacts in {row[0]}, "
+            f"not in a repo folder's {params.artifacts_dir}"
+        )
     return row[0].removesuffix(suffix) + "/"
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pipeline.shared.config as config
 import pipeline.shared.tracking as tracking
+from pipeline.shared.processes import process_alive
 from pipeline.shared.stage import setup_logging
-from pipeline.team.postgres import Cluster, PostgresError
+from pipeline.team.postgres import PostgresCluster, PostgresError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class State:
 
     def __init__(self, params: config.TeamParams, root: Path) -> None:
         self.folder = (root / params.state_dir).resolve()
-        self.cluster = Cluster(self.folder / "postgres", params.postgres_port)
+        self.cluster = PostgresCluster(self.folder / "postgres", params.postgres_port)
         self.pid_file = self.folder / "mlflow-server.pid"
         self.log_file = self.folder / "logs" / "mlflow-server.log"
         self.artifacts = self.folder / "artifacts"
@@ -124,9 +125,19 @@ def auth_environment(state: State) -> dict[str, str]:
 def server_command(params: config.TeamParams, state: State, auth: bool) -> list[str]:
     artifacts = os.environ.get(ARTIFACTS_ENV) or str(state.artifacts)
     mlflow_cli = Path(sys.executable).with_name("mlflow")  # this environment's, PATH or not
-    command = [str(mlflow_cli), "server", "--host", params.host, "--port", str(params.port),
-               "--workers", str(params.workers), "--serve-artifacts",
-               "--artifacts-destination", artifacts]  # fmt: skip
+    command = [
+        str(mlflow_cli),
+        "server",
+        "--host",
+        params.host,
+        "--port",
+        str(params.port),
+        "--workers",
+        str(params.workers),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+    ]
     return [*command, "--app-name", "basic-auth"] if auth else command
 
 
@@ -159,27 +170,34 @@ def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
     if auth:
         environment |= auth_environment(state)
     with state.log_file.open("ab") as server_log:
-        process = subprocess.Popen(server_command(params, state, auth), cwd=root,
-                                   env=environment, stdout=server_log, stderr=server_log,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            server_command(params, state, auth),
+            cwd=root,
+            env=environment,
+            stdout=server_log,
+            stderr=server_log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     state.pid_file.write_text(f"{process.pid}\n")
     wait_until_up(process, state, base_url)
     artifacts = os.environ.get(ARTIFACTS_ENV) or state.artifacts
-    log.info("MLflow server (pid %d) at %s%s; artifacts proxied to %s",
-             process.pid, base_url, " with basic auth" if auth else "", artifacts)  # fmt: skip
+    log.info(
+        "MLflow server (pid %d) at %s%s; artifacts proxied to %s",
+        process.pid,
+        base_url,
+        " with basic auth" if auth else "",
+        artifacts,
+    )
     log.info("point the pipeline at it: export %s=%s", tracking.TRACKING_URI_ENV, base_url)
     return base_url
 
 
 def running(pid: int) -> bool:
-    """Alive and not a zombie (an exited server whose parent has not reaped it yet)."""
+    """Alive and not a zombie; a server that is our own child and has exited is reaped first."""
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+        os.waitpid(pid, os.WNOHANG)
+    return process_alive(pid)
 
 
 def terminate(pid: int) -> None:
@@ -220,9 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = config.params_parser(__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument(
-        "--auth", action="store_true",
+        "--auth",
+        action="store_true",
         help=f"MLflow's basic-auth app (admin password from {ADMIN_PASSWORD_ENV})",
-    )  # fmt: skip
+    )
     arguments = parser.parse_args(argv)
     params = config.load_params_or_exit(arguments.params)
     setup_logging()

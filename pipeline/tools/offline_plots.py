@@ -23,13 +23,22 @@ log = logging.getLogger(__name__)
 
 # (npm package, its tarball's sha256, the browser build inside it); versions as dvc-render's page
 LIBRARIES = [
-    ("vega@5.20.2", "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d",
-     "package/build/vega.min.js"),
-    ("vega-lite@5.2.0", "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
-     "package/build/vega-lite.min.js"),
-    ("vega-embed@6.18.2", "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
-     "package/build/vega-embed.min.js"),
-]  # fmt: skip
+    (
+        "vega@5.20.2",
+        "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d",
+        "package/build/vega.min.js",
+    ),
+    (
+        "vega-lite@5.2.0",
+        "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
+        "package/build/vega-lite.min.js",
+    ),
+    (
+        "vega-embed@6.18.2",
+        "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
+        "package/build/vega-embed.min.js",
+    ),
+]
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
@@ -59,8 +68,11 @@ def fetch_script(package: str, sha256: str, member: str, workdir: Path) -> str:
     try:
         packed = subprocess.run(
             ["npm", "pack", "--silent", "--pack-destination", str(workdir), package],
-            capture_output=True, text=True, check=True, timeout=300,
-        ).stdout.split()[-1]  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout.split()[-1]
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         raise PlotsTemplateError(f"npm pack {package} failed: {detail.strip()}") from None

@@ -37,6 +37,7 @@ from pathlib import Path
 import yaml
 
 import pipeline.shared.config as config
+import pipeline.shared.processes as processes
 import pipeline.shared.tracking as tracking
 from pipeline.shared.data import sha256_file
 from pipeline.shared.stage import setup_logging
@@ -254,7 +255,7 @@ def data_differences(source: Path, original: verdicts.RunRecord) -> list[str]:
 
 
 def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
-    scrubbed = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    scrubbed = processes.environment_without(*SCRUBBED_PREFIXES)
     bin_folder = str(Path(sys.executable).parent)
     return scrubbed | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",

@@ -65,15 +65,22 @@ def run(params: config.Params, host: str, port: int) -> int:
     experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
     store_uri = tracking.tracking_uri(params.mlflow, tracking.repo_root())
     if store_uri.startswith(("http://", "https://")):  # MLFLOW_TRACKING_URI names a server
-        log.info("the store is the tracking server %s: its training runs are at %s", store_uri,
-                 f"{store_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-                 "?workflowType=machine_learning")  # fmt: skip
+        log.info(
+            "the store is the tracking server %s: its training runs are at %s",
+            store_uri,
+            f"{store_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            "?workflowType=machine_learning",
+        )
         return 0
     environment = os.environ | tracking.NO_SERVER_JOBS
-    process = subprocess.Popen(command(store_uri, host, port), env=environment,
-                               start_new_session=True)  # fmt: skip
-    log.info("MLflow UI on %s: the training runs are at %s", store_uri,
-             training_runs_url(host, port, experiment_id))  # fmt: skip
+    process = subprocess.Popen(
+        command(store_uri, host, port), env=environment, start_new_session=True
+    )
+    log.info(
+        "MLflow UI on %s: the training runs are at %s",
+        store_uri,
+        training_runs_url(host, port, experiment_id),
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     try:

@@ -76,11 +76,20 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def refuse(self, send: Send) -> None:
-        body = error_body("REQUEST_TOO_LARGE", f"request body over {self.max_bytes} bytes; "
-                          "send fewer images per request")  # fmt: skip
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        body = error_body(
+            "REQUEST_TOO_LARGE",
+            f"request body over {self.max_bytes} bytes; send fewer images per request",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -181,14 +190,15 @@ def tcp_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
-          workers: int = 1) -> None:  # fmt: skip
+def serve(
+    module: str, model_uri: str, params_file: str, host: str, port: int, workers: int = 1
+) -> None:
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first)."""
     import uvicorn
 
     import pipeline.shared.config as config
-    from pipeline.serving import models, onnx_classifier
-    from pipeline.shared.stage import usable_cores
+    from pipeline.serving import loader, onnx_classifier
+    from pipeline.shared.processes import usable_cores
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
     if workers == 1:
@@ -202,12 +212,15 @@ def serve(module: str, model_uri: str, params_file: str, host: str, port: int,
         local_model = model_uri
         if not model_uri.endswith(".onnx") and not Path(model_uri).exists():
             params = config.load_params(params_file)
-            local_model = models.downloaded(model_uri, params, Path(folder))
-        os.environ[APP_ENV] = json.dumps({"module": module, "model_uri": local_model,
-                                          "params_file": str(params_file)})  # fmt: skip
+            local_model = loader.downloaded(model_uri, params, Path(folder))
+        os.environ[APP_ENV] = json.dumps(
+            {"module": module, "model_uri": local_model, "params_file": str(params_file)}
+        )
         os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, usable_cores() // workers)))
-        log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port,
-                 workers)  # fmt: skip
-        config = uvicorn.Config(f"{__name__}:app_from_environment", factory=True,
-                                workers=workers, **options)  # fmt: skip
+        log.info(
+            "serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers
+        )
+        config = uvicorn.Config(
+            f"{__name__}:app_from_environment", factory=True, workers=workers, **options
+        )
         Multiprocess(config, sockets=[tcp_socket(host, port)]).run()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import pipeline.shared.config as config
+import pipeline.shared.registry as registry
 import pipeline.shared.tracking as tracking
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class ModelError(Exception):
 
 
 def default_uri(params: config.Params) -> str:
-    return f"models:/{params.mlflow.registered_model}@{tracking.CHAMPION}"
+    return f"models:/{params.mlflow.registered_model}@{registry.CHAMPION}"
 
 
 def load_pyfunc(model_uri: str, params: config.Params):
@@ -80,8 +81,9 @@ def load_onnx_file(path: Path):
         raise ModelError(f"cannot load model {path}: no such file")
     classifier = onnx_classifier.OnnxClassifier()
     try:
-        classifier.load_context(types.SimpleNamespace(artifacts={
-            onnx_classifier.ONNX_ARTIFACT: str(path)}))  # fmt: skip
+        classifier.load_context(
+            types.SimpleNamespace(artifacts={onnx_classifier.ONNX_ARTIFACT: str(path)})
+        )
     except Exception as error:  # onnxruntime raises its own exception types for a bad file
         raise ModelError(f"cannot load model {path}: {str(error).splitlines()[0]}") from None
     return classifier
@@ -93,8 +95,10 @@ def load(model: str, params: config.Params) -> Predict:
         classifier = load_onnx_file(Path(model))
         return lambda images: np.asarray(classifier.predict(None, images))
     if model.endswith(".keras"):
-        raise ModelError(f"cannot load model {model}: a Keras file needs TensorFlow; give its "
-                         "ONNX export (models/model.onnx) or an MLflow model URI")  # fmt: skip
+        raise ModelError(
+            f"cannot load model {model}: a Keras file needs TensorFlow; give its "
+            "ONNX export (models/model.onnx) or an MLflow model URI"
+        )
     pyfunc = load_pyfunc(model, params)
     log.info("loaded %s", model)
     return lambda images: np.asarray(pyfunc.predict(images))

@@ -1,4 +1,7 @@
-"""`make tune`: an Optuna search whose every trial is a DVC experiment and an MLflow run.
+"""The search's work: a study's storage, its trials as `dvc exp run --temp`, the workers.
+
+The cross-process protocol (locks, watchers, signals, heartbeats) is explained in
+pipeline/search/__init__.py.
 
 Workers on any number of machines share one study through its storage (a journal file in the
 repo by default; a PostgreSQL database for a team). Each worker asks the study for a point,
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pipeline.shared.config as config
+import pipeline.shared.lineage as lineage
+import pipeline.shared.processes as processes
 import pipeline.shared.stage as stage
 import pipeline.shared.tracking as tracking
 
@@ -81,8 +86,9 @@ def load_study(params: config.TuneParams, storage):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs each trial itself
-    return optuna.create_study(study_name=params.study, storage=storage,
-                               direction=params.direction, load_if_exists=True)  # fmt: skip
+    return optuna.create_study(
+        study_name=params.study, storage=storage, direction=params.direction, load_if_exists=True
+    )
 
 
 def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +115,7 @@ def experiment_name(study: str, number: int) -> str:
 def _die_with_parent() -> None:
     """In a worker started by `--workers N`: killed when that command dies (its trial's stages
     then end too, see run_trial)."""
-    stage.die_with_parent(signal.SIGKILL)
+    processes.die_with_parent(signal.SIGKILL)
 
 
 def tools_environment() -> dict[str, str]:
@@ -149,19 +155,27 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
     `dvc` is not killed (but after TRIAL_TIMEOUT): killed while stashing, it leaves the clone on
     a detached HEAD with the trial's params in params.yaml (scmrepo's detach_head and DVC's
     _stash_exp). The trial's stages end when this worker ends, however it ends (Ctrl-C,
-    SIGTERM, SIGKILL: stage.stop_with), and `dvc` then fails and cleans up.
+    SIGTERM, SIGKILL: processes.stop_with), and `dvc` then fails and cleans up.
     """
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
     command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
-    marks = {tracking.TRIAL_TAG_ENV["optuna.study"]: study,
-             tracking.TRIAL_TAG_ENV["optuna.trial"]: str(number)}  # fmt: skip
+    marks = {
+        lineage.TRIAL_TAG_ENV["optuna.study"]: study,
+        lineage.TRIAL_TAG_ENV["optuna.trial"]: str(number),
+    }
     env = tools_environment() | marks | {stage.STOP_WITH_ENV: str(os.getpid())}
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
     with tempfile.TemporaryFile() as output:
         with start_lock(lock) as held:
-            process = subprocess.Popen(command, cwd=root, env=env, stdout=output,
-                                       stderr=subprocess.STDOUT, pass_fds=(held,))  # fmt: skip
+            process = subprocess.Popen(
+                command,
+                cwd=root,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                pass_fds=(held,),
+            )
             environ = tuple(f"{key}={value}\0".encode() for key, value in marks.items())
             while process.poll() is None and not stage_running(environ):
                 time.sleep(START_POLL_S)
@@ -180,8 +194,12 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
 def stage_running(environ: tuple[bytes, ...]) -> bool:
     """Whether a stage (`python -m pipeline.<stage>`) with all of `environ` in its environment
     runs on this machine (Linux's /proc; elsewhere never, so the caller waits for dvc's end)."""
-    return bool(stage.processes(lambda cmdline, read_environ: bool(STAGE_COMMAND.search(cmdline))
-                                and all(mark in read_environ() for mark in environ)))  # fmt: skip
+
+    def matching(cmdline: bytes, read_environ) -> bool:
+        found = STAGE_COMMAND.search(cmdline)
+        return bool(found) and all(mark in read_environ() for mark in environ)
+
+    return bool(processes.processes(matching))
 
 
 def failure_reason(output: str, otherwise: str) -> str:
@@ -196,18 +214,21 @@ def read_result(study: str, number: int, metric: str, experiment: str) -> TrialR
     import mlflow
 
     runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list",
+        search_all_experiments=True,
+        output_format="list",
         filter_string=f"tags.`optuna.study` = '{study}' and tags.`optuna.trial` = '{number}' "
-                      "and attributes.status = 'FINISHED'",
-    )  # fmt: skip
+        "and attributes.status = 'FINISHED'",
+    )
     scored = [run for run in runs if metric in run.data.metrics]
     if not scored:
         raise TrialFailed(f"no finished MLflow run of trial {number} has the metric {metric!r}")
     run = scored[0]
     ran_as = run.data.tags.get("dvc.exp_name")
     if ran_as not in (None, experiment):  # the guard against the stash race in run_trial
-        raise TrialFailed(f"trial {number}'s MLflow run {run.info.run_id} ran experiment "
-                          f"{ran_as}, not {experiment}")  # fmt: skip
+        raise TrialFailed(
+            f"trial {number}'s MLflow run {run.info.run_id} ran experiment "
+            f"{ran_as}, not {experiment}"
+        )
     return TrialResult(run.data.metrics[metric], experiment, run.info.run_id)
 
 
@@ -243,7 +264,7 @@ def fail_orphans(study, storage) -> list[int]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
         host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid", 0)
-        if host == socket.gethostname() and not stage.process_alive(pid):
+        if host == socket.gethostname() and not processes.process_alive(pid):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
                 storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
@@ -251,17 +272,24 @@ def fail_orphans(study, storage) -> list[int]:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker failed it first
             failed.append(trial.number)
-            log.warning("trial %d was left running by a worker that died; marked failed",
-                        trial.number)  # fmt: skip
+            log.warning(
+                "trial %d was left running by a worker that died; marked failed", trial.number
+            )
     if getattr(storage, "heartbeat_interval", None):
         optuna.storages.fail_stale_trials(study)
-        stale = {trial.number: trial.user_attrs.get("host") for trial in running
-                 if trial.number not in failed}  # fmt: skip
+        stale = {
+            trial.number: trial.user_attrs.get("host")
+            for trial in running
+            if trial.number not in failed
+        }
         for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             if trial.number in stale and "fail_reason" not in trial.user_attrs:
                 failed.append(trial.number)
-                log.warning("trial %d: its worker on %s stopped sending heartbeats; marked failed",
-                            trial.number, stale[trial.number])  # fmt: skip
+                log.warning(
+                    "trial %d: its worker on %s stopped sending heartbeats; marked failed",
+                    trial.number,
+                    stale[trial.number],
+                )
     return failed
 
 
@@ -317,8 +345,13 @@ def run_one(study, storage, params: config.Params, root: Path) -> bool:
         return True
     try:
         with heartbeat(storage, study, trial.number):
-            experiment = run_trial(root, params.tune.study, trial.number, point,
-                                   lock_folder(params, root) / "start.lock")  # fmt: skip
+            experiment = run_trial(
+                root,
+                params.tune.study,
+                trial.number,
+                point,
+                lock_folder(params, root) / "start.lock",
+            )
             result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
     except (TrialFailed, subprocess.TimeoutExpired) as error:
         fail(study, trial, str(error))
@@ -326,8 +359,14 @@ def run_one(study, storage, params: config.Params, root: Path) -> bool:
     trial.set_user_attr("dvc_experiment", result.experiment)
     trial.set_user_attr("mlflow_run_id", result.run_id)
     study.tell(trial, result.value)
-    log.info("trial %d: %s %.4f (experiment %s, MLflow run %s)", trial.number,
-             params.tune.metric, result.value, result.experiment, result.run_id)  # fmt: skip
+    log.info(
+        "trial %d: %s %.4f (experiment %s, MLflow run %s)",
+        trial.number,
+        params.tune.metric,
+        result.value,
+        result.experiment,
+        result.run_id,
+    )
     return True
 
 
@@ -337,9 +376,16 @@ def report_best(study, metric: str) -> None:
     except ValueError:
         log.warning("no trial of study %r completed", study.study_name)
         return
-    log.info("best trial %d: %s %.4f with %s; experiment %s, MLflow run %s (dvc exp apply %s)",
-             best.number, metric, best.value, best.params, best.user_attrs["dvc_experiment"],
-             best.user_attrs["mlflow_run_id"], best.user_attrs["dvc_experiment"])  # fmt: skip
+    log.info(
+        "best trial %d: %s %.4f with %s; experiment %s, MLflow run %s (dvc exp apply %s)",
+        best.number,
+        metric,
+        best.value,
+        best.params,
+        best.user_attrs["dvc_experiment"],
+        best.user_attrs["mlflow_run_id"],
+        best.user_attrs["dvc_experiment"],
+    )
 
 
 def lock_folder(params: config.Params, root: Path) -> Path:
@@ -362,8 +408,13 @@ def prepare_data(root: Path, lock_file: Path) -> None:
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_file):
-        result = subprocess.run(["dvc", "repro", "preprocess"], cwd=root, env=tools_environment(),
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            ["dvc", "repro", "preprocess"],
+            cwd=root,
+            env=tools_environment(),
+            capture_output=True,
+            text=True,
+        )
     if result.returncode != 0:
         reason = failure_reason(result.stderr + result.stdout, f"exit {result.returncode}")
         raise PrepareError(f"dvc repro preprocess failed before any trial: {reason}")
@@ -375,8 +426,9 @@ def work(params: config.Params, root: Path) -> None:
     prepare_data(root, lock_folder(params, root) / "prepare.lock")
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
-    log.info("study %r: %d of %d trials so far", params.tune.study, len(study.trials),
-             params.tune.trials)  # fmt: skip
+    log.info(
+        "study %r: %d of %d trials so far", params.tune.study, len(study.trials), params.tune.trials
+    )
     while run_one(study, storage, params, root):
         pass
     report_best(study, params.tune.metric)

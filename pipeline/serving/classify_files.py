@@ -19,7 +19,7 @@ import pandas as pd
 
 import pipeline.shared.config as config
 import pipeline.shared.tracking as tracking
-from pipeline.serving import images, models
+from pipeline.serving import images, loader
 from pipeline.shared.data import write_csv
 from pipeline.shared.stage import setup_logging
 
@@ -57,9 +57,13 @@ def read_all(files: list[Path], max_pixels: int) -> Outcome:
 def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) -> pd.DataFrame:
     """One row per file: its label, that label's probability, and every class's probability."""
     best = probabilities.argmax(axis=1)
-    rows = pd.DataFrame({"file": [str(file) for file in files],
-                         "label": [class_names[index] for index in best],
-                         "probability": probabilities.max(axis=1)})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "file": [str(file) for file in files],
+            "label": [class_names[index] for index in best],
+            "probability": probabilities.max(axis=1),
+        }
+    )
     by_class = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
     return pd.concat([rows, by_class], axis=1)
 
@@ -71,7 +75,7 @@ def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) 
         sys.stderr.write(f"error: {file}: {problem}\n")
     if not outcome.inputs:
         return outcome
-    predict = models.load(model, params)
+    predict = loader.load(model, params)
     files = list(outcome.inputs)
     probabilities = predict(np.stack([outcome.inputs[file] for file in files]))
     results = table(files, probabilities, params.data.class_names)
@@ -86,15 +90,18 @@ def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) 
 def main(argv: list[str] | None = None) -> None:
     parser = config.params_parser(__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="image files, .npy files, folders")
-    parser.add_argument("--model", help="an MLflow model URI or an .onnx file "
-                        "(default: models:/<mlflow.registered_model>@champion)")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        help="an MLflow model URI or an .onnx file "
+        "(default: models:/<mlflow.registered_model>@champion)",
+    )
     parser.add_argument("--csv", type=Path, help="also write every class's probability here")
     args = parser.parse_args(argv)
     setup_logging()
     params = config.load_params_or_exit(args.params)
     try:
-        outcome = run(args.paths, args.model or models.default_uri(params), params, args.csv)
-    except (models.ModelError, tracking.TrackingError) as error:
+        outcome = run(args.paths, args.model or loader.default_uri(params), params, args.csv)
+    except (loader.ModelError, tracking.TrackingError) as error:
         raise SystemExit(f"error: {error}") from None
     if outcome.failures:
         raise SystemExit(1)

@@ -1,0 +1,140 @@
+"""Tags that say where a training run's result came from, for a person and for `make reproduce`.
+
+Its commit and DVC experiment, its params and data (lineage_tags); the environment that shaped
+it beyond those, package versions, CPU model and vector flags (environment_tags); and the weights
+it gave (weights_sha256), so a reproduction on the same machine can be checked bit for bit.
+Reading them costs milliseconds; nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import pipeline.shared.config as config
+
+# A search's trials tag their runs with the study and trial number (pipeline/search/).
+TRIAL_TAG_ENV = {"optuna.study": "PIPELINE_OPTUNA_STUDY", "optuna.trial": "PIPELINE_OPTUNA_TRIAL"}
+# What a run's result depends on: a change here since the baseline commit marks it dirty.
+INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
+WEIGHTS_TAG = "model.weights_sha256"
+ENV_PREFIX = "env."
+# The distributions whose versions shape the weights or the scores (first found of each row).
+PACKAGES = {
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "keras": ("keras",),
+    "numpy": ("numpy",),
+    "onnxruntime": ("onnxruntime",),
+    "tf2onnx": ("tf2onnx",),
+    "project": ("mnist-lstm-pipeline",),
+}
+# The CPU flags that pick TensorFlow's and oneDNN's kernels (and so the order of float sums).
+VECTOR_FLAGS = re.compile(r"^(sse4_[12]|avx\w*|fma|f16c|amx\w*)$")
+
+
+def flatten(values: dict[str, Any]) -> dict[str, str]:
+    """Nested params → {"train.learning_rate": "0.001", ...}; lists become JSON."""
+    row = pd.json_normalize(values, sep=".").iloc[0].to_dict()
+    return {
+        key: json.dumps(value) if isinstance(value, list) else str(value)
+        for key, value in row.items()
+    }
+
+
+def params_sha256(params: config.Params) -> str:
+    """A stable hash of every validated param value."""
+    # warnings=False: a stage holds the tools' sections unchecked (config.TOOL_SECTIONS)
+    values = params.model_dump(mode="json", warnings=False)
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip()
+
+
+def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str, str]:
+    """Tags that lead from a run back to its commit, DVC experiment, data and params."""
+    tags = {f"data.{name}_sha256": digest for name, digest in data_hashes.items()}
+    tags["params_sha256"] = params_sha256(params)
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        # In `dvc exp run` HEAD is the experiment's baseline; its changes are uncommitted.
+        changed = _git("diff", "--name-only", "HEAD", "--", *INPUT_PATHS) or ""
+        tags |= {
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            "git.dirty": str(bool(changed)).lower(),
+            "git.changed_files": ",".join(changed.split()),
+        }
+    # Set by `make tune` for each trial's `dvc exp run`.
+    tags |= {tag: os.environ[name] for tag, name in TRIAL_TAG_ENV.items() if os.environ.get(name)}
+    # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    if baseline:
+        tags["dvc.baseline_rev"] = baseline
+    return tags
+
+
+def weights_sha256(weights: Iterable[np.ndarray]) -> str:
+    """One hash of a network's weight arrays, in order: equal hashes, bit-identical weights."""
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def package_version(names: tuple[str, ...]) -> str:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
+    """The CPU's model name and its vector flags, from /proc/cpuinfo (else what Python says)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), "unknown"
+    fields = dict(re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", text, re.M))
+    flags = sorted(flag for flag in fields.get("flags", "").split() if VECTOR_FLAGS.match(flag))
+    name = fields.get("model name", platform.machine()).strip()
+    if "cpu family" in fields:  # "AMD EPYC" alone names several kinds
+        name += (
+            f" (family {fields['cpu family'].strip()}, model {fields.get('model', '?').strip()})"
+        )
+    return name, " ".join(flags)
+
+
+def environment_tags() -> dict[str, str]:
+    """Python, package versions, CPU model and vector flags, as `env.*` run tags."""
+    model, flags = cpu_description()
+    tags = {f"{ENV_PREFIX}{key}": package_version(names) for key, names in PACKAGES.items()}
+    return tags | {
+        f"{ENV_PREFIX}python": platform.python_version(),
+        f"{ENV_PREFIX}platform": platform.platform(),
+        f"{ENV_PREFIX}cpu": model,
+        f"{ENV_PREFIX}cpu_flags": flags,
+    }
