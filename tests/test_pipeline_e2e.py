@@ -239,7 +239,7 @@ def interrupt_when_training(process: subprocess.Popen, signum: int) -> str:
     seen = []
     for line in process.stdout:
         seen.append(line)
-        if "iteration 20/" in line:
+        if "iteration 21/" in line:
             os.killpg(process.pid, signum)
             break
     rest, _ = process.communicate(timeout=120)
@@ -251,8 +251,8 @@ def interrupt_when_training(process: subprocess.Popen, signum: int) -> str:
 @pytest.mark.parametrize("signum", [signal.SIGKILL])
 def test_interrupted_repro_loses_nothing_and_the_next_completes(repo, signum):
     before = snapshot(repo)
-    iterations = 200 + signum  # a change DVC has not run before
-    longer = {"iterations": f"6 -> {iterations}", "log_every": "3 -> 20"}
+    iterations = 300 + 3 * signum  # a change DVC has not run before; steps_per_execution 3
+    longer = {"iterations": f"6 -> {iterations}", "log_every": "3 -> 21"}
     with edited_params(repo, **longer):
         process = start_repro(repo)
         output = interrupt_when_training(process, signum)

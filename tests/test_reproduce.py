@@ -122,7 +122,7 @@ def test_a_model_not_in_the_registry_gets_one_line(bare_repo):
     )
 
 
-# --- on the tiny pipeline: real training, twice per reproduction ------------------------------
+# --- on the tiny pipeline: real training, twice per reproduction (the heavy tier) -------------
 
 
 def client_for(repo: Path) -> mlflow.MlflowClient:
@@ -172,7 +172,7 @@ def reproduced(repo: Path, version: int) -> tuple[str, dict[str, str]]:
     return result.stderr, tags
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved(history):
     client = client_for(history)
     first, third = (client.get_model_version("mnist-lstm", v).run_id for v in ("1", "3"))
@@ -185,7 +185,7 @@ def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved
     assert checked.date() == datetime.datetime.now(datetime.UTC).date()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_run_with_uncommitted_params_reproduces_from_its_logged_params(history):
     output, tags = reproduced(history, 2)
     assert tags["git.dirty"] == "true" and "params.yaml" in tags["git.changed_files"]
@@ -193,7 +193,7 @@ def test_a_run_with_uncommitted_params_reproduces_from_its_logged_params(history
     assert "params as MLflow logged them" in tags["reproduce.details"]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(history):
     cache, mirror = history / ".dvc/cache", history.parent / "mirror"
     shutil.move(cache, history.parent / "cache-away")
