@@ -56,8 +56,8 @@ def test_real_digits_as_files_get_the_array_paths_labels(real_model, tmp_path):
     labels = table["label"].astype(int).to_numpy()
     agreement = (labels == real_model.predicted).mean()
     # 80 pictures, some off-centre, coloured or JPEG: each misread one costs 1.25 points, and the
-    # fixture's quickly trained model (its threads follow what else the test run is training)
-    # misreads one or two more in some runs; broken preprocessing agrees on far fewer
+    # fixture's quickly trained model has misread one or two more in some test runs; broken
+    # preprocessing agrees on far fewer
     assert agreement >= 0.95, agreement
     assert (real_model.predicted == real_model.labels).mean() > 0.8  # a model worth agreeing with
     printed = result.stdout.strip().splitlines()
