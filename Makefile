@@ -110,5 +110,5 @@ bench-distributed: install  ## default params: two local workers (multi_worker) 
 	python -m benchmarks.distributed
 
 clean:  ## remove caches (keeps .venv, data, models and the MLflow store)
-	rm -rf .pytest_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .ruff_cache .hypothesis .serve
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

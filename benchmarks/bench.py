@@ -358,6 +358,11 @@ def tuning_table(rows: list[dict]) -> list[str]:
 
 
 SERVED = {"onnx": "ONNX model (registered now)", "tensorflow": "TensorFlow pyfunc (before)"}
+SERVERS = {
+    "onnx": "ONNX model, `make serve`",
+    "onnx_mlflow": "ONNX model, MLflow's scoring server",
+    "tensorflow": "TensorFlow pyfunc, MLflow's scoring server (before)",
+}
 
 
 def serving_table(serving: dict) -> list[str]:
@@ -369,7 +374,8 @@ def serving_table(serving: dict) -> list[str]:
         "",
         "## Serving the registered model: ONNX Runtime against the previous TensorFlow pyfunc",
         "",
-        "Both over the same trained weights, each measured in fresh processes, interleaved.",
+        "Both over the same trained weights, each measured in fresh processes, interleaved. "
+        "In-process: `mlflow.pyfunc.load_model` on the registered model.",
         "",
         "| model | cold start to first prediction s | memory then MiB | one image p50 ms | p99 ms "
         "| batch 1000 images/s | printed | TensorFlow loaded |",
@@ -383,21 +389,25 @@ def serving_table(serving: dict) -> list[str]:
                      f"{row['printed_chars']} chars | {row['tensorflow_loaded']} |")  # fmt: skip
     lines += [
         "",
-        "`make serve` (POST /invocations, one image per request): start to the first answer, "
-        "one connection, then load tests from a second process; memory is the largest resident "
-        "set among the server's processes after the load tests.",
+        "Servers (POST /invocations, one image per request): process start to the first "
+        "answer, first with no local copy of the model (MLflow resolves `@champion` in a child "
+        "process, as after a new champion) and then at a restart with the store unchanged; one "
+        "connection; then load tests from a second process; memory is the largest resident set "
+        "among the server's processes after the load tests.",
         "",
-        "| model | workers | start to first answer s | server RSS MiB | one image p50 ms | p99 ms "
-        "| load: concurrency, errors, p50 ms, p99 ms, requests/s |",
-        "|---|---|---|---|---|---|---|",
+        "| server | workers | start to first answer s | restart s | server RSS MiB "
+        "| one image p50 ms | p99 ms | load: concurrency, errors, p50 ms, p99 ms, requests/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    present = {key: name for key, name in SERVERS.items() if key in serving}
     for index, _ in enumerate(serving["onnx"]["http"]):
-        for key, name in SERVED.items():
+        for key, name in present.items():
             row = serving[key]["http"][index]
             loads = "; ".join(f"{run['concurrency']}: {run['errors']}, {run['p50_ms']:.1f}, "
                               f"{run['p99_ms']:.1f}, {run['requests_per_s']:,.0f}"
                               for run in row["load"])  # fmt: skip
-            lines.append(f"| {name} | {row['workers']} | {row['cold_start_s']:.2f} | "
+            restart = f"{row['restart_s']:.2f}" if "restart_s" in row else "-"
+            lines.append(f"| {name} | {row['workers']} | {row['cold_start_s']:.2f} | {restart} | "
                          f"{row['memory']['rss_mib']:.0f} | {row['one_image']['p50_ms']:.2f} | "
                          f"{row['one_image']['p99_ms']:.2f} | {loads} |")  # fmt: skip
     onnx, tensorflow = serving["onnx"]["in_process"], serving["tensorflow"]["in_process"]
@@ -412,10 +422,20 @@ def serving_table(serving: dict) -> list[str]:
     }  # fmt: skip
     lines += [
         "",
-        "TensorFlow pyfunc / ONNX model (above 1: ONNX is faster or smaller): "
-        + ", ".join(f"{what} **{ratio:.2f}×**" for what, ratio in ratios.items())
-        + ".",
+        "TensorFlow pyfunc / ONNX model (above 1: ONNX is faster or smaller; servers with one "
+        "worker): " + ", ".join(f"{what} **{ratio:.2f}×**" for what, ratio in ratios.items()) + ".",
     ]
+    if "onnx_mlflow" in serving:
+        web_mlflow = serving["onnx_mlflow"]["http"][0]
+        lines += [
+            "",
+            "MLflow's scoring server / `make serve`, the same ONNX model, one worker: start to "
+            f"first answer **{web_mlflow['cold_start_s'] / web_onnx['cold_start_s']:.2f}×** "
+            f"(restart **{web_mlflow['restart_s'] / web_onnx['restart_s']:.2f}×**), memory "
+            f"**{web_mlflow['memory']['rss_mib'] / web_onnx['memory']['rss_mib']:.2f}×**, one "
+            "image p50 "
+            f"**{web_mlflow['one_image']['p50_ms'] / web_onnx['one_image']['p50_ms']:.2f}×**.",
+        ]
     return lines
 
 

@@ -8,11 +8,14 @@ from the same trained `.keras` file, so both serve the same weights.
 For each model, interleaved, each in a fresh process:
 - in-process: cold start (process start to its first prediction) and resident memory, then
   one image p50/p99 and batches of 1,000 (images/s) through `mlflow.pyfunc.load_model`;
-- over HTTP (`python -m pipeline.serving.serve` on a free port of 127.0.0.1, both models' servers
-  up at once): start to the first answered POST /invocations, one image per request on one
-  connection (p50/p99, in alternating blocks), then load tests from this process at each
-  concurrency and number of server workers, bounded in count and time, alternating, and each
-  server's resident memory.
+- over HTTP, on free ports of 127.0.0.1, all servers up at once: `make serve`'s server on the
+  ONNX model; MLflow's own scoring server (benchmarks/mlflow_server.py, how `make serve` ran
+  before) on the same model; and MLflow's server on the TensorFlow pyfunc. Start to the first
+  answered POST /invocations (for `make serve` with its copy of the model made afresh, so
+  MLflow resolves the alias, then again at a restart with the store unchanged), one image per
+  request on one connection (p50/p99, in alternating blocks), then load tests from this process
+  at each concurrency and number of server workers, bounded in count and time, alternating,
+  and each server's resident memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import http.client
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,12 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.serving import model_cache
 from pipeline.shared.processes import environment_without
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW_PYFUNC = REPO / "benchmarks" / "tf_pyfunc.py"
 MODELS = ("onnx", "tensorflow")  # the registered model now, and the one before
+SERVERS = {  # over HTTP: which server, on which of MODELS
+    "onnx": ("pipeline.serving.serve", "onnx"),
+    "onnx_mlflow": ("benchmarks.mlflow_server", "onnx"),
+    "tensorflow": ("benchmarks.mlflow_server", "tensorflow"),
+}
 
 
 def percentiles(milliseconds: list[float]) -> dict[str, float]:
@@ -142,12 +152,12 @@ def first_answer(port: int, body: bytes, process: subprocess.Popen, limit_s: flo
 
 
 @contextlib.contextmanager
-def server(model_uri: str, workers: int, body: bytes):
-    """`make serve` on a free port; yields (port, pid, seconds from spawn to first answer)."""
+def server(module: str, model_uri: str, workers: int, body: bytes):
+    """`module`'s server on a free port; yields (port, pid, seconds from spawn to first answer)."""
     env = environment_without("MLFLOW_")
     port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.serving.serve", "--port",
+    process = subprocess.Popen([sys.executable, "-m", module, "--port",
                                 str(port), "--model", model_uri, "--workers", str(workers)],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
@@ -206,32 +216,39 @@ def server_memory(pid: int) -> dict[str, float]:
 
 def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: int,
               concurrencies: list[int], workers: int) -> dict[str, dict]:  # fmt: skip
-    """Both models' servers up at once, started one after the other; their one-image requests
-    in alternating blocks and their load tests alternating, so drift hits both alike."""
+    """Every server up at once, started one after the other; their one-image requests in
+    alternating blocks and their load tests alternating, so drift hits all alike; then each
+    started again, alone, to its first answer."""
     body = json.dumps({"inputs": images[:1].tolist()}).encode()
+    shutil.rmtree(REPO / model_cache.CACHE_DIR, ignore_errors=True)  # as after a new champion
     with contextlib.ExitStack() as stack:
-        started = {name: stack.enter_context(server(uri, workers, body))
-                   for name, uri in uris.items()}  # fmt: skip
+        started = {name: stack.enter_context(server(module, uris[model], workers, body))
+                   for name, (module, model) in SERVERS.items()}  # fmt: skip
         connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                        for name, (port, _, _) in started.items()}  # fmt: skip
-        single: dict[str, list[float]] = {name: [] for name in uris}
+        single: dict[str, list[float]] = {name: [] for name in SERVERS}
         for connection in connections.values():
             for _ in range(20):
                 post(connection, body)  # warm-up
         blocks = 6
         for block in range(blocks):
-            for name in MODELS if block % 2 == 0 else MODELS[::-1]:
+            for name in list(SERVERS) if block % 2 == 0 else list(SERVERS)[::-1]:
                 single[name] += [post(connections[name], body)[1]
                                  for _ in range(repeats // blocks)]  # fmt: skip
         for connection in connections.values():
             connection.close()
-        loads: dict[str, list[dict]] = {name: [] for name in uris}
+        loads: dict[str, list[dict]] = {name: [] for name in SERVERS}
         for concurrency in concurrencies:
-            for name in MODELS:
+            for name in SERVERS:
                 loads[name].append(load(started[name][0], body, requests, concurrency, 120))
-        return {name: {"workers": workers, "cold_start_s": started[name][2],
-                       "one_image": percentiles(single[name]), "load": loads[name],
-                       "memory": server_memory(started[name][1])} for name in uris}  # fmt: skip
+        memory = {name: server_memory(started[name][1]) for name in SERVERS}
+    restarted = {}
+    for name, (module, model) in SERVERS.items():
+        with server(module, uris[model], workers, body) as (_, _, seconds):
+            restarted[name] = seconds
+    return {name: {"workers": workers, "cold_start_s": started[name][2],
+                   "restart_s": restarted[name], "one_image": percentiles(single[name]),
+                   "load": loads[name], "memory": memory[name]} for name in SERVERS}  # fmt: skip
 
 
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
@@ -243,12 +260,13 @@ def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...]
     uris = {"onnx": f"models:/{params.mlflow.registered_model}@champion",
             "tensorflow": log_tensorflow_pyfunc()}  # fmt: skip
     images = test_images()
-    results: dict = {name: {"model_uri": uri, "http": []} for name, uri in uris.items()}
+    results: dict = {name: {"model_uri": uris[model], "http": []}
+                     for name, (_, model) in SERVERS.items()}  # fmt: skip
     for name in MODELS:
         results[name]["in_process"] = in_fresh_process(uris[name], repeats)
     for count in workers:
         measured = over_http(uris, images, repeats, requests, list(concurrencies), count)
-        for name in MODELS:
+        for name in SERVERS:
             results[name]["http"].append(measured[name])
     return results
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
 PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.onnx_classifier").origin
+NETWORK_CODE = importlib.util.find_spec("pipeline.serving.onnx_network").origin  # what it runs
 KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
 # Wall seconds inside training steps and inside validation (Keras's own hooks), as run metrics.
 TIME_METRICS = {"training": "time/training_steps_s", "validation": "time/validation_s"}
@@ -98,6 +99,7 @@ def log_model(model, onnx_file: str | Path, example, params: config.Params):
         name="model",
         python_model=PYFUNC_CODE,
         artifacts={"onnx_model": str(onnx_file)},
+        code_paths=[NETWORK_CODE],
         signature=signature,
         input_example=example,
         # registration `better`: evaluate registers it if it beats the champion

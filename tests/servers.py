@@ -131,10 +131,11 @@ def write_params(raw: dict, path: Path) -> Path:
     return path
 
 
-def post_json(url: str, body: bytes) -> tuple[int, dict]:
-    """POST a JSON body; the status and the decoded JSON answer, 4xx and 5xx included."""
+def post_json(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST a body (JSON unless told); the status and the decoded JSON answer, 4xx and 5xx
+    included."""
     request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+                                     headers={"Content-Type": content_type})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import types
+import re
 
 import keras
 import numpy as np
 import onnx
 import pytest
-from mlflow.exceptions import MlflowException
 
-from pipeline.serving import onnx_classifier
+from pipeline.serving import onnx_network
 from pipeline.shared import config, onnx_export
 from pipeline.shared.model import build_model
 
@@ -37,15 +36,13 @@ def test_the_export_gives_kerass_probabilities_through_onnxs_own_lstm_op(tmp_pat
     operators = {node.op_type for node in onnx.load(path).graph.node}
     assert "LSTM" in operators  # one fused op, whether or not training unrolled the steps
     assert not any("cudnn" in operator.lower() for operator in operators)
-    # the registered model's pyfunc class on that file scores any batch size, one image too
-    classifier = onnx_classifier.OnnxClassifier()
-    classifier.load_context(types.SimpleNamespace(artifacts={"onnx_model": str(path)}))
-    batch = images(2 * onnx_classifier.CHUNK + 3, seed=2)  # three calls into ONNX Runtime
-    np.testing.assert_allclose(classifier.predict(None, batch), network.predict_on_batch(batch),
+    # what the registered model and the servers run on that file scores any batch size
+    runtime = onnx_network.OnnxNetwork(path)
+    batch = images(2 * onnx_network.CHUNK + 3, seed=2)  # three calls into ONNX Runtime
+    np.testing.assert_allclose(runtime.predict(batch), network.predict_on_batch(batch),
                                atol=onnx_export.TOLERANCE)  # fmt: skip
-    np.testing.assert_array_equal(classifier.predict(None, batch[:1]),
-                                  classifier.predict(None, batch)[:1])  # fmt: skip
-    assert classifier.predict(None, batch[:0]).shape == (0, 10)
+    np.testing.assert_array_equal(runtime.predict(batch[:1]), runtime.predict(batch)[:1])
+    assert runtime.predict(batch[:0]).shape == (0, 10)
 
 
 def test_the_exported_copy_is_rolled_and_never_cudnn():
@@ -81,6 +78,5 @@ def test_the_check_sees_another_networks_weights(tmp_path):
     ],
 )
 def test_bad_input_is_refused_with_what_is_wrong(bad, message):
-    with pytest.raises(MlflowException, match=message.replace("[", r"\[").replace("(", r"\(")
-                       .replace(")", r"\)")):  # fmt: skip
-        onnx_classifier.validated(bad)
+    with pytest.raises(onnx_network.InputError, match=re.escape(message)):
+        onnx_network.validated(bad)

@@ -1,16 +1,22 @@
-"""The REST server: MLflow's scoring server on the registered model, and bad input it refuses."""
+"""The REST server: MLflow's scoring protocol on the registered ONNX model, and what it refuses."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
+from pipeline.shared.processes import environment_without
+
+from .conftest import REPO
 from .servers import (
     Running,
     children,
@@ -96,6 +102,51 @@ def test_nan_and_range_errors_say_what_is_wrong(server):
 def test_the_server_loads_no_tensorflow(server):
     good_request_still_works(server)
     assert "tensorflow" not in mapped_files(server.pid)
+
+
+def test_instances_is_the_same_as_inputs_and_ping_health_version_answer(server):
+    images = np.random.default_rng(2).random((2, 28, 28), dtype=np.float32)
+    answers = [post(server, json.dumps({key: images.tolist()}).encode())
+               for key in ("inputs", "instances")]  # fmt: skip
+    assert answers[0] == answers[1] and answers[0][0] == 200
+    for path in ("/ping", "/health", "/version"):
+        with urllib.request.urlopen(server.url + path, timeout=10) as response:
+            assert response.status == 200 and response.read()
+
+
+def test_other_content_types_and_dataframes_are_refused_naming_what_to_send(server):
+    body = images_json(np.zeros((1, 28, 28), np.float32))
+    status, answer = post_json(server.url + "/invocations", body, content_type="text/csv")
+    assert status == 415 and "application/json" in answer["message"]
+    table = json.dumps({"dataframe_split": {"columns": ["a"], "data": [[1]]}}).encode()
+    status, answer = post(server, table)
+    assert (
+        status == 400 and "not a DataFrame" in answer["message"] and "inputs" in answer["message"]
+    )
+
+
+BUILD_ALONE = """
+import json, sys
+from pipeline.serving import serve
+from pipeline.shared import config
+serve.build_app(sys.argv[1], config.load_params(sys.argv[2]))
+heavy = sorted(name for name in ("tensorflow", "keras", "mlflow", "sqlalchemy", "pandas")
+               if name in sys.modules)
+print(json.dumps(heavy))
+"""
+
+
+def test_the_app_holds_neither_tensorflow_nor_mlflow(trained, tmp_path):
+    """The champion is resolved by MLflow in a child process; the server itself has none of it."""
+    params = write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
+    champion = f"models:/{trained.params.mlflow.registered_model}@champion"
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_ALONE, champion, str(params)], cwd=REPO,
+        env=environment_without("MLFLOW_") | {"DVC_ROOT": str(trained.root)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
 
 
 def test_workers_share_the_port_and_all_stop_with_the_server(trained, tmp_path):

@@ -99,7 +99,9 @@ mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
 probabilities = model.predict(np.full((2, 28, 28), 0.5, np.float32))
 heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
-print(json.dumps({"heavy": heavy, "shape": list(np.shape(probabilities))}))
+code = sys.modules["onnx_network"].__file__  # the network code logged with the model
+print(json.dumps({"heavy": heavy, "shape": list(np.shape(probabilities)),
+                  "logged_code": code.endswith("/code/onnx_network.py")}))
 """
 
 
@@ -109,7 +111,11 @@ def test_loading_and_predicting_the_champion_imports_no_tensorflow(trained):
     result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, uri, champion], cwd=REPO,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {"heavy": [], "shape": [2, 10]}
+    assert json.loads(result.stdout.splitlines()[-1]) == {
+        "heavy": [],
+        "shape": [2, 10],
+        "logged_code": True,
+    }
 
 
 def test_the_training_run_logs_system_metrics(trained):

@@ -1,11 +1,11 @@
-"""What the REST server and the demo page share: a body-size limit, one-line errors, uvicorn.
+"""What the REST server and the demo page share: a body-size limit, error bodies, uvicorn.
 
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
-supervisor stops them all. The supervisor first pins the model (`models:/name@champion` → that
-version) and copies it to a temporary folder, so every process serves the same version even if
-the alias moves meanwhile, and loads it with no tracking store (no SQLAlchemy in the workers);
-each process's ONNX Runtime gets its share of the cores.
+supervisor stops them all. The supervisor first has the model pinned and copied to a local
+folder (`models:/name@champion` → that version's files, pipeline/serving/model_cache.py), so
+every process serves the same version even if the alias moves meanwhile; each process's ONNX
+Runtime gets its share of the cores.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,7 +23,6 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
-MAX_MESSAGE = 300  # characters of an error message a client gets back
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
 
@@ -106,64 +103,16 @@ async def discard(receive: Receive, budget: int) -> None:
             return
 
 
-def one_line(message: str) -> str:
-    """MLflow's scoring server puts the whole request in its messages: keep the cause only."""
-    cause = message.rsplit("Error: ", 1)[-1].strip().splitlines()
-    text = cause[0] if cause else message
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
-
-
-class OneLineErrors:
-    """ASGI middleware: a 4xx JSON error keeps its code and one short line of message."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started: dict = {}
-        chunks: list[bytes] = []
-
-        async def shorten(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                started.update(message)
-                if not 400 <= message["status"] < 500:
-                    await send(message)
-                return
-            if not started or not 400 <= started["status"] < 500:
-                return await send(message)
-            chunks.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            body = rewrite(b"".join(chunks))
-            headers = [(k, v) for k, v in started["headers"] if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send(started | {"headers": headers})
-            await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, shorten)
-
-
-def rewrite(body: bytes) -> bytes:
-    try:
-        payload = json.loads(body)
-        code, message = payload["error_code"], str(payload["message"])
-    except (ValueError, KeyError, TypeError):
-        return body  # not an MLflow error: leave it
-    return error_body(code, one_line(message))
-
-
 APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model, params file
 
 
 def build(module: str, model_uri: str, params_file: str):
-    """`module.build_app(model_uri, params)` with the body limit and one-line errors around it."""
+    """`module.build_app(model_uri, params)` with the body limit around it."""
     import pipeline.shared.config as config
 
     params = config.load_params(params_file)
     app = importlib.import_module(module).build_app(model_uri, params)
-    return BodyLimit(OneLineErrors(app), params.serve.max_body_bytes)
+    return BodyLimit(app, params.serve.max_body_bytes)
 
 
 def app_from_environment():
@@ -197,7 +146,7 @@ def serve(
     import uvicorn
 
     import pipeline.shared.config as config
-    from pipeline.serving import loader, onnx_classifier
+    from pipeline.serving import loader, onnx_network
     from pipeline.shared.processes import usable_cores
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
@@ -208,19 +157,14 @@ def serve(
         return
     from uvicorn.supervisors import Multiprocess
 
-    with tempfile.TemporaryDirectory(prefix="serve-model-") as folder:
-        local_model = model_uri
-        if not model_uri.endswith(".onnx") and not Path(model_uri).exists():
-            params = config.load_params(params_file)
-            local_model = loader.downloaded(model_uri, params, Path(folder))
-        os.environ[APP_ENV] = json.dumps(
-            {"module": module, "model_uri": local_model, "params_file": str(params_file)}
-        )
-        os.environ.setdefault(onnx_classifier.THREADS_ENV, str(max(1, usable_cores() // workers)))
-        log.info(
-            "serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers
-        )
-        config = uvicorn.Config(
-            f"{__name__}:app_from_environment", factory=True, workers=workers, **options
-        )
-        Multiprocess(config, sockets=[tcp_socket(host, port)]).run()
+    params = config.load_params(params_file)
+    local_model = loader.local(model_uri, params)  # every worker serves this very version
+    os.environ[APP_ENV] = json.dumps(
+        {"module": module, "model_uri": local_model, "params_file": str(params_file)}
+    )
+    os.environ.setdefault(onnx_network.THREADS_ENV, str(max(1, usable_cores() // workers)))
+    log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers)
+    server_config = uvicorn.Config(
+        f"{__name__}:app_from_environment", factory=True, workers=workers, **options
+    )
+    Multiprocess(server_config, sockets=[tcp_socket(host, port)]).run()

@@ -1,104 +1,75 @@
 """Which model to use (the registered champion by default) and loading it for prediction.
 
-Everything here runs on ONNX Runtime through MLflow's pyfunc: no TensorFlow is imported.
+The servers and `predict` run the registered model's ONNX file on ONNX Runtime through
+onnx_network.py, the code the registered pyfunc runs too: no TensorFlow and no MLflow in the
+process. An MLflow model URI becomes a local model folder first (model_cache.py); the folder's
+`MLmodel` file names its ONNX artifact.
 """
 
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 import pipeline.shared.config as config
-import pipeline.shared.registry as registry
-import pipeline.shared.tracking as tracking
+from pipeline.serving import model_cache
+from pipeline.serving.model_cache import ModelError
+from pipeline.serving.onnx_network import InputError, OnnxNetwork
+from pipeline.shared.registry import CHAMPION
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
+ONNX_ARTIFACT = "onnx_model"  # onnx_classifier.ONNX_ARTIFACT, read here without MLflow
 
-
-class ModelError(Exception):
-    """The model cannot be found or loaded; the message names it."""
+__all__ = ["ModelError", "InputError", "Predict", "default_uri", "load", "onnx_file", "local"]
 
 
 def default_uri(params: config.Params) -> str:
-    return f"models:/{params.mlflow.registered_model}@{registry.CHAMPION}"
+    return f"models:/{params.mlflow.registered_model}@{CHAMPION}"
 
 
-def load_pyfunc(model_uri: str, params: config.Params):
-    """The MLflow pyfunc model at any MLflow URI (`models:/`, `runs:/`, a local folder)."""
-    import mlflow
-
-    tracking.connect(params.mlflow, tracking.repo_root())  # `models:/` resolves in that store
-    try:
-        return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    except (mlflow.exceptions.MlflowException, OSError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(f"cannot load model {model_uri}: {message}") from None
-
-
-def pinned(model_uri: str) -> str:
-    """`models:/name@alias` as `models:/name/<the version it points at now>`; others as given.
-    MLflow must be pointed at the store already (`tracking.connect`)."""
-    import mlflow
-
-    if not model_uri.startswith("models:/") or "@" not in model_uri:
-        return model_uri
-    name, alias = model_uri.removeprefix("models:/").split("@", 1)
-    try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
-    except mlflow.exceptions.MlflowException as error:
-        raise ModelError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}") from None
-    log.info("%s is version %s", model_uri, version)
-    return f"models:/{name}/{version}"
-
-
-def downloaded(model_uri: str, params: config.Params, folder: Path) -> str:
-    """The model at `model_uri` (an alias pinned to its version first) copied into `folder`;
-    the local path, which loads with no tracking store at all."""
-    import mlflow
-
-    tracking.connect(params.mlflow, tracking.repo_root())
-    pinned_uri = pinned(model_uri)
-    try:
-        path = mlflow.artifacts.download_artifacts(pinned_uri, dst_path=str(folder))
-    except (mlflow.exceptions.MlflowException, OSError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(f"cannot load model {pinned_uri}: {message}") from None
-    log.info("%s copied to %s for the workers", pinned_uri, path)
-    return path
-
-
-def load_onnx_file(path: Path):
-    """An `.onnx` file (e.g. models/model.onnx) behind the registered model's own pyfunc class."""
-    from pipeline.serving import onnx_classifier
-
-    if not path.is_file():
-        raise ModelError(f"cannot load model {path}: no such file")
-    classifier = onnx_classifier.OnnxClassifier()
-    try:
-        classifier.load_context(
-            types.SimpleNamespace(artifacts={onnx_classifier.ONNX_ARTIFACT: str(path)})
-        )
-    except Exception as error:  # onnxruntime raises its own exception types for a bad file
-        raise ModelError(f"cannot load model {path}: {str(error).splitlines()[0]}") from None
-    return classifier
-
-
-def load(model: str, params: config.Params) -> Predict:
-    """An `.onnx` file, or any MLflow model URI, as one function of a batch of images."""
-    if model.endswith(".onnx"):
-        classifier = load_onnx_file(Path(model))
-        return lambda images: np.asarray(classifier.predict(None, images))
+def local(model: str, params: config.Params) -> str:
+    """An `.onnx` file as it is; any MLflow model URI as the local folder of its files."""
     if model.endswith(".keras"):
         raise ModelError(
             f"cannot load model {model}: a Keras file needs TensorFlow; give its "
             "ONNX export (models/model.onnx) or an MLflow model URI"
         )
-    pyfunc = load_pyfunc(model, params)
-    log.info("loaded %s", model)
-    return lambda images: np.asarray(pyfunc.predict(images))
+    if model.endswith(".onnx"):
+        return model
+    return str(model_cache.local_folder(model, params))
+
+
+def onnx_file(model: str) -> Path:
+    """The ONNX network of an `.onnx` path or of a local MLflow model folder."""
+    path = Path(model)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ModelError(f"cannot load model {model}: no such file")
+        return path
+    try:
+        flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"]["python_function"]
+        relative = flavor["artifacts"][ONNX_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise ModelError(
+            f"cannot load model {model}: not an ONNX model of this project (its MLmodel names "
+            f"no `{ONNX_ARTIFACT}` artifact); serve other MLflow models with `mlflow models serve`"
+        ) from None
+    return path / relative
+
+
+def load(model: str, params: config.Params) -> Predict:
+    """An `.onnx` file, a local MLflow model folder or any MLflow model URI, as one function
+    of a batch of images (InputError for input it refuses)."""
+    path = onnx_file(local(model, params))
+    try:
+        network = OnnxNetwork(path)
+    except Exception as error:  # ONNX Runtime raises its own exception types for a bad file
+        raise ModelError(f"cannot load model {model}: {str(error).splitlines()[0]}") from None
+    log.info("loaded %s (%s)", model, path)
+    return network.predict

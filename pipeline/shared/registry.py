@@ -1,12 +1,16 @@
-"""The model registry: register a model when it beats the champion, move the `champion` alias."""
+"""The model registry: register a model when it beats the champion, move the `champion` alias.
+
+MLflow is imported inside the functions: the servers name the champion without loading it."""
 
 from __future__ import annotations
 
 import logging
-
-import mlflow
+from typing import TYPE_CHECKING
 
 from pipeline.shared.tracking import store_lock
+
+if TYPE_CHECKING:
+    import mlflow
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ def version_scores(client: mlflow.MlflowClient, name: str) -> dict[int, float]:
 
 def champion_score(client: mlflow.MlflowClient, name: str) -> tuple[int, float] | None:
     """The champion's version and test accuracy, if there is a champion with one."""
+    import mlflow
+
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
@@ -49,6 +55,8 @@ def register_if_better(name: str, model_uri: str, score: float) -> int | None:
     far, not one version per trial. Two that both beat the champion at once both register;
     promote_champion then picks the better.
     """
+    import mlflow
+
     client = mlflow.MlflowClient()
     with store_lock():
         current = champion_score(client, name)
@@ -75,6 +83,8 @@ def promote_champion(name: str, max_rounds: int = 20) -> int | None:
     no new score came in: whichever evaluation sets the alias last has seen every version
     scored before it, so the alias ends on the best, whatever the interleaving.
     """
+    import mlflow
+
     client = mlflow.MlflowClient()
     with store_lock():
         scores = version_scores(client, name)

@@ -16,7 +16,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 from filelock import FileLock
 
 import pipeline.shared.config as config
@@ -91,6 +90,8 @@ def _is_server(uri: str) -> bool:
 @contextlib.contextmanager
 def server_lost_as_error() -> Iterator[None]:
     """A tracking server that stops answering mid-stage ends the stage with one clear line."""
+    import mlflow
+
     try:
         yield
     except (mlflow.exceptions.MlflowException, OSError) as error:
@@ -121,6 +122,8 @@ def store_lock(uri: str | None = None) -> Iterator[None]:
     evaluations promoting at once could leave the alias on the worse model. Server stores
     handle their own concurrency, so only a local SQLite file gets a lock file beside it.
     """
+    import mlflow
+
     database = local_db(uri or mlflow.get_tracking_uri())
     if database is None:
         yield
@@ -139,7 +142,13 @@ def _use_wal(database: Path) -> None:
 def connect(params: config.MlflowParams, root: Path) -> str:
     """Point MLflow's tracking and registry at the store (failing fast if it is a server that
     does not answer); return its URI."""
-    uri = tracking_uri(params, root)
+    return connect_to(tracking_uri(params, root))
+
+
+def connect_to(uri: str) -> str:
+    """`connect` for a store given by its URI."""
+    import mlflow
+
     if _is_server(uri):
         for name, value in SERVER_RETRIES.items():
             os.environ.setdefault(name, value)
@@ -163,6 +172,8 @@ def beside_store(uri: str, params: config.MlflowParams) -> str | None:
 
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
     root = root or repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = connect(params, root)
@@ -190,6 +201,8 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
 @contextlib.contextmanager
 def killed_on_interrupt() -> Iterator[None]:
     """End the active run as KILLED, never left RUNNING, when the stage is interrupted."""
+    import mlflow
+
     try:
         yield
     except KeyboardInterrupt:
@@ -204,6 +217,8 @@ def process_tags() -> dict[str, str]:
 
 def close_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark as KILLED the RUNNING runs whose process on this host is gone (e.g. after SIGKILL)."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     closed = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):

@@ -1,0 +1,30 @@
+"""MLflow's own scoring server (the app of `mlflow models serve`), for the serving benchmark.
+
+How `make serve` answered before it became this project's small server: MLflow imported and
+the store opened in the serving process, the pyfunc loaded through MLflow. It runs under the
+same uvicorn set-up, body limit and workers as `make serve`, so the benchmark compares only the
+app and what it loads.
+
+    python -m benchmarks.mlflow_server --model URI [--port PORT] [--workers N]
+"""
+
+from __future__ import annotations
+
+from pipeline.serving import serve
+from pipeline.shared import config, tracking
+
+
+def build_app(model_uri: str, params: config.Params):
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    tracking.connect(params.mlflow, tracking.repo_root())  # `models:/` resolves in that store
+    return scoring_server.init(mlflow.pyfunc.load_model(model_uri, suppress_warnings=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve.serve_main(__name__, __doc__.splitlines()[0], "port", argv)
+
+
+if __name__ == "__main__":
+    main()

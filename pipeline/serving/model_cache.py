@@ -1,0 +1,169 @@
+"""An MLflow model URI as a local model folder, so that the servers answer without MLflow.
+
+Resolving `models:/name@champion` takes MLflow, whose import and first store query cost
+seconds and a hundred-odd MB that a server would otherwise carry for its whole life. So MLflow
+does it in a child process (`python -m pipeline.serving.model_cache URI --store STORE`): it pins
+an alias to its version, copies that version's files into `.serve/models/` at the repo root
+and exits. A version's files never change, so each copy is named after what it is a copy of
+(store and model) and made once.
+
+For a SQLite store the answer is also remembered with the state of the store's files (size,
+modification time and inode of the database and its write-ahead log). While they are
+unchanged nothing was written, so no alias can have moved, and the next start reuses the
+answer without starting MLflow. Any write (a run, a new version, an alias moved in the UI)
+changes that state and the next start asks MLflow again. A tracking server is always asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pipeline.shared.config as config
+import pipeline.shared.tracking as tracking
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = ".serve"  # at the repo root; git- and DVC-ignored
+ANSWERS = "resolved.json"  # model URI and store → the local folder, with the store's state
+
+
+class ModelError(Exception):
+    """The model cannot be found or loaded; the message names it."""
+
+
+def store_state(store: str) -> list[list[int]] | None:
+    """Size, modification time and inode of a SQLite store's files; None for a server."""
+    database = tracking.local_db(store)
+    if database is None:
+        return None
+    files = [database, Path(f"{database}-wal")]
+    return [[stat.st_size, stat.st_mtime_ns, stat.st_ino] for stat in map(_stat, files) if stat]
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def local_folder(model_uri: str, params: config.Params) -> Path:
+    """The MLflow model at `model_uri` as a folder on this machine (a local path as it is)."""
+    if Path(model_uri).exists():
+        return Path(model_uri)
+    root = tracking.repo_root()
+    store = tracking.tracking_uri(params.mlflow, root)
+    cache = root / CACHE_DIR
+    key = f"{store} {model_uri}"
+    state = store_state(store)
+    remembered = _answers(cache).get(key)
+    if state is not None and remembered and remembered["state"] == state:
+        if Path(remembered["path"]).is_dir():
+            log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
+            return Path(remembered["path"])
+    answer = _resolve_in_child(model_uri, store, cache)
+    if state is not None:
+        _remember(cache, key, answer | {"state": state})
+    log.info("%s is %s", model_uri, answer["pinned"])
+    return Path(answer["path"])
+
+
+def _answers(cache: Path) -> dict:
+    try:
+        return json.loads((cache / ANSWERS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(cache: Path, key: str, answer: dict) -> None:
+    """Add one answer to the file, replaced whole so that a reader never sees half of it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    answers = _answers(cache) | {key: answer}
+    with tempfile.NamedTemporaryFile("w", dir=cache, suffix=".tmp", delete=False) as file:
+        json.dump(answers, file, indent=1)
+    os.replace(file.name, cache / ANSWERS)
+
+
+def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
+    """Run `main` below in a new interpreter; its last line of output is the answer."""
+    command = [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache)]
+    environment = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+        raise ModelError(lines[-1].removeprefix("error: "))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- the child: MLflow resolves and copies ---------------------------------------------------
+
+
+def pinned(model_uri: str) -> tuple[str, str]:
+    """(`models:/name/<version>` for an alias, else the URI as given; what its files are a copy
+    of: the version's source, which a deleted and re-created model does not share)."""
+    import mlflow
+
+    if not model_uri.startswith("models:/"):
+        return model_uri, model_uri
+    name, _, rest = model_uri.removeprefix("models:/").partition("/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif rest.isdigit():
+            version = client.get_model_version(name, rest)
+        else:
+            return model_uri, model_uri  # models:/m-<id>: a logged model, already unique
+    except mlflow.exceptions.MlflowException as error:
+        raise ModelError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}") from None
+    return f"models:/{name}/{version.version}", f"{version.source} {version.run_id}"
+
+
+def copied(model_uri: str, store: str, cache: Path) -> dict:
+    """Pin `model_uri`, copy its files into `cache` unless they are there; what it resolved to."""
+    import mlflow
+
+    tracking.connect_to(store)
+    pinned_uri, identity = pinned(model_uri)
+    folder = cache / "models" / hashlib.sha256(f"{store} {identity}".encode()).hexdigest()[:20]
+    if not (folder / "MLmodel").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".copy-"))
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(pinned_uri, dst_path=str(staging))
+            Path(downloaded).rename(folder)  # the staging folder, or the model folder in it
+        except (mlflow.exceptions.MlflowException, OSError) as error:
+            if not (folder / "MLmodel").is_file():  # not another server's copy, made meanwhile
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ModelError(f"cannot load model {pinned_uri}: {message}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {"pinned": pinned_uri, "path": str(folder)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="resolve and copy an MLflow model (servers)")
+    parser.add_argument("model_uri")
+    parser.add_argument("--store", required=True, help="the tracking store's URI")
+    parser.add_argument("--cache", type=Path, required=True, help="the folder of copies")
+    args = parser.parse_args(argv)
+    try:
+        answer = copied(args.model_uri, args.store, args.cache)
+    except (ModelError, tracking.TrackingError) as error:
+        raise SystemExit(f"error: {error}") from None
+    sys.stdout.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The ONNX network on ONNX Runtime: what the registered model, the servers and `predict` run.
+
+It imports numpy and ONNX Runtime and nothing else, from this project or MLflow: the
+registered MLflow model carries a copy of this file (`code_paths`, beside its pyfunc code in
+onnx_classifier.py), and the servers import it to answer without loading MLflow at all.
+
+Input: float32 images (n, 28, 28) with pixels in [0, 1]; output: class probabilities
+(n, n_classes). Bad input raises InputError with one line naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+IMAGE_SHAPE = (28, 28)  # config.IMAGE_SHAPE: this file is logged with the model, standalone
+THREADS_ENV = "PIPELINE_ONNX_THREADS"  # threads per prediction; unset: ONNX Runtime's default
+# Images per call into ONNX Runtime. The LSTM op keeps each step's gates, (batch, 4 × units)
+# floats: for 128 images and 128 units 256 kB, which stays in a core's L2 cache, while 1,000
+# images at once (2 MB) spill out of it; a large batch runs as calls of CHUNK images.
+CHUNK = 128
+
+
+class InputError(ValueError):
+    """The input is not images this network takes; the message says what is wrong."""
+
+
+def session_options():
+    """Errors only in the log; THREADS_ENV threads when set (`make serve WORKERS=N` sets it so
+    that N processes share the cores instead of each spinning a thread per core)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    threads = os.environ.get(THREADS_ENV, "")
+    if threads.isdigit() and int(threads) > 0:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
+def validated(model_input) -> np.ndarray:
+    """float32 (n, 28, 28) in [0, 1], or InputError naming what is wrong."""
+    try:
+        images = np.asarray(model_input, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError("images must be numbers") from None
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise InputError(
+            f"images of shape {images.shape}, expected (n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]})"
+        )
+    if not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 1:
+        raise InputError("pixels must be finite and in [0, 1] (scale uint8 images by 1/255)")
+    return np.ascontiguousarray(images)
+
+
+class OnnxNetwork:
+    """An `.onnx` file in an ONNX Runtime session: images → class probabilities."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(
+            str(path), session_options(), providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.n_classes = self.session.get_outputs()[0].shape[-1]
+
+    def predict(self, model_input) -> np.ndarray:
+        images = validated(model_input)
+        if len(images) == 0:
+            return np.zeros((0, self.n_classes), dtype=np.float32)
+        chunks = [images[start : start + CHUNK] for start in range(0, len(images), CHUNK)]
+        scored = [self.session.run(None, {self.input_name: chunk})[0] for chunk in chunks]
+        return scored[0] if len(scored) == 1 else np.concatenate(scored)
