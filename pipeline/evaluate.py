@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 import pipeline.shared.config as config
+import pipeline.shared.model_cache as model_cache
 import pipeline.shared.model_card as model_card
 import pipeline.shared.registry as registry
 import pipeline.shared.scoring as scoring
@@ -104,8 +105,9 @@ def card_for(
     return model_card.render(params, manifest, scores, lineage, model_card.Figures(*links))
 
 
-def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> None:
-    """Log test results into train's run, promote the champion, write and log the model card."""
+def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> int | None:
+    """Log test results into train's run, promote the champion, write and log the model card;
+    the champion's version (None while there is none)."""
     with tracking.server_lost_as_error():
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
@@ -128,6 +130,7 @@ def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> No
         finally:
             mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
     log.info("logged test results and model card to run %s", run_info["run_id"])
+    return champion
 
 
 def logged_model_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
@@ -163,7 +166,10 @@ def run(params: config.Params) -> dict[str, float]:
         test, predictions, confusion, params.data, Path(params.paths.figures_dir)
     )
     log.info("test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    log_to_run(run_info, Evaluation(metrics, per_class, confusion, pictures), params)
+    champion = log_to_run(run_info, Evaluation(metrics, per_class, confusion, pictures), params)
+    if champion is not None:  # the store is written for good now: the servers' copy of the
+        # champion, made while MLflow is loaded here, spares their next start MLflow's start-up
+        model_cache.prepare(registry.champion_uri(params.mlflow.registered_model), params)
     return metrics
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sqlite3
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from pipeline.serving import loader, model_cache
+from pipeline.serving import loader
+from pipeline.shared import model_cache
 
 from .conftest import use_store_at
 
@@ -72,3 +75,12 @@ def test_a_server_store_has_no_state_and_a_sqlite_file_has_one(tmp_path):
     with sqlite3.connect(database) as connection:
         connection.execute("insert into t values (1)")
     assert before and model_cache.store_state(f"sqlite:///{database}") != before
+
+
+def test_evaluate_leaves_the_champion_copied_for_the_servers(trained):
+    answers = json.loads((trained.root / model_cache.CACHE_DIR / model_cache.ANSWERS).read_text())
+    name = trained.params.mlflow.registered_model
+    champion = trained.client().get_model_version_by_alias(name, "champion").version
+    [answer] = [value for key, value in answers.items() if key.endswith(f"models:/{name}@champion")]
+    assert answer["pinned"] == f"models:/{name}/{champion}"
+    assert (Path(answer["path"]) / "MLmodel").is_file() and answer["state"]

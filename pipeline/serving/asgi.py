@@ -3,7 +3,7 @@
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
 supervisor stops them all. The supervisor first has the model pinned and copied to a local
-folder (`models:/name@champion` → that version's files, pipeline/serving/model_cache.py), so
+folder (`models:/name@champion` → that version's files, pipeline/shared/model_cache.py), so
 every process serves the same version even if the alias moves meanwhile; each process's ONNX
 Runtime gets its share of the cores.
 """

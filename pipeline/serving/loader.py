@@ -16,10 +16,9 @@ import numpy as np
 import yaml
 
 import pipeline.shared.config as config
-from pipeline.serving import model_cache
-from pipeline.serving.model_cache import ModelError
 from pipeline.serving.onnx_network import InputError, OnnxNetwork
-from pipeline.shared.registry import CHAMPION
+from pipeline.shared import model_cache, registry
+from pipeline.shared.model_cache import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ __all__ = ["ModelError", "InputError", "Predict", "default_uri", "load", "onnx_f
 
 
 def default_uri(params: config.Params) -> str:
-    return f"models:/{params.mlflow.registered_model}@{CHAMPION}"
+    return registry.champion_uri(params.mlflow.registered_model)
 
 
 def local(model: str, params: config.Params) -> str:

@@ -18,6 +18,10 @@ CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 
 
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
 def choose_champion(scores: dict[int, float], current: int | None) -> int:
     """The version with the best score; the current champion keeps it on a tie."""
     best = max(scores.values())

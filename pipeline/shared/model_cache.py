@@ -2,7 +2,7 @@
 
 Resolving `models:/name@champion` takes MLflow, whose import and first store query cost
 seconds and a hundred-odd MB that a server would otherwise carry for its whole life. So MLflow
-does it in a child process (`python -m pipeline.serving.model_cache URI --store STORE`): it pins
+does it in a child process (`python -m pipeline.shared.model_cache URI --store STORE`): it pins
 an alias to its version, copies that version's files into `.serve/models/` at the repo root
 and exits. A version's files never change, so each copy is named after what it is a copy of
 (store and model) and made once.
@@ -12,6 +12,9 @@ modification time and inode of the database and its write-ahead log). While they
 unchanged nothing was written, so no alias can have moved, and the next start reuses the
 answer without starting MLflow. Any write (a run, a new version, an alias moved in the UI)
 changes that state and the next start asks MLflow again. A tracking server is always asked.
+The state is read before MLflow is asked, so a write while it answers makes the answer unused.
+The evaluate stage, which moves the champion and has MLflow loaded already, leaves the answer
+for the champion behind (`prepare`): after `dvc repro` the first server start needs no MLflow.
 """
 
 from __future__ import annotations
@@ -61,9 +64,8 @@ def local_folder(model_uri: str, params: config.Params) -> Path:
         return Path(model_uri)
     root = tracking.repo_root()
     store = tracking.tracking_uri(params.mlflow, root)
-    cache = root / CACHE_DIR
-    key = f"{store} {model_uri}"
-    state = store_state(store)
+    cache, key = root / CACHE_DIR, f"{store} {model_uri}"
+    state = store_state(store)  # before MLflow is asked: a write after it changes the state
     remembered = _answers(cache).get(key)
     if state is not None and remembered and remembered["state"] == state:
         if Path(remembered["path"]).is_dir():
@@ -74,6 +76,24 @@ def local_folder(model_uri: str, params: config.Params) -> Path:
         _remember(cache, key, answer | {"state": state})
     log.info("%s is %s", model_uri, answer["pinned"])
     return Path(answer["path"])
+
+
+def prepare(model_uri: str, params: config.Params) -> None:
+    """Resolve and copy `model_uri` now, in a process that has MLflow already (evaluate, after
+    it moved the champion), so that the next server start finds the answer and needs no MLflow.
+    A failure only costs that start its MLflow child, so it is logged, never raised."""
+    root = tracking.repo_root()
+    store = tracking.tracking_uri(params.mlflow, root)
+    state = store_state(store)
+    if state is None:
+        return  # a tracking server: asked at every start anyway
+    try:
+        answer = copied(model_uri, store, root / CACHE_DIR)
+        _remember(root / CACHE_DIR, f"{store} {model_uri}", answer | {"state": state})
+    except (ModelError, OSError) as error:
+        log.warning(
+            "%s not copied for the servers (they will copy it at start): %s", model_uri, error
+        )
 
 
 def _answers(cache: Path) -> dict:
