@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.serving import model_cache
+from pipeline.shared import model_cache
 from pipeline.shared.processes import environment_without
 from tests.servers import free_port
 
