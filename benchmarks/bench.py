@@ -390,10 +390,11 @@ def serving_table(serving: dict) -> list[str]:
     lines += [
         "",
         "Servers (POST /invocations, one image per request): process start to the first "
-        "answer, first with no local copy of the model (MLflow resolves `@champion` in a child "
-        "process, as after a new champion) and then at a restart with the store unchanged; one "
-        "connection; then load tests from a second process; memory is the largest resident set "
-        "among the server's processes after the load tests.",
+        "answer, first with no answer kept for `@champion` (MLflow resolves it in a child "
+        "process, as after the alias moved outside the pipeline) and then at a restart with the "
+        "store unchanged (as also after `make repro`, whose evaluate stage leaves the answer); "
+        "one connection; then load tests from a second process; memory is the largest resident "
+        "set among the server's processes after the load tests.",
         "",
         "| server | workers | start to first answer s | restart s | server RSS MiB "
         "| one image p50 ms | p99 ms | load: concurrency, errors, p50 ms, p99 ms, requests/s |",
