@@ -83,3 +83,11 @@ def wait_for_queue(repo: Path, timeout: float = 900) -> str:
             return status
         time.sleep(2)
     pytest.fail(f"queue still busy after {timeout} s:\n{status}")
+
+
+def client_for(repo: Path):
+    """An MLflow client of the repo's own store, not the process defaults."""
+    import mlflow
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)

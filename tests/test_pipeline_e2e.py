@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from .imports import STAGES, imported_files, stage_module
-from .repos import environment, run, tiny_repo, wait_for_queue
+from .repos import client_for, environment, run, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,6 @@ def repo(tmp_path_factory) -> Path:
     assert "Running stage 'train'" in first.stdout
     (base / "first_repro.log").write_text(first.stdout + first.stderr)
     return repo
-
-
-def client_for(repo: Path) -> mlflow.MlflowClient:
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process defaults
 
 
 def test_outputs_exist(repo):

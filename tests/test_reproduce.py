@@ -17,7 +17,7 @@ from pipeline.shared import config
 from pipeline.tools import reproduce, verdict
 
 from .conftest import REPO
-from .repos import environment, run, tiny_repo, wait_for_queue
+from .repos import client_for, environment, run, tiny_repo, wait_for_queue
 
 MODULE = ["python", "-m", "pipeline.tools.reproduce"]
 
@@ -123,11 +123,6 @@ def test_a_model_not_in_the_registry_gets_one_line(bare_repo):
 
 
 # --- on the tiny pipeline: real training, twice per reproduction (the heavy tier) -------------
-
-
-def client_for(repo: Path) -> mlflow.MlflowClient:
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def workspace(repo: Path) -> dict:

@@ -187,7 +187,7 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
         output.seek(0)
         text = output.read().decode(errors="replace")
     if code != 0:
-        raise TrialFailed(failure_reason(text, f"dvc exp run exited {code}"))
+        raise TrialFailed(processes.failure_reason(text, f"dvc exp run exited {code}"))
     return name
 
 
@@ -200,13 +200,6 @@ def stage_running(environ: tuple[bytes, ...]) -> bool:
         return bool(found) and all(mark in read_environ() for mark in environ)
 
     return bool(processes.processes(matching))
-
-
-def failure_reason(output: str, otherwise: str) -> str:
-    """The first `error:` (a stage's) or `ERROR` (DVC's) line of a failed command, else its last."""
-    lines = [line for line in output.splitlines() if line.strip()]
-    reasons = [line for line in lines if line.startswith(("error:", "ERROR"))] or lines[-1:]
-    return reasons[0] if reasons else otherwise
 
 
 def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
@@ -416,7 +409,8 @@ def prepare_data(root: Path, lock_file: Path) -> None:
             text=True,
         )
     if result.returncode != 0:
-        reason = failure_reason(result.stderr + result.stdout, f"exit {result.returncode}")
+        output, code = result.stderr + result.stdout, result.returncode
+        reason = processes.failure_reason(output, f"exit {code}")
         raise PrepareError(f"dvc repro preprocess failed before any trial: {reason}")
 
 

@@ -119,3 +119,12 @@ def environment_without(*prefixes: str) -> dict[str, str]:
     for a child that must not inherit this process's store (MLFLOW_), DVC run (DVC_) or the
     like."""
     return {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
+
+
+def failure_reason(output: str, otherwise: str) -> str:
+    """Why a command failed, from its output: the first `error:` line (a stage's or a tool's
+    own), else DVC's first `ERROR` line, else the last line; `otherwise` when it printed none."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    own = [line for line in lines if line.startswith("error:")]
+    tools = [line for line in lines if line.startswith("ERROR")]
+    return (own or tools or lines[-1:] or [otherwise])[0]

@@ -43,7 +43,8 @@ def exit_now() -> NoReturn:
     os._exit(0)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: SIGTERM (or any) unwinds like Ctrl-C, `finally` blocks and all."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -63,7 +64,7 @@ def run_stage(
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, interrupt)
     worker = os.environ.get(STOP_WITH_ENV)
     if worker:  # `make tune`: a trial ends with its worker, and with its `dvc`
         die_with_parent(signal.SIGTERM)

@@ -40,7 +40,7 @@ import pipeline.shared.config as config
 import pipeline.shared.processes as processes
 import pipeline.shared.tracking as tracking
 from pipeline.shared.data import sha256_file
-from pipeline.shared.stage import setup_logging
+from pipeline.shared.stage import interrupt, setup_logging
 from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,9 @@ def command(
 
 
 def cause(result: subprocess.CompletedProcess) -> str:
-    """A failed command's reason: a stage's own `error:` line, else its last line."""
-    lines = (result.stderr + result.stdout).strip().splitlines() or ["no output"]
-    errors = [line for line in lines if line.startswith("error: ")]
-    return (errors or lines)[-1].removeprefix("error: ").removeprefix("ERROR: ")
+    """A failed command's reason, for a sentence of our own: without its `error:` prefix."""
+    reason = processes.failure_reason(result.stderr + result.stdout, f"exit {result.returncode}")
+    return reason.removeprefix("error: ").removeprefix("ERROR: ")
 
 
 def run_id_of(client, model: str | None, run_id: str | None, registered: str) -> str:
@@ -317,10 +316,6 @@ def record_verdict(client, run_id: str, judged: verdicts.Verdict) -> None:
     client.set_tag(run_id, f"{TAG_PREFIX}details", summary[:MAX_TAG_CHARS] or "-")
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(params: config.Params, model: str | None, run_id: str | None) -> verdicts.Verdict:
     import mlflow
 
@@ -345,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = config.load_params_or_exit(args.params)
     setup_logging()
-    signal.signal(signal.SIGTERM, _interrupt)  # unwinds like Ctrl-C: the worktree goes too
+    signal.signal(signal.SIGTERM, interrupt)  # unwinds like Ctrl-C: the worktree goes too
     try:
         judged = run(params, args.model, args.run)
     except (ReproduceError, tracking.TrackingError) as error:

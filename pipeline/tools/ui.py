@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pipeline.shared.config as config
 import pipeline.shared.tracking as tracking
-from pipeline.shared.stage import setup_logging
+from pipeline.shared.stage import interrupt, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ def stop(process: subprocess.Popen) -> int:
             pass
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(params: config.Params, host: str, port: int) -> int:
     """Run the UI until Ctrl-C or SIGTERM; return its exit code."""
     experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
@@ -82,7 +78,7 @@ def run(params: config.Params, host: str, port: int) -> int:
         training_runs_url(host, port, experiment_id),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
