@@ -61,7 +61,8 @@ def project(params, args, train, test):
 
     def build(settings):  # as pipeline.train.run does it
         fitting.configure_runtime(params.seed, settings)
-        return fitting.compile_trainer(build_model(params.model), settings)
+        network = config.network(params.model, settings.iterations)
+        return fitting.compile_trainer(build_model(network), settings)
 
     return keras_checkpoints(build, params, args, train, test)
 

@@ -137,10 +137,11 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
 
     runtime = fitting.configure_runtime(params.seed, params.train)
+    runtime["model.unrolled"] = str(params.network().unroll).lower()  # what `auto` became
     if workers is None:
         from pipeline.shared.model import build_model
 
-        model = build_model(params.model)
+        model = build_model(params.network())
         trainer = fitting.compile_trainer(model, params.train)
 
         def train_model(train: Arrays, val: Arrays, report) -> object:
@@ -157,7 +158,7 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
         # with the cluster (no deadline), never inside a collective (which has one).
         strategy = distributed.make_strategy()
         return distributed.fit(
-            strategy, params.model, train, val, params.train, params.seed, report
+            strategy, params.network(), train, val, params.train, params.seed, report
         )
 
     return train_distributed, runtime | {"train.workers": str(workers.workers)}

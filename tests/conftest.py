@@ -241,7 +241,8 @@ def train_real_model(root: Path, cached: Path) -> None:
     x_train, y_train = arrays["x_train"].astype(np.float32) / 255, arrays["y_train"]
     images, labels = arrays["x_test"][:400].astype(np.float32) / 255, arrays["y_test"][:400]
     settings = params.train.model_copy(update={"iterations": 1000, "log_every": 1000})
-    net = build_model(params.model.model_copy(update={"num_units": 64}))  # ~95 % in ~25 s
+    network = config.network(params.model, settings.iterations)
+    net = build_model(network.model_copy(update={"num_units": 64}))  # ~95 % in ~25 s
     trainer = fitting.compile_trainer(net, settings)
     held_out = {"x": images[:100], "y": labels[:100]}
     fitting.fit(trainer, {"x": x_train, "y": y_train}, held_out, settings, params.seed,

@@ -55,3 +55,17 @@ def test_unrolled_and_looped_lstm_compute_the_same_function():
     np.testing.assert_allclose(
         unrolled.predict(images, verbose=0), looped.predict(images, verbose=0), rtol=0, atol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "unroll, iterations, built", [("auto", 200, False), ("auto", 1000, True), (True, 200, True),
+                                  (False, 5000, False)],
+)  # fmt: skip
+def test_unroll_auto_unrolls_only_runs_long_enough_to_repay_the_tracing(unroll, iterations, built):
+    assert config.network(model_params(unroll=unroll), iterations).unroll is built
+    assert config.UNROLL_FROM == 1000
+
+
+def test_an_unsettled_unroll_is_refused_rather_than_taken_as_true():
+    with pytest.raises(ValueError, match="settle it"):
+        build_model(model_params(unroll="auto"))

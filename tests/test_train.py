@@ -46,6 +46,7 @@ def test_train_logs_one_complete_run(trained):
     intra, inter = trained.threads
     assert run.data.tags["tensorflow.intra_op_threads"] == str(intra)
     assert run.data.tags["tensorflow.inter_op_threads"] == str(inter)
+    assert run.data.tags["model.unrolled"] == str(params.network().unroll).lower()
     steps = [m.step for m in client.get_metric_history(trained.run_id, "val_accuracy")]
     assert steps == [3, 6]
     assert run.inputs.dataset_inputs[0].dataset.name == "MNIST-train"

@@ -26,6 +26,10 @@ TOOL_SECTIONS = ("serve", "team", "tune")
 IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
 IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+# `model.unroll: auto`: runs of this many iterations or more unroll the LSTM. Unrolled, each
+# step runs faster but the graph takes seconds longer to trace (the train and the validation
+# function); below this length the tracing costs more than the faster steps save.
+UNROLL_FROM = 1000
 
 
 class ConfigError(ValueError):
@@ -104,7 +108,7 @@ class ModelParams(_Section):
     num_units: Annotated[Int, Field(ge=1, le=4096)]
     forget_bias: Annotated[Float, Field(ge=-100, le=100)]
     n_classes: Annotated[Int, Field(ge=2, le=256)]
-    unroll: StrictBool
+    unroll: StrictBool | Literal["auto"]
 
     @model_validator(mode="after")
     def _rows_cover_image(self) -> ModelParams:
@@ -114,6 +118,13 @@ class ModelParams(_Section):
                 f"got {self.time_steps} × {self.n_input}"
             )
         return self
+
+
+def network(model: ModelParams, iterations: int) -> ModelParams:
+    """`model` for a run of `iterations` batches: `unroll: auto` settled (UNROLL_FROM)."""
+    if model.unroll != "auto":
+        return model
+    return model.model_copy(update={"unroll": iterations >= UNROLL_FROM})
 
 
 class TrainParams(_Section):
@@ -275,6 +286,10 @@ class Params(_Section):
     team: TeamParams
     tune: TuneParams
     paths: PathParams
+
+    def network(self) -> ModelParams:
+        """`model` as this run builds it: `unroll: auto` settled by the run's length."""
+        return network(self.model, self.train.iterations)
 
     @model_validator(mode="after")
     def _one_name_per_class(self) -> Params:

@@ -9,7 +9,11 @@ import pipeline.shared.config as config
 
 
 def build_model(params: config.ModelParams) -> keras.Model:
-    """Image (28×28) → `time_steps` rows of `n_input` pixels → LSTM → Dense softmax over classes."""
+    """Image (28×28) → `time_steps` rows of `n_input` pixels → LSTM → Dense softmax over classes.
+
+    `params.unroll` must be settled (`config.network`): Keras would take "auto" as true."""
+    if not isinstance(params.unroll, bool):
+        raise ValueError(f"model.unroll {params.unroll!r}: settle it with config.network first")
     images = keras.Input(shape=config.IMAGE_SHAPE, name="image")  # (batch, 28, 28)
     rows = keras.layers.Reshape((params.time_steps, params.n_input), name="rows")(images)
     # Keras adds no constant to the forget gate (TF1's forget_bias does); starting the learned
