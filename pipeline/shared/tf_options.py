@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -10,3 +11,17 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 def use_onednn(enabled: bool) -> None:
     """TensorFlow's oneDNN kernels on or off; TensorFlow reads this once, when it loads."""
     os.environ[ONEDNN_ENV] = "1" if enabled else "0"
+
+
+def without_scikit_learn() -> None:
+    """Keep Keras from importing scikit-learn in this process.
+
+    `import keras` imports scikit-learn (and with it SciPy's stats and joblib) for its
+    scikit-learn wrappers whenever it is installed, and MLflow requires it: about 1.5 s of
+    every training's start-up, for code that training never calls. A `None` entry in
+    `sys.modules` makes `import sklearn` raise ImportError (the import system's documented
+    way to block a module), which Keras's wrappers already expect when scikit-learn is absent.
+    Call it before TensorFlow loads, only in a process that needs no scikit-learn.
+    """
+    if "sklearn" not in sys.modules:
+        sys.modules["sklearn"] = None
