@@ -441,7 +441,11 @@ def serving_table(serving: dict) -> list[str]:
 
 
 def earlier_throughput(saved: dict, cpu: str) -> dict:
-    """The sweep and search figures of the last run on this CPU kind, for the overhead goals."""
+    """The sweep and search figures the overhead goals compare with: those kept as the
+    baseline by an earlier overhead run on this CPU kind, else the last run's on it."""
+    kept = saved.get("overhead", {}).get("previous") or {}
+    if kept.get("cpu") == cpu:
+        return kept
     if saved.get("machine", {}).get("cpu") != cpu:
         return {}
     measured = saved.get("measured", {})
