@@ -18,6 +18,7 @@ import pipeline.shared.onnx_export as onnx_export
 import pipeline.shared.stage as stage
 import pipeline.shared.tf_options as tf_options
 import pipeline.shared.tracking as tracking
+from pipeline.serving import onnx_network
 from pipeline.shared.data import (
     Arrays,
     atomic_path,
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
 PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.onnx_classifier").origin
-NETWORK_CODE = importlib.util.find_spec("pipeline.serving.onnx_network").origin  # what it runs
+NETWORK_CODE = onnx_network.__file__  # the network code it runs, logged beside it
 KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
 # Wall seconds inside training steps and inside validation (Keras's own hooks), as run metrics.
 TIME_METRICS = {"training": "time/training_steps_s", "validation": "time/validation_s"}
@@ -98,7 +99,7 @@ def log_model(model, onnx_file: str | Path, example, params: config.Params):
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=PYFUNC_CODE,
-        artifacts={"onnx_model": str(onnx_file)},
+        artifacts={onnx_network.ONNX_ARTIFACT: str(onnx_file)},
         code_paths=[NETWORK_CODE],
         signature=signature,
         input_example=example,
@@ -137,11 +138,12 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
 
     runtime = fitting.configure_runtime(params.seed, params.train)
-    runtime["model.unrolled"] = str(params.network().unroll).lower()  # what `auto` became
+    network = params.network()  # `unroll: auto` settled
+    runtime["model.unrolled"] = str(network.unroll).lower()
     if workers is None:
         from pipeline.shared.model import build_model
 
-        model = build_model(params.network())
+        model = build_model(network)
         trainer = fitting.compile_trainer(model, params.train)
 
         def train_model(train: Arrays, val: Arrays, report) -> object:
@@ -157,9 +159,7 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
         # Joined only now: the others wait for the chief's MLflow set-up while registering
         # with the cluster (no deadline), never inside a collective (which has one).
         strategy = distributed.make_strategy()
-        return distributed.fit(
-            strategy, params.network(), train, val, params.train, params.seed, report
-        )
+        return distributed.fit(strategy, network, train, val, params.train, params.seed, report)
 
     return train_distributed, runtime | {"train.workers": str(workers.workers)}
 

@@ -30,6 +30,13 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error_code": code, "message": message}).encode()
 
 
+def error_response(status: int, code: str, message: str):
+    """A 4xx as MLflow's scoring server shapes it: `{"error_code", "message"}` in JSON."""
+    from starlette.responses import Response
+
+    return Response(error_body(code, message), status, media_type="application/json")
+
+
 class BodyLimit:
     """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed.
 

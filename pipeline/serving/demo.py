@@ -99,11 +99,8 @@ def build_app(model_uri: str, params: config.Params) -> FastAPI:
                 classify_body, body, predict, class_names, max_pixels, limiter=limiter
             )
         except BadRequest as problem:
-            return error(400, "BAD_REQUEST", str(problem))
+            return asgi.error_response(400, "BAD_REQUEST", str(problem))
         return JSONResponse({"classes": classes})
-
-    def error(status: int, code: str, message: str) -> Response:
-        return Response(asgi.error_body(code, message), status, media_type="application/json")
 
     return app
 

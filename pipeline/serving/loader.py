@@ -16,14 +16,13 @@ import numpy as np
 import yaml
 
 import pipeline.shared.config as config
-from pipeline.serving.onnx_network import InputError, OnnxNetwork
+from pipeline.serving.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
 from pipeline.shared import model_cache, registry
 from pipeline.shared.model_cache import ModelError
 
 log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
-ONNX_ARTIFACT = "onnx_model"  # onnx_classifier.ONNX_ARTIFACT, read here without MLflow
 
 __all__ = ["ModelError", "InputError", "Predict", "default_uri", "load", "onnx_file", "local"]
 

@@ -20,14 +20,12 @@ try:  # the copy logged with the model: MLflow puts the model's code folder on s
 except ImportError:  # while MLflow logs the model it runs this file before that
     from pipeline.serving import onnx_network
 
-ONNX_ARTIFACT = "onnx_model"
-
 
 class OnnxClassifier(mlflow.pyfunc.PythonModel):
     """float32 images (n, 28, 28) in [0, 1] → class probabilities (n, n_classes)."""
 
     def load_context(self, context) -> None:
-        self.network = onnx_network.OnnxNetwork(context.artifacts[ONNX_ARTIFACT])
+        self.network = onnx_network.OnnxNetwork(context.artifacts[onnx_network.ONNX_ARTIFACT])
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         try:

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+ONNX_ARTIFACT = "onnx_model"  # the MLflow model's artifact holding the .onnx file
 IMAGE_SHAPE = (28, 28)  # config.IMAGE_SHAPE: this file is logged with the model, standalone
 THREADS_ENV = "PIPELINE_ONNX_THREADS"  # threads per prediction; unset: ONNX Runtime's default
 # Images per call into ONNX Runtime. The LSTM op keeps each step's gates, (batch, 4 × units)

@@ -94,11 +94,7 @@ def build_app(model_uri: str, params: config.Params) -> Starlette:
                 answer, body, content_type, predict, limiter=limiter
             )
         except BadRequest as problem:
-            return Response(
-                asgi.error_body(problem.code, str(problem)),
-                problem.status,
-                media_type="application/json",
-            )
+            return asgi.error_response(problem.status, problem.code, str(problem))
         return Response(result, media_type="application/json")
 
     return Starlette(

@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import pipeline.shared.config as config
+import pipeline.shared.processes as processes
 import pipeline.shared.tracking as tracking
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,18 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _place(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
+    """The store's URI, the folder of copies, and the answer's key in it."""
+    root = tracking.repo_root()
+    store = tracking.tracking_uri(params.mlflow, root)
+    return store, root / CACHE_DIR, f"{store} {model_uri}"
+
+
 def local_folder(model_uri: str, params: config.Params) -> Path:
     """The MLflow model at `model_uri` as a folder on this machine (a local path as it is)."""
     if Path(model_uri).exists():
         return Path(model_uri)
-    root = tracking.repo_root()
-    store = tracking.tracking_uri(params.mlflow, root)
-    cache, key = root / CACHE_DIR, f"{store} {model_uri}"
+    store, cache, key = _place(model_uri, params)
     state = store_state(store)  # before MLflow is asked: a write after it changes the state
     remembered = _answers(cache).get(key)
     if state is not None and remembered and remembered["state"] == state:
@@ -82,14 +88,12 @@ def prepare(model_uri: str, params: config.Params) -> None:
     """Resolve and copy `model_uri` now, in a process that has MLflow already (evaluate, after
     it moved the champion), so that the next server start finds the answer and needs no MLflow.
     A failure only costs that start its MLflow child, so it is logged, never raised."""
-    root = tracking.repo_root()
-    store = tracking.tracking_uri(params.mlflow, root)
+    store, cache, key = _place(model_uri, params)
     state = store_state(store)
     if state is None:
         return  # a tracking server: asked at every start anyway
     try:
-        answer = copied(model_uri, store, root / CACHE_DIR)
-        _remember(root / CACHE_DIR, f"{store} {model_uri}", answer | {"state": state})
+        _remember(cache, key, copied(model_uri, store, cache) | {"state": state})
     except (ModelError, OSError) as error:
         log.warning(
             "%s not copied for the servers (they will copy it at start): %s", model_uri, error
@@ -118,8 +122,8 @@ def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
     environment = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
-        raise ModelError(lines[-1].removeprefix("error: "))
+        reason = processes.failure_reason(result.stderr, f"exit code {result.returncode}")
+        raise ModelError(reason.removeprefix("error: "))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
