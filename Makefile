@@ -79,7 +79,7 @@ reproduce: install  ## rebuild a model from its lineage and judge it: make repro
 	python -m pipeline.tools.reproduce $(if $(MODEL),--model $(MODEL)) $(if $(RUN),--run $(RUN))
 
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
-	python -m pipeline.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
+	python -m pipeline.serving.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
 
 demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL= to change)
 	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
@@ -91,10 +91,10 @@ server-stop: install  ## stop `make server` (the MLflow server, then its own Pos
 	python -m pipeline.team.server stop
 
 relocate: install  ## after moving or copying the repo: point mlflow.db at this folder's artifacts
-	python -m pipeline.team.relocate
+	python -m pipeline.tools.relocate
 
 tune: install  ## Optuna search, each trial a DVC experiment (WORKERS=2: processes here)
-	python -m pipeline.tune $(if $(WORKERS),--workers $(WORKERS))
+	python -m pipeline.search.tune $(if $(WORKERS),--workers $(WORKERS))
 
 plots: install  ## dvc plots show with Vega inlined, so the charts render offline: dvc_plots/index.html
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)

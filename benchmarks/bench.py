@@ -112,8 +112,8 @@ def inference(repeats: int) -> dict[str, dict]:
     registered pyfunc model is measured by benchmarks/serving.py, in the serving table)."""
     import keras
 
-    from pipeline.shared import config
-    from pipeline.shared.data import load_arrays
+    from pipeline.data.files import load_arrays
+    from pipeline.params import config
 
     params = config.load_params(REPO / "params.yaml")
     test = load_arrays(REPO / params.paths.split("test"))["x"]
@@ -351,7 +351,7 @@ def per_hour_table(title: str, unit: str, rows: list[tuple]) -> list[str]:
 
 def tuning_table(rows: list[dict]) -> list[str]:
     """Trials per hour of `make tune` with 1 and 2 worker processes on this machine."""
-    title = "Searches: `python -m pipeline.tune` (trials of 200 iterations, each a DVC experiment)"
+    title = "Searches: `make tune` (trials of 200 iterations, each a DVC experiment)"
     table = [(row["workers"], row["completed"], row["trials"], row["seconds"], row["per_hour"])
              for row in rows]  # fmt: skip
     return per_hour_table(title, "trials", table)
@@ -470,7 +470,7 @@ def main() -> None:
     if args.report_only:
         args.output.write_text(report(json.loads(saved.read_text())))
         return
-    from pipeline.shared import config
+    from pipeline.params import config
 
     batch_size = config.load_params(REPO / "params.yaml").train.batch_size  # the contenders' too
     results = json.loads(saved.read_text()) if args.only and saved.exists() else {}

@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from pipeline.shared import config, tf_options
-from pipeline.shared.data import load_arrays
+from pipeline.data.files import load_arrays
+from pipeline.params import config
+from pipeline.training import tf_options
 
 
 class Clock:
@@ -38,7 +39,7 @@ class Clock:
 
 def keras_checkpoints(build, params: config.Params, args, train, test) -> list[dict]:
     """Train a Keras model through pipeline.fitting.fit, timing the training steps only."""
-    from pipeline.shared import fitting
+    from pipeline.training import fitting
 
     clock, rows = fitting.StepClock(), []  # the train stage's own clock of its training steps
 
@@ -56,8 +57,8 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
 
 def project(params, args, train, test):
     tf_options.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
-    from pipeline.shared import fitting
-    from pipeline.shared.model import build_model
+    from pipeline.training import fitting
+    from pipeline.training.network import build_model
 
     def build(settings):  # as pipeline.train.run does it
         fitting.configure_runtime(params.seed, settings)

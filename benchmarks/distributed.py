@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.shared.processes import environment_without
+from pipeline.runtime.processes import environment_without
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ app and what it loads.
 
 from __future__ import annotations
 
+from pipeline.params import config
 from pipeline.serving import serve
-from pipeline.shared import config, tracking
+from pipeline.tracking import store as tracking
 
 
 def build_app(model_uri: str, params: config.Params):

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.shared.processes import environment_without
+from pipeline.runtime.processes import environment_without
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shared import model_cache
-from pipeline.shared.processes import environment_without
+from pipeline.model import cache as model_cache
+from pipeline.runtime.processes import environment_without
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,15 +62,16 @@ def memory_mib(pid: int | str = "self") -> dict[str, float]:
 
 
 def test_images() -> np.ndarray:
-    from pipeline.shared import config
-    from pipeline.shared.data import load_arrays
+    from pipeline.data.files import load_arrays
+    from pipeline.params import config
 
     params = config.load_params(REPO / "params.yaml")
     return load_arrays(REPO / params.paths.split("test"))["x"][:1000]
 
 
 def connect() -> None:
-    from pipeline.shared import config, tracking
+    from pipeline.params import config
+    from pipeline.tracking import store as tracking
 
     tracking.connect(config.load_params(REPO / "params.yaml").mlflow, REPO)
 
@@ -79,7 +80,8 @@ def log_tensorflow_pyfunc() -> str:
     """The previous registered model over this scratch repo's .keras file; its model URI."""
     import mlflow
 
-    from pipeline.shared import config, tracking
+    from pipeline.params import config
+    from pipeline.tracking import store as tracking
 
     params = config.load_params(REPO / "params.yaml")
     experiment_id = tracking.use_store(params.mlflow, REPO)
@@ -254,7 +256,7 @@ def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: 
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
         workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
     """Everything above, for both models, interleaved."""
-    from pipeline.shared import config
+    from pipeline.params import config
 
     params = config.load_params(REPO / "params.yaml")
     uris = {"onnx": f"models:/{params.mlflow.registered_model}@champion",

@@ -1,4 +1,4 @@
-"""Searches: trials per hour of `python -m pipeline.tune` with 1 and with 2 workers.
+"""Searches: trials per hour of `python -m pipeline.search.tune` with 1 and with 2 workers.
 
 In a scratch copy of the repo (data from `make repro`, its own MLflow store and journal file),
 after a baseline `dvc repro` with short training, one study per worker count with a budget of
@@ -35,7 +35,7 @@ def study(scratch: Path, env: dict, workers: int, trials: int) -> dict:
     params["tune"] |= {"study": name, "trials": trials, "space": SPACE}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pipeline.tune", "--workers", str(workers)],
+    subprocess.run([sys.executable, "-m", "pipeline.search.tune", "--workers", str(workers)],
                    cwd=scratch, env=env, check=True, capture_output=True)  # fmt: skip
     elapsed = time.monotonic() - started
     journal = optuna.storages.journal.JournalFileBackend(str(scratch / params["tune"]["journal"]))

@@ -18,14 +18,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-import pipeline.shared.config as config
-import pipeline.shared.model_cache as model_cache
-import pipeline.shared.model_card as model_card
-import pipeline.shared.registry as registry
-import pipeline.shared.scoring as scoring
-import pipeline.shared.stage as stage
-import pipeline.shared.tracking as tracking
-from pipeline.shared.data import Arrays, load_arrays, read_json, write_csv, write_json, write_text
+import pipeline.model.cache as model_cache
+import pipeline.params.config as config
+import pipeline.reports.card as model_card
+import pipeline.reports.scores as scoring
+import pipeline.runtime.cli as stage
+import pipeline.tracking.registry as registry
+import pipeline.tracking.store as tracking
+from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def write_figures(
     folder: Path,
 ) -> dict[str, Path]:
     """The confusion matrix and misclassified images as PNGs (for DVC, MLflow and the card)."""
-    import pipeline.shared.figures as figures
+    import pipeline.reports.figures as figures
 
     drawn = {
         "confusion_matrix.png": figures.confusion_matrix(confusion, data.class_names),

@@ -7,10 +7,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pipeline.shared.config as config
-import pipeline.shared.sources as sources
-import pipeline.shared.stage as stage
-from pipeline.shared.data import Arrays, save_arrays, sha256_array, sha256_file, write_json
+import pipeline.data.sources as sources
+import pipeline.params.config as config
+import pipeline.runtime.cli as stage
+from pipeline.data.files import Arrays, save_arrays, sha256_array, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-import pipeline.shared.config as config
-import pipeline.shared.stage as stage
-from pipeline.shared.data import (
+import pipeline.params.config as config
+import pipeline.runtime.cli as stage
+from pipeline.data.files import (
     Arrays,
     load_arrays,
     read_json,

@@ -11,15 +11,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-import pipeline.shared.cluster as cluster
-import pipeline.shared.config as config
-import pipeline.shared.lineage as lineage
-import pipeline.shared.onnx_export as onnx_export
-import pipeline.shared.stage as stage
-import pipeline.shared.tf_options as tf_options
-import pipeline.shared.tracking as tracking
-from pipeline.serving import onnx_network
-from pipeline.shared.data import (
+import pipeline.params.config as config
+import pipeline.runtime.cli as stage
+import pipeline.tracking.lineage as lineage
+import pipeline.tracking.store as tracking
+import pipeline.training.cluster as cluster
+import pipeline.training.onnx_export as onnx_export
+import pipeline.training.tf_options as tf_options
+from pipeline.data.files import (
     Arrays,
     atomic_path,
     load_arrays,
@@ -27,11 +26,12 @@ from pipeline.shared.data import (
     write_csv,
     write_json,
 )
+from pipeline.model import onnx_network
 
 log = logging.getLogger(__name__)
 
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
-PYFUNC_CODE = importlib.util.find_spec("pipeline.serving.onnx_classifier").origin
+PYFUNC_CODE = importlib.util.find_spec("pipeline.model.onnx_classifier").origin
 NETWORK_CODE = onnx_network.__file__  # the network code it runs, logged beside it
 KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
 # Wall seconds inside training steps and inside validation (Keras's own hooks), as run metrics.
@@ -87,7 +87,7 @@ def log_inputs(train: Arrays, data_hashes: dict[str, str], data_name: str) -> No
 def log_model(model, onnx_file: str | Path, example, params: config.Params):
     """Log the ONNX network as the run's pyfunc model, with a signature and an input example.
 
-    The pyfunc is `pipeline/serving/onnx_classifier.py` (MLflow's "models from code") over the
+    The pyfunc is `pipeline/model/onnx_classifier.py` (MLflow's "models from code") over the
     `.onnx` file: loading and serving it need ONNX Runtime, never TensorFlow. MLflow checks the
     input example by loading that pyfunc, which costs ONNX Runtime's start, not TensorFlow's.
     """
@@ -135,13 +135,13 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     `distributed.fit` builds the same network in the strategy's scope.
     """
     tf_options.use_onednn(params.train.onednn)
-    import pipeline.shared.fitting as fitting  # TensorFlow loads once the params are valid
+    import pipeline.training.fitting as fitting  # TensorFlow loads once the params are valid
 
     runtime = fitting.configure_runtime(params.seed, params.train)
     network = params.network()  # `unroll: auto` settled
     runtime["model.unrolled"] = str(network.unroll).lower()
     if workers is None:
-        from pipeline.shared.model import build_model
+        from pipeline.training.network import build_model
 
         model = build_model(network)
         trainer = fitting.compile_trainer(model, params.train)
@@ -153,7 +153,7 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
             return model
 
         return train_model, runtime
-    import pipeline.shared.distributed as distributed
+    import pipeline.training.distributed as distributed
 
     def train_distributed(train: Arrays, val: Arrays, report) -> object:
         # Joined only now: the others wait for the chief's MLflow set-up while registering
@@ -192,7 +192,7 @@ def run(params: config.Params) -> TrainResult | None:
     With `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the
     chief writes files and talks to MLflow, and the others return None.
     """
-    import pipeline.shared.figures as figures  # matplotlib: loaded once the params are valid
+    import pipeline.reports.figures as figures  # matplotlib: loaded once the params are valid
 
     workers = cluster_of(params)
     if workers is not None and not workers.is_chief:

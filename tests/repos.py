@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.shared.processes import environment_without
+from pipeline.runtime.processes import environment_without
 
 from .conftest import GIT_IDENTITY, REPO, make_mnist, tiny_settings, write_idx_folder
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.shared.processes import environment_without
+from pipeline.runtime.processes import environment_without
 
 from .conftest import REPO
 

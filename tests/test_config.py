@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.shared import config
+from pipeline.params import config
 
 from .conftest import REPO, with_value
 

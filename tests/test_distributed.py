@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline import fetch, preprocess, train
-from pipeline.shared import cluster, config, distributed, fitting
-from pipeline.shared.model import build_model
+from pipeline.params import config
+from pipeline.training import cluster, distributed, fitting
+from pipeline.training.network import build_model
 
 from .conftest import REPO, with_value
 from .repos import environment

@@ -14,7 +14,7 @@ def listed_code(stage: str) -> set[str]:
 
 
 def test_the_model_card_template_is_a_dependency_of_evaluate():
-    from pipeline.shared import model_card
+    from pipeline.reports import card as model_card
 
     template = model_card.TEMPLATE.relative_to(REPO).as_posix()
     assert template in DVC_YAML["stages"]["evaluate"]["deps"]
@@ -42,11 +42,11 @@ def test_no_stage_module_imports_another_stage_module():
 
 def test_the_import_reader_sees_imports_inside_functions_and_module_names_in_strings():
     source = (
-        "def f():\n    from pipeline.shared import figures\n"
+        "def f():\n    from pipeline.reports import figures\n"
         "import importlib.util\n"
-        "SPEC = importlib.util.find_spec('pipeline.serving.onnx_classifier')\n"
-        "from pipeline.shared.data import load_arrays\n"
+        "SPEC = importlib.util.find_spec('pipeline.model.onnx_classifier')\n"
+        "from pipeline.data.files import load_arrays\n"
     )
     assert named_modules(source) >= {
-        "pipeline.shared.figures", "pipeline.serving.onnx_classifier", "pipeline.shared.data",
+        "pipeline.reports.figures", "pipeline.model.onnx_classifier", "pipeline.data.files",
     }  # fmt: skip

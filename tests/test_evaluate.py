@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from pipeline import evaluate
-from pipeline.shared import config, scoring
-from pipeline.shared.data import load_arrays
-from pipeline.shared.processes import environment_without
+from pipeline.data.files import load_arrays
+from pipeline.params import config
+from pipeline.reports import scores as scoring
+from pipeline.runtime.processes import environment_without
 
 from .conftest import REPO, with_value
 
@@ -120,7 +121,7 @@ def test_the_onnx_models_metrics_are_the_keras_networks(trained):
 EVALUATE_ALONE = """
 import json, sys
 from pipeline import evaluate
-from pipeline.shared import config
+from pipeline.params import config
 metrics = evaluate.run(config.load_params(sys.argv[1]))
 heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
 print(json.dumps({"heavy": heavy, "metrics": metrics}))

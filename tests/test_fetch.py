@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline import fetch
-from pipeline.shared import config
-from pipeline.shared.data import load_arrays, read_json, sha256_file
+from pipeline.data.files import load_arrays, read_json, sha256_file
+from pipeline.params import config
 
 from .conftest import array_hashes
 from .servers import free_port

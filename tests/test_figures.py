@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.shared import figures
+from pipeline.reports import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

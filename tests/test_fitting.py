@@ -6,8 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.shared import config, fitting, stage
-from pipeline.shared.model import build_model
+from pipeline.params import config
+from pipeline.runtime import cli as stage
+from pipeline.training import fitting
+from pipeline.training.network import build_model
 
 from .servers import wait_until
 
@@ -143,7 +145,7 @@ def test_a_wrapper_of_this_training_is_not_another_training():
 
     # The parent's command line has the training's words (as `time python -m pipeline.train`
     # has); the child, a training, must not count its own wrapper.
-    child = "import pipeline.shared.fitting as f, os; print(os.getppid() in f.other_trainings())"
+    child = "import pipeline.training.fitting as f, os; print(os.getppid() in f.other_trainings())"
     wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     result = subprocess.run([sys.executable, "-c", wrapper, "-m", "pipeline.train"],
                             capture_output=True, text=True, check=True)  # fmt: skip
@@ -157,7 +159,8 @@ def test_a_fresh_process_gets_the_configured_thread_pools():
 
     values = settings(intra_op_threads=3, inter_op_threads=5).model_dump()
     script = (
-        "import tensorflow as tf; from pipeline.shared import config, fitting; "
+        "import tensorflow as tf; from pipeline.params import config; "
+        "from pipeline.training import fitting; "
         f"fitting.configure_runtime(0, config.TrainParams.model_validate({values!r})); "
         "print(tf.config.threading.get_intra_op_parallelism_threads(), "
         "tf.config.threading.get_inter_op_parallelism_threads())"

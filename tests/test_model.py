@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.shared import config
-from pipeline.shared.model import build_model
+from pipeline.params import config
+from pipeline.training.network import build_model
 
 
 def model_params(**changes) -> config.ModelParams:

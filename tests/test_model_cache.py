@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from pipeline.model import cache as model_cache
 from pipeline.serving import loader
-from pipeline.shared import model_cache
 
 from .conftest import use_store_at
 

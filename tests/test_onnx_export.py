@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.serving import onnx_network
-from pipeline.shared import config, onnx_export
-from pipeline.shared.model import build_model
+from pipeline.model import onnx_network
+from pipeline.params import config
+from pipeline.training import onnx_export
+from pipeline.training.network import build_model
 
 
 def row_lstm(num_units: int, unroll: bool, seed: int) -> keras.Model:

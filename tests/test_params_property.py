@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import evaluate, fetch, preprocess, train
-from pipeline.shared import config
+from pipeline.params import config
 
 from .conftest import REPO, with_value
 

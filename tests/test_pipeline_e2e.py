@@ -97,8 +97,8 @@ def runs_in(repo: Path) -> list:
 
 @pytest.mark.parametrize(
     "module",
-    ["pipeline/shared/data.py", "pipeline/shared/config.py", "pipeline/shared/scoring.py",
-     "pipeline/shared/sources.py", "pipeline/shared/model.py"],
+    ["pipeline/data/files.py", "pipeline/params/config.py", "pipeline/reports/scores.py",
+     "pipeline/data/sources.py", "pipeline/training/network.py"],
 )  # fmt: skip
 def test_editing_a_shared_module_marks_exactly_the_stages_that_import_it(repo, module):
     importers = {stage for stage in STAGES if module in imported_files(stage_module(stage))}

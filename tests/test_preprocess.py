@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import fetch, preprocess
-from pipeline.shared.data import load_arrays, read_json
+from pipeline.data.files import load_arrays, read_json
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from pipeline import fetch
-from pipeline.shared import config
-from pipeline.shared.processes import environment_without
+from pipeline.params import config
+from pipeline.runtime.processes import environment_without
 
 from .conftest import REPO
 
@@ -148,8 +148,10 @@ def test_interrupted_training_is_killed_cleanly(prepared, raw_params, tmp_path, 
 TRAIN_TWICE = """
 import hashlib, pathlib, sys, tempfile
 import numpy as np
-from pipeline.shared import config, fitting, onnx_export
-from pipeline.shared.model import build_model
+from pipeline.params import config
+from pipeline.training import fitting
+from pipeline.training import onnx_export
+from pipeline.training.network import build_model
 params = config.load_params(sys.argv[1])
 fitting.configure_runtime(params.seed, params.train)  # seeds and op determinism, as train does
 rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.shared import tracking
-from pipeline.team import relocate
+from pipeline.tools import relocate
+from pipeline.tracking import store as tracking
 
 from .conftest import use_store_at
 
@@ -51,7 +51,7 @@ def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained,
 def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(
     moved, trained, monkeypatch
 ):
-    command = [sys.executable, "-m", "pipeline.team.relocate", "--params", "params.yaml"]
+    command = [sys.executable, "-m", "pipeline.tools.relocate", "--params", "params.yaml"]
     result = subprocess.run(command, cwd=moved, capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 import yaml
 
-import pipeline.shared.lineage as lineage
-from pipeline.shared import config
+import pipeline.tracking.lineage as lineage
+from pipeline.params import config
 from pipeline.tools import reproduce, verdict
 
 from .conftest import REPO
@@ -149,7 +149,7 @@ def history(tmp_path_factory) -> Path:
     params.write_text(committed.replace("iterations: 6", "iterations: 9"))
     run(["dvc", "repro"], repo)
     params.write_text(committed)
-    model = repo / "pipeline/shared/model.py"
+    model = repo / "pipeline/training/network.py"
     model.write_text(model.read_text().replace("= forget_bias\n", "= forget_bias + 0.5\n"))
     run(["git", "commit", "-qam", "a later commit: another forget-gate start"], repo)
     run(["dvc", "repro"], repo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.shared import scoring
+from pipeline.reports import scores as scoring
 
 
 def test_confusion_and_per_class_on_known_predictions():

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.shared.processes import environment_without
+from pipeline.runtime.processes import environment_without
 
 from .conftest import REPO
 from .servers import (
@@ -128,7 +128,7 @@ def test_other_content_types_and_dataframes_are_refused_naming_what_to_send(serv
 BUILD_ALONE = """
 import json, sys
 from pipeline.serving import serve
-from pipeline.shared import config
+from pipeline.params import config
 serve.build_app(sys.argv[1], config.load_params(sys.argv[2]))
 heavy = sorted(name for name in ("tensorflow", "keras", "mlflow", "sqlalchemy", "pandas")
                if name in sys.modules)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.shared import config, sources
-from pipeline.shared.data import sha256_bytes, sha256_file
+from pipeline.data import sources
+from pipeline.data.files import sha256_bytes, sha256_file
+from pipeline.params import config
 
 from .conftest import idx_bytes, write_idx_folder
 from .servers import free_port

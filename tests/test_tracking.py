@@ -11,9 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 import mlflow
 import pytest
 
-import pipeline.shared.lineage as lineage
-import pipeline.shared.registry as registry
-from pipeline.shared import config, tracking
+import pipeline.tracking.lineage as lineage
+import pipeline.tracking.registry as registry
+from pipeline.params import config
+from pipeline.tracking import store as tracking
 
 from .conftest import GIT_IDENTITY
 
@@ -152,7 +153,7 @@ def test_environment_secrets_are_not_logged(raw_params, store):
 def test_parallel_processes_share_one_store_without_locking_errors(raw_params, store):
     script = (
         "import sys, yaml, mlflow\n"
-        "from pipeline.shared import config, tracking\n"
+        "from pipeline.params import config\nfrom pipeline.tracking import store as tracking\n"
         "params = config.parse_params(yaml.safe_load(open(sys.argv[1])))\n"
         "experiment = tracking.use_store(params.mlflow)\n"
         "with mlflow.start_run(experiment_id=experiment):\n"

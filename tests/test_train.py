@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import train
-from pipeline.shared import onnx_export
-from pipeline.shared.data import read_json
+from pipeline.data.files import read_json
+from pipeline.training import onnx_export
 
 from .conftest import REPO
 

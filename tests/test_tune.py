@@ -14,8 +14,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from pipeline.params import config
+from pipeline.runtime import cli as stage
 from pipeline.search import trials as tune
-from pipeline.shared import config, stage
 
 from .conftest import REPO
 from .repos import run, tiny_repo
@@ -158,7 +159,7 @@ def locked(path) -> bool:
 
 def test_a_trial_stage_ends_like_on_sigterm_when_its_worker_ends():
     worker = subprocess.Popen(SLEEPER)
-    code = ("import time\nfrom pipeline.shared import stage\n"
+    code = ("import time\nfrom pipeline.runtime import cli as stage\n"
             "def run(params):\n    print('running', flush=True)\n    time.sleep(120)\n"
             "stage.run_stage(run, [], 'a trial stage')\n")  # fmt: skip
     env = os.environ | {stage.STOP_WITH_ENV: str(worker.pid)}

@@ -1,4 +1,4 @@
-"""`python -m pipeline.tune` end to end: two workers, one study in a real PostgreSQL.
+"""`python -m pipeline.search.tune` end to end: two workers, one study in a real PostgreSQL.
 
 One worker is killed mid-trial and started again; the study's budget is spent with no point run
 twice, every completed trial is a DVC experiment and an MLflow run, and the best one applies.
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.shared import processes
+from pipeline.runtime import processes
 from pipeline.team import postgres
 
 from .repos import environment, postgres_missing, run, tiny_repo
@@ -67,7 +67,7 @@ def repo(tmp_path_factory):
 
 def start_worker(repo: Path, storage: str, log: Path) -> subprocess.Popen:
     with log.open("a") as output:
-        return subprocess.Popen([sys.executable, "-m", "pipeline.tune"], cwd=repo,
+        return subprocess.Popen([sys.executable, "-m", "pipeline.search.tune"], cwd=repo,
                                 env=environment(OPTUNA_STORAGE=storage),
                                 stdout=output, stderr=output)  # fmt: skip
 

@@ -1,6 +1,6 @@
 """The Optuna search (`make tune`): workers share a study; each trial is a DVC experiment.
 
-`python -m pipeline.tune` is the entry point; trials.py holds the work. A worker asks the
+`python -m pipeline.search.tune` is the entry point; trials.py holds the work. A worker asks the
 study for a point, runs it as `dvc exp run --temp -n <study>-<trial> -S ...`, reads the
 objective from the trial's MLflow run and tells the study, until the budget is spent. Workers
 on one machine (`--workers N`) and on others share the study through its storage.

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pipeline.shared.config as config
-import pipeline.shared.lineage as lineage
-import pipeline.shared.processes as processes
-import pipeline.shared.stage as stage
-import pipeline.shared.tracking as tracking
+import pipeline.params.config as config
+import pipeline.runtime.cli as stage
+import pipeline.runtime.processes as processes
+import pipeline.tracking.lineage as lineage
+import pipeline.tracking.store as tracking
 
 log = logging.getLogger(__name__)
 
@@ -430,5 +430,5 @@ def work(params: config.Params, root: Path) -> None:
 
 def spawn_workers(argv: list[str], count: int) -> list[subprocess.Popen]:
     """`count` more workers of this command, as processes on this machine."""
-    command = [sys.executable, "-m", "pipeline.tune", *argv, "--workers", "1"]
+    command = [sys.executable, "-m", "pipeline.search.tune", *argv, "--workers", "1"]
     return [subprocess.Popen(command, preexec_fn=_die_with_parent) for _ in range(count)]

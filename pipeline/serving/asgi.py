@@ -3,7 +3,7 @@
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
 supervisor stops them all. The supervisor first has the model pinned and copied to a local
-folder (`models:/name@champion` → that version's files, pipeline/shared/model_cache.py), so
+folder (`models:/name@champion` → that version's files, pipeline/model/cache.py), so
 every process serves the same version even if the alias moves meanwhile; each process's ONNX
 Runtime gets its share of the cores.
 """
@@ -115,7 +115,7 @@ APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model
 
 def build(module: str, model_uri: str, params_file: str):
     """`module.build_app(model_uri, params)` with the body limit around it."""
-    import pipeline.shared.config as config
+    import pipeline.params.config as config
 
     params = config.load_params(params_file)
     app = importlib.import_module(module).build_app(model_uri, params)
@@ -124,7 +124,7 @@ def build(module: str, model_uri: str, params_file: str):
 
 def app_from_environment():
     """The app of one worker process (uvicorn's factory), as the supervisor described it."""
-    from pipeline.shared.stage import setup_logging
+    from pipeline.runtime.cli import setup_logging
 
     setup_logging()
     spec = json.loads(os.environ[APP_ENV])
@@ -152,9 +152,10 @@ def serve(
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first)."""
     import uvicorn
 
-    import pipeline.shared.config as config
-    from pipeline.serving import loader, onnx_network
-    from pipeline.shared.processes import usable_cores
+    import pipeline.params.config as config
+    from pipeline.model import onnx_network
+    from pipeline.runtime.processes import usable_cores
+    from pipeline.serving import loader
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
     if workers == 1:

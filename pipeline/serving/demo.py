@@ -4,7 +4,7 @@
 
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
 {"classes": [{"label", "probability"}, ...]}, best first, after the same preprocessing as
-`python -m pipeline.predict`. Bound to 127.0.0.1 unless told otherwise.
+`python -m pipeline.serving.predict`. Bound to 127.0.0.1 unless told otherwise.
 
 Parsing, decoding and scoring run on worker threads, at most one per core at a time, never on
 the event loop: a slow request (a large image) delays only those queued behind it for a
@@ -25,9 +25,9 @@ import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from here
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-import pipeline.shared.config as config
+import pipeline.params.config as config
+from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, images, loader, serve
-from pipeline.shared.processes import usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.shared.config import IMAGE_SIDE
+from pipeline.params.config import IMAGE_SIDE
 
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
 INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)

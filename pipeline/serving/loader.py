@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-import pipeline.shared.config as config
-from pipeline.serving.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
-from pipeline.shared import model_cache, registry
-from pipeline.shared.model_cache import ModelError
+import pipeline.params.config as config
+from pipeline.model import cache as model_cache
+from pipeline.model.cache import ModelError
+from pipeline.model.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
+from pipeline.tracking import registry
 
 log = logging.getLogger(__name__)
 

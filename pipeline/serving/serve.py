@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
+import pipeline.params.config as config
+import pipeline.tracking.store as tracking
+from pipeline.runtime.cli import setup_logging
+from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, loader
-from pipeline.shared.processes import usable_cores
-from pipeline.shared.stage import setup_logging
 
 log = logging.getLogger(__name__)
 

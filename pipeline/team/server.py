@@ -25,10 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
-from pipeline.shared.processes import process_alive
-from pipeline.shared.stage import setup_logging
+import pipeline.params.config as config
+import pipeline.tracking.store as tracking
+from pipeline.runtime.cli import setup_logging
+from pipeline.runtime.processes import process_alive
 from pipeline.team.postgres import PostgresCluster, PostgresError
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from pipeline.shared.data import write_text
-from pipeline.shared.stage import setup_logging
+from pipeline.data.files import write_text
+from pipeline.runtime.cli import setup_logging
 
 log = logging.getLogger(__name__)
 

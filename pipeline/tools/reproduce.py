@@ -36,11 +36,11 @@ from pathlib import Path
 
 import yaml
 
-import pipeline.shared.config as config
-import pipeline.shared.processes as processes
-import pipeline.shared.tracking as tracking
-from pipeline.shared.data import sha256_file
-from pipeline.shared.stage import interrupt, setup_logging
+import pipeline.params.config as config
+import pipeline.runtime.processes as processes
+import pipeline.tracking.store as tracking
+from pipeline.data.files import sha256_file
+from pipeline.runtime.cli import interrupt, setup_logging
 from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)

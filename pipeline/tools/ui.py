@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
-from pipeline.shared.stage import interrupt, setup_logging
+import pipeline.params.config as config
+import pipeline.tracking.store as tracking
+from pipeline.runtime.cli import interrupt, setup_logging
 
 log = logging.getLogger(__name__)
 

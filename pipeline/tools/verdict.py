@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.shared.lineage import ENV_PREFIX, WEIGHTS_TAG
+from pipeline.tracking.lineage import ENV_PREFIX, WEIGHTS_TAG
 
 BIT_IDENTICAL, WITHIN_TOLERANCE, NOT_REPRODUCED = (
     "bit-identical",

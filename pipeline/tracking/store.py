@@ -1,7 +1,7 @@
 """Where runs are tracked: the repo's SQLite store by default, or a server; locking, orphaned runs.
 
-Lineage tags are in pipeline/shared/lineage.py, the registry and its champion alias in
-pipeline/shared/registry.py.
+Lineage tags are in pipeline/tracking/lineage.py, the registry and its champion alias in
+pipeline/tracking/registry.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-import pipeline.shared.config as config
-import pipeline.shared.processes as processes
+import pipeline.params.config as config
+import pipeline.runtime.processes as processes
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
                 raise TrackingError(
                     f"{uri} keeps artifacts in {experiment.artifact_location}, not in this "
                     f"repo's {location}: the repo was moved or copied; run `make relocate` "
-                    "(python -m pipeline.team.relocate) to point the store here"
+                    "(python -m pipeline.tools.relocate) to point the store here"
                 )
     log.info("tracking to %s, experiment %r", uri, params.experiment)
     return experiment_id

@@ -1,6 +1,6 @@
 """Search hyperparameters with Optuna; each trial a DVC experiment and an MLflow run.
 
-    python -m pipeline.tune [--workers N]     # make tune; start it on several machines too
+    python -m pipeline.search.tune [--workers N]     # make tune; start it on several machines too
 
 The search space, metric, budget and study storage are `tune:` in params.yaml; the workers
 (here and on other machines) share the study. See pipeline/search/.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pipeline.params.config as config
 import pipeline.search.trials as tune
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
-from pipeline.shared.stage import setup_logging
+import pipeline.tracking.store as tracking
+from pipeline.runtime.cli import setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pipeline.shared.tracking import store_lock
+from pipeline.tracking.store import store_lock
 
 if TYPE_CHECKING:
     import mlflow

@@ -1,6 +1,6 @@
 """Classify image files (PNG, JPEG, any size, colour or grayscale), `.npy` arrays, or folders.
 
-    python -m pipeline.predict digit.png scans/ --csv predictions.csv
+    python -m pipeline.serving.predict digit.png scans/ --csv predictions.csv
 
 Each line printed is `file<TAB>label<TAB>probability`; a file that cannot be read gets one
 `error:` line naming it and the problem, the others are still classified, and the exit code is
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
+import pipeline.params.config as config
+import pipeline.tracking.store as tracking
+from pipeline.data.files import write_csv
+from pipeline.runtime.cli import setup_logging
 from pipeline.serving import images, loader
-from pipeline.shared.data import write_csv
-from pipeline.shared.stage import setup_logging
 
 log = logging.getLogger(__name__)
 

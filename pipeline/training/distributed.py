@@ -24,11 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import pipeline.shared.config as config
-import pipeline.shared.fitting as fitting
-from pipeline.shared.cluster import DistributionError
-from pipeline.shared.data import Arrays
-from pipeline.shared.model import build_model
+import pipeline.params.config as config
+import pipeline.training.fitting as fitting
+from pipeline.data.files import Arrays
+from pipeline.training.cluster import DistributionError
+from pipeline.training.network import build_model
 
 log = logging.getLogger(__name__)
 

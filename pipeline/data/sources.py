@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-import pipeline.shared.config as config
-from pipeline.shared.data import Arrays, sha256_bytes, sha256_file
+import pipeline.params.config as config
+from pipeline.data.files import Arrays, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 

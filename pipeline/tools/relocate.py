@@ -14,9 +14,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pipeline.shared.config as config
-import pipeline.shared.tracking as tracking
-from pipeline.shared.stage import setup_logging
+import pipeline.params.config as config
+import pipeline.tracking.store as tracking
+from pipeline.runtime.cli import setup_logging
 
 log = logging.getLogger(__name__)
 

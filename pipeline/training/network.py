@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-import pipeline.shared.config as config
+import pipeline.params.config as config
 
 
 def build_model(params: config.ModelParams) -> keras.Model:

@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import pipeline.shared.config as config
-import pipeline.shared.processes as processes
-from pipeline.shared.data import Arrays
+import pipeline.params.config as config
+import pipeline.runtime.processes as processes
+from pipeline.data.files import Arrays
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import pipeline.shared.config as config
+import pipeline.params.config as config
 
 # A search's trials tag their runs with the study and trial number (pipeline/search/).
 TRIAL_TAG_ENV = {"optuna.study": "PIPELINE_OPTUNA_STUDY", "optuna.trial": "PIPELINE_OPTUNA_TRIAL"}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.shared.data import atomic_path
+from pipeline.data.files import atomic_path
 
 if TYPE_CHECKING:
     import keras

@@ -8,10 +8,10 @@ from string import Template
 
 import pandas as pd
 
-import pipeline.shared.config as config
+import pipeline.params.config as config
 
 # Markdown with $placeholders (string.Template), filled in by render().
-TEMPLATE = Path(__file__).with_name("model_card_template.md")
+TEMPLATE = Path(__file__).with_name("card_template.md")
 HEADLINE_METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
 MODEL_FIELDS = ("time_steps", "n_input", "num_units", "forget_bias", "n_classes")
 TRAIN_FIELDS = ("learning_rate", "batch_size", "iterations")

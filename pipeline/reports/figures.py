@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from pipeline.shared.data import atomic_path
+from pipeline.data.files import atomic_path
 
 
 def training_curves(history: pd.DataFrame) -> Figure:

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import pipeline.shared.config as config
-from pipeline.shared.processes import die_with_parent, stop_with
+import pipeline.params.config as config
+from pipeline.runtime.processes import die_with_parent, stop_with
 
 
 def setup_logging(level: int = logging.INFO) -> None:

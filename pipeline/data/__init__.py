@@ -1,0 +1,1 @@
+"""Data on disk: array files, hashes and atomic writes (files.py); MNIST's sources (sources.py)."""

@@ -1,0 +1,1 @@
+"""What evaluate writes for people: scores, figures, the model card."""

@@ -1,0 +1,1 @@
+"""Process and command-line plumbing: a command's logging, signals and exit; other processes."""
