@@ -107,14 +107,14 @@ def test_the_saved_network_is_compiled_with_the_trained_optimizer(tmp_path):
 
 
 def test_thread_counts_share_the_cores_between_shards(monkeypatch):
-    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(fitting.processes, "usable_cores", lambda: 8)
     assert fitting.thread_counts(settings(batch_shards=2)) == (4, 0)
     assert fitting.thread_counts(settings(batch_shards=16)) == (1, 0)
     assert fitting.thread_counts(settings(intra_op_threads=3, inter_op_threads=5)) == (3, 5)
 
 
 def test_other_trainings_take_their_share_of_ops_at_once_never_of_threads_per_op(monkeypatch):
-    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(fitting.processes, "usable_cores", lambda: 8)
     assert fitting.thread_counts(settings(batch_shards=2), others=1) == (4, 1)  # 8 cores / 2 / 4
     monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert fitting.thread_counts(settings(batch_shards=2), others=1) == (8, 1)

@@ -85,11 +85,13 @@ def wait_for_running_trial(study, worker: subprocess.Popen, timeout: float = 300
 
 def trial_processes(number: int) -> list[int]:
     """The pids of processes (dvc, the stages) working on trial `number` of the study."""
-    marks = (
-        f"PIPELINE_OPTUNA_STUDY={STUDY}\0".encode(),
-        f"PIPELINE_OPTUNA_TRIAL={number}\0".encode(),
-    )
-    return processes.processes(lambda cmdline, environ: all(mark in environ() for mark in marks))
+    marks = {"PIPELINE_OPTUNA_STUDY": STUDY, "PIPELINE_OPTUNA_TRIAL": str(number)}
+
+    def matching(cmdline: list[str], environ) -> bool:
+        found = environ()
+        return all(found.get(key) == value for key, value in marks.items())
+
+    return processes.processes(matching)
 
 
 def clone_state(repo: Path) -> tuple[str, str]:

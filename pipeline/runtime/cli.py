@@ -48,6 +48,16 @@ def interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def unwind_on_signals() -> None:
+    """SIGTERM (what `dvc queue kill`, most schedulers and `kill` send) and SIGINT raise
+    KeyboardInterrupt, so the command unwinds: `finally` blocks run, runs end as KILLED.
+
+    SIGINT gets the handler explicitly too: a process started in the background, or by a test
+    runner's worker, inherits SIGINT ignored, and Python then leaves it ignored."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, interrupt)
+
+
 def run_stage(
     run: Callable[[config.Params], object],
     argv: list[str] | None,
@@ -56,15 +66,12 @@ def run_stage(
 ) -> None:
     """Validate params, run, and turn known failures into one line and an exit code.
 
-    SIGTERM (what `dvc queue kill` and most schedulers send) is handled like Ctrl-C, so the
-    stage unwinds: the MLflow run is closed as KILLED and no partial output is left behind.
-    SIGINT gets the handler explicitly too: a process started in the background, or by a test
-    runner's worker, inherits SIGINT ignored, and Python then leaves it ignored.
+    SIGTERM is handled like Ctrl-C (`unwind_on_signals`): the MLflow run is closed as KILLED
+    and no partial output is left behind.
     """
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    unwind_on_signals()
     worker = os.environ.get(STOP_WITH_ENV)
     if worker:  # `make tune`: a trial ends with its worker, and with its `dvc`
         die_with_parent(signal.SIGTERM)

@@ -1,7 +1,7 @@
-"""Processes of this machine: alive or not, waiting for one to end, ancestry, a /proc search.
+"""Processes of this machine, through psutil: alive or not, ancestry, a search by command line,
+a process group stopped, the environment a child gets.
 
-What the stages, the search and the team server know of other processes; Linux gives the most
-(prctl, pidfd, /proc), and elsewhere each function says what it falls back to.
+What the stages, the search, the servers and the team server know of other processes.
 """
 
 from __future__ import annotations
@@ -9,70 +9,52 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import select
 import signal
+import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import psutil
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-POLL_S = 0.5
+Environ = Callable[[], dict[str, str]]  # a process's environment, read only when called
 
 
 def die_with_parent(signum: int) -> None:
-    """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing)."""
+    """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing).
+
+    psutil has no call for it: prctl(PR_SET_PDEATHSIG) through libc is the public way."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity on Linux; elsewhere all)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The CPU cores this process may run on (its affinity where the OS has one; else all)."""
+    with contextlib.suppress(AttributeError, psutil.Error):
+        return len(psutil.Process().cpu_affinity()) or 1
+    return psutil.cpu_count() or 1
 
 
 def process_alive(pid: int) -> bool:
     """Whether process `pid` of this machine runs: it exists and is not a zombie (an exited
     process whose parent has not reaped it yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass  # another user's: it exists
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # no /proc (not Linux), or it ended meanwhile
-        return (Path("/proc") / str(pid)).exists() or not Path("/proc/self").exists()
-    return state != "Z"
+    except psutil.AccessDenied:
+        return True  # another user's: it exists
 
 
 def wait_for_exit(pid: int) -> None:
-    """Return once process `pid` has ended (a pidfd on Linux; elsewhere by polling)."""
-    try:
-        handle = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
-        while process_alive(pid):
-            time.sleep(POLL_S)
-        return
-    try:
-        select.select([handle], [], [])  # readable once the process has exited
-    finally:
-        os.close(handle)
+    """Return once process `pid` has ended."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait()
 
 
 def stop_with(pid: int) -> None:
-    """Stop this process as SIGTERM does (it unwinds, see `run_stage`) when process `pid` ends.
-
-    `make tune` runs a trial as `dvc exp run`, which must not be killed itself: killed while
-    it stashes the experiment, it leaves the user's clone on a detached HEAD with the trial's
-    params in params.yaml. So the trial's stage watches the worker instead; when the worker
-    dies the stage ends, and `dvc` fails the experiment and cleans up as after any failed stage.
-    """
+    """Stop this process as SIGTERM does (it unwinds, see `cli.run_stage`) when `pid` ends."""
 
     def watch() -> None:
         wait_for_exit(pid)
@@ -82,36 +64,59 @@ def stop_with(pid: int) -> None:
 
 
 def lineage() -> set[int]:
-    """This process and its ancestors (Linux's /proc; elsewhere just this process)."""
-    pids, pid = {os.getpid()}, os.getppid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            status = (Path("/proc") / str(pid) / "status").read_text()
-        except OSError:
-            break
-        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-    return pids
+    """This process and its ancestors."""
+    me = psutil.Process()
+    return {me.pid, *(parent.pid for parent in me.parents())}
 
 
-def processes(matching: Callable[[bytes, Callable[[], bytes]], bool]) -> list[int]:
-    """Pids of this machine's other processes whose command line (NUL-separated) and, read only
-    when asked, environment match (Linux's /proc; elsewhere none).
+def processes(matching: Callable[[list[str], Environ], bool]) -> list[int]:
+    """Pids of this machine's other processes whose command line and (read only when asked)
+    environment match.
 
     This process's ancestors are never "other": a wrapper such as `time python -m ...`,
     `nice` or `uv run` carries the same words in its command line.
     """
     found, own = [], lineage()
-    for process in Path("/proc").glob("[0-9]*"):
-        pid = int(process.name)
-        try:
-            if pid not in own and matching(
-                (process / "cmdline").read_bytes(), (process / "environ").read_bytes
-            ):
-                found.append(pid)
-        except OSError:  # ended meanwhile, or not ours to read
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid in own:
             continue
+        with contextlib.suppress(psutil.Error):  # ended meanwhile, or not ours to read
+            if matching(process.info["cmdline"] or [], process.environ):
+                found.append(process.pid)
     return found
+
+
+def runs_module(cmdline: list[str], *modules: str) -> bool:
+    """Whether a command line is `python -m MODULE ...` for one of `modules`."""
+    return any(
+        first == "-m" and second in modules
+        for first, second in zip(cmdline, cmdline[1:], strict=False)
+    )
+
+
+def group_members(leader: int) -> list[psutil.Process]:
+    """The live processes of the process group that `leader` leads."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(process.pid) == leader:
+                members.append(process)
+    return members
+
+
+def stop_group(leader: int, timeout: float) -> None:
+    """SIGTERM to the process group `leader` leads (a server and its workers); SIGKILL to the
+    members left after `timeout` seconds. A group already gone is not an error."""
+    members = group_members(leader)
+    try:
+        os.killpg(leader, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    _, alive = psutil.wait_procs(members, timeout=timeout)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=timeout)
 
 
 def environment_without(*prefixes: str) -> dict[str, str]:
@@ -119,6 +124,14 @@ def environment_without(*prefixes: str) -> dict[str, str]:
     for a child that must not inherit this process's store (MLFLOW_), DVC run (DVC_) or the
     like."""
     return {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
+
+
+def tools_environment(environment: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`environment` (this process's by default) with this interpreter's folder first on PATH,
+    so that a child's `dvc`, `python` and `mlflow` are those of this project's environment."""
+    environment = dict(os.environ if environment is None else environment)
+    tools = str(Path(sys.executable).parent)
+    return environment | {"PATH": f"{tools}{os.pathsep}{environment.get('PATH', '')}"}
 
 
 def failure_reason(output: str, otherwise: str) -> str:

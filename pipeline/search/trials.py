@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 STORAGE_ENV = "OPTUNA_STORAGE"
 TRIAL_TIMEOUT = 24 * 3600  # seconds; a trial is one full training
 START_POLL_S = 0.2
-STAGE_COMMAND = re.compile(rb"-m[\0 ]pipeline\.(fetch|preprocess|train|evaluate)\b")
+STAGE_MODULES = tuple(f"pipeline.{stage}" for stage in ("fetch", "preprocess", "train", "evaluate"))
 
 
 class TrialFailed(Exception):
@@ -118,12 +117,6 @@ def _die_with_parent() -> None:
     processes.die_with_parent(signal.SIGKILL)
 
 
-def tools_environment() -> dict[str, str]:
-    """This process's environment with its own `dvc` and `python` first on PATH."""
-    tools = str(Path(sys.executable).parent)
-    return os.environ | {"PATH": f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 @contextlib.contextmanager
 def start_lock(path: Path) -> Iterator[int]:
     """Hold an exclusive lock on `path` (flock); yields its descriptor, to hand to a child.
@@ -164,7 +157,7 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
         lineage.TRIAL_TAG_ENV["optuna.study"]: study,
         lineage.TRIAL_TAG_ENV["optuna.trial"]: str(number),
     }
-    env = tools_environment() | marks | {stage.STOP_WITH_ENV: str(os.getpid())}
+    env = processes.tools_environment() | marks | {stage.STOP_WITH_ENV: str(os.getpid())}
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
     with tempfile.TemporaryFile() as output:
         with start_lock(lock) as held:
@@ -176,8 +169,7 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
                 stderr=subprocess.STDOUT,
                 pass_fds=(held,),
             )
-            environ = tuple(f"{key}={value}\0".encode() for key, value in marks.items())
-            while process.poll() is None and not stage_running(environ):
+            while process.poll() is None and not stage_running(marks):
                 time.sleep(START_POLL_S)
         try:
             code = process.wait(timeout=TRIAL_TIMEOUT)
@@ -191,13 +183,15 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: 
     return name
 
 
-def stage_running(environ: tuple[bytes, ...]) -> bool:
-    """Whether a stage (`python -m pipeline.<stage>`) with all of `environ` in its environment
-    runs on this machine (Linux's /proc; elsewhere never, so the caller waits for dvc's end)."""
+def stage_running(marks: dict[str, str]) -> bool:
+    """Whether a stage (`python -m pipeline.<stage>`) with all of `marks` in its environment
+    runs on this machine."""
 
-    def matching(cmdline: bytes, read_environ) -> bool:
-        found = STAGE_COMMAND.search(cmdline)
-        return bool(found) and all(mark in read_environ() for mark in environ)
+    def matching(cmdline: list[str], read_environ) -> bool:
+        if not processes.runs_module(cmdline, *STAGE_MODULES):
+            return False
+        environ = read_environ()
+        return all(environ.get(key) == value for key, value in marks.items())
 
     return bool(processes.processes(matching))
 
@@ -404,7 +398,7 @@ def prepare_data(root: Path, lock_file: Path) -> None:
         result = subprocess.run(
             ["dvc", "repro", "preprocess"],
             cwd=root,
-            env=tools_environment(),
+            env=processes.tools_environment(),
             capture_output=True,
             text=True,
         )

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,8 +26,8 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
+from pipeline.runtime import processes
 from pipeline.runtime.cli import setup_logging
-from pipeline.runtime.processes import process_alive
 from pipeline.team.postgres import PostgresCluster, PostgresError
 
 log = logging.getLogger(__name__)
@@ -197,19 +196,14 @@ def running(pid: int) -> bool:
     """Alive and not a zombie; a server that is our own child and has exited is reaped first."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    return process_alive(pid)
+    return processes.process_alive(pid)
 
 
 def terminate(pid: int) -> None:
     """SIGTERM the server's process group (uvicorn and its workers), SIGKILL if it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            if not running(pid):
-                return
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our own child that has exited: reaped, not a zombie
+    processes.stop_group(pid, STOP_TIMEOUT)
 
 
 def stop(params: config.TeamParams, root: Path) -> None:

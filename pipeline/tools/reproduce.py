@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import pipeline.params.config as config
 import pipeline.runtime.processes as processes
 import pipeline.tracking.store as tracking
 from pipeline.data.files import sha256_file
-from pipeline.runtime.cli import interrupt, setup_logging
+from pipeline.runtime.cli import setup_logging, unwind_on_signals
 from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = config.load_params_or_exit(args.params)
     setup_logging()
-    signal.signal(signal.SIGTERM, interrupt)  # unwinds like Ctrl-C: the worktree goes too
+    unwind_on_signals()  # SIGTERM unwinds like Ctrl-C: the worktree goes too
     try:
         judged = run(params, args.model, args.run)
     except (ReproduceError, tracking.TrackingError) as error:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
-from pipeline.runtime.cli import interrupt, setup_logging
+from pipeline.runtime import processes
+from pipeline.runtime.cli import setup_logging, unwind_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,9 @@ def command(store_uri: str, host: str, port: int) -> list[str]:
 
 
 def stop(process: subprocess.Popen) -> int:
-    """SIGTERM to the UI's process group, SIGKILL to whatever is left after STOP_TIMEOUT_S."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        return process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
-    except ProcessLookupError:
-        return process.wait()
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
-        except ProcessLookupError:
-            pass
+    """Stop the UI's process group (SIGTERM, SIGKILL after STOP_TIMEOUT_S); its exit code."""
+    processes.stop_group(process.pid, STOP_TIMEOUT_S)
+    return process.wait()
 
 
 def run(params: config.Params, host: str, port: int) -> int:
@@ -77,8 +67,7 @@ def run(params: config.Params, host: str, port: int) -> int:
         store_uri,
         training_runs_url(host, port, experiment_id),
     )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    unwind_on_signals()
     try:
         return process.wait()
     except KeyboardInterrupt:

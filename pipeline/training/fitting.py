@@ -24,7 +24,7 @@ from pipeline.data.files import Arrays
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 1000
-TRAIN_COMMAND = b"-m\0pipeline.train\0"  # `python -m pipeline.train`, as DVC runs the stage
+TRAIN_MODULE = "pipeline.train"  # `python -m pipeline.train`, as DVC runs the stage
 Interval = dict[str, float]
 
 
@@ -78,8 +78,10 @@ class StepClock(keras.callbacks.Callback):
 
 
 def other_trainings() -> list[int]:
-    """Pids of the other `python -m pipeline.train` processes on this machine (Linux; else [])."""
-    return processes.processes(lambda cmdline, environ: TRAIN_COMMAND in cmdline)
+    """Pids of the other `python -m pipeline.train` processes on this machine."""
+    return processes.processes(
+        lambda cmdline, environ: processes.runs_module(cmdline, TRAIN_MODULE)
+    )
 
 
 def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, int]:
