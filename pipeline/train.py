@@ -214,7 +214,9 @@ def run(params: config.Params) -> TrainResult | None:
         tracking.killed_on_interrupt(),
     ):
         train_model, runtime = prepare_training(params, workers)
-        mlflow.log_params(lineage.flatten(params.model_dump(warnings=False)))
+        values = lineage.stage_params(params)
+        mlflow.log_params(lineage.flatten(values))
+        mlflow.log_dict(values, lineage.PARAMS_ARTIFACT)
         mlflow.set_tags(
             lineage.lineage_tags(data_hashes, params)
             | tracking.process_tags()

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.params import config
+from pipeline.params import config, tools
 
-from .conftest import REPO, with_value
+from .support import REPO, with_value
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,15 @@ def test_bad_value_names_key_value_and_rule(defaults, key, value, phrase):
         config.parse_params(with_value(defaults, key, value))
     message = str(error.value)
     assert key in message and phrase in message and "\n" not in message
+
+
+def test_a_stage_holds_its_params_and_a_tool_the_tools_settings_too(defaults):
+    params, everything = config.parse_params(defaults), tools.parse_params(defaults)
+    assert set(config.Params.model_fields) == {"seed", "data", "model", "train", "mlflow", "paths"}
+    assert not hasattr(params, "serve") and everything.serve.port == defaults["serve"]["port"]
+    assert everything.train == params.train
+    with pytest.raises(config.ConfigError, match=r"^params.yaml: lab: unknown key$"):
+        config.parse_params(defaults | {"lab": {}})  # an unknown section fails a stage too
 
 
 def test_unknown_and_missing_keys_are_named(defaults):

@@ -12,15 +12,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipeline import evaluate, fetch, preprocess, train
-from pipeline.params import config
+from pipeline.params import config, tools
 
-from .conftest import REPO, with_value
+from .support import REPO, with_value
 
 DEFAULTS = yaml.safe_load((REPO / "params.yaml").read_text())
 STAGES = {"fetch": fetch.main, "preprocess": preprocess.main, "train": train.main,
           "evaluate": evaluate.main}  # fmt: skip
 # What `make serve`, `make demo`, `make server` and `make tune` do first with their params.
-ENTRIES = STAGES | {"tools": lambda argv: config.load_params_or_exit(argv[-1])}
+ENTRIES = STAGES | {"tools": lambda argv: tools.load_params_or_exit(argv[-1])}
 
 
 def entry_for(key: str, stage: str) -> str:

@@ -16,9 +16,11 @@ import pandas as pd
 
 from pipeline import train
 from pipeline.data.files import read_json
+from pipeline.params import config
+from pipeline.tracking import lineage
 from pipeline.training import onnx_export
 
-from .conftest import REPO
+from .support import REPO
 
 
 def test_train_logs_one_complete_run(trained):
@@ -50,6 +52,10 @@ def test_train_logs_one_complete_run(trained):
     steps = [m.step for m in client.get_metric_history(trained.run_id, "val_accuracy")]
     assert steps == [3, 6]
     assert run.inputs.dataset_inputs[0].dataset.name == "MNIST-train"
+    # only what the stages read: the tools' settings are neither logged nor hashed
+    assert {key.split(".")[0] for key in run.data.params} == set(config.Params.model_fields)
+    logged = client.download_artifacts(trained.run_id, lineage.PARAMS_ARTIFACT, str(root))
+    assert config.parse_params(read_json(logged)) == params  # the exact params, types and all
 
     # the store lives at the repo root (DVC_ROOT), artifacts beside it
     assert (root / "mlflow.db").is_file()

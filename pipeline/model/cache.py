@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.runtime.processes as processes
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 
 log = logging.getLogger(__name__)
@@ -135,21 +136,13 @@ def pinned(model_uri: str) -> tuple[str, str]:
     of: the version's source, which a deleted and re-created model does not share)."""
     import mlflow
 
-    if not model_uri.startswith("models:/"):
-        return model_uri, model_uri
-    name, _, rest = model_uri.removeprefix("models:/").partition("/")
-    client = mlflow.MlflowClient()
     try:
-        if "@" in name:
-            name, alias = name.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif rest.isdigit():
-            version = client.get_model_version(name, rest)
-        else:
-            return model_uri, model_uri  # models:/m-<id>: a logged model, already unique
+        version = registry.registered_version(mlflow.MlflowClient(), model_uri)
     except mlflow.exceptions.MlflowException as error:
         raise ModelError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}") from None
-    return f"models:/{name}/{version.version}", f"{version.source} {version.run_id}"
+    if version is None:  # a run's or a logged model's URI (models:/m-<id>): already unique
+        return model_uri, model_uri
+    return f"models:/{version.name}/{version.version}", f"{version.source} {version.run_id}"
 
 
 def copied(model_uri: str, store: str, cache: Path) -> dict:

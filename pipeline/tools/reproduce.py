@@ -22,8 +22,6 @@ import contextlib
 import datetime
 import json
 import logging
-import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -37,6 +35,8 @@ import yaml
 
 import pipeline.params.config as config
 import pipeline.runtime.processes as processes
+import pipeline.tracking.lineage as lineage
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import sha256_file
 from pipeline.runtime.cli import setup_logging, unwind_on_signals
@@ -44,10 +44,8 @@ from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "models:/{name}@champion"
 TAG_PREFIX = "reproduce."
 MAX_TAG_CHARS = 5000
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 # Variables of the caller's own DVC, MLflow or search that must not reach the reproduction.
 SCRUBBED_PREFIXES = ("MLFLOW_", "DVC_", "PIPELINE_")
 
@@ -86,20 +84,16 @@ def run_id_of(client, model: str | None, run_id: str | None, registered: str) ->
 
     if run_id:
         return run_id
-    uri = model or DEFAULT_MODEL.format(name=registered)
-    match = MODEL_URI.match(uri)
-    if not match:
+    uri = model or registry.champion_uri(registered)
+    try:
+        version = registry.registered_version(client, uri)
+    except mlflow.exceptions.MlflowException as error:
+        raise ReproduceError(f"{uri} is not in the registry: {error.message}") from None
+    if version is None:
         raise ReproduceError(
             f"{uri}: give a registered model as models:/NAME/VERSION or "
             "models:/NAME@ALIAS, or a run with --run RUN_ID"
         )
-    try:
-        if match["version"]:
-            version = client.get_model_version(match["name"], match["version"])
-        else:
-            version = client.get_model_version_by_alias(match["name"], match["alias"])
-    except mlflow.exceptions.MlflowException as error:
-        raise ReproduceError(f"{uri} is not in the registry: {error.message}") from None
     if not version.run_id:
         raise ReproduceError(f"{uri} names no training run: it was not logged by this pipeline")
     return version.run_id
@@ -178,37 +172,27 @@ def worktree(root: Path, revision: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def parsed(text: str, current: object) -> object:
-    """A param value from MLflow's string, typed like the value it replaces."""
-    if isinstance(current, bool):
-        return text == "True"
-    if isinstance(current, str):
-        return text
-    if isinstance(current, list):
-        return json.loads(text)
-    for convert in (int, float):
-        with contextlib.suppress(ValueError):
-            return convert(text)
-    return None if text == "None" else yaml.safe_load(text)
+def logged_params(client, run_id: str, folder: Path) -> dict:
+    """The stage params the run logged as its JSON artifact, exactly as they were validated."""
+    import mlflow
 
-
-def with_logged_params(raw: dict, logged: dict[str, str], prefix: str = "") -> dict:
-    """`raw` (params.yaml as loaded) with each value the run logged put back in its place."""
-    rebuilt = {}
-    for key, value in raw.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            rebuilt[key] = with_logged_params(value, logged, f"{name}.")
-        else:
-            rebuilt[key] = parsed(logged[name], value) if name in logged else value
-    return rebuilt
+    try:
+        folder = client.download_artifacts(run_id, lineage.PARAMS_ARTIFACT, str(folder))
+        return json.loads(Path(folder).read_text())
+    except (mlflow.exceptions.MlflowException, OSError, ValueError):
+        raise ReproduceError(
+            f"run {run_id} was made from uncommitted params and has no {lineage.PARAMS_ARTIFACT} "
+            "artifact (older code logged none): its params cannot be restored exactly"
+        ) from None
 
 
 def restore_params(source: Path, client, run_id: str) -> None:
+    """params.yaml of the revision with the run's logged stage params in place of its own
+    (the tools' settings, which no run logs, stay as the revision has them)."""
     path = source / config.PARAMS_FILE
     raw = yaml.safe_load(path.read_text())
-    logged = client.get_run(run_id).data.params
-    path.write_text(yaml.safe_dump(with_logged_params(raw, logged), sort_keys=False))
+    restored = raw | logged_params(client, run_id, source.parent)
+    path.write_text(yaml.safe_dump(restored, sort_keys=False))
 
 
 def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
@@ -253,12 +237,10 @@ def data_differences(source: Path, original: verdicts.RunRecord) -> list[str]:
 
 
 def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
-    scrubbed = processes.environment_without(*SCRUBBED_PREFIXES)
-    bin_folder = str(Path(sys.executable).parent)
+    scrubbed = processes.tools_environment(processes.environment_without(*SCRUBBED_PREFIXES))
     return scrubbed | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
         "PYTHONPATH": str(source),  # the revision's package, not the one installed here
-        "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}",
         "DVC_NO_ANALYTICS": "1",
     }
 

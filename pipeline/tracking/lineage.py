@@ -29,6 +29,9 @@ TRIAL_TAG_ENV = {"optuna.study": "PIPELINE_OPTUNA_STUDY", "optuna.trial": "PIPEL
 # What a run's result depends on: a change here since the baseline commit marks it dirty.
 INPUT_PATHS = ("params.yaml", "dvc.yaml", "pipeline", "pyproject.toml")
 WEIGHTS_TAG = "model.weights_sha256"
+# The run's validated stage params as one JSON artifact: `make reproduce` restores them as they
+# were, types and all, where MLflow's logged params are strings.
+PARAMS_ARTIFACT = "params.json"
 ENV_PREFIX = "env."
 # The distributions whose versions shape the weights or the scores (first found of each row).
 PACKAGES = {
@@ -41,6 +44,7 @@ PACKAGES = {
 }
 # The CPU flags that pick TensorFlow's and oneDNN's kernels (and so the order of float sums).
 VECTOR_FLAGS = re.compile(r"^(sse4_[12]|avx\w*|fma|f16c|amx\w*)$")
+CPUINFO = Path("/proc/cpuinfo")  # not psutil: it has no call for the CPU model name or flags
 
 
 def flatten(values: dict[str, Any]) -> dict[str, str]:
@@ -52,10 +56,15 @@ def flatten(values: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def stage_params(params: config.Params) -> dict[str, Any]:
+    """The stages' validated params as JSON values: what a run logs, hashes and restores (the
+    tools' settings, when `params` holds them, are not the run's)."""
+    return params.model_dump(mode="json", include=set(config.Params.model_fields))
+
+
 def params_sha256(params: config.Params) -> str:
-    """A stable hash of every validated param value."""
-    # warnings=False: a stage holds the tools' sections unchecked (config.TOOL_SECTIONS)
-    values = params.model_dump(mode="json", warnings=False)
+    """A stable hash of every validated stage param value."""
+    values = stage_params(params)
     canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -112,10 +121,11 @@ def package_version(names: tuple[str, ...]) -> str:
     return "absent"
 
 
-def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
-    """The CPU's model name and its vector flags, from /proc/cpuinfo (else what Python says)."""
+def cpu_description(cpuinfo: Path = CPUINFO) -> tuple[str, str]:
+    """The first CPU's model name and its vector flags, from Linux's cpuinfo (else what Python
+    says). The one place that reads it: the run tags and the benchmarks' machine line."""
     try:
-        text = cpuinfo.read_text()
+        text = cpuinfo.read_text().split("\n\n", 1)[0]  # the first CPU's block
     except OSError:
         return platform.processor() or platform.machine(), "unknown"
     fields = dict(re.findall(r"^(model name|cpu family|model|flags)\s*:\s*(.*)$", text, re.M))

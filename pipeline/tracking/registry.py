@@ -5,6 +5,7 @@ MLflow is imported inside the functions: the servers name the champion without l
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from pipeline.tracking.store import store_lock
@@ -18,8 +19,24 @@ CHAMPION = "champion"
 CHAMPION_METRIC = "test_accuracy"
 
 
+# A registered model's URI: models:/NAME/VERSION or models:/NAME@ALIAS (models:/m-<id> is a
+# logged model, not a registered one).
+REGISTERED_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
 def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
+
+
+def registered_version(client: mlflow.MlflowClient, uri: str):
+    """The registered version a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names (an
+    alias resolved now); None for any other URI. MLflow's exception when there is no such."""
+    match = REGISTERED_URI.match(uri)
+    if match is None:
+        return None
+    if match["version"]:
+        return client.get_model_version(match["name"], match["version"])
+    return client.get_model_version_by_alias(match["name"], match["alias"])
 
 
 def choose_champion(scores: dict[int, float], current: int | None) -> int:

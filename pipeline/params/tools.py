@@ -1,0 +1,136 @@
+"""The tools' settings in params.yaml: `serve:` (make serve, make demo), `team:` (make server),
+`tune:` (make tune). No stage reads them; a tool loads them with the stages' params.
+
+`ToolParams` is the stages' `Params` and these sections together, so a tool reads
+`params.mlflow` and `params.serve` alike; a stage's `Params` has no such fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictBool, model_validator
+
+from pipeline.params.config import (
+    IMAGE_PIXELS,
+    PARAMS_FILE,
+    Float,
+    Int,
+    Name,
+    Params,
+    Section,
+    or_exit,
+    read_params_file,
+    validated,
+)
+
+
+class ServeParams(Section):
+    """`make serve` (REST) and `make demo` (the draw-a-digit page); no stage reads these."""
+
+    host: Name
+    port: Annotated[Int, Field(ge=1, le=65535)]
+    demo_port: Annotated[Int, Field(ge=1, le=65535)]
+    max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
+    max_image_pixels: Annotated[Int, Field(ge=IMAGE_PIXELS, le=2**31)]  # width × height, read
+    workers: Annotated[Int, Field(ge=1, le=64)]  # server processes on the one port
+
+
+class TeamParams(Section):
+    """`make server` and `make server-stop`: the team's tracking server; no stage reads these."""
+
+    host: Name
+    port: Annotated[Int, Field(ge=1, le=65535)]
+    workers: Annotated[Int, Field(ge=1, le=64)]
+    postgres_port: Annotated[Int, Field(ge=1, le=65535)]
+    state_dir: Name  # its own PostgreSQL cluster, proxied artifacts, logs and pid files
+
+
+class FloatRange(Section):
+    """A float drawn between low and high; `log: true` draws its logarithm uniformly."""
+
+    kind: Literal["float"]
+    low: Float
+    high: Float
+    log: StrictBool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high or (self.log and self.low <= 0):
+            raise ValueError(
+                f"needs low < high (and low > 0 with log), got {self.low}, {self.high}"
+            )
+        return self
+
+
+class IntRange(Section):
+    """An integer from low to high, both included, in steps of `step`."""
+
+    kind: Literal["int"]
+    low: Int
+    high: Int
+    step: Annotated[Int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low >= self.high:
+            raise ValueError(f"needs low < high, got {self.low}, {self.high}")
+        return self
+
+
+class Choice(Section):
+    """One of the listed values."""
+
+    kind: Literal["choice"]
+    choices: Annotated[list[Int | Float | StrictBool | Name], Field(min_length=1)]
+
+
+Dimension = Annotated[FloatRange | IntRange | Choice, Field(discriminator="kind")]
+
+
+class TuneParams(Section):
+    """`make tune`: an Optuna search whose trials are DVC experiments; no stage reads these."""
+
+    study: Name
+    storage: str  # "" → the journal file `journal`; OPTUNA_STORAGE overrides either
+    journal: Name  # the default storage: a file in the repo, git- and DVC-ignored
+    metric: Name  # a metric of evaluate's, read from the trial's MLflow run
+    direction: Literal["maximize", "minimize"]
+    trials: Annotated[Int, Field(ge=1, le=100_000)]  # the study's budget, across all workers
+    space: Annotated[dict[str, Dimension], Field(min_length=1)]  # params.yaml key → its range
+
+
+class ToolParams(Params):
+    """Everything in params.yaml: the stages' params and the tools' settings."""
+
+    serve: ServeParams
+    team: TeamParams
+    tune: TuneParams
+
+    @model_validator(mode="after")
+    def _space_names_params(self) -> ToolParams:
+        tunable = {
+            f"{section}.{key}"
+            for section in ("model", "train")
+            for key in getattr(self, section).model_dump()
+        }
+        unknown = sorted(set(self.tune.space) - tunable)
+        if unknown:
+            raise ValueError(f"tune.space names no model or train param: {', '.join(unknown)}")
+        return self
+
+
+def parse_params(raw: object, source: str = PARAMS_FILE) -> ToolParams:
+    """Every section of a params mapping, validated; ConfigError names every bad key."""
+    return validated(ToolParams, raw, source)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> ToolParams:
+    """Read and validate the whole of params.yaml."""
+    return parse_params(read_params_file(path), str(path))
+
+
+def load_params_or_exit(path: str | Path) -> ToolParams:
+    """load_params, exiting with one line on a bad file."""
+    return or_exit(lambda: load_params(path))
