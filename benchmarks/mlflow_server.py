@@ -10,17 +10,20 @@ app and what it loads.
 
 from __future__ import annotations
 
-from pipeline.params import config
-from pipeline.serving import serve
+from pipeline.params import tools
+from pipeline.serving import loader, serve
 from pipeline.tracking import store as tracking
 
 
-def build_app(model_uri: str, params: config.Params):
+def build_app(model: str | loader.Served, params: tools.ToolParams):
+    """MLflow's app around `model`: a URI MLflow resolves here, or (each of `--workers N`) the
+    copy the supervisor made."""
     import mlflow
     from mlflow.pyfunc import scoring_server
 
     tracking.connect(params.mlflow, tracking.repo_root())  # `models:/` resolves in that store
-    return scoring_server.init(mlflow.pyfunc.load_model(model_uri, suppress_warnings=True))
+    uri = model.path if isinstance(model, loader.Served) else model
+    return scoring_server.init(mlflow.pyfunc.load_model(uri, suppress_warnings=True))
 
 
 def main(argv: list[str] | None = None) -> None:

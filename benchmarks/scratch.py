@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.runtime.processes import environment_without
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO, copy_repo, environment
 
 
 def scratch_repo(prefix: str) -> tuple[Path, dict[str, str]]:
@@ -19,23 +14,14 @@ def scratch_repo(prefix: str) -> tuple[Path, dict[str, str]]:
 
     Returns the folder and the environment to run `dvc` and the stages in there.
     """
-    scratch = Path(tempfile.mkdtemp(prefix=prefix))
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
-    for name in files:
-        if (REPO / name).is_file():
-            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, scratch / name)
+    scratch = copy_repo(Path(tempfile.mkdtemp(prefix=prefix)))
     params = (scratch / "params.yaml").read_text()
     mirror = REPO / "data/raw/mnist.npz"  # "from cached data": the fetched file, locally
     params = params.replace(
         "    - kind: url", f"    - kind: local\n      path: {mirror}\n    - kind: url", 1
     )
     (scratch / "params.yaml").write_text(params)
-    env = environment_without("MLFLOW_", "DVC_")
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@localhost",
-            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@localhost"}  # fmt: skip
+    env = environment()
     for command in (["git", "init", "-q"], ["dvc", "init", "-q", "-f"]):
         subprocess.run(command, cwd=scratch, check=True, env=env, capture_output=True)
     return scratch, env

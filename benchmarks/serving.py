@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from pipeline.model import cache as model_cache
 from pipeline.runtime.processes import environment_without
-from tests.servers import free_port
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW_PYFUNC = REPO / "benchmarks" / "tf_pyfunc.py"
@@ -53,37 +54,34 @@ def percentiles(milliseconds: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(milliseconds, 99))}  # fmt: skip
 
 
-def memory_mib(pid: int | str = "self") -> dict[str, float]:
-    """Resident memory now (VmRSS) and at its peak (VmHWM), from /proc."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
-                  .splitlines() if line.startswith(("VmRSS", "VmHWM")))  # fmt: skip
-    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024,
-            "peak_mib": int(fields["VmHWM"].split()[0]) / 1024}  # fmt: skip
+def memory_mib(process: psutil.Process | None = None) -> dict[str, float]:
+    """A process's resident memory now (this process unless told)."""
+    return {"rss_mib": (process or psutil.Process()).memory_info().rss / 2**20}
 
 
 def test_images() -> np.ndarray:
     from pipeline.data.files import load_arrays
-    from pipeline.params import config
+    from pipeline.params import tools
 
-    params = config.load_params(REPO / "params.yaml")
+    params = tools.load_params(REPO / "params.yaml")
     return load_arrays(REPO / params.paths.split("test"))["x"][:1000]
 
 
 def connect() -> None:
-    from pipeline.params import config
+    from pipeline.params import tools
     from pipeline.tracking import store as tracking
 
-    tracking.connect(config.load_params(REPO / "params.yaml").mlflow, REPO)
+    tracking.connect(tools.load_params(REPO / "params.yaml").mlflow, REPO)
 
 
 def log_tensorflow_pyfunc() -> str:
     """The previous registered model over this scratch repo's .keras file; its model URI."""
     import mlflow
 
-    from pipeline.params import config
+    from pipeline.params import tools
     from pipeline.tracking import store as tracking
 
-    params = config.load_params(REPO / "params.yaml")
+    params = tools.load_params(REPO / "params.yaml")
     experiment_id = tracking.use_store(params.mlflow, REPO)
     with mlflow.start_run(experiment_id=experiment_id, run_name="bench-tensorflow-pyfunc"):
         info = mlflow.pyfunc.log_model(
@@ -210,10 +208,12 @@ def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float
 
 def server_memory(pid: int) -> dict[str, float]:
     """The largest resident memory among the server's processes (its workers, if any)."""
-    pids = [pid] + [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children")
-                    .read_text().split()]  # fmt: skip
-    measured = [memory_mib(each) for each in pids if Path(f"/proc/{each}").exists()]
-    return {key: max(row[key] for row in measured) for key in ("rss_mib", "peak_mib")}
+    server = psutil.Process(pid)
+    measured = []
+    for process in [server, *server.children()]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # e.g. a resource tracker that ended
+            measured.append(memory_mib(process))
+    return {"rss_mib": max(row["rss_mib"] for row in measured)}
 
 
 def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: int,
@@ -256,9 +256,9 @@ def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: 
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
         workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
     """Everything above, for both models, interleaved."""
-    from pipeline.params import config
+    from pipeline.params import tools
 
-    params = config.load_params(REPO / "params.yaml")
+    params = tools.load_params(REPO / "params.yaml")
     uris = {"onnx": f"models:/{params.mlflow.registered_model}@champion",
             "tensorflow": log_tensorflow_pyfunc()}  # fmt: skip
     images = test_images()

@@ -1,9 +1,8 @@
-"""Shared fixtures: tiny synthetic MNIST, an IDX mirror of it, and tiny params in tmp_path."""
+"""The fixtures: tiny synthetic MNIST, an IDX mirror of it, tiny params in tmp_path, an MLflow
+store, one tiny trained pipeline and one small real model per session. Helpers: support.py."""
 
 from __future__ import annotations
 
-import copy
-import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,80 +11,17 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data.files import sha256_array
-from pipeline.data.sources import IDX_FILES
-from pipeline.params import config
+from pipeline.params import config, tools
 
-REPO = Path(__file__).resolve().parents[1]
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
-    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost",
-}  # fmt: skip
-N_TRAIN, N_TEST = 120, 40
+from .support import REPO, client_for, make_mnist, tiny_params, use_store_at, write_idx_folder
 
 
-def make_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> dict:
-    """Random uint8 images with every class present; labels cycle 0..9."""
-    rng = np.random.default_rng(seed)
-    return {
-        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
-        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
-    }
-
-
-def with_value(raw: dict, key: str, value: object) -> dict:
-    """A deep copy of a params mapping with the dotted `key` set to `value`."""
-    changed = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    section = changed
-    for part in parents:
-        section = section[part]
-    section[last] = value
-    return changed
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array in the IDX format."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(size).to_bytes(4, "big") for size in array.shape
-    )
-    return header + array.tobytes()
-
-
-def write_idx_folder(folder: Path, arrays: dict, gzipped: bool = True) -> Path:
-    """Write the four standard IDX files, as a private mirror would hold them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, name in IDX_FILES.items():
-        raw = idx_bytes(arrays[split])
-        if gzipped:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
-        else:
-            (folder / name).write_bytes(raw)
-    return folder
-
-
-def array_hashes(arrays: dict) -> dict[str, str]:
-    return {name: sha256_array(arrays[name]) for name in IDX_FILES}
-
-
-def tiny_settings(raw: dict, mirror: Path, arrays: dict) -> dict:
-    """Params with a local mirror of `arrays` and a tiny model and training: the tests' recipe."""
-    raw = copy.deepcopy(raw)
-    raw["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
-    raw["data"]["sha256"] = array_hashes(arrays)
-    raw["data"]["validation_size"] = 20
-    raw["model"] |= {"num_units": 8, "unroll": False}  # a small graph: quick to build
-    raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 3}
-    return raw
-
-
-def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
-    """The repo's params.yaml with the tiny recipe and every path under `root`."""
-    raw = tiny_settings(yaml.safe_load((REPO / "params.yaml").read_text()), mirror, arrays)
-    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
-    return raw
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not slow"` never picks a heavy test
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A heavy test is a slow test too."""
+    for item in items:
+        if item.get_closest_marker("heavy") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -104,25 +40,8 @@ def raw_params(tmp_path: Path, mirror: Path, mnist: dict) -> dict:
 
 
 @pytest.fixture
-def params(raw_params: dict) -> config.Params:
-    return config.parse_params(raw_params)
-
-
-def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Stages find the MLflow store at `root` through DVC_ROOT, as under DVC."""
-    monkeypatch.setenv("DVC_ROOT", str(root))
-    # mlflow.set_tracking_uri/set_registry_uri export these. monkeypatch restores only what it
-    # recorded, and delenv of an absent variable records nothing: setenv first, so a value a
-    # stage sets during the test is removed afterwards instead of leaking into later tests.
-    for name in (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_REGISTRY_URI",
-        "DVC_EXP_NAME",
-        "DVC_EXP_BASELINE_REV",
-    ):
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    return root
+def params(raw_params: dict) -> tools.ToolParams:
+    return tools.parse_params(raw_params)  # a stage takes it too: the tools' params hold its own
 
 
 @pytest.fixture
@@ -136,16 +55,13 @@ class TrainedPipeline:
     """fetch → preprocess → train → evaluate, run once on tiny data; for tests that only read."""
 
     root: Path
-    params: config.Params
+    params: tools.ToolParams
     run_id: str
     metrics: dict
     threads: list[int]  # TensorFlow's intra- and inter-op threads in the process that trained
 
     def client(self):
-        import mlflow
-
-        uri = f"sqlite:///{self.root / 'mlflow.db'}"
-        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return client_for(self.root)
 
 
 def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -167,7 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
     shared = shared_temp(tmp_path_factory)
     root, made = shared / "trained", shared / "trained.json"
     arrays = make_mnist()
-    params = config.parse_params(tiny_params(root, root / "mirror", arrays))
+    params = tools.parse_params(tiny_params(root, root / "mirror", arrays))
     with FileLock(shared / "trained.lock"):
         if not made.is_file():
             made.write_text(json.dumps(train_tiny_pipeline(root, arrays, params)))

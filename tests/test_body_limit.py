@@ -14,7 +14,7 @@ import uvicorn
 
 from pipeline.serving.asgi import DRAIN_FACTOR, BodyLimit
 
-from .servers import wait_until
+from .support import wait_until
 
 LIMIT = 200_000
 

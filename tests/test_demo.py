@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .browsers import browser
-from .pictures import huge_png
-from .servers import mapped_files, memory_kb, post_json, running, write_params
+from .support import browser, huge_png, mapped_files, memory_kb, post_json, running, write_params
 
 pytestmark = pytest.mark.slow
 SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit

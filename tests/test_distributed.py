@@ -19,11 +19,11 @@ from pipeline.params import config
 from pipeline.training import cluster, distributed, fitting
 from pipeline.training.network import build_model
 
-from .conftest import REPO, with_value
-from .repos import environment
-from .servers import free_port, write_params
+from .support import REPO, environment, free_port, with_value, write_params
 
-CHIEF_LINE_S = 60  # what "fails with one line, not hangs" means here
+# A survivor gives up when its collectives fail (a reset, or distributed.COLLECTIVE_TIMEOUT_S
+# of silence): a generous deadline for that, which guards against a hang only.
+GIVE_UP_S = 180
 
 
 def tf_config(ports: list[int], index: int) -> str:
@@ -196,13 +196,11 @@ def test_a_dying_worker_makes_the_other_fail_with_one_line(
     try:
         wait_for("iteration 6/30000", logs[0], processes, deadline_s=180)  # training is under way
         processes[killed].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        code = survivor.wait(timeout=CHIEF_LINE_S + 30)
-        took = time.monotonic() - killed_at
+        code = survivor.wait(timeout=GIVE_UP_S)
     finally:
         stop(processes)
     last_line = logs[1 - killed].read_text().strip().splitlines()[-1]
-    assert code not in (0, None) and took < CHIEF_LINE_S, (code, took)
+    assert code not in (0, None), code
     assert last_line.startswith("error: multi-worker training stopped: "), last_line
     if killed == 1:  # the chief's run is closed as failed
         import mlflow

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import REPO
-from .imports import DVC_YAML, STAGES, imported_files, module_file, named_modules, stage_module
+from .support import (
+    DVC_YAML,
+    REPO,
+    STAGES,
+    imported_files,
+    module_file,
+    named_modules,
+    stage_module,
+)
 
 
 def listed_code(stage: str) -> set[str]:

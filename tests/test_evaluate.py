@@ -17,7 +17,7 @@ from pipeline.params import config
 from pipeline.reports import scores as scoring
 from pipeline.runtime.processes import environment_without
 
-from .conftest import REPO, with_value
+from .support import REPO, with_value
 
 # The ONNX model's probabilities are Keras's within onnx_export.TOLERANCE (1e-5) each, so the
 # mean cross-entropy moves by at most about 1e-5 / p for the probabilities p picked; a label can

@@ -9,8 +9,7 @@ from pipeline import fetch
 from pipeline.data.files import load_arrays, read_json, sha256_file
 from pipeline.params import config
 
-from .conftest import array_hashes
-from .servers import free_port
+from .support import array_hashes, free_port
 
 
 def with_sources(raw_params: dict, sources: list[dict]) -> config.Params:

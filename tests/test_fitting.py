@@ -10,7 +10,7 @@ from pipeline.params import config
 from pipeline.training import fitting
 from pipeline.training.network import build_model
 
-from .servers import wait_until
+from .support import wait_until
 
 
 def settings(**changes) -> config.TrainParams:
@@ -129,8 +129,8 @@ def test_a_training_process_on_this_machine_is_found():
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
                               "pipeline.train"])  # fmt: skip
     try:
-        # Popen returns once the child has begun exec; under load its /proc cmdline can still
-        # be empty then (seen: 22 % of 400 tries with the cores busy), so look for a while.
+        # Popen returns once the child has begun exec; under load its command line can still
+        # be empty then, so look for a while.
         assert wait_until(lambda: other.pid in fitting.other_trainings(), 10, interval=0.05)
     finally:
         other.kill()

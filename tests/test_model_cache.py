@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import sqlite3
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -14,7 +16,7 @@ import pytest
 from pipeline.model import cache as model_cache
 from pipeline.serving import loader
 
-from .conftest import use_store_at
+from .support import run, running, tiny_repo, use_store_at
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +86,43 @@ def test_evaluate_leaves_the_champion_copied_for_the_servers(trained):
     [answer] = [value for key, value in answers.items() if key.endswith(f"models:/{name}@champion")]
     assert answer["pinned"] == f"models:/{name}/{champion}"
     assert (Path(answer["path"]) / "MLmodel").is_file() and answer["state"]
+
+
+def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint(tmp_path):
+    """SQLite checkpoints when the last connection closes (the database file's modification
+    time changes, the log goes): after `settle` that changes nothing, and a write still does."""
+    database = tmp_path / "store.db"
+    store = f"sqlite:///{database}"
+    writer = sqlite3.connect(database)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("create table t (x)")
+    writer.commit()  # in the log, not yet in the database file
+    model_cache.settle(store)
+    recorded = model_cache.store_state(store)
+    writer.close()  # the last connection
+    with contextlib.closing(sqlite3.connect(database)) as reader:
+        assert reader.execute("select count(*) from t").fetchone() == (0,)
+    assert model_cache.store_state(store) == recorded
+    with contextlib.closing(sqlite3.connect(database)) as writer:
+        writer.execute("insert into t values (1)")
+        writer.commit()
+        assert model_cache.store_state(store) != recorded
+
+
+def test_the_first_server_start_after_dvc_repro_asks_no_mlflow(tmp_path):
+    """evaluate leaves the champion's answer behind; nothing after it (the stage's exit, a
+    reader closing the store) makes the next `make serve` start MLflow."""
+    repo = tiny_repo(tmp_path)
+    run(["dvc", "repro"], repo)
+    with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as reader:  # as `make ui` would
+        assert reader.execute("select count(*) from runs").fetchone() == (1,)
+    log = tmp_path / "server.log"
+    args = ["--params", str(repo / "params.yaml")]
+    with running("pipeline.serving.serve", args, "/ping", log, {"DVC_ROOT": str(repo)}) as server:
+        with urllib.request.urlopen(server.url + "/version", timeout=10) as response:
+            serving = json.loads(response.read())
+    assert "models:/mnist-lstm@champion is models:/mnist-lstm/1 (store unchanged)" in (
+        log.read_text()
+    ), log.read_text()
+    assert serving["pinned"] == "models:/mnist-lstm/1"
+    assert Path(serving["path"]).is_relative_to(repo / model_cache.CACHE_DIR)

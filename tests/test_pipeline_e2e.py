@@ -17,8 +17,16 @@ import mlflow
 import numpy as np
 import pytest
 
-from .imports import STAGES, imported_files, stage_module
-from .repos import client_for, environment, run, tiny_repo, wait_for_queue
+from .support import (
+    STAGES,
+    client_for,
+    environment,
+    imported_files,
+    run,
+    stage_module,
+    tiny_repo,
+    wait_for_queue,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,7 @@ from PIL import Image
 
 from pipeline.serving import images
 
-from .conftest import REPO
-from .pictures import huge_png
+from .support import REPO, huge_png
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def as_picture(image: np.ndarray, variant: int) -> Image.Image:
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.predict", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "pipeline.serving.predict", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import yaml
 from pipeline.tools import relocate
 from pipeline.tracking import store as tracking
 
-from .conftest import use_store_at
+from .support import use_store_at
 
 
 @pytest.fixture

@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 import pipeline.tracking.lineage as lineage
-from pipeline.params import config
+from pipeline.params import config, tools
 from pipeline.tools import reproduce, verdict
 
-from .conftest import REPO
-from .repos import client_for, environment, run, tiny_repo, wait_for_queue
+from .support import REPO, client_for, environment, run, tiny_repo, wait_for_queue
 
 MODULE = ["python", "-m", "pipeline.tools.reproduce"]
 
@@ -56,20 +55,29 @@ def test_a_run_without_a_weights_hash_is_never_called_bit_identical():
     assert any("recorded no model.weights_sha256" in line for line in judged.differences)
 
 
-def test_logged_params_rebuild_params_yaml_with_its_types():
+def test_logged_params_restore_params_yaml_exactly_and_keep_the_tools_settings(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     edited = json.loads(json.dumps(raw))
     edited["train"] |= {"learning_rate": 1e-05, "iterations": 3000, "deterministic": False}
     edited["data"]["class_names"] = list("abcdefghij")
     edited["mlflow"]["experiment"] = "123"  # a string that looks like a number stays a string
-    logged = lineage.flatten(config.Params.model_validate(edited).model_dump())
-    rebuilt = reproduce.with_logged_params(raw, logged)
-    assert rebuilt["train"] == edited["train"] and rebuilt["mlflow"] == edited["mlflow"]
-    validated = config.Params.model_validate(rebuilt)
-    assert validated == config.Params.model_validate(edited)
-    assert lineage.params_sha256(validated) != lineage.params_sha256(
-        config.Params.model_validate(raw)
-    )
+    edited["serve"]["port"] = 1234  # a tool's setting: not the run's, not restored
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("e", (tmp_path / "artifacts").as_uri()))
+    client.log_dict(run.info.run_id, lineage.stage_params(tools.parse_params(edited)),
+                    lineage.PARAMS_ARTIFACT)  # fmt: skip
+    source = tmp_path / "worktree" / "src"
+    source.mkdir(parents=True)
+    (source / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    reproduce.restore_params(source, client, run.info.run_id)
+    restored = yaml.safe_load((source / "params.yaml").read_text())
+    assert config.parse_params(restored) == config.parse_params(edited)
+    assert restored["serve"] == raw["serve"] and list(restored) == list(raw)
+    with pytest.raises(reproduce.ReproduceError, match="has no params.json artifact"):
+        reproduce.restore_params(
+            source, client, client.create_run(run.info.experiment_id).info.run_id
+        )
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -12,20 +13,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import psutil
 import pytest
 
 from pipeline.runtime.processes import environment_without
 
-from .conftest import REPO
-from .servers import (
-    Running,
-    children,
-    mapped_files,
-    post_json,
-    running,
-    wait_until,
-    write_params,
-)
+from .support import REPO, Running, mapped_files, post_json, running, write_params
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 200_000
@@ -104,7 +97,7 @@ def test_the_server_loads_no_tensorflow(server):
     assert "tensorflow" not in mapped_files(server.pid)
 
 
-def test_instances_is_the_same_as_inputs_and_ping_health_version_answer(server):
+def test_instances_is_the_same_as_inputs_and_ping_health_version_answer(server, trained):
     images = np.random.default_rng(2).random((2, 28, 28), dtype=np.float32)
     answers = [post(server, json.dumps({key: images.tolist()}).encode())
                for key in ("inputs", "instances")]  # fmt: skip
@@ -112,6 +105,19 @@ def test_instances_is_the_same_as_inputs_and_ping_health_version_answer(server):
     for path in ("/ping", "/health", "/version"):
         with urllib.request.urlopen(server.url + path, timeout=10) as response:
             assert response.status == 200 and response.read()
+    assert_serving(server, trained)
+
+
+def assert_serving(server: Running, trained) -> None:
+    """GET /version names MLflow's version, the champion as asked, its version and its copy."""
+    with urllib.request.urlopen(server.url + "/version", timeout=10) as response:
+        serving = json.loads(response.read())
+    name = trained.params.mlflow.registered_model
+    champion = trained.client().get_model_version_by_alias(name, "champion").version
+    assert serving["mlflow"] == importlib.metadata.version("mlflow")
+    assert serving["model"] == f"models:/{name}@champion"
+    assert serving["pinned"] == f"models:/{name}/{champion}"
+    assert (Path(serving["path"]) / "MLmodel").is_file()
 
 
 def test_other_content_types_and_dataframes_are_refused_naming_what_to_send(server):
@@ -128,8 +134,8 @@ def test_other_content_types_and_dataframes_are_refused_naming_what_to_send(serv
 BUILD_ALONE = """
 import json, sys
 from pipeline.serving import serve
-from pipeline.params import config
-serve.build_app(sys.argv[1], config.load_params(sys.argv[2]))
+from pipeline.params import tools
+serve.build_app(sys.argv[1], tools.load_params(sys.argv[2]))
 heavy = sorted(name for name in ("tensorflow", "keras", "mlflow", "sqlalchemy", "pandas")
                if name in sys.modules)
 print(json.dumps(heavy))
@@ -154,11 +160,11 @@ def test_workers_share_the_port_and_all_stop_with_the_server(trained, tmp_path):
     args = ["--params", str(params), "--workers", "2"]
     with running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
                  {"DVC_ROOT": str(trained.root)}) as server:  # fmt: skip
-        spawned = children(server.pid)  # the workers and multiprocessing's resource tracker
-        workers = [
-            pid for pid in spawned if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        # the workers and multiprocessing's resource tracker
+        spawned = psutil.Process(server.pid).children()
+        workers = [child for child in spawned if "spawn_main" in " ".join(child.cmdline())]
         assert len(workers) == 2, spawned
+        assert_serving(server, trained)  # what the supervisor pinned, in each worker
         connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
         body = images_json(np.zeros((1, 28, 28), np.float32))
         latencies = []
@@ -171,7 +177,7 @@ def test_workers_share_the_port_and_all_stop_with_the_server(trained, tmp_path):
         connection.close()
         # each would wait ~40 ms for a delayed ACK without TCP_NODELAY (Kludex/uvicorn#3149)
         assert sorted(latencies)[10] < 0.03, latencies
-        assert all("tensorflow" not in mapped_files(pid) for pid in workers)
+        assert all("tensorflow" not in mapped_files(worker.pid) for worker in workers)
     # the resource tracker ends once it sees the supervisor's end of its pipe close
-    alive = lambda: [pid for pid in spawned if Path(f"/proc/{pid}").exists()]  # noqa: E731
-    assert wait_until(lambda: not alive(), timeout=10), alive()
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    assert not alive, alive

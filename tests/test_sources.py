@@ -6,7 +6,6 @@ import gzip
 import io
 import os
 import pickle
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from pipeline.data import sources
 from pipeline.data.files import sha256_bytes, sha256_file
 from pipeline.params import config
 
-from .conftest import idx_bytes, write_idx_folder
-from .servers import free_port
+from .support import free_port, idx_bytes, write_idx_folder
 
 
 def test_idx_round_trip():
@@ -155,10 +153,9 @@ def test_unreachable_url_fails_fast(tmp_path):
     source = config.UrlSource(
         kind="url", url=f"http://127.0.0.1:{free_port()}/mnist.npz", sha256="0" * 64
     )
-    started = time.monotonic()
-    with pytest.raises(sources.SourceError, match="download failed"):
+    # behavioural: it fails on the refusal itself, not after waiting out the timeout
+    with pytest.raises(sources.SourceError, match="download failed: .*Connection refused"):
         sources.read_url(source, timeout=5, workdir=tmp_path)
-    assert time.monotonic() - started < 5
 
 
 def test_url_download_verifies_then_reads(tmp_path, mnist, monkeypatch):

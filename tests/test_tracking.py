@@ -16,7 +16,7 @@ import pipeline.tracking.registry as registry
 from pipeline.params import config
 from pipeline.tracking import store as tracking
 
-from .conftest import GIT_IDENTITY
+from .support import GIT_IDENTITY
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from .browsers import browser
-from .servers import command_line, descendants, running, wait_until, write_params
+from .support import browser, command_line, descendants, running, wait_until, write_params
 
 pytestmark = pytest.mark.slow
 LINK = re.compile(

@@ -8,22 +8,31 @@ and exits. A version's files never change, so each copy is named after what it i
 (store and model) and made once.
 
 For a SQLite store the answer is also remembered with the state of the store's files (size,
-modification time and inode of the database and its write-ahead log). While they are
+modification time and inode of the database and of its write-ahead log). While they are
 unchanged nothing was written, so no alias can have moved, and the next start reuses the
 answer without starting MLflow. Any write (a run, a new version, an alias moved in the UI)
 changes that state and the next start asks MLflow again. A tracking server is always asked.
 The state is read before MLflow is asked, so a write while it answers makes the answer unused.
+
+Reading alone changes those files too: when the last connection to the store closes, SQLite
+checkpoints (copies the log's writes into the database file, which changes its modification
+time) and deletes the log, and a connection that opens creates an empty log. So the state is
+read after a checkpoint (`settle`), and an empty log counts as none: what is recorded then
+changes with writes only, not with the UI, a stage or the MLflow child closing the store.
 The evaluate stage, which moves the champion and has MLflow loaded already, leaves the answer
-for the champion behind (`prepare`): after `dvc repro` the first server start needs no MLflow.
+for the champion behind (`prepare`, after its last write): after `dvc repro` the first server
+start needs no MLflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -45,12 +54,31 @@ class ModelError(Exception):
 
 
 def store_state(store: str) -> list[list[int]] | None:
-    """Size, modification time and inode of a SQLite store's files; None for a server."""
+    """Size, modification time and inode of a SQLite store's database file, and of its
+    write-ahead log while that holds writes (an empty log and none are the same store); None
+    for a server."""
     database = tracking.local_db(store)
     if database is None:
         return None
-    files = [database, Path(f"{database}-wal")]
-    return [[stat.st_size, stat.st_mtime_ns, stat.st_ino] for stat in map(_stat, files) if stat]
+    wal = _stat(Path(f"{database}-wal"))
+    files = [_stat(database), wal if wal and wal.st_size else None]
+    return [[stat.st_size, stat.st_mtime_ns, stat.st_ino] for stat in files if stat]
+
+
+def settle(store: str) -> None:
+    """Checkpoint a SQLite store: its write-ahead log into the database file, the log emptied.
+
+    Not a write (the store's content stays the same) but the one SQLite does anyway when the
+    last connection closes; done first, it leaves a state that no close changes. Best effort:
+    a store that a writer holds for a second, or that this user may not write, keeps its log.
+    """
+    database = tracking.local_db(store)
+    if database is None or not database.is_file():
+        return
+    with contextlib.suppress(sqlite3.Error):
+        uri = f"{database.resolve().as_uri()}?mode=rw"  # never creates a missing store
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -69,20 +97,27 @@ def _place(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
 
 def local_folder(model_uri: str, params: config.Params) -> Path:
     """The MLflow model at `model_uri` as a folder on this machine (a local path as it is)."""
+    return resolve(model_uri, params)[1]
+
+
+def resolve(model_uri: str, params: config.Params) -> tuple[str, Path]:
+    """What `model_uri` names (`models:/name/<version>` for an alias, else itself) and the
+    local folder of its files; a local path as it is."""
     if Path(model_uri).exists():
-        return Path(model_uri)
+        return model_uri, Path(model_uri)
     store, cache, key = _place(model_uri, params)
+    settle(store)
     state = store_state(store)  # before MLflow is asked: a write after it changes the state
     remembered = _answers(cache).get(key)
     if state is not None and remembered and remembered["state"] == state:
         if Path(remembered["path"]).is_dir():
             log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
-            return Path(remembered["path"])
+            return remembered["pinned"], Path(remembered["path"])
     answer = _resolve_in_child(model_uri, store, cache)
     if state is not None:
         _remember(cache, key, answer | {"state": state})
     log.info("%s is %s", model_uri, answer["pinned"])
-    return Path(answer["path"])
+    return answer["pinned"], Path(answer["path"])
 
 
 def prepare(model_uri: str, params: config.Params) -> None:
@@ -90,6 +125,7 @@ def prepare(model_uri: str, params: config.Params) -> None:
     it moved the champion), so that the next server start finds the answer and needs no MLflow.
     A failure only costs that start its MLflow child, so it is logged, never raised."""
     store, cache, key = _place(model_uri, params)
+    settle(store)  # the stage's writes are all in: record a state that its exit cannot change
     state = store_state(store)
     if state is None:
         return  # a tracking server: asked at every start anyway

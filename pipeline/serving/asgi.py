@@ -1,4 +1,8 @@
-"""What the REST server and the demo page share: a body-size limit, error bodies, uvicorn.
+"""What the REST server and the demo page share: their 4xx, worker threads, a body limit, uvicorn.
+
+A request a server refuses raises `BadRequest` (status, MLflow's error code, one line); the
+app's blocking work runs through `WorkerThreads`, which turns that into the 4xx response, shaped
+as MLflow's scoring server shapes it (`error_response`); the body limit's 413 has the same shape.
 
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
@@ -10,13 +14,21 @@ Runtime gets its share of the cores.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.responses import Response
+
+from pipeline.runtime.processes import usable_cores
+
+if TYPE_CHECKING:
+    from pipeline.serving.loader import Served
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +38,37 @@ Send = Callable[[dict], Awaitable[None]]
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error_code": code, "message": message}).encode()
-
-
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str) -> Response:
     """A 4xx as MLflow's scoring server shapes it: `{"error_code", "message"}` in JSON."""
-    from starlette.responses import Response
+    body = json.dumps({"error_code": code, "message": message}).encode()
+    return Response(body, status, media_type="application/json")
 
-    return Response(error_body(code, message), status, media_type="application/json")
+
+class BadRequest(ValueError):
+    """A request a server refuses: its HTTP status, MLflow's error code and one line saying why."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "BAD_REQUEST") -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+    def response(self) -> Response:
+        return error_response(self.status, self.code, str(self))
+
+
+class WorkerThreads:
+    """An app's blocking work (parsing, decoding, scoring) on worker threads, at most one per
+    usable core at a time, never on the event loop: a slow request holds up only those queued
+    behind it for a thread, and the other routes still answer."""
+
+    def __init__(self) -> None:
+        self.limiter = anyio.CapacityLimiter(usable_cores())
+
+    async def respond(self, work: Callable[..., Response], *args: object) -> Response:
+        """`work(*args)`'s response, or the 4xx of the BadRequest it raised."""
+        try:
+            return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
+        except BadRequest as problem:
+            return problem.response()
 
 
 class BodyLimit:
@@ -58,7 +92,7 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             if int(declared) <= self.max_bytes * DRAIN_FACTOR and not expects_continue(headers):
                 await discard(receive, self.max_bytes * DRAIN_FACTOR)
-            return await self.refuse(send)
+            return await self.refuse(scope, receive, send)
         chunks, size = [], 0
         while True:  # read the body once, counting, and hand the app a replay of it
             message = await receive()
@@ -68,7 +102,7 @@ class BodyLimit:
             if size > self.max_bytes:
                 if message.get("more_body"):
                     await discard(receive, self.max_bytes * DRAIN_FACTOR - size)
-                return await self.refuse(send)
+                return await self.refuse(scope, receive, send)
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
@@ -79,22 +113,9 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def refuse(self, send: Send) -> None:
-        body = error_body(
-            "REQUEST_TOO_LARGE",
-            f"request body over {self.max_bytes} bytes; send fewer images per request",
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body over {self.max_bytes} bytes; send fewer images per request"
+        await error_response(413, "REQUEST_TOO_LARGE", message)(scope, receive, send)
 
 
 def expects_continue(headers: dict[bytes, bytes]) -> bool:
@@ -113,48 +134,40 @@ async def discard(receive: Receive, budget: int) -> None:
 APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model, params file
 
 
-def build(module: str, model_uri: str, params_file: str):
-    """`module.build_app(model_uri, params)` with the body limit around it."""
-    import pipeline.params.config as config
+def build(module: str, model: str | Served, params_file: str):
+    """`module.build_app(model, params)` with the body limit around it."""
+    import pipeline.params.tools as tools
 
-    params = config.load_params(params_file)
-    app = importlib.import_module(module).build_app(model_uri, params)
+    params = tools.load_params(params_file)
+    app = importlib.import_module(module).build_app(model, params)
     return BodyLimit(app, params.serve.max_body_bytes)
 
 
 def app_from_environment():
     """The app of one worker process (uvicorn's factory), as the supervisor described it."""
     from pipeline.runtime.cli import setup_logging
+    from pipeline.serving.loader import Served
 
     setup_logging()
     spec = json.loads(os.environ[APP_ENV])
-    return build(spec["module"], spec["model_uri"], spec["params_file"])
-
-
-def tcp_socket(host: str, port: int) -> socket.socket:
-    """A listening socket for uvicorn's workers, made as TCP explicitly.
-
-    uvicorn's own (`Config.bind_socket`) leaves the protocol at 0, accepted connections inherit
-    it, and asyncio then never sets TCP_NODELAY on them: each keep-alive request after the
-    first waits ~40 ms for the client's delayed ACK (Kludex/uvicorn#3149, open).
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.set_inheritable(True)
-    return listener
+    return build(spec["module"], Served(**spec["model"]), spec["params_file"])
 
 
 def serve(
     module: str, model_uri: str, params_file: str, host: str, port: int, workers: int = 1
 ) -> None:
-    """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first)."""
+    """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first).
+
+    With `workers` > 1, `uvicorn.run` binds the port and runs its supervisor. The listener it
+    binds (`Config.bind_socket`) is TCP by protocol number, so asyncio sets TCP_NODELAY on each
+    accepted connection; uvicorn releases before the fix of Kludex/uvicorn#3149 left it at 0,
+    and each keep-alive request after the first waited ~40 ms for a delayed ACK
+    (tests/test_serve.py times them).
+    """
     import uvicorn
 
-    import pipeline.params.config as config
+    import pipeline.params.tools as tools
     from pipeline.model import onnx_network
-    from pipeline.runtime.processes import usable_cores
     from pipeline.serving import loader
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
@@ -163,16 +176,11 @@ def serve(
         log.info("serving %s on http://%s:%d", model_uri, host, port)
         uvicorn.run(app, **options)
         return
-    from uvicorn.supervisors import Multiprocess
-
-    params = config.load_params(params_file)
-    local_model = loader.local(model_uri, params)  # every worker serves this very version
+    params = tools.load_params(params_file)
+    served = loader.locate(model_uri, params)  # every worker serves this very version
     os.environ[APP_ENV] = json.dumps(
-        {"module": module, "model_uri": local_model, "params_file": str(params_file)}
+        {"module": module, "model": dataclasses.asdict(served), "params_file": str(params_file)}
     )
     os.environ.setdefault(onnx_network.THREADS_ENV, str(max(1, usable_cores() // workers)))
     log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers)
-    server_config = uvicorn.Config(
-        f"{__name__}:app_from_environment", factory=True, workers=workers, **options
-    )
-    Multiprocess(server_config, sockets=[tcp_socket(host, port)]).run()
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)

@@ -20,14 +20,15 @@ import json
 import logging
 from pathlib import Path
 
-import anyio
 import numpy as np
-from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from here
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
 
-import pipeline.params.config as config
-from pipeline.runtime.processes import usable_cores
+import pipeline.params.tools as tools
 from pipeline.serving import asgi, images, loader, serve
+from pipeline.serving.asgi import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,12 @@ PAGE = Path(__file__).parent / "static" / "demo.html"
 TOP = 3
 
 
-class BadRequest(ValueError):
-    """The request cannot be classified; the message says why."""
-
-
 def decode(payload: object, max_pixels: int) -> np.ndarray:
     """{"image": data URL or base64 of an image file} → the model's (28, 28) input."""
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise BadRequest('expected a JSON object {"image": "data:image/png;base64,..."}')
-    text = (
-        payload["image"].split(",", 1)[-1]
-        if payload["image"].startswith("data:")
-        else (payload["image"])
-    )
+    image = payload["image"]
+    text = image.split(",", 1)[-1] if image.startswith("data:") else image
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -65,44 +59,40 @@ def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
 
 def classify_body(
     body: bytes, predict: loader.Predict, class_names: list[str], max_pixels: int
-) -> list[dict]:
-    """A request body → the top classes; BadRequest names what is wrong with it."""
+) -> JSONResponse:
+    """A request body → `{"classes": the top classes}`; BadRequest names what is wrong with it."""
     try:
         payload = json.loads(body)
     except ValueError:
         raise BadRequest("the body is not valid JSON") from None
     model_input = decode(payload, max_pixels)
-    return ranked(predict(model_input[np.newaxis])[0], class_names)
+    return JSONResponse({"classes": ranked(predict(model_input[np.newaxis])[0], class_names)})
 
 
-def build_app(model_uri: str, params: config.Params) -> FastAPI:
-    """The page and its endpoint around the model at `model_uri` (or an `.onnx` file)."""
-    predict = loader.load(model_uri, params)
+def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette:
+    """The page and its endpoint around `model` (an MLflow model URI, a folder, an `.onnx` file)."""
+    predict = loader.load(model, params)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
-    app = FastAPI(title="draw a digit")
     page = PAGE.read_text()
-    limiter = anyio.CapacityLimiter(usable_cores())
+    threads = asgi.WorkerThreads()
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return page
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
 
-    @app.post("/api/classify")
     async def classify(request: Request) -> Response:
         body = await request.body()
-        try:
-            classes = await anyio.to_thread.run_sync(
-                classify_body, body, predict, class_names, max_pixels, limiter=limiter
-            )
-        except BadRequest as problem:
-            return asgi.error_response(400, "BAD_REQUEST", str(problem))
-        return JSONResponse({"classes": classes})
+        return await threads.respond(classify_body, body, predict, class_names, max_pixels)
 
-    return app
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/health", health),
+            Route("/api/classify", classify, methods=["POST"]),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

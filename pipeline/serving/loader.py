@@ -2,14 +2,16 @@
 
 The servers and `predict` run the registered model's ONNX file on ONNX Runtime through
 onnx_network.py, the code the registered pyfunc runs too: no TensorFlow and no MLflow in the
-process. An MLflow model URI becomes a local model folder first (model_cache.py); the folder's
-`MLmodel` file names its ONNX artifact.
+process. An MLflow model URI becomes a local model folder first (pipeline/model/cache.py):
+`locate` says what is served (the URI as asked, the version it named, the local copy); the
+folder's `MLmodel` file names its ONNX artifact.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +27,37 @@ log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
 
-__all__ = ["ModelError", "InputError", "Predict", "default_uri", "load", "onnx_file", "local"]
+__all__ = ["ModelError", "InputError", "Predict", "Served", "default_uri", "load", "locate",
+           "onnx_file"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model as a server names it: as asked, what that named at start, the local copy."""
+
+    model: str  # as asked: models:/mnist-lstm@champion, a model folder, an .onnx file
+    pinned: str  # the version an alias named (models:/mnist-lstm/3); else as asked
+    path: str  # the local model folder, or the .onnx file
 
 
 def default_uri(params: config.Params) -> str:
     return registry.champion_uri(params.mlflow.registered_model)
 
 
-def local(model: str, params: config.Params) -> str:
-    """An `.onnx` file as it is; any MLflow model URI as the local folder of its files."""
+def locate(model: str | Served, params: config.Params) -> Served:
+    """An `.onnx` file as it is; any MLflow model URI as the local folder of its files (a
+    model already located as it is)."""
+    if isinstance(model, Served):
+        return model
     if model.endswith(".keras"):
         raise ModelError(
             f"cannot load model {model}: a Keras file needs TensorFlow; give its "
             "ONNX export (models/model.onnx) or an MLflow model URI"
         )
     if model.endswith(".onnx"):
-        return model
-    return str(model_cache.local_folder(model, params))
+        return Served(model, model, model)
+    pinned, folder = model_cache.resolve(model, params)
+    return Served(model, pinned, str(folder))
 
 
 def onnx_file(model: str) -> Path:
@@ -62,13 +78,16 @@ def onnx_file(model: str) -> Path:
     return path / relative
 
 
-def load(model: str, params: config.Params) -> Predict:
+def load(model: str | Served, params: config.Params) -> Predict:
     """An `.onnx` file, a local MLflow model folder or any MLflow model URI, as one function
     of a batch of images (InputError for input it refuses)."""
-    path = onnx_file(local(model, params))
+    served = locate(model, params)
+    path = onnx_file(served.path)
     try:
         network = OnnxNetwork(path)
     except Exception as error:  # ONNX Runtime raises its own exception types for a bad file
-        raise ModelError(f"cannot load model {model}: {str(error).splitlines()[0]}") from None
-    log.info("loaded %s (%s)", model, path)
+        raise ModelError(
+            f"cannot load model {served.model}: {str(error).splitlines()[0]}"
+        ) from None
+    log.info("loaded %s (%s)", served.model, path)
     return network.predict

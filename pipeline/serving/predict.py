@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 import pipeline.params.config as config
+import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_csv
 from pipeline.runtime.cli import setup_logging
@@ -68,7 +69,7 @@ def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) 
     return pd.concat([rows, by_class], axis=1)
 
 
-def run(paths: list[Path], model: str, params: config.Params, csv: Path | None) -> Outcome:
+def run(paths: list[Path], model: str, params: tools.ToolParams, csv: Path | None) -> Outcome:
     """Classify every readable file; print one line per file; write the CSV if asked."""
     outcome = read_all(expand(paths), params.serve.max_image_pixels)
     for file, problem in outcome.failures.items():
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", type=Path, help="also write every class's probability here")
     args = parser.parse_args(argv)
     setup_logging()
-    params = config.load_params_or_exit(args.params)
+    params = tools.load_params_or_exit(args.params)
     try:
         outcome = run(args.paths, args.model or loader.default_uri(params), params, args.csv)
     except (loader.ModelError, tracking.TrackingError) as error:

@@ -4,7 +4,9 @@
 
 The protocol of `mlflow models serve` for this model: POST /invocations with a JSON body
 `{"inputs": images}` (or `"instances"`), images (n, 28, 28) with pixels in [0, 1], answered
-`{"predictions": probabilities}`; GET /ping and /health; GET /version. Errors are a 4xx with
+`{"predictions": probabilities}`; GET /ping and /health. GET /version says what is serving, as
+JSON: `{"mlflow": version, "model": as asked, "pinned": the version it named at start, "path":
+the local copy}` (MLflow's answers its version alone, as plain text). Errors are a 4xx with
 MLflow's `{"error_code", "message"}`, the message one line. It runs the registered model's
 ONNX file on ONNX Runtime without MLflow in the process (pipeline/serving/loader.py), parsing
 and scoring on worker threads, at most one per core, never on the event loop. One pid that
@@ -14,21 +16,22 @@ port). Bound to 127.0.0.1 unless told otherwise; bodies over `serve.max_body_byt
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import pipeline.params.config as config
+import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.runtime.cli import setup_logging
-from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, loader
+from pipeline.serving.asgi import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,72 +39,59 @@ TENSOR_KEYS = ("inputs", "instances")  # MLflow's two JSON forms of a tensor inp
 TABLE_KEYS = ("dataframe_split", "dataframe_records")  # its DataFrame forms: not for images
 
 
-class BadRequest(ValueError):
-    """A request this server refuses: its status, MLflow's error code and one line."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
 def images_of(body: bytes, content_type: str) -> object:
     """The images in a request body, as MLflow's scoring server reads them; BadRequest if none."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise BadRequest(
-            415, "BAD_REQUEST", f"content type {content_type or '(none)'!r}: send application/json"
+            f"content type {content_type or '(none)'!r}: send application/json", status=415
         )
     try:
         payload = json.loads(body)
     except ValueError:
-        raise BadRequest(400, "BAD_REQUEST", "the body is not valid JSON") from None
+        raise BadRequest("the body is not valid JSON") from None
     keys = [key for key in TENSOR_KEYS if isinstance(payload, dict) and key in payload]
     if len(keys) != 1:
         table = isinstance(payload, dict) and any(key in payload for key in TABLE_KEYS)
         raise BadRequest(
-            400,
-            "BAD_REQUEST",
             ("this model takes a tensor of images, not a DataFrame: " if table else "")
-            + 'expected a JSON object with one of "inputs" or "instances": images (n, 28, 28)',
+            + 'expected a JSON object with one of "inputs" or "instances": images (n, 28, 28)'
         )
     return payload[keys[0]]
 
 
-def answer(body: bytes, content_type: str, predict: loader.Predict) -> bytes:
+def answer(body: bytes, content_type: str, predict: loader.Predict) -> Response:
+    """A request body → the model's `{"predictions": ...}`; BadRequest says what is wrong."""
     try:
         probabilities = predict(images_of(body, content_type))
     except loader.InputError as error:
-        raise BadRequest(400, "INVALID_PARAMETER_VALUE", str(error)) from None
-    return json.dumps({"predictions": probabilities.tolist()}).encode()
+        raise BadRequest(str(error), code="INVALID_PARAMETER_VALUE") from None
+    body = json.dumps({"predictions": probabilities.tolist()}).encode()
+    return Response(body, media_type="application/json")
 
 
-def build_app(model_uri: str, params: config.Params) -> Starlette:
-    """The REST app around the model at `model_uri` (an MLflow model URI or an `.onnx` file)."""
-    predict = loader.load(model_uri, params)
-    limiter = anyio.CapacityLimiter(usable_cores())
-    version = importlib.metadata.version("mlflow")
+def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette:
+    """The REST app around `model` (an MLflow model URI, a model folder or an `.onnx` file)."""
+    served = loader.locate(model, params)
+    predict = loader.load(served, params)
+    threads = asgi.WorkerThreads()
+    serving = {"mlflow": importlib.metadata.version("mlflow")} | dataclasses.asdict(served)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
 
-    async def mlflow_version(request: Request) -> Response:
-        return Response(version, media_type="application/json")
+    async def version(request: Request) -> Response:
+        return JSONResponse(serving)
 
     async def invocations(request: Request) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "")
-        try:
-            result = await anyio.to_thread.run_sync(
-                answer, body, content_type, predict, limiter=limiter
-            )
-        except BadRequest as problem:
-            return asgi.error_response(problem.status, problem.code, str(problem))
-        return Response(result, media_type="application/json")
+        return await threads.respond(answer, body, content_type, predict)
 
     return Starlette(
         routes=[
             Route("/ping", ping),
             Route("/health", ping),
-            Route("/version", mlflow_version),
+            Route("/version", version),
             Route("/invocations", invocations, methods=["POST"]),
         ]
     )
@@ -123,7 +113,7 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
         "--workers", type=int, help="server processes on the port (default: serve.workers)"
     )
     args = parser.parse_args(argv)
-    params = config.load_params_or_exit(args.params)
+    params = tools.load_params_or_exit(args.params)
     setup_logging()
     workers = params.serve.workers if args.workers is None else args.workers
     if workers < 1:

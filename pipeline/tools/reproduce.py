@@ -259,11 +259,10 @@ def run_stages(source: Path, env: dict[str, str]) -> None:
 
 
 def reproduction_of(source: Path, env: dict[str, str]) -> verdicts.RunRecord:
-    import mlflow
 
     paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
     run_id = json.loads((source / paths["run_info"]).read_text())["run_id"]
-    return record_of(mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]), run_id)
+    return record_of(tracking.client_for(env["MLFLOW_TRACKING_URI"]), run_id)
 
 
 def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Verdict:

@@ -158,6 +158,14 @@ def connect_to(uri: str) -> str:
     return uri
 
 
+def client_for(uri: str):
+    """An MlflowClient on the store at `uri`, its registry included: given only a tracking URI,
+    MLflow takes the registry from the process's global one, which may be another store."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def beside_store(uri: str, params: config.MlflowParams) -> str | None:
     """For a SQLite store named by MLFLOW_TRACKING_URI, the artifacts folder beside it; None for
     a server, which keeps artifacts where it is configured to.

@@ -66,7 +66,7 @@ FAILED_PEER = (
 )
 
 
-def failure_reason(error: tf.errors.OpError) -> str:
+def summarize_collective_error(error: tf.errors.OpError) -> str:
     """One line from TensorFlow's multi-line error: what aborted the collectives."""
     lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
     for marker in ("aborted by:", "unhealthy", "heartbeat", "timed out", "Deadline"):
@@ -153,7 +153,7 @@ def fit(
         )
     except FAILED_PEER as error:
         raise DistributionError(
-            f"multi-worker training stopped: {failure_reason(error)}; "
+            f"multi-worker training stopped: {summarize_collective_error(error)}; "
             "another worker failed or stopped answering (see its log), restart every worker"
         ) from None
     return plain_copy(net, optimizer, model_params, settings)

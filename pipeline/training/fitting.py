@@ -138,7 +138,10 @@ def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]
 
 def onednn_in_use() -> str:
     """Whether TensorFlow runs its oneDNN kernels in this process: "true" or "false"."""
-    try:  # no public API says it; TensorFlow's own tests ask this
+    # private: no public API says it. tf.sysconfig.get_build_info() and tf.test.is_built_with_*
+    # name CUDA, ROCm, TensorRT and XLA, not oneDNN, and TF_ENABLE_ONEDNN_OPTS unset leaves
+    # the choice to the build. TensorFlow's own tests ask this module.
+    try:
         from tensorflow.python.util import _pywrap_util_port
 
         return str(bool(_pywrap_util_port.IsMklEnabled())).lower()

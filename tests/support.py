@@ -1,0 +1,411 @@
+"""The tests' helpers: tiny data and params, processes and servers by pid, scratch repos, what a
+module imports, a headless browser, image files. conftest.py holds the fixtures built on them.
+
+Benchmarks import from here too (a free port, a scratch copy of the repo).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import gzip
+import json
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+from pipeline.data.files import sha256_array
+from pipeline.data.sources import IDX_FILES
+from pipeline.runtime.processes import environment_without, tools_environment
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # this environment's tools: dvc, mlflow, moto_server
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost",
+}  # fmt: skip
+N_TRAIN, N_TEST = 120, 40
+
+
+# --- tiny data and params -----------------------------------------------------------------
+
+
+def make_mnist(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> dict:
+    """Random uint8 images with every class present; labels cycle 0..9."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+
+
+def with_value(raw: dict, key: str, value: object) -> dict:
+    """A deep copy of a params mapping with the dotted `key` set to `value`."""
+    changed = copy.deepcopy(raw)
+    *parents, last = key.split(".")
+    section = changed
+    for part in parents:
+        section = section[part]
+    section[last] = value
+    return changed
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(size).to_bytes(4, "big") for size in array.shape
+    )
+    return header + array.tobytes()
+
+
+def write_idx_folder(folder: Path, arrays: dict, gzipped: bool = True) -> Path:
+    """Write the four standard IDX files, as a private mirror would hold them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in IDX_FILES.items():
+        raw = idx_bytes(arrays[split])
+        if gzipped:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return folder
+
+
+def array_hashes(arrays: dict) -> dict[str, str]:
+    return {name: sha256_array(arrays[name]) for name in IDX_FILES}
+
+
+def tiny_settings(raw: dict, mirror: Path, arrays: dict) -> dict:
+    """Params with a local mirror of `arrays` and a tiny model and training: the tests' recipe."""
+    raw = copy.deepcopy(raw)
+    raw["data"]["sources"] = [{"kind": "local", "path": str(mirror)}]
+    raw["data"]["sha256"] = array_hashes(arrays)
+    raw["data"]["validation_size"] = 20
+    raw["model"] |= {"num_units": 8, "unroll": False}  # a small graph: quick to build
+    raw["train"] |= {"batch_size": 16, "iterations": 6, "log_every": 3, "steps_per_execution": 3}
+    return raw
+
+
+def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
+    """The repo's params.yaml with the tiny recipe and every path under `root`."""
+    raw = tiny_settings(yaml.safe_load((REPO / "params.yaml").read_text()), mirror, arrays)
+    raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
+    return raw
+
+
+def write_params(raw: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stages find the MLflow store at `root` through DVC_ROOT, as under DVC."""
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    # mlflow.set_tracking_uri/set_registry_uri export these. monkeypatch restores only what it
+    # recorded, and delenv of an absent variable records nothing: setenv first, so a value a
+    # stage sets during the test is removed afterwards instead of leaking into later tests.
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    return root
+
+
+def client_for(root: Path):
+    """An MLflow client of the store in `root` (a repo's own mlflow.db), not the process
+    defaults."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# --- processes and servers, by pid ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds, asking every `interval`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_until_healthy(
+    url: str, process: subprocess.Popen, log: Path, deadline_s: float = 120
+) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} not healthy within {deadline_s} s")
+
+
+def memory_kb(pid: int) -> int:
+    """A process's peak resident memory so far, in kB.
+
+    psutil has the current resident size (`memory_info().rss`) but not the peak: Linux's
+    VmHWM in /proc/PID/status is the only place that keeps it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+
+
+def mapped_files(pid: int) -> str:
+    """The shared libraries and files a process has mapped (what it has loaded), a line each."""
+    return "\n".join(region.path for region in psutil.Process(pid).memory_maps())
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid`."""
+    return [child.pid for child in psutil.Process(pid).children()]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: its children, theirs, and so on."""
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def command_line(pid: int) -> str:
+    """A process's command line, words joined by spaces ("" once it has ended)."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # ended (a zombie has no command line either) or not ours
+        return ""
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str  # http://127.0.0.1:<port>
+    pid: int
+
+
+@contextlib.contextmanager
+def running(
+    module: str, args: list[str], health: str, log: Path, env: dict | None = None
+) -> Iterator[Running]:
+    """`python -m module args --port P` until the block ends; SIGTERM must stop it cleanly."""
+    port = free_port()
+    environment = environment_without("MLFLOW_")
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=environment | (env or {}), stdout=output, stderr=output,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url + health, process, log)
+        yield Running(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    # uvicorn finishes open requests, then re-raises the signal: exit by SIGTERM, or 0
+    assert code in (0, -signal.SIGTERM), f"{module} did not stop cleanly on SIGTERM (exit {code})"
+
+
+def post_json(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST a body (JSON unless told); the status and the decoded JSON answer, 4xx and 5xx
+    included."""
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def postgres_missing() -> str:
+    """Why the PostgreSQL tests cannot run here ("" when they can): no binaries."""
+    from pipeline.team import postgres
+
+    try:
+        postgres.binary("initdb")
+    except postgres.PostgresError as error:
+        return str(error)
+    return ""
+
+
+# --- scratch copies of this repo -----------------------------------------------------------
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without MLflow's and DVC's variables, this environment's
+    tools first on PATH, a git identity: what `dvc` and the stages get in a scratch repo."""
+    env = tools_environment(environment_without("MLFLOW_", "DVC_"))
+    return env | {"DVC_NO_ANALYTICS": "1"} | GIT_IDENTITY | extra
+
+
+def run(
+    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command in a scratch repo; a failure fails the test with its output."""
+    result = subprocess.run(command, cwd=cwd, env=env or environment(), capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_repo(destination: Path) -> Path:
+    """The project's tracked files, as a fresh clone has them (working-tree content)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in listed:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+def tiny_repo(base: Path, name: str = "repo") -> Path:
+    """A git repo of this project with tiny params and a local IDX mirror, committed."""
+    mnist = make_mnist()
+    mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
+    repo = copy_repo(base / name)
+    params = tiny_settings(yaml.safe_load((repo / "params.yaml").read_text()), mirror, mnist)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+def wait_for_queue(repo: Path, timeout: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            return status
+        time.sleep(2)
+    pytest.fail(f"queue still busy after {timeout} s:\n{status}")
+
+
+# --- what a module of pipeline/ imports, and the stages' modules in dvc.yaml ----------------
+# Read from the code: every `import`, also inside functions, and module names given as strings
+# (as to importlib.util.find_spec), followed through the modules they reach.
+
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = sorted(DVC_YAML["stages"])
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a `pipeline...` module or package, or None if there is none."""
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def named_modules(source: str) -> set[str]:
+    """`pipeline.*` modules a file imports or names in a string, as dotted names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.add(node.value)
+    return {name for name in found if name.startswith("pipeline") and module_file(name)}
+
+
+def imported_files(module: str) -> set[str]:
+    """Every file a module's import loads from pipeline/: itself, its packages, what they reach."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:end]) for end in range(1, len(parts))]  # parent packages
+        todo += named_modules(module_file(name).read_text())
+    return {module_file(name).relative_to(REPO).as_posix() for name in seen}
+
+
+def stage_module(stage: str) -> str:
+    command = DVC_YAML["stages"][stage]["cmd"].split()
+    assert command[:2] == ["python", "-m"], f"stage {stage}: cmd is not `python -m MODULE`"
+    return command[2]
+
+
+# --- a browser and image files -------------------------------------------------------------
+
+
+def browser(window: str = "800,900"):
+    """Headless Debian chromium through its own chromedriver (never a downloaded browser)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test "
+                    "installs them as root: apt-get install chromium chromium-driver)")  # fmt: skip
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", f"--window-size={window}"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def huge_png(width: int = 13000, height: int = 13000) -> bytes:
+    """A decompression bomb: a valid 8-bit grayscale PNG of white pixels, compressed row by row;
+    13000×13000 is about 37 kB on disk and 169 MB once decoded. Made without ever holding the
+    pixels in memory."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\xff" * width  # filter type 0, then the row's pixels
+    rows = [compressor.compress(row * 100) for _ in range(height // 100)]
+    data = b"".join(rows) + compressor.compress(row * (height % 100)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+            + _png_chunk(b"IEND", b""))  # fmt: skip
