@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -142,6 +143,16 @@ def client_for(root: Path):
 
 
 # --- processes and servers, by pid ---------------------------------------------------------
+
+
+def copy_store(database: Path, copy: Path) -> Path:
+    """A copy of a live SQLite store, through SQLite's backup API. Never copy its file: closing
+    a copy's descriptors in a process that holds the store open drops SQLite's locks for the
+    whole process ("How To Corrupt An SQLite Database File", 2.2)."""
+    with contextlib.closing(sqlite3.connect(database)) as source:
+        with contextlib.closing(sqlite3.connect(copy)) as target:
+            source.backup(target)
+    return copy
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import pytest
 from pipeline.model import cache as model_cache
 from pipeline.serving import loader
 
-from .support import run, running, tiny_repo, use_store_at
+from .support import copy_store, run, running, tiny_repo, use_store_at
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.slow
 def own_store(trained, tmp_path, monkeypatch):
     """A copy of the trained pipeline's store (its artifacts stay where they are) and a repo
     folder for the cache, so that moving the alias here leaves the shared fixture alone."""
-    database = tmp_path / "mlflow.db"
-    with sqlite3.connect(trained.root / "mlflow.db") as source, sqlite3.connect(database) as copy:
-        source.backup(copy)
+    database = copy_store(trained.root / "mlflow.db", tmp_path / "mlflow.db")
     use_store_at(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
     return database

@@ -14,7 +14,7 @@ import yaml
 from pipeline.tools import relocate
 from pipeline.tracking import store as tracking
 
-from .support import use_store_at
+from .support import copy_store, use_store_at
 
 
 @pytest.fixture
@@ -24,7 +24,9 @@ def moved(trained, tmp_path, monkeypatch):
     The shared trained repo is copied and its store pointed at the copy first (a copy's store
     still points at the original, which exists), then the copy is moved.
     """
-    shutil.copytree(trained.root, tmp_path / "before")
+    before = tmp_path / "before"
+    shutil.copytree(trained.root, before, ignore=shutil.ignore_patterns("mlflow.db*"))
+    copy_store(trained.root / "mlflow.db", before / "mlflow.db")
     (tmp_path / "before" / "params.yaml").write_text(yaml.safe_dump(trained.params.model_dump()))
     relocate.relocate(tmp_path / "before" / "mlflow.db", trained.params.mlflow, tmp_path / "before")
     shutil.move(tmp_path / "before", tmp_path / "after")
