@@ -57,11 +57,11 @@ def keras_checkpoints(build, params: config.Params, args, train, test) -> list[d
 
 def project(params, args, train, test):
     tf_options.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
-    from pipeline.training import fitting
+    from pipeline.training import fitting, tf_runtime
     from pipeline.training.network import build_model
 
     def build(settings):  # as pipeline.train.run does it
-        fitting.configure_runtime(params.seed, settings)
+        tf_runtime.configure_runtime(params.seed, settings)
         network = config.network(params.model, settings.iterations)
         return fitting.compile_trainer(build_model(network), settings)
 

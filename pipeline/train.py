@@ -135,12 +135,13 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     `distributed.fit` builds the same network in the strategy's scope.
     """
     tf_options.use_onednn(params.train.onednn)
-    import pipeline.training.fitting as fitting  # TensorFlow loads once the params are valid
+    import pipeline.training.tf_runtime as tf_runtime  # TensorFlow loads once params are valid
 
-    runtime = fitting.configure_runtime(params.seed, params.train)
+    runtime = tf_runtime.configure_runtime(params.seed, params.train)
     network = params.network()  # `unroll: auto` settled
     runtime["model.unrolled"] = str(network.unroll).lower()
     if workers is None:
+        import pipeline.training.fitting as fitting
         from pipeline.training.network import build_model
 
         model = build_model(network)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.params import config
-from pipeline.training import fitting
+from pipeline.training import fitting, tf_runtime
 from pipeline.training.network import build_model
 
 from .support import wait_until
@@ -106,20 +106,20 @@ def test_the_saved_network_is_compiled_with_the_trained_optimizer(tmp_path):
 
 
 def test_thread_counts_share_the_cores_between_shards(monkeypatch):
-    monkeypatch.setattr(fitting.processes, "usable_cores", lambda: 8)
-    assert fitting.thread_counts(settings(batch_shards=2)) == (4, 0)
-    assert fitting.thread_counts(settings(batch_shards=16)) == (1, 0)
-    assert fitting.thread_counts(settings(intra_op_threads=3, inter_op_threads=5)) == (3, 5)
+    monkeypatch.setattr(tf_runtime.processes, "usable_cores", lambda: 8)
+    assert tf_runtime.thread_counts(settings(batch_shards=2)) == (4, 0)
+    assert tf_runtime.thread_counts(settings(batch_shards=16)) == (1, 0)
+    assert tf_runtime.thread_counts(settings(intra_op_threads=3, inter_op_threads=5)) == (3, 5)
 
 
 def test_other_trainings_take_their_share_of_ops_at_once_never_of_threads_per_op(monkeypatch):
-    monkeypatch.setattr(fitting.processes, "usable_cores", lambda: 8)
-    assert fitting.thread_counts(settings(batch_shards=2), others=1) == (4, 1)  # 8 cores / 2 / 4
-    monkeypatch.setattr(fitting.processes, "usable_cores", lambda: 16)
-    assert fitting.thread_counts(settings(batch_shards=2), others=1) == (8, 1)
-    assert fitting.thread_counts(settings(batch_shards=4), others=1) == (4, 2)
-    assert fitting.thread_counts(settings(batch_shards=16), others=3) == (1, 4)
-    assert fitting.thread_counts(settings(inter_op_threads=5), others=3) == (8, 5)  # as set
+    monkeypatch.setattr(tf_runtime.processes, "usable_cores", lambda: 8)
+    assert tf_runtime.thread_counts(settings(batch_shards=2), others=1) == (4, 1)  # 8 cores / 2 / 4
+    monkeypatch.setattr(tf_runtime.processes, "usable_cores", lambda: 16)
+    assert tf_runtime.thread_counts(settings(batch_shards=2), others=1) == (8, 1)
+    assert tf_runtime.thread_counts(settings(batch_shards=4), others=1) == (4, 2)
+    assert tf_runtime.thread_counts(settings(batch_shards=16), others=3) == (1, 4)
+    assert tf_runtime.thread_counts(settings(inter_op_threads=5), others=3) == (8, 5)  # as set
 
 
 def test_a_training_process_on_this_machine_is_found():
@@ -131,11 +131,11 @@ def test_a_training_process_on_this_machine_is_found():
     try:
         # Popen returns once the child has begun exec; under load its command line can still
         # be empty then, so look for a while.
-        assert wait_until(lambda: other.pid in fitting.other_trainings(), 10, interval=0.05)
+        assert wait_until(lambda: other.pid in tf_runtime.other_trainings(), 10, interval=0.05)
     finally:
         other.kill()
         other.wait()
-    assert other.pid not in fitting.other_trainings()
+    assert other.pid not in tf_runtime.other_trainings()
 
 
 def test_a_wrapper_of_this_training_is_not_another_training():
@@ -144,7 +144,7 @@ def test_a_wrapper_of_this_training_is_not_another_training():
 
     # The parent's command line has the training's words (as `time python -m pipeline.train`
     # has); the child, a training, must not count its own wrapper.
-    child = "import pipeline.training.fitting as f, os; print(os.getppid() in f.other_trainings())"
+    child = "import pipeline.training.tf_runtime as f, os; print(os.getppid() in f.other_trainings())"
     wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     result = subprocess.run([sys.executable, "-c", wrapper, "-m", "pipeline.train"],
                             capture_output=True, text=True, check=True)  # fmt: skip
@@ -159,8 +159,8 @@ def test_a_fresh_process_gets_the_configured_thread_pools():
     values = settings(intra_op_threads=3, inter_op_threads=5).model_dump()
     script = (
         "import tensorflow as tf; from pipeline.params import config; "
-        "from pipeline.training import fitting; "
-        f"fitting.configure_runtime(0, config.TrainParams.model_validate({values!r})); "
+        "from pipeline.training import tf_runtime; "
+        f"tf_runtime.configure_runtime(0, config.TrainParams.model_validate({values!r})); "
         "print(tf.config.threading.get_intra_op_parallelism_threads(), "
         "tf.config.threading.get_inter_op_parallelism_threads())"
     )

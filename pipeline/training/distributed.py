@@ -25,8 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 import pipeline.params.config as config
-import pipeline.training.fitting as fitting
 from pipeline.data.files import Arrays
+from pipeline.training import network
+from pipeline.training.batches import Interval, training_batches, validation_batches
 from pipeline.training.cluster import DistributionError
 from pipeline.training.network import build_model
 
@@ -139,7 +140,7 @@ def fit(
     val: Arrays,
     settings: config.TrainParams,
     seed: int,
-    report: Callable[[fitting.Interval], None],
+    report: Callable[[Interval], None],
 ) -> keras.Model:
     """Train `build_model(model_params)` on every worker at once; report every `log_every`.
 
@@ -163,16 +164,13 @@ def train_replicated(strategy, model_params, train, val, settings, seed, report)
     """The loop itself; returns the network and optimizer built in the strategy's scope."""
     with strategy.scope():
         net = build_model(model_params)
-        optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
+        optimizer = network.adam(settings.learning_rate)
         optimizer.build(net.trainable_variables)
     loop = Loop(strategy, net, optimizer, settings.batch_size)
     batches = iter(
-        distribute(strategy, fitting.batches(train["x"], train["y"], settings.batch_size, seed))
+        distribute(strategy, training_batches(train["x"], train["y"], settings.batch_size, seed))
     )
-    val_batches = distribute(
-        strategy,
-        tf.data.Dataset.from_tensor_slices((val["x"], val["y"])).batch(fitting.EVAL_BATCH_SIZE),
-    )
+    val_batches = distribute(strategy, validation_batches(val))
     done = 0
     while done < settings.iterations:
         interval = min(settings.log_every, settings.iterations - done)
@@ -201,7 +199,7 @@ def plain_copy(net, optimizer, model_params: config.ModelParams, settings) -> ke
     """
     copy = build_model(model_params)
     copy.set_weights(net.get_weights())
-    fitting.compile_trainer(copy, settings)  # compiles `copy` with Adam, loss and accuracy
+    network.compile_network(copy, network.adam(settings.learning_rate))
     copy.optimizer.build(copy.trainable_variables)
     for target, source in zip(copy.optimizer.variables, optimizer.variables, strict=True):
         target.assign(source.numpy())

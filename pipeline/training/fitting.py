@@ -1,4 +1,5 @@
-"""The Keras training loop: seeded batches, exactly N iterations, a report every interval.
+"""The one-process trainer: Keras's fit over seeded batches, exactly N iterations, a report
+every interval.
 
 Speed comes from how the steps run, never from changing the model or its arithmetic: each
 batch is split into `batch_shards` equal shards whose forward and backward passes are
@@ -14,18 +15,14 @@ import time
 from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import pipeline.params.config as config
-import pipeline.runtime.processes as processes
 from pipeline.data.files import Arrays
+from pipeline.training import network
+from pipeline.training.batches import Interval, training_batches, validation_batches
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH_SIZE = 1000
-TRAIN_MODULE = "pipeline.train"  # `python -m pipeline.train`, as DVC runs the stage
-Interval = dict[str, float]
 
 
 class IntervalReporter(keras.callbacks.Callback):
@@ -75,78 +72,6 @@ class StepClock(keras.callbacks.Callback):
 
     def on_test_end(self, logs: dict | None = None) -> None:
         self.validation += time.perf_counter() - self.started
-
-
-def other_trainings() -> list[int]:
-    """Pids of the other `python -m pipeline.train` processes on this machine."""
-    return processes.processes(
-        lambda cmdline, environ: processes.runs_module(cmdline, TRAIN_MODULE)
-    )
-
-
-def thread_counts(settings: config.TrainParams, others: int = 0) -> tuple[int, int]:
-    """(intra-op, inter-op) threads; intra 0 means one share of the CPU cores per batch shard.
-
-    With `others` trainings running beside this one (`dvc queue start -j 2`, workers of a
-    search), inter-op 0 becomes the cores' share of this training, so that together they do not
-    oversubscribe the cores. Only the number of ops at once changes, never the threads within an
-    op: inter-op threads schedule independent ops, so the arithmetic, and the weights, stay the
-    same as when training alone.
-    """
-    cores = processes.usable_cores()
-    intra = settings.intra_op_threads or max(1, cores // settings.batch_shards)
-    inter = settings.inter_op_threads
-    if inter == 0 and others:
-        inter = max(1, cores // ((others + 1) * intra))
-    return intra, inter
-
-
-def configure_runtime(seed: int, settings: config.TrainParams) -> dict[str, str]:
-    """Thread pools, seeds and op determinism; call before TensorFlow runs its first op.
-
-    Returns the thread counts in effect, as tags for the run (they decide summation order).
-    """
-    others = len(other_trainings())
-    intra, inter = thread_counts(settings, others)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)  # 0: TensorFlow's default
-        log.info(
-            "TensorFlow threads: %d per op, %s ops at once; %d batch shards%s",
-            intra,
-            inter or "default",
-            settings.batch_shards,
-            f"; {others} other training(s) on this machine" if others else "",
-        )
-    except RuntimeError:  # TensorFlow already ran in this process (a notebook, a test)
-        log.warning(
-            "TensorFlow is already running in this process: its thread pools stay as "
-            "they are, not intra-op %d / inter-op %d",
-            intra,
-            inter,
-        )
-    keras.utils.set_random_seed(seed)
-    if settings.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    threading = tf.config.threading
-    return {
-        "tensorflow.intra_op_threads": str(threading.get_intra_op_parallelism_threads()),
-        "tensorflow.inter_op_threads": str(threading.get_inter_op_parallelism_threads()),
-        "tensorflow.onednn": onednn_in_use(),
-    }
-
-
-def onednn_in_use() -> str:
-    """Whether TensorFlow runs its oneDNN kernels in this process: "true" or "false"."""
-    # private: no public API says it. tf.sysconfig.get_build_info() and tf.test.is_built_with_*
-    # name CUDA, ROCm, TensorRT and XLA, not oneDNN, and TF_ENABLE_ONEDNN_OPTS unset leaves
-    # the choice to the build. TensorFlow's own tests ask this module.
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        return str(bool(_pywrap_util_port.IsMklEnabled())).lower()
-    except (ImportError, AttributeError):
-        return "unknown"
 
 
 class ShardedTrainer(keras.Model):
@@ -210,23 +135,11 @@ def compile_trainer(net: keras.Model, settings: config.TrainParams) -> ShardedTr
     `net` is compiled too, with the same optimizer, so the saved model carries its optimizer
     state and `evaluate()` works on it as on any compiled Keras model.
     """
-    optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
+    optimizer = network.adam(settings.learning_rate)
     trainer = ShardedTrainer(net, settings.batch_shards)
-    for model, steps in ((net, 1), (trainer, settings.steps_per_execution)):
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            steps_per_execution=steps,
-        )
+    network.compile_network(net, optimizer)
+    network.compile_network(trainer, optimizer, settings.steps_per_execution)
     return trainer
-
-
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Endless shuffled batches from in-memory arrays (reshuffled each pass, seeded)."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def fit(
@@ -246,14 +159,10 @@ def fit(
     clock = StepClock()
     # One Keras "epoch" per logging interval; the reporter cuts the last one short.
     model.fit(
-        batches(train["x"], train["y"], settings.batch_size, seed),
+        training_batches(train["x"], train["y"], settings.batch_size, seed),
         steps_per_epoch=settings.log_every,
         epochs=math.ceil(settings.iterations / settings.log_every),
-        # A dataset of our own: Keras's array adapter slices with a parallel map whose NodeDef
-        # TensorFlow 2.21 logs as an E0000 error under op determinism with a partial batch.
-        validation_data=tf.data.Dataset.from_tensor_slices((val["x"], val["y"])).batch(
-            EVAL_BATCH_SIZE
-        ),
+        validation_data=validation_batches(val),
         callbacks=[clock, IntervalReporter(settings.iterations, report), *(callbacks or [])],
         shuffle=False,  # the dataset is already shuffled, seeded
         verbose=0,

@@ -1,4 +1,4 @@
-"""build_model(): the row-by-row LSTM classifier and nothing else."""
+"""The row-by-row LSTM classifier (build_model) and how it is compiled for training."""
 
 from __future__ import annotations
 
@@ -35,3 +35,20 @@ def set_forget_bias(layer: keras.layers.LSTM, forget_bias: float) -> None:
     bias = np.zeros(4 * units, dtype="float32")
     bias[units : 2 * units] = forget_bias
     layer.cell.bias.assign(bias)
+
+
+def adam(learning_rate: float) -> keras.optimizers.Optimizer:
+    """The reference's optimizer."""
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def compile_network(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, steps_per_execution: int = 1
+) -> None:
+    """Softmax cross-entropy on the predicted probabilities, with accuracy, as the reference."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
+    )
