@@ -192,8 +192,8 @@ def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved
 def test_a_run_with_uncommitted_params_reproduces_from_its_logged_params(history):
     output, tags = reproduced(history, 2)
     assert tags["git.dirty"] == "true" and "params.yaml" in tags["git.changed_files"]
-    assert ": bit-identical" in output and "params as MLflow logged them" in output
-    assert "params as MLflow logged them" in tags["reproduce.details"]
+    assert ": bit-identical" in output and "params as the run logged them" in output
+    assert "params as the run logged them" in tags["reproduce.details"]
 
 
 @pytest.mark.heavy

@@ -4,7 +4,8 @@
 
 1. The run's lineage tags give the revision: its DVC experiment's ref when it was made by
    `dvc exp run` (fetched with `dvc exp pull` from a git remote when not here), else its commit;
-   a run whose params were edited without a commit gets the params MLflow logged for it.
+   a run whose params were edited without a commit gets the stage params it logged as
+   params.json, exactly as they were validated.
 2. That revision is checked out in a temporary git worktree, beside the workspace. Its DVC
    cache is this repo's and its remotes are this repo's, so `dvc repro` restores the data from
    the run cache or a remote (or re-fetches it, checked against its sha256).
@@ -60,7 +61,7 @@ class Source:
 
     revision: str
     description: str
-    logged_params: bool  # params.yaml rebuilt from the params MLflow logged
+    logged_params: bool  # params.yaml rebuilt from the run's params.json
 
 
 def command(
@@ -154,7 +155,7 @@ def source_of(root: Path, original: verdicts.RunRecord) -> Source:
             "repository: git fetch it from the clone that made the run"
         )
     dirty = tags.get("git.dirty") == "true"
-    described = f"commit {commit[:12]}" + (", params as MLflow logged them" if dirty else "")
+    described = f"commit {commit[:12]}" + (", params as the run logged them" if dirty else "")
     return Source(commit, described, dirty)
 
 
