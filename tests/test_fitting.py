@@ -144,7 +144,10 @@ def test_a_wrapper_of_this_training_is_not_another_training():
 
     # The parent's command line has the training's words (as `time python -m pipeline.train`
     # has); the child, a training, must not count its own wrapper.
-    child = "import pipeline.training.tf_runtime as f, os; print(os.getppid() in f.other_trainings())"
+    child = (
+        "import os, pipeline.training.tf_runtime as runtime; "
+        "print(os.getppid() in runtime.other_trainings())"
+    )
     wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     result = subprocess.run([sys.executable, "-c", wrapper, "-m", "pipeline.train"],
                             capture_output=True, text=True, check=True)  # fmt: skip
