@@ -2,51 +2,71 @@
 
 from __future__ import annotations
 
-import fcntl
+import copy
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import optuna
+import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.params import config
-from pipeline.runtime import cli as stage
+from pipeline.params import config, tools
 from pipeline.search import trials as tune
+from pipeline.tracking import store as tracking
 
-from .conftest import REPO
-from .repos import run, tiny_repo
-from .servers import wait_until
+from .support import REPO, environment, run, tiny_repo, wait_until
 
 
-def tune_params(params: config.Params, storage: str, **changes) -> config.Params:
-    raw = params.model_dump(mode="json")
+def tune_params(raw_params: dict, storage: str, **changes) -> tools.ToolParams:
+    raw = copy.deepcopy(raw_params)
     raw["tune"] |= {"storage": storage, "trials": 3} | changes
-    return config.parse_params(raw)
+    return tools.parse_params(raw)
 
 
 @pytest.fixture
-def study(params, tmp_path):
-    tuned = tune_params(params, str(tmp_path / "journal.log"))
+def study(raw_params, tmp_path):
+    tuned = tune_params(raw_params, str(tmp_path / "journal.log"))
     storage = tune.open_storage(tune.storage_url(tuned.tune, tmp_path))
     return tuned, storage, tune.load_study(tuned.tune, storage)
 
 
-def test_the_space_is_validated_with_the_key_named(params):
-    raw = params.model_dump(mode="json")
+@pytest.fixture
+def trials_run(monkeypatch) -> list[int]:
+    """Trials without dvc and MLflow: the numbers of those run; trial 1 fails as a stage would."""
+    numbers = []
+
+    def run_trial(root, study, number, point):
+        numbers.append(number)
+        if number == 1:
+            raise tune.TrialFailed("error: model.num_units = 0: must be at least 1")
+        return tune.experiment_name(study, number)
+
+    def read_result(study, number, metric, experiment):
+        return tune.TrialResult(0.5 + number / 100, experiment, f"run-{number}")
+
+    monkeypatch.setattr(tune, "run_trial", run_trial)
+    monkeypatch.setattr(tune, "read_result", read_result)
+    return numbers
+
+
+def test_the_space_is_validated_with_the_key_named(raw_params):
+    raw = copy.deepcopy(raw_params)
     raw["tune"]["space"] = {"train.learning_rat": {"kind": "float", "low": 0.1, "high": 1}}
     with pytest.raises(config.ConfigError, match="tune.space names no model or train param: "
                                                  "train.learning_rat"):  # fmt: skip
-        config.parse_params(raw)
+        tools.parse_params(raw)
     raw["tune"]["space"] = {
         "train.learning_rate": {"kind": "float", "low": 0, "high": 1, "log": True}
     }
     with pytest.raises(config.ConfigError, match=r"tune.space.train.learning_rate.float"):
-        config.parse_params(raw)
+        tools.parse_params(raw)
 
 
 def test_points_come_from_the_declared_space(study):
@@ -76,16 +96,50 @@ def test_a_point_already_run_or_running_is_found_as_a_duplicate(study):
     assert tune.duplicate_of(optuna_study, first, {"other": 1}) is None
 
 
-def test_a_spent_budget_stops_a_worker_without_asking(study, tmp_path):
+def test_a_worker_runs_trials_until_the_budget_is_spent_and_records_why_one_failed(
+    study, trials_run, tmp_path
+):
+    params, storage, optuna_study = study
+    points = [{"train.learning_rate": 0.002, "model.num_units": units, "train.iterations": 1500}
+              for units in (64, 128, 192)]  # fmt: skip
+    for point in points:  # points given by hand, a budget's worth: each counted once it runs
+        optuna_study.enqueue_trial(point)
+    tune.search(optuna_study, storage, params, tmp_path)
+    assert trials_run == [0, 1, 2]
+    trials = optuna_study.get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                                 TrialState.COMPLETE]  # fmt: skip
+    assert [trial.params for trial in trials] == points
+    assert trials[0].value == pytest.approx(0.5)
+    assert trials[0].user_attrs["dvc_experiment"] == f"{params.tune.study}-0"
+    assert trials[0].user_attrs["mlflow_run_id"] == "run-0"
+    assert trials[1].user_attrs["fail_reason"] == "error: model.num_units = 0: must be at least 1"
+
+
+def test_a_spent_budget_stops_a_worker_without_asking(study, trials_run, tmp_path):
     params, storage, optuna_study = study
     for _ in range(params.tune.trials):
         optuna_study.tell(optuna_study.ask(), 0.1)
-    assert tune.run_one(optuna_study, storage, params, tmp_path) is False
-    assert len(optuna_study.trials) == params.tune.trials
+    tune.search(optuna_study, storage, params, tmp_path)
+    assert len(optuna_study.trials) == params.tune.trials and trials_run == []
 
 
-def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(study):
-    _, storage, optuna_study = study
+def test_a_trial_asked_for_past_the_budget_is_failed_and_not_run(study, trials_run, tmp_path):
+    params, _, optuna_study = study
+    for _ in range(params.tune.trials - 1):
+        optuna_study.tell(optuna_study.ask(), 0.1)
+    optuna_study.ask()  # another worker's, the last of the budget
+    late = optuna_study.ask()  # this worker's, asked for at the same moment
+    with pytest.raises(tune.TrialFailed, match="over budget"):
+        tune.objective(optuna_study, params, tmp_path)(late)
+    assert trials_run == []
+    assert optuna_study.trials[late.number].user_attrs["fail_reason"].startswith("over budget")
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(
+    study, trials_run, tmp_path
+):
+    params, storage, optuna_study = study
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     orphan = optuna_study.ask()
@@ -93,27 +147,42 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(study):
     orphan.set_user_attr("pid", int(dead.stdout))
     alive = optuna_study.ask()
     alive.set_user_attr("host", __import__("socket").gethostname())
-    alive.set_user_attr("pid", __import__("os").getpid())
-    assert tune.fail_orphans(optuna_study, storage) == [orphan.number]
-    trials = {trial.number: trial for trial in optuna_study.get_trials()}
-    assert trials[orphan.number].state == TrialState.FAIL
+    alive.set_user_attr("pid", os.getpid())
+    tune.search(optuna_study, storage, params, tmp_path)  # a worker that starts
+    trials = optuna_study.get_trials()
+    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.RUNNING,
+                                                 TrialState.COMPLETE]  # fmt: skip
     assert trials[orphan.number].user_attrs["fail_reason"] == "its worker died"
-    assert trials[alive.number].state == TrialState.RUNNING
+    assert trials_run == [2]
 
 
 @pytest.mark.slow  # waits out a grace period twice (~7 s)
-def test_a_database_study_fails_a_trial_whose_worker_elsewhere_stopped_beating(tmp_path):
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}",
-                                         heartbeat_interval=1, grace_period=2)  # fmt: skip
-    optuna_study = optuna.create_study(study_name="search", storage=storage)
-    trial = optuna_study.ask()
-    trial.set_user_attr("host", "another-machine")
-    with tune.heartbeat(storage, optuna_study, trial.number):
-        time.sleep(3.2)  # past the grace period, but beating (SQLite's clock counts seconds)
-        assert tune.fail_orphans(optuna_study, storage) == []
-    time.sleep(3.2)  # the worker has stopped beating
-    assert tune.fail_orphans(optuna_study, storage) == [trial.number]
-    assert optuna_study.trials[trial.number].state == TrialState.FAIL
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")  # this test's own ask()
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_database_study_beats_for_its_trial_and_fails_one_whose_worker_stopped_beating(
+    raw_params, tmp_path, monkeypatch, caplog
+):
+    params = tune_params(raw_params, "", trials=2)
+    storage = tune.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1,
+                                grace_period=2)  # fmt: skip
+    optuna_study = tune.load_study(params.tune, storage)
+    study_id = storage.get_study_id_from_name(params.tune.study)
+    elsewhere = optuna_study.ask()  # a worker on another machine, which beat once and died
+    elsewhere.set_user_attr("host", "another-machine")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, 0))
+    time.sleep(3.2)  # past the grace period (SQLite's clock counts seconds)
+
+    def run_trial(root, study, number, point):
+        time.sleep(3.2)  # past the grace period again, but beating
+        optuna.storages.fail_stale_trials(optuna_study)
+        assert optuna_study.trials[number].state == TrialState.RUNNING
+        return tune.experiment_name(study, number)
+
+    monkeypatch.setattr(tune, "run_trial", run_trial)
+    monkeypatch.setattr(tune, "read_result", lambda *args: tune.TrialResult(0.9, args[3], "r"))
+    tune.search(optuna_study, storage, params, tmp_path)
+    assert [trial.state for trial in optuna_study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "trial 0: its worker on another-machine stopped sending heartbeats" in caplog.text
 
 
 def test_two_processes_share_one_journal_file_study(study, tmp_path):
@@ -133,87 +202,91 @@ def test_two_processes_share_one_journal_file_study(study, tmp_path):
     assert sorted(trial.number for trial in reloaded.trials) == list(range(10))
 
 
-@pytest.mark.slow  # a real `dvc exp run` in a scratch repo
-def test_a_bad_point_fails_its_trial_with_the_stage_error_and_nothing_is_kept(tmp_path):
+def test_a_trial_is_scored_only_from_a_run_of_its_own_experiment(store):
+    import mlflow
+
+    tracking.connect_to(f"sqlite:///{store / 'mlflow.db'}")
+    tags = {"optuna.study": "search", "optuna.trial": "1"}
+    with mlflow.start_run(tags=tags | {"dvc.exp_name": "search-2"}):  # DVC's stash race
+        mlflow.log_metric("test_accuracy", 0.9)
+    with pytest.raises(tune.TrialFailed, match="no finished MLflow run of trial 1"):
+        tune.read_result("search", 1, "test_accuracy", "search-1")
+    with mlflow.start_run(tags=tags | {"dvc.exp_name": "search-1"}):
+        mlflow.log_metric("test_accuracy", 0.8)
+    assert tune.read_result("search", 1, "test_accuracy", "search-1").value == 0.8
+
+
+def clone_state(repo) -> str:
+    """The clone's branch, commit and changes to tracked files."""
+    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
+
+
+@contextmanager
+def dvc_lock_held(repo, seconds: float):
+    """Another `dvc` holding the clone's lock for `seconds` (as another worker's, stashing)."""
+    code = ("import sys, time\nfrom dvc.repo import Repo\nRepo(sys.argv[1]).lock.lock()\n"
+            "print('held', flush=True)\ntime.sleep(float(sys.argv[2]))\n")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(repo), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow  # real `dvc repro` and `dvc exp run` in a scratch repo
+def test_workers_prepare_the_data_in_turn_wait_for_dvc_and_a_bad_point_fails_with_its_error(
+    tmp_path,
+):
     repo = tiny_repo(tmp_path)
-    with pytest.raises(tune.TrialFailed, match=r"error: .*model.num_units = 0"):
-        tune.run_trial(repo, "study", 7, {"model.num_units": 0}, repo / ".tune/start.lock")
+    before = clone_state(repo)
+    with ThreadPoolExecutor(2) as pool:  # two workers of a clone starting at once: no "is busy"
+        list(pool.map(lambda _: tune.prepare_data(repo, repo / ".tune/prepare.lock"), range(2)))
+    assert (repo / "dvc.lock").is_file()
+    with dvc_lock_held(repo, 5), pytest.raises(tune.TrialFailed,  # not "Unable to acquire lock"
+                                               match=r"error: .*model.num_units = 0"):  # fmt: skip
+        tune.run_trial(repo, "study", 7, {"model.num_units": 0})
     listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     assert "study-7" not in listed
+    assert clone_state(repo) == before
     assert yaml.safe_load((repo / "params.yaml").read_text())["model"]["num_units"] == 8
 
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+WORKER = """\
+import sys
+from pathlib import Path
+from pipeline.runtime.cli import unwind_on_signals
+from pipeline.search import trials as tune
+unwind_on_signals()
+try:
+    tune.run_trial(Path(sys.argv[1]), "study", 3, {"train.learning_rate": 0.01})
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
 
 
-def locked(path) -> bool:
-    """Whether another holder has an exclusive flock on `path`."""
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
-def test_a_trial_stage_ends_like_on_sigterm_when_its_worker_ends():
-    worker = subprocess.Popen(SLEEPER)
-    code = ("import time\nfrom pipeline.runtime import cli as stage\n"
-            "def run(params):\n    print('running', flush=True)\n    time.sleep(120)\n"
-            "stage.run_stage(run, [], 'a trial stage')\n")  # fmt: skip
-    env = os.environ | {stage.STOP_WITH_ENV: str(worker.pid)}
-    trial = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+@pytest.mark.slow  # real `dvc exp run` in a scratch repo, twice
+@pytest.mark.parametrize("moment", ["as dvc starts", "in a stage"])
+def test_a_trial_interrupted_ends_its_experiment_and_leaves_the_clone_as_it_was(tmp_path, moment):
+    repo = tiny_repo(tmp_path)
+    before = clone_state(repo)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(repo)], cwd=REPO,
+                              env=environment(), process_group=0)  # fmt: skip
     try:
-        assert trial.stdout.readline() == "running\n"
-        time.sleep(0.5)
-        assert trial.poll() is None  # the worker lives: so does its stage
-        worker.kill()
-        worker.wait()
-        _, stderr = trial.communicate(timeout=30)
+        assert wait_until(lambda: psutil.Process(worker.pid).children(), 60)
+        (dvc,) = psutil.Process(worker.pid).children()
+        if moment == "in a stage":
+            assert wait_until(lambda: tune.stages_of(dvc.pid), 120, interval=0.2)
+        assert os.getpgid(dvc.pid) == dvc.pid  # a group of its own: no Ctrl-C reaches it
+        descendants = [dvc, *dvc.children(recursive=True)]
+        os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C in a terminal: the worker's group
+        assert worker.wait(timeout=120) == 130
     finally:
-        for process in (worker, trial):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert trial.returncode == 130 and "error: interrupted" in stderr, stderr
-
-
-def test_the_start_lock_is_shared_with_the_child_it_is_handed_to(tmp_path):
-    lock = tmp_path / "start.lock"
-    with tune.start_lock(lock) as held:  # a worker that goes on
-        child = subprocess.Popen(SLEEPER, pass_fds=(held,))
-        assert locked(lock)
-    try:
-        assert not locked(lock)  # released for its child too once the block ends
-    finally:
-        child.kill()
-        child.wait()
-    with pytest.raises(KeyboardInterrupt), tune.start_lock(lock) as held:  # Ctrl-C meanwhile
-        child = subprocess.Popen(SLEEPER, pass_fds=(held,))
-        raise KeyboardInterrupt
-    try:
-        assert locked(lock)  # still held, by the child
-    finally:
-        child.kill()
-        child.wait()
-    assert not locked(lock)
-    code = ("import subprocess, sys, time\nfrom pathlib import Path\n"
-            "from pipeline.search import trials as tune\n"
-            "with tune.start_lock(Path(sys.argv[1])) as held:\n"
-            f"    child = subprocess.Popen({SLEEPER!r}, pass_fds=(held,))\n"
-            "    print(child.pid, flush=True)\n    time.sleep(120)\n")  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
-    child = int(worker.stdout.readline())
-    try:
-        assert locked(lock)
-        worker.kill()  # a worker that dies
-        worker.wait()
-        assert locked(lock)  # still held, by its child
-    finally:
-        os.kill(child, signal.SIGKILL)
-        worker.kill()
-        worker.wait()
-    assert wait_until(lambda: not locked(lock), 30)  # and released when the child ends
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert not [process for process in descendants if process.is_running()]
+    assert clone_state(repo) == before
+    assert "study-3" not in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()

@@ -1,7 +1,8 @@
-"""`python -m pipeline.search.tune` end to end: two workers, one study in a real PostgreSQL.
+"""`python -m pipeline.search.tune` end to end: workers, one study in a real PostgreSQL.
 
-One worker is killed mid-trial and started again; the study's budget is spent with no point run
-twice, every completed trial is a DVC experiment and an MLflow run, and the best one applies.
+A command of two workers is stopped mid-trial (SIGTERM, as `kill` sends) and two more commands
+finish the study; the budget is spent with no point run twice, every completed trial is a DVC
+experiment and an MLflow run of its own point, and the best one applies.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from optuna.trial import TrialState
 from pipeline.runtime import processes
 from pipeline.team import postgres
 
-from .repos import environment, postgres_missing, run, tiny_repo
-from .servers import free_port, wait_until
+from .support import environment, free_port, postgres_missing, run, tiny_repo, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -65,10 +65,10 @@ def repo(tmp_path_factory):
     return repo  # never reproduced: the workers run `dvc repro preprocess` before any trial
 
 
-def start_worker(repo: Path, storage: str, log: Path) -> subprocess.Popen:
+def start_worker(repo: Path, storage: str, log: Path, *arguments: str) -> subprocess.Popen:
     with log.open("a") as output:
-        return subprocess.Popen([sys.executable, "-m", "pipeline.search.tune"], cwd=repo,
-                                env=environment(OPTUNA_STORAGE=storage),
+        return subprocess.Popen([sys.executable, "-m", "pipeline.search.tune", *arguments],
+                                cwd=repo, env=environment(OPTUNA_STORAGE=storage),
                                 stdout=output, stderr=output)  # fmt: skip
 
 
@@ -83,9 +83,12 @@ def wait_for_running_trial(study, worker: subprocess.Popen, timeout: float = 300
     raise TimeoutError("the worker started no trial")
 
 
-def trial_processes(number: int) -> list[int]:
-    """The pids of processes (dvc, the stages) working on trial `number` of the study."""
-    marks = {"PIPELINE_OPTUNA_STUDY": STUDY, "PIPELINE_OPTUNA_TRIAL": str(number)}
+def trial_processes(number: int | None = None) -> list[int]:
+    """The pids of processes (dvc, the stages) working on trial `number` of the study (on any
+    of its trials: None)."""
+    marks = {"PIPELINE_OPTUNA_STUDY": STUDY}
+    if number is not None:
+        marks["PIPELINE_OPTUNA_TRIAL"] = str(number)
 
     def matching(cmdline: list[str], environ) -> bool:
         found = environ()
@@ -94,19 +97,21 @@ def trial_processes(number: int) -> list[int]:
     return processes.processes(matching)
 
 
-def clone_state(repo: Path) -> tuple[str, str]:
-    """The clone's checked-out branch and its changes to tracked files."""
-    branch = run(["git", "symbolic-ref", "-q", "HEAD"], repo, check=False).stdout.strip()
-    changes = run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout.strip()
-    return branch or "a detached HEAD", changes
+def clone_state(repo: Path) -> str:
+    """The clone's branch, commit and changes to tracked files."""
+    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
-def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo, storage, tmp_path):
+def test_workers_stopped_and_started_spend_the_budget_once_each_point_and_the_best_applies(
+    repo, storage, tmp_path
+):
     study = None
     log = tmp_path / "workers.log"
     before = clone_state(repo)
-    assert before[0].startswith("refs/heads/") and before[1] == ""
-    first, second = (start_worker(repo, storage, log) for _ in range(2))
+    lines = before.splitlines()  # on a branch, no changes: only the "# branch.*" headers
+    assert "# branch.head (detached)" not in lines and all(line[0] == "#" for line in lines)
+    first = start_worker(repo, storage, log, "--workers", "2")
+    others = []
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         deadline = time.monotonic() + 120
@@ -115,33 +120,29 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
                 study = optuna.load_study(study_name=STUDY, storage=storage)
             except KeyError:
                 time.sleep(0.5)
-        killed = wait_for_running_trial(study, first)
-        # its dvc exp run is working (it may first wait for the other worker's start lock)
-        assert wait_until(lambda: trial_processes(killed), 120, interval=0.5)
-        time.sleep(2)
-        assert trial_processes(killed)
-        first.send_signal(signal.SIGKILL)  # a worker dies mid-trial ...
-        first.wait(timeout=30)
-        assert wait_until(
-            lambda: not trial_processes(killed), 120, interval=0.5
-        )  # ... and its trial ends with it
-        assert clone_state(repo) == before  # leaving the clone as it was
-        restarted = start_worker(repo, storage, log)  # ... and is started again
-        assert restarted.wait(timeout=900) == 0, log.read_text()
-        assert second.wait(timeout=900) == 0, log.read_text()
+        stopped = wait_for_running_trial(study, first)
+        assert wait_until(lambda: trial_processes(stopped), 120, interval=0.5)
+        time.sleep(2)  # its dvc exp run is working
+        first.send_signal(signal.SIGTERM)  # the command is stopped mid-trial ...
+        assert first.wait(timeout=300) == 130, log.read_text()
+        assert trial_processes() == []  # ... its workers' trials end with it ...
+        assert clone_state(repo) == before  # ... leaving the clone as it was
+        others = [start_worker(repo, storage, log) for _ in range(2)]  # two more machines
+        assert [worker.wait(timeout=900) for worker in others] == [0, 0], log.read_text()
     finally:
-        for worker in (first, second):
+        for worker in (first, *others):
             if worker.poll() is None:
                 worker.kill()
     trials = {trial.number: trial for trial in study.get_trials()}
-    assert trials[killed].state == TrialState.FAIL
-    assert trials[killed].user_attrs["fail_reason"] == "its worker died"
+    outcomes = "; ".join(f"{n} {t.state.name} {t.user_attrs.get('fail_reason', '')}"
+                         for n, t in sorted(trials.items()))  # fmt: skip
+    reasons = {number: trial.user_attrs.get("fail_reason", "") for number, trial in trials.items()}
+    interrupted = {number for number, reason in reasons.items() if reason.startswith("interrupted")}
+    assert stopped in interrupted, outcomes
     over = [trial for number, trial in trials.items() if number >= BUDGET]
     assert all(trial.user_attrs["fail_reason"].startswith("over budget") for trial in over)
     done = [trial for trial in trials.values() if trial.state == TrialState.COMPLETE]
-    outcomes = "; ".join(f"{n} {t.state.name} {t.user_attrs.get('fail_reason', '')}"
-                         for n, t in sorted(trials.items()))  # fmt: skip
-    assert len(done) + 1 == BUDGET, f"{outcomes}\n{log.read_text()}"
+    assert len(done) + len(interrupted) == BUDGET, f"{outcomes}\n{log.read_text()}"
     assert clone_state(repo) == before
     points = [tuple(sorted(trial.params.items())) for trial in done]
     assert len(set(points)) == len(points)  # no point run twice
@@ -150,9 +151,16 @@ def test_two_workers_spend_the_budget_once_each_point_and_the_best_applies(repo,
     store = f"sqlite:///{repo / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     for trial in done:
-        assert trial.user_attrs["dvc_experiment"] == f"{STUDY}-{trial.number}" in listed
-        tags = client.get_run(trial.user_attrs["mlflow_run_id"]).data.tags
-        assert (tags["optuna.study"], tags["optuna.trial"]) == (STUDY, str(trial.number))
+        experiment = f"{STUDY}-{trial.number}"
+        assert trial.user_attrs["dvc_experiment"] == experiment in listed
+        logged = client.get_run(trial.user_attrs["mlflow_run_id"]).data
+        tags = (logged.tags["optuna.study"], logged.tags["optuna.trial"])
+        assert tags == (STUDY, str(trial.number))
+        assert logged.tags["dvc.exp_name"] == experiment  # each ran its own stash entry
+        assert float(logged.params["train.learning_rate"]) == pytest.approx(
+            trial.params["train.learning_rate"]
+        )
+        assert int(logged.params["model.num_units"]) == trial.params["model.num_units"]
 
     best = study.best_trial
     assert f"best trial {best.number}" in log.read_text()

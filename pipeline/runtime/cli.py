@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import pipeline.params.config as config
-from pipeline.runtime.processes import die_with_parent, stop_with
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -25,9 +24,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     )
 
 
-STOP_WITH_ENV = "PIPELINE_STOP_WITH_PID"  # `make tune`: the worker a trial's stage ends with
-
-
 def exit_now() -> NoReturn:
     """End a stage command that finished: exit handlers run, the interpreter's teardown does not.
 
@@ -36,6 +32,8 @@ def exit_now() -> NoReturn:
     and unload modules: seconds of work whose only effect is memory the OS takes back anyway.
     The handlers registered with atexit still run (autograph's and MLflow's temporary files).
     """
+    # private: atexit's public API is register/unregister only, with no call that runs the
+    # handlers now; os._exit skips them, and sys.exit would run the teardown this avoids.
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
@@ -72,10 +70,6 @@ def run_stage(
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
     unwind_on_signals()
-    worker = os.environ.get(STOP_WITH_ENV)
-    if worker:  # `make tune`: a trial ends with its worker, and with its `dvc`
-        die_with_parent(signal.SIGTERM)
-        stop_with(int(worker))
     failure = None
     try:
         run(params)

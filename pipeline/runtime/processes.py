@@ -7,26 +7,15 @@ What the stages, the search, the servers and the team server know of other proce
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 Environ = Callable[[], dict[str, str]]  # a process's environment, read only when called
-
-
-def die_with_parent(signum: int) -> None:
-    """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing).
-
-    psutil has no call for it: prctl(PR_SET_PDEATHSIG) through libc is the public way."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def usable_cores() -> int:
@@ -45,22 +34,6 @@ def process_alive(pid: int) -> bool:
         return False
     except psutil.AccessDenied:
         return True  # another user's: it exists
-
-
-def wait_for_exit(pid: int) -> None:
-    """Return once process `pid` has ended."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        psutil.Process(pid).wait()
-
-
-def stop_with(pid: int) -> None:
-    """Stop this process as SIGTERM does (it unwinds, see `cli.run_stage`) when `pid` ends."""
-
-    def watch() -> None:
-        wait_for_exit(pid)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name=f"stop-with-{pid}", daemon=True).start()
 
 
 def lineage() -> set[int]:

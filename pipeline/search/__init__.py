@@ -1,30 +1,36 @@
 """The Optuna search (`make tune`): workers share a study; each trial is a DVC experiment.
 
-`python -m pipeline.search.tune` is the entry point; trials.py holds the work. A worker asks the
-study for a point, runs it as `dvc exp run --temp -n <study>-<trial> -S ...`, reads the
-objective from the trial's MLflow run and tells the study, until the budget is spent. Workers
-on one machine (`--workers N`) and on others share the study through its storage.
+`python -m pipeline.search.tune` is the entry point; trials.py holds the work. A worker runs
+Optuna's `study.optimize`: each trial draws a point, runs it as
+`dvc exp run --temp -n <study>-<trial> -S ...` and returns the objective read from the trial's
+MLflow run; `MaxTrialsCallback` stops the worker once the study holds its budget. Workers on one
+machine (`--workers N`) and on others share the study through its storage.
 
 How the processes keep each other honest, in one place:
 
-- **Start lock (flock, handed to `dvc`).** Concurrent `dvc exp run --temp` in one clone race
-  on DVC's one experiment stash (one could run another's point). A worker holds an flock from
-  stashing until a stage of its experiment runs, and passes the descriptor to its `dvc`
-  (`pass_fds`): if the worker dies meanwhile, the lock stays held until that `dvc` has ended.
-- **Seeing the stage start (/proc).** The worker knows DVC has taken its stash entry when a
-  `python -m pipeline.<stage>` process carries the trial's marks (PIPELINE_OPTUNA_STUDY and
-  PIPELINE_OPTUNA_TRIAL) in its environment: command lines and environments are matched as
-  bytes in /proc (`processes.processes`).
-- **`dvc` is never killed; the stage ends with the worker.** Killed while stashing, `dvc`
-  leaves the clone on a detached HEAD. Instead the trial's stage is given the worker's pid
-  (PIPELINE_STOP_WITH_PID); the stage watches it with a pidfd (`processes.stop_with`) and
-  ends as on SIGTERM when the worker ends, however it ends; `dvc` then fails the experiment
-  and cleans up.
-- **Workers die with their command.** Extra workers started by `--workers N` ask Linux for
-  SIGKILL when their parent dies (PR_SET_PDEATHSIG), so Ctrl-C on the command ends them all.
-- **Orphaned trials.** A trial left RUNNING by a worker that died is failed by the next worker
-  that looks: on this host by its pid (`processes.process_alive`); with a database storage on
-  any host by its heartbeat, recorded by a thread every `heartbeat_interval` seconds.
-- **Data once (FileLock).** Before any trial, one worker at a time runs `dvc repro preprocess`,
-  so the trials restore the data stages from DVC's run cache instead of all fetching at once.
+- **One `dvc` at a time in a clone's stash: DVC's own lock.** `dvc exp run --temp` stashes its
+  experiment under DVC's repository lock and runs the newest stash entry just after releasing
+  it. Every `dvc` of the search runs with `--wait-for-lock`, so a second one waits for the lock
+  instead of failing after 3 s; a test runs two workers in one clone and finds each trial's run
+  with its own point. Should one ever take another's entry (it could only in the moment between
+  that release and the take), its MLflow run names the other experiment, and the trial fails
+  rather than report another point's value (`read_result`).
+- **`dvc` is never signalled; a stopped worker stops its trial's stages.** Killed or interrupted
+  while stashing, `dvc` can leave the clone on a detached HEAD with the trial's params in
+  params.yaml. So it runs in a process group of its own (a terminal's Ctrl-C does not reach it),
+  and a worker interrupted (Ctrl-C, SIGTERM) sends SIGINT to the stages among its descendants
+  (`trials.stop`), waiting out a stash first: the stage unwinds as on Ctrl-C, `dvc`, which
+  ignores SIGINT while a stage runs, fails the experiment and cleans up, and the worker then
+  marks the trial failed. The command stops its `--workers N` likewise, with SIGTERM: they too
+  run in process groups of their own, so each is stopped once. A worker killed outright
+  (SIGKILL) cannot do this: its trial's `dvc` runs on to its end, unread.
+- **Dead workers' trials.** A trial left RUNNING by a worker that has ended is failed by the next
+  worker that looks (at its start and after each trial): on this host by the pid in the trial's
+  user attributes (`processes.process_alive`); with a database storage, on any host, by Optuna's
+  heartbeats, which `study.optimize` records for its trial and checks before it asks for the
+  next (RDBStorage's heartbeat_interval and grace_period).
+- **Data once (FileLock).** Before any trial each worker runs `dvc repro preprocess`, one at a
+  time per clone (a lock in `.tune/`: `dvc repro` lets DVC's lock go while a stage runs, and a
+  second one would then fail on the first's outputs), so that the trials restore the data
+  stages from DVC's cache instead of all fetching the data at once.
 """

@@ -1,21 +1,19 @@
 """The search's work: a study's storage, its trials as `dvc exp run --temp`, the workers.
 
-The cross-process protocol (locks, watchers, signals, heartbeats) is explained in
-pipeline/search/__init__.py.
+Each worker runs Optuna's `study.optimize` on the study in its storage (a journal file in the
+repo by default; a PostgreSQL database for a team). A trial draws a point, runs it as
+`dvc exp run --temp -n <study>-<trial> -S key=value ...` (so `dvc exp show` lists it and
+`dvc exp apply` restores it) and returns the objective read from the trial's MLflow run (tagged
+with the study and trial number). A trial that is not run, or fails, raises TrialFailed with
+the reason: Optuna marks it failed and the search goes on. Trials run with
+`mlflow.registration=better`: only a model that beats the champion becomes a registered version.
 
-Workers on any number of machines share one study through its storage (a journal file in the
-repo by default; a PostgreSQL database for a team). Each worker asks the study for a point,
-runs it as `dvc exp run --temp -n <study>-<trial> -S key=value ...` (so `dvc exp show` lists it
-and `dvc exp apply` restores it), reads the objective from the trial's MLflow run (tagged with
-the study and trial number), and tells the study, until the study holds `tune.trials` trials.
-Trials run with `mlflow.registration=better`: only a model that beats the champion becomes a
-registered version.
+How the processes keep each other honest is explained in pipeline/search/__init__.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -23,16 +21,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pipeline.params.config as config
-import pipeline.runtime.cli as stage
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+import pipeline.params.tools as tools
 import pipeline.runtime.processes as processes
 import pipeline.tracking.lineage as lineage
 import pipeline.tracking.store as tracking
@@ -40,13 +39,16 @@ import pipeline.tracking.store as tracking
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "OPTUNA_STORAGE"
-TRIAL_TIMEOUT = 24 * 3600  # seconds; a trial is one full training
-START_POLL_S = 0.2
+HEARTBEAT_INTERVAL_S = 60  # a database storage: how often a worker records its trial's heartbeat
+GRACE_PERIOD_S = 180  # and how old a heartbeat makes its trial failed by the next worker to ask
+STOP_POLL_S = 0.2
 STAGE_MODULES = tuple(f"pipeline.{stage}" for stage in ("fetch", "preprocess", "train", "evaluate"))
+# The trials that count against the budget: all but the enqueued points not yet run (WAITING).
+TAKEN = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class TrialFailed(Exception):
-    """One trial failed; the study records the reason and the search goes on."""
+    """One trial was not run or failed; the study records the reason and the search goes on."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class TrialResult:
     run_id: str
 
 
-def storage_url(params: config.TuneParams, root: Path) -> str:
+def storage_url(params: tools.TuneParams, root: Path) -> str:
     """OPTUNA_STORAGE, else tune.storage, else the journal file (made in the repo)."""
     url = os.environ.get(STORAGE_ENV) or params.storage
     if url:
@@ -66,31 +68,37 @@ def storage_url(params: config.TuneParams, root: Path) -> str:
     return str(journal)
 
 
-def open_storage(url: str):
-    """A database URL → Optuna's RDB storage (with heartbeats); a path → its journal file."""
-    import optuna
+def open_storage(
+    url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S
+) -> optuna.storages.BaseStorage:
+    """A database URL → Optuna's RDB storage, with heartbeats; a path → its journal file."""
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
 
-    if "://" in url:  # heartbeats let any worker fail the trials of one that died
-        # Heartbeats and fail_stale_trials are "experimental" (since Optuna 2.9), and every ask()
-        # warns that heartbeats belong to Study.optimize: this worker records them itself.
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-    from optuna.storages.journal import JournalFileBackend
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    with warnings.catch_warnings():  # heartbeats are "experimental" (since Optuna 2.9)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=log_stale,
+        )
 
-    return optuna.storages.JournalStorage(JournalFileBackend(url))
 
-
-def load_study(params: config.TuneParams, storage):
-    import optuna
-
+def load_study(params: tools.TuneParams, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The study `tune.study` in `storage`, made if it is not there yet."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the worker logs each trial itself
+    # ... and why one failed: Optuna's own lines for it repeat the reason with a traceback.
+    # optuna.logging has one level for the whole library (whose storages warn of a stuck lock),
+    # no switch for those lines alone: hence their module's logger, by name.
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     return optuna.create_study(
         study_name=params.study, storage=storage, direction=params.direction, load_if_exists=True
     )
 
 
-def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     """Draw one point of the declared space."""
     point = {}
     for name, dimension in space.items():
@@ -108,256 +116,244 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 
 
 def experiment_name(study: str, number: int) -> str:
+    """The DVC experiment of trial `number`: `dvc exp show` lists it, `dvc exp apply` takes it."""
     return f"{study}-{number}"
 
 
-def _die_with_parent() -> None:
-    """In a worker started by `--workers N`: killed when that command dies (its trial's stages
-    then end too, see run_trial)."""
-    processes.die_with_parent(signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def start_lock(path: Path) -> Iterator[int]:
-    """Hold an exclusive lock on `path` (flock); yields its descriptor, to hand to a child.
-
-    A child given the descriptor (Popen's pass_fds) shares the lock: if this process dies, or
-    the block ends with an exception (Ctrl-C), the lock stays held until the child ends too.
-    When the block ends normally it is released here, for both.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield descriptor
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
-    finally:
-        os.close(descriptor)
-
-
-def run_trial(root: Path, study: str, number: int, point: dict[str, Any], lock: Path) -> str:
-    """`dvc exp run --temp` for one point; the experiment's name, or TrialFailed with why.
-
-    Concurrent `dvc exp run --temp` in one clone race: each stashes its experiment on one
-    shared stash (refs/exps/stash) and then runs the newest entry, which can be the other's
-    (dvc/repo/experiments/queue/tempdir.py, `get`). Seen here: a trial ran another's point
-    under its own trial tags. So a worker holds the start `lock` from stashing until a stage of
-    its experiment is running (DVC has taken the entry by then) or dvc has ended; `dvc` holds
-    it too, so a worker that dies meanwhile leaves it held until its `dvc` has ended.
-
-    `dvc` is not killed (but after TRIAL_TIMEOUT): killed while stashing, it leaves the clone on
-    a detached HEAD with the trial's params in params.yaml (scmrepo's detach_head and DVC's
-    _stash_exp). The trial's stages end when this worker ends, however it ends (Ctrl-C,
-    SIGTERM, SIGKILL: processes.stop_with), and `dvc` then fails and cleans up.
-    """
+def run_trial(root: Path, study: str, number: int, point: dict[str, Any]) -> str:
+    """`dvc exp run --temp` of one point; the experiment's name, or TrialFailed with why."""
     name = experiment_name(study, number)
     sets = [argument for key, value in point.items() for argument in ("-S", f"{key}={value}")]
-    command = ["dvc", "exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"]
     marks = {
         lineage.TRIAL_TAG_ENV["optuna.study"]: study,
         lineage.TRIAL_TAG_ENV["optuna.trial"]: str(number),
     }
-    env = processes.tools_environment() | marks | {stage.STOP_WITH_ENV: str(os.getpid())}
     log.info("trial %d: %s", number, " ".join(f"{key}={value}" for key, value in point.items()))
-    with tempfile.TemporaryFile() as output:
-        with start_lock(lock) as held:
-            process = subprocess.Popen(
-                command,
-                cwd=root,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                pass_fds=(held,),
-            )
-            while process.poll() is None and not stage_running(marks):
-                time.sleep(START_POLL_S)
-        try:
-            code = process.wait(timeout=TRIAL_TIMEOUT)
-        except subprocess.TimeoutExpired:  # a day: past the stash, so killing it is safe
-            process.kill()
-            raise
-        output.seek(0)
-        text = output.read().decode(errors="replace")
+    code, output = run_dvc(
+        ["exp", "run", "--temp", "-n", name, *sets, "-S", "mlflow.registration=better"],
+        root,
+        processes.tools_environment() | marks,
+    )
     if code != 0:
-        raise TrialFailed(processes.failure_reason(text, f"dvc exp run exited {code}"))
+        raise TrialFailed(processes.failure_reason(output, f"dvc exp run exited {code}"))
     return name
 
 
-def stage_running(marks: dict[str, str]) -> bool:
-    """Whether a stage (`python -m pipeline.<stage>`) with all of `marks` in its environment
-    runs on this machine."""
+def run_dvc(arguments: list[str], root: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`dvc --wait-for-lock ARGUMENTS` in `root`: its exit code and output.
 
-    def matching(cmdline: list[str], read_environ) -> bool:
-        if not processes.runs_module(cmdline, *STAGE_MODULES):
-            return False
-        environ = read_environ()
-        return all(environ.get(key) == value for key, value in marks.items())
+    Another `dvc` in the clone (another worker's) is waited for instead of failing after 3 s.
+    Interrupted (Ctrl-C, SIGTERM: KeyboardInterrupt), it stops `dvc` first (`stop`).
+    """
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            ["dvc", "--wait-for-lock", *arguments],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            process_group=0,  # a terminal's Ctrl-C reaches this worker, not `dvc`: see `stop`
+        )
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            stop(process)
+            raise
+        output.seek(0)
+        return code, output.read().decode(errors="replace")
 
-    return bool(processes.processes(matching))
+
+def stop(process: subprocess.Popen) -> None:
+    """End a `dvc` command as Ctrl-C in a terminal does, but without signalling `dvc` itself.
+
+    Each stage it runs gets SIGINT, once: the stage unwinds (its MLflow run ends KILLED) and
+    `dvc`, which ignores SIGINT while a stage runs, fails the stage (and the experiment) and
+    cleans up. A `dvc exp run` still stashing its experiment is let finish that first:
+    interrupted there, it could leave the clone on a detached HEAD with the trial's params in
+    params.yaml (scmrepo's detach_head). Signals are ignored meanwhile, so that a second Ctrl-C
+    cannot leave `dvc` unwatched.
+    """
+    log.warning("stopping dvc: its stage is interrupted, then it cleans up")
+    signalled: set[int] = set()
+    with signals_ignored(signal.SIGINT, signal.SIGTERM):
+        while process.poll() is None:
+            for stage in stages_of(process.pid):
+                if stage.pid not in signalled:
+                    signalled.add(stage.pid)
+                    with contextlib.suppress(psutil.Error):
+                        stage.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_POLL_S)
+
+
+def stages_of(pid: int) -> list[psutil.Process]:
+    """The pipeline stages (`python -m pipeline.<stage>`) among process `pid`'s descendants."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # ended meanwhile
+                if processes.runs_module(child.cmdline(), *STAGE_MODULES):
+                    found.append(child)
+    return found
+
+
+@contextlib.contextmanager
+def signals_ignored(*signums: int) -> Iterator[None]:
+    """Ignore these signals in the block (main thread only); their handlers return after it."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
-    """The objective from the trial's MLflow run, found by its study and trial tags."""
+    """The objective from the trial's MLflow run: the finished run tagged with the study and the
+    trial number, and named for the trial's experiment (a run of another experiment under these
+    tags would be DVC's stash race, pipeline/search/__init__.py: not this trial's value)."""
     import mlflow
 
     runs = mlflow.search_runs(
         search_all_experiments=True,
         output_format="list",
         filter_string=f"tags.`optuna.study` = '{study}' and tags.`optuna.trial` = '{number}' "
-        "and attributes.status = 'FINISHED'",
+        f"and tags.`dvc.exp_name` = '{experiment}' and attributes.status = 'FINISHED'",
     )
     scored = [run for run in runs if metric in run.data.metrics]
     if not scored:
-        raise TrialFailed(f"no finished MLflow run of trial {number} has the metric {metric!r}")
-    run = scored[0]
-    ran_as = run.data.tags.get("dvc.exp_name")
-    if ran_as not in (None, experiment):  # the guard against the stash race in run_trial
         raise TrialFailed(
-            f"trial {number}'s MLflow run {run.info.run_id} ran experiment "
-            f"{ran_as}, not {experiment}"
+            f"no finished MLflow run of trial {number} (experiment {experiment}) has the "
+            f"metric {metric!r}"
         )
+    run = scored[0]
     return TrialResult(run.data.metrics[metric], experiment, run.info.run_id)
 
 
-def duplicate_of(study, trial, point: dict[str, Any]):
+def duplicate_of(
+    study: optuna.Study, trial: optuna.Trial, point: dict[str, Any]
+) -> optuna.trial.FrozenTrial | None:
     """A finished or running trial at the same point, if any: a point runs once."""
-    from optuna.trial import TrialState
-
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
         if other.number != trial.number and other.params == point:
             return other
     return None
 
 
-def fail(study, trial, reason: str) -> None:
-    """Mark the trial failed, with its reason (the user attribute `fail_reason`)."""
-    from optuna.trial import TrialState
-
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(trial, state=TrialState.FAIL)
-    log.warning("trial %d failed: %s", trial.number, reason)
+def taken(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count against the budget, whatever their state."""
+    return study.get_trials(deepcopy=False, states=TAKEN)
 
 
-def fail_orphans(study, storage) -> list[int]:
-    """Fail the RUNNING trials whose worker is gone: on this host, a worker process that has
-    ended (e.g. SIGKILL); with a database storage, on any host, a worker whose heartbeat
-    (see `heartbeat`) stopped more than the storage's grace period ago (e.g. its machine died).
-    """
-    import optuna
-    from optuna.trial import TrialState
+def over_budget(study: optuna.Study, number: int, budget: int) -> bool:
+    """Whether the trials before trial `number` already spend the budget (two workers asked for
+    the last trial at the same moment: the later one is not run)."""
+    return sum(1 for trial in taken(study) if trial.number < number) >= budget
 
+
+def fail_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Fail the RUNNING trials of workers of this host that have ended (e.g. SIGKILL).
+
+    A journal storage has no heartbeats; with a database's, Optuna fails any worker's trials
+    too, but only after the grace period (`log_stale`)."""
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in running:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid", 0)
-        if host == socket.gethostname() and not processes.process_alive(pid):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            try:
-                storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker failed it first
-            failed.append(trial.number)
-            log.warning(
-                "trial %d was left running by a worker that died; marked failed", trial.number
-            )
-    if getattr(storage, "heartbeat_interval", None):
-        optuna.storages.fail_stale_trials(study)
-        stale = {
-            trial.number: trial.user_attrs.get("host")
-            for trial in running
-            if trial.number not in failed
-        }
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if trial.number in stale and "fail_reason" not in trial.user_attrs:
-                failed.append(trial.number)
-                log.warning(
-                    "trial %d: its worker on %s stopped sending heartbeats; marked failed",
-                    trial.number,
-                    stale[trial.number],
-                )
+        if host != socket.gethostname() or processes.process_alive(pid):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "its worker died")
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        failed.append(trial.number)
+        log.warning("trial %d was left running by a worker that died; marked failed", trial.number)
     return failed
 
 
-@contextlib.contextmanager
-def heartbeat(storage, study, number: int) -> Iterator[None]:
-    """Record trial `number`'s heartbeat now and every `heartbeat_interval` s until the block
-    ends (a database storage; otherwise nothing), so `fail_orphans` on any worker fails the
-    trial once this worker stops (e.g. its machine died). Optuna records heartbeats only
-    inside Study.optimize (its _optimize.py); these workers ask and tell.
-    """
-    interval = getattr(storage, "heartbeat_interval", None)
-    if not interval:
-        yield
-        return
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as error:  # the database may be away for a while; keep trying
-                log.warning("trial %d: heartbeat not recorded: %s", number, error)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+def log_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's heartbeat_stale_trial_callback: it has failed a trial whose worker stopped
+    beating (a finished trial takes no user attribute, so the reason is this line only)."""
+    log.warning(
+        "trial %d: its worker on %s stopped sending heartbeats; marked failed",
+        trial.number,
+        trial.user_attrs.get("host", "an unknown host"),
+    )
 
 
-def run_one(study, storage, params: config.Params, root: Path) -> bool:
-    """Fail orphaned trials, ask for a trial and run it; False once the budget is spent."""
-    fail_orphans(study, storage)
-    budget = params.tune.trials
-    if len(study.get_trials(deepcopy=False)) >= budget:
-        return False
-    trial = study.ask()
-    if trial.number >= budget:  # another worker asked at the same moment
-        fail(study, trial, "over budget: another worker took the last trial; not run")
-        return False
+def objective(
+    study: optuna.Study, params: tools.ToolParams, root: Path
+) -> Callable[[optuna.Trial], float]:
+    """What study.optimize calls for each trial: the trial's value, or TrialFailed with the
+    reason also in its user attribute `fail_reason`."""
+
+    def run(trial: optuna.Trial) -> float:
+        try:
+            result = run_point(study, trial, params.tune, root)
+        except TrialFailed as error:
+            trial.set_user_attr("fail_reason", str(error))
+            log.warning("trial %d failed: %s", trial.number, error)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted: its worker was stopped")
+            raise
+        trial.set_user_attr("dvc_experiment", result.experiment)
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        log.info(
+            "trial %d: %s %.4f (experiment %s, MLflow run %s)",
+            trial.number,
+            params.tune.metric,
+            result.value,
+            result.experiment,
+            result.run_id,
+        )
+        return result.value
+
+    return run
+
+
+def run_point(
+    study: optuna.Study, trial: optuna.Trial, settings: tools.TuneParams, root: Path
+) -> TrialResult:
+    """Draw the trial's point and run it, unless the budget is spent or the point has run."""
+    if over_budget(study, trial.number, settings.trials):
+        raise TrialFailed("over budget: another worker took the last trial; not run")
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
-    point = suggest(trial, params.tune.space)
+    point = suggest(trial, settings.space)
     same = duplicate_of(study, trial, point)
     if same is not None:
-        fail(study, trial, f"same point as trial {same.number}; not run twice")
-        return True
-    try:
-        with heartbeat(storage, study, trial.number):
-            experiment = run_trial(
-                root,
-                params.tune.study,
-                trial.number,
-                point,
-                lock_folder(params, root) / "start.lock",
-            )
-            result = read_result(params.tune.study, trial.number, params.tune.metric, experiment)
-    except (TrialFailed, subprocess.TimeoutExpired) as error:
-        fail(study, trial, str(error))
-        return True
-    trial.set_user_attr("dvc_experiment", result.experiment)
-    trial.set_user_attr("mlflow_run_id", result.run_id)
-    study.tell(trial, result.value)
-    log.info(
-        "trial %d: %s %.4f (experiment %s, MLflow run %s)",
-        trial.number,
-        params.tune.metric,
-        result.value,
-        result.experiment,
-        result.run_id,
+        raise TrialFailed(f"same point as trial {same.number}; not run twice")
+    experiment = run_trial(root, settings.study, trial.number, point)
+    return read_result(settings.study, trial.number, settings.metric, experiment)
+
+
+def search(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    params: tools.ToolParams,
+    root: Path,
+) -> None:
+    """Run trials with study.optimize until the study holds `tune.trials` of them."""
+    budget = params.tune.trials
+    fail_orphans(study, storage)
+    if len(taken(study)) >= budget:
+        return
+    study.optimize(
+        objective(study, params, root),
+        callbacks=[
+            lambda study, _trial: fail_orphans(study, storage),
+            optuna.study.MaxTrialsCallback(budget, states=TAKEN),
+        ],
+        catch=(TrialFailed,),
     )
-    return True
 
 
-def report_best(study, metric: str) -> None:
+def report_best(study: optuna.Study, metric: str) -> None:
+    """Log the best trial: its value, point, experiment (to apply) and MLflow run."""
     try:
         best = study.best_trial
     except ValueError:
@@ -375,54 +371,53 @@ def report_best(study, metric: str) -> None:
     )
 
 
-def lock_folder(params: config.Params, root: Path) -> Path:
-    """Where a clone's workers keep their locks: beside the journal (git- and DVC-ignored)."""
-    return (root / params.tune.journal).parent
-
-
 class PrepareError(Exception):
     """The data stages could not be reproduced, so no trial can run."""
 
 
 def prepare_data(root: Path, lock_file: Path) -> None:
-    """`dvc repro preprocess` once per clone, one worker at a time, before any trial.
+    """`dvc repro preprocess` before any trial, one worker of a clone at a time (a FileLock).
 
-    Trials then restore the data stages from DVC's run cache; without this, the first trials
-    of a never-reproduced clone each fetched and split the data at once in their temporary
-    copies, and one could fail.
+    Trials then restore the data stages from DVC's cache; without this, the first trials of a
+    never-reproduced clone each fetched and split the data at once in their temporary copies,
+    and one could fail. DVC's own lock does not make two at once safe: `dvc repro` lets it go
+    while a stage runs, and the second then fails on the first's outputs ("is busy").
     """
     from filelock import FileLock
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_file):
-        result = subprocess.run(
-            ["dvc", "repro", "preprocess"],
-            cwd=root,
-            env=processes.tools_environment(),
-            capture_output=True,
-            text=True,
-        )
-    if result.returncode != 0:
-        output, code = result.stderr + result.stdout, result.returncode
+        code, output = run_dvc(["repro", "preprocess"], root, processes.tools_environment())
+    if code != 0:
         reason = processes.failure_reason(output, f"exit {code}")
         raise PrepareError(f"dvc repro preprocess failed before any trial: {reason}")
 
 
-def work(params: config.Params, root: Path) -> None:
+def prepare_lock(params: tools.ToolParams, root: Path) -> Path:
+    """The clone's lock for `prepare_data`: beside the journal (git- and DVC-ignored)."""
+    return (root / params.tune.journal).parent / "prepare.lock"
+
+
+def work(params: tools.ToolParams, root: Path) -> None:
     """One worker: run trials until the study's budget is spent, then report the best."""
     tracking.connect(params.mlflow, root)
-    prepare_data(root, lock_folder(params, root) / "prepare.lock")
+    prepare_data(root, prepare_lock(params, root))
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
     log.info(
-        "study %r: %d of %d trials so far", params.tune.study, len(study.trials), params.tune.trials
+        "study %r: %d of %d trials so far", params.tune.study, len(taken(study)), params.tune.trials
     )
-    while run_one(study, storage, params, root):
-        pass
+    search(study, storage, params, root)
     report_best(study, params.tune.metric)
 
 
 def spawn_workers(argv: list[str], count: int) -> list[subprocess.Popen]:
-    """`count` more workers of this command, as processes on this machine."""
+    """`count` more workers of this command, as processes on this machine.
+
+    Each in a process group of its own: a terminal's Ctrl-C reaches this command only, which
+    then stops each of them once (SIGTERM), rather than a second signal reaching one that is
+    already stopping its trial."""
     command = [sys.executable, "-m", "pipeline.search.tune", *argv, "--workers", "1"]
-    return [subprocess.Popen(command, preexec_fn=_die_with_parent) for _ in range(count)]
+    return [
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0) for _ in range(count)
+    ]

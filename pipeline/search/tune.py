@@ -8,13 +8,14 @@ The search space, metric, budget and study storage are `tune:` in params.yaml; t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.search.trials as tune
 import pipeline.tracking.store as tracking
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime.cli import setup_logging, unwind_on_signals
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,12 +28,18 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--workers must be at least 1")
     params = tools.load_params_or_exit(arguments.params)
     setup_logging()
+    unwind_on_signals()  # SIGTERM as Ctrl-C: the worker stops its trial's experiment first
     root = Path(arguments.params).resolve().parent
     others = tune.spawn_workers(["--params", arguments.params], arguments.workers - 1)
     try:
         tune.work(params, root)
     except (tracking.TrackingError, tune.PrepareError) as error:
         raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        for worker in others:  # each stops its own trial likewise
+            worker.terminate()
+        sys.stderr.write("error: interrupted; a trial that was running is marked failed\n")
+        raise SystemExit(130) from None
     finally:
         codes = [worker.wait() for worker in others]
     if any(codes):
