@@ -326,7 +326,7 @@ def stage_cost_table(cost: dict, full_repro: float, loop_ms: float) -> list[str]
 def sweep_table(rows: list[dict]) -> list[str]:
     """Experiments per hour of a queued sweep with 1 and 2 queue workers."""
     title = (f"Queued sweeps: {rows[0]['experiments']} experiments of {rows[0]['iterations']} "
-             "iterations, `dvc queue start -j N`")  # fmt: skip
+             "iterations, `dvc exp run --queue` + `dvc queue start -j N`")  # fmt: skip
     table = [(row["workers"], row["succeeded"], row["experiments"], row["seconds"],
               row["per_hour"]) for row in rows]  # fmt: skip
     return per_hour_table(title, "experiments", table)
@@ -345,7 +345,8 @@ def per_hour_table(title: str, unit: str, rows: list[tuple]) -> list[str]:
 
 def tuning_table(rows: list[dict]) -> list[str]:
     """Trials per hour of `make tune` with 1 and 2 worker processes on this machine."""
-    title = "Searches: `make tune` (trials of 200 iterations, each a DVC experiment)"
+    title = ("Searches: `make tune` at the queued sweeps' points (trials of 200 iterations, "
+             "each a DVC experiment)")  # fmt: skip
     table = [(row["workers"], row["completed"], row["trials"], row["seconds"], row["per_hour"])
              for row in rows]  # fmt: skip
     return per_hour_table(title, "trials", table)

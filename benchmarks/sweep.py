@@ -30,11 +30,12 @@ def baseline(iterations: int) -> tuple[Path, dict]:
 
 
 def sweep(scratch: Path, env: dict, workers: int, units: list[int], timeout: float) -> dict:
-    """Queue one experiment per value of model.num_units, run them with `workers`; time it."""
+    """Queue one experiment per value of model.num_units, run them with `workers`; time it,
+    queueing included (a search's trial pays its own stash too)."""
     values = ",".join(map(str, units))
+    started = time.monotonic()
     subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"model.num_units={values}"],
                    cwd=scratch, env=env, check=True, capture_output=True)  # fmt: skip
-    started = time.monotonic()
     subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=scratch, env=env,
                    check=True, capture_output=True)  # fmt: skip
     while time.monotonic() - started < timeout:
