@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from pipeline.params import config, tools
-from pipeline.search import trials as tune
+from pipeline.search import trials
 from pipeline.tracking import store as tracking
 
 from .support import REPO, environment, run, tiny_repo, wait_until
@@ -33,8 +33,8 @@ def tune_params(raw_params: dict, storage: str, **changes) -> tools.ToolParams:
 @pytest.fixture
 def study(raw_params, tmp_path):
     tuned = tune_params(raw_params, str(tmp_path / "journal.log"))
-    storage = tune.open_storage(tune.storage_url(tuned.tune, tmp_path))
-    return tuned, storage, tune.load_study(tuned.tune, storage)
+    storage = trials.open_storage(trials.storage_url(tuned.tune, tmp_path))
+    return tuned, storage, trials.load_study(tuned.tune, storage)
 
 
 @pytest.fixture
@@ -45,14 +45,14 @@ def trials_run(monkeypatch) -> list[int]:
     def run_trial(root, study, number, point):
         numbers.append(number)
         if number == 1:
-            raise tune.TrialFailed("error: model.num_units = 0: must be at least 1")
-        return tune.experiment_name(study, number)
+            raise trials.TrialFailed("error: model.num_units = 0: must be at least 1")
+        return trials.experiment_name(study, number)
 
     def read_result(study, number, metric, experiment):
-        return tune.TrialResult(0.5 + number / 100, experiment, f"run-{number}")
+        return trials.TrialResult(0.5 + number / 100, experiment, f"run-{number}")
 
-    monkeypatch.setattr(tune, "run_trial", run_trial)
-    monkeypatch.setattr(tune, "read_result", read_result)
+    monkeypatch.setattr(trials, "run_trial", run_trial)
+    monkeypatch.setattr(trials, "read_result", read_result)
     return numbers
 
 
@@ -73,7 +73,7 @@ def test_points_come_from_the_declared_space(study):
     params, _, optuna_study = study
     for _ in range(20):
         trial = optuna_study.ask()
-        point = tune.suggest(trial, params.tune.space)
+        point = trials.suggest(trial, params.tune.space)
         optuna_study.tell(trial, 0.5)
         assert set(point) == set(params.tune.space)
         for name, dimension in params.tune.space.items():
@@ -86,14 +86,14 @@ def test_points_come_from_the_declared_space(study):
 def test_a_point_already_run_or_running_is_found_as_a_duplicate(study):
     params, _, optuna_study = study
     first = optuna_study.ask()
-    point = tune.suggest(first, params.tune.space)
+    point = trials.suggest(first, params.tune.space)
     optuna_study.enqueue_trial(point)  # the same values, as a sampler may draw them again
     second = optuna_study.ask()
-    assert tune.suggest(second, params.tune.space) == point
-    assert tune.duplicate_of(optuna_study, second, second.params).number == first.number
+    assert trials.suggest(second, params.tune.space) == point
+    assert trials.duplicate_of(optuna_study, second, second.params).number == first.number
     optuna_study.tell(first, 0.9)
-    assert tune.duplicate_of(optuna_study, second, second.params).number == first.number
-    assert tune.duplicate_of(optuna_study, first, {"other": 1}) is None
+    assert trials.duplicate_of(optuna_study, second, second.params).number == first.number
+    assert trials.duplicate_of(optuna_study, first, {"other": 1}) is None
 
 
 def test_a_worker_runs_trials_until_the_budget_is_spent_and_records_why_one_failed(
@@ -104,23 +104,23 @@ def test_a_worker_runs_trials_until_the_budget_is_spent_and_records_why_one_fail
               for units in (64, 128, 192)]  # fmt: skip
     for point in points:  # points given by hand, a budget's worth: each counted once it runs
         optuna_study.enqueue_trial(point)
-    tune.search(optuna_study, storage, params, tmp_path)
+    trials.search(optuna_study, storage, params, tmp_path)
     assert trials_run == [0, 1, 2]
-    trials = optuna_study.get_trials()
-    assert [trial.state for trial in trials] == [TrialState.COMPLETE, TrialState.FAIL,
-                                                 TrialState.COMPLETE]  # fmt: skip
-    assert [trial.params for trial in trials] == points
-    assert trials[0].value == pytest.approx(0.5)
-    assert trials[0].user_attrs["dvc_experiment"] == f"{params.tune.study}-0"
-    assert trials[0].user_attrs["mlflow_run_id"] == "run-0"
-    assert trials[1].user_attrs["fail_reason"] == "error: model.num_units = 0: must be at least 1"
+    done = optuna_study.get_trials()
+    assert [trial.state for trial in done] == [TrialState.COMPLETE, TrialState.FAIL,
+                                               TrialState.COMPLETE]  # fmt: skip
+    assert [trial.params for trial in done] == points
+    assert done[0].value == pytest.approx(0.5)
+    assert done[0].user_attrs["dvc_experiment"] == f"{params.tune.study}-0"
+    assert done[0].user_attrs["mlflow_run_id"] == "run-0"
+    assert done[1].user_attrs["fail_reason"] == "error: model.num_units = 0: must be at least 1"
 
 
 def test_a_spent_budget_stops_a_worker_without_asking(study, trials_run, tmp_path):
     params, storage, optuna_study = study
     for _ in range(params.tune.trials):
         optuna_study.tell(optuna_study.ask(), 0.1)
-    tune.search(optuna_study, storage, params, tmp_path)
+    trials.search(optuna_study, storage, params, tmp_path)
     assert len(optuna_study.trials) == params.tune.trials and trials_run == []
 
 
@@ -130,8 +130,8 @@ def test_a_trial_asked_for_past_the_budget_is_failed_and_not_run(study, trials_r
         optuna_study.tell(optuna_study.ask(), 0.1)
     optuna_study.ask()  # another worker's, the last of the budget
     late = optuna_study.ask()  # this worker's, asked for at the same moment
-    with pytest.raises(tune.TrialFailed, match="over budget"):
-        tune.objective(optuna_study, params, tmp_path)(late)
+    with pytest.raises(trials.TrialFailed, match="over budget"):
+        trials.objective(optuna_study, params, tmp_path)(late)
     assert trials_run == []
     assert optuna_study.trials[late.number].user_attrs["fail_reason"].startswith("over budget")
 
@@ -148,11 +148,11 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_with_its_reason(
     alive = optuna_study.ask()
     alive.set_user_attr("host", __import__("socket").gethostname())
     alive.set_user_attr("pid", os.getpid())
-    tune.search(optuna_study, storage, params, tmp_path)  # a worker that starts
-    trials = optuna_study.get_trials()
-    assert [trial.state for trial in trials] == [TrialState.FAIL, TrialState.RUNNING,
-                                                 TrialState.COMPLETE]  # fmt: skip
-    assert trials[orphan.number].user_attrs["fail_reason"] == "its worker died"
+    trials.search(optuna_study, storage, params, tmp_path)  # a worker that starts
+    done = optuna_study.get_trials()
+    assert [trial.state for trial in done] == [TrialState.FAIL, TrialState.RUNNING,
+                                               TrialState.COMPLETE]  # fmt: skip
+    assert done[orphan.number].user_attrs["fail_reason"] == "its worker died"
     assert trials_run == [2]
 
 
@@ -163,9 +163,9 @@ def test_a_database_study_beats_for_its_trial_and_fails_one_whose_worker_stopped
     raw_params, tmp_path, monkeypatch, caplog
 ):
     params = tune_params(raw_params, "", trials=2)
-    storage = tune.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1,
+    storage = trials.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1,
                                 grace_period=2)  # fmt: skip
-    optuna_study = tune.load_study(params.tune, storage)
+    optuna_study = trials.load_study(params.tune, storage)
     study_id = storage.get_study_id_from_name(params.tune.study)
     elsewhere = optuna_study.ask()  # a worker on another machine, which beat once and died
     elsewhere.set_user_attr("host", "another-machine")
@@ -176,11 +176,11 @@ def test_a_database_study_beats_for_its_trial_and_fails_one_whose_worker_stopped
         time.sleep(3.2)  # past the grace period again, but beating
         optuna.storages.fail_stale_trials(optuna_study)
         assert optuna_study.trials[number].state == TrialState.RUNNING
-        return tune.experiment_name(study, number)
+        return trials.experiment_name(study, number)
 
-    monkeypatch.setattr(tune, "run_trial", run_trial)
-    monkeypatch.setattr(tune, "read_result", lambda *args: tune.TrialResult(0.9, args[3], "r"))
-    tune.search(optuna_study, storage, params, tmp_path)
+    monkeypatch.setattr(trials, "run_trial", run_trial)
+    monkeypatch.setattr(trials, "read_result", lambda *args: trials.TrialResult(0.9, args[3], "r"))
+    trials.search(optuna_study, storage, params, tmp_path)
     assert [trial.state for trial in optuna_study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert "trial 0: its worker on another-machine stopped sending heartbeats" in caplog.text
 
@@ -198,7 +198,7 @@ def test_two_processes_share_one_journal_file_study(study, tmp_path):
     workers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
     reloaded = optuna.load_study(study_name=params.tune.study,
-                                 storage=tune.open_storage(params.tune.storage))  # fmt: skip
+                                 storage=trials.open_storage(params.tune.storage))  # fmt: skip
     assert sorted(trial.number for trial in reloaded.trials) == list(range(10))
 
 
@@ -209,11 +209,11 @@ def test_a_trial_is_scored_only_from_a_run_of_its_own_experiment(store):
     tags = {"optuna.study": "search", "optuna.trial": "1"}
     with mlflow.start_run(tags=tags | {"dvc.exp_name": "search-2"}):  # DVC's stash race
         mlflow.log_metric("test_accuracy", 0.9)
-    with pytest.raises(tune.TrialFailed, match="no finished MLflow run of trial 1"):
-        tune.read_result("search", 1, "test_accuracy", "search-1")
+    with pytest.raises(trials.TrialFailed, match="no finished MLflow run of trial 1"):
+        trials.read_result("search", 1, "test_accuracy", "search-1")
     with mlflow.start_run(tags=tags | {"dvc.exp_name": "search-1"}):
         mlflow.log_metric("test_accuracy", 0.8)
-    assert tune.read_result("search", 1, "test_accuracy", "search-1").value == 0.8
+    assert trials.read_result("search", 1, "test_accuracy", "search-1").value == 0.8
 
 
 def clone_state(repo) -> str:
@@ -243,11 +243,11 @@ def test_workers_prepare_the_data_in_turn_wait_for_dvc_and_a_bad_point_fails_wit
     repo = tiny_repo(tmp_path)
     before = clone_state(repo)
     with ThreadPoolExecutor(2) as pool:  # two workers of a clone starting at once: no "is busy"
-        list(pool.map(lambda _: tune.prepare_data(repo, repo / ".tune/prepare.lock"), range(2)))
+        list(pool.map(lambda _: trials.prepare_data(repo, repo / ".tune/prepare.lock"), range(2)))
     assert (repo / "dvc.lock").is_file()
-    with dvc_lock_held(repo, 5), pytest.raises(tune.TrialFailed,  # not "Unable to acquire lock"
+    with dvc_lock_held(repo, 5), pytest.raises(trials.TrialFailed,  # not "Unable to acquire lock"
                                                match=r"error: .*model.num_units = 0"):  # fmt: skip
-        tune.run_trial(repo, "study", 7, {"model.num_units": 0})
+        trials.run_trial(repo, "study", 7, {"model.num_units": 0})
     listed = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
     assert "study-7" not in listed
     assert clone_state(repo) == before
@@ -258,10 +258,10 @@ WORKER = """\
 import sys
 from pathlib import Path
 from pipeline.runtime.cli import unwind_on_signals
-from pipeline.search import trials as tune
+from pipeline.search import trials
 unwind_on_signals()
 try:
-    tune.run_trial(Path(sys.argv[1]), "study", 3, {"train.learning_rate": 0.01})
+    trials.run_trial(Path(sys.argv[1]), "study", 3, {"train.learning_rate": 0.01})
 except KeyboardInterrupt:
     sys.exit(130)
 """
@@ -278,7 +278,7 @@ def test_a_trial_interrupted_ends_its_experiment_and_leaves_the_clone_as_it_was(
         assert wait_until(lambda: psutil.Process(worker.pid).children(), 60)
         (dvc,) = psutil.Process(worker.pid).children()
         if moment == "in a stage":
-            assert wait_until(lambda: tune.stages_of(dvc.pid), 120, interval=0.2)
+            assert wait_until(lambda: trials.stages_of(dvc.pid), 120, interval=0.2)
         assert os.getpgid(dvc.pid) == dvc.pid  # a group of its own: no Ctrl-C reaches it
         descendants = [dvc, *dvc.children(recursive=True)]
         os.killpg(worker.pid, signal.SIGINT)  # Ctrl-C in a terminal: the worker's group

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.params.tools as tools
-import pipeline.search.trials as tune
+import pipeline.search.trials as trials
 import pipeline.tracking.store as tracking
 from pipeline.runtime.cli import setup_logging, unwind_on_signals
 
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     unwind_on_signals()  # SIGTERM as Ctrl-C: the worker stops its trial's experiment first
     root = Path(arguments.params).resolve().parent
-    others = tune.spawn_workers(["--params", arguments.params], arguments.workers - 1)
+    others = trials.spawn_workers(["--params", arguments.params], arguments.workers - 1)
     try:
-        tune.work(params, root)
-    except (tracking.TrackingError, tune.PrepareError) as error:
+        trials.work(params, root)
+    except (tracking.TrackingError, trials.PrepareError) as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
         for worker in others:  # each stops its own trial likewise

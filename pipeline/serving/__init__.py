@@ -1,1 +1,1 @@
-"""Using the model: the registered model's code (ONNX Runtime), REST, image files, the demo page."""
+"""Using the model: REST (serve.py), the draw-a-digit page (demo.py), image files (predict.py)."""

@@ -1,1 +1,1 @@
-"""Team tooling: the shared MLflow tracking server and its PostgreSQL, moving a store."""
+"""Team tooling: the shared MLflow tracking server (server.py) and its PostgreSQL (postgres.py)."""

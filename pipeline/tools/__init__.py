@@ -1,1 +1,2 @@
-"""Command-line tools around the pipeline (not stages): the offline plots page."""
+"""Commands around the pipeline, not stages: the UI, reproducing a run, relocating the store,
+the offline plots page."""
