@@ -67,6 +67,7 @@ BAD = {
     "a number": json.dumps({"image": float("nan")}).encode(),
     "blank image": json.dumps({"image": png_data_url(np.zeros((28, 28)))}).encode(),
     "oversized": json.dumps({"image": "A" * (MAX_BODY + 1)}).encode(),
+    "nested 100,000 deep": b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 }
 
 

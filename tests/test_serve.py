@@ -67,6 +67,7 @@ BAD_BODIES = {
     "strings": json.dumps({"inputs": [[["a"] * 28] * 28]}).encode(),
     "not an object": b'"hello"',
     "oversized": json.dumps({"inputs": np.zeros((60, 28, 28)).tolist()}).encode(),
+    "nested 99,000 deep": b'{"inputs": ' + b"[" * 99_000 + b"]" * 99_000 + b"}",  # under MAX_BODY
 }
 
 

@@ -55,6 +55,15 @@ class BadRequest(ValueError):
         return error_response(self.status, self.code, str(self))
 
 
+def json_body(body: bytes) -> object:
+    """A request body as JSON; BadRequest for anything that is not, however it fails: a body
+    nested deeper than the interpreter's recursion limit makes the parser raise RecursionError."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+
+
 class WorkerThreads:
     """An app's blocking work (parsing, decoding, scoring) on worker threads, at most one per
     usable core at a time, never on the event loop: a slow request holds up only those queued

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from pathlib import Path
 
@@ -61,10 +60,7 @@ def classify_body(
     body: bytes, predict: loader.Predict, class_names: list[str], max_pixels: int
 ) -> JSONResponse:
     """A request body → `{"classes": the top classes}`; BadRequest names what is wrong with it."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
+    payload = asgi.json_body(body)
     model_input = decode(payload, max_pixels)
     return JSONResponse({"classes": ranked(predict(model_input[np.newaxis])[0], class_names)})
 

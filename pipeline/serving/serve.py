@@ -45,10 +45,7 @@ def images_of(body: bytes, content_type: str) -> object:
         raise BadRequest(
             f"content type {content_type or '(none)'!r}: send application/json", status=415
         )
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None
+    payload = asgi.json_body(body)
     keys = [key for key in TENSOR_KEYS if isinstance(payload, dict) and key in payload]
     if len(keys) != 1:
         table = isinstance(payload, dict) and any(key in payload for key in TABLE_KEYS)
