@@ -4,6 +4,7 @@ store, one tiny trained pipeline and one small real model per session. Helpers: 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("heavy") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_state_left_behind():
+    """MLflow keeps the store a test pointed it at in the process (set_tracking_uri and
+    set_registry_uri, which also export MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI), and some of
+    its calls use that global store whatever client they are on: after each test it is reset,
+    the variables put back as they were, and a run left active ended."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # None: back to what the environment says
+    mlflow.set_registry_uri(None)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -181,11 +181,10 @@ TRAIN_TWICE = """
 import hashlib, pathlib, sys, tempfile
 import numpy as np
 from pipeline.params import config
-from pipeline.training import fitting
-from pipeline.training import onnx_export
+from pipeline.training import fitting, onnx_export, tf_runtime
 from pipeline.training.network import build_model
 params = config.load_params(sys.argv[1])
-fitting.configure_runtime(params.seed, params.train)  # seeds and op determinism, as train does
+tf_runtime.configure_runtime(params.seed, params.train)  # seeds, op determinism, as train
 rng = np.random.default_rng(0)
 x, y = rng.random((96, 28, 28), dtype=np.float32), rng.integers(0, 10, 96).astype(np.uint8)
 net = build_model(params.model)

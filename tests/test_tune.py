@@ -277,6 +277,8 @@ def test_a_trial_interrupted_ends_its_experiment_and_leaves_the_clone_as_it_was(
     try:
         assert wait_until(lambda: psutil.Process(worker.pid).children(), 60)
         (dvc,) = psutil.Process(worker.pid).children()
+        # once it runs `dvc` (the forked child moves to its own group before it execs)
+        assert wait_until(lambda: "--wait-for-lock" in dvc.cmdline(), 30, interval=0.01)
         if moment == "in a stage":
             assert wait_until(lambda: trials.stages_of(dvc.pid), 120, interval=0.2)
         assert os.getpgid(dvc.pid) == dvc.pid  # a group of its own: no Ctrl-C reaches it
