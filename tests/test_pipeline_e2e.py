@@ -158,11 +158,11 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
     assert {r.data.tags["dvc.baseline_rev"] for r in new} == {
         run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     }
-    # the DVC side shows each experiment with its MLflow run id
-    table = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    # the DVC side lists each experiment by the name its MLflow run carries
+    table = run(["dvc", "exp", "show", "--csv"], repo).stdout.splitlines()
     for r in new:
-        line = next(row for row in table.splitlines() if r.info.run_id in row)
-        assert r.data.tags["dvc.exp_name"] in line
+        assert r.info.run_name == r.data.tags["dvc.exp_name"]
+        assert any(r.info.run_name in row.split(",") for row in table), table
     assert not list((repo / ".dvc").rglob("mlflow.db"))
 
 
