@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,12 +203,12 @@ def run(params: config.Params) -> TrainResult | None:
     files = {split: params.paths.split(split) for split in ("train", "val")}
     train, val = (load_arrays(files[split]) for split in ("train", "val"))
     data_hashes = {split: sha256_file(path) for split, path in files.items()}
-    run_name = os.environ.get("DVC_EXP_NAME")  # else MLflow's random name, drawn before seeding
+    tags = lineage.lineage_tags(data_hashes, params)
     with (
         tracking.server_lost_as_error(),  # outermost: ending the run needs the server too
         mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=run_name,
+            run_name=lineage.run_name(tags),
             log_system_metrics=params.mlflow.system_metrics,
         ) as run,
         tracking.killed_on_interrupt(),
@@ -218,12 +217,7 @@ def run(params: config.Params) -> TrainResult | None:
         values = lineage.stage_params(params)
         mlflow.log_params(lineage.flatten(values))
         mlflow.log_dict(values, lineage.PARAMS_ARTIFACT)
-        mlflow.set_tags(
-            lineage.lineage_tags(data_hashes, params)
-            | tracking.process_tags()
-            | lineage.environment_tags()
-            | runtime
-        )
+        mlflow.set_tags(tags | tracking.process_tags() | lineage.environment_tags() | runtime)
         log_inputs(train, data_hashes, params.data.name)
         history = History(params.train.iterations)
         model = train_model(train, val, history)

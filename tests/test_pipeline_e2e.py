@@ -60,6 +60,7 @@ def test_mlflow_holds_the_run_and_a_registered_model_that_predicts(repo):
     assert run_.info.status == "FINISHED"
     assert run_.data.params["train.iterations"] == "6"
     assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert run_.info.run_name == run_.data.tags["git_commit"][:7]  # named for what made it
     assert run_.data.tags["tensorflow.onednn"] == "true"  # params.yaml's train.onednn, applied
     assert [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")] == [3, 6]
     assert "test_accuracy" in run_.data.metrics

@@ -105,6 +105,15 @@ def test_lineage_tags_name_commit_changes_experiment_data_and_params(params, tmp
     assert dirty["git.dirty"] == "true" and dirty["git.changed_files"] == "params.yaml"
     assert dirty["git_commit"] == clean["git_commit"]
 
+    # the run's name: the experiment's; for `dvc repro`, the commit (+ the params if dirty)
+    assert lineage.run_name(clean) == "brave-fox"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    commit, digest = clean["git_commit"][:7], clean["params_sha256"][:7]
+    assert lineage.run_name(lineage.lineage_tags({}, params)) == f"{commit}+{digest}"
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert lineage.run_name(lineage.lineage_tags({}, params)) == commit
+    assert lineage.run_name({}) is None  # outside git: MLflow's own random name
+
 
 def test_params_hash_changes_with_any_value(params):
     changed = params.model_copy(update={"seed": params.seed + 1})

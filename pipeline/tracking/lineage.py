@@ -104,6 +104,20 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
     return tags
 
 
+def run_name(tags: dict[str, str]) -> str | None:
+    """What the run is called in MLflow, as `dvc exp show` and a report call what made it: the
+    DVC experiment's name; for `dvc repro`, its commit (`a94719f`), with a short hash of the
+    params when they differ from the commit's (`a94719f+3f2a1c9`). None outside git: MLflow's
+    random name."""
+    if tags.get("dvc.exp_name"):
+        return tags["dvc.exp_name"]
+    commit = tags.get("git_commit")
+    if not commit:
+        return None
+    dirty = tags.get("git.dirty") == "true"
+    return commit[:7] + (f"+{tags['params_sha256'][:7]}" if dirty else "")
+
+
 def weights_sha256(weights: Iterable[np.ndarray]) -> str:
     """One hash of a network's weight arrays, in order: equal hashes, bit-identical weights."""
     digest = hashlib.sha256()
