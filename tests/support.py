@@ -34,6 +34,7 @@ import yaml
 from pipeline.data.files import sha256_array
 from pipeline.data.sources import IDX_FILES
 from pipeline.runtime.processes import environment_without, tools_environment
+from pipeline.tracking import store
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this environment's tools: dvc, mlflow, moto_server
@@ -135,11 +136,8 @@ def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def client_for(root: Path):
     """An MLflow client of the store in `root` (a repo's own mlflow.db), not the process
-    defaults."""
-    import mlflow
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    defaults: the product's client_for, given the repo rather than the store's URI."""
+    return store.client_for(f"sqlite:///{root / 'mlflow.db'}")
 
 
 # --- processes and servers, by pid ---------------------------------------------------------
