@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser postgres repro test test-heavy test-quick test-order lint format ui plots serve predict demo \
-        server server-stop relocate reproduce tune bench bench-distributed clean
+        server server-stop relocate reproduce promote tune bench bench-distributed clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,10 @@ serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, M
 
 reproduce: install  ## rebuild a model from its lineage and judge it: make reproduce MODEL=models:/mnist-lstm/3 (or RUN=<run id>)
 	python -m pipeline.tools.reproduce $(if $(MODEL),--model $(MODEL)) $(if $(RUN),--run $(RUN))
+
+promote: install  ## move `champion` by hand: make promote VERSION=3 REASON="rollback" [FORCE=1]
+	python -m pipeline.tools.promote $(if $(VERSION),--version $(VERSION)) --reason "$(REASON)" \
+		$(if $(FORCE),--force)
 
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
 	python -m pipeline.serving.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))

@@ -36,7 +36,7 @@ PHASES = [
     ("train: model logged and registered", r"run \w+: (registered|model logged)"),
     ("train: exit; DVC records the stage", r"> python -m pipeline\.evaluate"),
     ("evaluate: Python, MLflow, the store", r"tracking to "),
-    ("evaluate: scoring, figures, model card, logging", r"logged test results"),
+    ("evaluate: scoring, the gate, figures, model card, logging", r"gate (passed|failed)\. "),
     ("evaluate: exit; DVC commits the experiment", r"^\Z"),  # the end of the output
 ]
 

@@ -1,8 +1,13 @@
-"""Evaluate the trained model on the test set; write metrics and plots; log them to train's run.
+"""Evaluate the trained model; pass it through the gate; write metrics and plots; log them.
 
 The model scored is the one train logged to its MLflow run (the ONNX network, through its
 pyfunc), loaded from the store as a user loads it: the metrics are those of the artifact that
 is registered and served. No TensorFlow is imported here.
+
+The validation split chooses, the test split judges (docs/validation.md): the model must pass
+the floors and behavioural checks on test images (`evaluate:` in params.yaml), and becomes
+`champion` only if its validation accuracy beats the champion's, the champion scored again on
+this run's own validation images. A failed gate is recorded, not a failed stage.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,8 @@ import pipeline.reports.scores as scoring
 import pipeline.runtime.cli as stage
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+import pipeline.validation.behaviour as checks
+import pipeline.validation.gate as gate
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -58,27 +66,49 @@ def metric_safe(name: str) -> str:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What the stage measured on the test split, and the figures it drew of it."""
+    """What the stage measured on the validation and test splits, and the figures it drew."""
 
-    metrics: dict[str, float]  # test_accuracy, test_loss, test_macro_f1
-    per_class: pd.DataFrame  # class, precision, recall, f1, support
-    confusion: np.ndarray  # (true class, predicted class) counts
+    metrics: dict[str, float]  # test_*, validation_*, the behavioural checks' values
+    per_class: pd.DataFrame  # test: class, precision, recall, f1, support
+    validation_per_class: pd.DataFrame  # the same on the validation split
+    confusion: np.ndarray  # test (true class, predicted class) counts
     pictures: dict[str, Path]  # figure file name → its path
 
 
-def log_results(results: Evaluation) -> None:
-    """Test metrics (overall and per class), tables and figures, into the active run.
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict on this model and what became of the aliases."""
 
-    Per-class metrics are keyed `test_f1/<class>`: MLflow's UI groups charts into sections by
+    release: list[gate.Check]  # floors and behavioural checks
+    gain: gate.Check | None  # against the champion before; None when there was none
+    version: int | None  # the registered version (None: `registration: better` and not good)
+    champion: int | None  # the champion afterwards
+    champion_before: int | None
+
+    @property
+    def status(self) -> str:
+        return gate.status(self.release)
+
+
+def per_class_metrics_flat(per_class: pd.DataFrame, split: str) -> dict[str, float]:
+    """Per-class metrics keyed `<split>_f1/<class>`: MLflow's UI groups charts into sections by
     the prefix before a `/`, so they sit in sections of their own after the training curves and
-    the headline test metrics."""
-    per_class = results.per_class
-    per_class_flat = {
-        f"test_{column}/{metric_safe(row['class'])}": float(row[column])
+    the headline metrics."""
+    return {
+        f"{split}_{column}/{metric_safe(row['class'])}": float(row[column])
         for row in per_class.to_dict("records")
         for column in ("precision", "recall", "f1")
     }
-    mlflow.log_metrics(results.metrics | per_class_flat)
+
+
+def log_results(results: Evaluation) -> None:
+    """Metrics (overall and per class), tables and figures, into the active run."""
+    per_class = results.per_class
+    mlflow.log_metrics(
+        results.metrics
+        | per_class_metrics_flat(per_class, "test")
+        | per_class_metrics_flat(results.validation_per_class, "validation")
+    )
     mlflow.log_table(per_class, "evaluation/per_class.json")
     matrix = {"labels": per_class["class"].tolist(), "matrix": results.confusion.tolist()}
     mlflow.log_dict(matrix, "evaluation/confusion_matrix.json")
@@ -86,42 +116,104 @@ def log_results(results: Evaluation) -> None:
         mlflow.log_artifact(str(picture), "figures")
 
 
-def card_for(
-    run, run_info: dict, champion: int | None, results: Evaluation, params: config.Params
-) -> str:
-    """The model card's text, with lineage from the run's tags."""
+def card_for(run, run_info: dict, decision: Decision, results: Evaluation, params) -> str:
+    """The model card's text, with lineage from the run's tags and the gate's verdict."""
     lineage = model_card.Lineage(
         git_commit=run.data.tags.get("git_commit", "unknown"),
         dvc_experiment=run.data.tags.get("dvc.exp_name", "none (plain dvc repro)"),
         run_id=run.info.run_id,
         registered_model=params.mlflow.registered_model,
-        registered_version=run_info["registered_version"],
-        champion_version=champion,
+        registered_version=decision.version,
+        champion_version=decision.champion,
     )
     card_dir = Path(params.paths.model_card).parent
     links = [os.path.relpath(results.pictures[name], card_dir) for name in results.pictures]
     manifest = read_json(params.paths.raw_manifest)
     scores = (results.metrics, results.per_class)
-    return model_card.render(params, manifest, scores, lineage, model_card.Figures(*links))
+    validation = model_card.validation_section(
+        decision.status, decision.release + [decision.gain] * bool(decision.gain), outcome(decision)
+    )
+    figures = model_card.Figures(*links)
+    return model_card.render(params, manifest, scores, lineage, figures, validation)
 
 
-def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> int | None:
-    """Log test results into train's run, promote the champion, write and log the model card;
-    the champion's version (None while there is none)."""
+def outcome(decision: Decision) -> str:
+    """One sentence on what the verdict did to the aliases."""
+    before = "none" if decision.champion_before is None else f"version {decision.champion_before}"
+    if decision.version is None:
+        return f"Not registered (`mlflow.registration: better`); the champion stays {before}."
+    if decision.status == gate.FAILED:
+        return f"Never champion: it failed a release check; the champion stays {before}."
+    if decision.champion == decision.version:
+        return f"It became `{registry.CHAMPION}` (before: {before})."
+    return (
+        f"It passed the release checks but not the gain: `{registry.CHALLENGER}`; the champion "
+        f"is version {decision.champion}."
+    )
+
+
+class VersionScorer:
+    """Validation accuracy of registered versions on this run's validation images, each
+    version's ONNX model loaded through MLflow once: candidate and champion scored alike."""
+
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray) -> None:
+        self.name, self.images, self.labels = name, images, labels
+        self.scores: dict[int, float] = {}
+
+    def __call__(self, version: int) -> float:
+        if version not in self.scores:
+            uri = f"models:/{self.name}/{version}"
+            probabilities = load_logged(uri)(self.images)
+            self.scores[version] = float((probabilities.argmax(axis=1) == self.labels).mean())
+            log.info("version %d: validation accuracy %.4f on this run's images", version,
+                     self.scores[version])  # fmt: skip
+        return self.scores[version]
+
+
+def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Params) -> Decision:
+    """Judge the model, register it if `registration: better` and it passed the whole gate,
+    tag the run and version with the verdict, and move the aliases it has earned."""
+    name, metrics = params.mlflow.registered_model, results.metrics
+    client = mlflow.MlflowClient()
+    release = gate.release_checks(metrics, params.evaluate)
+    before = registry.alias_version(client, name, registry.CHAMPION)
+    scorer = VersionScorer(name, val["x"], val["y"])
+    gain = None  # none to gain over: no champion yet, or this model is it (judged again)
+    if gate.status(release) == gate.PASSED and before not in (None, run_info["registered_version"]):
+        gain = gate.gain_check(
+            metrics["validation_accuracy"], scorer(before), params.evaluate.min_gain
+        )
+        mlflow.log_metric("champion_validation_accuracy", scorer(before))
+    contends = gate.status(release) == gate.PASSED and (gain is None or gain.passed)
+    version = run_info["registered_version"]
+    if params.mlflow.registration == "better":  # train logged the model, unregistered
+        version = registry.register(name, run_info["model_uri"]) if contends else None
+    tags = gate.tags(release, gain)
+    mlflow.set_tags(tags | {"validation.version": str(version or "not registered")})
+    if version is None:
+        return Decision(release, gain, None, before, before)
+    passed_at = {registry.PASSED_AT_TAG: f"{time.time():.3f}"} if contends else {}
+    registry.tag_version(client, name, version, tags | passed_at)
+    champion = before
+    if contends:
+        scorer.scores[version] = metrics["validation_accuracy"]
+        champion = registry.settle_champion(
+            name, version, scorer, gate.beats(params.evaluate.min_gain)
+        )
+    if gate.status(release) == gate.PASSED and champion != version:
+        registry.mark_challenger(name, version)
+    return Decision(release, gain, version, champion, before)
+
+
+def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Decision:
+    """Log the results into train's run, pass the model through the gate, write and log the
+    model card."""
     with tracking.server_lost_as_error():
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
             log_results(results)
-            if params.mlflow.registration == "better":  # train logged the model, unregistered
-                run_info = run_info | {
-                    "registered_version": registry.register_if_better(
-                        params.mlflow.registered_model,
-                        run_info["model_uri"],
-                        results.metrics[registry.CHAMPION_METRIC],
-                    )
-                }
-            champion = registry.promote_champion(params.mlflow.registered_model)
-            write_text(params.paths.model_card, card_for(run, run_info, champion, results, params))
+            decision = decide(run_info, results, val, params)
+            write_text(params.paths.model_card, card_for(run, run_info, decision, results, params))
             mlflow.log_artifact(params.paths.model_card)
         except BaseException:
             with contextlib.suppress(Exception):  # a server that is gone cannot take the tag
@@ -129,32 +221,56 @@ def log_to_run(run_info: dict, results: Evaluation, params: config.Params) -> in
             raise
         finally:
             mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
-    log.info("logged test results and model card to run %s", run_info["run_id"])
-    return champion
+    for check in decision.release + [decision.gain] * bool(decision.gain):
+        (log.info if check.passed else log.warning)("gate: %s", check.line())
+    log.info("gate %s. %s", decision.status, outcome(decision))
+    return decision
 
 
-def logged_model_probabilities(model_uri: str, images: np.ndarray) -> np.ndarray:
-    """Class probabilities from the model train logged, loaded through MLflow's pyfunc."""
+def load_logged(model_uri: str):
+    """The model train logged (or a registered version), loaded through MLflow's pyfunc, as a
+    function of images → class probabilities."""
     with tracking.server_lost_as_error():
         # No requirements check: train logged them from this same environment, and MLflow's
         # check maps every installed distribution to its modules first, which takes seconds.
         model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    log.info("scoring the logged model %s on %d test images", model_uri, len(images))
-    return np.asarray(model.predict(images))
+    return lambda images: np.asarray(model.predict(images))
 
 
-def run(params: config.Params) -> dict[str, float]:
-    """Score the test split; write metrics, plots, figures and the model card; log them."""
-    run_info = read_json(params.paths.run_info)
-    tracking.use_store(params.mlflow)
-    test = load_arrays(params.paths.split("test"))
-    probabilities = logged_model_probabilities(run_info["model_uri"], test["x"])
+def scored(probabilities: np.ndarray, labels: np.ndarray, split: str, params) -> tuple:
+    """A split's headline metrics and per-class table, and its confusion matrix."""
     predictions = probabilities.argmax(axis=1)
-    confusion = scoring.confusion_matrix(test["y"], predictions, params.model.n_classes)
+    confusion = scoring.confusion_matrix(labels, predictions, params.model.n_classes)
     per_class = scoring.per_class_metrics(confusion, params.data.class_names)
-    metrics = scoring.summary_metrics(probabilities, test["y"]) | {
-        "test_macro_f1": float(per_class["f1"].mean())
+    metrics = scoring.summary_metrics(probabilities, labels, split) | {
+        f"{split}_macro_f1": float(per_class["f1"].mean())
     }
+    return metrics, per_class, confusion
+
+
+def behaviour(predict, test: Arrays, predictions: np.ndarray, params: config.Params) -> dict:
+    """The behavioural checks' values on the first `evaluate.behaviour_images` test images."""
+    gate_params, count = params.evaluate, params.evaluate.behaviour_images
+    return checks.behaviour_metrics(
+        predict,
+        test["x"][:count],
+        test["y"][:count],
+        predictions[:count],
+        (gate_params.max_shift, gate_params.noise_sigma),
+        params.seed,
+    )
+
+
+def measure(predict, test: Arrays, val: Arrays, params: config.Params) -> Evaluation:
+    """Score both splits and the behavioural checks; write the reports and figures."""
+    log.info("scoring %s on %d test and %d validation images", "the logged model",
+             len(test["x"]), len(val["x"]))  # fmt: skip
+    probabilities = predict(test["x"])
+    predictions = probabilities.argmax(axis=1)
+    metrics, per_class, confusion = scored(probabilities, test["y"], "test", params)
+    validation, validation_per_class, _ = scored(predict(val["x"]), val["y"], "validation", params)
+    metrics |= {"test_min_class_f1": float(per_class["f1"].min())} | validation
+    metrics |= behaviour(predict, test, predictions, params)
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
     names = np.asarray(params.data.class_names)
@@ -165,10 +281,26 @@ def run(params: config.Params) -> dict[str, float]:
     pictures = write_figures(
         test, predictions, confusion, params.data, Path(params.paths.figures_dir)
     )
-    log.info("test accuracy %.4f, loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    champion = log_to_run(run_info, Evaluation(metrics, per_class, confusion, pictures), params)
-    if champion is not None:  # the store is written for good now: the servers' copy of the
-        # champion, made while MLflow is loaded here, spares their next start MLflow's start-up
+    return Evaluation(metrics, per_class, validation_per_class, confusion, pictures)
+
+
+def run(params: config.Params) -> dict[str, float]:
+    """Score the validation and test splits; write metrics, plots, figures and the model card;
+    log them; pass the model through the gate before any alias moves."""
+    run_info = read_json(params.paths.run_info)
+    tracking.use_store(params.mlflow)
+    test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
+    results = measure(load_logged(run_info["model_uri"]), test, val, params)
+    metrics = results.metrics
+    log.info(
+        "validation accuracy %.4f; test accuracy %.4f, loss %.4f",
+        metrics["validation_accuracy"],
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+    )
+    decision = log_to_run(run_info, results, val, params)
+    if decision.champion is not None:  # the store is written for good now: the servers' copy of
+        # the champion, made while MLflow is loaded here, spares their next start MLflow's start-up
         model_cache.prepare(registry.champion_uri(params.mlflow.registered_model), params)
     return metrics
 

@@ -67,7 +67,8 @@ def test_bad_value_names_key_value_and_rule(defaults, key, value, phrase):
 
 def test_a_stage_holds_its_params_and_a_tool_the_tools_settings_too(defaults):
     params, everything = config.parse_params(defaults), tools.parse_params(defaults)
-    assert set(config.Params.model_fields) == {"seed", "data", "model", "train", "mlflow", "paths"}
+    sections = {"seed", "data", "model", "train", "mlflow", "evaluate", "paths"}
+    assert set(config.Params.model_fields) == sections
     assert not hasattr(params, "serve") and everything.serve.port == defaults["serve"]["port"]
     assert everything.train == params.train
     with pytest.raises(config.ConfigError, match=r"^params.yaml: lab: unknown key$"):

@@ -170,7 +170,7 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
 def test_champion_is_the_best_registered_version(repo):
     client = client_for(repo)
     scores = {
-        int(v.version): client.get_run(v.run_id).data.metrics["test_accuracy"]
+        int(v.version): client.get_run(v.run_id).data.metrics["validation_accuracy"]
         for v in client.search_model_versions("name='mnist-lstm'")
     }
     champion = int(client.get_model_version_by_alias("mnist-lstm", "champion").version)

@@ -187,7 +187,7 @@ def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team
         found = post(team.url, "runs/search", {"experiment_ids": ["1"],
                      "filter": f"attributes.run_id = '{version['run_id']}'"})["runs"]  # fmt: skip
         metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
-        scores[int(version["version"])] = metrics["test_accuracy"]
+        scores[int(version["version"])] = metrics["validation_accuracy"]
     reset(a)
     reset(b)
     assert len(scores) == 3  # A's repro, then one experiment from each clone

@@ -174,7 +174,7 @@ def test_workers_stopped_and_started_spend_the_budget_once_each_point_and_the_be
     # the registry holds only trials that beat the champion when they were scored (two scored
     # at once with no champion yet may both register), never one version per trial regardless
     versions = client.search_model_versions("name='mnist-lstm'")
-    scores = {int(v.version): client.get_run(v.run_id).data.metrics["test_accuracy"]
+    scores = {int(v.version): client.get_run(v.run_id).data.metrics["validation_accuracy"]
               for v in versions}  # fmt: skip
     assert 1 <= len(versions) <= len(done)  # no baseline run: only improvements
     champion = client.get_model_version_by_alias("mnist-lstm", "champion")

@@ -177,6 +177,24 @@ class MlflowParams(Section):
     system_metrics: StrictBool  # MLflow's CPU, memory, disk (and GPU) charts on training runs
 
 
+class EvaluateParams(Section):
+    """The gate a model passes before it may become `champion` (docs/validation.md).
+
+    Floors and behavioural checks are release criteria judged on the test images; the gain is
+    the one comparison that chooses, on validation images, against the champion re-scored on
+    this run's own validation split."""
+
+    min_test_accuracy: Annotated[Float, Field(ge=0, le=1)]
+    min_class_f1: Annotated[Float, Field(ge=0, le=1)]  # every class's test F1
+    # MLflow's MetricThreshold takes only a positive minimum change: a tie keeps the champion.
+    min_gain: Annotated[Float, Field(gt=0, le=1)]
+    behaviour_images: Annotated[Int, Field(ge=1)]  # test images the behavioural checks move
+    max_shift: Annotated[Int, Field(ge=1, le=8)]  # pixels, each way; an image is 28 wide
+    min_shift_agreement: Annotated[Float, Field(ge=0, le=1)]
+    noise_sigma: Annotated[Float, Field(gt=0, le=1)]
+    max_noise_drop: Annotated[Float, Field(ge=0, le=1)]
+
+
 class PathParams(Section):
     """Every file one stage hands to another, named once; dvc.yaml reads them with ${paths.*}."""
 
@@ -207,6 +225,7 @@ class Params(Section):
     model: ModelParams
     train: TrainParams
     mlflow: MlflowParams
+    evaluate: EvaluateParams
     paths: PathParams
 
     def network(self) -> ModelParams:

@@ -55,6 +55,7 @@ def render(
     scores: tuple[dict[str, float], pd.DataFrame],
     lineage: Lineage,
     figures: Figures,
+    validation: str,
 ) -> str:
     """Markdown for reports/model_card.md: TEMPLATE with the run's values put in."""
     metrics, per_class = scores
@@ -80,12 +81,31 @@ def render(
             pd.DataFrame(sorted(config_items(params)), columns=["param", "value"])
         ),
         "champion": champion,
+        "validation": validation,
     }
     values |= {key: f"{metrics[key]:.4f}" for key in HEADLINE_METRICS}
     values |= {key: getattr(model, key) for key in MODEL_FIELDS}
     values |= {key: getattr(train, key) for key in TRAIN_FIELDS}
     values |= asdict(lineage) | asdict(figures)
     return Template(TEMPLATE.read_text()).substitute(values)
+
+
+def validation_section(status: str, checks: list, outcome: str) -> str:
+    """The gate's verdict: its status and outcome, then one row per check (gate.Check)."""
+    rows = pd.DataFrame(
+        [
+            (
+                c.name,
+                f"`{c.metric}`",
+                f"{c.value:.4f}",
+                c.rule,
+                "passed" if c.passed else "**failed**",
+            )
+            for c in checks
+        ],
+        columns=["check", "metric", "value", "needs", "result"],
+    )
+    return f"Gate: **{status}**. {outcome}\n\n{markdown_table(rows)}"
 
 
 def config_items(params: config.Params) -> list[tuple[str, str]]:

@@ -8,12 +8,15 @@ import pandas as pd
 _EPSILON = 1e-7  # Keras clips probabilities the same way in its cross-entropy
 
 
-def summary_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Test loss (mean softmax cross-entropy) and accuracy from predicted probabilities."""
+def summary_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, split: str = "test"
+) -> dict[str, float]:
+    """A split's loss (mean softmax cross-entropy) and accuracy from predicted probabilities,
+    keyed `<split>_loss`, `<split>_accuracy`."""
     picked = probabilities[np.arange(len(labels)), labels]
     return {
-        "test_loss": float(-np.log(np.clip(picked, _EPSILON, 1.0)).mean()),
-        "test_accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+        f"{split}_loss": float(-np.log(np.clip(picked, _EPSILON, 1.0)).mean()),
+        f"{split}_accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
     }
 
 

@@ -1,0 +1,274 @@
+"""The gate: behavioural checks on moved and noisy images, floors, the gain on validation
+images, the verdict on versions and in the card, and `make promote`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper
+
+import pipeline.tracking.registry as registry
+from pipeline.data.files import load_arrays
+from pipeline.model.onnx_network import OnnxNetwork
+from pipeline.params import config, tools
+from pipeline.runtime.processes import environment_without
+from pipeline.validation import behaviour, gate
+
+from .support import REPO, make_mnist, tiny_params, use_store_at, with_value, write_idx_folder
+
+GATE_KEYS = {
+    "evaluate.min_test_accuracy": 1.5,
+    "evaluate.min_class_f1": -0.1,
+    "evaluate.min_gain": 0,
+    "evaluate.behaviour_images": 0,
+    "evaluate.max_shift": 9,
+    "evaluate.min_shift_agreement": "most",
+    "evaluate.noise_sigma": 0,
+    "evaluate.max_noise_drop": True,
+}
+
+
+@pytest.mark.parametrize(("key", "value"), GATE_KEYS.items())
+def test_every_threshold_refuses_a_bad_value_in_one_line(key, value):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    with pytest.raises(config.ConfigError) as error:
+        config.parse_params(with_value(raw, key, value))
+    assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
+    images = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28)
+    moved = behaviour.shifted(images, np.array([[1, 0], [0, -2]]))
+    assert (moved[0, 1:] == images[0, :-1]).all() and (moved[0, 0] == 0).all()
+    assert (moved[1, :, :-2] == images[1, :, 2:]).all() and (moved[1, :, -2:] == 0).all()
+    offsets = behaviour.shifts(500, 2, np.random.default_rng(0))
+    assert offsets.any(axis=1).all() and np.abs(offsets).max() == 2
+
+
+def pixel_model(path: Path, reads_corner: bool) -> Path:
+    """An ONNX graph over (n, 28, 28): class 1 where its feature exceeds 0.5, else class 0. The
+    feature is the top-left pixel (not shift-invariant) or the mean ink (nearly so)."""
+    nodes = []
+    if reads_corner:
+        nodes += [
+            helper.make_node("Gather", ["images", "zero"], ["row"], axis=1),
+            helper.make_node("Gather", ["row", "zero"], ["feature"], axis=1),
+        ]
+    else:
+        nodes += [helper.make_node("ReduceMean", ["images", "axes"], ["feature"], keepdims=0)]
+    nodes += [
+        helper.make_node("Unsqueeze", ["feature", "one"], ["column"]),
+        helper.make_node("Mul", ["column", "weights"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    weights, bias = np.zeros((1, 10), np.float32), np.zeros(10, np.float32)
+    weights[0, 1], bias[0] = 20.0, 10.0  # class 1 wins above 0.5
+    initializers = [
+        helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
+        helper.make_tensor("weights", TensorProto.FLOAT, [1, 10], weights.ravel()),
+        helper.make_tensor("bias", TensorProto.FLOAT, [10], bias),
+    ]
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 28, 28])]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])]
+    graph = helper.make_graph(nodes, "pixel", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images with ink in the middle, a lit top-left pixel on half of them, labelled by ink."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), np.float32)
+    images[:, 6:22, 6:22] = rng.uniform(0.3, 1.0, (count, 16, 16))
+    images[::2, 0, 0] = 1.0
+    labels = (images.mean(axis=(1, 2)) > 0.5).astype(np.int64)
+    return images, labels
+
+
+def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, gate.Check]:
+    network = OnnxNetwork(model)
+    images, labels = centred_digits(400)
+    predictions = network.predict(images).argmax(axis=1)
+    values = behaviour.behaviour_metrics(
+        network.predict, images, labels, predictions, (2, gate_params.noise_sigma), seed=0
+    )
+    metrics = values | {"test_accuracy": 1.0, "test_min_class_f1": 1.0}
+    return {check.metric: check for check in gate.release_checks(metrics, gate_params)}
+
+
+def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
+    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True), gate_params)
+    ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False), gate_params)
+    assert not corner["shift_agreement"].passed
+    assert corner["shift_agreement"].value < gate_params.min_shift_agreement
+    assert "shift invariance: shift_agreement = 0." in corner["shift_agreement"].line()
+    assert ink["shift_agreement"].passed and ink["shift_agreement"].value > 0.95
+
+
+def test_the_verdict_names_each_failed_check_with_value_and_threshold():
+    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    metrics = {"test_accuracy": 0.31, "test_min_class_f1": 0.02, "shift_agreement": 0.9,
+               "noise_accuracy_drop": 0.01}  # fmt: skip
+    release = gate.release_checks(metrics, gate_params)
+    tags = gate.tags(release, gate.gain_check(0.98, 0.9795, gate_params.min_gain))
+    assert tags["validation.status"] == "failed"
+    assert tags["validation.failed"] == "test_accuracy, test_min_class_f1"
+    assert tags["validation.test_accuracy"] == (
+        "test accuracy floor: test_accuracy = 0.3100, needs >= 0.95: FAILED"
+    )
+    assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: FAILED")
+    assert gate.gain_check(0.981, 0.9795, gate_params.min_gain).passed
+
+
+# --- the gate in the tiny pipeline: train and evaluate, again and again, on one store -------
+
+
+class Pipeline:
+    """A tiny pipeline in its own folder and MLflow store, trained and evaluated as asked."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from pipeline import fetch, preprocess
+
+        self.root, arrays = root, make_mnist()
+        write_idx_folder(root / "mirror", arrays)
+        self.raw = tiny_params(root, root / "mirror", arrays)
+        use_store_at(root, monkeypatch)
+        params = self.params()
+        fetch.run(params)
+        preprocess.run(params)
+
+    def params(self, **changes: object) -> tools.ToolParams:
+        raw = self.raw
+        for key, value in changes.items():
+            raw = with_value(raw, key.replace("__", "."), value)
+        return tools.parse_params(raw)
+
+    def version(self, **changes: object) -> tuple[int, dict]:
+        """Train and evaluate with `changes` (keys with `__` for `.`); its version and tags."""
+        from pipeline import evaluate, train
+
+        params = self.params(**changes)
+        result = train.run(params)
+        evaluate.run(params)
+        client = self.client()
+        run = client.get_run(result.run_id)
+        version = int(run.data.tags["validation.version"])
+        return version, registry.version_tags(client, "mnist-lstm", version)
+
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+
+    def alias(self, name: str) -> int | None:
+        return registry.alias_version(self.client(), "mnist-lstm", name)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield Pipeline(tmp_path_factory.mktemp("gate"), monkeypatch)
+
+
+@pytest.mark.slow
+def test_the_first_version_that_passes_becomes_champion_with_its_verdict(tmp_path, monkeypatch):
+    pipeline = Pipeline(tmp_path, monkeypatch)  # its own store: no champion before
+    version, tags = pipeline.version()
+    assert tags["validation.status"] == "passed" and registry.PASSED_AT_TAG in tags
+    assert pipeline.alias("champion") == version
+    card = (pipeline.root / "reports/model_card.md").read_text()
+    assert "## Validation\n" in card and "Gate: **passed**. It became `champion`" in card
+    assert "| test accuracy floor | `test_accuracy` |" in card
+    logged = pipeline.client().search_runs(["1"], "tags.`validation.status` = 'passed'")
+    assert logged and "shift_agreement" in logged[0].data.metrics
+    assert "validation_accuracy" in json.loads((pipeline.root / "reports/metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_barely_trained_model_fails_a_floor_and_the_champion_stays(pipeline):
+    champion = pipeline.alias("champion") or pipeline.version()[0]
+    version, tags = pipeline.version(train__iterations=3, evaluate__min_test_accuracy=0.99)
+    assert tags["validation.status"] == "failed"
+    assert tags["validation.failed"] == "test_accuracy"
+    assert tags["validation.test_accuracy"].endswith("needs >= 0.99: FAILED")
+    assert pipeline.alias("champion") == champion and pipeline.alias("challenger") != version
+    card = (pipeline.root / "reports/model_card.md").read_text()
+    assert f"Never champion: it failed a release check; the champion stays version {champion}" in (
+        card
+    )
+
+
+@pytest.mark.slow
+def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(pipeline):
+    champion = pipeline.alias("champion") or pipeline.version()[0]
+    from pipeline import preprocess
+
+    params = pipeline.params(data__validation_size=30)
+    preprocess.run(params)  # another split: 30 validation images, not 20
+    try:
+        version, tags = pipeline.version(data__validation_size=30, evaluate__min_gain=1.0)
+        val = load_arrays(params.paths.split("val"))
+        client = pipeline.client()
+        folder = mlflow.artifacts.download_artifacts(
+            f"models:/mnist-lstm/{champion}", dst_path=str(pipeline.root / "champion-copy"),
+            tracking_uri=f"sqlite:///{pipeline.root / 'mlflow.db'}",
+        )  # fmt: skip
+        [onnx_file] = Path(folder).rglob("*.onnx")
+        again = (OnnxNetwork(onnx_file).predict(val["x"]).argmax(axis=1) == val["y"]).mean()
+        run = client.get_run(client.get_model_version("mnist-lstm", str(version)).run_id)
+        assert len(val["y"]) == 30
+        assert run.data.metrics["champion_validation_accuracy"] == pytest.approx(again)
+        # a gain of 1.0 cannot be had: passed the release checks, so the challenger
+        assert tags["validation.status"] == "passed" and "FAILED" in tags["validation.gain"]
+        assert pipeline.alias("challenger") == version and pipeline.alias("champion") == champion
+    finally:
+        preprocess.run(pipeline.params())
+
+
+def promote(root: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.promote", "--params", str(root / "params.yaml"),
+         *arguments], capture_output=True, text=True, cwd=REPO, timeout=120,
+        env=environment_without("MLFLOW_", "DVC_") | {"DVC_ROOT": str(root)},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(pipeline):
+    first = pipeline.alias("champion") or pipeline.version()[0]
+    failed, _ = pipeline.version(evaluate__min_test_accuracy=0.99)
+    other, _ = pipeline.version(evaluate__min_gain=1.0)  # passed, but not champion
+    (pipeline.root / "params.yaml").write_text(yaml.safe_dump(pipeline.raw))
+
+    moved = promote(pipeline.root, "--version", str(other), "--reason", "try it")
+    assert moved.returncode == 0, moved.stderr
+    assert f"mnist-lstm@champion: version {first} → version {other}" in moved.stderr
+    tags = registry.version_tags(pipeline.client(), "mnist-lstm", other)
+    assert tags["champion.reason"] == "try it" and tags["champion.previous"] == str(first)
+    assert pipeline.alias("challenger") != other  # a challenger no more
+
+    back = promote(pipeline.root, "--version", str(first), "--reason", "roll back")
+    assert back.returncode == 0 and f"version {other} → version {first}" in back.stderr
+    assert pipeline.alias("champion") == first
+
+    refused = promote(pipeline.root, "--version", str(failed), "--reason", "no")
+    assert refused.returncode == 1 and pipeline.alias("champion") == first
+    assert refused.stderr.strip().splitlines() == [
+        f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "
+        "anyway"
+    ]
+    forced = promote(pipeline.root, "--version", str(failed), "--reason", "demo", "--force")
+    assert forced.returncode == 0 and pipeline.alias("champion") == failed
+    promote(pipeline.root, "--version", str(first), "--reason", "roll back")
