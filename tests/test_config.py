@@ -86,7 +86,6 @@ def test_unknown_and_missing_keys_are_named(defaults):
 @pytest.mark.parametrize(
     ("key", "value", "phrase"),
     [
-        ("train.log_every", 5000, "log_every (5000) must not exceed iterations (2000)"),
         ("model.time_steps", 14, "time_steps × n_input must be 784"),
         ("train.steps_per_execution", 30,
          "iterations (2000) must be a multiple of steps_per_execution (30)"),

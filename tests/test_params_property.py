@@ -38,6 +38,12 @@ not_an_int = st.one_of(junk, st.booleans(), words, st.floats(0.1, 0.9).map(lambd
 not_a_number = st.one_of(junk, st.booleans(), words)
 too_small = st.integers(max_value=0)
 
+
+def odd_tens(number: int) -> bool:
+    """Not a multiple of the default train.steps_per_execution (10)."""
+    return number % 10 != 0
+
+
 INVALID = {
     "seed": st.one_of(not_an_int, st.integers(max_value=-1), st.integers(min_value=2**32)),
     "data.validation_size": st.one_of(not_an_int, too_small),
@@ -74,8 +80,9 @@ INVALID = {
     "model.unroll": st.one_of(junk, words, st.integers(0, 1)),
     "train.learning_rate": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1.01, 1e9)),
     "train.batch_size": st.one_of(not_an_int, too_small, st.integers(min_value=65537)),
-    "train.iterations": st.one_of(not_an_int, too_small, st.integers(1, 99)),  # < log_every
-    "train.log_every": st.one_of(not_an_int, too_small, st.integers(2001, 10**7)),
+    # not multiples of steps_per_execution (10)
+    "train.iterations": st.one_of(not_an_int, too_small, st.integers(1, 10**6).filter(odd_tens)),
+    "train.log_every": st.one_of(not_an_int, too_small, st.integers(1, 10**6).filter(odd_tens)),
     "train.deterministic": st.one_of(junk, words, st.integers(0, 1)),
     "train.steps_per_execution": st.one_of(  # must divide iterations (2000) and log_every (100)
         not_an_int, too_small, st.sampled_from([3, 7, 30, 200, 4000])
@@ -92,6 +99,14 @@ INVALID = {
         st.integers(),
         st.sampled_from(["", "None", "multi-worker", "mirrored"]),
     ),  # fmt: skip
+    **{
+        f"evaluate.{key}": st.one_of(not_a_number, st.floats(max_value=-0.01), st.floats(1.01, 9))
+        for key in ("min_test_accuracy", "min_class_f1", "min_shift_agreement", "max_noise_drop")
+    },
+    "evaluate.min_gain": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1.01, 9)),
+    "evaluate.noise_sigma": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1.01, 9)),
+    "evaluate.behaviour_images": st.one_of(not_an_int, too_small),
+    "evaluate.max_shift": st.one_of(not_an_int, too_small, st.integers(min_value=9)),
     "mlflow.experiment": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.registered_model": st.one_of(junk, st.just(""), st.integers()),
     "mlflow.tracking_db": st.one_of(junk, st.just("")),
@@ -135,7 +150,7 @@ INVALID = {
     "paths.onnx_model": st.one_of(junk, st.just(""), st.just("models/model.keras")),
     "paths.model_card": st.one_of(junk, st.just(""), st.just("reports/card.txt")),
 }
-SECTIONS = ["data", "model", "train", "mlflow", "serve", "team", "tune", "paths"]
+SECTIONS = ["data", "model", "train", "mlflow", "evaluate", "serve", "team", "tune", "paths"]
 
 
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:

@@ -131,7 +131,7 @@ class TrainParams(Section):
     learning_rate: Annotated[Float, Field(gt=0, le=1)]
     batch_size: Annotated[Int, Field(ge=1, le=65536)]
     iterations: Annotated[Int, Field(ge=1, le=10_000_000)]
-    log_every: Annotated[Int, Field(ge=1)]
+    log_every: Annotated[Int, Field(ge=1)]  # more than iterations: one report, at the end
     deterministic: StrictBool
     # Execution only: none of these changes the model or the arithmetic it is trained with.
     steps_per_execution: Annotated[Int, Field(ge=1)]
@@ -148,10 +148,6 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _intervals_fit(self) -> TrainParams:
-        if self.log_every > self.iterations:
-            raise ValueError(
-                f"log_every ({self.log_every}) must not exceed iterations ({self.iterations})"
-            )
         for name in ("iterations", "log_every"):
             if getattr(self, name) % self.steps_per_execution:
                 raise ValueError(
