@@ -75,6 +75,7 @@ def test_sharded_validation_scores_like_keras_evaluate(shards):
     [
         pytest.param(12, 6, 3, [6, 12], marks=pytest.mark.slow),
         (7, 3, 1, [3, 6, 7]),
+        (4, 10, 1, [4]),  # an interval longer than the run: one report, at its end
     ],  # the last interval may be short; fmt: skip
 )
 def test_exactly_n_iterations_reported_every_interval(
