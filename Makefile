@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser postgres repro test test-heavy test-quick test-order lint format ui plots serve predict demo \
-        server server-stop relocate reproduce promote tune bench bench-distributed clean
+        monitor server server-stop relocate reproduce promote tune report bench bench-distributed clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,9 +77,9 @@ format: install  ## apply ruff's fixes and formatting
 ui: install  ## the MLflow UI on this repo's store, http://127.0.0.1:5000 (prints the training runs' link)
 	python -m pipeline.tools.ui --host 127.0.0.1 --port 5000
 
-serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=)
+serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=, SHADOW=)
 	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
-		$(if $(WORKERS),--workers $(WORKERS))
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SHADOW),--shadow $(SHADOW))
 
 reproduce: install  ## rebuild a model from its lineage and judge it: make reproduce MODEL=models:/mnist-lstm/3 (or RUN=<run id>)
 	python -m pipeline.tools.reproduce $(if $(MODEL),--model $(MODEL)) $(if $(RUN),--run $(RUN))
@@ -91,8 +91,12 @@ promote: install  ## move `champion` by hand: make promote VERSION=3 REASON="rol
 predict: install  ## classify images: make predict FILES="digit.png scans/" [CSV=out.csv] [MODEL=]
 	python -m pipeline.serving.predict $(FILES) $(if $(CSV),--csv $(CSV)) $(if $(MODEL),--model $(MODEL))
 
-demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL= to change)
-	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL))
+demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL=, SHADOW= to change)
+	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(SHADOW),--shadow $(SHADOW))
+
+monitor: install  ## the prediction log against evaluate's reference; exit 1 on drift (SINCE=24h, 7d, a date)
+	python -m pipeline.monitoring.monitor $(if $(SINCE),--since $(SINCE))
 
 server: install  ## MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (AUTH=1: basic auth)
 	python -m pipeline.team.server start $(if $(AUTH),--auth)
@@ -105,6 +109,9 @@ relocate: install  ## after moving or copying the repo: point mlflow.db at this 
 
 tune: install  ## Optuna search, each trial a DVC experiment (WORKERS=2: processes here)
 	python -m pipeline.search.tune $(if $(WORKERS),--workers $(WORKERS))
+
+report: install  ## a change against a base: build/report/report.md (BASE=main, TARGET=workspace|rev|exp|best)
+	python -m pipeline.tools.report $(if $(BASE),--base $(BASE)) $(if $(TARGET),--target $(TARGET))
 
 plots: install  ## dvc plots show with Vega inlined, so the charts render offline: dvc_plots/index.html
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)

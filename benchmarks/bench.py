@@ -432,6 +432,35 @@ def serving_table(serving: dict) -> list[str]:
             "image p50 "
             f"**{web_mlflow['one_image']['p50_ms'] / web_onnx['one_image']['p50_ms']:.2f}×**.",
         ]
+    if "logging" in serving:
+        lines += logging_table(serving["logging"])
+    return lines
+
+
+def logging_table(logging: dict) -> list[str]:
+    """`make serve` with the prediction log on and off (benchmarks/serving.py, logging_cost)."""
+    lines = [
+        "",
+        "The prediction log's cost: `make serve` on the ONNX model with `monitor.log` on "
+        "and off, both up at once; one image per request on one connection (alternating blocks), "
+        "then load tests, alternating.",
+        "",
+        "| prediction log | one image p50 ms | p99 ms "
+        "| load: concurrency, errors, p50 ms, requests/s | rows logged |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("on", "off"):
+        row = logging[name]
+        loads = "; ".join(f"{run['concurrency']}: {run['errors']}, {run['p50_ms']:.1f}, "
+                          f"{run['requests_per_s']:,.0f}" for run in row["load"])  # fmt: skip
+        single = row["one_image"]
+        lines.append(f"| {name} | {single['p50_ms']:.2f} | {single['p99_ms']:.2f} | {loads} "
+                     f"| {row['logged_rows']:,} |")  # fmt: skip
+    rate = {name: statistics.median(run["requests_per_s"] for run in logging[name]["load"])
+            for name in ("on", "off")}  # fmt: skip
+    p50 = {name: logging[name]["one_image"]["p50_ms"] for name in ("on", "off")}
+    lines += ["", f"Log on / off: one image p50 **{p50['on'] / p50['off']:.2f}×**, "
+                  f"requests/s under load **{rate['on'] / rate['off']:.2f}×**."]  # fmt: skip
     return lines
 
 

@@ -15,9 +15,10 @@ from pipeline.serving import loader, serve
 from pipeline.tracking import store as tracking
 
 
-def build_app(model: str | loader.Served, params: tools.ToolParams):
+def build_app(model: str | loader.Served, params: tools.ToolParams, shadow: object = None):
     """MLflow's app around `model`: a URI MLflow resolves here, or (each of `--workers N`) the
-    copy the supervisor made."""
+    copy the supervisor made. No shadow, no prediction log, no /metrics: MLflow's server has
+    none of them."""
     import mlflow
     from mlflow.pyfunc import scoring_server
 

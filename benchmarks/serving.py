@@ -16,6 +16,9 @@ For each model, interleaved, each in a fresh process:
   request on one connection (p50/p99, in alternating blocks), then load tests from this process
   at each concurrency and number of server workers, bounded in count and time, alternating,
   and each server's resident memory.
+- the cost of the prediction log: `make serve` on the ONNX model twice, up at once, with the
+  log on (the default) and off (`monitor.log: false`): one image per request on one
+  connection (p50/p99, alternating blocks), then load tests, alternating.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ import http.client
 import io
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import yaml
 
 from pipeline.model import cache as model_cache
 from pipeline.runtime.processes import environment_without
@@ -152,13 +158,13 @@ def first_answer(port: int, body: bytes, process: subprocess.Popen, limit_s: flo
 
 
 @contextlib.contextmanager
-def server(module: str, model_uri: str, workers: int, body: bytes):
+def server(module: str, model_uri: str, workers: int, body: bytes, *args: str):
     """`module`'s server on a free port; yields (port, pid, seconds from spawn to first answer)."""
     env = environment_without("MLFLOW_")
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", module, "--port",
-                                str(port), "--model", model_uri, "--workers", str(workers)],
+                                str(port), "--model", model_uri, "--workers", str(workers), *args],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -253,6 +259,61 @@ def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: 
                    "load": loads[name], "memory": memory[name]} for name in SERVERS}  # fmt: skip
 
 
+def params_with_log(folder: Path, on: bool) -> Path:
+    """This repo's params with the prediction log on or off, the log in `folder`."""
+    from pipeline.params import tools
+
+    raw = tools.load_params(REPO / "params.yaml").model_dump(mode="json")
+    raw["monitor"] |= {"log": on, "log_path": str(folder / "predictions.db")}
+    path = folder / f"params-log-{'on' if on else 'off'}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def logging_cost(model_uri: str, images: np.ndarray, repeats: int, requests: int,
+                 concurrency: int = 8, rounds: int = 2) -> dict[str, dict]:  # fmt: skip
+    """`make serve` with the prediction log on and off, both up at once on the same model: one
+    image per request on one connection in alternating blocks, then `rounds` load tests each at
+    `concurrency`, alternating; the rows the log holds at the end."""
+    body = json.dumps({"inputs": images[:1].tolist()}).encode()
+    folder = Path(tempfile.mkdtemp(prefix="bench-log-"))
+    try:
+        files = {name: params_with_log(folder, name == "on") for name in ("on", "off")}
+        with contextlib.ExitStack() as stack:
+            ports = {name: stack.enter_context(server("pipeline.serving.serve", model_uri, 1, body,
+                                                      "--params", str(path)))[0]
+                     for name, path in files.items()}  # fmt: skip
+            connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                           for name, port in ports.items()}  # fmt: skip
+            for connection in connections.values():
+                for _ in range(20):
+                    post(connection, body)  # warm-up
+            single: dict[str, list[float]] = {name: [] for name in files}
+            blocks = 6
+            for block in range(blocks):
+                for name in list(files) if block % 2 == 0 else list(files)[::-1]:
+                    single[name] += [post(connections[name], body)[1]
+                                     for _ in range(max(1, repeats // blocks))]  # fmt: skip
+            for connection in connections.values():
+                connection.close()
+            loads: dict[str, list[dict]] = {name: [] for name in files}
+            for round_ in range(rounds):
+                for name in list(files) if round_ % 2 == 0 else list(files)[::-1]:
+                    loads[name].append(load(ports[name], body, requests, concurrency, 120))
+        logged = logged_rows(folder / "predictions.db")  # the servers stopped: all written
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {name: {"one_image": percentiles(single[name]), "load": loads[name],
+                   "logged_rows": logged if name == "on" else 0} for name in files}  # fmt: skip
+
+
+def logged_rows(database: Path) -> int:
+    if not database.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
         workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
     """Everything above, for both models, interleaved."""
@@ -270,6 +331,7 @@ def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...]
         measured = over_http(uris, images, repeats, requests, list(concurrencies), count)
         for name in SERVERS:
             results[name]["http"].append(measured[name])
+    results["logging"] = logging_cost(uris["onnx"], images, repeats, requests)
     return results
 
 
@@ -279,8 +341,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--in-process", metavar="MODEL_URI",
                         help="only this model's in-process figures, here")  # fmt: skip
+    parser.add_argument("--logging", metavar="MODEL_URI",
+                        help="only the prediction log's cost, on this model")  # fmt: skip
     args = parser.parse_args()
-    if args.in_process:
+    if args.logging:
+        results = logging_cost(args.logging, test_images(), args.repeats, args.requests)
+    elif args.in_process:
         results = in_process(args.in_process, args.repeats)
     else:
         results = run(repeats=args.repeats, requests=args.requests)

@@ -34,6 +34,7 @@ import pipeline.tracking.store as tracking
 import pipeline.validation.behaviour as checks
 import pipeline.validation.gate as gate
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
+from pipeline.monitoring.reference import reference_records, write_reference
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,8 @@ def measure(predict, test: Arrays, val: Arrays, params: config.Params) -> Evalua
     metrics |= behaviour(predict, test, predictions, params)
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
+    # what make monitor compares the served model's traffic with
+    write_reference(reference_records(test["x"], probabilities), params.paths.monitor_reference)
     names = np.asarray(params.data.class_names)
     write_csv(
         pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),

@@ -121,8 +121,8 @@ def tiny_params(root: Path, mirror: Path, arrays: dict) -> dict:
     """The repo's params.yaml with the tiny recipe and every path under `root`."""
     raw = tiny_settings(yaml.safe_load((REPO / "params.yaml").read_text()), mirror, arrays)
     raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
-    monitor = raw["serve"]["monitor"]  # a server's prediction log and make monitor's files too
-    for key in ("log_path", "reference", "report_dir"):
+    monitor = raw["monitor"]  # a server's prediction log and make monitor's files too
+    for key in ("log_path", "report_dir"):
         monitor[key] = str(root / monitor[key])
     return raw
 
@@ -275,6 +275,23 @@ def post_json(url: str, body: bytes, content_type: str = "application/json") -> 
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def prometheus_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """A server's GET /metrics, parsed by prometheus-client: (sample name, labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples}  # fmt: skip
+
+
+def sample_total(samples: dict, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(value for (sample, sample_labels), value in samples.items()
+               if sample == name and set(labels.items()) <= set(sample_labels))  # fmt: skip
 
 
 def postgres_missing() -> str:

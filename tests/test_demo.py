@@ -15,7 +15,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .support import browser, huge_png, mapped_files, memory_kb, post_json, running, write_params
+from pipeline.monitoring.prediction_log import read_predictions
+
+from .support import (
+    browser,
+    huge_png,
+    mapped_files,
+    memory_kb,
+    post_json,
+    prometheus_samples,
+    running,
+    sample_total,
+    wait_until,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit
@@ -78,6 +91,32 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_page_goes_on(demo, real_mode
     assert answer["message"] and "\n" not in answer["message"]
     good = json.dumps({"image": png_data_url(real_model.images[1])}).encode()
     assert classify(demo.url, good)[0] == 200
+
+
+def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, trained, real_model):
+    route = {"route": "/api/classify"}
+    started, before = time.time(), prometheus_samples(demo.url)
+    answers = [classify(demo.url, json.dumps({"image": png_data_url(image)}).encode())[1]
+               for image in real_model.images[:3]]  # fmt: skip
+    for body in (BAD["nested 100,000 deep"], BAD["malformed JSON"]):
+        assert classify(demo.url, body)[0] == 400
+    after = prometheus_samples(demo.url)
+    for status, count in (("200", 3), ("400", 2)):
+        counted = [sample_total(samples, "http_requests_total", status=status, **route)
+                   for samples in (before, after)]  # fmt: skip
+        assert counted[1] - counted[0] == count, status
+    statuses = {dict(labels)["status"] for name, labels in after if name == "http_requests_total"}
+    assert not [status for status in statuses if status.startswith("5")]  # the deep body: a 400
+    scored = [sample_total(samples, "model_predictions_total") for samples in (before, after)]
+    assert scored[1] - scored[0] == 3
+
+    def logged():
+        rows = read_predictions(trained.params.monitor.log_path, since=started)
+        return rows[rows["app"] == "demo"]
+
+    assert wait_until(lambda: len(logged()) == 3, timeout=30)
+    labels = [answer["classes"][0]["label"] for answer in answers]
+    assert [str(predicted) for predicted in logged()["predicted"]] == labels
 
 
 @functools.cache

@@ -119,6 +119,18 @@ INVALID = {
     "mlflow.system_metrics": st.one_of(junk, words, st.integers(0, 1)),
     "serve.max_image_pixels": st.one_of(not_an_int, st.integers(max_value=783)),
     "serve.workers": st.one_of(not_an_int, too_small, st.integers(min_value=65)),
+    "monitor.log": st.one_of(junk, words, st.integers(0, 1)),
+    "monitor.log_path": st.one_of(junk, st.just("")),
+    "monitor.log_max_bytes": st.one_of(not_an_int, st.integers(max_value=65535)),
+    "monitor.log_pixels": st.one_of(junk, words, st.integers(0, 1)),
+    "paths.monitor_reference": st.one_of(junk, st.just(""), st.just("reports/reference.json")),
+    "monitor.window": st.one_of(junk, st.just(""), st.sampled_from(["0h", "1 day", "24"])),
+    "monitor.min_predictions": st.one_of(not_an_int, st.integers(max_value=1)),
+    "monitor.alpha": st.one_of(not_a_number, st.floats(max_value=0), st.floats(1, 1e9)),
+    "monitor.min_distance": st.one_of(
+        not_a_number, st.floats(max_value=-0.01), st.floats(1.01, 1e9)
+    ),
+    "monitor.report_dir": st.one_of(junk, st.just("")),
     "tune.study": st.one_of(junk, st.just(""), st.integers()),
     "tune.storage": junk,
     "tune.journal": st.one_of(junk, st.just("")),
@@ -134,6 +146,7 @@ INVALID = {
         st.just({"train.learning_rate": {"kind": "float", "low": 1.0, "high": 0.1}}),
         st.just({"model.num_units": {"kind": "choice", "choices": []}}),
     ),
+    "report.output_dir": st.one_of(junk, st.just("")),
     "team.host": st.one_of(junk, st.just(""), st.integers()),
     "team.port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
     "team.postgres_port": st.one_of(not_an_int, too_small, st.integers(min_value=65536)),
@@ -150,7 +163,8 @@ INVALID = {
     "paths.onnx_model": st.one_of(junk, st.just(""), st.just("models/model.keras")),
     "paths.model_card": st.one_of(junk, st.just(""), st.just("reports/card.txt")),
 }
-SECTIONS = ["data", "model", "train", "mlflow", "evaluate", "serve", "team", "tune", "paths"]
+SECTIONS = ["data", "model", "train", "mlflow", "evaluate", "serve", "monitor", "team", "tune",
+            "report", "paths"]  # fmt: skip
 
 
 def assert_stopped_with_one_line(raw: dict, folder: Path, stage: str, names: list[str]) -> None:

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,9 +18,21 @@ import psutil
 import pytest
 import uvicorn
 
+from pipeline.monitoring.prediction_log import read_predictions
 from pipeline.runtime.processes import environment_without
 
-from .support import REPO, Running, free_port, mapped_files, post_json, running, write_params
+from .support import (
+    REPO,
+    Running,
+    free_port,
+    mapped_files,
+    post_json,
+    prometheus_samples,
+    running,
+    sample_total,
+    wait_until,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 200_000
@@ -120,6 +133,32 @@ def assert_serving(server: Running, trained) -> None:
     assert serving["model"] == f"models:/{name}@champion"
     assert serving["pinned"] == f"models:/{name}/{champion}"
     assert (Path(serving["path"]) / "MLmodel").is_file()
+
+
+def test_metrics_and_the_prediction_log_name_the_version_the_alias_pinned(server, trained):
+    name = trained.params.mlflow.registered_model
+    champion = trained.client().get_model_version_by_alias(name, "champion").version
+    started, before = time.time(), prometheus_samples(server.url)
+    images = np.random.default_rng(3).random((4, 28, 28), dtype=np.float32)
+    status, answer = post(server, images_json(images))
+    assert status == 200
+    samples = prometheus_samples(server.url)
+    info = [dict(labels) for (sample, labels) in samples if sample == "model_info"]
+    assert info == [{"model": f"models:/{name}@champion", "version": f"models:/{name}/{champion}",
+                     "shadow": ""}]  # fmt: skip
+    scored = [sample_total(scrape, "model_predictions_total") for scrape in (before, samples)]
+    timed = [sample_total(scrape, "http_request_duration_seconds_count", route="/invocations")
+             for scrape in (before, samples)]  # fmt: skip
+    assert (scored[1] - scored[0], timed[1] - timed[0]) == (4, 1)
+
+    def logged():  # written off the request path, by the log's own thread
+        rows = read_predictions(trained.params.monitor.log_path, since=started)
+        return rows[rows["app"] == "serve"]
+
+    assert wait_until(lambda: len(logged()) == 4, timeout=30)
+    rows = logged()
+    assert set(rows["model"]) == {f"models:/{name}/{champion}"} and rows["pixels"].isna().all()
+    assert list(rows["predicted"]) == list(np.argmax(answer["predictions"], axis=1))
 
 
 def test_other_content_types_and_dataframes_are_refused_naming_what_to_send(server):

@@ -19,10 +19,11 @@ from pydantic import (
 )
 
 PARAMS_FILE = "params.yaml"
-# The tools' settings in params.yaml (`make serve`/`make demo`, `make server`, `make tune`),
+# The tools' settings in params.yaml (`make serve`/`make demo`, `make monitor`, `make server`,
+# `make tune`, `make report`),
 # validated by pipeline/params/tools.py; a stage's params do not hold them (a typo in tune.space
 # stops `make tune`, not `dvc repro`), and a training run neither logs nor hashes them.
-TOOL_SECTIONS = ("serve", "team", "tune")
+TOOL_SECTIONS = ("serve", "monitor", "team", "tune", "report")
 IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
 IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -209,6 +210,7 @@ class PathParams(Section):
     confusion: Name
     figures_dir: Name
     model_card: Annotated[str, Field(pattern=r"\.md$")]
+    monitor_reference: Annotated[str, Field(pattern=r"\.csv$")]  # for make monitor
 
     def split(self, name: str) -> Path:
         """The file of one split: `train`, `val` or `test`."""

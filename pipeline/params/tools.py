@@ -1,5 +1,6 @@
-"""The tools' settings in params.yaml: `serve:` (make serve, make demo), `team:` (make server),
-`tune:` (make tune). No stage reads them; a tool loads them with the stages' params.
+"""The tools' settings in params.yaml: `serve:` (make serve, make demo), `monitor:` (their
+prediction log and make monitor), `team:` (make server), `tune:` (make tune), `report:` (make
+report). No stage reads them; a tool loads them with the stages' params.
 
 `ToolParams` is the stages' `Params` and these sections together, so a tool reads
 `params.mlflow` and `params.serve` alike; a stage's `Params` has no such fields.
@@ -24,6 +25,24 @@ from pipeline.params.config import (
     read_params_file,
     validated,
 )
+
+# A span of time back from now: a count and a unit (minutes, hours, days, weeks): 90m, 24h, 7d.
+Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhdw]$")]
+
+
+class MonitorParams(Section):
+    """The served model watched: the prediction log that `make serve` and `make demo` write, and
+    `make monitor`'s tests of it against the reference evaluate writes; no stage reads these."""
+
+    log: StrictBool  # record each scored image
+    log_path: Name  # SQLite, git- and DVC-ignored
+    log_max_bytes: Annotated[Int, Field(ge=65536, le=2**40)]  # past it, the oldest rows go
+    log_pixels: StrictBool  # keep each image's pixels in the log too
+    window: Duration  # how far back `make monitor` looks unless told (--since)
+    min_predictions: Annotated[Int, Field(ge=2)]  # fewer in the window: no verdict
+    alpha: Annotated[Float, Field(gt=0, lt=1)]  # a test's p-value below it: not chance
+    min_distance: Annotated[Float, Field(ge=0, le=1)]  # and its distance from it on: it moved
+    report_dir: Name  # make monitor's report and figure
 
 
 class ServeParams(Section):
@@ -101,12 +120,20 @@ class TuneParams(Section):
     space: Annotated[dict[str, Dimension], Field(min_length=1)]  # params.yaml key → its range
 
 
+class ReportParams(Section):
+    """`make report`: a change reviewed against a base revision; no stage reads these."""
+
+    output_dir: Name  # report.md and its images; git- and DVC-ignored
+
+
 class ToolParams(Params):
     """Everything in params.yaml: the stages' params and the tools' settings."""
 
     serve: ServeParams
+    monitor: MonitorParams
     team: TeamParams
     tune: TuneParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _space_names_params(self) -> ToolParams:

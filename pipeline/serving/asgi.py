@@ -1,4 +1,5 @@
-"""What the REST server and the demo page share: their 4xx, worker threads, a body limit, uvicorn.
+"""What the REST server and the demo page share: their 4xx, worker threads, a body limit, their
+monitoring (/metrics, the prediction log, a shadow model: pipeline/monitoring/), uvicorn.
 
 A request a server refuses raises `BadRequest` (status, MLflow's error code, one line); the
 app's blocking work runs through `WorkerThreads`, which turns that into the 4xx response, shaped
@@ -8,12 +9,15 @@ With `workers` > 1 uvicorn's supervisor binds the port once and starts that many
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
 supervisor stops them all. The supervisor first has the model pinned and copied to a local
 folder (`models:/name@champion` → that version's files, pipeline/model/cache.py), so
-every process serves the same version even if the alias moves meanwhile; each process's ONNX
-Runtime gets its share of the cores.
+every process serves the same version even if the alias moves meanwhile (and the same shadow);
+each process's ONNX Runtime gets its share of the cores. The workers add up their metrics in
+prometheus-client's multiprocess mode, through a folder the supervisor makes for them, and each
+writes the one prediction log (SQLite serialises their writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -23,12 +27,19 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from starlette.applications import Starlette
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
+from pipeline.model.onnx_network import validated
+from pipeline.monitoring import metrics as server_metrics
+from pipeline.monitoring.prediction_log import PredictionLog
+from pipeline.monitoring.recorder import Recorder
 from pipeline.runtime.processes import usable_cores
 
 if TYPE_CHECKING:
-    from pipeline.serving.loader import Served
+    from pipeline.params.tools import ToolParams
+    from pipeline.serving.loader import Predict, Served
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +151,79 @@ async def discard(receive: Receive, budget: int) -> None:
             return
 
 
-APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model, params file
+class Monitoring:
+    """A server's monitoring: its metrics, the prediction log and the shadow model, if any.
+
+    `watched(predict)` is the model's predict that also records what it scored; `app(routes)`
+    the Starlette app that lets the log and the shadow finish their queues when it stops.
+    """
+
+    def __init__(self, app_name: str, served: Served, params: ToolParams,
+                 shadow: str | Served | None = None) -> None:  # fmt: skip
+        from pipeline.serving import loader
+
+        settings = params.monitor
+        self.shadow = loader.locate(shadow, params) if shadow else None
+        self.metrics = server_metrics.ServerMetrics(
+            params.data.class_names, served.model, served.pinned,
+            self.shadow.pinned if self.shadow else "",
+        )  # fmt: skip
+        prediction_log = None
+        if settings.log:
+            prediction_log = PredictionLog(
+                settings.log_path, app_name, served.pinned, settings.log_max_bytes,
+                self.metrics.log_dropped.inc,
+            )  # fmt: skip
+        shadowing = (self.shadow.pinned, loader.load(self.shadow, params)) if self.shadow else None
+        self.recorder = Recorder(self.metrics, prediction_log, shadowing, settings.log_pixels)
+
+    def watched(self, predict: Predict) -> Predict:
+        """`predict`, recording each batch it scores (InputError as before for bad input)."""
+
+        def scored(model_input: object):
+            images = validated(model_input)  # (n, 28, 28) float32, or InputError
+            probabilities = predict(images)
+            self.recorder.record(images, probabilities)
+            return probabilities
+
+        return scored
+
+    def app(self, routes: list[BaseRoute]) -> Starlette:
+        app = Starlette(routes=routes, lifespan=self.lifespan)
+        app.state.monitoring = self
+        return app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        yield
+        await anyio.to_thread.run_sync(self.recorder.close)
 
 
-def build(module: str, model: str | Served, params_file: str):
-    """`module.build_app(model, params)` with the body limit around it."""
+def monitored(app_name: str, model: str | Served, params: ToolParams,
+              shadow: str | Served | None) -> tuple[Served, Monitoring, Predict]:  # fmt: skip
+    """A server's model: what it serves, its monitoring, and its predict, which records."""
+    from pipeline.serving import loader
+
+    served = loader.locate(model, params)
+    monitoring = Monitoring(app_name, served, params, shadow)
+    return served, monitoring, monitoring.watched(loader.load(served, params))
+
+
+APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, models, params file
+
+
+def build(module: str, model: str | Served, params_file: str, shadow: str | Served | None = None):
+    """`module.build_app(model, params, shadow)` with the body limit around it, and the request
+    metrics of its Monitoring around everything (a 413 is counted too)."""
     import pipeline.params.tools as tools
 
     params = tools.load_params(params_file)
-    app = importlib.import_module(module).build_app(model, params)
-    return BodyLimit(app, params.serve.max_body_bytes)
+    app = importlib.import_module(module).build_app(model, params, shadow)
+    limited = BodyLimit(app, params.serve.max_body_bytes)
+    monitoring = getattr(app.state, "monitoring", None)  # None: an app that keeps no metrics
+    if monitoring is None:
+        return limited
+    return monitoring.metrics.middleware(limited, [route.path for route in app.routes])
 
 
 def app_from_environment():
@@ -159,12 +233,14 @@ def app_from_environment():
 
     setup_logging()
     spec = json.loads(os.environ[APP_ENV])
-    return build(spec["module"], Served(**spec["model"]), spec["params_file"])
+    shadow = Served(**spec["shadow"]) if spec["shadow"] else None
+    return build(spec["module"], Served(**spec["model"]), spec["params_file"], shadow)
 
 
 def serve(
-    module: str, model_uri: str, params_file: str, host: str, port: int, workers: int = 1
-) -> None:
+    module: str, model_uri: str, params_file: str, host: str, port: int, workers: int = 1,
+    shadow: str | None = None,
+) -> None:  # fmt: skip
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first).
 
     With `workers` > 1, `uvicorn.run` binds the port and runs its supervisor. The listener it
@@ -181,15 +257,23 @@ def serve(
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
     if workers == 1:
-        app = build(module, model_uri, params_file)  # a model that cannot load fails here
-        log.info("serving %s on http://%s:%d", model_uri, host, port)
+        app = build(module, model_uri, params_file, shadow)  # a model that cannot load fails here
+        log.info("serving %s on http://%s:%d%s", model_uri, host, port, shadowed(shadow))
         uvicorn.run(app, **options)
         return
     params = tools.load_params(params_file)
     served = loader.locate(model_uri, params)  # every worker serves this very version
+    shadow_served = loader.locate(shadow, params) if shadow else None
     os.environ[APP_ENV] = json.dumps(
-        {"module": module, "model": dataclasses.asdict(served), "params_file": str(params_file)}
-    )
+        {"module": module, "model": dataclasses.asdict(served), "params_file": str(params_file),
+         "shadow": shadow_served and dataclasses.asdict(shadow_served)}
+    )  # fmt: skip
     os.environ.setdefault(onnx_network.THREADS_ENV, str(max(1, usable_cores() // workers)))
-    log.info("serving %s on http://%s:%d with %d worker processes", model_uri, host, port, workers)
-    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)
+    log.info("serving %s on http://%s:%d with %d worker processes%s", model_uri, host, port,
+             workers, shadowed(shadow))  # fmt: skip
+    with server_metrics.shared_between_processes():  # before the workers start
+        uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)
+
+
+def shadowed(shadow: str | None) -> str:
+    return f", {shadow} in shadow" if shadow else ""

@@ -1,6 +1,6 @@
 """The draw-a-digit page (`make demo`): draw with a mouse or a finger, see the top classes.
 
-    python -m pipeline.serving.demo [--model URI] [--host HOST] [--port PORT]
+    python -m pipeline.serving.demo [--model URI] [--shadow URI] [--host HOST] [--port PORT]
 
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
 {"classes": [{"label", "probability"}, ...]}, best first, after the same preprocessing as
@@ -9,7 +9,8 @@ GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,...
 Parsing, decoding and scoring run on worker threads, at most one per core at a time, never on
 the event loop: a slow request (a large image) delays only those queued behind it for a
 thread, and the page and /health still answer. An image's size is checked from its header
-before it is decoded (`serve.max_image_pixels`).
+before it is decoded (`serve.max_image_pixels`). GET /metrics, the prediction log and
+`--shadow` as in `make serve` (pipeline/monitoring/).
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ def classify_body(
     return JSONResponse({"classes": ranked(predict(model_input[np.newaxis])[0], class_names)})
 
 
-def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette:
-    """The page and its endpoint around `model` (an MLflow model URI, a folder, an `.onnx` file)."""
-    predict = loader.load(model, params)
+def build_app(
+    model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
+) -> Starlette:
+    """The page and its endpoint around `model` (an MLflow model URI, a folder, an `.onnx` file),
+    with `shadow` (the same kinds) scored beside it."""
+    _, monitoring, predict = asgi.monitored("demo", model, params, shadow)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     page = PAGE.read_text()
     threads = asgi.WorkerThreads()
@@ -82,7 +86,7 @@ def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette
         body = await request.body()
         return await threads.respond(classify_body, body, predict, class_names, max_pixels)
 
-    return Starlette(
+    return monitoring.app(
         routes=[
             Route("/", index),
             Route("/health", health),

@@ -1,6 +1,7 @@
 """Serve a registered model over REST, as MLflow's scoring server does (`make serve`).
 
-    python -m pipeline.serving.serve [--model URI] [--host HOST] [--port PORT] [--workers N]
+    python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
+                                     [--workers N]
 
 The protocol of `mlflow models serve` for this model: POST /invocations with a JSON body
 `{"inputs": images}` (or `"instances"`), images (n, 28, 28) with pixels in [0, 1], answered
@@ -12,6 +13,9 @@ ONNX file on ONNX Runtime without MLflow in the process (pipeline/serving/loader
 and scoring on worker threads, at most one per core, never on the event loop. One pid that
 stops cleanly on SIGTERM (with `--workers N`, uvicorn's supervisor of N processes on the one
 port). Bound to 127.0.0.1 unless told otherwise; bodies over `serve.max_body_bytes` get 413.
+
+GET /metrics is for Prometheus; each scored image goes to the prediction log, and `--shadow`
+scores a second model beside the served one, off the request path (pipeline/monitoring/).
 """
 
 from __future__ import annotations
@@ -66,12 +70,16 @@ def answer(body: bytes, content_type: str, predict: loader.Predict) -> Response:
     return Response(body, media_type="application/json")
 
 
-def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette:
-    """The REST app around `model` (an MLflow model URI, a model folder or an `.onnx` file)."""
-    served = loader.locate(model, params)
-    predict = loader.load(served, params)
+def build_app(
+    model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
+) -> Starlette:
+    """The REST app around `model` (an MLflow model URI, a model folder or an `.onnx` file),
+    with `shadow` (the same kinds) scored beside it."""
+    served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
     threads = asgi.WorkerThreads()
     serving = {"mlflow": importlib.metadata.version("mlflow")} | dataclasses.asdict(served)
+    if monitoring.shadow:
+        serving["shadow"] = monitoring.shadow.pinned
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
@@ -84,7 +92,7 @@ def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette
         content_type = request.headers.get("content-type", "")
         return await threads.respond(answer, body, content_type, predict)
 
-    return Starlette(
+    return monitoring.app(
         routes=[
             Route("/ping", ping),
             Route("/health", ping),
@@ -95,14 +103,17 @@ def build_app(model: str | loader.Served, params: tools.ToolParams) -> Starlette
 
 
 def serve_main(module: str, description: str, port_key: str, argv: list[str] | None) -> None:
-    """The command line of a server: `--model`, `--host`, `--port`, `--workers` (defaults from
-    params.yaml `serve:`) and `--params`; one line and a non-zero exit when the model cannot
-    be had. `module.build_app(model_uri, params)` makes the app."""
+    """The command line of a server: `--model`, `--shadow`, `--host`, `--port`, `--workers`
+    (defaults from params.yaml `serve:`) and `--params`; one line and a non-zero exit when a
+    model cannot be had. `module.build_app(model_uri, params, shadow)` makes the app."""
     parser = config.params_parser(description)
     parser.add_argument(
         "--model",
         help="an MLflow model URI, a local model folder or an .onnx file "
         "(default: models:/<mlflow.registered_model>@champion)",
+    )
+    parser.add_argument(
+        "--shadow", help="a second model (the same kinds) scored on every request, never answering"
     )
     parser.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help=f"port (default: serve.{port_key})")
@@ -123,6 +134,7 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
             args.host or params.serve.host,
             args.port or getattr(params.serve, port_key),
             workers,
+            args.shadow,
         )
     except (loader.ModelError, tracking.TrackingError, config.ConfigError) as error:
         raise SystemExit(f"error: {error}") from None

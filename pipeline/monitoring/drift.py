@@ -1,0 +1,123 @@
+"""Has the traffic moved away from the reference? A two-sample test per quantity (scipy).
+
+Each input statistic and the confidence: Kolmogorov–Smirnov (`scipy.stats.ks_2samp`), which
+sees any change of shape, not only of the mean; its distance is D, the largest gap between the
+two cumulative distributions. The predicted-class mix: chi-square on the two samples' class
+counts (`scipy.stats.chi2_contingency`); its distance is the total variation between the two
+mixes (half the summed gaps between class shares). Both distances run from 0 (the same) to 1.
+
+A quantity has moved when its p-value is below `alpha` (the difference is not chance) and its
+distance is at least `min_distance` (the difference is large enough to matter). A p-value alone
+would call drift on real digits that nobody would: MNIST's own test set, taken in order, is
+written by one group of people after another, and a few hundred consecutive images differ from
+the whole in stroke width with p-values far below any alpha. Each test is judged on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pipeline.monitoring.statistics import STATISTICS
+
+TESTED = ("confidence", *STATISTICS)  # the quantities tested one by one
+CLASS_MIX = "class_mix"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    alpha: float  # p-values below it: not chance
+    min_distance: float  # distances from it on: large enough to matter
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One quantity's test: window against reference."""
+
+    name: str  # a TESTED column, or CLASS_MIX
+    test: str  # which test
+    p_value: float
+    distance: float  # KS's D, or the class mixes' total variation: 0 (the same) to 1
+    reference: float  # the reference's mean (class mix: the share of the class that moved most)
+    window: float  # the window's
+    drifted: bool
+    detail: str  # what moved, in words
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a shadow model predicted what the served one did."""
+
+    model: str
+    shadow: str
+    images: int
+    share: float  # of the images both scored, the share with the same class
+
+
+def compare(reference: pd.DataFrame, window: pd.DataFrame, limits: Thresholds) -> list[Finding]:
+    """Every test of the window (prediction log rows) against the reference."""
+    found = [distribution(name, reference[name], window[name], limits) for name in TESTED]
+    return [*found, class_mix(reference["predicted"], window["predicted"], limits)]
+
+
+def moved(p_value: float, distance: float, limits: Thresholds) -> bool:
+    return bool(p_value < limits.alpha and distance >= limits.min_distance)
+
+
+def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
+    """Kolmogorov–Smirnov on one quantity."""
+    result = stats.ks_2samp(reference.to_numpy(float), window.to_numpy(float))
+    p_value, distance = float(result.pvalue), float(result.statistic)
+    before, after = float(reference.mean()), float(window.mean())
+    return Finding(
+        name=name,
+        test="Kolmogorov-Smirnov",
+        p_value=p_value,
+        distance=distance,
+        reference=before,
+        window=after,
+        drifted=moved(p_value, distance, limits),
+        detail=f"mean {before:.3g} → {after:.3g}",
+    )
+
+
+def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
+    """Chi-square on the counts of each class predicted in either sample."""
+    classes = sorted(set(reference) | set(window))
+    counts = np.array(
+        [[int((sample == label).sum()) for label in classes] for sample in (reference, window)]
+    )  # (2, classes)
+    shares = counts / counts.sum(axis=1, keepdims=True)
+    gaps = np.abs(shares[1] - shares[0])
+    p_value = 1.0 if len(classes) < 2 else float(stats.chi2_contingency(counts).pvalue)
+    distance, most = float(gaps.sum() / 2), int(gaps.argmax())
+    before, after = float(shares[0, most]), float(shares[1, most])
+    return Finding(
+        name=CLASS_MIX,
+        test="chi-square",
+        p_value=p_value,
+        distance=distance,
+        reference=before,
+        window=after,
+        drifted=moved(p_value, distance, limits),
+        detail=f"class {classes[most]}: {before:.1%} → {after:.1%} of predictions",
+    )
+
+
+def agreements(window: pd.DataFrame) -> list[Agreement]:
+    """Per served model and shadow, in the rows where a shadow scored the image too."""
+    shadowed = window.dropna(subset=["shadow_model"])
+    return [
+        Agreement(
+            model, shadow, len(rows), float((rows["predicted"] == rows["shadow_predicted"]).mean())
+        )
+        for (model, shadow), rows in shadowed.groupby(["model", "shadow_model"])
+    ]
+
+
+def drifted(findings: list[Finding]) -> list[str]:
+    """The names of the quantities that moved."""
+    return [finding.name for finding in findings if finding.drifted]

@@ -1,0 +1,154 @@
+"""A server's metrics for Prometheus (prometheus-client), and the middleware that serves /metrics.
+
+`RequestMetrics` is a pure ASGI middleware around a server's app: it counts each request by
+route and status, times it into a histogram (every response, the 4xx of the body limit
+included) and answers GET /metrics with prometheus-client's own ASGI app. `ServerMetrics`
+holds the series: those two, images scored by predicted class, the version served (an info
+metric), the shadow's agreement and what the log or the shadow had to drop.
+
+With several server processes (`--workers N`), prometheus-client's multiprocess mode: the
+supervisor names a fresh folder in PROMETHEUS_MULTIPROC_DIR before the workers start
+(`shared_between_processes`), each worker's values go to files there, and whichever worker
+answers /metrics adds them all up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own switch
+METRICS_PATH = "/metrics"
+OTHER_ROUTE = "other"  # any path no route serves: one series, whatever clients ask for
+# Seconds. One image is scored in about a millisecond; a full body of images takes seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServerMetrics:
+    """The series of one server process, in a registry of its own (never the global one, so a
+    process may build several apps)."""
+
+    def __init__(self, class_names: list[str], model: str, version: str, shadow: str) -> None:
+        self.class_names = class_names
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "model_predictions", "Images scored, by predicted class", ["class"], registry=registry
+        )
+        for name in class_names:  # every class's series exists from the start, at 0
+            self.predictions.labels(name)
+        # The version served, as an info metric: prometheus-client's Info does not work in
+        # multiprocess mode; a gauge of 1 named *_info is what Info exposes anyway.
+        info = Gauge(
+            "model_info",
+            "The model served: as asked, the version it named, the shadow",
+            ["model", "version", "shadow"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        info.labels(model, version, shadow).set(1)
+        self.shadow = Counter(
+            "shadow_predictions",
+            "Images the shadow scored, by agreement",
+            ["agreement"],
+            registry=registry,
+        )
+        self.shadow_dropped = Counter(
+            "shadow_dropped",
+            "Images the shadow did not score: its queue was full",
+            registry=registry,
+        )
+        self.log_dropped = Counter(
+            "prediction_log_dropped",
+            "Images scored but not logged: the log could not be written, or its queue was full",
+            registry=registry,
+        )
+        self.endpoint = make_asgi_app(self.exposed())
+
+    def exposed(self) -> CollectorRegistry:
+        """What /metrics shows: this registry, or in multiprocess mode every process's files."""
+        if not os.environ.get(MULTIPROCESS_ENV):
+            return self.registry
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)
+        return everyone
+
+    def count_predictions(self, predicted: np.ndarray) -> None:
+        """Count a batch's predicted classes (indices into class_names)."""
+        counts = np.bincount(predicted, minlength=len(self.class_names))  # (classes,)
+        for index in np.flatnonzero(counts):
+            self.predictions.labels(self.class_names[index]).inc(int(counts[index]))
+
+    def count_shadow(self, predicted: np.ndarray, shadow_predicted: np.ndarray) -> None:
+        agree = int((predicted == shadow_predicted).sum())
+        self.shadow.labels("agree").inc(agree)
+        self.shadow.labels("disagree").inc(len(predicted) - agree)
+
+    def middleware(self, app: Any, routes: Iterable[str]) -> RequestMetrics:
+        return RequestMetrics(app, self, routes)
+
+
+class RequestMetrics:
+    """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics, routes: Iterable[str]) -> None:
+        self.app, self.metrics = app, metrics
+        self.routes = {*routes, METRICS_PATH}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route = path if path in self.routes else OTHER_ROUTE
+        target = self.metrics.endpoint if path == METRICS_PATH else self.app
+        started, status = time.perf_counter(), [500]  # an app that raises sent no status
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await target(scope, receive, sending)
+        finally:
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def shared_between_processes() -> Iterator[None]:
+    """For the block, a fresh folder in PROMETHEUS_MULTIPROC_DIR for the processes started in
+    it, removed afterwards; one the environment already names is used as it is (whoever set it
+    empties it between runs, as prometheus-client asks)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="pipeline-metrics-")
+    os.environ[MULTIPROCESS_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,269 @@
+"""The prediction log: one SQLite row per scored image, written off the request path.
+
+A server hands each scored batch to `PredictionLog.write`, which only puts it on a bounded
+queue (dropping it, counted, when the queue is full); one background thread gathers what is
+queued for GATHER_S seconds and inserts it in one transaction. A write that fails (an
+unwritable path, a full disk) drops those rows with one warning, and the next batch tries
+again; no request waits for the log or fails because of it. SQLite in write-ahead-log mode
+keeps each transaction whole: a server killed mid-write (`kill -9`) loses what was still
+queued (about the last GATHER_S seconds), never a committed row, and leaves no half-written
+one. Past `max_bytes` the oldest rows are deleted and the file gives their pages back (SQLite's
+incremental vacuum), so it stays near that size.
+
+pandas reads the log with `read_predictions` (or `pandas.read_sql` on the file); `images_of`
+turns the `pixels` column, filled only when `log_pixels` asks, back into images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.monitoring.statistics import STATISTICS, input_statistics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+TABLE = "predictions"
+SCHEMA_VERSION = 1
+COLUMNS = (
+    "time",
+    "app",
+    "model",
+    "predicted",
+    "confidence",
+    *STATISTICS,
+    "shadow_model",
+    "shadow_predicted",
+    "shadow_confidence",
+    "pixels",
+)
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,            -- when it was scored: Unix seconds
+    app TEXT NOT NULL,             -- serve (make serve) or demo (make demo)
+    model TEXT NOT NULL,           -- the version served: models:/mnist-lstm/3, or the file
+    predicted INTEGER NOT NULL,    -- the class index the server answered
+    confidence REAL NOT NULL,      -- its probability
+    {", ".join(f"{name} REAL NOT NULL" for name in STATISTICS)},
+    shadow_model TEXT,             -- the shadow's version, when one ran and scored this image
+    shadow_predicted INTEGER,
+    shadow_confidence REAL,
+    pixels BLOB                    -- 784 bytes, uint8 row by row, only with log_pixels
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_by_time ON {TABLE} (time);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is small arrays
+GATHER_S = 0.2  # the writer gathers batches this long into one transaction (lost on kill -9)
+BUSY_TIMEOUT_S = 10  # the writer of another server process holds the file's write lock
+TRIM_TO = 0.9  # past max_bytes, the oldest rows are deleted down to this share of it
+WAL_LIMIT_BYTES = 4_000_000  # the write-ahead log is cut back to this after each checkpoint
+CLOSE = object()  # tells the writer to stop after what was queued before it
+
+
+class LogError(Exception):
+    """The prediction log cannot be read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch of images as one request scored them, as the log keeps them."""
+
+    time: float  # Unix seconds
+    predicted: np.ndarray  # (n,) class indices
+    confidence: np.ndarray  # (n,) their probabilities
+    statistics: dict[str, np.ndarray]  # STATISTICS → (n,)
+    pixels: np.ndarray | None  # uint8 (n, 784), only when the log keeps pixels
+
+    @classmethod
+    def of(cls, images: np.ndarray, probabilities: np.ndarray, keep_pixels: bool) -> Scored:
+        """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes)."""
+        pixels = None
+        if keep_pixels:
+            pixels = np.rint(np.asarray(images).reshape(len(images), -1) * 255).astype(np.uint8)
+        return cls(
+            time.time(),
+            probabilities.argmax(axis=1),
+            probabilities.max(axis=1),
+            input_statistics(images),
+            pixels,
+        )
+
+
+@dataclass(frozen=True)
+class ShadowScored:
+    """The shadow model's answers for the same images."""
+
+    model: str  # its version
+    predicted: np.ndarray  # (n,)
+    confidence: np.ndarray  # (n,)
+
+
+def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -> list[tuple]:
+    """The log's rows (COLUMNS) for one scored batch."""
+    count = len(scored.predicted)
+    columns = [
+        [scored.time] * count,
+        [app] * count,
+        [model] * count,
+        scored.predicted.tolist(),
+        scored.confidence.tolist(),
+        *(scored.statistics[name].tolist() for name in STATISTICS),
+        [shadow.model if shadow else None] * count,
+        shadow.predicted.tolist() if shadow else [None] * count,
+        shadow.confidence.tolist() if shadow else [None] * count,
+        [row.tobytes() for row in scored.pixels] if scored.pixels is not None else [None] * count,
+    ]
+    return list(zip(*columns, strict=True))
+
+
+class PredictionLog:
+    """One server process's writer of the log at `path` (other processes may write it too)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        app: str,
+        model: str,
+        max_bytes: int,
+        on_drop: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self.path, self.app, self.model, self.max_bytes = Path(path), app, model, max_bytes
+        self.on_drop = on_drop  # told how many images were not logged
+        self.queue: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self.connection: sqlite3.Connection | None = None
+        self.failing = False  # warned, and not written since
+        self.thread = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
+        self.thread.start()
+
+    def write(self, scored: Scored, shadow: ShadowScored | None = None) -> None:
+        """Queue a scored batch for the log, never waiting: a full queue drops it (counted)."""
+        try:
+            self.queue.put_nowait((scored, shadow))
+        except queue.Full:
+            self.on_drop(len(scored.predicted))
+
+    def close(self, timeout: float = 10) -> None:
+        """Write what is queued, then stop the writer (within about `timeout` seconds)."""
+        with contextlib.suppress(queue.Full):
+            self.queue.put(CLOSE, timeout=timeout)
+        self.thread.join(timeout)
+
+    def _drain(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            deadline = time.monotonic() + GATHER_S  # what arrives meanwhile: one transaction
+            with contextlib.suppress(queue.Empty):
+                while batch[-1] is not CLOSE and len(batch) < QUEUE_SIZE:
+                    batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            entries = [entry for entry in batch if entry is not CLOSE]
+            if entries:
+                self._insert(entries)
+            if len(entries) < len(batch):
+                break
+        if self.connection is not None:
+            self.connection.close()
+
+    def _insert(self, entries: list[tuple[Scored, ShadowScored | None]]) -> None:
+        try:
+            rows = [
+                row
+                for scored, shadow in entries
+                for row in rows_of(scored, self.app, self.model, shadow)
+            ]
+            self.connection = self.connection or self._open()
+            with self.connection:  # one transaction: all these rows, or none
+                self.connection.executemany(INSERT, rows)
+            self._trim()
+        except Exception as error:  # sqlite3.Error, OSError, or anything: the writer goes on
+            self.on_drop(sum(len(scored.predicted) for scored, _ in entries))
+            if not self.failing:
+                log.warning(
+                    "prediction log %s: cannot write (%s); predictions are served but "
+                    "not logged until it can be written again",
+                    self.path,
+                    error,
+                )
+            self.failing = True
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+            return
+        if self.failing:
+            log.info("prediction log %s: writing again", self.path)
+            self.failing = False
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        try:
+            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the table: trims shrink
+            connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writers
+            connection.execute("PRAGMA synchronous=NORMAL")  # whole transactions on a crash
+            connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            connection.executescript(SCHEMA)
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
+
+    def _trim(self) -> None:
+        """Past max_bytes of rows, delete the oldest down to TRIM_TO of it."""
+        connection = self.connection
+        page_size, pages, free = (
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_size", "page_count", "freelist_count")
+        )
+        used = (pages - free) * page_size
+        if used <= self.max_bytes:
+            return
+        rows = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+        excess = math.ceil(rows * (1 - TRIM_TO * self.max_bytes / used))
+        with connection:
+            connection.execute(
+                f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)",
+                (excess,),
+            )
+        # freed pages leave the file; executescript steps the pragma to its end, execute once
+        connection.executescript("PRAGMA incremental_vacuum;")
+
+
+def read_predictions(path: str | Path, since: float = 0.0) -> pd.DataFrame:
+    """The rows logged at or after `since` (Unix seconds), oldest first; `time` as UTC dates."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise LogError(f"no prediction log at {path}: `make serve` and `make demo` write it")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)) as connection:
+            frame = pd.read_sql_query(
+                f"SELECT * FROM {TABLE} WHERE time >= ? ORDER BY id", connection, params=(since,)
+            )
+    except (sqlite3.Error, pd.errors.DatabaseError) as error:
+        raise LogError(f"{path}: not a prediction log ({error})") from None
+    frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+    return frame
+
+
+def images_of(pixels: pd.Series) -> np.ndarray:
+    """The `pixels` column back as float32 images (n, 28, 28) in [0, 1]."""
+    flat = np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(len(pixels), 28, 28)
+    return flat.astype(np.float32) / 255

@@ -1,0 +1,439 @@
+"""Watching the served model: the prediction log, /metrics, a shadow, drift found by make monitor.
+
+Real servers on free ports, real ONNX models run by ONNX Runtime (softmax regressions built with
+onnx's helper: a server starts in a second and needs no training), real SQLite and MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.model.onnx_network import OnnxNetwork
+from pipeline.monitoring import drift, drift_report, monitor
+from pipeline.monitoring.prediction_log import PredictionLog, Scored, read_predictions
+from pipeline.monitoring.reference import read_reference, reference_records, write_reference
+from pipeline.monitoring.statistics import STATISTICS, input_statistics
+from pipeline.params import tools
+from pipeline.runtime.processes import environment_without
+
+from .support import (
+    REPO,
+    client_for,
+    free_port,
+    post_json,
+    prometheus_samples,
+    running,
+    sample_total,
+    use_store_at,
+    wait_until,
+    wait_until_healthy,
+    with_value,
+    write_params,
+)
+
+REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
+DEEP = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 kB, under the body limit
+
+
+# --- models, digits and params --------------------------------------------------------------
+
+
+def linear_onnx(path: Path, seed: int) -> Path:
+    """A softmax regression over the 784 pixels as an ONNX file: images (n, 28, 28) → (n, 10)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    constants = {
+        "flat_shape": np.array([-1, 784], np.int64),
+        "weights": rng.normal(0, 0.05, (784, 10)).astype(np.float32),
+        "bias": rng.normal(0, 0.1, 10).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "softmax_regression",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 28, 28])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+def digits(count: int, seed: int) -> np.ndarray:
+    """Digit-like images float32 (count, 28, 28) in [0, 1]: two or three soft strokes each in
+    the central 16×16, as MNIST keeps its digits inside a 20×20 box."""
+    rng = np.random.default_rng(seed)
+    ends = rng.uniform(6, 21, (count, 3, 2, 2))  # (image, stroke, end, row/col)
+    width = rng.uniform(0.8, 1.6, (count, 3, 1, 1))
+    grid = np.stack(np.mgrid[0:28, 0:28], axis=-1).astype(float)  # (28, 28, 2)
+    start, along = ends[:, :, 0], ends[:, :, 1] - ends[:, :, 0]  # (image, stroke, 2)
+    offset = grid[None, None] - start[:, :, None, None]  # (image, stroke, 28, 28, 2)
+    length2 = np.maximum((along**2).sum(-1), 1e-9)[:, :, None, None]
+    t = np.clip((offset * along[:, :, None, None]).sum(-1) / length2, 0, 1)
+    distance2 = ((offset - t[..., None] * along[:, :, None, None]) ** 2).sum(-1)
+    strokes = np.exp(-distance2 / (2 * width**2))  # (image, stroke, 28, 28)
+    strokes[:, 2] *= rng.random(count)[:, None, None] < 0.5  # a third stroke half the time
+    return np.clip(strokes.max(axis=1) * 1.2, 0, 1).astype(np.float32)
+
+
+def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
+    """Moved right by `pixels`, the background filling in."""
+    moved = np.zeros_like(images)
+    moved[:, :, pixels:] = images[:, :, :-pixels]
+    return moved
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {role: linear_onnx(folder / f"{role}.onnx", seed)
+            for seed, role in enumerate(("champion", "shadow"))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    """One MLflow store for the module's monitoring runs: its migrations run once."""
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def reference(models) -> pd.DataFrame:
+    """The reference of 2,000 digits scored by the champion."""
+    images = digits(2000, seed=REFERENCE_SEED)
+    return reference_records(images, OnnxNetwork(models["champion"]).predict(images))
+
+
+@pytest.fixture
+def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.ToolParams:
+    """Tiny params with the log, the reference and the report under tmp_path."""
+    use_store_at(store_root, monkeypatch)
+    monitor_settings = raw_params["monitor"]
+    monitor_settings |= {"min_predictions": 100}
+    write_reference(reference, raw_params["paths"]["monitor_reference"])
+    write_params(raw_params, tmp_path / "params.yaml")
+    return tools.parse_params(raw_params)
+
+
+def params_file(params: tools.ToolParams, tmp_path: Path, **monitor_settings) -> Path:
+    raw = params.model_dump(mode="json")
+    raw["monitor"] |= monitor_settings
+    return write_params(raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml")
+
+
+def log_directly(params: tools.ToolParams, model: Path, images: np.ndarray) -> None:
+    """What a server logs for these images, written by the log's own writer."""
+    settings = params.monitor
+    writer = PredictionLog(settings.log_path, "serve", str(model), settings.log_max_bytes)
+    for batch in np.array_split(images, 10):
+        writer.write(Scored.of(batch, OnnxNetwork(model).predict(batch), keep_pixels=False))
+    writer.close()
+
+
+def reaches(url: str, name: str, expected: float) -> bool:
+    """Whether a server's /metrics total of `name` comes to `expected` within 30 s."""
+    return wait_until(lambda: sample_total(prometheus_samples(url), name) == expected, 30)
+
+
+def invocations(url: str, images: np.ndarray) -> tuple[int, dict]:
+    return post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
+
+
+# --- what is measured of an image, and the reference ----------------------------------------
+
+
+def test_the_statistics_of_known_images():
+    images = np.zeros((2, 28, 28), np.float32)
+    images[0, 4:6, 10:12] = 1.0  # a 2×2 block of ink
+    images[0, 20, 20] = 0.05  # a faint pixel: ink mass, but no stroke
+    found = input_statistics(images)
+    assert set(found) == set(STATISTICS) and all(values.shape == (2,) for values in found.values())
+    assert found["ink"][0] == pytest.approx(4.05)
+    assert found["centre_row"][0] == pytest.approx((4.5 * 4 + 20 * 0.05) / 4.05)
+    assert found["centre_col"][0] == pytest.approx((10.5 * 4 + 20 * 0.05) / 4.05)
+    assert found["mean_intensity"][0] == pytest.approx(1.0)
+    blank = [found[name][1] for name in STATISTICS]
+    assert blank == [0.0, 13.5, 13.5, 0.0]  # no ink: the image's centre
+
+
+def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models):
+    images = digits(50, seed=3)
+    probabilities = OnnxNetwork(models["champion"]).predict(images)
+    path = tmp_path / "reports" / "monitor_reference.csv"
+    write_reference(reference_records(images, probabilities), path)
+    reference = read_reference(path)
+    assert len(reference) == 50
+    assert list(reference["predicted"]) == list(probabilities.argmax(axis=1))
+    np.testing.assert_allclose(reference["confidence"], probabilities.max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(reference["ink"], input_statistics(images)["ink"], rtol=1e-5)
+
+
+# --- make monitor ---------------------------------------------------------------------------
+
+WINDOWS = {
+    "clean": (lambda images: images, set(), {"ink", "mean_intensity", "centre_col"}),
+    "inverted": (lambda images: 1 - images, {"ink", "mean_intensity"}, set()),
+    "shifted 4 pixels": (lambda images: shifted(images, 4), {"centre_col"}, {"centre_row"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINDOWS))
+def test_drift_is_found_in_changed_images_and_names_what_moved(params, reference, models, case):
+    change, moved, unmoved = WINDOWS[case]
+    log_directly(params, models["champion"], change(digits(500, seed=1)))
+    window = read_predictions(params.monitor.log_path)
+    verdict = monitor.judge(reference, window, params.monitor, 0, time.time())
+    assert verdict.tested and verdict.predictions == 500
+    assert moved <= set(verdict.drifted) and not unmoved & set(verdict.drifted), verdict.drifted
+    assert verdict.exit_code == (1 if moved else 0)
+    if case == "clean":
+        assert verdict.drifted == []
+
+
+def test_a_difference_too_small_to_matter_is_no_drift_however_certain():
+    rng = np.random.default_rng(13)
+    reference, window = pd.Series(rng.normal(0, 1, 20_000)), pd.Series(rng.normal(0.1, 1, 20_000))
+    found = drift.distribution("ink", reference, window, drift.Thresholds(0.01, 0.2))
+    assert found.p_value < 1e-6 and found.distance < 0.1 and not found.drifted
+    assert drift.distribution("ink", reference, window, drift.Thresholds(0.01, 0.0)).drifted
+
+
+def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
+    params, models, store_root, tmp_path, caplog
+):
+    """As a user would: 300 clean images logged, `make monitor`; 300 inverted more, again."""
+    argv = ["--params", str(tmp_path / "params.yaml"), "--since", "1h"]
+    exits = []
+    for images in (digits(300, seed=2), 1 - digits(300, seed=3)):
+        log_directly(params, models["champion"], images)
+        with pytest.raises(SystemExit) as stop:
+            monitor.main(argv)
+        exits.append(stop.value.code)
+    assert exits == [0, 1]
+    line = next(record.getMessage() for record in caplog.records if "drift in" in record.message)
+    assert "600 predictions" in line and "ink" in line and "mean_intensity" in line
+    report = Path(params.monitor.report_dir) / "report.md"
+    assert "**Drift: " in report.read_text() and (report.parent / "drift.png").is_file()
+    client = client_for(store_root)
+    experiment = client.get_experiment_by_name(f"{params.mlflow.experiment}-monitoring")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    latest, before = runs[0].data, runs[1].data
+    assert (before.metrics["drift"], latest.metrics["drift"]) == (0, 1)
+    assert latest.metrics["predictions"] == 600
+    assert latest.metrics["p_value/ink"] < params.monitor.alpha
+    assert "ink" in latest.tags["monitor.drifted"] and before.tags["monitor.drifted"] == "none"
+    assert {item.path for item in client.list_artifacts(runs[0].info.run_id, "monitoring")} == {
+        "monitoring/report.md", "monitoring/drift.png"}  # fmt: skip
+
+
+def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
+    params, models, tmp_path
+):
+    log_directly(params, models["champion"], digits(20, seed=4))
+    verdict = monitor.run(params)
+    assert not verdict.tested and verdict.exit_code == 0 and verdict.predictions == 20
+    assert monitor.run(params, since="2000-01-01").predictions == 20
+    assert monitor.run(params, since=time_in(60)).predictions == 0  # a minute from now
+    nowhere = params_file(params, tmp_path, log_path=str(tmp_path / "none.db"))
+    with pytest.raises(monitor.LogError, match="no prediction log at .*none.db"):
+        monitor.run(tools.load_params(nowhere))
+
+
+def time_in(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
+
+
+def test_a_bad_since_or_param_is_refused_in_one_line(params, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
+    assert stop.value.code == 2 and "duration" in capsys.readouterr().err
+    raw = params.model_dump(mode="json")
+    for key, value in (("alpha", 1.5), ("window", "1 day"), ("log_max_bytes", 10)):
+        bad = write_params(with_value(raw, f"monitor.{key}", value), tmp_path / "bad.yaml")
+        with pytest.raises(SystemExit) as stop:
+            monitor.main(["--params", str(bad)])
+        message = str(stop.value.code)
+        assert message.startswith(f"error: {bad}: monitor.{key} = ") and "\n" not in message
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+
+def serve(params_path: Path, models: dict, log: Path, *args: str):
+    return running("pipeline.serving.serve",
+                   ["--params", str(params_path), "--model", str(models["champion"]), *args],
+                   "/ping", log)  # fmt: skip
+
+
+def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
+    params, reference, models, tmp_path
+):
+    path = params_file(params, tmp_path)
+    champion, shadow = OnnxNetwork(models["champion"]), OnnxNetwork(models["shadow"])
+    images = digits(100, seed=5)
+    with serve(path, models, tmp_path / "server.log", "--shadow", str(models["shadow"])) as server:
+        for batch in np.array_split(images, 20):
+            status, answer = invocations(server.url, batch)
+            assert status == 200
+            np.testing.assert_allclose(answer["predictions"], champion.predict(batch), atol=1e-6)
+        assert post_json(server.url + "/invocations", DEEP)[0] == 400
+        assert post_json(server.url + "/invocations", b'{"inputs": [[')[0] == 400
+        assert reaches(server.url, "shadow_predictions_total", 100)  # scored off the request path
+        samples = prometheus_samples(server.url)
+    assert sample_total(samples, "http_requests_total", route="/invocations", status="200") == 20
+    assert sample_total(samples, "http_requests_total", route="/invocations", status="400") == 2
+    statuses = {dict(labels)["status"] for name, labels in samples if name == "http_requests_total"}
+    assert statuses == {"200", "400"}  # the deep body too: a 400, never a 5xx
+    assert sample_total(samples, "http_request_duration_seconds_count", route="/invocations") == 22
+    assert sample_total(samples, "model_predictions_total") == 100
+    predicted = champion.predict(images).argmax(axis=1)
+    for label in range(10):
+        expected = (predicted == label).sum()
+        assert sample_total(samples, "model_predictions_total", **{"class": str(label)}) == expected
+    info = [dict(labels) for (name, labels), value in samples.items() if name == "model_info"]
+    assert info == [{"model": str(models["champion"]), "version": str(models["champion"]),
+                     "shadow": str(models["shadow"])}]  # fmt: skip
+    logged = read_predictions(params.monitor.log_path)  # the server stopped: all written
+    assert len(logged) == 100 and set(logged["shadow_model"]) == {str(models["shadow"])}
+    assert list(logged["predicted"]) == list(predicted)
+    assert list(logged["shadow_predicted"]) == list(shadow.predict(images).argmax(axis=1))
+    verdict = monitor.judge(reference, logged, params.monitor, 0, time.time())
+    same = float((logged["predicted"] == logged["shadow_predicted"]).mean())
+    assert [(agreed.images, agreed.share) for agreed in verdict.agreements] == [(100, same)]
+    assert f"| {models['shadow']} | 100 | {same:.1%} |" in drift_report.markdown(verdict)
+
+
+def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp_path):
+    path = params_file(params, tmp_path)
+    image = digits(1, seed=6)
+    expected = input_statistics(image)["ink"][0]
+    port = free_port()
+    with open(tmp_path / "killed.log", "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serving.serve", "--params", str(path), "--model",
+             str(models["champion"]), "--port", str(port)],
+            cwd=REPO, env=environment_without("MLFLOW_"), stdout=output, stderr=output,
+        )  # fmt: skip
+    url, stop = f"http://127.0.0.1:{port}", threading.Event()
+
+    def traffic() -> None:  # bounded: until told, or 2,000 requests
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            with contextlib.suppress(OSError):
+                invocations(url, image)
+
+    sender = threading.Thread(target=traffic)
+    try:
+        wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
+        sender.start()
+        logged = lambda: count_rows(params.monitor.log_path) >= 50  # noqa: E731
+        assert wait_until(logged, timeout=30)
+        process.send_signal(signal.SIGKILL)  # mid-traffic: requests in flight, rows queued
+        assert process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        stop.set()
+        process.kill()
+        process.wait()
+        if sender.is_alive() or sender.ident:
+            sender.join(timeout=30)
+    database = Path(params.monitor.log_path)
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    survived = read_predictions(database)
+    assert len(survived) >= 50 and survived["ink"].to_numpy() == pytest.approx(expected, rel=1e-5)
+    with serve(path, models, tmp_path / "restarted.log") as server:
+        assert invocations(server.url, digits(3, seed=7))[0] == 200
+    after = read_predictions(database)
+    assert len(after) == len(survived) + 3
+    assert after.iloc[: len(survived)].equals(survived)
+
+
+def count_rows(path: str) -> int:
+    if not Path(path).is_file():
+        return 0
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    return 0
+
+
+def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    path = params_file(params, tmp_path, log_path=str(tmp_path / "a_file" / "predictions.db"))
+    with serve(path, models, tmp_path / "server.log") as server:
+        for batch in np.array_split(digits(30, seed=8), 6):
+            assert invocations(server.url, batch)[0] == 200
+        assert reaches(server.url, "prediction_log_dropped_total", 30)
+        assert sample_total(prometheus_samples(server.url), "model_predictions_total") == 30
+    warnings = [line for line in (tmp_path / "server.log").read_text().splitlines()
+                if "cannot write" in line]  # fmt: skip
+    assert len(warnings) == 1 and "a_file/predictions.db" in warnings[0], warnings
+
+
+def test_the_log_keeps_to_its_size_cap_dropping_the_oldest(tmp_path):
+    path, cap = tmp_path / "predictions.db", 65536
+    writer = PredictionLog(path, "serve", "model.onnx", cap)
+    images = digits(100, seed=10)
+    probabilities = np.random.default_rng(9).dirichlet(np.ones(10), 100).astype(np.float32)
+    for _ in range(40):  # 4,000 rows: several times what fits under the cap
+        writer.write(Scored.of(images, probabilities, keep_pixels=False))
+    writer.close()
+    logged = read_predictions(path)
+    assert 0 < len(logged) < 4000 and logged["id"].max() == 4000  # the newest are kept
+    assert path.stat().st_size < 2 * cap
+
+
+def test_the_log_keeps_pixels_only_when_asked(tmp_path):
+    from pipeline.monitoring.prediction_log import images_of
+
+    images, probabilities = digits(4, seed=11), np.full((4, 10), 0.1, np.float32)
+    for keep in (False, True):
+        writer = PredictionLog(tmp_path / f"{keep}.db", "demo", "model.onnx", 10**6)
+        writer.write(Scored.of(images, probabilities, keep_pixels=keep))
+        writer.close()
+        logged = read_predictions(tmp_path / f"{keep}.db")
+        if keep:
+            np.testing.assert_allclose(images_of(logged["pixels"]), images, atol=0.5 / 255)
+        else:
+            assert logged["pixels"].isna().all()
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_worker_processes(params, models, tmp_path):
+    path = params_file(params, tmp_path)
+    with serve(path, models, tmp_path / "server.log", "--workers", "2") as server:
+        for _ in range(40):  # a connection each: the kernel spreads them over both workers
+            assert invocations(server.url, digits(1, seed=12))[0] == 200
+        samples = prometheus_samples(server.url)
+    assert sample_total(samples, "http_requests_total", route="/invocations", status="200") == 40
+    assert sample_total(samples, "http_request_duration_seconds_count", route="/invocations") == 40
+    assert sample_total(samples, "model_predictions_total") == 40
+    assert len([name for name, _ in samples if name == "model_info"]) == 1
+    logged = read_predictions(params.monitor.log_path)
+    assert len(logged) == 40
+
+
+def test_the_default_log_path_is_ignored_by_git_and_dvc():
+    settings = yaml.safe_load((REPO / "params.yaml").read_text())["monitor"]
+    folder = Path(settings["log_path"]).parts[0]
+    assert f"{folder}/" in (REPO / ".gitignore").read_text().split()
+    assert f"{folder}/" in (REPO / ".dvcignore").read_text().split()

@@ -1,0 +1,276 @@
+"""`make report`: a change reviewed against a base revision, in a real git + DVC repo with two
+reproduced commits on the tiny pipeline, their MLflow runs in its store."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from matplotlib import image
+
+from pipeline.params import tools
+from pipeline.reports import review
+from pipeline.tools import report
+
+from .support import REPO, client_for, environment, run, tiny_repo, with_value, write_params
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def set_param(repo: Path, key: str, value: object) -> None:
+    path = repo / "params.yaml"
+    write_params(with_value(yaml.safe_load(path.read_text()), key, value), path)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """Three commits: the tiny params never reproduced, then reproduced (6 iterations), then 9
+    iterations reproduced; the workspace is the last."""
+    repo = tiny_repo(tmp_path_factory.mktemp("report"))
+    run(["dvc", "repro"], repo)
+    commit(repo, "6 iterations, reproduced")
+    set_param(repo, "train.iterations", 9)
+    run(["dvc", "repro"], repo)
+    commit(repo, "9 iterations, reproduced")
+    return repo
+
+
+def make_report(repo: Path, base: str, target: str, monkeypatch) -> str:
+    """The report as `make report` writes it, made in this process (no interpreter start-up)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tools.load_params(repo / "params.yaml")
+    return report.run(params, repo, base, target).read_text()
+
+
+def command(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.tools.report` on the repo's params, as `make report` runs it."""
+    module = [sys.executable, "-m", "pipeline.tools.report"]
+    return run([*module, "--params", str(repo / "params.yaml"), *args], REPO, False, environment())
+
+
+def row(markdown: str, first_cell: str) -> list[str]:
+    """The cells of the table row whose first cell is `first_cell`."""
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in:\n{markdown}")
+
+
+def recorded(repo: Path, revision: str, path: str) -> str:
+    return run(["git", "show", f"{revision}:{path}"], repo).stdout
+
+
+def cache_object(repo: Path, revision: str, path: str) -> Path:
+    """The DVC cache file of an output as `revision`'s dvc.lock records it."""
+    lock = yaml.safe_load(recorded(repo, revision, "dvc.lock"))
+    (md5,) = {out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+              if out["path"] == path}  # fmt: skip
+    return repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+
+
+def run_id_of(repo: Path, revision: str) -> str:
+    return json.loads(cache_object(repo, revision, "models/mlflow_run.json").read_text())["run_id"]
+
+
+@pytest.fixture(scope="module")
+def reviewed(repo, tmp_path_factory) -> tuple[str, Path]:
+    """HEAD~1 (6 iterations) against HEAD (9), HEAD~1's run without the gate's verdict (as a run
+    from before the gate): the Markdown and a copy of its folder."""
+    client, base = client_for(repo), run_id_of(repo, "HEAD~1")
+    for tag in set(report.VERDICT_TAGS) & set(client.get_run(base).data.tags):
+        client.delete_tag(base, tag)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
+    folder = shutil.copytree(repo / "build/report", tmp_path_factory.mktemp("reviewed") / "r")
+    return markdown, folder
+
+
+@pytest.mark.slow
+def test_the_report_names_the_changed_param_with_both_values(reviewed):
+    markdown, _ = reviewed
+    assert row(markdown, "`train.iterations`") == ["`train.iterations`", "6", "9"]
+    assert "`train.learning_rate`" not in markdown  # only what differs
+
+
+@pytest.mark.slow
+def test_a_metrics_row_has_both_values_and_the_change(repo, reviewed):
+    markdown, _ = reviewed
+    old, new = (
+        json.loads(recorded(repo, rev, "reports/metrics.json")) for rev in ("HEAD~1", "HEAD")
+    )
+    assert "test_accuracy" in old
+    for metric in old:
+        assert row(markdown, f"`{metric}`") == [
+            f"`{metric}`", f"{old[metric]:.4f}", f"{new[metric]:.4f}",
+            f"{new[metric] - old[metric]:+.4f}",
+        ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_images_it_references_exist_and_decode(reviewed):
+    markdown, folder = reviewed
+    names = IMAGE.findall(markdown)
+    assert {"curves.png", "confusion_base.png", "confusion_target.png"} <= set(names)
+    for name in names:
+        pixels = image.imread(folder / name)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
+
+
+@pytest.mark.slow
+def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
+    markdown, _ = reviewed
+    client = client_for(repo)
+    cells = row(markdown, "MLflow run")[1:]
+    for revision, cell in zip(("HEAD~1", "HEAD"), cells, strict=True):
+        found = client.get_run(run_id_of(repo, revision))
+        link = f"[{found.info.run_name}](http://127.0.0.1:5000/#/experiments/"
+        assert link in cell and f"/runs/{found.info.run_id}) `{found.info.run_id}`" in cell
+    tags = client.get_run(run_id_of(repo, "HEAD")).data.tags  # as evaluate's gate set them
+    base_verdict, target_verdict = row(markdown, "validation")[1:]
+    assert base_verdict == "no verdict recorded"
+    assert target_verdict.startswith(tags["validation.status"])
+    assert tags["validation.failed"] == "none" or f"({tags['validation.failed']})" in target_verdict
+
+
+@pytest.mark.slow
+def test_per_class_rows_come_largest_f1_move_first(reviewed):
+    markdown, _ = reviewed
+    per_class = markdown.split("## Per class")[1].split("##")[0]
+    changes = [abs(float(line.split("|")[4])) for line in per_class.splitlines()
+               if line.startswith("| `")]  # fmt: skip
+    assert len(changes) == 10 and changes == sorted(changes, reverse=True)
+
+
+@pytest.mark.slow
+def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    markdown = make_report(repo, "HEAD", head, monkeypatch)
+    assert "there is no change" in markdown
+    assert "## Params" not in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args", [["--base", "HEAD", "--target", "no-such-rev"], ["--base", "no-such-rev"]]
+)
+def test_an_unknown_revision_or_experiment_is_one_line_and_exit_1(repo, args):
+    result = command(repo, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown revision or experiment: no-such-rev"
+    ]
+
+
+@pytest.mark.slow
+def test_a_commit_never_reproduced_says_which_outputs_it_lacks(repo, monkeypatch):
+    markdown = make_report(repo, "HEAD~2", "HEAD", monkeypatch)
+    (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
+    assert "not recorded at this revision: reports/metrics.json, reports/per_class.csv" in line
+    assert "models/mlflow_run.json" in line
+    assert row(markdown, "`test_accuracy`")[1] == "—"
+
+
+@pytest.mark.slow
+def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
+    cached = cache_object(repo, "HEAD~1", "reports/train_history.csv")
+    shutil.move(cached, tmp_path / "object")
+    try:
+        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
+    finally:
+        shutil.move(tmp_path / "object", cached)
+    (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
+    assert "not in the DVC cache: reports/train_history.csv" in line
+    assert "curves.png" in markdown  # the target's curves are drawn still
+
+
+@pytest.mark.slow
+def test_a_workspace_whose_params_were_not_reproduced_says_so(repo, monkeypatch):
+    original = (repo / "params.yaml").read_text()
+    set_param(repo, "train.iterations", 3)
+    try:
+        markdown = make_report(repo, "HEAD", "workspace", monkeypatch)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert row(markdown, "`train.iterations`") == ["`train.iterations`", "9", "3"]
+    (line,) = [line for line in markdown.splitlines() if line.startswith("- target workspace")]
+    assert "its dvc.lock ran other params than its params.yaml (train.iterations)" in line
+
+
+@pytest.fixture(scope="module")
+def experiment(repo) -> str:
+    """An experiment of HEAD with `train.iterations: 3`, saved without training: `dvc exp save`
+    keeps the workspace's outputs (HEAD's) and records the params in its dvc.lock."""
+    original = (repo / "params.yaml").read_text()
+    set_param(repo, "train.iterations", 3)
+    try:
+        run(["dvc", "exp", "save", "-n", "short"], repo)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    return "short"
+
+
+@pytest.mark.slow
+def test_an_experiment_by_name(repo, experiment, monkeypatch):
+    markdown = make_report(repo, "HEAD", experiment, monkeypatch)
+    assert markdown.startswith("# Review: experiment `short` (`")
+    assert row(markdown, "`train.iterations`") == ["`train.iterations`", "9", "3"]
+    accuracy = json.loads(recorded(repo, "HEAD", "reports/metrics.json"))["test_accuracy"]
+    assert row(markdown, "`test_accuracy`")[1:] == [f"{accuracy:.4f}"] * 2 + ["+0.0000"]
+
+
+@pytest.mark.slow
+def test_best_is_the_experiment_with_the_best_selection_metric(repo, experiment, monkeypatch):
+    metric = tools.load_params(repo / "params.yaml").tune.metric  # what make tune chooses by
+    best = make_report(repo, "HEAD", "best", monkeypatch)
+    assert best.startswith("# Review: experiment `short`")
+    assert f"- `best`: experiment `short`, {metric} " in best
+    original = (repo / "params.yaml").read_text()
+    set_param(repo, "tune.metric", "no_such_metric")
+    try:
+        with pytest.raises(report.ReportError, match="no experiment of HEAD records "
+                           "no_such_metric .*; experiments considered: short"):  # fmt: skip
+            make_report(repo, "HEAD", "best", monkeypatch)
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+# --- the Markdown from in-memory records (quick) -------------------------------------------
+
+
+def scores(f1: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"class": ["0", "1", "2"], "precision": f1, "recall": f1, "f1": f1,
+                         "support": [5, 5, 5]})  # fmt: skip
+
+
+def test_per_class_changes_put_the_largest_move_first_and_keep_a_side_that_lacks_a_class():
+    changes = review.per_class_changes(scores([0.5, 0.9, 0.7]), scores([0.6, 0.2, 0.7]))
+    assert changes["class"].tolist() == ["1", "0", "2"]
+    assert changes["f1_change"].round(3).tolist() == [-0.7, 0.1, 0.0]
+    alone = review.per_class_changes(None, scores([0.5, 0.9, 0.7]))
+    assert alone["f1_target"].tolist() == [0.5, 0.9, 0.7] and alone["f1_base"].isna().all()
+
+
+def test_a_side_that_recorded_nothing_shows_dashes_and_says_so_in_one_line():
+    missing = "not recorded at this revision: reports/metrics.json, reports/per_class.csv"
+    base = review.Side("base", "`HEAD~2` (`abc1234`)", missing=(missing,))
+    target = review.Side("target", "workspace", per_class=scores([0.5, 0.9, 0.7]))
+    change = review.Change({"train.iterations": (None, 6)}, [], {"test_accuracy": (None, 0.5)})
+    markdown = review.markdown(base, target, change, curves=False)
+    assert f"- base `HEAD~2` (`abc1234`): {missing}" in markdown.splitlines()
+    assert row(markdown, "`train.iterations`") == ["`train.iterations`", "—", "6"]
+    assert row(markdown, "`test_accuracy`") == ["`test_accuracy`", "—", "0.5000", "—"]
+    assert row(markdown, "`1`")[1:4] == ["—", "0.9000", "—"]
+    assert "| base: not recorded |" in markdown and "Neither side's training history" in markdown
