@@ -176,17 +176,18 @@ def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Para
     tag the run and version with the verdict, and move the aliases it has earned."""
     name, metrics = params.mlflow.registered_model, results.metrics
     client = mlflow.MlflowClient()
+    registered = run_info["registered_version"]  # a string from a tracking server
+    version = None if registered is None else int(registered)
     release = gate.release_checks(metrics, params.evaluate)
     before = registry.alias_version(client, name, registry.CHAMPION)
     scorer = VersionScorer(name, val["x"], val["y"])
     gain = None  # none to gain over: no champion yet, or this model is it (judged again)
-    if gate.status(release) == gate.PASSED and before not in (None, run_info["registered_version"]):
+    if gate.status(release) == gate.PASSED and before not in (None, version):
         gain = gate.gain_check(
             metrics["validation_accuracy"], scorer(before), params.evaluate.min_gain
         )
         mlflow.log_metric("champion_validation_accuracy", scorer(before))
     contends = gate.status(release) == gate.PASSED and (gain is None or gain.passed)
-    version = run_info["registered_version"]
     if params.mlflow.registration == "better":  # train logged the model, unregistered
         version = registry.register(name, run_info["model_uri"]) if contends else None
     tags = gate.tags(release, gain)
