@@ -162,13 +162,22 @@ class VersionScorer:
         self.scores: dict[int, float] = {}
 
     def __call__(self, version: int) -> float:
+        """The version's accuracy; -inf for one whose model cannot be loaded (its artifacts
+        gone, or kept by another server): it can neither stay champion nor become it."""
         if version not in self.scores:
-            uri = f"models:/{self.name}/{version}"
-            probabilities = load_logged(uri)(self.images)
-            self.scores[version] = float((probabilities.argmax(axis=1) == self.labels).mean())
-            log.info("version %d: validation accuracy %.4f on this run's images", version,
-                     self.scores[version])  # fmt: skip
+            self.scores[version] = self.score(version)
         return self.scores[version]
+
+    def score(self, version: int) -> float:
+        uri = f"models:/{self.name}/{version}"
+        try:
+            probabilities = load_logged(uri)(self.images)
+        except mlflow.exceptions.MlflowException as error:
+            log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
+            return float("-inf")
+        score = float((probabilities.argmax(axis=1) == self.labels).mean())
+        log.info("version %d: validation accuracy %.4f on this run's images", version, score)
+        return score
 
 
 def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Params) -> Decision:
@@ -186,7 +195,8 @@ def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Para
         gain = gate.gain_check(
             metrics["validation_accuracy"], scorer(before), params.evaluate.min_gain
         )
-        mlflow.log_metric("champion_validation_accuracy", scorer(before))
+        if scorer(before) > float("-inf"):
+            mlflow.log_metric("champion_validation_accuracy", scorer(before))
     contends = gate.status(release) == gate.PASSED and (gain is None or gain.passed)
     if params.mlflow.registration == "better":  # train logged the model, unregistered
         version = registry.register(name, run_info["model_uri"]) if contends else None

@@ -132,6 +132,8 @@ def test_the_verdict_names_each_failed_check_with_value_and_threshold():
     )
     assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: FAILED")
     assert gate.gain_check(0.981, 0.9795, gate_params.min_gain).passed
+    unscored = gate.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
+    assert not unscored.passed and "could not be loaded" in unscored.line()
 
 
 # --- the gate in the tiny pipeline: train and evaluate, again and again, on one store -------

@@ -84,9 +84,13 @@ def release_checks(metrics: dict[str, float], gate: config.EvaluateParams) -> li
 
 
 def gain_check(candidate: float, champion: float, min_gain: float) -> Check:
-    """Validation accuracy over the champion's, both on the same images, by at least min_gain."""
+    """Validation accuracy over the champion's, both on the same images, by at least min_gain.
+    A champion that could not be scored (-inf) is not beaten: no paired comparison, no move."""
     from mlflow.models import MetricThreshold
 
+    if champion == float("-inf"):
+        rule = "a champion scored on the same images (it could not be loaded)"
+        return Check(GAIN, "validation_accuracy", candidate, rule, passed=False)
     threshold = MetricThreshold(min_absolute_change=min_gain, greater_is_better=True)
     return judged(GAIN, "validation_accuracy", candidate, threshold, baseline=champion)
 
