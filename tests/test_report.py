@@ -98,14 +98,14 @@ def reviewed(repo, tmp_path_factory) -> tuple[str, Path]:
     return markdown, folder
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_the_report_names_the_changed_param_with_both_values(reviewed):
     markdown, _ = reviewed
     assert row(markdown, "`train.iterations`") == ["`train.iterations`", "6", "9"]
     assert "`train.learning_rate`" not in markdown  # only what differs
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_metrics_row_has_both_values_and_the_change(repo, reviewed):
     markdown, _ = reviewed
     old, new = (
@@ -119,7 +119,7 @@ def test_a_metrics_row_has_both_values_and_the_change(repo, reviewed):
         ]  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_the_images_it_references_exist_and_decode(reviewed):
     markdown, folder = reviewed
     names = IMAGE.findall(markdown)
@@ -129,7 +129,7 @@ def test_the_images_it_references_exist_and_decode(reviewed):
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
     markdown, _ = reviewed
     client = client_for(repo)
@@ -145,7 +145,7 @@ def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
     assert tags["validation.failed"] == "none" or f"({tags['validation.failed']})" in target_verdict
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_per_class_rows_come_largest_f1_move_first(reviewed):
     markdown, _ = reviewed
     per_class = markdown.split("## Per class")[1].split("##")[0]
@@ -154,7 +154,7 @@ def test_per_class_rows_come_largest_f1_move_first(reviewed):
     assert len(changes) == 10 and changes == sorted(changes, reverse=True)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     markdown = make_report(repo, "HEAD", head, monkeypatch)
@@ -162,7 +162,7 @@ def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
     assert "## Params" not in markdown
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "args", [["--base", "HEAD", "--target", "no-such-rev"], ["--base", "no-such-rev"]]
 )
@@ -174,7 +174,7 @@ def test_an_unknown_revision_or_experiment_is_one_line_and_exit_1(repo, args):
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_commit_never_reproduced_says_which_outputs_it_lacks(repo, monkeypatch):
     markdown = make_report(repo, "HEAD~2", "HEAD", monkeypatch)
     (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
@@ -183,7 +183,7 @@ def test_a_commit_never_reproduced_says_which_outputs_it_lacks(repo, monkeypatch
     assert row(markdown, "`test_accuracy`")[1] == "—"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
     cached = cache_object(repo, "HEAD~1", "reports/train_history.csv")
     shutil.move(cached, tmp_path / "object")
@@ -196,7 +196,7 @@ def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
     assert "curves.png" in markdown  # the target's curves are drawn still
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_workspace_whose_params_were_not_reproduced_says_so(repo, monkeypatch):
     original = (repo / "params.yaml").read_text()
     set_param(repo, "train.iterations", 3)
@@ -222,7 +222,7 @@ def experiment(repo) -> str:
     return "short"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_an_experiment_by_name(repo, experiment, monkeypatch):
     markdown = make_report(repo, "HEAD", experiment, monkeypatch)
     assert markdown.startswith("# Review: experiment `short` (`")
@@ -231,7 +231,7 @@ def test_an_experiment_by_name(repo, experiment, monkeypatch):
     assert row(markdown, "`test_accuracy`")[1:] == [f"{accuracy:.4f}"] * 2 + ["+0.0000"]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_best_is_the_experiment_with_the_best_selection_metric(repo, experiment, monkeypatch):
     metric = tools.load_params(repo / "params.yaml").tune.metric  # what make tune chooses by
     best = make_report(repo, "HEAD", "best", monkeypatch)

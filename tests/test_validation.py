@@ -4,6 +4,7 @@ images, the verdict on versions and in the card, and `make promote`."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
+import pipeline.tools.promote as promote_tool
 import pipeline.tracking.registry as registry
 from pipeline.data.files import load_arrays
 from pipeline.model.onnx_network import OnnxNetwork
@@ -171,6 +173,18 @@ class Pipeline:
         version = int(run.data.tags["validation.version"])
         return version, registry.version_tags(client, "mnist-lstm", version)
 
+    def copy_of(self, version: int, tags: dict[str, str]) -> int:
+        """Another version of the same model and run, with a verdict's tags: for tests of
+        promotion, which reads only the tags."""
+        client = self.client()
+        # create_model_version looks the logged model up through MLflow's global store
+        mlflow.set_tracking_uri(client.tracking_uri)
+        mlflow.set_registry_uri(client.tracking_uri)
+        original = client.get_model_version("mnist-lstm", str(version))
+        copy = client.create_model_version("mnist-lstm", original.source, original.run_id)
+        registry.tag_version(client, "mnist-lstm", int(copy.version), tags)
+        return int(copy.version)
+
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
 
@@ -184,7 +198,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         yield Pipeline(tmp_path_factory.mktemp("gate"), monkeypatch)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_the_first_version_that_passes_becomes_champion_with_its_verdict(tmp_path, monkeypatch):
     pipeline = Pipeline(tmp_path, monkeypatch)  # its own store: no champion before
     version, tags = pipeline.version()
@@ -212,7 +226,7 @@ def test_a_barely_trained_model_fails_a_floor_and_the_champion_stays(pipeline):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(pipeline):
     champion = pipeline.alias("champion") or pipeline.version()[0]
     from pipeline import preprocess
@@ -239,38 +253,43 @@ def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(p
         preprocess.run(pipeline.params())
 
 
-def promote(root: Path, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.promote", "--params", str(root / "params.yaml"),
-         *arguments], capture_output=True, text=True, cwd=REPO, timeout=120,
-        env=environment_without("MLFLOW_", "DVC_") | {"DVC_ROOT": str(root)},
-    )  # fmt: skip
+def promote_in_process(root: Path, caplog: pytest.LogCaptureFixture, *arguments: str) -> str:
+    """`python -m pipeline.tools.promote ...` run in this process; what it logged."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline.tools.promote"):
+        promote_tool.main(["--params", str(root / "params.yaml"), *arguments])
+    return caplog.text
 
 
 @pytest.mark.slow
-def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(pipeline):
+def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(pipeline, caplog):
     first = pipeline.alias("champion") or pipeline.version()[0]
-    failed, _ = pipeline.version(evaluate__min_test_accuracy=0.99)
-    other, _ = pipeline.version(evaluate__min_gain=1.0)  # passed, but not champion
+    failed = pipeline.copy_of(first, {"validation.status": "failed",
+                                      "validation.failed": "test_accuracy"})  # fmt: skip
+    other = pipeline.copy_of(first, {"validation.status": "passed"})  # passed, not champion
     (pipeline.root / "params.yaml").write_text(yaml.safe_dump(pipeline.raw))
 
-    moved = promote(pipeline.root, "--version", str(other), "--reason", "try it")
-    assert moved.returncode == 0, moved.stderr
-    assert f"mnist-lstm@champion: version {first} → version {other}" in moved.stderr
+    moved = promote_in_process(pipeline.root, caplog, "--version", str(other), "--reason", "try")
+    assert f"mnist-lstm@champion: version {first} → version {other}" in moved
     tags = registry.version_tags(pipeline.client(), "mnist-lstm", other)
-    assert tags["champion.reason"] == "try it" and tags["champion.previous"] == str(first)
+    assert tags["champion.reason"] == "try" and tags["champion.previous"] == str(first)
     assert pipeline.alias("challenger") != other  # a challenger no more
 
-    back = promote(pipeline.root, "--version", str(first), "--reason", "roll back")
-    assert back.returncode == 0 and f"version {other} → version {first}" in back.stderr
-    assert pipeline.alias("champion") == first
+    back = promote_in_process(pipeline.root, caplog, "--version", str(first), "--reason", "back")
+    assert f"version {other} → version {first}" in back and pipeline.alias("champion") == first
 
-    refused = promote(pipeline.root, "--version", str(failed), "--reason", "no")
+    # as a user runs it: a failed version is refused with one line and exit 1
+    params_file = str(pipeline.root / "params.yaml")
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.tools.promote", "--params", params_file,
+         "--version", str(failed), "--reason", "no"], capture_output=True, text=True, cwd=REPO,
+        timeout=120, env=environment_without("MLFLOW_", "DVC_") | {"DVC_ROOT": str(pipeline.root)},
+    )  # fmt: skip
     assert refused.returncode == 1 and pipeline.alias("champion") == first
     assert refused.stderr.strip().splitlines() == [
         f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "
         "anyway"
     ]
-    forced = promote(pipeline.root, "--version", str(failed), "--reason", "demo", "--force")
-    assert forced.returncode == 0 and pipeline.alias("champion") == failed
-    promote(pipeline.root, "--version", str(first), "--reason", "roll back")
+    promote_in_process(pipeline.root, caplog, "--version", str(failed), "--reason", "x", "--force")
+    assert pipeline.alias("champion") == failed
+    promote_in_process(pipeline.root, caplog, "--version", str(first), "--reason", "back")
