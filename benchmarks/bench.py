@@ -139,11 +139,13 @@ def serving_in_a_fresh_process(scratch: Path, env: dict) -> dict:
     It runs in the scratch copy `pipeline_timings` reproduced, whose champion is the model this
     code logs: this repo's champion is the best model ever trained here, maybe by older code.
     """
-    if not (scratch / "dvc.lock").exists():  # `--only serving`: reproduce it first, untimed
-        subprocess.run(["dvc", "repro", "-q"], cwd=scratch, env=env, check=True)
+    # `--only serving`: reproduce it first, untimed (after `pipeline`, nothing to do). The copy
+    # holds main's dvc.lock, the baseline, but none of its outputs.
+    subprocess.run(["dvc", "repro", "-q"], cwd=scratch, env=env, check=True)
     command = [sys.executable, "-m", "benchmarks.serving"]
-    result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
+    if result.returncode != 0:  # its own words, not only the exit status
+        raise RuntimeError(f"benchmarks.serving failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
