@@ -197,6 +197,20 @@ def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
 
 
 @pytest.mark.heavy
+def test_a_run_record_missing_from_the_cache_is_found_by_its_params(repo, monkeypatch, tmp_path):
+    """As in a fresh clone: main's dvc.lock names run records another machine made."""
+    cached = cache_object(repo, "HEAD~1", "models/mlflow_run.json")
+    shutil.move(cached, tmp_path / "object")
+    try:
+        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
+    finally:
+        shutil.move(tmp_path / "object", cached)
+    base_run = row(markdown, "MLflow run")[1]
+    assert "/runs/" in base_run and base_run != "—"
+    assert row(markdown, "validation")[1] != "—"
+
+
+@pytest.mark.heavy
 def test_a_workspace_whose_params_were_not_reproduced_says_so(repo, monkeypatch):
     original = (repo / "params.yaml").read_text()
     set_param(repo, "train.iterations", 3)

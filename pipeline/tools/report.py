@@ -29,6 +29,7 @@ import yaml
 
 import pipeline.params.config as config
 import pipeline.params.tools as tools
+import pipeline.tracking.lineage as lineage
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
@@ -234,6 +235,7 @@ def side_of(
         texts = {path: files.read(path) for path in wanted}
         missing = missing_lines(files, [path for path, text in texts.items() if text is None])
         stale = stale_params(files)
+        params_text = files.read(config.PARAMS_FILE)
     finally:
         files.close()
     if stale:
@@ -246,7 +248,8 @@ def side_of(
         per_class=table_of(texts[paths.per_class]),
         confusion=None if confusion is None else pd.read_csv(io.StringIO(confusion), dtype=str),
         history=table_of(texts[paths.history]),
-        run=run_of(store, texts[paths.run_info]),
+        run=run_of(store, texts[paths.run_info])
+        or run_trained_with(store, params_text, params.mlflow.experiment),
         missing=tuple(missing),
     )
 
@@ -304,6 +307,29 @@ def run_of(store: Store, run_info: str | None) -> review.Run | None:
         return review.Run(run_id)
     url = run_url(store.uri, found.info.experiment_id, run_id)
     return review.Run(run_id, found.info.run_name, url, verdict(found.data.tags))
+
+
+def run_trained_with(store: Store, params_text: str | None, experiment: str) -> review.Run | None:
+    """Without a run record (not in the cache: a clone that trained the revision itself), the
+    newest run of a clean checkout whose params hash is the revision's params' (lineage tags)."""
+    if store.client is None or params_text is None:
+        return None
+    try:
+        digest = lineage.params_sha256(config.parse_params(yaml.safe_load(params_text)))
+    except (config.ConfigError, yaml.YAMLError):  # another schema: no hash to look for
+        return None
+    found = store.client.get_experiment_by_name(experiment)
+    runs = [] if found is None else store.client.search_runs(
+        [found.experiment_id],
+        f"tags.params_sha256 = '{digest}' and tags.`git.dirty` = 'false'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )  # fmt: skip
+    if not runs:
+        return None
+    run = runs[0]
+    url = run_url(store.uri, run.info.experiment_id, run.info.run_id)
+    return review.Run(run.info.run_id, run.info.run_name, url, verdict(run.data.tags))
 
 
 def clear(folder: Path) -> None:
