@@ -90,6 +90,11 @@ class Decision:
     def status(self) -> str:
         return gate.status(self.release)
 
+    @property
+    def checks(self) -> list[gate.Check]:
+        """Every check judged: the release checks, then the gain where there was one."""
+        return self.release + ([self.gain] if self.gain else [])
+
 
 def per_class_metrics_flat(per_class: pd.DataFrame, split: str) -> dict[str, float]:
     """Per-class metrics keyed `<split>_f1/<class>`: MLflow's UI groups charts into sections by
@@ -131,9 +136,7 @@ def card_for(run, run_info: dict, decision: Decision, results: Evaluation, param
     links = [os.path.relpath(results.pictures[name], card_dir) for name in results.pictures]
     manifest = read_json(params.paths.raw_manifest)
     scores = (results.metrics, results.per_class)
-    validation = model_card.validation_section(
-        decision.status, decision.release + [decision.gain] * bool(decision.gain), outcome(decision)
-    )
+    validation = model_card.validation_section(decision.status, decision.checks, outcome(decision))
     figures = model_card.Figures(*links)
     return model_card.render(params, manifest, scores, lineage, figures, validation)
 
@@ -233,7 +236,7 @@ def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Deci
             raise
         finally:
             mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
-    for check in decision.release + [decision.gain] * bool(decision.gain):
+    for check in decision.checks:
         (log.info if check.passed else log.warning)("gate: %s", check.line())
     log.info("gate %s. %s", decision.status, outcome(decision))
     return decision

@@ -3,6 +3,7 @@ reproduced commits on the tiny pipeline, their MLflow runs in its store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -183,14 +184,21 @@ def test_a_commit_never_reproduced_says_which_outputs_it_lacks(repo, monkeypatch
     assert row(markdown, "`test_accuracy`")[1] == "—"
 
 
+@contextlib.contextmanager
+def hidden_from_the_cache(repo: Path, revision: str, path: str, aside: Path):
+    """The revision's cached copy of `path` moved aside meanwhile, as if never pulled."""
+    cached = cache_object(repo, revision, path)
+    shutil.move(cached, aside / "object")
+    try:
+        yield
+    finally:
+        shutil.move(aside / "object", cached)
+
+
 @pytest.mark.heavy
 def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
-    cached = cache_object(repo, "HEAD~1", "reports/train_history.csv")
-    shutil.move(cached, tmp_path / "object")
-    try:
+    with hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
-    finally:
-        shutil.move(tmp_path / "object", cached)
     (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
     assert "not in the DVC cache: reports/train_history.csv" in line
     assert "curves.png" in markdown  # the target's curves are drawn still
@@ -199,12 +207,8 @@ def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
 @pytest.mark.heavy
 def test_a_run_record_missing_from_the_cache_is_found_by_its_params(repo, monkeypatch, tmp_path):
     """As in a fresh clone: main's dvc.lock names run records another machine made."""
-    cached = cache_object(repo, "HEAD~1", "models/mlflow_run.json")
-    shutil.move(cached, tmp_path / "object")
-    try:
+    with hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
-    finally:
-        shutil.move(tmp_path / "object", cached)
     base_run = row(markdown, "MLflow run")[1]
     assert "/runs/" in base_run and base_run != "—"
     assert row(markdown, "validation")[1] != "—"

@@ -44,7 +44,7 @@ BEST = "best"
 REPORT_FILE = "report.md"
 UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui`, where a run of the repo's own store opens
 # evaluate's gate tags train's run: passed or failed, the failed checks, the gain's line
-VERDICT_TAGS = (registry.STATUS_TAG, gate.FAILED_TAG, f"validation.{gate.GAIN}")
+VERDICT_TAGS = (registry.STATUS_TAG, registry.FAILED_TAG, f"validation.{gate.GAIN}")
 
 
 class ReportError(Exception):

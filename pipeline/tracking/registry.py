@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest version that passed the release checks but not the gain
-STATUS_TAG = "validation.status"  # a version's gate verdict: passed or failed
+STATUS_TAG = "validation.status"  # a version's gate verdict: PASSED or FAILED
+PASSED, FAILED = "passed", "failed"
+FAILED_TAG = "validation.failed"  # the failed checks' metrics, comma-separated, or "none"
 # When a version passed the whole gate, the gain over the champion included (seconds since the
 # epoch): the versions that contend for champion. One that passed all but the gain has none.
 PASSED_AT_TAG = "validation.passed_at"
@@ -166,11 +168,11 @@ def promote(name: str, version: int, reason: str, who: str, force: bool = False)
     except mlflow.exceptions.MlflowException:
         raise PromotionError(f"{name} has no version {version}") from None
     verdict = tags.get(STATUS_TAG, "no verdict")
-    if verdict != "passed" and not force:
-        failed = tags.get("validation.failed")
+    if verdict != PASSED and not force:
+        failed = tags.get(FAILED_TAG)
         raise PromotionError(
             f"version {version} {verdict if verdict == 'no verdict' else 'failed the gate'}"
-            + (f" ({failed})" if failed and verdict == "failed" else "")
+            + (f" ({failed})" if failed and verdict == FAILED else "")
             + ": give FORCE=1 to promote it anyway"
         )
     with store_lock():

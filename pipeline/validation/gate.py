@@ -12,10 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pipeline.params.config as config
-from pipeline.tracking.registry import STATUS_TAG
+from pipeline.tracking.registry import FAILED, FAILED_TAG, PASSED, STATUS_TAG
 
-PASSED, FAILED = "passed", "failed"
-FAILED_TAG = "validation.failed"  # the failed checks' names, comma-separated
 GAIN = "gain"  # the check against the champion; the others are the floors and behaviour
 
 
