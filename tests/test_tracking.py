@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import mlflow
 import pytest
+import yaml
 
 import pipeline.tracking.lineage as lineage
 import pipeline.tracking.registry as registry
@@ -152,14 +153,53 @@ def test_lineage_tags_name_commit_changes_experiment_data_and_params(params, tmp
     assert dirty["git.dirty"] == "true" and dirty["git.changed_files"] == "params.yaml"
     assert dirty["git_commit"] == clean["git_commit"]
 
-    # the run's name: the experiment's; for `dvc repro`, the commit (+ the params if dirty)
+    # the run's name: the experiment's; for `dvc repro`, the commit and what params.yaml changes
     assert lineage.run_name(clean) == "brave-fox"
     monkeypatch.delenv("DVC_EXP_NAME")
-    commit, digest = clean["git_commit"][:7], clean["params_sha256"][:7]
-    assert lineage.run_name(lineage.lineage_tags({}, params)) == f"{commit}+{digest}"
-    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    commit = clean["git_commit"][:7]
+    assert lineage.run_name(lineage.lineage_tags({}, params)) == f"{commit} seed=2"
+    (tmp_path / "params.yaml").write_text("seed: 1\nserve:\n  port: 5011\n")  # a tool's only
     assert lineage.run_name(lineage.lineage_tags({}, params)) == commit
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "train.py").write_text("")
+    git(tmp_path, "add", "pipeline")  # uncommitted code, beside the params
+    (tmp_path / "params.yaml").write_text("seed: 3\n")
+    named = lineage.run_name(lineage.lineage_tags({}, params))
+    assert named == f"{commit} seed=3 +uncommitted code"
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    assert lineage.run_name(lineage.lineage_tags({}, params)) == f"{commit} +uncommitted code"
     assert lineage.run_name({}) is None  # outside git: MLflow's own random name
+
+
+def test_run_name_lists_a_few_changed_params_then_how_many_more(tmp_path, monkeypatch):
+    git(tmp_path, "init", "-q")
+    base = {"seed": 1, "model": {"num_units": 128}, "train": {"learning_rate": 0.001}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
+    git(tmp_path, "add", "params.yaml")
+    git(tmp_path, "commit", "-qm", "baseline")
+    monkeypatch.chdir(tmp_path)
+    changed = {
+        "seed": 2,
+        "model": {"num_units": 64},
+        "train": {"learning_rate": 0.002, "iterations": 50},
+        "data": {"sources": ["https://mirror.example.org/mnist.npz"]},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed))
+    tags = {"git_commit": "74aa655" + "0" * 33, "git.changed_files": "params.yaml"}
+    assert (
+        lineage.run_name(tags)
+        == '74aa655 seed=2 data.sources=["https://mirror.ex… model.num_units=64 +2 more'
+    )
+    assert lineage.params_changes() == {
+        "data.sources": '["https://mirror.example.org/mnist.npz"]',
+        "model.num_units": "64",
+        "seed": "2",
+        "train.learning_rate": "0.002",
+        "train.iterations": "50",
+    }
+    del changed["seed"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed))
+    assert lineage.params_changes()["seed"] == lineage.REMOVED
 
 
 def test_params_hash_changes_with_any_value(params):

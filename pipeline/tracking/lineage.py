@@ -2,7 +2,8 @@
 
 Its commit and DVC experiment, its params and data (lineage_tags); the environment that shaped
 it beyond those, package versions, CPU model and vector flags (environment_tags); and the weights
-it gave (weights_sha256), so a reproduction on the same machine can be checked bit for bit.
+it gave (weights_sha256), so a reproduction on the same machine can be checked bit for bit;
+and the run's name (run_name): its experiment, or its commit and the params changed since.
 Reading them costs milliseconds; nothing here imports TensorFlow.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 import pipeline.params.config as config
 
@@ -32,6 +34,10 @@ WEIGHTS_TAG = "model.weights_sha256"
 # The run's validated stage params as one JSON artifact: `make reproduce` restores them as they
 # were, types and all, where MLflow's logged params are strings.
 PARAMS_ARTIFACT = "params.json"
+# A `dvc repro` run's name lists this many changed params at most, each value cut to this length.
+MAX_NAMED_CHANGES = 3
+MAX_VALUE_CHARS = 20
+REMOVED = "(removed)"  # a param that the workspace's params.yaml no longer has
 ENV_PREFIX = "env."
 # The distributions whose versions shape the weights or the scores (first found of each row).
 PACKAGES = {
@@ -104,18 +110,54 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
     return tags
 
 
+def params_changes(path: str = config.PARAMS_FILE) -> dict[str, str]:
+    """The stage params that the workspace's params file changes from HEAD's, flattened:
+    {"train.learning_rate": "0.002"}, a key HEAD lacks with its value, a key removed as
+    "(removed)". The tools' sections are left out: a run neither logs nor hashes them. {}
+    outside git, or when either file cannot be read."""
+    committed_text = _git("show", f"HEAD:./{path}")
+    if committed_text is None:
+        return {}
+    try:
+        workspace = config.read_params_file(path)
+        committed = yaml.load(committed_text, Loader=config.SAFE_LOADER)
+    except (config.ConfigError, yaml.YAMLError):
+        return {}
+    if not isinstance(workspace, dict) or not isinstance(committed, dict):
+        return {}
+    now, before = (flatten(config.stage_sections(raw)) for raw in (workspace, committed))
+    changes = {key: value for key, value in now.items() if before.get(key) != value}
+    return changes | {key: REMOVED for key in before if key not in now}
+
+
+def describe_changes(changes: dict[str, str]) -> str:
+    """`train.learning_rate=0.002 model.num_units=64`: the first few changes, each value cut
+    short, then `+N more`, so the runs table's name column stays readable."""
+    named = [
+        f"{key}={value if len(value) <= MAX_VALUE_CHARS else value[: MAX_VALUE_CHARS - 1] + '…'}"
+        for key, value in list(changes.items())[:MAX_NAMED_CHANGES]
+    ]
+    more = len(changes) - len(named)
+    return " ".join(named + ([f"+{more} more"] if more else []))
+
+
 def run_name(tags: dict[str, str]) -> str | None:
     """What the run is called in MLflow, as `dvc exp show` and a report call what made it: the
-    DVC experiment's name; for `dvc repro`, its commit (`a94719f`), with a short hash of the
-    params when they differ from the commit's (`a94719f+3f2a1c9`). None outside git: MLflow's
-    random name."""
+    DVC experiment's name; for `dvc repro`, its commit (`a94719f`) followed by what params.yaml
+    changes from the commit's (`a94719f train.learning_rate=0.002`) and `+uncommitted code` when
+    other inputs differ too. None outside git: MLflow's random name."""
     if tags.get("dvc.exp_name"):
         return tags["dvc.exp_name"]
     commit = tags.get("git_commit")
     if not commit:
         return None
-    dirty = tags.get("git.dirty") == "true"
-    return commit[:7] + (f"+{tags['params_sha256'][:7]}" if dirty else "")
+    parts = [commit[:7]]
+    changed = [name for name in tags.get("git.changed_files", "").split(",") if name]
+    if config.PARAMS_FILE in changed:
+        parts.append(describe_changes(params_changes()))
+    if any(name != config.PARAMS_FILE for name in changed):
+        parts.append("+uncommitted code")
+    return " ".join(part for part in parts if part)
 
 
 def weights_sha256(weights: Iterable[np.ndarray]) -> str:
