@@ -34,7 +34,7 @@ import pipeline.tracking.store as tracking
 import pipeline.validation.behaviour as checks
 import pipeline.validation.gate as gate
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
-from pipeline.monitoring.reference import reference_records, write_reference
+from pipeline.monitoring.reference import log_reference, reference_records, write_reference
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Deci
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
             log_results(results)
+            log_reference(params.paths.monitor_reference)  # this model's own, for make monitor
             decision = decide(run_info, results, val, params)
             write_text(params.paths.model_card, card_for(run, run_info, decision, results, params))
             mlflow.log_artifact(params.paths.model_card)

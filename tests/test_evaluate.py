@@ -48,6 +48,8 @@ def test_evaluate_writes_reports_and_logs_into_train_run(trained):
     assert "test_f1/9" in logged and "val_loss" in logged
     artifacts = {item.path for item in client.list_artifacts(trained.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.json" in artifacts
+    own = client.download_artifacts(trained.run_id, "monitoring/reference.csv", str(root / "o"))
+    pd.testing.assert_frame_equal(pd.read_csv(own), reference)  # this version's own, for monitor
     figures = {item.path for item in client.list_artifacts(trained.run_id, "figures")}
     assert figures == {"figures/training_curves.png", "figures/confusion_matrix.png",
                        "figures/misclassified.png"}  # fmt: skip

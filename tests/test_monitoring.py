@@ -24,7 +24,13 @@ import yaml
 from pipeline.model.onnx_network import OnnxNetwork
 from pipeline.monitoring import drift, drift_report, monitor
 from pipeline.monitoring.prediction_log import PredictionLog, Scored, read_predictions
-from pipeline.monitoring.reference import read_reference, reference_records, write_reference
+from pipeline.monitoring.reference import (
+    ARTIFACT,
+    ModelReference,
+    read_reference,
+    reference_records,
+    write_reference,
+)
 from pipeline.monitoring.statistics import STATISTICS, input_statistics
 from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
@@ -134,16 +140,44 @@ def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.To
     return tools.parse_params(raw_params)
 
 
+@pytest.fixture(scope="module")
+def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
+    """Two versions of the registered model in the module's store, as evaluate leaves them:
+    version 1's run carries the reference (the champion's digits), version 2's run none (a
+    version evaluated before references were logged)."""
+    import mlflow
+
+    client = client_for(store_root)
+    name = f"monitored-{store_root.name}"
+    client.create_registered_model(name)
+    experiment = client.create_experiment(f"{name}-runs")
+    path = tmp_path_factory.mktemp("reference") / "monitor_reference.csv"
+    write_reference(reference, path)
+    uris = {}
+    for role, carries in (("champion", True), ("without", False)):
+        run_id = client.create_run(experiment).info.run_id
+        if carries:
+            client.log_text(run_id, path.read_text(), ARTIFACT)
+        version = client.create_model_version(name, f"runs:/{run_id}/model", run_id).version
+        uris[role] = f"models:/{name}/{version}"
+        client.set_terminated(run_id)
+    mlflow.set_tracking_uri("")  # client_for set nothing global; this keeps it that way
+    return uris
+
+
 def params_file(params: tools.ToolParams, tmp_path: Path, **monitor_settings) -> Path:
     raw = params.model_dump(mode="json")
     raw["monitor"] |= monitor_settings
     return write_params(raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml")
 
 
-def log_directly(params: tools.ToolParams, model: Path, images: np.ndarray) -> None:
-    """What a server logs for these images, written by the log's own writer."""
+def log_directly(
+    params: tools.ToolParams, model: Path, images: np.ndarray, name: str | None = None
+) -> None:
+    """What a server logs for these images, written by the log's own writer; `name`: what the
+    log calls the model (a registered version's URI), the file by default."""
     settings = params.monitor
-    writer = PredictionLog(settings.log_path, "serve", str(model), settings.log_max_bytes)
+    writer = PredictionLog(settings.log_path, "serve", name or str(model), settings.log_max_bytes)
     for batch in np.array_split(images, 10):
         writer.write(Scored.of(batch, OnnxNetwork(model).predict(batch), keep_pixels=False))
     writer.close()
@@ -201,12 +235,19 @@ def test_drift_is_found_in_changed_images_and_names_what_moved(params, reference
     change, moved, unmoved = WINDOWS[case]
     log_directly(params, models["champion"], change(digits(500, seed=1)))
     window = read_predictions(params.monitor.log_path)
-    verdict = monitor.judge(reference, window, params.monitor, 0, time.time())
+    verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
     assert verdict.tested and verdict.predictions == 500
     assert moved <= set(verdict.drifted) and not unmoved & set(verdict.drifted), verdict.drifted
     assert verdict.exit_code == (1 if moved else 0)
     if case == "clean":
         assert verdict.drifted == []
+
+
+def own(reference: pd.DataFrame, window: pd.DataFrame) -> dict[str, ModelReference]:
+    """The reference for every model the window names (they all score like the champion)."""
+    return {
+        name: ModelReference(name, reference, "the test's") for name in monitor.models_in(window)
+    }
 
 
 def test_a_difference_too_small_to_matter_is_no_drift_however_certain():
@@ -218,21 +259,28 @@ def test_a_difference_too_small_to_matter_is_no_drift_however_certain():
 
 
 def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
-    params, models, store_root, tmp_path, caplog
+    params, models, registered, store_root, tmp_path, caplog
 ):
-    """As a user would: 300 clean images logged, `make monitor`; 300 inverted more, again."""
+    """As a user would: 300 clean images logged by the champion's version, `make monitor`;
+    300 inverted more, again. Each look names the version and the run its reference is from."""
     argv = ["--params", str(tmp_path / "params.yaml"), "--since", "1h"]
-    exits = []
+    report = Path(params.monitor.report_dir) / "report.md"
+    exits, pages = [], []
     for images in (digits(300, seed=2), 1 - digits(300, seed=3)):
-        log_directly(params, models["champion"], images)
+        log_directly(params, models["champion"], images, registered["champion"])
         with pytest.raises(SystemExit) as stop:
             monitor.main(argv)
         exits.append(stop.value.code)
+        pages.append(report.read_text())
     assert exits == [0, 1]
-    line = next(record.getMessage() for record in caplog.records if "drift in" in record.message)
+    for page, count in zip(pages, (300, 600), strict=True):
+        assert f"## Served: {registered['champion']} ({count} predictions)" in page
+        assert "Reference: its evaluate run " in page
+    assert "**No drift** (" in pages[0] and "**Drift: " in pages[1]
+    line = next(rec.getMessage() for rec in caplog.records if rec.message.startswith("drift in"))
+    assert f"of served {registered['champion']}" in line and "its evaluate run" in line
     assert "600 predictions" in line and "ink" in line and "mean_intensity" in line
-    report = Path(params.monitor.report_dir) / "report.md"
-    assert "**Drift: " in report.read_text() and (report.parent / "drift.png").is_file()
+    assert (report.parent / "drift.png").is_file()
     client = client_for(store_root)
     experiment = client.get_experiment_by_name(f"{params.mlflow.experiment}-monitoring")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
@@ -241,8 +289,33 @@ def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
     assert latest.metrics["predictions"] == 600
     assert latest.metrics["p_value/ink"] < params.monitor.alpha
     assert "ink" in latest.tags["monitor.drifted"] and before.tags["monitor.drifted"] == "none"
+    assert latest.tags["monitor.models"] == registered["champion"]
+    assert latest.tags["monitor.references"].startswith(f"{registered['champion']}: its evaluate")
     assert {item.path for item in client.list_artifacts(runs[0].info.run_id, "monitoring")} == {
         "monitoring/report.md", "monitoring/drift.png"}  # fmt: skip
+
+
+def test_each_version_is_judged_by_its_own_reference_and_one_without_gets_no_verdict(
+    params, models, registered, caplog
+):
+    """A window that mixes versions: the one with a reference is tested against it; the one
+    without is named, with no verdict, and never compared with the other's reference; a file
+    served by path has none either."""
+    log_directly(params, models["champion"], 1 - digits(200, seed=7), registered["without"])
+    log_directly(params, models["champion"], digits(300, seed=8), registered["champion"])
+    log_directly(params, models["shadow"], 1 - digits(150, seed=9))
+    verdict = monitor.run(params)
+    judged = {model.model: model for model in verdict.models}
+    assert [model.model for model in verdict.models][0] == registered["champion"]
+    assert judged[registered["champion"]].tested and not judged[registered["champion"]].drifted
+    for other in (registered["without"], str(models["shadow"])):
+        assert judged[other].reference_rows == 0 and not judged[other].tested
+    assert judged[registered["without"]].reference.startswith("none in this store")
+    assert verdict.exit_code == 0 and verdict.drifted == []  # the inverted rows had no reference
+    said = [record.getMessage() for record in caplog.records]
+    assert any(
+        f"served {registered['without']}" in line and "no reference" in line for line in said
+    )
 
 
 def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
@@ -316,7 +389,11 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
     assert len(logged) == 100 and set(logged["shadow_model"]) == {str(models["shadow"])}
     assert list(logged["predicted"]) == list(predicted)
     assert list(logged["shadow_predicted"]) == list(shadow.predict(images).argmax(axis=1))
-    verdict = monitor.judge(reference, logged, params.monitor, 0, time.time())
+    verdict = monitor.judge(logged, own(reference, logged), params.monitor, 0, time.time())
+    assert [(model.role, model.predictions) for model in verdict.models] == [
+        ("served", 100), ("shadow", 100)]  # fmt: skip
+    shadow_rows = verdict.models[1]  # the shadow's answers against its reference
+    assert shadow_rows.model == str(models["shadow"]) and shadow_rows.tested
     same = float((logged["predicted"] == logged["shadow_predicted"]).mean())
     assert [(agreed.images, agreed.share) for agreed in verdict.agreements] == [(100, same)]
     assert f"| {models['shadow']} | 100 | {same:.1%} |" in drift_report.markdown(verdict)

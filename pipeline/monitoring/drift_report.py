@@ -11,42 +11,37 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 from pipeline.monitoring.drift import CLASS_MIX, TESTED
 
 if TYPE_CHECKING:
-    from pipeline.monitoring.monitor import Verdict
+    from pipeline.monitoring.monitor import ModelVerdict, Verdict
 
-FIGURE_NAME = "drift.png"
+FIGURE_NAME = "drift.png"  # the first model tested; the next ones drift-2.png, drift-3.png, ...
+
+
+def figure_name(index: int) -> str:
+    return FIGURE_NAME if index == 0 else f"drift-{index + 1}.png"
 
 
 def markdown(verdict: Verdict) -> str:
-    """The page: the verdict, one row per test, the shadow's agreement, the figure."""
+    """The page: the verdict, then each model's rows against its own reference (one row per
+    test, its figure), then the shadow's agreement."""
     when = f"{verdict.since:%Y-%m-%d %H:%M} to {verdict.until:%Y-%m-%d %H:%M} UTC"
-    lines = [f"# Monitoring: {verdict.predictions} predictions, {when}", ""]
-    if not verdict.tested:
-        lines += [f"**No verdict**: fewer than {verdict.min_predictions} predictions.", ""]
+    limits = verdict.thresholds
+    rule = f"p-value below {limits.alpha:g} and distance from {limits.min_distance:g}"
+    if verdict.drifted:
+        head = f"**Drift: {', '.join(verdict.drifted)}** ({rule})."
+    elif verdict.tested:
+        head = f"**No drift** ({rule})."
     else:
-        limits = verdict.thresholds
-        rule = f"p-value below {limits.alpha:g} and distance from {limits.min_distance:g}"
-        moved = f"Drift: {', '.join(verdict.drifted)}" if verdict.drifted else "No drift"
-        lines += [f"**{moved}** ({rule}).", ""]
-    served = ", ".join(f"{model} ({count})" for model, count in verdict.models.items())
-    lines += [
-        f"Served: {served or 'nothing'}. Reference: {verdict.reference} "
-        f"({verdict.reference_rows} test images).",
-        "",
-    ]
-    if verdict.findings:
-        lines += [
-            "| quantity | test | p-value | distance | what moved | drift |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {found.name} | {found.test} | {found.p_value:.2g} | {found.distance:.2f} "
-            f"| {found.detail} | {'**yes**' if found.drifted else 'no'} |"
-            for found in verdict.findings
-        ]
-        lines.append("")
+        head = "**No verdict**: no model had a reference and enough predictions."
+    lines = [f"# Monitoring: {verdict.predictions} predictions, {when}", "", head, ""]
+    tested = 0
+    for judged in verdict.models:
+        lines += model_section(judged, verdict.min_predictions)
+        if judged.tested:
+            lines += [f"![reference and window]({figure_name(tested)})", ""]
+            tested += 1
     if verdict.agreements:
         lines += [
-            "## Shadow",
+            "## Shadow agreement",
             "",
             "| served | shadow | images both scored | same class |",
             "|---|---|---|---|",
@@ -56,16 +51,39 @@ def markdown(verdict: Verdict) -> str:
             for agreed in verdict.agreements
         ]
         lines.append("")
-    if verdict.tested:
-        lines += [f"![reference and window]({FIGURE_NAME})", ""]
     return "\n".join(lines)
 
 
-def distributions(reference: pd.DataFrame, window: pd.DataFrame, verdict: Verdict) -> Figure:
-    """Reference against window: a histogram per tested quantity, the class mix as bars; what
-    moved is titled in red."""
-    moved = set(verdict.drifted)
+def model_section(judged: ModelVerdict, min_predictions: int) -> list[str]:
+    """One model's rows: what it was compared with, and each test."""
+    title = f"{judged.role.capitalize()}: {judged.model} ({judged.predictions} predictions)"
+    lines = [f"## {title}", ""]
+    if judged.reference_rows == 0:
+        return lines + [f"Reference: {judged.reference}. **No verdict** for this model.", ""]
+    lines += [f"Reference: {judged.reference} ({judged.reference_rows} test images).", ""]
+    if not judged.tested:
+        return lines + [f"**No verdict**: fewer than {min_predictions} predictions.", ""]
+    moved = f"Drift: {', '.join(judged.drifted)}" if judged.drifted else "No drift"
+    lines += [
+        f"**{moved}**.",
+        "",
+        "| quantity | test | p-value | distance | what moved | drift |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {found.name} | {found.test} | {found.p_value:.2g} | {found.distance:.2f} "
+        f"| {found.detail} | {'**yes**' if found.drifted else 'no'} |"
+        for found in judged.findings
+    ]
+    return [*lines, ""]
+
+
+def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVerdict) -> Figure:
+    """One model's reference against its rows in the window: a histogram per tested quantity,
+    the class mix as bars; what moved is titled in red."""
+    moved = set(judged.drifted)
     figure = Figure(figsize=(12, 6.5), layout="constrained")
+    figure.suptitle(f"{judged.role} {judged.model}: window against its reference")
     grid = figure.subplots(2, 3).ravel()
     for axes, name in zip(grid, TESTED, strict=False):
         values = np.concatenate([reference[name].to_numpy(float), window[name].to_numpy(float)])

@@ -32,7 +32,7 @@ import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
 from pipeline.monitoring import drift, drift_report
 from pipeline.monitoring.prediction_log import LogError, read_predictions
-from pipeline.monitoring.reference import ReferenceUnreadable, read_reference
+from pipeline.monitoring.reference import ModelReference, reference_of
 from pipeline.runtime.cli import setup_logging, unwind_on_signals
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,19 @@ REPORT_NAME = "report.md"
 EXPERIMENT_SUFFIX = "-monitoring"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What one look at the log found."""
+SERVED, SHADOW = "served", "shadow"
 
-    since: datetime.datetime  # UTC
-    until: datetime.datetime
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """One model's rows in the window, tested against that model's own reference."""
+
+    model: str  # as the log names it: models:/mnist-lstm/3, or a file
+    role: str  # SERVED (it answered) or SHADOW (it scored the same images beside it)
     predictions: int
-    min_predictions: int
-    thresholds: drift.Thresholds
-    reference: str
-    reference_rows: int
-    models: dict[str, int]  # version served → its predictions in the window
-    findings: list[drift.Finding] = field(default_factory=list)  # empty: too few to test
-    agreements: list[drift.Agreement] = field(default_factory=list)
+    reference: str  # where its reference came from, or why it has none
+    reference_rows: int  # 0: no reference, no verdict
+    findings: list[drift.Finding] = field(default_factory=list)  # empty: no test
 
     @property
     def tested(self) -> bool:
@@ -65,6 +64,28 @@ class Verdict:
     @property
     def drifted(self) -> list[str]:
         return drift.drifted(self.findings)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one look at the log found, model by model."""
+
+    since: datetime.datetime  # UTC
+    until: datetime.datetime
+    predictions: int  # rows in the window, all models
+    min_predictions: int
+    thresholds: drift.Thresholds
+    models: list[ModelVerdict]  # served ones first, most predictions first
+    agreements: list[drift.Agreement] = field(default_factory=list)
+
+    @property
+    def tested(self) -> bool:
+        return any(model.tested for model in self.models)
+
+    @property
+    def drifted(self) -> list[str]:
+        """What moved, each quantity once, in any model's rows."""
+        return list(dict.fromkeys(name for model in self.models for name in model.drifted))
 
     @property
     def exit_code(self) -> int:
@@ -94,28 +115,53 @@ def since_argument(text: str) -> str:
     return text
 
 
+def rows_by_model(window: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(model, role, its rows) for each model in the window: the served models' rows as
+    logged, and each shadow's rows with its own answers as `predicted` and `confidence`."""
+    groups = [(model, SERVED, rows) for model, rows in window.groupby("model", sort=False)]
+    shadowed = window.dropna(subset=["shadow_model"])
+    for model, rows in shadowed.groupby("shadow_model", sort=False):
+        answers = {"predicted": rows["shadow_predicted"], "confidence": rows["shadow_confidence"]}
+        groups.append((model, SHADOW, rows.assign(**answers)))
+    return sorted(groups, key=lambda group: (group[1] != SERVED, -len(group[2])))
+
+
+def judge_model(
+    model: str, role: str, rows: pd.DataFrame, reference: ModelReference, settings
+) -> ModelVerdict:
+    """The tests of one model's rows against its reference, when it has one and enough rows."""
+    records = reference.records
+    tested = records is not None and len(rows) >= settings.min_predictions
+    limits = drift.Thresholds(settings.alpha, settings.min_distance)
+    return ModelVerdict(
+        model=model,
+        role=role,
+        predictions=len(rows),
+        reference=reference.source,
+        reference_rows=0 if records is None else len(records),
+        findings=drift.compare(records, rows, limits) if tested else [],
+    )
+
+
 def judge(
-    reference: pd.DataFrame,
     window: pd.DataFrame,
+    references: dict[str, ModelReference],
     settings: tools.MonitorParams,
     since: float,
     until: float,
-    source: str = "the reference",
 ) -> Verdict:
-    """The tests of `window` against `reference` (read from `source`), when it holds enough
-    predictions."""
-    enough = len(window) >= settings.min_predictions
-    thresholds = drift.Thresholds(settings.alpha, settings.min_distance)
+    """Each model's rows in `window` against its own reference (`references[model]`)."""
+    models = [
+        judge_model(model, role, rows, references[model], settings)
+        for model, role, rows in rows_by_model(window)
+    ]
     return Verdict(
         since=utc(since),
         until=utc(until),
         predictions=len(window),
         min_predictions=settings.min_predictions,
-        thresholds=thresholds,
-        reference=source,
-        reference_rows=len(reference),
-        models=window["model"].value_counts().to_dict(),
-        findings=drift.compare(reference, window, thresholds) if enough else [],
+        thresholds=drift.Thresholds(settings.alpha, settings.min_distance),
+        models=models,
         agreements=drift.agreements(window),
     )
 
@@ -125,34 +171,61 @@ def utc(seconds: float) -> datetime.datetime:
 
 
 def write_report(
-    reference: pd.DataFrame, window: pd.DataFrame, verdict: Verdict, folder: Path
+    rows: dict[str, pd.DataFrame],
+    references: dict[str, ModelReference],
+    verdict: Verdict,
+    folder: Path,
 ) -> list[Path]:
-    """report.md, and drift.png when there was a test; the files written."""
+    """report.md, and a figure for each model tested; the files written."""
     from pipeline.reports import figures
 
     written = [folder / REPORT_NAME]
     write_text(written[0], drift_report.markdown(verdict))
-    if verdict.tested:
-        written.append(folder / drift_report.FIGURE_NAME)
-        figures.save(drift_report.distributions(reference, window, verdict), written[-1])
+    tested = [judged for judged in verdict.models if judged.tested]
+    for index, judged in enumerate(tested):
+        written.append(folder / drift_report.figure_name(index))
+        key = (judged.model, judged.role)
+        drawn = drift_report.distributions(references[judged.model].records, rows[key], judged)
+        figures.save(drawn, written[-1])
     return written
+
+
+def metric_prefix(judged: ModelVerdict, index: int) -> str:
+    """The first served model's tests are the run's plain metrics (one chart over time per
+    quantity); any other model's carry its role and place."""
+    return "" if index == 0 and judged.role == SERVED else f"{judged.role}{index}/"
 
 
 def run_metrics(verdict: Verdict) -> dict[str, float]:
     """The run's metrics: the window's size, the verdict, each test, the shadow's agreement."""
     values = {"predictions": float(verdict.predictions), "drift": float(bool(verdict.drifted))}
-    for found in verdict.findings:
-        values |= {
-            f"p_value/{found.name}": found.p_value,
-            f"distance/{found.name}": found.distance,
-            f"window/{found.name}": found.window,
-            f"reference/{found.name}": found.reference,
-        }
+    for index, judged in enumerate(verdict.models):
+        prefix = metric_prefix(judged, index)
+        for found in judged.findings:
+            values |= {
+                f"{prefix}p_value/{found.name}": found.p_value,
+                f"{prefix}distance/{found.name}": found.distance,
+                f"{prefix}window/{found.name}": found.window,
+                f"{prefix}reference/{found.name}": found.reference,
+            }
     if verdict.agreements:  # all shadows together (the run's tag names them)
         images = sum(agreed.images for agreed in verdict.agreements)
         agreeing = sum(agreed.share * agreed.images for agreed in verdict.agreements)
         values |= {"shadow_images": float(images), "shadow_agreement": agreeing / images}
     return values
+
+
+def run_tags(verdict: Verdict) -> dict[str, str]:
+    """Which models the window held, what each was compared with, what moved."""
+    served = [judged.model for judged in verdict.models if judged.role == SERVED]
+    shadows = [judged.model for judged in verdict.models if judged.role == SHADOW]
+    references = "; ".join(f"{judged.model}: {judged.reference}" for judged in verdict.models)
+    return {
+        "monitor.drifted": ", ".join(verdict.drifted) or "none",
+        "monitor.models": ", ".join(served) or "none",
+        "monitor.shadows": ", ".join(shadows) or "none",
+        "monitor.references": references[:5000] or "none",  # MLflow's tag value limit is 8000
+    }
 
 
 def log_run(params: tools.ToolParams, verdict: Verdict, files: list[Path]) -> str:
@@ -172,34 +245,34 @@ def log_run(params: tools.ToolParams, verdict: Verdict, files: list[Path]) -> st
                 "until": verdict.until.isoformat(),
                 "alpha": verdict.thresholds.alpha,
                 "min_distance": verdict.thresholds.min_distance,
-                "reference": verdict.reference,
                 "log": params.monitor.log_path,
             }
         )
         mlflow.log_metrics(run_metrics(verdict))
-        mlflow.set_tags(
-            {
-                "monitor.drifted": ", ".join(verdict.drifted) or "none",
-                "monitor.models": ", ".join(verdict.models) or "none",
-                "monitor.shadows": ", ".join(agreed.shadow for agreed in verdict.agreements)
-                or "none",
-            }
-            | tracking.process_tags()
-        )
+        mlflow.set_tags(run_tags(verdict) | tracking.process_tags())
         for path in files:
             mlflow.log_artifact(str(path), "monitoring")
     return run.info.run_id
 
 
 def say(verdict: Verdict, where: str) -> None:
-    """The verdict in one line (naming what moved), and the shadow's agreement."""
-    since = f"{verdict.predictions} predictions since {verdict.since:%Y-%m-%d %H:%M:%S} UTC"
-    if not verdict.tested:
-        log.warning("only %s (%d needed): no verdict (%s)", since, verdict.min_predictions, where)
-    elif verdict.drifted:
-        log.warning("drift in %s: %s (%s)", since, ", ".join(verdict.drifted), where)
-    else:
-        log.info("no drift in %s (%s)", since, where)
+    """The verdict in one line per model (naming what moved and its reference), and the
+    shadow's agreement."""
+    since = f"since {verdict.since:%Y-%m-%d %H:%M:%S} UTC"
+    if not verdict.models:
+        log.warning("no predictions %s: no verdict (%s)", since, where)
+    for judged in verdict.models:
+        what = f"{judged.predictions} predictions of {judged.role} {judged.model} {since}"
+        if judged.reference_rows == 0:
+            log.warning("%s: no reference (%s): no verdict (%s)", what, judged.reference, where)
+        elif not judged.tested:
+            needed = verdict.min_predictions
+            log.warning("only %s (%d needed): no verdict (%s)", what, needed, where)
+        elif judged.drifted:
+            moved = ", ".join(judged.drifted)
+            log.warning("drift in %s: %s; reference: %s (%s)", what, moved, judged.reference, where)
+        else:
+            log.info("no drift in %s; reference: %s (%s)", what, judged.reference, where)
     for agreed in verdict.agreements:
         log.info(
             "shadow %s agreed with %s on %.1f%% of %d images",
@@ -210,16 +283,35 @@ def say(verdict: Verdict, where: str) -> None:
         )
 
 
+def models_in(window: pd.DataFrame) -> list[str]:
+    """Every model the window names, served or shadow."""
+    named = list(window["model"]) + list(window["shadow_model"].dropna())
+    return list(dict.fromkeys(named))
+
+
+def references_for(params: tools.ToolParams, models: list[str]) -> dict[str, ModelReference]:
+    """Each model's own reference, from the store the params name."""
+    if not models:
+        return {}
+    import mlflow
+
+    tracking.use_store(params.mlflow)
+    client = mlflow.MlflowClient()
+    with tracking.server_lost_as_error():
+        return {model: reference_of(model, client) for model in models}
+
+
 def run(params: tools.ToolParams, since: str | None = None, now: float | None = None) -> Verdict:
     """Read, test, report and log one window; `since` as --since takes it."""
     settings = params.monitor
     until = time.time() if now is None else now
     start = since_time(since or settings.window, until)
-    reference = read_reference(params.paths.monitor_reference)
     window = read_predictions(settings.log_path, start)
     window = window[window["time"] <= pd.Timestamp(until, unit="s", tz="UTC")]
-    verdict = judge(reference, window, settings, start, until, params.paths.monitor_reference)
-    files = write_report(reference, window, verdict, Path(settings.report_dir))
+    references = references_for(params, models_in(window))
+    verdict = judge(window, references, settings, start, until)
+    rows = {(model, role): part for model, role, part in rows_by_model(window)}
+    files = write_report(rows, references, verdict, Path(settings.report_dir))
     run_id = log_run(params, verdict, files)
     say(verdict, f"{files[0]}, MLflow run {run_id}")
     return verdict
@@ -239,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     unwind_on_signals()
     try:
         verdict = run(params, args.since)
-    except (LogError, ReferenceUnreadable, tracking.TrackingError) as error:
+    except (LogError, tracking.TrackingError) as error:
         raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:
         raise SystemExit("error: interrupted") from None

@@ -1,12 +1,15 @@
-"""The reference the served model's traffic is compared with: the test split as the model saw it.
+"""The reference a served model's traffic is compared with: the test split as that model saw it.
 
-evaluate writes it (a DVC output) from the test images and the model's probabilities on them:
-one row per image with the predicted class, its probability and the input statistics, the
-columns the prediction log has for each scored image (pipeline/monitoring/prediction_log.py).
+evaluate writes it (a DVC output, and an artifact of the model's run) from the test images and
+the model's probabilities on them: one row per image with the predicted class, its probability
+and the input statistics, the columns the prediction log has for each scored image
+(pipeline/monitoring/prediction_log.py). `make monitor` reads each served version's own.
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +56,49 @@ def read_reference(path: str | Path) -> pd.DataFrame:
     if missing or records.empty:
         raise ReferenceUnreadable(f"{path}: not a reference (no rows, or no {missing})")
     return records
+
+
+# Where each evaluated model keeps its own reference: an artifact of its MLflow run, so a
+# version and its reference can never part (the DVC output above is the last evaluated one's).
+ARTIFACT = "monitoring/reference.csv"
+
+
+def log_reference(path: str | Path) -> None:
+    """Log the reference written at `path` into the active run, as ARTIFACT."""
+    import mlflow
+
+    mlflow.log_text(Path(path).read_text(), ARTIFACT)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """A served model's own reference, or why it has none."""
+
+    model: str  # as the prediction log names it: models:/mnist-lstm/3, or a file
+    records: pd.DataFrame | None  # None: no reference for this model
+    source: str  # where the records came from, or why there are none
+
+
+def reference_of(model: str, client) -> ModelReference:
+    """The reference evaluate logged with the run that trained `model` (a registered version's
+    URI, as the prediction log names the champion it served). Any other model (a file, a
+    version this store lacks, one evaluated before references were logged) has none: a window
+    is never judged against another model's reference."""
+    import mlflow
+
+    from pipeline.tracking.registry import REGISTERED_URI, registered_version
+
+    if REGISTERED_URI.match(model) is None:
+        return ModelReference(model, None, "none: only a registered version carries one")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            run_id = registered_version(client, model).run_id
+            path = client.download_artifacts(run_id, ARTIFACT, folder)
+        except (mlflow.exceptions.MlflowException, OSError) as error:
+            why = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return ModelReference(model, None, f"none in this store ({why})")
+        try:
+            records = read_reference(path)
+        except ReferenceUnreadable as error:
+            return ModelReference(model, None, f"none: {error}")
+    return ModelReference(model, records, f"its evaluate run {run_id}")
