@@ -151,9 +151,31 @@ def outcome(decision: Decision) -> str:
     if decision.champion == decision.version:
         return f"It became `{registry.CHAMPION}` (before: {before})."
     return (
-        f"It passed the release checks but not the gain: `{registry.CHALLENGER}`; the champion "
+        f"It passed the release checks but had no gain: `{registry.CHALLENGER}`; the champion "
         f"is version {decision.champion}."
     )
+
+
+def verdict_line(decision: Decision) -> str:
+    """The gate's verdict as one sentence: the release checks, the gain, what it became."""
+    if decision.status == gate.FAILED:
+        failed = ", ".join(check.metric for check in decision.release if check.failed)
+        head = f"release checks FAILED ({failed})"
+    else:
+        head = "release checks passed"
+    gain = decision.gain
+    if gain is not None:
+        had = "a gain" if gain.passed else "no gain"
+        over = f"champion v{decision.champion_before}"
+        head += f"; {had} over {over} ({gain.metric} {gain.value:.4f}, needs {gain.rule})"
+    elif decision.status == gate.PASSED and decision.champion_before is not None:
+        head += f"; it is champion v{decision.champion_before} already: no gain to have"
+    if decision.version is None:
+        return head + ": not registered (mlflow.registration: better)"
+    if decision.champion == decision.version:
+        return head + f": champion (version {decision.version})"
+    became = "never champion" if decision.status == gate.FAILED else registry.CHALLENGER
+    return head + f": {became} (version {decision.version}; champion v{decision.champion})"
 
 
 class VersionScorer:
@@ -215,8 +237,7 @@ def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Para
         champion = registry.settle_champion(
             name, version, scorer, gate.beats(params.evaluate.min_gain)
         )
-    if gate.status(release) == gate.PASSED and champion != version:
-        registry.mark_challenger(name, version)
+    registry.settle_challenger(client, name)
     return Decision(release, gain, version, champion, before)
 
 
@@ -238,8 +259,8 @@ def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Deci
         finally:
             mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
     for check in decision.checks:
-        (log.info if check.passed else log.warning)("gate: %s", check.line())
-    log.info("gate %s. %s", decision.status, outcome(decision))
+        (log.warning if check.failed else log.info)("gate: %s", check.line())
+    log.info("gate: %s", verdict_line(decision))
     return decision
 
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 import pipeline.tools.promote as promote_tool
 import pipeline.tracking.registry as registry
+from pipeline import evaluate
 from pipeline.data.files import load_arrays
 from pipeline.model.onnx_network import OnnxNetwork
 from pipeline.params import config, tools
@@ -132,10 +133,39 @@ def test_the_verdict_names_each_failed_check_with_value_and_threshold():
     assert tags["validation.test_accuracy"] == (
         "test accuracy floor: test_accuracy = 0.3100, needs >= 0.95: FAILED"
     )
-    assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: FAILED")
+    assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: no gain")
     assert gate.gain_check(0.981, 0.9795, gate_params.min_gain).passed
     unscored = gate.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
     assert not unscored.passed and "could not be loaded" in unscored.line()
+
+
+def decision_of(release_passed: bool, gain: gate.Check | None, version, champion, before):
+    metrics = {"test_accuracy": 0.98 if release_passed else 0.3, "test_min_class_f1": 0.95,
+               "shift_agreement": 0.9, "noise_accuracy_drop": 0.01}  # fmt: skip
+    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    return evaluate.Decision(gate.release_checks(metrics, gate_params), gain, version, champion,
+                             before)  # fmt: skip
+
+
+def test_the_gate_gives_one_verdict_in_one_sentence():
+    """No FAILED beside a pass: a gain not had is `no gain`, and the closing line says what the
+    version became in the same sentence as the checks that decided it."""
+    no_gain = gate.gain_check(0.978, 0.978, 0.001)
+    assert no_gain.outcome == "no gain" and not no_gain.failed and "FAILED" not in no_gain.line()
+    line = evaluate.verdict_line(decision_of(True, no_gain, 2, 1, 1))
+    assert line == ("release checks passed; no gain over champion v1 (validation_accuracy "
+                    "0.9780, needs >= champion 0.9780 + 0.001): challenger (version 2; "
+                    "champion v1)")  # fmt: skip
+    gained = gate.gain_check(0.99, 0.978, 0.001)
+    assert evaluate.verdict_line(decision_of(True, gained, 3, 3, 1)).endswith(
+        "a gain over champion v1 (validation_accuracy 0.9900, needs >= champion 0.9780 + 0.001)"
+        ": champion (version 3)"
+    )
+    assert evaluate.verdict_line(decision_of(True, None, 1, 1, None)) == (
+        "release checks passed: champion (version 1)")  # fmt: skip
+    failed = evaluate.verdict_line(decision_of(False, None, 4, 1, 1))
+    assert failed.startswith("release checks FAILED (test_accuracy)") and "passed" not in failed
+    assert failed.endswith("never champion (version 4; champion v1)")
 
 
 # --- the gate in the tiny pipeline: train and evaluate, again and again, on one store -------
@@ -247,7 +277,7 @@ def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(p
         assert len(val["y"]) == 30
         assert run.data.metrics["champion_validation_accuracy"] == pytest.approx(again)
         # a gain of 1.0 cannot be had: passed the release checks, so the challenger
-        assert tags["validation.status"] == "passed" and "FAILED" in tags["validation.gain"]
+        assert tags["validation.status"] == "passed" and tags["validation.gain"].endswith("no gain")
         assert pipeline.alias("challenger") == version and pipeline.alias("champion") == champion
     finally:
         preprocess.run(pipeline.params())
@@ -273,10 +303,11 @@ def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(p
     assert f"mnist-lstm@champion: version {first} → version {other}" in moved
     tags = registry.version_tags(pipeline.client(), "mnist-lstm", other)
     assert tags["champion.reason"] == "try" and tags["champion.previous"] == str(first)
-    assert pipeline.alias("challenger") != other  # a challenger no more
+    assert pipeline.alias("challenger") != other  # the champion is no challenger
 
     back = promote_in_process(pipeline.root, caplog, "--version", str(first), "--reason", "back")
     assert f"version {other} → version {first}" in back and pipeline.alias("champion") == first
+    assert pipeline.alias("challenger") == other  # the newest passed version but the champion
 
     # as a user runs it: a failed version is refused with one line and exit 1
     params_file = str(pipeline.root / "params.yaml")

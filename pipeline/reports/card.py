@@ -99,7 +99,7 @@ def validation_section(status: str, checks: list, outcome: str) -> str:
                 f"`{c.metric}`",
                 f"{c.value:.4f}",
                 c.rule,
-                "passed" if c.passed else "**failed**",
+                f"**{c.outcome.lower()}**" if c.failed else c.outcome,
             )
             for c in checks
         ],

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-CHALLENGER = "challenger"  # the newest version that passed the release checks but not the gain
+# The newest version, other than the champion, that passed the release checks: the one to
+# shadow, or to roll back to. Set again after every move of the champion (settle_challenger).
+CHALLENGER = "challenger"
 STATUS_TAG = "validation.status"  # a version's gate verdict: PASSED or FAILED
 PASSED, FAILED = "passed", "failed"
 FAILED_TAG = "validation.failed"  # the failed checks' metrics, comma-separated, or "none"
@@ -135,12 +137,27 @@ def settle_champion(
     return champion
 
 
-def mark_challenger(name: str, version: int) -> None:
-    """Point `challenger` at a version that passed the release checks but not the gain."""
-    import mlflow
-
-    set_alias(mlflow.MlflowClient(), name, CHALLENGER, version)
-    log.info("%s@%s is now version %d", name, CHALLENGER, version)
+def settle_challenger(client: mlflow.MlflowClient, name: str) -> int | None:
+    """Point `challenger` at the newest version that passed the release checks and is not the
+    champion, or at none; the version it points at. Called after the champion moves, by the
+    gate or by hand, so the alias keeps its one meaning through promotions and rollbacks."""
+    champion = alias_version(client, name, CHAMPION)
+    passed = [
+        int(version.version)
+        for version in client.search_model_versions(f"name='{name}'")
+        if (version.tags or {}).get(STATUS_TAG) == PASSED and int(version.version) != champion
+    ]
+    newest = max(passed, default=None)
+    current = alias_version(client, name, CHALLENGER)
+    if newest == current:
+        return current
+    if newest is None:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        log.info("%s@%s points at no version now", name, CHALLENGER)
+    else:
+        set_alias(client, name, CHALLENGER, newest)
+        log.info("%s@%s is now version %d", name, CHALLENGER, newest)
+    return newest
 
 
 def register(name: str, model_uri: str) -> int:
@@ -180,6 +197,5 @@ def promote(name: str, version: int, reason: str, who: str, force: bool = False)
         set_alias(client, name, CHAMPION, version)
         record = {"by": who, "reason": reason, "previous": before or "none", "forced": force}
         tag_version(client, name, version, {f"champion.{k}": v for k, v in record.items()})
-        if alias_version(client, name, CHALLENGER) == version:  # a challenger no more
-            client.delete_registered_model_alias(name, CHALLENGER)
+        settle_challenger(client, name)
     return before

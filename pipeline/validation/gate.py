@@ -27,9 +27,21 @@ class Check:
     rule: str  # ">= 0.95", "<= 0.15", ">= champion 0.9812 + 0.001"
     passed: bool
 
+    @property
+    def outcome(self) -> str:
+        """A release check passes or FAILS; the gain is had or not, which fails nothing: a
+        version without it is still a valid model (the challenger)."""
+        if self.name == GAIN:
+            return "gain" if self.passed else "no gain"
+        return "passed" if self.passed else "FAILED"
+
+    @property
+    def failed(self) -> bool:
+        """A release check that did not pass (no gain is not a failure)."""
+        return not self.passed and self.name != GAIN
+
     def line(self) -> str:
-        outcome = "passed" if self.passed else "FAILED"
-        return f"{self.name}: {self.metric} = {self.value:.4f}, needs {self.rule}: {outcome}"
+        return f"{self.name}: {self.metric} = {self.value:.4f}, needs {self.rule}: {self.outcome}"
 
 
 def judged(name: str, metric: str, value: float, threshold, baseline: float | None = None):
