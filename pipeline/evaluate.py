@@ -328,6 +328,7 @@ def run(params: config.Params) -> dict[str, float]:
     log them; pass the model through the gate before any alias moves."""
     run_info = read_json(params.paths.run_info)
     tracking.use_store(params.mlflow)
+    tracking.require_run(run_info["run_id"], run_info.get("tracking_uri"), params.paths.run_info)
     test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
     results = measure(load_logged(run_info["model_uri"]), test, val, params)
     metrics = results.metrics

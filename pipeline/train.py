@@ -232,6 +232,7 @@ def run(params: config.Params) -> TrainResult | None:
             "model_uri": info.model_uri,
             "registered_model": params.mlflow.registered_model,
             "registered_version": info.registered_model_version,
+            "tracking_uri": tracking.shown(mlflow.get_tracking_uri()),  # the store it lives in
         }
         write_json(params.paths.run_info, run_info)
     if info.registered_model_version is None:

@@ -12,6 +12,7 @@ import os
 import socket
 import sqlite3
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,43 @@ def artifact_location(params: config.MlflowParams, root: Path) -> str:
 
 class TrackingError(Exception):
     """The tracking store cannot be reached; the message names its URI."""
+
+
+def shown(uri: str) -> str:
+    """A store's URI as a message may print it: without a password in it."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+def require_run(run_id: str, origin: str | None, handed_over_in: str) -> None:
+    """Fail with one line when the current store lacks the run a stage was handed (or holds it
+    deleted): DVC restores a stage's outputs from its run cache whatever store trained them,
+    and the next stage would die on a run it cannot find."""
+    import mlflow
+
+    here = shown(mlflow.get_tracking_uri())
+    try:
+        deleted = mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "deleted"
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        deleted = False
+        where = f"a run of {shown(origin) if origin else 'another store'}, which {here} lacks"
+    else:
+        if not deleted:
+            return
+        where = f"a run deleted from {here}"
+    elsewhere = (
+        f", or set MLFLOW_TRACKING_URI={shown(origin)} to evaluate it there" if origin else ""
+    )
+    raise TrackingError(
+        f"{handed_over_in} names MLflow run {run_id}, {where} (DVC restored train's outputs "
+        f"from its run cache): run `dvc repro -f train` to train it again into this store"
+        + ("" if deleted else elsewhere)
+    )
 
 
 def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
