@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from matplotlib import image
 
 from pipeline.params import tools
-from pipeline.reports import review
+from pipeline.reports import figures, review
 from pipeline.tools import report
 
 from .support import REPO, client_for, environment, run, tiny_repo, with_value, write_params
@@ -124,7 +125,7 @@ def test_a_metrics_row_has_both_values_and_the_change(repo, reviewed):
 def test_the_images_it_references_exist_and_decode(reviewed):
     markdown, folder = reviewed
     names = IMAGE.findall(markdown)
-    assert {"curves.png", "confusion_base.png", "confusion_target.png"} <= set(names)
+    assert {"curves.png", "confusion_change.png"} <= set(names)
     for name in names:
         pixels = image.imread(folder / name)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
@@ -175,9 +176,39 @@ def test_an_unknown_revision_or_experiment_is_one_line_and_exit_1(repo, args):
     ]
 
 
+@contextlib.contextmanager
+def unfindable(repo: Path, revision: str):
+    """The revision's run tagged with other params meanwhile, as if this store lacked it."""
+    client, run_id = client_for(repo), run_id_of(repo, revision)
+    digest = client.get_run(run_id).data.tags["params_sha256"]
+    client.set_tag(run_id, "params_sha256", "made elsewhere")
+    try:
+        yield
+    finally:
+        client.set_tag(run_id, "params_sha256", digest)
+
+
+def base_line(markdown: str) -> str:
+    (line,) = [line for line in markdown.splitlines() if line.startswith("Base: ")]
+    return line
+
+
 @pytest.mark.heavy
-def test_a_commit_never_reproduced_says_which_outputs_it_lacks(repo, monkeypatch):
+def test_a_commit_never_reproduced_is_the_run_of_its_commit(repo, monkeypatch):
+    """HEAD~1 recorded the run trained at HEAD~2 with the same params: that run is HEAD~2's."""
     markdown = make_report(repo, "HEAD~2", "HEAD", monkeypatch)
+    assert base_line(markdown).startswith("Base: `HEAD~2` (`")
+    assert "), a run of its commit at its params, not the committed record" in base_line(markdown)
+    assert f"`{run_id_of(repo, 'HEAD~1')}`; made on " in base_line(markdown)
+    accuracy = json.loads(recorded(repo, "HEAD~1", "reports/metrics.json"))["test_accuracy"]
+    assert row(markdown, "`test_accuracy`")[1] == f"{accuracy:.4f}"
+
+
+@pytest.mark.heavy
+def test_a_commit_never_reproduced_without_a_run_says_which_outputs_it_lacks(repo, monkeypatch):
+    with unfindable(repo, "HEAD~1"):
+        markdown = make_report(repo, "HEAD~2", "HEAD", monkeypatch)
+    assert "the committed record; no MLflow run at hand; CPU not recorded." in base_line(markdown)
     (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
     assert "not recorded at this revision: reports/metrics.json, reports/per_class.csv" in line
     assert "models/mlflow_run.json" in line
@@ -196,12 +227,37 @@ def hidden_from_the_cache(repo: Path, revision: str, path: str, aside: Path):
 
 
 @pytest.mark.heavy
-def test_outputs_missing_from_the_cache_are_named(repo, monkeypatch, tmp_path):
+def test_a_history_missing_from_the_cache_is_drawn_from_its_run(repo, monkeypatch, tmp_path):
     with hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
+    assert "the committed record; MLflow run [" in base_line(markdown)
+    assert not [line for line in markdown.splitlines() if line.startswith("- base")]
+    curves = "The base's curves are its MLflow run's metric history (reports/train_history.csv"
+    assert f"{curves} is not at hand)." in markdown
+    assert "curves.png" in markdown
+
+
+@pytest.mark.heavy
+def test_outputs_missing_from_the_cache_are_named_with_advice_that_works_here(
+    repo, monkeypatch, tmp_path
+):
+    """Neither its history nor its run record here, nor its run in the store: the report has
+    tried the remote already, so it says to train the revision, not to `dvc pull`."""
+    history, run_record = tmp_path / "history", tmp_path / "run"
+    history.mkdir(), run_record.mkdir()
+    with (
+        unfindable(repo, "HEAD~1"),  # first: it reads the run record
+        hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", history),
+        hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", run_record),
+    ):
+        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
     (line,) = [line for line in markdown.splitlines() if line.startswith("- base")]
-    assert "not in the DVC cache: reports/train_history.csv" in line
-    assert "curves.png" in markdown  # the target's curves are drawn still
+    assert line.endswith(
+        "in neither the DVC cache nor the DVC remote `local`: reports/train_history.csv, "
+        "models/mlflow_run.json (`git checkout HEAD~1`, `dvc repro`: its run then shows)"
+    )
+    assert "dvc pull" not in markdown
+    assert row(markdown, "MLflow run")[1] == "—"
 
 
 @pytest.mark.heavy
@@ -209,6 +265,7 @@ def test_a_run_record_missing_from_the_cache_is_found_by_its_params(repo, monkey
     """As in a fresh clone: main's dvc.lock names run records another machine made."""
     with hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
+    assert "the committed record (its run found by its params and metrics)" in base_line(markdown)
     base_run = row(markdown, "MLflow run")[1]
     assert "/runs/" in base_run and base_run != "—"
     assert row(markdown, "validation")[1] != "—"
@@ -292,3 +349,164 @@ def test_a_side_that_recorded_nothing_shows_dashes_and_says_so_in_one_line():
     assert row(markdown, "`test_accuracy`") == ["`test_accuracy`", "—", "0.5000", "—"]
     assert row(markdown, "`1`")[1:4] == ["—", "0.9000", "—"]
     assert "| base: not recorded |" in markdown and "Neither side's training history" in markdown
+
+
+def counts(matrix: list[list[int]]) -> pd.DataFrame:
+    """A confusion matrix of classes 0, 1, 2: actual classes as rows."""
+    return pd.DataFrame(matrix, index=["0", "1", "2"], columns=["0", "1", "2"])
+
+
+def test_the_base_line_names_the_record_its_run_and_cpu():
+    run = review.Run("abc123", "3b750bd", "http://ui/#/runs/abc123", cpu="Intel Xeon (family 6)")
+    base = review.Side("base", "`main` (`3b750bd`)", run=run)
+    target = review.Side("target", "workspace", source="its files on disk")
+    markdown = review.markdown(base, target, review.Change({}, [], {}), curves=False)
+    assert markdown.splitlines()[2] == (
+        "Base: `main` (`3b750bd`), the committed record; MLflow run "
+        "[3b750bd](http://ui/#/runs/abc123) `abc123`; made on Intel Xeon (family 6)."
+    )
+    assert "Target: workspace, its files on disk; no MLflow run at hand; CPU not recorded." in (
+        markdown.splitlines()
+    )
+
+
+def test_the_confusion_change_shows_a_mistake_that_moved_off_the_diagonal(tmp_path):
+    base = review.Side("base", "`main`", confusion=counts([[5, 0, 0], [1, 4, 0], [0, 0, 5]]))
+    target = review.Side("target", "workspace", confusion=counts([[5, 0, 0], [3, 2, 0], [0, 0, 5]]))
+    figure = review.confusion_change(base, target, ["0", "1", "2"])
+    cells = figure.axes[0].images[0].get_array()
+    assert cells.mask.tolist() == np.eye(3, dtype=bool).tolist()  # the diagonal set apart, grey
+    assert cells[1, 0] == 2 and cells.sum() == 2  # 1 read as 0 twice more, nothing else moved
+    written = {text.get_position(): text.get_text() for text in figure.axes[0].texts}
+    assert written == {(0, 0): "0", (0, 1): "+2", (1, 1): "-2", (2, 2): "0"}  # (column, row)
+    figures.save(figure, tmp_path / "change.png")
+    assert image.imread(tmp_path / "change.png").ndim == 3
+    markdown = review.markdown(base, target, review.Change({}, [], {}), curves=False)
+    assert f"![confusion change, target − base]({review.CONFUSION_CHANGE_FILE})" in markdown
+    assert "Correct (the diagonal): base 14, target 12 (-2)." in markdown
+    assert row(markdown, "`1`") == ["`1`", "`0`", "1", "3", "+2"]
+
+
+# --- a record made on another machine, runs in a real store (quick: no training) -----------
+
+RECORDED = {"test_accuracy": 0.9775, "test_loss": 0.0739108994603157}  # the committing machine's
+RERUN = {"test_accuracy": 0.9777, "test_loss": 0.0738}  # this machine's, at the same params
+HISTORY = [{"iteration": 3, "train_loss": 2.3, "train_accuracy": 0.1, "val_loss": 2.2,
+            "val_accuracy": 0.15},
+           {"iteration": 6, "train_loss": 2.1, "train_accuracy": 0.2, "val_loss": 2.0,
+            "val_accuracy": 0.25}]  # fmt: skip
+CONFUSION = [[5, 0, 0], [1, 4, 0], [0, 0, 5]]
+
+
+def per_class_table(f1: float) -> pd.DataFrame:
+    return pd.DataFrame({"class": ["0", "1", "2"], "precision": [f1] * 3, "recall": [f1] * 3,
+                         "f1": [f1] * 3, "support": [5, 5, 5]})  # fmt: skip
+
+
+def write_record(folder: Path, metrics: dict, confusion: list[list[int]], f1: float) -> None:
+    """What evaluate writes to git (`cache: false`): metrics, per class, confusion rows."""
+    reports = folder / "reports"
+    reports.mkdir(exist_ok=True)
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    per_class_table(f1).to_csv(reports / "per_class.csv", index=False)
+    rows = [(str(actual), str(predicted)) for actual, line in enumerate(confusion)
+            for predicted, count in enumerate(line) for _ in range(count)]  # fmt: skip
+    pd.DataFrame(rows, columns=["actual", "predicted"]).to_csv(reports / "confusion.csv",
+                                                               index=False)  # fmt: skip
+
+
+def log_run(repo: Path, tags: dict, metrics: dict, confusion: list[list[int]]) -> str:
+    """A finished run as train and evaluate leave it: metrics, history by iteration, tables."""
+    from mlflow.entities import Metric
+
+    client = client_for(repo)
+    experiment = client.get_experiment_by_name("mnist-lstm") or client.create_experiment(
+        "mnist-lstm", (repo / "mlartifacts").as_uri()
+    )
+    experiment_id = experiment if isinstance(experiment, str) else experiment.experiment_id
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    points = [Metric(key, value, 0, 0) for key, value in metrics.items()] + [
+        Metric(key, interval[key], 0, interval["iteration"])
+        for interval in HISTORY
+        for key in report.HISTORY_METRICS
+    ]
+    client.log_batch(run_id, metrics=points)
+    client.log_table(run_id, per_class_table(0.9), report.PER_CLASS_ARTIFACT)
+    matrix = {"labels": ["0", "1", "2"], "matrix": confusion}
+    client.log_dict(run_id, matrix, report.CONFUSION_ARTIFACT)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def lineage_of(repo: Path, revision: str, cpu: str, dirty: bool = False) -> dict[str, str]:
+    """The lineage tags train sets: params hash, commit, whether it was clean, the CPU."""
+    from pipeline.params import config
+    from pipeline.tracking import lineage
+
+    params = config.parse_params(yaml.safe_load(recorded(repo, revision, "params.yaml")))
+    commit = run(["git", "rev-parse", revision], repo).stdout.strip()
+    return {"params_sha256": lineage.params_sha256(params), "git_commit": commit,
+            "git.dirty": str(dirty).lower(), report.CPU_TAG: cpu}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> tuple[Path, str]:
+    """HEAD: a record committed from another machine (no run record, no history here); in the
+    store, this machine's rerun of HEAD at its params; the workspace: a learning rate changed,
+    its outputs on disk and its run. Returns the repo and the rerun's id."""
+    repo = tiny_repo(tmp_path_factory.mktemp("elsewhere"))
+    write_record(repo, RECORDED, CONFUSION, f1=0.97)
+    commit(repo, "the record, made on the committing machine")
+    rerun = log_run(repo, lineage_of(repo, "HEAD", "Local CPU"), RERUN, CONFUSION)
+    set_param(repo, "train.learning_rate", 0.002)
+    target = log_run(repo, {report.CPU_TAG: "Local CPU"}, {"test_accuracy": 0.98},
+                     [[5, 0, 0], [0, 4, 1], [0, 0, 5]])  # fmt: skip
+    write_record(repo, {"test_accuracy": 0.98}, [[5, 0, 0], [0, 4, 1], [0, 0, 5]], f1=0.98)
+    pd.DataFrame(HISTORY).to_csv(repo / "reports/train_history.csv", index=False)
+    (repo / "models").mkdir(exist_ok=True)
+    (repo / "models/mlflow_run.json").write_text(json.dumps({"run_id": target}))
+    return repo, rerun
+
+
+def test_a_base_whose_run_is_elsewhere_is_wholly_a_run_of_its_commit(elsewhere, monkeypatch):
+    repo, rerun = elsewhere
+    markdown = make_report(repo, "HEAD", "workspace", monkeypatch)
+    (line,) = [line for line in markdown.splitlines() if line.startswith("Base:")]
+    head = run(["git", "rev-parse", "--short=7", "HEAD"], repo).stdout.strip()
+    assert line.startswith(
+        f"Base: `HEAD` (`{head}`), a run of its commit at its params, not the committed record "
+        "(whose run is not in this MLflow store); MLflow run ["
+    )
+    assert line.endswith(f"/runs/{rerun}) `{rerun}`; made on Local CPU.")
+    # its metrics are the run's, never the record's beside the run's link
+    assert row(markdown, "`test_accuracy`")[1:] == ["0.9777", "0.9800", "+0.0023"]
+    assert row(markdown, "`test_loss`")[1] == "0.0738"
+    assert "The base's curves are its MLflow run's metric history." in markdown
+    assert (repo / "build/report" / review.CURVES_FILE).is_file()
+    confusion = markdown.split("## Confusion change")[1]
+    assert row(confusion, "`1`")[:3] == ["`1`", "`0`", "1"]  # the base's mistake, from its run
+
+
+def test_a_base_without_its_history_csv_draws_its_curves_from_its_run(elsewhere, monkeypatch):
+    """The record's own run (same params, the record's metrics) is in the store, as on a team
+    server: the base is the committed record, its curves that run's metric history."""
+    repo, _ = elsewhere
+    parent = lineage_of(repo, "HEAD~1", "Committing CPU") | {
+        "params_sha256": lineage_of(repo, "HEAD", "")["params_sha256"]
+    }
+    own = log_run(repo, parent, RECORDED, CONFUSION)
+    try:
+        markdown = make_report(repo, "HEAD", "workspace", monkeypatch)
+        params = tools.load_params(repo / "params.yaml")
+        head = report.Revision("HEAD", run(["git", "rev-parse", "HEAD"], repo).stdout.strip())
+        side = report.side_of("base", head, repo, params, report.open_store(params, repo))
+    finally:
+        client_for(repo).delete_run(own)
+    assert side.history.to_dict("records") == HISTORY
+    (line,) = [line for line in markdown.splitlines() if line.startswith("Base:")]
+    assert "the committed record (its run found by its params and metrics); MLflow run" in line
+    assert line.endswith(f"/runs/{own}) `{own}`; made on Committing CPU.")
+    assert row(markdown, "`test_accuracy`")[1] == "0.9775"
+    assert "- the sides trained on different CPU kinds (Committing CPU; Local CPU)" in markdown
+    assert ("The base's curves are its MLflow run's metric history (reports/train_history.csv "
+            "is not at hand).") in markdown  # fmt: skip

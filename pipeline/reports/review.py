@@ -1,6 +1,9 @@
 """The review of a change: two revisions' records as GitHub-flavoured Markdown and comparison
-figures (training curves on one chart, the confusion matrices side by side). No I/O here:
-pipeline/tools/report.py reads the records and writes the files."""
+figures (training curves on one chart, the confusion change target − base). No I/O here:
+pipeline/tools/report.py reads the records and writes the files.
+
+The comparison figures are drawn here, not in figures.py: that module is a dependency of the
+train and evaluate stages, and an edit to it would make every `dvc repro` retrain."""
 
 from __future__ import annotations
 
@@ -8,12 +11,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline.reports import figures
 
 CURVES_FILE = "curves.png"
+CONFUSION_CHANGE_FILE = "confusion_change.png"
 NONE = "—"  # a value a side did not record
+MOVES_SHOWN = 10  # rows of the confusion change's table
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class Run:
     name: str | None = None  # None: the store has no such run
     url: str | None = None
     verdict: str = "no verdict recorded"
+    cpu: str | None = None  # the CPU model it trained on (its lineage tags), None: unknown
 
 
 @dataclass(frozen=True)
@@ -32,10 +40,14 @@ class Side:
 
     role: str  # "base" or "target": also the stem of its image files
     label: str  # how the report names it: "`main` (3b750bd)", "workspace"
+    # what its column is drawn from, one thing only: "the committed record", "a run of ..."
+    source: str = "the committed record"
     per_class: pd.DataFrame | None = None  # class, precision, recall, f1, support
-    confusion: pd.DataFrame | None = None  # actual, predicted: one row per test image
+    confusion: pd.DataFrame | None = None  # counts: actual classes as rows, predicted as columns
     history: pd.DataFrame | None = None  # iteration, train_loss, val_loss, train_accuracy, ...
+    history_from: str = ""  # where the history came from when not the record's CSV
     run: Run | None = None
+    metrics: dict[str, float] | None = None  # a run's own metrics; None: the record's
     missing: tuple[str, ...] = ()  # one phrase per output it lacks
 
     @property
@@ -84,23 +96,39 @@ def same_revision(base: str, target: str, commit: str) -> str:
 
 
 def markdown(base: Side, target: Side, change: Change, curves: bool) -> str:
-    """The report: who is compared, params, metrics, per class, curves, confusion matrices."""
-    notes = change.notes + [
-        f"{side.role} {side.label}: {'; '.join(side.missing)}"
-        for side in (base, target)
-        if side.missing
-    ]
+    """The report: who is compared, params, metrics, per class, curves, confusion change."""
+    missing = [f"{side.role} {side.label}: {'; '.join(side.missing)}"
+               for side in (base, target) if side.missing]  # fmt: skip
+    notes = change.notes + cpu_notes(base, target) + missing
     blocks = [
         [f"# Review: {target.label} against {base.label}"],
+        [side_line(base), "", side_line(target)],
         [f"- {note}" for note in notes],
         sides_section(base, target, change.store),
         params_section(change),
         metrics_section(change),
         per_class_section(base, target),
-        curves_section(curves),
+        curves_section(curves, (base, target)),
         confusion_section(base, target),
     ]
     return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
+
+
+def side_line(side: Side) -> str:
+    """`Base: <revision>, <what its column shows>; MLflow run <run>; made on <CPU>.`"""
+    run = f"MLflow run {run_cell(side.run)}" if side.run else "no MLflow run at hand"
+    cpu = f"made on {side.run.cpu}" if side.run and side.run.cpu else "CPU not recorded"
+    return f"{side.role.capitalize()}: {side.label}, {side.source}; {run}; {cpu}."
+
+
+def cpu_notes(base: Side, target: Side) -> list[str]:
+    """A note when the sides trained on different CPU kinds: their float sums ran in another
+    order, so even equal params give weights, and metrics, that differ in the last digits."""
+    cpus = [side.run.cpu if side.run else None for side in (base, target)]
+    if None in cpus or cpus[0] == cpus[1]:
+        return []
+    return [f"the sides trained on different CPU kinds ({cpus[0]}; {cpus[1]}): at equal params "
+            "their weights, and so their metrics, differ in the last digits"]  # fmt: skip
 
 
 def run_cell(run: Run | None) -> str:
@@ -117,6 +145,7 @@ def sides_section(base: Side, target: Side, store: str) -> list[str]:
         ["revision", base.label, target.label],
         ["MLflow run", run_cell(base.run), run_cell(target.run)],
         ["validation", *(side.run.verdict if side.run else NONE for side in (base, target))],
+        ["CPU", *(side.run.cpu if side.run and side.run.cpu else NONE for side in (base, target))],
     ]
     return table(["", "base", "target"], rows) + (["", store] if store else [])
 
@@ -176,21 +205,41 @@ def signed(number: float | None) -> str:
     return NONE if number is None else f"{number:+.4f}"
 
 
-def curves_section(drawn: bool) -> list[str]:
+def curves_section(drawn: bool, sides: tuple[Side, ...]) -> list[str]:
     lines = ["## Training curves", ""]
     if not drawn:
         return lines + ["Neither side's training history is at hand."]
-    return lines + [f"![training curves, base and target]({CURVES_FILE})"]
+    sources = [f"The {side.role}'s curves are {side.history_from}."
+               for side in sides if side.history is not None and side.history_from]  # fmt: skip
+    lines.append(f"![training curves, base and target]({CURVES_FILE})")
+    return lines + (["", " ".join(sources)] if sources else [])
 
 
 def confusion_section(base: Side, target: Side) -> list[str]:
-    cells = [
-        f"![{side.role} confusion matrix]({side.confusion_file})"
-        if side.confusion is not None
-        else f"{side.role}: not recorded"
-        for side in (base, target)
-    ]
-    return ["## Confusion matrices (test)", "", *table([base.label, target.label], [cells])]
+    """The change target − base when both sides have a matrix, else the one there is."""
+    if base.confusion is None or target.confusion is None:
+        cells = [
+            f"![{side.role} confusion matrix]({side.confusion_file})"
+            if side.confusion is not None
+            else f"{side.role}: not recorded"
+            for side in (base, target)
+        ]
+        return ["## Confusion matrices (test)", "", *table([base.label, target.label], [cells])]
+    base_counts, target_counts, _ = aligned_counts(base.confusion, target.confusion, [])
+    correct = [int(np.trace(counts)) for counts in (base_counts, target_counts)]
+    image = f"![confusion change, target − base]({CONFUSION_CHANGE_FILE})"
+    lines = ["## Confusion change (test, target − base)", "", image, "",
+             f"Correct (the diagonal): base {correct[0]}, target {correct[1]} "
+             f"({correct[1] - correct[0]:+d})."]  # fmt: skip
+    moves = confusion_moves(base.confusion, target.confusion)
+    if moves.empty:
+        return lines + ["", "No mistake moved: every off-diagonal count is the same."]
+    rows = [[f"`{move.actual}`", f"`{move.predicted}`", str(move.base), str(move.target),
+             f"{move.change:+d}"] for move in moves.head(MOVES_SHOWN).itertuples()]  # fmt: skip
+    header = ["true", "predicted", "base", "target", "change"]
+    more = len(moves) - MOVES_SHOWN
+    footer = ["", f"{more} more cells moved, by as much or less."] if more > 0 else []
+    return lines + ["", "Mistakes that moved, largest first:", ""] + table(header, rows) + footer
 
 
 def training_curves(sides: list[Side]) -> Figure:
@@ -211,17 +260,61 @@ def training_curves(sides: list[Side]) -> Figure:
     return figure
 
 
-def confusion_counts(confusion: pd.DataFrame, class_names: list[str]) -> tuple[np.ndarray, list]:
-    """The (actual, predicted) rows as a count matrix over the class names (and any others)."""
-    found = set(confusion["actual"]) | set(confusion["predicted"])
+def aligned_counts(
+    base: pd.DataFrame, target: pd.DataFrame, class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Two count matrices over one list of classes: the class names, then any other found."""
+    found = {str(name) for counts in (base, target) for name in (*counts.index, *counts.columns)}
     names = list(class_names) + sorted(found - set(class_names))
-    counts = pd.crosstab(confusion["actual"], confusion["predicted"])
-    return counts.reindex(index=names, columns=names, fill_value=0).to_numpy(), names
+    matrices = [counts.reindex(index=names, columns=names, fill_value=0).to_numpy(dtype=int)
+                for counts in (base, target)]  # fmt: skip
+    return matrices[0], matrices[1], names
+
+
+def confusion_moves(base: pd.DataFrame, target: pd.DataFrame) -> pd.DataFrame:
+    """The off-diagonal cells (mistakes) whose count changed, the largest move first: actual,
+    predicted, base, target, change."""
+    base_counts, target_counts, names = aligned_counts(base, target, [])
+    rows = [(names[actual], names[predicted], int(base_counts[actual, predicted]),
+             int(target_counts[actual, predicted]))
+            for actual, predicted in zip(*np.nonzero(target_counts != base_counts), strict=True)
+            if actual != predicted]  # fmt: skip
+    moves = pd.DataFrame(rows, columns=["actual", "predicted", "base", "target"])
+    moves["change"] = moves["target"] - moves["base"]
+    order = moves["change"].abs().sort_values(ascending=False, kind="stable").index
+    return moves.loc[order].reset_index(drop=True)
 
 
 def confusion_matrix(side: Side, class_names: list[str]) -> Figure:
     """The side's test confusion matrix, drawn as evaluate draws its own, titled by the side."""
-    counts, names = confusion_counts(side.confusion, class_names)
+    counts, _, names = aligned_counts(side.confusion, side.confusion, class_names)
     figure = figures.confusion_matrix(counts, names)
     figure.axes[0].set_title(f"{side.role}: {side.label.replace('`', '')}")
+    return figure
+
+
+def confusion_change(base: Side, target: Side, class_names: list[str]) -> Figure:
+    """Target − base counts: the mistakes (off the diagonal) coloured, red where the target
+    makes more of one, blue fewer; the diagonal (correct answers) grey, its change in figures."""
+    base_counts, target_counts, names = aligned_counts(base.confusion, target.confusion,
+                                                       class_names)  # fmt: skip
+    change = target_counts - base_counts
+    diagonal = np.eye(len(names), dtype=bool)
+    limit = max(1, int(np.abs(change[~diagonal]).max(initial=0)))
+    figure = Figure(figsize=(6.5, 5.5), layout="constrained")
+    axes = figure.subplots()
+    colours = colormaps["RdBu_r"].with_extremes(bad="0.85")  # masked: the diagonal
+    image = axes.imshow(np.ma.masked_array(change, diagonal), cmap=colours, vmin=-limit,
+                        vmax=limit)  # fmt: skip
+    for (row, column), count in np.ndenumerate(change):
+        if count or row == column:
+            strong = row != column and abs(count) > limit / 2
+            color = "0.35" if row == column else "white" if strong else "black"
+            axes.text(column, row, f"{count:+d}" if count else "0", ha="center", va="center",
+                      fontsize=7, color=color)  # fmt: skip
+    axes.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names,
+             yticklabels=names, xlabel="predicted", ylabel="true",
+             title=f"test confusion, {target.label} − {base.label}".replace("`", ""))  # fmt: skip
+    figure.colorbar(image, ax=axes, shrink=0.8, ticks=MaxNLocator(integer=True),
+                    label="mistakes, target − base (red: more)")  # fmt: skip
     return figure

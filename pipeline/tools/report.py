@@ -2,16 +2,22 @@
 
     python -m pipeline.tools.report [--base main] [--target workspace|REVISION|EXPERIMENT|best]
 
-Writes `report.md` and its images into `report.output_dir` (params.yaml): the params that differ
-(`dvc params diff`), both sides' metrics and the change (`dvc metrics diff`), per-class scores
-with the largest F1 moves first, both MLflow runs with their validation verdict, the training
-curves of both on one chart and the two confusion matrices side by side.
+Writes `report.md` and its images into `report.output_dir` (params.yaml): what each side is
+(a `Base:` and a `Target:` line), the params that differ (`dvc params diff`), both sides'
+metrics and the change (`dvc metrics diff`), per-class scores with the largest F1 moves first,
+both MLflow runs with their validation verdict and CPU, the training curves of both on one chart
+and the confusion change, target − base.
 
-Nothing is recomputed: a revision's files come from git or the DVC cache (or remote) as that
-revision recorded them, the workspace's from disk, its run from the MLflow store; a side whose
-outputs are missing, or whose dvc.lock records other params than its params.yaml (a commit never
-reproduced), says so in one line. `best` is the experiment of `dvc exp show` (HEAD's) with the
-best `tune.metric` by `tune.direction`.
+Nothing is recomputed, and a side's column is one thing only. It is its revision's record (from
+git, the DVC cache or remote; the workspace's from disk) with that record's own MLflow run: the
+one its run record names or, without one, a clean run at its params whose metrics are the
+record's. When the store has no such run (the record was made elsewhere: on another CPU kind the
+weights differ in the last bits), a clean run of that commit at its params is the whole side:
+metrics, per class, confusion, curves and link. A record without its train_history.csv takes its
+curves from its run's metric history. A side whose outputs are missing, or whose dvc.lock records
+other params than its params.yaml (a commit never reproduced), says so in one line, with advice
+only where some can work here. `best` is the experiment of `dvc exp show` (HEAD's) with the best
+`tune.metric` by `tune.direction`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import dataclasses
 import io
 import json
 import logging
+import math
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +53,12 @@ REPORT_FILE = "report.md"
 UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui`, where a run of the repo's own store opens
 # evaluate's gate tags train's run: passed or failed, the failed checks, the gain's line
 VERDICT_TAGS = (registry.STATUS_TAG, registry.FAILED_TAG, f"validation.{gate.GAIN}")
+CPU_TAG = f"{lineage.ENV_PREFIX}cpu"  # the CPU model a run trained on (lineage.environment_tags)
+# What train's History logs into its run every interval, step = iteration: train_history.csv's
+HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+# What evaluate logs into train's run beside metrics.json (evaluate.log_results)
+PER_CLASS_ARTIFACT = "evaluation/per_class.json"  # a table, pandas' "split" JSON
+CONFUSION_ARTIFACT = "evaluation/confusion_matrix.json"  # {"labels": [...], "matrix": [...]}
 
 
 class ReportError(Exception):
@@ -145,6 +159,8 @@ class Files:
         self.root, self.revision = root, revision
         self.fs = None if revision.commit is None else DVCFileSystem(str(root), rev=revision.commit)
         self.failures: dict[str, str] = {}  # path → why a remote could not give it
+        # the revision's own default remote, which read() has tried already
+        self.remote = None if self.fs is None else self.fs.repo.config["core"].get("remote")
 
     def read(self, path: str) -> str | None:
         if self.fs is None:
@@ -158,26 +174,31 @@ class Files:
             self.failures[path] = str(error).splitlines()[0] if str(error) else type(error).__name__
             return None
 
-    def why_missing(self, path: str) -> str:
+    def why_missing(self, path: str) -> tuple[str, str]:
+        """Why `path` is absent, and what would bring it here ("" where nothing can)."""
         if self.fs is None:
-            return "not in the workspace"
+            return "not in the workspace", " (`dvc repro`)"
         if path in self.failures:
-            return f"not in the DVC cache, and its remote failed ({self.failures[path]})"
-        return "not in the DVC cache" if self.fs.exists(path) else "not recorded at this revision"
+            return (f"not in the DVC cache, and its remote failed ({self.failures[path]})",
+                    " (`dvc pull` once the remote answers)")  # fmt: skip
+        if not self.fs.exists(path):
+            return "not recorded at this revision", ""
+        # read() tried the remote too: pulling cannot help, only training that commit here
+        where = (f"in neither the DVC cache nor the DVC remote `{self.remote}`" if self.remote
+                 else "not in the DVC cache, and no DVC remote is configured")  # fmt: skip
+        return where, f" (`git checkout {self.revision.name}`, `dvc repro`: its run then shows)"
 
     def close(self) -> None:
         if self.fs is not None:
             self.fs.close()
 
 
-def missing_lines(files: Files, absent: list[str]) -> list[str]:
-    """One phrase per reason: `not in the DVC cache: a, b (dvc pull ...)`."""
-    reasons: dict[str, list[str]] = {}
-    for path in absent:
-        reasons.setdefault(files.why_missing(path), []).append(path)
-    fixes = {"not in the DVC cache": " (`dvc pull` it, or `dvc repro` that revision)",
-             "not in the workspace": " (`dvc pull`, or `dvc repro`)"}  # fmt: skip
-    return [f"{why}: {', '.join(paths)}{fixes.get(why, '')}" for why, paths in reasons.items()]
+def missing_lines(absent: dict[str, tuple[str, str]]) -> list[str]:
+    """One phrase per reason: `not recorded at this revision: a, b`, with its advice if any."""
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for path, reason in absent.items():
+        reasons.setdefault(reason, []).append(path)
+    return [f"{why}: {', '.join(paths)}{fix}" for (why, fix), paths in reasons.items()]
 
 
 def lookup(params: dict, key: str) -> object:
@@ -224,33 +245,111 @@ def table_of(text: str | None) -> pd.DataFrame | None:
     return None if text is None else pd.read_csv(io.StringIO(text), dtype={"class": str})
 
 
-def side_of(
-    role: str, revision: Revision, root: Path, params: tools.ToolParams, store
-) -> review.Side:
-    """What the revision recorded: tables, history, its run; and what it lacks."""
-    paths = params.paths
+def counts_of(text: str | None) -> pd.DataFrame | None:
+    """confusion.csv's (actual, predicted) rows as counts, actual classes as rows."""
+    if text is None:
+        return None
+    rows = pd.read_csv(io.StringIO(text), dtype=str)
+    return pd.crosstab(rows["actual"], rows["predicted"])
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a revision recorded (the workspace: what is on disk), and why any of it is absent."""
+
+    revision: Revision
+    texts: dict[str, str | None]  # path → its text, None where absent
+    absent: dict[str, tuple[str, str]]  # path → why, and what would bring it
+    stale: list[str]  # params its dvc.lock ran with other values than its params.yaml holds
+    params_text: str | None
+
+
+def read_record(root: Path, revision: Revision, paths: config.PathParams) -> Record:
     wanted = [paths.metrics, paths.per_class, paths.confusion, paths.history, paths.run_info]
     files = Files(root, revision)
     try:
         texts = {path: files.read(path) for path in wanted}
-        missing = missing_lines(files, [path for path, text in texts.items() if text is None])
-        stale = stale_params(files)
-        params_text = files.read(config.PARAMS_FILE)
+        absent = {path: files.why_missing(path) for path, text in texts.items() if text is None}
+        return Record(revision, texts, absent, stale_params(files), files.read(config.PARAMS_FILE))
     finally:
         files.close()
-    if stale:
-        missing.append(f"its dvc.lock ran other params than its params.yaml ({', '.join(stale)}): "
-                       "its outputs are not this revision's (`dvc repro` it)")  # fmt: skip
-    confusion = texts[paths.confusion]
+
+
+def side_of(
+    role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store
+) -> review.Side:
+    """The revision's record with its own run; else, when the store lacks that run, a run of
+    the commit at its params as the whole side; else the record alone."""
+    record = read_record(root, revision, params.paths)
+    own = record_run(store, record, params)
+    if own.run is None and revision.commit is not None:
+        runs = clean_runs(store, record.params_text, params.mlflow.experiment, revision.commit)
+        if runs:
+            return side_from_run(role, revision, runs[0], store)
+    return side_from_record(role, record, own, store, params.paths)
+
+
+def record_name(revision: Revision) -> str:
+    if revision.commit is None:
+        return "its files on disk"
+    return "the experiment's record" if revision.experiment else "the committed record"
+
+
+def side_from_record(
+    role: str, record: Record, own: RecordRun, store: Store, paths: config.PathParams
+) -> review.Side:
+    """The revision's files with their own run; the curves from that run's metric history when
+    the record's train_history.csv is absent."""
+    absent = dict(record.absent)
+    history, history_from = table_of(record.texts[paths.history]), ""
+    if own.run is not None:
+        absent.pop(paths.run_info, None)
+    if own.run is not None and history is None:
+        history = run_history(store.client, own.run.info.run_id)
+        if history is not None:
+            history_from = f"its MLflow run's metric history ({paths.history} is not at hand)"
+            absent.pop(paths.history)
+    missing = missing_lines(absent)
+    if record.stale:
+        missing.append(f"its dvc.lock ran other params than its params.yaml "
+                       f"({', '.join(record.stale)}): its outputs are not this revision's "
+                       "(`dvc repro` it)")  # fmt: skip
+    matched = " (its run found by its params and metrics)" if own.matched else ""
+    run = presented(store, own.run) if own.run else review.Run(own.named) if own.named else None
+    return review.Side(
+        role,
+        record.revision.label,
+        source=record_name(record.revision) + matched,
+        per_class=table_of(record.texts[paths.per_class]),
+        confusion=counts_of(record.texts[paths.confusion]),
+        history=history,
+        history_from=history_from,
+        run=run,
+        missing=tuple(missing),
+    )
+
+
+def side_from_run(role: str, revision: Revision, found, store: Store) -> review.Side:
+    """The whole side from one run: its metrics, per class, confusion and curves."""
+    run_id = found.info.run_id
+    per_class = run_per_class(store.client, run_id)
+    confusion = run_confusion(store.client, run_id)
+    history = run_history(store.client, run_id)
+    parts = {PER_CLASS_ARTIFACT: per_class, CONFUSION_ARTIFACT: confusion,
+             "a metric history": history}  # fmt: skip
+    lacks = [name for name, value in parts.items() if value is None]
     return review.Side(
         role,
         revision.label,
-        per_class=table_of(texts[paths.per_class]),
-        confusion=None if confusion is None else pd.read_csv(io.StringIO(confusion), dtype=str),
-        history=table_of(texts[paths.history]),
-        run=run_of(store, texts[paths.run_info])
-        or run_trained_with(store, params_text, params.mlflow.experiment),
-        missing=tuple(missing),
+        source=f"a run of its commit at its params, not {record_name(revision)} "
+        "(whose run is not in this MLflow store)",
+        per_class=per_class,
+        confusion=confusion,
+        history=history,
+        history_from="its MLflow run's metric history",
+        run=presented(store, found),
+        metrics=dict(found.data.metrics),
+        missing=(f"its run lacks {', '.join(lacks)}",) if lacks else (),
     )
 
 
@@ -292,57 +391,134 @@ def verdict(tags: dict[str, str]) -> str:
     return text + (f"; gain over the champion {gain.rsplit(': ', 1)[-1]}" if gain else "")
 
 
-def run_of(store: Store, run_info: str | None) -> review.Run | None:
-    """The run a side's run record names, as the store has it (or only its id)."""
+def presented(store: Store, found) -> review.Run:
+    """A run of the store as the report shows it: name and link, verdict, CPU."""
+    tags, info = found.data.tags, found.info
+    url = run_url(store.uri, info.experiment_id, info.run_id)
+    return review.Run(info.run_id, info.run_name, url, verdict(tags), tags.get(CPU_TAG))
+
+
+@dataclass(frozen=True)
+class RecordRun:
+    """A record's own run: the id its run record names, the run as the store has it, and
+    whether it was found by matching params and metrics instead."""
+
+    named: str | None = None
+    run: object | None = None  # an mlflow.entities.Run
+    matched: bool = False
+
+
+def record_run(store: Store, record: Record, params: tools.ToolParams) -> RecordRun:
+    """The run the record names; without a run record (a clone that never pulled it), a clean
+    run at its params whose metrics are the record's: on another CPU kind a rerun's differ."""
     import mlflow
 
-    if run_info is None:
-        return None
-    run_id = json.loads(run_info)["run_id"]
+    run_info = record.texts[params.paths.run_info]
+    named = None if run_info is None else json.loads(run_info)["run_id"]
     if store.client is None:
-        return review.Run(run_id)
-    try:
-        found = store.client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return review.Run(run_id)
-    url = run_url(store.uri, found.info.experiment_id, run_id)
-    return review.Run(run_id, found.info.run_name, url, verdict(found.data.tags))
+        return RecordRun(named)
+    if named is not None:
+        try:
+            return RecordRun(named, store.client.get_run(named))
+        except mlflow.exceptions.MlflowException:
+            return RecordRun(named)
+    recorded = record.texts[params.paths.metrics]
+    metrics = {key: value for key, value in json.loads(recorded or "{}").items()
+               if isinstance(value, int | float)}  # fmt: skip
+    for run in clean_runs(store, record.params_text, params.mlflow.experiment) if metrics else []:
+        logged = run.data.metrics
+        if all(math.isclose(logged.get(key, math.nan), value) for key, value in metrics.items()):
+            return RecordRun(None, run, matched=True)
+    return RecordRun()
 
 
-def run_trained_with(store: Store, params_text: str | None, experiment: str) -> review.Run | None:
-    """Without a run record (not in the cache: a clone that trained the revision itself), the
-    newest run of a clean checkout whose params hash is the revision's params' (lineage tags)."""
+def clean_runs(store: Store, params_text: str | None, experiment: str, commit: str = "") -> list:
+    """Runs of a clean checkout (of `commit`, when given) whose params hash is that of these
+    params (lineage tags), newest first."""
     if store.client is None or params_text is None:
-        return None
+        return []
     try:
         digest = lineage.params_sha256(config.parse_params(yaml.safe_load(params_text)))
     except (config.ConfigError, yaml.YAMLError):  # another schema: no hash to look for
-        return None
+        return []
     found = store.client.get_experiment_by_name(experiment)
-    runs = [] if found is None else store.client.search_runs(
-        [found.experiment_id],
-        f"tags.params_sha256 = '{digest}' and tags.`git.dirty` = 'false'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )  # fmt: skip
-    if not runs:
+    if found is None:
+        return []
+    query = f"tags.params_sha256 = '{digest}' and tags.`git.dirty` = 'false'"
+    query += f" and tags.git_commit = '{commit}'" if commit else ""
+    order = ["attributes.start_time DESC"]
+    return store.client.search_runs([found.experiment_id], query, order_by=order, max_results=100)
+
+
+def run_history(client, run_id: str) -> pd.DataFrame | None:
+    """train_history.csv's table as the run logged it: a row per logged iteration."""
+    series = {
+        metric: {point.step: point.value for point in client.get_metric_history(run_id, metric)}
+        for metric in HISTORY_METRICS
+    }
+    if not any(series.values()):
         return None
-    run = runs[0]
-    url = run_url(store.uri, run.info.experiment_id, run.info.run_id)
-    return review.Run(run.info.run_id, run.info.run_name, url, verdict(run.data.tags))
+    return pd.DataFrame(series).sort_index().rename_axis("iteration").reset_index()
+
+
+def run_artifact(client, run_id: str, path: str) -> str | None:
+    """A run's artifact as text; None when the run has none there."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return Path(client.download_artifacts(run_id, path, folder)).read_text()
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+
+
+def run_per_class(client, run_id: str) -> pd.DataFrame | None:
+    text = run_artifact(client, run_id, PER_CLASS_ARTIFACT)
+    if text is None:
+        return None
+    return pd.read_json(io.StringIO(text), orient="split").astype({"class": str})
+
+
+def run_confusion(client, run_id: str) -> pd.DataFrame | None:
+    """The run's confusion counts, actual classes as rows."""
+    text = run_artifact(client, run_id, CONFUSION_ARTIFACT)
+    if text is None:
+        return None
+    matrix = json.loads(text)
+    labels = [str(label) for label in matrix["labels"]]
+    return pd.DataFrame(matrix["matrix"], index=labels, columns=labels)
+
+
+def with_run_metrics(
+    metrics: dict[str, tuple[object, object]], base: review.Side, target: review.Side
+) -> dict[str, tuple[object, object]]:
+    """`dvc metrics diff`'s values; a side that is a run has its run's values instead."""
+
+    def value(side: review.Side, name: str, recorded: object) -> object:
+        return recorded if side.metrics is None else side.metrics.get(name.rsplit(":", 1)[-1])
+
+    return {name: (value(base, name, old), value(target, name, new))
+            for name, (old, new) in metrics.items()}  # fmt: skip
 
 
 def clear(folder: Path) -> None:
     """Remove an earlier report's files (only those this tool writes)."""
-    for name in (REPORT_FILE, review.CURVES_FILE, "confusion_base.png", "confusion_target.png"):
+    images = (review.CURVES_FILE, review.CONFUSION_CHANGE_FILE, "confusion_base.png",
+              "confusion_target.png")  # fmt: skip
+    for name in (REPORT_FILE, *images):
         (folder / name).unlink(missing_ok=True)
 
 
 def draw(folder: Path, sides: list[review.Side], class_names: list[str]) -> bool:
     """The comparison images; whether the curves were drawn (a side had its history)."""
-    for side in sides:
-        if side.confusion is not None:
-            figures.save(review.confusion_matrix(side, class_names), folder / side.confusion_file)
+    if all(side.confusion is not None for side in sides):
+        figure = review.confusion_change(*sides, class_names)
+        figures.save(figure, folder / review.CONFUSION_CHANGE_FILE)
+    else:
+        for side in sides:
+            if side.confusion is not None:
+                figure = review.confusion_matrix(side, class_names)
+                figures.save(figure, folder / side.confusion_file)
     if all(side.history is None for side in sides):
         return False
     figures.save(review.training_curves(sides), folder / review.CURVES_FILE)
@@ -373,7 +549,8 @@ def run(params: tools.ToolParams, root: Path, base: str, target: str) -> Path:
     sides = [side_of("base", base_revision, root, params, store),
              side_of("target", target_revision, root, params, store)]  # fmt: skip
     curves = draw(report.parent, sides, params.data.class_names)
-    change = dataclasses.replace(change, store=store.sentence())
+    metrics = with_run_metrics(change.metrics, *sides)
+    change = dataclasses.replace(change, metrics=metrics, store=store.sentence())
     write_text(report, review.markdown(*sides, change, curves))
     log.info("wrote %s: %s against %s", report, target, base)
     return report
