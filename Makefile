@@ -74,8 +74,8 @@ format: install  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-ui: install  ## the MLflow UI on this repo's store, http://127.0.0.1:5000 (prints the training runs' link)
-	python -m pipeline.tools.ui --host 127.0.0.1 --port 5000
+ui: install  ## the MLflow UI on this repo's store, http://127.0.0.1:5000 (PORT= to change; prints the runs' link)
+	python -m pipeline.tools.ui --host 127.0.0.1 --port $(or $(PORT),5000)
 
 serve: install  ## the champion model over REST, http://127.0.0.1:5001 (PORT=, MODEL=, WORKERS=, SHADOW=)
 	python -m pipeline.serving.serve $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \

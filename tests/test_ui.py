@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from .support import browser, command_line, descendants, running, wait_until, write_params
+from pipeline.tools import ui as ui_tool
+from pipeline.tools.ui import HEADLINE_METRICS
+
+from .support import (
+    browser,
+    client_for,
+    command_line,
+    descendants,
+    running,
+    wait_until,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 LINK = re.compile(
     r"http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs\?workflowType=machine_learning"
+    r"&viewStateShareKey=pipeline-training-runs"
 )
 
 
@@ -37,16 +50,57 @@ def test_the_ui_starts_no_genai_job_workers(ui):
     assert lines and not [line for line in lines if "huey" in line], lines
 
 
-def test_the_link_opens_the_training_runs_with_the_run_listed(ui, trained):
+def test_the_link_opens_the_training_runs_with_the_run_and_its_accuracy_listed(ui, trained):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     run_name = trained.client().get_run(trained.run_id).info.run_name
-    driver = browser("1400,1000")
+    driver = browser("2400,1000")  # wide: the table draws only the columns in sight
     try:
         driver.get(ui["link"])
         WebDriverWait(driver, 90).until(lambda page: run_name in page.page_source)
+        headers = lambda page: {cell.text for cell in page.find_elements(  # noqa: E731
+            By.CSS_SELECTOR, "[role=columnheader]")}  # fmt: skip
+        rendering = (StaleElementReferenceException,)  # a header re-drawn while it is read
+        WebDriverWait(driver, 30, ignored_exceptions=rendering).until(
+            lambda page: set(HEADLINE_METRICS) <= headers(page)
+        )
     finally:
         driver.quit()
+
+
+def test_the_view_shows_the_params_that_differ_between_runs_then_the_headline_metrics():
+    runs = [
+        {"seed": "42", "train.learning_rate": "0.001", "model.num_units": "128"},
+        {"seed": "42", "train.learning_rate": "0.002", "model.num_units": "128"},
+        {"seed": "42", "train.learning_rate": "0.001"},  # a param missing differs too
+        {},  # a run that failed before logging its params
+    ]
+    assert ui_tool.varying_params(runs) == ["model.num_units", "train.learning_rate"]
+    assert ui_tool.varying_params(runs[:1]) == []
+    assert ui_tool.view_state(["train.learning_rate"])["selectedColumns"] == [
+        "attributes.`Models`",
+        "params.`train.learning_rate`",
+        "metrics.`test_accuracy`",
+        "metrics.`validation_accuracy`",
+    ]
+
+
+def test_the_view_is_an_experiment_tag_that_each_start_rewrites(tmp_path):
+    client = client_for(tmp_path)  # this store only, never the process's default one
+    experiment = client.create_experiment("runs", (tmp_path / "artifacts").as_uri())
+    for rate in ("0.001", "0.002"):
+        run = client.create_run(experiment)
+        for key, value in {"seed": "42", "train.learning_rate": rate}.items():
+            client.log_param(run.info.run_id, key, value)
+    assert ui_tool.share_view(client, experiment)
+    assert ui_tool.share_view(client, experiment)  # rewritten, not added
+    tags = client.get_experiment(experiment).tags
+    views = [key for key in tags if key.startswith(ui_tool.VIEW_TAG_PREFIX)]
+    assert views == [ui_tool.VIEW_TAG_PREFIX + ui_tool.VIEW_KEY]
+    columns = json.loads(tags[views[0]])["selectedColumns"]
+    assert "params.`train.learning_rate`" in columns and "params.`seed`" not in columns
 
 
 def test_the_runs_system_metrics_tab_draws_a_chart(ui, trained):

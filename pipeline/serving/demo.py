@@ -96,7 +96,9 @@ def build_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve.serve_main("pipeline.serving.demo", __doc__.splitlines()[0], "demo_port", argv)
+    serve.serve_main(
+        "pipeline.serving.demo", __doc__.splitlines()[0], "demo_port", argv, "make demo"
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from starlette.routing import Route
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
+from pipeline.runtime import ports
 from pipeline.runtime.cli import setup_logging
 from pipeline.serving import asgi, loader
 from pipeline.serving.asgi import BadRequest
@@ -102,10 +103,17 @@ def build_app(
     )
 
 
-def serve_main(module: str, description: str, port_key: str, argv: list[str] | None) -> None:
+def serve_main(
+    module: str,
+    description: str,
+    port_key: str,
+    argv: list[str] | None,
+    command: str = "make serve",
+) -> None:
     """The command line of a server: `--model`, `--shadow`, `--host`, `--port`, `--workers`
-    (defaults from params.yaml `serve:`) and `--params`; one line and a non-zero exit when a
-    model cannot be had. `module.build_app(model_uri, params, shadow)` makes the app."""
+    (defaults from params.yaml `serve:`) and `--params`; one line and a non-zero exit when its
+    port is busy (checked first, before any model loads; the line names `command` with a free
+    port) or a model cannot be had. `module.build_app(model_uri, params, shadow)` makes the app."""
     parser = config.params_parser(description)
     parser.add_argument(
         "--model",
@@ -126,17 +134,17 @@ def serve_main(module: str, description: str, port_key: str, argv: list[str] | N
     workers = params.serve.workers if args.workers is None else args.workers
     if workers < 1:
         raise SystemExit(f"error: --workers {workers}: needs at least 1")
+    host, port = args.host or params.serve.host, args.port or getattr(params.serve, port_key)
     try:
-        asgi.serve(
-            module,
-            args.model or loader.default_uri(params),
-            args.params,
-            args.host or params.serve.host,
-            args.port or getattr(params.serve, port_key),
-            workers,
-            args.shadow,
-        )
-    except (loader.ModelError, tracking.TrackingError, config.ConfigError) as error:
+        ports.check_free(host, port, command)
+        model = args.model or loader.default_uri(params)
+        asgi.serve(module, model, args.params, host, port, workers, args.shadow)
+    except (
+        ports.PortUnavailable,
+        loader.ModelError,
+        tracking.TrackingError,
+        config.ConfigError,
+    ) as error:
         raise SystemExit(f"error: {error}") from None
 
 

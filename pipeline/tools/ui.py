@@ -4,6 +4,11 @@
 
 MLflow 3's UI opens an experiment in its GenAI mode (traces, token usage); the printed link adds
 `workflowType=machine_learning`, which opens "Model training": the runs, their charts, models.
+It also names a shared view (`viewStateShareKey`), the way the UI's own Share button does: an
+experiment tag `mlflow.sharedViewState.<key>` holding the runs table's state as JSON. Its columns
+are the params that differ between the runs (as they are when `make ui` starts) and the headline
+metrics, so the link opens on what changed and what it gave. A port already in use stops it
+with one line, before the store is opened.
 MLflow's job runner (huey consumer processes for GenAI jobs this project never runs) is
 switched off with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false. `mlflow ui` runs its web server as
 child processes, which it does not stop when it is sent SIGTERM, so it is started in a process
@@ -12,6 +17,7 @@ group of its own, and Ctrl-C or SIGTERM here stops the whole group.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,17 +28,58 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
-from pipeline.runtime import processes
+from pipeline.runtime import ports, processes
 from pipeline.runtime.cli import setup_logging, unwind_on_signals
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 15
+# MLflow's UI reads a shared view of the runs table from the experiment tag with this prefix and
+# the key in the link (the constants `mlflow.sharedViewState.` and `viewStateShareKey` of its
+# JavaScript; MLflow's Python API has no call for views). One key: each start rewrites it.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "pipeline-training-runs"
+HEADLINE_METRICS = ("test_accuracy", "validation_accuracy")
+MAX_PARAM_COLUMNS = 10  # a search varies a few; more would push the metrics off the screen
 
 
-def training_runs_url(host: str, port: int, experiment_id: str) -> str:
-    """The experiment's runs in MLflow's "Model training" mode."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def training_runs_url(base: str, experiment_id: str, view: bool = False) -> str:
+    """The experiment's runs in MLflow's "Model training" mode, in the shared view if asked."""
+    link = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return link + (f"&viewStateShareKey={VIEW_KEY}" if view else "")
+
+
+def varying_params(params_of_runs: list[dict[str, str]]) -> list[str]:
+    """The params whose values differ between runs (one that some runs lack counts), sorted."""
+    logged = [params for params in params_of_runs if params]  # a run that failed before logging
+    keys = sorted({key for params in logged for key in params})
+    return [key for key in keys if len({params.get(key) for params in logged}) > 1]
+
+
+def view_state(params: list[str]) -> dict:
+    """The runs table's columns as MLflow's UI names them: the model registered, the params
+    given, the headline metrics."""
+    columns = ["attributes.`Models`"]
+    columns += [f"params.`{key}`" for key in params[:MAX_PARAM_COLUMNS]]
+    columns += [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+    return {"selectedColumns": columns}
+
+
+def share_view(client, experiment_id: str) -> bool:
+    """Write the shared view (the params that differ between the experiment's newest thousand
+    runs, then the headline metrics) as the experiment tag the link names; False when the store
+    refuses (a tracking server where this user may only read)."""
+    import mlflow
+
+    try:
+        runs = client.search_runs([experiment_id], max_results=1000)
+        state = view_state(varying_params([run.data.params for run in runs]))
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(state))
+    except mlflow.exceptions.MlflowException as error:
+        log.warning("no params and metrics view (%s): the link shows the default columns",
+                    str(error).splitlines()[0])  # fmt: skip
+        return False
+    return True
 
 
 def command(store_uri: str, host: str, port: int) -> list[str]:
@@ -48,14 +95,17 @@ def stop(process: subprocess.Popen) -> int:
 
 def run(params: config.Params, host: str, port: int) -> int:
     """Run the UI until Ctrl-C or SIGTERM; return its exit code."""
-    experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
     store_uri = tracking.tracking_uri(params.mlflow, tracking.repo_root())
-    if store_uri.startswith(("http://", "https://")):  # MLFLOW_TRACKING_URI names a server
+    on_server = store_uri.startswith(("http://", "https://"))  # MLFLOW_TRACKING_URI names one
+    if not on_server:
+        ports.check_free(host, port, "make ui")  # before the store: seconds sooner, one line
+    experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
+    view = share_view(tracking.client_for(store_uri), experiment_id)
+    if on_server:
         log.info(
             "the store is the tracking server %s: its training runs are at %s",
             store_uri,
-            f"{store_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            "?workflowType=machine_learning",
+            training_runs_url(store_uri, experiment_id, view),
         )
         return 0
     environment = os.environ | tracking.NO_SERVER_JOBS
@@ -63,9 +113,9 @@ def run(params: config.Params, host: str, port: int) -> int:
         command(store_uri, host, port), env=environment, start_new_session=True
     )
     log.info(
-        "MLflow UI on %s: the training runs are at %s",
+        "MLflow UI on %s: the training runs, their params and accuracy, are at %s",
         store_uri,
-        training_runs_url(host, port, experiment_id),
+        training_runs_url(f"http://{host}:{port}", experiment_id, view),
     )
     unwind_on_signals()
     try:
@@ -83,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         code = run(params, args.host, args.port)
-    except tracking.TrackingError as error:
+    except (tracking.TrackingError, ports.PortUnavailable) as error:
         raise SystemExit(f"error: {error}") from None
     raise SystemExit(code)
 
