@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.serving import images
+from pipeline.serving import images, loader
+from pipeline.serving import predict as predict_tool
 
-from .support import REPO, huge_png
+from .support import REPO, huge_png, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ def test_bad_files_get_one_line_each_and_the_rest_are_classified(real_model, tmp
     errors = [line for line in errors if line.startswith("error: ")]
     assert len(errors) == 4, result.stderr
     assert "Warning" not in result.stderr, result.stderr
-    expected = {"garbage.png": "not a readable image", "blank.png": "empty",
+    expected = {"garbage.png": "not an image Pillow can read", "blank.png": "empty",
                 "wrong.npy": "shape (3, 3)", "huge.png": "13000×13000 pixels"}  # fmt: skip
     for name, problem in expected.items():
         assert any(name in line and problem in line for line in errors), (name, errors)
@@ -90,6 +91,27 @@ def test_a_missing_model_is_one_line(tmp_path):
     result = predict(str(tmp_path / "x.npy"), "--model", str(tmp_path / "absent.onnx"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load model")
+
+
+def test_a_file_that_is_no_image_is_one_line_naming_it(raw_params, tmp_path, capsys):
+    text = tmp_path / "notanimage.txt"
+    text.write_text("hello\n")
+    params = write_params(raw_params, tmp_path / "params.yaml")
+    with pytest.raises(SystemExit) as raised:
+        predict_tool.main([str(text), "--params", str(params)])
+    assert raised.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"error: {text}: not an image Pillow can read ({images.KNOWN_FORMATS}, ...)"]
+
+
+@pytest.mark.parametrize("model", ["mnist-lstm@champion", "mnist-lstm/3"])
+def test_a_registered_model_without_its_scheme_gets_its_uri_in_one_line(model, store, params):
+    with pytest.raises(loader.ModelError) as raised:  # the store asked would be tmp_path's
+        loader.locate(model, params)
+    assert str(raised.value) == (
+        f"cannot load model {model}: no such file; for the registered model, give its URI: "
+        f"models:/{model}"
+    )
 
 
 def test_preprocessing_centres_the_ink_by_mass_in_a_20_pixel_box():

@@ -19,6 +19,7 @@ from pipeline.params.config import IMAGE_SIDE
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
 INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+KNOWN_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP"  # what a person might try first, of Pillow's
 
 
 # read_image refuses an image over its own pixel limit right after reading the header, so
@@ -37,9 +38,11 @@ def read_image(data: bytes, max_pixels: int) -> Image.Image:
     pixels is refused before it is decoded: a small file can hold a huge image (a 37 kB PNG of
     13000×13000 white pixels decodes to 169 MB per channel).
     """
-    unreadable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+    unreadable = (OSError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:  # its message names only the in-memory buffer it was given
+        raise ImageError(f"not an image Pillow can read ({KNOWN_FORMATS}, ...)") from None
     except unreadable as error:
         raise ImageError(f"not a readable image ({error})") from None
     width, height = image.size

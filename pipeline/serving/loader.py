@@ -10,6 +10,8 @@ folder's `MLmodel` file names its ONNX artifact.
 from __future__ import annotations
 
 import logging
+import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from pipeline.tracking import registry
 
 log = logging.getLogger(__name__)
 
+# `mnist-lstm@champion`, `mnist-lstm/3`: a registered model named without its `models:/` scheme
+REGISTERED_NAME = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
 
 __all__ = ["ModelError", "InputError", "Predict", "Served", "default_uri", "load", "locate",
@@ -56,8 +60,24 @@ def locate(model: str | Served, params: config.Params) -> Served:
         )
     if model.endswith(".onnx"):
         return Served(model, model, model)
+    if not urllib.parse.urlparse(model).scheme and not Path(model).exists():
+        raise ModelError(missing_path(model))
     pinned, folder = model_cache.resolve(model, params)
     return Served(model, pinned, str(folder))
+
+
+def missing_path(model: str) -> str:
+    """Why a model given without a URI scheme (`models:/`, `runs:/`) cannot be had: no such
+    path; one that reads as a registered model's name and alias or version gets its URI."""
+    if REGISTERED_NAME.fullmatch(model):
+        return (
+            f"cannot load model {model}: no such file; for the registered model, give its URI: "
+            f"models:/{model}"
+        )
+    return (
+        f"cannot load model {model}: no such file or folder (give a model folder, an .onnx "
+        "file, or an MLflow model URI such as models:/NAME@ALIAS)"
+    )
 
 
 def onnx_file(model: str) -> Path:
