@@ -231,3 +231,19 @@ def test_the_makefile_binds_the_ui_to_localhost():
     lines = [line for line in (REPO / "Makefile").read_text().splitlines()
              if "pipeline.tools.ui" in line]  # fmt: skip
     assert lines and all("--host 127.0.0.1" in line for line in lines), lines
+
+
+def test_a_stage_run_by_a_python_without_the_packages_says_so_in_one_line():
+    """`.venv/bin/dvc repro` without the venv activated runs each `python -m pipeline.<stage>`
+    on the first `python` of PATH; `-S` leaves this one without its site-packages, as such a
+    Python is."""
+    command = [sys.executable, "-S", "-m", "pipeline.train"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: this Python ({sys.executable}) lacks the project's packages (no module mlflow): "
+        "run from the project's venv: source .venv/bin/activate\n"
+    )
+    imported = subprocess.run([sys.executable, "-S", "-c", "import pipeline"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr  # an import alone is never checked
