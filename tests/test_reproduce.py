@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 import pipeline.tracking.lineage as lineage
 from pipeline.params import config, tools
+from pipeline.runtime import processes
 from pipeline.tools import reproduce, verdict
 
 from .support import REPO, client_for, environment, run, tiny_repo, wait_for_queue
@@ -53,6 +55,43 @@ def test_a_run_without_a_weights_hash_is_never_called_bit_identical():
     judged = verdict.judge(record(weights=None), record())
     assert judged.kind == verdict.WITHIN_TOLERANCE
     assert any("recorded no model.weights_sha256" in line for line in judged.differences)
+
+
+STAGE_OUTPUT = """
+import sys
+print("Successfully registered model 'mnist-lstm'.")
+sys.stderr.write("INFO pipeline.evaluate: mnist-lstm@champion is now version 1\\n")
+print("evaluated")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def stages_printing(folder: Path, evaluate_exit: int) -> Path:
+    """A revision whose train and evaluate print what the real ones print about the registry."""
+    commands = {
+        name: {"cmd": shlex.join(["python", "-c", STAGE_OUTPUT, str(code)])}
+        for name, code in (("train", 0), ("evaluate", evaluate_exit))
+    }
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": commands}))
+    return folder
+
+
+def test_the_stages_lines_are_marked_as_the_scratch_stores(tmp_path, capsys):
+    scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
+    reproduce.run_stages(stages_printing(tmp_path, 0), processes.tools_environment() | scratch)
+    printed = capsys.readouterr().err.splitlines()
+    assert printed == 2 * [
+        "[scratch store] Successfully registered model 'mnist-lstm'.",
+        "[scratch store] INFO pipeline.evaluate: mnist-lstm@champion is now version 1",
+        "[scratch store] evaluated",
+    ]
+
+
+def test_a_stage_that_fails_stops_the_reproduction(tmp_path, capsys):
+    scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
+    with pytest.raises(reproduce.ReproduceError, match="evaluate stage failed .exit 3."):
+        reproduce.run_stages(stages_printing(tmp_path, 3), processes.tools_environment() | scratch)
+    assert capsys.readouterr().err.splitlines()[-1] == "[scratch store] evaluated"
 
 
 def test_logged_params_restore_params_yaml_exactly_and_keep_the_tools_settings(tmp_path):

@@ -10,7 +10,8 @@
    cache is this repo's and its remotes are this repo's, so `dvc repro` restores the data from
    the run cache or a remote (or re-fetches it, checked against its sha256).
 3. The revision's own `train` and `evaluate` commands run there against a scratch SQLite
-   store, so the user's store gets no run and its registry no version.
+   store, so the user's store gets no run and its registry no version. Each line they print is
+   marked `[scratch store]`: their "registered model" and "champion is now" lines are its.
 4. The reproduction is judged against the original (pipeline/tools/verdict.py); the verdict
    and the date are tagged on the original run (`reproduce.*`). The worktree and the scratch
    store are removed, also on Ctrl-C.
@@ -49,6 +50,7 @@ TAG_PREFIX = "reproduce."
 MAX_TAG_CHARS = 5000
 # Variables of the caller's own DVC, MLflow or search that must not reach the reproduction.
 SCRUBBED_PREFIXES = ("MLFLOW_", "DVC_", "PIPELINE_")
+SCRATCH_MARK = "[scratch store] "  # before each line the stages print
 
 
 class ReproduceError(Exception):
@@ -246,15 +248,40 @@ def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
     }
 
 
+def relayed(args: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """Run a command; each line of its output (stdout and stderr, in their order) is shown as it
+    comes, marked SCRATCH_MARK: what MLflow prints there ("Successfully registered model",
+    "champion is now version 1") is about the scratch store. Its exit code."""
+    unbuffered = env | {"PYTHONUNBUFFERED": "1"}  # lines as they are written, in order
+    with subprocess.Popen(
+        args, cwd=cwd, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace",
+    ) as child:  # fmt: skip
+        try:
+            for line in child.stdout:
+                sys.stderr.write(SCRATCH_MARK + line)
+        except BaseException:  # Ctrl-C, SIGTERM: as subprocess.run does, the child goes too
+            child.kill()
+            child.wait()
+            raise
+        return child.wait()
+
+
 def run_stages(source: Path, env: dict[str, str]) -> None:
     """The revision's own `train` and `evaluate` commands, output shown as they run."""
     stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
+    log.info(
+        "train and evaluate run against a scratch store (%s): the lines marked %s are "
+        "about it, and its registry, not yours",
+        env["MLFLOW_TRACKING_URI"],
+        SCRATCH_MARK.strip(),
+    )
     for name in ("train", "evaluate"):
         args = shlex.split(stages[name]["cmd"])
         if args[0] in ("python", "python3"):
             args[0] = sys.executable
         log.info("reproduction: %s", " ".join(args))
-        code = subprocess.run(args, cwd=source, env=env).returncode
+        code = relayed(args, source, env)
         if code != 0:
             raise ReproduceError(f"the revision's {name} stage failed (exit {code}); see above")
 
@@ -307,6 +334,13 @@ def run(params: config.Params, model: str | None, run_id: str | None) -> verdict
     original = record_of(client, target)
     judged = reproduce(root, client, original)
     record_verdict(client, target, judged)
+    log.info(
+        "the scratch store is removed; %s got no run and no version, only the verdict's "
+        "%s* tags on run %s",
+        tracking.tracking_uri(params.mlflow, root),
+        TAG_PREFIX,
+        target,
+    )
     log.info("run %s: %s", target, judged.kind)
     for line in judged.differences:
         log.info("  %s", line)
