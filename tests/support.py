@@ -239,15 +239,21 @@ class Running:
 
 @contextlib.contextmanager
 def running(
-    module: str, args: list[str], health: str, log: Path, env: dict | None = None
+    module: str,
+    args: list[str],
+    health: str,
+    log: Path,
+    env: dict | None = None,
+    cwd: Path = REPO,
 ) -> Iterator[Running]:
-    """`python -m module args --port P` until the block ends; SIGTERM must stop it cleanly."""
+    """`python -m module args --port P` (in `cwd`) until the block ends; SIGTERM must stop it
+    cleanly."""
     port = free_port()
     environment = environment_without("MLFLOW_")
     with open(log, "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=environment | (env or {}), stdout=output, stderr=output,
+            cwd=cwd, env=environment | (env or {}), stdout=output, stderr=output,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
