@@ -95,7 +95,7 @@ demo: install  ## the draw-a-digit page, http://127.0.0.1:5002 (PORT=, MODEL=, S
 	python -m pipeline.serving.demo $(if $(PORT),--port $(PORT)) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(SHADOW),--shadow $(SHADOW))
 
-monitor: install  ## the prediction log against evaluate's reference; exit 1 on drift (SINCE=24h, 7d, a date)
+monitor: install  ## each served version against its own reference; exit 1 on drift, 2 under make (SINCE=24h, 7d, a date)
 	python -m pipeline.monitoring.monitor $(if $(SINCE),--since $(SINCE))
 
 server: install  ## MLflow tracking server on PostgreSQL, http://127.0.0.1:5000 (AUTH=1: basic auth)
