@@ -47,7 +47,7 @@ def decode(payload: object, max_pixels: int) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise BadRequest("image is not valid base64") from None
     try:
-        return images.to_model_input(images.read_image(data, max_pixels))
+        return images.from_picture(data, max_pixels)
     except images.ImageError as error:
         raise BadRequest(f"image: {error}") from None
 

@@ -1,8 +1,13 @@
-"""A picture of one character → the model's input, the way MNIST's images were made.
+"""A picture of one digit → the model's input, the way MNIST's images were made.
 
-Grayscale; dark ink on a light background is inverted to light on dark; cropped to the ink's
-bounding box; scaled to fit 20×20 keeping the aspect ratio; placed in 28×28 so that its centre
-of mass is the centre; pixels in [0, 1] (LeCun et al., the MNIST database's own description).
+A photo first: decoded at reduced scale when it is large (a digit needs few pixels), turned
+upright by its EXIF orientation, grayscale. Then the paper is separated from the ink: the side
+the background is on gives the polarity (dark ink on light paper, or light on dark), a smooth
+surface fitted to the paper removes its level and the lighting's gradient, and the sensor's
+noise sets the level below which nothing is ink; the ink keeps its strength (no hard
+binarisation), and specks far smaller than the digit are dropped. Then MNIST's own steps
+(LeCun et al., the MNIST database's description): cropped to the ink's bounding box, scaled
+to fit 20×20 keeping the aspect ratio, placed in 28×28 with its centre of mass at the centre.
 """
 
 from __future__ import annotations
@@ -13,11 +18,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from pipeline.params.config import IMAGE_SIDE
 
 INK_BOX = 20  # MNIST's digits were fitted into 20×20, then centred in 28×28
-INK_LEVEL = 0.1  # a pixel above this share of the full ink range counts as ink (crop box)
+WORK_SIDE = 512  # a larger picture is reduced to this (longer side) first: a digit needs fewer
+MIN_DIGIT = 8  # ink whose bounding box is smaller than this many working pixels is no digit
+MIN_CONTRAST = 0.06  # ink fainter than this share of black-to-white (15 grey levels) is paper
+NOISE_LEVELS = 6.0  # ink stands this many noise deviations above the paper
+INK_FULL = 90  # the ink's strength is 1 at this percentile of the ink and above, as in MNIST
+EXTREME = 25  # pixels: about a speck's worth, far fewer than any digit's
+SPECK = 0.1  # ink pieces smaller than this share of the largest one are specks, not strokes
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 KNOWN_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP"  # what a person might try first, of Pillow's
 
@@ -32,20 +44,24 @@ class ImageError(ValueError):
 
 
 def read_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode PNG, JPEG or any format Pillow reads; transparent pixels count as background.
+    """Decode PNG, JPEG or any format Pillow reads → grayscale, upright, at most WORK_SIDE.
 
-    The size is read from the file's header first, and an image of more than `max_pixels`
-    pixels is refused before it is decoded: a small file can hold a huge image (a 37 kB PNG of
-    13000×13000 white pixels decodes to 169 MB per channel).
+    Transparent pixels count as white paper. The size that would be decoded is checked before
+    decoding, and over `max_pixels` pixels the picture is refused: a small file can hold a huge
+    image (a 37 kB PNG of 13000×13000 pixels decodes to 169 MB per channel). A JPEG is decoded
+    at 1/2, 1/4 or 1/8 scale when that still covers WORK_SIDE (Pillow's draft mode), so a
+    phone's 12-megapixel photo decodes as 0.75 megapixels and passes the limit.
     """
     unreadable = (OSError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+        if image.format == "JPEG":
+            image.draft("L", (WORK_SIDE, WORK_SIDE))
     except UnidentifiedImageError:  # its message names only the in-memory buffer it was given
         raise ImageError(f"not an image Pillow can read ({KNOWN_FORMATS}, ...)") from None
     except unreadable as error:
         raise ImageError(f"not a readable image ({error})") from None
-    width, height = image.size
+    width, height = image.size  # after draft: what will be decoded
     if width * height > max_pixels:
         raise ImageError(
             f"image of {width}×{height} pixels, over the limit of "
@@ -53,28 +69,96 @@ def read_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     try:
         image.load()
+        image = ImageOps.exif_transpose(image)
     except unreadable as error:
         raise ImageError(f"not a readable image ({error})") from None
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, "white")
         image = Image.alpha_composite(background, image)
-    return ImageOps.grayscale(image.convert("RGB"))
+    gray = ImageOps.grayscale(image.convert("RGB"))
+    gray.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)  # averages the noise away too
+    return gray
 
 
-def ink_on_dark(gray: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] as light ink on a dark background; a light background is inverted."""
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    ink = 1.0 - gray if np.median(border) > 0.5 else gray
-    low, high = float(ink.min()), float(ink.max())
-    if high - low < 1e-6:
+def border(shape: tuple[int, ...]) -> np.ndarray:
+    """The picture's outer frame (a twentieth of a side wide): paper, when one digit is framed."""
+    frame = np.ones(shape, dtype=bool)
+    rows, columns = (max(1, side // 20) for side in shape)
+    frame[rows:-rows, columns:-columns] = False
+    return frame
+
+
+def ink_up(gray: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] with the ink brighter than the paper. Past the paper's smooth surface
+    (fitted to the border: a digit may fill most of the picture), the ink is the side that
+    strays furthest, counted at the EXTREME-th pixel so that neither one dust grain nor the
+    noise decides; dark ink is inverted."""
+    if float(gray.max() - gray.min()) < 1e-6:
         raise ImageError("the image is empty: one flat colour, no ink")
-    return (ink - low) / (high - low)  # full contrast: background 0, strongest ink 1
+    residual = ndimage.gaussian_filter(gray - paper_surface(gray, border(gray.shape)), 1.0).ravel()
+    darkest = -np.partition(residual, EXTREME)[EXTREME]
+    brightest = np.partition(residual, -EXTREME)[-EXTREME]
+    return 1.0 - gray if darkest > brightest else gray
+
+
+def paper_surface(values: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """A quadratic surface fitted to the paper's pixels: its level and the lighting's gradient."""
+    step = max(1, min(values.shape) // 128)  # a grid of the pixels is plenty for six numbers
+    rows = np.linspace(-0.5, 0.5, values.shape[0], dtype=np.float32)[:, np.newaxis]
+    columns = np.linspace(-0.5, 0.5, values.shape[1], dtype=np.float32)[np.newaxis, :]
+    grid_rows, grid_columns = np.broadcast_arrays(rows[::step], columns[:, ::step])
+    fit = paper[::step, ::step]
+    terms = [np.ones_like(grid_rows), grid_rows, grid_columns, grid_rows**2, grid_columns**2,
+             grid_rows * grid_columns]  # fmt: skip
+    (c0, c1, c2, c3, c4, c5), *_ = np.linalg.lstsq(
+        np.stack([term[fit] for term in terms], axis=1), values[::step, ::step][fit]
+    )
+    return c0 + c1 * rows + c2 * columns + c3 * rows**2 + c4 * columns**2 + c5 * rows * columns
+
+
+def noise_level(residual: np.ndarray) -> float:
+    """The paper's noise: a robust standard deviation (MAD), which the ink barely moves."""
+    sample = residual[::2, ::2]  # plenty of pixels for one number
+    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+
+
+def separate_ink(gray: np.ndarray) -> np.ndarray:
+    """Grayscale in [0, 1] → ink strength in [0, 1] on a background of exactly 0."""
+    values = ink_up(gray)
+    paper = border(values.shape)  # a first guess, then the pixels that are not ink
+    for _ in range(2):  # fit, find the ink above it, fit again to the paper alone
+        residual = values - paper_surface(values, paper)
+        smooth = ndimage.gaussian_filter(residual, 1.0)
+        level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
+        ink = smooth > level
+        paper = ~ndimage.binary_dilation(ink, iterations=2)
+    if not ink.any():
+        raise ImageError("no digit found: the picture is blank (no ink stands out of the paper)")
+    ink = without_specks(ink)
+    full = float(np.percentile(residual[ink], INK_FULL))
+    near = ndimage.binary_dilation(ink, iterations=2)  # the strokes' soft edges belong to them
+    return np.where(near, np.clip((residual - level / 2) / (full - level / 2), 0.0, 1.0), 0.0)
+
+
+def without_specks(ink: np.ndarray) -> np.ndarray:
+    """The ink's pieces that are not specks; refused if even the digit is too small."""
+    labels, count = ndimage.label(ink, structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.isin(labels, 1 + np.flatnonzero(sizes >= SPECK * sizes.max()))
+    rows, columns = np.nonzero(kept)
+    height, width = rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
+    if max(height, width) < MIN_DIGIT:
+        raise ImageError(
+            f"no digit found: the only ink is a speck of {width}×{height} pixels "
+            f"(at {max(ink.shape)} pixels a side; a digit needs {MIN_DIGIT})"
+        )
+    return kept
 
 
 def fit_ink(ink: np.ndarray) -> np.ndarray:
     """Crop to the ink's bounding box and scale it to fit INK_BOX×INK_BOX, aspect kept."""
-    rows, columns = np.nonzero(ink > INK_LEVEL)
+    rows, columns = np.nonzero(ink)
     cropped = ink[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     height, width = cropped.shape
     scale = INK_BOX / max(height, width)
@@ -98,9 +182,14 @@ def centre_by_mass(ink: np.ndarray) -> np.ndarray:
 
 
 def to_model_input(image: Image.Image) -> np.ndarray:
-    """A grayscale picture of one character → float32 (28, 28) in [0, 1], MNIST-style."""
+    """A grayscale picture of one digit → float32 (28, 28) in [0, 1], MNIST-style."""
     gray = np.asarray(image, dtype=np.float32) / 255.0
-    return centre_by_mass(fit_ink(ink_on_dark(gray)))
+    return centre_by_mass(fit_ink(separate_ink(gray)))
+
+
+def from_picture(data: bytes, max_pixels: int) -> np.ndarray:
+    """An image file's bytes → the model's input: the one path every picture takes."""
+    return to_model_input(read_image(data, max_pixels))
 
 
 def from_array(array: np.ndarray) -> np.ndarray:
@@ -129,4 +218,4 @@ def load_input(path: Path, max_pixels: int) -> np.ndarray:
         data = path.read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read ({error.strerror})") from None
-    return to_model_input(read_image(data, max_pixels))
+    return from_picture(data, max_pixels)
