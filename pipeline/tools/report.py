@@ -2,20 +2,17 @@
 
     python -m pipeline.tools.report [--base main] [--target workspace|REVISION|EXPERIMENT|best]
 
-Writes `report.md` and its images into `report.output_dir` (params.yaml). The params and metrics
-tables are DVC's own (`dvc params diff --md`, `dvc metrics diff --md --all`); the per-class
-moves, the training curves of both sides and the confusion change (target − base) are drawn from
-the data of the plots dvc.yaml declares (`dvc plots diff --json`). What DVC lacks is added: a
-`Base:` and a `Target:` line naming each side's MLflow run (linked), the gate's verdict on it
-and the CPU it trained on, and a line for what a side lacks.
+Writes `report.md` and its images into `report.output_dir` (params.yaml): DVC's params and
+metrics tables (`dvc params diff --md`, `dvc metrics diff --md --all`), and the per-class moves,
+both sides' training curves and the confusion change drawn from the data of dvc.yaml's plots
+(`dvc plots diff --json`). Added, as DVC lacks it: a `Base:` and a `Target:` line naming each
+side's MLflow run (linked), its CPU and the gate's verdict, and what a side lacks.
 
-Nothing is recomputed: each side's tables are its revision's record (git, the DVC cache or
-remote; the workspace's files). Its run is the one its run record names; without it in this
-store, a clean run at its params whose metrics are the record's; else a clean run of its commit
-at its params, which the side's line calls so (on another CPU kind its metrics differ in the
-last digits). A record without its train_history.csv takes its curves from its run's metric
-history. `best` is the experiment of `dvc exp show` (HEAD's) with the best `tune.metric` by
-`tune.direction`.
+A side's run is the one its run record names; without it in this store, a clean run at its
+params whose metrics are the record's; else a clean run of its commit at its params, named as
+such (on another CPU kind its metrics differ in the last digits). Without its train_history.csv
+at hand, its curves are its run's metric history. `best` is the experiment of `dvc exp show`
+(HEAD's) with the best `tune.metric` by `tune.direction`.
 """
 
 from __future__ import annotations
