@@ -133,13 +133,25 @@ def dvc(root: Path, *args: str) -> str:
 
 @dataclass(frozen=True)
 class Plots:
-    """`dvc plots diff --json`'s data by revision name: history, per class, confusion counts,
-    and the files it could not read."""
+    """`dvc plots diff --json`'s rows by (plot, revision name), its values strings, and by
+    revision name the files it could not read."""
 
-    history: dict[str, pd.DataFrame]
-    per_class: dict[str, pd.DataFrame]
-    confusion: dict[str, pd.DataFrame]
+    rows: dict[tuple[str, str], pd.DataFrame]
     errors: dict[str, list[str]]  # revision name → "path: DVC's message"
+
+    def history(self, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((HISTORY_PLOT, name))  # a row per iteration and y field
+        return None if rows is None else rows.drop_duplicates("iteration")[
+            ["iteration", *HISTORY_METRICS]].astype(float)  # fmt: skip
+
+    def per_class(self, path: str, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((path, name))
+        scores = dict.fromkeys(["precision", "recall", "f1"], float)
+        return None if rows is None else rows[["class", *scores]].astype(scores)
+
+    def confusion(self, path: str, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((path, name))
+        return None if rows is None else pd.crosstab(rows["actual"], rows["predicted"])
 
 
 def plots_of(root: Path, paths: config.PathParams, revisions: list[str]) -> Plots:
@@ -149,31 +161,15 @@ def plots_of(root: Path, paths: config.PathParams, revisions: list[str]) -> Plot
         text = dvc(root, "plots", "diff", "--json", "-o", folder, "--targets", *targets,
                    "--", *revisions)  # fmt: skip
     found = json.loads(text)
-    tables = {name: pd.DataFrame([row for plot in found.get("data", {}).get(name, [])
-                                  for row in plot["content"]["data"]["values"]])
-              for name in targets}  # fmt: skip
+    rows: dict[tuple[str, str], pd.DataFrame] = {}
+    for name, plots in found.get("data", {}).items():
+        table = pd.DataFrame([row for plot in plots for row in plot["content"]["data"]["values"]])
+        for revision, part in table.groupby("rev") if not table.empty else []:
+            rows[name, revision] = part
     errors: dict[str, list[str]] = {}
     for error in found.get("errors", []):
         errors.setdefault(error["rev"], []).append(f"{error['source']}: {error['msg']}")
-    history, per_class, confusion = (by_revision(tables[name], revisions) for name in targets)
-    history = {name: numbers(table.drop_duplicates("iteration")) for name, table in history.items()}
-    per_class = {name: numbers(table, keep="class") for name, table in per_class.items()}
-    confusion = {name: pd.crosstab(table["actual"], table["predicted"])
-                 for name, table in confusion.items()}  # fmt: skip
-    return Plots(history, per_class, confusion, errors)
-
-
-def by_revision(table: pd.DataFrame, revisions: list[str]) -> dict[str, pd.DataFrame]:
-    if table.empty:
-        return {}
-    return {name: rows.drop(columns=["rev", "field", "dvc_inferred_y_value"], errors="ignore")
-            for name, rows in table.groupby("rev") if name in revisions}  # fmt: skip
-
-
-def numbers(table: pd.DataFrame, keep: str = "") -> pd.DataFrame:
-    """DVC gives a CSV's values as strings: the columns but `keep` as numbers."""
-    columns = [column for column in table.columns if column != keep]
-    return table.astype({column: float for column in columns}).reset_index(drop=True)
+    return Plots(rows, errors)
 
 
 def read_files(root: Path, revision: Revision, paths: list[str]) -> dict[str, str | None]:
@@ -256,7 +252,7 @@ def side_of(
     texts = read_files(root, revision, wanted)
     found, how = run_of(store, revision, texts, params)
     missing = plots.errors.get(revision.name, [])
-    history, history_from = plots.history.get(revision.name), ""
+    history, history_from = plots.history(revision.name), ""
     if history is None and found is not None:
         history = run_history(store.client, found.info.run_id)
         if history is not None:
@@ -270,9 +266,10 @@ def side_of(
     run = presented(store, found) if found else review.Run(named) if named else None
     source = "the experiment's record" if revision.experiment else "the committed record"
     source = "its files on disk" if revision.commit is None else source
-    return review.Side(role, revision.label, source, plots.per_class.get(revision.name),
-                       plots.confusion.get(revision.name), history, history_from, run, how,
-                       tuple(missing))  # fmt: skip
+    per_class = plots.per_class(paths.per_class, revision.name)
+    confusion = plots.confusion(paths.confusion, revision.name)
+    return review.Side(role, revision.label, source, per_class, confusion, history, history_from,
+                       run, how, tuple(missing))  # fmt: skip
 
 
 @dataclass(frozen=True)
