@@ -50,7 +50,7 @@ def write_figures(
     import pipeline.reports.figures as figures
 
     drawn = {
-        "confusion_matrix.png": figures.confusion_matrix(confusion, data.class_names),
+        "confusion_matrix.png": figures.confusion_heatmap(confusion, data.class_names),
         "misclassified.png": figures.misclassified_grid(
             test["x"], test["y"], predictions, data.class_names, data.name
         ),

@@ -24,7 +24,7 @@ def test_training_curves_have_loss_and_accuracy(tmp_path):
 
 def test_confusion_matrix_shows_every_count(tmp_path):
     confusion = np.arange(9).reshape(3, 3)
-    figure = figures.confusion_matrix(confusion, ["ant", "bee", "cow"])
+    figure = figures.confusion_heatmap(confusion, ["ant", "bee", "cow"])
     texts = sorted(int(text.get_text()) for text in figure.axes[0].texts)
     assert texts == list(range(9))
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["ant", "bee", "cow"]

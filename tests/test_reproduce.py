@@ -31,13 +31,13 @@ def record(weights: str | None = "w1", accuracy: float = 0.98, loss: float = 0.0
 
 
 def test_the_same_weights_and_metrics_are_bit_identical():
-    judged = verdict.judge(record(), record())
+    judged = verdict.compare(record(), record())
     assert (judged.kind, judged.exit_code, judged.differences) == (verdict.BIT_IDENTICAL, 0, [])
 
 
 def test_other_weights_close_metrics_are_within_tolerance_and_say_what_differs():
     again = record("w2", accuracy=0.978, loss=0.075, **{"env.tensorflow": "2.22.0"})
-    judged = verdict.judge(record(), again)
+    judged = verdict.compare(record(), again)
     assert (judged.kind, judged.exit_code) == (verdict.WITHIN_TOLERANCE, 3)
     assert "env.tensorflow: 2.21.0 → 2.22.0" in judged.differences
     assert "weights: other bytes" in judged.differences
@@ -46,13 +46,13 @@ def test_other_weights_close_metrics_are_within_tolerance_and_say_what_differs()
 
 def test_far_metrics_are_not_reproduced_and_name_the_data_that_differs():
     again = record("w2", accuracy=0.90, **{"data.train_sha256": "d2"})
-    judged = verdict.judge(record(), again)
+    judged = verdict.compare(record(), again)
     assert (judged.kind, judged.exit_code) == (verdict.NOT_REPRODUCED, 4)
     assert "data.train_sha256: d1 → d2" in judged.differences
 
 
 def test_a_run_without_a_weights_hash_is_never_called_bit_identical():
-    judged = verdict.judge(record(weights=None), record())
+    judged = verdict.compare(record(weights=None), record())
     assert judged.kind == verdict.WITHIN_TOLERANCE
     assert any("recorded no model.weights_sha256" in line for line in judged.differences)
 

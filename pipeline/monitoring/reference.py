@@ -8,7 +8,7 @@ and the input statistics, the columns the prediction log has for each scored ima
 
 from __future__ import annotations
 
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +42,11 @@ def write_reference(records: pd.DataFrame, path: str | Path) -> None:
     write_csv(records, path)
 
 
-def read_reference(path: str | Path) -> pd.DataFrame:
-    """The reference written by `write_reference`; ReferenceUnreadable when it is not there."""
+def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
+    """The reference written by `write_reference` (`text`: its content, read elsewhere);
+    ReferenceUnreadable when it is not there."""
     try:
-        records = pd.read_csv(path)
+        records = pd.read_csv(path if text is None else io.StringIO(text))
     except FileNotFoundError:
         raise ReferenceUnreadable(
             f"no reference at {path}: the evaluate stage writes it (dvc repro)"
@@ -87,18 +88,20 @@ def reference_of(model: str, client) -> ModelReference:
     import mlflow
 
     from pipeline.tracking.registry import REGISTERED_URI, registered_version
+    from pipeline.tracking.store import artifact_text
 
     if REGISTERED_URI.match(model) is None:
         return ModelReference(model, None, "none: only a registered version carries one")
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            run_id = registered_version(client, model).run_id
-            path = client.download_artifacts(run_id, ARTIFACT, folder)
-        except (mlflow.exceptions.MlflowException, OSError) as error:
-            why = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return ModelReference(model, None, f"none in this store ({why})")
-        try:
-            records = read_reference(path)
-        except ReferenceUnreadable as error:
-            return ModelReference(model, None, f"none: {error}")
+    try:
+        run_id = registered_version(client, model).run_id
+    except mlflow.exceptions.MlflowException as error:
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return ModelReference(model, None, f"none in this store ({why})")
+    text = artifact_text(client, run_id, ARTIFACT)
+    if text is None:
+        return ModelReference(model, None, f"none in this store (its run has no {ARTIFACT})")
+    try:
+        records = read_reference(ARTIFACT, text)
+    except ReferenceUnreadable as error:
+        return ModelReference(model, None, f"none: {error}")
     return ModelReference(model, records, f"its evaluate run {run_id}")

@@ -24,7 +24,7 @@ def training_curves(history: pd.DataFrame) -> Figure:
     return figure
 
 
-def confusion_matrix(confusion: np.ndarray, class_names: list[str]) -> Figure:
+def confusion_heatmap(confusion: np.ndarray, class_names: list[str]) -> Figure:
     """Counts with true classes as rows and predictions as columns; the diagonal is correct."""
     n_classes = len(confusion)
     figure = Figure(figsize=(6, 5.5), layout="constrained")

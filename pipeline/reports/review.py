@@ -1,21 +1,19 @@
-"""The review of a change: two revisions' records as GitHub-flavoured Markdown and comparison
-figures (training curves on one chart, the confusion change target − base). No I/O here:
-pipeline/tools/report.py reads the records and writes the files.
+"""The review of a change as GitHub-flavoured Markdown, around the tables DVC prints: who is
+compared, the per-class moves, the training curves of both sides on one chart and the confusion
+change, target − base. No I/O here: pipeline/tools/report.py reads and writes.
 
 The comparison figures are drawn here, not in figures.py: that module is a dependency of the
 train and evaluate stages, and an edit to it would make every `dvc repro` retrain."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
-from pipeline.reports import figures
 
 CURVES_FILE = "curves.png"
 CONFUSION_CHANGE_FILE = "confusion_change.png"
@@ -25,7 +23,7 @@ MOVES_SHOWN = 10  # rows of the confusion change's table
 
 @dataclass(frozen=True)
 class Run:
-    """A side's MLflow run: its id from the run record, and what the store says of it."""
+    """A side's MLflow run as the report shows it."""
 
     run_id: str
     name: str | None = None  # None: the store has no such run
@@ -36,55 +34,27 @@ class Run:
 
 @dataclass(frozen=True)
 class Side:
-    """What one revision (or the workspace) recorded; None where it recorded nothing."""
+    """One revision (or the workspace) as the report shows it; None where it has nothing."""
 
-    role: str  # "base" or "target": also the stem of its image files
-    label: str  # how the report names it: "`main` (3b750bd)", "workspace"
-    # what its column is drawn from, one thing only: "the committed record", "a run of ..."
-    source: str = "the committed record"
+    role: str  # "base" or "target"
+    label: str  # how the report names it: "`main` (`3b750bd`)", "workspace"
+    source: str = "the committed record"  # what its tables are: its record, as DVC reads it
     per_class: pd.DataFrame | None = None  # class, precision, recall, f1, support
     confusion: pd.DataFrame | None = None  # counts: actual classes as rows, predicted as columns
     history: pd.DataFrame | None = None  # iteration, train_loss, val_loss, train_accuracy, ...
     history_from: str = ""  # where the history came from when not the record's CSV
     run: Run | None = None
-    metrics: dict[str, float] | None = None  # a run's own metrics; None: the record's
-    missing: tuple[str, ...] = ()  # one phrase per output it lacks
-
-    @property
-    def confusion_file(self) -> str:
-        return f"confusion_{self.role}.png"
-
-
-@dataclass(frozen=True)
-class Change:
-    """What differs between the sides, as `dvc params diff` and `dvc metrics diff` say."""
-
-    params: dict[str, tuple[object, object]]  # stage param → (base, target)
-    tool_params: list[str]  # tool settings that differ (no stage reads them)
-    metrics: dict[str, tuple[object, object]]  # metric → (base, target)
-    notes: list[str] = field(default_factory=list)  # e.g. how `best` was chosen
-    store: str = ""  # where the runs were looked up, as a sentence
-
-
-def value(number: object) -> str:
-    """A param or metric as a table shows it."""
-    if number is None:
-        return NONE
-    if isinstance(number, float):
-        return f"{number:.4f}"
-    return f"`{number}`" if isinstance(number, str) else str(number)
-
-
-def difference(base: object, target: object) -> str:
-    both_numbers = all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in (base, target)
-    )
-    return f"{target - base:+.4f}" if both_numbers else NONE
+    run_found: str = ""  # how its run was found, when its run record does not name it
+    missing: tuple[str, ...] = ()  # one phrase per thing it lacks
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def signed(number: float) -> str:
+    return NONE if pd.isna(number) else f"{number:+.4f}"
 
 
 def same_revision(base: str, target: str, commit: str) -> str:
@@ -95,18 +65,20 @@ def same_revision(base: str, target: str, commit: str) -> str:
     )
 
 
-def markdown(base: Side, target: Side, change: Change, curves: bool) -> str:
-    """The report: who is compared, params, metrics, per class, curves, confusion change."""
+def markdown(
+    base: Side, target: Side, dvc_tables: tuple[str, str], notes: list[str], curves: bool
+) -> str:
+    """The report: who is compared, DVC's params and metrics tables, per class, curves,
+    confusion change. `dvc_tables`: `dvc params diff --md` and `dvc metrics diff --md --all`."""
+    params, metrics = (text.strip() for text in dvc_tables)
     missing = [f"{side.role} {side.label}: {'; '.join(side.missing)}"
                for side in (base, target) if side.missing]  # fmt: skip
-    notes = change.notes + cpu_notes(base, target) + missing
     blocks = [
         [f"# Review: {target.label} against {base.label}"],
         [side_line(base), "", side_line(target)],
-        [f"- {note}" for note in notes],
-        sides_section(base, target, change.store),
-        params_section(change),
-        metrics_section(change),
+        [f"- {note}" for note in notes + cpu_notes(base, target) + missing],
+        ["## Params (`dvc params diff`)", "", params or "No param differs."],
+        ["## Metrics (`dvc metrics diff --all`)", "", metrics or "Neither side records metrics."],
         per_class_section(base, target),
         curves_section(curves, (base, target)),
         confusion_section(base, target),
@@ -115,10 +87,13 @@ def markdown(base: Side, target: Side, change: Change, curves: bool) -> str:
 
 
 def side_line(side: Side) -> str:
-    """`Base: <revision>, <what its column shows>; MLflow run <run>; made on <CPU>.`"""
-    run = f"MLflow run {run_cell(side.run)}" if side.run else "no MLflow run at hand"
-    cpu = f"made on {side.run.cpu}" if side.run and side.run.cpu else "CPU not recorded"
-    return f"{side.role.capitalize()}: {side.label}, {side.source}; {run}; {cpu}."
+    """`Base: <revision>, <what its tables are>; MLflow run <run>; made on <CPU>; verdict.`"""
+    if side.run is None:
+        return f"{side.role.capitalize()}: {side.label}, {side.source}; no MLflow run at hand."
+    run = f"MLflow run {run_cell(side.run)}{side.run_found}"
+    cpu = f"made on {side.run.cpu}" if side.run.cpu else "CPU not recorded"
+    return (f"{side.role.capitalize()}: {side.label}, {side.source}; {run}; {cpu}; "
+            f"gate: {side.run.verdict}.")  # fmt: skip
 
 
 def cpu_notes(base: Side, target: Side) -> list[str]:
@@ -131,52 +106,16 @@ def cpu_notes(base: Side, target: Side) -> list[str]:
             "their weights, and so their metrics, differ in the last digits"]  # fmt: skip
 
 
-def run_cell(run: Run | None) -> str:
-    if run is None:
-        return NONE
+def run_cell(run: Run) -> str:
     if run.name is None:
         return f"`{run.run_id}` (not in this MLflow store)"
     name = f"[{run.name}]({run.url})" if run.url else run.name
     return f"{name} `{run.run_id}`"
 
 
-def sides_section(base: Side, target: Side, store: str) -> list[str]:
-    rows = [
-        ["revision", base.label, target.label],
-        ["MLflow run", run_cell(base.run), run_cell(target.run)],
-        ["validation", *(side.run.verdict if side.run else NONE for side in (base, target))],
-        ["CPU", *(side.run.cpu if side.run and side.run.cpu else NONE for side in (base, target))],
-    ]
-    return table(["", "base", "target"], rows) + (["", store] if store else [])
-
-
-def params_section(change: Change) -> list[str]:
-    lines = ["## Params", ""]
-    if change.params:
-        rows = [[f"`{name}`", value(old), value(new)] for name, (old, new) in change.params.items()]
-        lines += table(["param", "base", "target"], rows)
-    else:
-        lines.append("No stage param differs.")
-    if change.tool_params:
-        names = ", ".join(f"`{name}`" for name in change.tool_params)
-        lines += ["", f"Tool settings that differ too (no stage reads them): {names}."]
-    return lines
-
-
-def metrics_section(change: Change) -> list[str]:
-    if not change.metrics:
-        return ["## Metrics", "", "Neither side recorded metrics."]
-    rows = [
-        [f"`{name}`", value(old), value(new), difference(old, new)]
-        for name, (old, new) in sorted(change.metrics.items())
-    ]
-    return ["## Metrics", "", *table(["metric", "base", "target", "change"], rows)]
-
-
 def per_class_changes(base: pd.DataFrame | None, target: pd.DataFrame | None) -> pd.DataFrame:
     """Both sides' per-class scores on one row per class, the largest F1 move first."""
-    columns = ["class", "precision", "recall", "f1", "support"]
-    empty = pd.DataFrame(columns=columns).astype({"class": str})
+    empty = pd.DataFrame(columns=["class", "precision", "recall", "f1"]).astype({"class": str})
     joined = (base if base is not None else empty).merge(
         target if target is not None else empty, on="class", how="outer",
         suffixes=("_base", "_target"), sort=False,
@@ -190,19 +129,14 @@ def per_class_changes(base: pd.DataFrame | None, target: pd.DataFrame | None) ->
 def per_class_section(base: Side, target: Side) -> list[str]:
     lines = ["## Per class (largest F1 move first)", ""]
     if base.per_class is None and target.per_class is None:
-        return lines + ["Neither side recorded per-class scores."]
-    rows = []
-    for row in per_class_changes(base.per_class, target.per_class).to_dict("records"):
-        number = {key: None if pd.isna(x) else float(x) for key, x in row.items() if key != "class"}
-        rows.append([f"`{row['class']}`", value(number["f1_base"]), value(number["f1_target"]),
-                     signed(number["f1_change"]), signed(number["precision_change"]),
-                     signed(number["recall_change"])])  # fmt: skip
+        return lines + ["Neither side records per-class scores."]
+    changes = per_class_changes(base.per_class, target.per_class).to_dict("records")
+    rows = [[f"`{row['class']}`", *(NONE if pd.isna(row[key]) else f"{row[key]:.4f}"
+                                    for key in ("f1_base", "f1_target")),
+             *(signed(row[f"{score}_change"]) for score in ("f1", "precision", "recall"))]
+            for row in changes]  # fmt: skip
     header = ["class", "F1 base", "F1 target", "F1 change", "precision change", "recall change"]
     return lines + table(header, rows)
-
-
-def signed(number: float | None) -> str:
-    return NONE if number is None else f"{number:+.4f}"
 
 
 def curves_section(drawn: bool, sides: tuple[Side, ...]) -> list[str]:
@@ -216,48 +150,24 @@ def curves_section(drawn: bool, sides: tuple[Side, ...]) -> list[str]:
 
 
 def confusion_section(base: Side, target: Side) -> list[str]:
-    """The change target − base when both sides have a matrix, else the one there is."""
+    """The change target − base, its image and the mistakes that moved, largest first."""
+    lines = ["## Confusion change (test, target − base)", ""]
     if base.confusion is None or target.confusion is None:
-        cells = [
-            f"![{side.role} confusion matrix]({side.confusion_file})"
-            if side.confusion is not None
-            else f"{side.role}: not recorded"
-            for side in (base, target)
-        ]
-        return ["## Confusion matrices (test)", "", *table([base.label, target.label], [cells])]
+        return lines + ["Only both sides' confusion records give a change."]
     base_counts, target_counts, _ = aligned_counts(base.confusion, target.confusion, [])
     correct = [int(np.trace(counts)) for counts in (base_counts, target_counts)]
-    image = f"![confusion change, target − base]({CONFUSION_CHANGE_FILE})"
-    lines = ["## Confusion change (test, target − base)", "", image, "",
-             f"Correct (the diagonal): base {correct[0]}, target {correct[1]} "
-             f"({correct[1] - correct[0]:+d})."]  # fmt: skip
+    lines += [f"![confusion change, target − base]({CONFUSION_CHANGE_FILE})", "",
+              f"Correct (the diagonal): base {correct[0]}, target {correct[1]} "
+              f"({correct[1] - correct[0]:+d})."]  # fmt: skip
     moves = confusion_moves(base.confusion, target.confusion)
     if moves.empty:
         return lines + ["", "No mistake moved: every off-diagonal count is the same."]
     rows = [[f"`{move.actual}`", f"`{move.predicted}`", str(move.base), str(move.target),
              f"{move.change:+d}"] for move in moves.head(MOVES_SHOWN).itertuples()]  # fmt: skip
-    header = ["true", "predicted", "base", "target", "change"]
     more = len(moves) - MOVES_SHOWN
     footer = ["", f"{more} more cells moved, by as much or less."] if more > 0 else []
-    return lines + ["", "Mistakes that moved, largest first:", ""] + table(header, rows) + footer
-
-
-def training_curves(sides: list[Side]) -> Figure:
-    """Loss and accuracy against the iteration: each side a colour, train solid, val dashed."""
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    loss, accuracy = figure.subplots(1, 2)
-    for color, side in zip(("C0", "C3"), sides, strict=False):
-        if side.history is None:
-            continue
-        for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
-            for split, style in (("train", "-"), ("val", "--")):
-                axes.plot(side.history["iteration"], side.history[f"{split}_{metric}"], style,
-                          marker=".", color=color, label=f"{side.role} {split}")  # fmt: skip
-    for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
-        axes.set(xlabel="iteration", ylabel=metric, title=f"training curves, {metric}")
-        axes.grid(alpha=0.3)
-        axes.legend()
-    return figure
+    header = ["true", "predicted", "base", "target", "change"]
+    return lines + ["", "Mistakes that moved, largest first:", "", *table(header, rows), *footer]
 
 
 def aligned_counts(
@@ -285,11 +195,21 @@ def confusion_moves(base: pd.DataFrame, target: pd.DataFrame) -> pd.DataFrame:
     return moves.loc[order].reset_index(drop=True)
 
 
-def confusion_matrix(side: Side, class_names: list[str]) -> Figure:
-    """The side's test confusion matrix, drawn as evaluate draws its own, titled by the side."""
-    counts, _, names = aligned_counts(side.confusion, side.confusion, class_names)
-    figure = figures.confusion_matrix(counts, names)
-    figure.axes[0].set_title(f"{side.role}: {side.label.replace('`', '')}")
+def curves_of_both(sides: list[Side]) -> Figure:
+    """Loss and accuracy against the iteration: each side a colour, train solid, val dashed."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss, accuracy = figure.subplots(1, 2)
+    for color, side in zip(("C0", "C3"), sides, strict=False):
+        if side.history is None:
+            continue
+        for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
+            for split, style in (("train", "-"), ("val", "--")):
+                axes.plot(side.history["iteration"], side.history[f"{split}_{metric}"], style,
+                          marker=".", color=color, label=f"{side.role} {split}")  # fmt: skip
+    for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):
+        axes.set(xlabel="iteration", ylabel=metric, title=f"training curves, {metric}")
+        axes.grid(alpha=0.3)
+        axes.legend()
     return figure
 
 

@@ -44,7 +44,7 @@ TENSOR_KEYS = ("inputs", "instances")  # MLflow's two JSON forms of a tensor inp
 TABLE_KEYS = ("dataframe_split", "dataframe_records")  # its DataFrame forms: not for images
 
 
-def images_of(body: bytes, content_type: str) -> object:
+def decode_images(body: bytes, content_type: str) -> object:
     """The images in a request body, as MLflow's scoring server reads them; BadRequest if none."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise BadRequest(
@@ -64,7 +64,7 @@ def images_of(body: bytes, content_type: str) -> object:
 def answer(body: bytes, content_type: str, predict: loader.Predict) -> Response:
     """A request body → the model's `{"predictions": ...}`; BadRequest says what is wrong."""
     try:
-        probabilities = predict(images_of(body, content_type))
+        probabilities = predict(decode_images(body, content_type))
     except loader.InputError as error:
         raise BadRequest(str(error), code="INVALID_PARAMETER_VALUE") from None
     body = json.dumps({"predictions": probabilities.tolist()}).encode()

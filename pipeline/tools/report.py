@@ -2,33 +2,27 @@
 
     python -m pipeline.tools.report [--base main] [--target workspace|REVISION|EXPERIMENT|best]
 
-Writes `report.md` and its images into `report.output_dir` (params.yaml): what each side is
-(a `Base:` and a `Target:` line), the params that differ (`dvc params diff`), both sides'
-metrics and the change (`dvc metrics diff`), per-class scores with the largest F1 moves first,
-both MLflow runs with their validation verdict and CPU, the training curves of both on one chart
-and the confusion change, target − base.
+Writes `report.md` and its images into `report.output_dir` (params.yaml): DVC's params and
+metrics tables (`dvc params diff --md`, `dvc metrics diff --md --all`), and the per-class moves,
+both sides' training curves and the confusion change drawn from the data of dvc.yaml's plots
+(`dvc plots diff --json`). Added, as DVC lacks it: a `Base:` and a `Target:` line naming each
+side's MLflow run (linked), its CPU and the gate's verdict, and what a side lacks.
 
-Nothing is recomputed, and a side's column is one thing only. It is its revision's record (from
-git, the DVC cache or remote; the workspace's from disk) with that record's own MLflow run: the
-one its run record names or, without one, a clean run at its params whose metrics are the
-record's. When the store has no such run (the record was made elsewhere: on another CPU kind the
-weights differ in the last bits), a clean run of that commit at its params is the whole side:
-metrics, per class, confusion, curves and link. A record without its train_history.csv takes its
-curves from its run's metric history. A side whose outputs are missing, or whose dvc.lock records
-other params than its params.yaml (a commit never reproduced), says so in one line, with advice
-only where some can work here. `best` is the experiment of `dvc exp show` (HEAD's) with the best
-`tune.metric` by `tune.direction`.
+A side's run is the one its run record names; without it in this store, a clean run at its
+params whose metrics are the record's; else a clean run of its commit at its params, named as
+such (on another CPU kind its metrics differ in the last digits). Without its train_history.csv
+at hand, its curves are its run's metric history. `best` is the experiment of `dvc exp show`
+(HEAD's) with the best `tune.metric` by `tune.direction`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import logging
 import math
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +50,7 @@ VERDICT_TAGS = (registry.STATUS_TAG, registry.FAILED_TAG, f"validation.{gate.GAI
 CPU_TAG = f"{lineage.ENV_PREFIX}cpu"  # the CPU model a run trained on (lineage.environment_tags)
 # What train's History logs into its run every interval, step = iteration: train_history.csv's
 HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-# What evaluate logs into train's run beside metrics.json (evaluate.log_results)
-PER_CLASS_ARTIFACT = "evaluation/per_class.json"  # a table, pandas' "split" JSON
-CONFUSION_ARTIFACT = "evaluation/confusion_matrix.json"  # {"labels": [...], "matrix": [...]}
+HISTORY_PLOT = "loss"  # dvc.yaml's plot of train_history.csv (its rows carry every column)
 
 
 class ReportError(Exception):
@@ -129,228 +121,155 @@ def best_experiment(root: Path, tune: tools.TuneParams) -> tuple[str, str]:
     return best, note + (f"; without {tune.metric}: {', '.join(unscored)}" if unscored else "")
 
 
-def flattened(diff: dict) -> dict[str, tuple[object, object]]:
-    """`dvc params/metrics diff` per file → one name per value (`file:key` beyond one file)."""
-    several = len(diff) > 1
-    return {
-        f"{file}:{key}" if several else key: (entry.get("old"), entry.get("new"))
-        for file, entries in diff.items()
-        for key, entry in entries.items()
-    }
-
-
-def change_of(repo, base: Revision, target: Revision, notes: list[str]) -> review.Change:
-    """What `dvc params diff` and `dvc metrics diff --all` say (tool settings set apart)."""
-    revisions = {"a_rev": base.commit, "b_rev": target.commit or WORKSPACE}
-    changed = flattened(repo.params.diff(**revisions).get("diff", {}))
-    tool = [name for name in changed if name.split(".")[0] in config.TOOL_SECTIONS]
-    stage = {name: values for name, values in changed.items() if name not in tool}
-    metrics = flattened(repo.metrics.diff(**revisions, all=True).get("diff", {}))
-    return review.Change(stage, tool, metrics, notes)
-
-
-class Files:
-    """A side's files: the workspace's on disk, a commit's through git and the DVC cache (or
-    its remote, read without filling the cache)."""
-
-    def __init__(self, root: Path, revision: Revision) -> None:
-        from dvc.api import DVCFileSystem
-
-        self.root, self.revision = root, revision
-        self.fs = None if revision.commit is None else DVCFileSystem(str(root), rev=revision.commit)
-        self.failures: dict[str, str] = {}  # path → why a remote could not give it
-        # the revision's own default remote, which read() has tried already
-        self.remote = None if self.fs is None else self.fs.repo.config["core"].get("remote")
-
-    def read(self, path: str) -> str | None:
-        if self.fs is None:
-            file = self.root / path
-            return file.read_text() if file.is_file() else None
-        try:
-            return self.fs.read_text(path)
-        except FileNotFoundError:  # not committed, or in neither the cache nor a remote
-            return None
-        except Exception as error:  # a remote's own (botocore's NoCredentialsError, ...)
-            self.failures[path] = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return None
-
-    def why_missing(self, path: str) -> tuple[str, str]:
-        """Why `path` is absent, and what would bring it here ("" where nothing can)."""
-        if self.fs is None:
-            return "not in the workspace", " (`dvc repro`)"
-        if path in self.failures:
-            return (f"not in the DVC cache, and its remote failed ({self.failures[path]})",
-                    " (`dvc pull` once the remote answers)")  # fmt: skip
-        if not self.fs.exists(path):
-            return "not recorded at this revision", ""
-        # read() tried the remote too: pulling cannot help, only training that commit here
-        where = (f"in neither the DVC cache nor the DVC remote `{self.remote}`" if self.remote
-                 else "not in the DVC cache, and no DVC remote is configured")  # fmt: skip
-        return where, f" (`git checkout {self.revision.name}`, `dvc repro`: its run then shows)"
-
-    def close(self) -> None:
-        if self.fs is not None:
-            self.fs.close()
-
-
-def missing_lines(absent: dict[str, tuple[str, str]]) -> list[str]:
-    """One phrase per reason: `not recorded at this revision: a, b`, with its advice if any."""
-    reasons: dict[tuple[str, str], list[str]] = {}
-    for path, reason in absent.items():
-        reasons.setdefault(reason, []).append(path)
-    return [f"{why}: {', '.join(paths)}{fix}" for (why, fix), paths in reasons.items()]
-
-
-def lookup(params: dict, key: str) -> object:
-    for part in key.split("."):
-        params = params.get(part) if isinstance(params, dict) else None
-    return params
-
-
-def leaves(value: object, key: str) -> Iterator[tuple[str, object]]:
-    """A recorded param as dotted keys and values: a whole section (`train`) as its keys."""
-    if isinstance(value, dict):
-        for name, inner in value.items():
-            yield from leaves(inner, f"{key}.{name}")
-    else:
-        yield key, value
-
-
-def same_value(recorded: object, current: object) -> bool:
-    """Equal, reading numbers as numbers (YAML 1.1 reads DVC's `5e-04` as a string)."""
-    try:
-        return float(recorded) == float(current)
-    except (TypeError, ValueError):
-        return recorded == current
-
-
-def stale_params(files: Files) -> list[str]:
-    """Params whose value in params.yaml differs from what dvc.lock ran the stages with."""
-    lock, params = files.read("dvc.lock"), files.read(config.PARAMS_FILE)
-    if not lock or not params:
-        return []
-    current = yaml.safe_load(params)
-    recorded = {
-        key: value
-        for stage in (yaml.safe_load(lock).get("stages") or {}).values()
-        for name, section in stage.get("params", {}).get(config.PARAMS_FILE, {}).items()
-        for key, value in leaves(section, name)
-    }
-    return sorted(
-        key for key, value in recorded.items() if not same_value(value, lookup(current, key))
-    )
-
-
-def table_of(text: str | None) -> pd.DataFrame | None:
-    return None if text is None else pd.read_csv(io.StringIO(text), dtype={"class": str})
-
-
-def counts_of(text: str | None) -> pd.DataFrame | None:
-    """confusion.csv's (actual, predicted) rows as counts, actual classes as rows."""
-    if text is None:
-        return None
-    rows = pd.read_csv(io.StringIO(text), dtype=str)
-    return pd.crosstab(rows["actual"], rows["predicted"])
+def dvc(root: Path, *args: str) -> str:
+    """What a `dvc` command prints; ReportError with its last line when it fails."""
+    command = [sys.executable, "-m", "dvc", *args]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ReportError(f"dvc {' '.join(args[:2])} failed: {last}")
+    return result.stdout
 
 
 @dataclass(frozen=True)
-class Record:
-    """What a revision recorded (the workspace: what is on disk), and why any of it is absent."""
+class Plots:
+    """`dvc plots diff --json`'s rows by (plot, revision name), its values strings, and by
+    revision name the files it could not read."""
 
-    revision: Revision
-    texts: dict[str, str | None]  # path → its text, None where absent
-    absent: dict[str, tuple[str, str]]  # path → why, and what would bring it
-    stale: list[str]  # params its dvc.lock ran with other values than its params.yaml holds
-    params_text: str | None
+    rows: dict[tuple[str, str], pd.DataFrame]
+    errors: dict[str, list[str]]  # revision name → "path: DVC's message"
+
+    def history(self, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((HISTORY_PLOT, name))  # a row per iteration and y field
+        return None if rows is None else rows.drop_duplicates("iteration")[
+            ["iteration", *HISTORY_METRICS]].astype(float)  # fmt: skip
+
+    def per_class(self, path: str, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((path, name))
+        scores = dict.fromkeys(["precision", "recall", "f1"], float)
+        return None if rows is None else rows[["class", *scores]].astype(scores)
+
+    def confusion(self, path: str, name: str) -> pd.DataFrame | None:
+        rows = self.rows.get((path, name))
+        return None if rows is None else pd.crosstab(rows["actual"], rows["predicted"])
 
 
-def read_record(root: Path, revision: Revision, paths: config.PathParams) -> Record:
-    wanted = [paths.metrics, paths.per_class, paths.confusion, paths.history, paths.run_info]
-    files = Files(root, revision)
+def plots_of(root: Path, paths: config.PathParams, revisions: list[str]) -> Plots:
+    """The data of dvc.yaml's plots of history, per class and confusion at both revisions."""
+    targets = [HISTORY_PLOT, paths.per_class, paths.confusion]
+    with tempfile.TemporaryDirectory() as folder:  # where DVC would put image plots
+        text = dvc(root, "plots", "diff", "--json", "-o", folder, "--targets", *targets,
+                   "--", *revisions)  # fmt: skip
+    found = json.loads(text)
+    rows: dict[tuple[str, str], pd.DataFrame] = {}
+    for name, plots in found.get("data", {}).items():
+        table = pd.DataFrame([row for plot in plots for row in plot["content"]["data"]["values"]])
+        for revision, part in table.groupby("rev") if not table.empty else []:
+            rows[name, revision] = part
+    errors: dict[str, list[str]] = {}
+    for error in found.get("errors", []):
+        errors.setdefault(error["rev"], []).append(f"{error['source']}: {error['msg']}")
+    return Plots(rows, errors)
+
+
+def read_files(root: Path, revision: Revision, paths: list[str]) -> dict[str, str | None]:
+    """A side's files through git and the DVC cache (or its remote); None where absent."""
+    from dvc.api import DVCFileSystem
+
+    fs, texts = DVCFileSystem(str(root), rev=revision.commit), {}  # rev None: the workspace
     try:
-        texts = {path: files.read(path) for path in wanted}
-        absent = {path: files.why_missing(path) for path, text in texts.items() if text is None}
-        return Record(revision, texts, absent, stale_params(files), files.read(config.PARAMS_FILE))
+        for path in paths:
+            try:
+                texts[path] = fs.read_text(path)
+            except Exception:  # not recorded, not cached, or a remote's own (botocore's, ...)
+                texts[path] = None
+        return texts
     finally:
-        files.close()
+        fs.close()
+
+
+def workspace_changes(root: Path) -> list[str]:
+    """What `dvc status` finds changed since dvc.lock ran: one phrase, or none."""
+    status = json.loads(dvc(root, "status", "--json") or "{}")
+    if not status:
+        return []
+    return [f"`dvc status` finds {', '.join(status)} changed since dvc.lock ran: its outputs "
+            "are not its params' and code's (`dvc repro`)"]  # fmt: skip
+
+
+def gate_outcome(tags: dict[str, str]) -> str:
+    """The gate's verdict: the release checks' status, the failed ones, the gain's outcome."""
+    status, failed, gain = (tags.get(name) for name in VERDICT_TAGS)
+    if not status:
+        return "no verdict recorded"
+    text = f"{status} ({failed})" if failed and failed != "none" else status
+    return text + (f"; gain over the champion {gain.rsplit(': ', 1)[-1]}" if gain else "")
+
+
+def presented(store: Store, found) -> review.Run:
+    """A run of the store as the report shows it: name and link, verdict, CPU."""
+    tags, info = found.data.tags, found.info
+    url = run_url(store.uri, info.experiment_id, info.run_id)
+    return review.Run(info.run_id, info.run_name, url, gate_outcome(tags), tags.get(CPU_TAG))
+
+
+def run_of(store: Store, revision: Revision, texts: dict, params: tools.ToolParams) -> tuple:
+    """The side's run and how it was found when its run record does not name it: a clean run
+    at its params whose metrics are the record's (its own), else the newest clean run of its
+    commit at its params (a rerun: the record was made elsewhere)."""
+    import mlflow
+
+    if store.client is None:
+        return None, ""
+    if texts[params.paths.run_info] is not None:
+        with_run = json.loads(texts[params.paths.run_info])["run_id"]
+        try:
+            return store.client.get_run(with_run), ""
+        except mlflow.exceptions.MlflowException:
+            pass
+    runs = clean_runs(store, texts[config.PARAMS_FILE], params.mlflow.experiment)
+    recorded = json.loads(texts[params.paths.metrics] or "{}")
+    metrics = {key: value for key, value in recorded.items() if isinstance(value, int | float)}
+    for found in runs if metrics else []:
+        logged = found.data.metrics
+        if all(math.isclose(logged.get(key, math.nan), value) for key, value in metrics.items()):
+            return found, " (its own, found by its params and metrics)"
+    for found in runs:
+        if revision.commit and found.data.tags.get("git_commit") == revision.commit:
+            return found, (" (a run of its commit at its params in this store, not the "
+                           "record's own, which is not here)")  # fmt: skip
+    return None, ""
 
 
 def side_of(
-    role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store
-) -> review.Side:
-    """The revision's record with its own run; else, when the store lacks that run, a run of
-    the commit at its params as the whole side; else the record alone."""
-    record = read_record(root, revision, params.paths)
-    own = record_run(store, record, params)
-    if own.run is None and revision.commit is not None:
-        runs = clean_runs(store, record.params_text, params.mlflow.experiment, revision.commit)
-        if runs:
-            return side_from_run(role, revision, runs[0], store)
-    return side_from_record(role, record, own, store, params.paths)
-
-
-def record_name(revision: Revision) -> str:
-    if revision.commit is None:
-        return "its files on disk"
-    return "the experiment's record" if revision.experiment else "the committed record"
-
-
-def side_from_record(
-    role: str, record: Record, own: RecordRun, store: Store, paths: config.PathParams
-) -> review.Side:
-    """The revision's files with their own run; the curves from that run's metric history when
-    the record's train_history.csv is absent."""
-    absent = dict(record.absent)
-    history, history_from = table_of(record.texts[paths.history]), ""
-    if own.run is not None:
-        absent.pop(paths.run_info, None)
-    if own.run is not None and history is None:
-        history = run_history(store.client, own.run.info.run_id)
+    role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store,
+    plots: Plots,
+) -> review.Side:  # fmt: skip
+    """A side: its record as DVC reads it, its run, its curves (from that run's history when
+    the record's train_history.csv is not at hand), and what it lacks."""
+    paths = params.paths
+    wanted = [paths.run_info, paths.metrics, config.PARAMS_FILE]
+    texts = read_files(root, revision, wanted)
+    found, how = run_of(store, revision, texts, params)
+    missing = plots.errors.get(revision.name, [])
+    history, history_from = plots.history(revision.name), ""
+    if history is None and found is not None:
+        history = run_history(store.client, found.info.run_id)
         if history is not None:
             history_from = f"its MLflow run's metric history ({paths.history} is not at hand)"
-            absent.pop(paths.history)
-    missing = missing_lines(absent)
-    if record.stale:
-        missing.append(f"its dvc.lock ran other params than its params.yaml "
-                       f"({', '.join(record.stale)}): its outputs are not this revision's "
-                       "(`dvc repro` it)")  # fmt: skip
-    matched = " (its run found by its params and metrics)" if own.matched else ""
-    run = presented(store, own.run) if own.run else review.Run(own.named) if own.named else None
-    return review.Side(
-        role,
-        record.revision.label,
-        source=record_name(record.revision) + matched,
-        per_class=table_of(record.texts[paths.per_class]),
-        confusion=counts_of(record.texts[paths.confusion]),
-        history=history,
-        history_from=history_from,
-        run=run,
-        missing=tuple(missing),
-    )
-
-
-def side_from_run(role: str, revision: Revision, found, store: Store) -> review.Side:
-    """The whole side from one run: its metrics, per class, confusion and curves."""
-    run_id = found.info.run_id
-    per_class = run_per_class(store.client, run_id)
-    confusion = run_confusion(store.client, run_id)
-    history = run_history(store.client, run_id)
-    parts = {PER_CLASS_ARTIFACT: per_class, CONFUSION_ARTIFACT: confusion,
-             "a metric history": history}  # fmt: skip
-    lacks = [name for name, value in parts.items() if value is None]
-    return review.Side(
-        role,
-        revision.label,
-        source=f"a run of its commit at its params, not {record_name(revision)} "
-        "(whose run is not in this MLflow store)",
-        per_class=per_class,
-        confusion=confusion,
-        history=history,
-        history_from="its MLflow run's metric history",
-        run=presented(store, found),
-        metrics=dict(found.data.metrics),
-        missing=(f"its run lacks {', '.join(lacks)}",) if lacks else (),
-    )
+            missing = [line for line in missing if not line.startswith(paths.history)]
+    if found is None and texts[paths.run_info] is None:
+        missing.append(f"{paths.run_info} is not at hand, nor a run at its params in the store")
+    if revision.commit is None:
+        missing += workspace_changes(root)
+    named = texts[paths.run_info] and json.loads(texts[paths.run_info])["run_id"]
+    run = presented(store, found) if found else review.Run(named) if named else None
+    source = "the experiment's record" if revision.experiment else "the committed record"
+    source = "its files on disk" if revision.commit is None else source
+    per_class = plots.per_class(paths.per_class, revision.name)
+    confusion = plots.confusion(paths.confusion, revision.name)
+    return review.Side(role, revision.label, source, per_class, confusion, history, history_from,
+                       run, how, tuple(missing))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -382,59 +301,8 @@ def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def verdict(tags: dict[str, str]) -> str:
-    """The gate's verdict: the release checks' status, the failed ones, the gain's outcome."""
-    status, failed, gain = (tags.get(name) for name in VERDICT_TAGS)
-    if not status:
-        return "no verdict recorded"
-    text = f"{status} ({failed})" if failed and failed != "none" else status
-    return text + (f"; gain over the champion {gain.rsplit(': ', 1)[-1]}" if gain else "")
-
-
-def presented(store: Store, found) -> review.Run:
-    """A run of the store as the report shows it: name and link, verdict, CPU."""
-    tags, info = found.data.tags, found.info
-    url = run_url(store.uri, info.experiment_id, info.run_id)
-    return review.Run(info.run_id, info.run_name, url, verdict(tags), tags.get(CPU_TAG))
-
-
-@dataclass(frozen=True)
-class RecordRun:
-    """A record's own run: the id its run record names, the run as the store has it, and
-    whether it was found by matching params and metrics instead."""
-
-    named: str | None = None
-    run: object | None = None  # an mlflow.entities.Run
-    matched: bool = False
-
-
-def record_run(store: Store, record: Record, params: tools.ToolParams) -> RecordRun:
-    """The run the record names; without a run record (a clone that never pulled it), a clean
-    run at its params whose metrics are the record's: on another CPU kind a rerun's differ."""
-    import mlflow
-
-    run_info = record.texts[params.paths.run_info]
-    named = None if run_info is None else json.loads(run_info)["run_id"]
-    if store.client is None:
-        return RecordRun(named)
-    if named is not None:
-        try:
-            return RecordRun(named, store.client.get_run(named))
-        except mlflow.exceptions.MlflowException:
-            return RecordRun(named)
-    recorded = record.texts[params.paths.metrics]
-    metrics = {key: value for key, value in json.loads(recorded or "{}").items()
-               if isinstance(value, int | float)}  # fmt: skip
-    for run in clean_runs(store, record.params_text, params.mlflow.experiment) if metrics else []:
-        logged = run.data.metrics
-        if all(math.isclose(logged.get(key, math.nan), value) for key, value in metrics.items()):
-            return RecordRun(None, run, matched=True)
-    return RecordRun()
-
-
-def clean_runs(store: Store, params_text: str | None, experiment: str, commit: str = "") -> list:
-    """Runs of a clean checkout (of `commit`, when given) whose params hash is that of these
-    params (lineage tags), newest first."""
+def clean_runs(store: Store, params_text: str | None, experiment: str) -> list:
+    """Runs of a clean checkout whose params hash is that of these params, newest first."""
     if store.client is None or params_text is None:
         return []
     try:
@@ -445,7 +313,6 @@ def clean_runs(store: Store, params_text: str | None, experiment: str, commit: s
     if found is None:
         return []
     query = f"tags.params_sha256 = '{digest}' and tags.`git.dirty` = 'false'"
-    query += f" and tags.git_commit = '{commit}'" if commit else ""
     order = ["attributes.start_time DESC"]
     return store.client.search_runs([found.experiment_id], query, order_by=order, max_results=100)
 
@@ -461,67 +328,16 @@ def run_history(client, run_id: str) -> pd.DataFrame | None:
     return pd.DataFrame(series).sort_index().rename_axis("iteration").reset_index()
 
 
-def run_artifact(client, run_id: str, path: str) -> str | None:
-    """A run's artifact as text; None when the run has none there."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            return Path(client.download_artifacts(run_id, path, folder)).read_text()
-        except (mlflow.exceptions.MlflowException, OSError):
-            return None
-
-
-def run_per_class(client, run_id: str) -> pd.DataFrame | None:
-    text = run_artifact(client, run_id, PER_CLASS_ARTIFACT)
-    if text is None:
-        return None
-    return pd.read_json(io.StringIO(text), orient="split").astype({"class": str})
-
-
-def run_confusion(client, run_id: str) -> pd.DataFrame | None:
-    """The run's confusion counts, actual classes as rows."""
-    text = run_artifact(client, run_id, CONFUSION_ARTIFACT)
-    if text is None:
-        return None
-    matrix = json.loads(text)
-    labels = [str(label) for label in matrix["labels"]]
-    return pd.DataFrame(matrix["matrix"], index=labels, columns=labels)
-
-
-def with_run_metrics(
-    metrics: dict[str, tuple[object, object]], base: review.Side, target: review.Side
-) -> dict[str, tuple[object, object]]:
-    """`dvc metrics diff`'s values; a side that is a run has its run's values instead."""
-
-    def value(side: review.Side, name: str, recorded: object) -> object:
-        return recorded if side.metrics is None else side.metrics.get(name.rsplit(":", 1)[-1])
-
-    return {name: (value(base, name, old), value(target, name, new))
-            for name, (old, new) in metrics.items()}  # fmt: skip
-
-
-def clear(folder: Path) -> None:
-    """Remove an earlier report's files (only those this tool writes)."""
-    images = (review.CURVES_FILE, review.CONFUSION_CHANGE_FILE, "confusion_base.png",
-              "confusion_target.png")  # fmt: skip
-    for name in (REPORT_FILE, *images):
-        (folder / name).unlink(missing_ok=True)
-
-
 def draw(folder: Path, sides: list[review.Side], class_names: list[str]) -> bool:
     """The comparison images; whether the curves were drawn (a side had its history)."""
+    for name in (REPORT_FILE, review.CURVES_FILE, review.CONFUSION_CHANGE_FILE):
+        (folder / name).unlink(missing_ok=True)  # an earlier report's
     if all(side.confusion is not None for side in sides):
         figure = review.confusion_change(*sides, class_names)
         figures.save(figure, folder / review.CONFUSION_CHANGE_FILE)
-    else:
-        for side in sides:
-            if side.confusion is not None:
-                figure = review.confusion_matrix(side, class_names)
-                figures.save(figure, folder / side.confusion_file)
     if all(side.history is None for side in sides):
         return False
-    figures.save(review.training_curves(sides), folder / review.CURVES_FILE)
+    figures.save(review.curves_of_both(sides), folder / review.CURVES_FILE)
     return True
 
 
@@ -537,21 +353,21 @@ def run(params: tools.ToolParams, root: Path, base: str, target: str) -> Path:
         raise ReportError("the base is a revision: the workspace can only be the target")
     with Repo(str(root)) as repo:
         base_revision, target_revision = resolve(repo, base), resolve(repo, target)
-        same = base_revision.commit == target_revision.commit
-        change = None if same else change_of(repo, base_revision, target_revision, notes)
     report = root / params.report.output_dir / REPORT_FILE
-    clear(report.parent)
-    if change is None:
+    if base_revision.commit == target_revision.commit:
         write_text(report, review.same_revision(base, target, base_revision.commit))
         log.info("wrote %s: %s and %s are the same revision", report, base, target)
         return report
+    revisions = [base, target]
+    tables = (dvc(root, "params", "diff", "--md", "--", *revisions),
+              dvc(root, "metrics", "diff", "--md", "--all", "--", *revisions))  # fmt: skip
+    plots = plots_of(root, params.paths, revisions)
     store = open_store(params, root)
-    sides = [side_of("base", base_revision, root, params, store),
-             side_of("target", target_revision, root, params, store)]  # fmt: skip
+    sides = [side_of("base", base_revision, root, params, store, plots),
+             side_of("target", target_revision, root, params, store, plots)]  # fmt: skip
+    report.parent.mkdir(parents=True, exist_ok=True)
     curves = draw(report.parent, sides, params.data.class_names)
-    metrics = with_run_metrics(change.metrics, *sides)
-    change = dataclasses.replace(change, metrics=metrics, store=store.sentence())
-    write_text(report, review.markdown(*sides, change, curves))
+    write_text(report, review.markdown(*sides, tables, [*notes, store.sentence()], curves))
     log.info("wrote %s: %s against %s", report, target, base)
     return report
 

@@ -293,7 +293,7 @@ def reproduction_of(source: Path, env: dict[str, str]) -> verdicts.RunRecord:
     return record_of(tracking.client_for(env["MLFLOW_TRACKING_URI"]), run_id)
 
 
-def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Verdict:
+def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Reproduction:
     """Rebuild the run in a worktree against a scratch store; judge the result."""
     source_info = source_of(root, original)
     log.info("reproducing run %s from %s", original.run_id, source_info.description)
@@ -305,7 +305,7 @@ def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Verd
         restore_data(source, env, original)
         data = data_differences(source, original)
         run_stages(source, env)
-        judged = verdicts.judge(original, reproduction_of(source, env))
+        judged = verdicts.compare(original, reproduction_of(source, env))
     notes = [f"from {source_info.description}"] + data
     changed = original.tags.get("git.changed_files", "")
     code = [name for name in changed.split(",") if name and name != config.PARAMS_FILE]
@@ -313,10 +313,10 @@ def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Verd
         notes.append(
             f"uncommitted changes to {', '.join(code)} were not recorded: rebuilt as committed"
         )
-    return verdicts.Verdict(judged.kind, judged.differences + notes)
+    return verdicts.Reproduction(judged.kind, judged.differences + notes)
 
 
-def record_verdict(client, run_id: str, judged: verdicts.Verdict) -> None:
+def record_verdict(client, run_id: str, judged: verdicts.Reproduction) -> None:
     """Tag the original run, so the registry shows which versions were checked and how."""
     summary = "; ".join(judged.differences)
     client.set_tag(run_id, f"{TAG_PREFIX}verdict", judged.kind)
@@ -324,7 +324,7 @@ def record_verdict(client, run_id: str, judged: verdicts.Verdict) -> None:
     client.set_tag(run_id, f"{TAG_PREFIX}details", summary[:MAX_TAG_CHARS] or "-")
 
 
-def run(params: config.Params, model: str | None, run_id: str | None) -> verdicts.Verdict:
+def run(params: config.Params, model: str | None, run_id: str | None) -> verdicts.Reproduction:
     import mlflow
 
     root = tracking.repo_root()

@@ -41,7 +41,9 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Reproduction:
+    """What came out of a reproduction: one of the three verdicts and what differs."""
+
     kind: str
     differences: list[str] = field(default_factory=list)
 
@@ -89,17 +91,17 @@ def within_tolerance(original: RunRecord, again: RunRecord) -> bool:
     )
 
 
-def judge(original: RunRecord, again: RunRecord) -> Verdict:
+def compare(original: RunRecord, again: RunRecord) -> Reproduction:
     """Compare a reproduction with the run it rebuilt."""
     weights = original.tags.get(WEIGHTS_TAG)
     same_weights = weights is not None and weights == again.tags.get(WEIGHTS_TAG)
     metrics = metric_differences(original, again)
     if same_weights and not metrics:
-        return Verdict(BIT_IDENTICAL)
+        return Reproduction(BIT_IDENTICAL)
     differences = metrics + tag_differences(original, again)
     if weights is None:
         differences.append(f"the original run recorded no {WEIGHTS_TAG}: weights not compared")
     elif not same_weights:
         differences.append("weights: other bytes")
     kind = WITHIN_TOLERANCE if within_tolerance(original, again) else NOT_REPRODUCED
-    return Verdict(kind, differences)
+    return Reproduction(kind, differences)

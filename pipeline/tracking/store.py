@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sqlite3
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -202,6 +203,17 @@ def client_for(uri: str):
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def artifact_text(client, run_id: str, path: str) -> str | None:
+    """A run's artifact as text; None when the store has no such run or artifact."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return Path(client.download_artifacts(run_id, path, folder)).read_text()
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
 
 
 def beside_store(uri: str, params: config.MlflowParams) -> str | None:
