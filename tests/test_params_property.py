@@ -119,6 +119,11 @@ INVALID = {
     "mlflow.system_metrics": st.one_of(junk, words, st.integers(0, 1)),
     "serve.max_image_pixels": st.one_of(not_an_int, st.integers(max_value=783)),
     "serve.workers": st.one_of(not_an_int, too_small, st.integers(min_value=65)),
+    "serve.batch_wait_ms": st.one_of(
+        not_a_number, st.floats(max_value=-0.01), st.floats(1001, 9e9)
+    ),
+    "serve.max_batch": st.one_of(not_an_int, too_small, st.integers(min_value=100_001)),
+    "serve.max_pending": st.one_of(not_an_int, too_small, st.integers(min_value=100_001)),
     "monitor.log": st.one_of(junk, words, st.integers(0, 1)),
     "monitor.log_path": st.one_of(junk, st.just("")),
     "monitor.log_max_bytes": st.one_of(not_an_int, st.integers(max_value=65535)),

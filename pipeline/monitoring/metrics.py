@@ -80,6 +80,11 @@ class ServerMetrics:
             "Images the shadow did not score: its queue was full",
             registry=registry,
         )
+        self.shed = Counter(
+            "requests_shed",
+            "Requests answered 503 at once: as many as the server admits were waiting",
+            registry=registry,
+        )
         self.log_dropped = Counter(
             "prediction_log_dropped",
             "Images scored but not logged: the log could not be written, or its queue was full",

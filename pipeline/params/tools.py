@@ -54,6 +54,9 @@ class ServeParams(Section):
     max_body_bytes: Annotated[Int, Field(ge=1024, le=2**31)]
     max_image_pixels: Annotated[Int, Field(ge=IMAGE_PIXELS, le=2**31)]  # width × height, read
     workers: Annotated[Int, Field(ge=1, le=64)]  # server processes on the one port
+    batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)]  # how long a batch waits for more
+    max_batch: Annotated[Int, Field(ge=1, le=100_000)]  # images scored in one call, about
+    max_pending: Annotated[Int, Field(ge=1, le=100_000)]  # requests admitted; past it: 503
 
 
 class TeamParams(Section):

@@ -176,6 +176,7 @@ class Monitoring:
             )  # fmt: skip
         shadowing = (self.shadow.pinned, loader.load(self.shadow, params)) if self.shadow else None
         self.recorder = Recorder(self.metrics, prediction_log, shadowing, settings.log_pixels)
+        self.closing: list[Callable[[], Awaitable[None]]] = []  # the app's own, at shutdown
 
     def watched(self, predict: Predict) -> Predict:
         """`predict`, recording each batch it scores (InputError as before for bad input)."""
@@ -196,6 +197,8 @@ class Monitoring:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
         yield
+        for close in self.closing:
+            await close()
         await anyio.to_thread.run_sync(self.recorder.close)
 
 

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
+import anyio
+import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,15 +37,20 @@ from starlette.routing import Route
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
+from pipeline.model.onnx_network import InputError, validated
 from pipeline.runtime import ports
 from pipeline.runtime.cli import setup_logging
-from pipeline.serving import asgi, loader
+from pipeline.runtime.processes import usable_cores
+from pipeline.serving import asgi, batching, loader
+from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
 
 log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("inputs", "instances")  # MLflow's two JSON forms of a tensor input
 TABLE_KEYS = ("dataframe_split", "dataframe_records")  # its DataFrame forms: not for images
+INLINE_BYTES = 65_536  # a body up to this size (4 images as JSON) is parsed on the event loop
+MLFLOW_VERSION = importlib.metadata.version("mlflow")  # what /version reports, as MLflow's does
 
 
 def decode_images(body: bytes, content_type: str) -> object:
@@ -61,37 +70,86 @@ def decode_images(body: bytes, content_type: str) -> object:
     return payload[keys[0]]
 
 
-def answer(body: bytes, content_type: str, predict: loader.Predict) -> Response:
-    """A request body → the model's `{"predictions": ...}`; BadRequest says what is wrong."""
+def request_images(body: bytes, content_type: str) -> np.ndarray:
+    """A request body → its images, float32 (n, 28, 28); BadRequest says what is wrong."""
     try:
-        probabilities = predict(decode_images(body, content_type))
-    except loader.InputError as error:
+        return validated(decode_images(body, content_type))
+    except InputError as error:
         raise BadRequest(str(error), code="INVALID_PARAMETER_VALUE") from None
-    body = json.dumps({"predictions": probabilities.tolist()}).encode()
-    return Response(body, media_type="application/json")
+
+
+def overloaded(error: batching.Overloaded) -> Response:
+    """The 503 a full server answers at once, MLflow-shaped, asking to retry in a second."""
+    response = asgi.error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def version_number(served: loader.Served) -> str:
+    """The registry version a server serves (`models:/name/3` → "3"); "1" for a file."""
+    name, _, number = served.pinned.rpartition("/")
+    return number if name.startswith("models:") and number.isdigit() else "1"
 
 
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
     """The REST app around `model` (an MLflow model URI, a model folder or an `.onnx` file),
-    with `shadow` (the same kinds) scored beside it."""
+    with `shadow` (the same kinds) scored beside it: MLflow's protocol and the Open Inference
+    Protocol, both through one batcher."""
     served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
-    threads = asgi.WorkerThreads()
-    serving = {"mlflow": importlib.metadata.version("mlflow")} | dataclasses.asdict(served)
-    if monitoring.shadow:
-        serving["shadow"] = monitoring.shadow.pinned
+    settings = params.serve
+    batcher = batching.Batcher(batching.Model(served, predict), settings.batch_wait_ms,
+                               settings.max_batch, settings.max_pending)  # fmt: skip
+    monitoring.closing.append(batcher.close)
+    limiter = anyio.CapacityLimiter(usable_cores())
+    name = params.mlflow.registered_model
+
+    async def parsed(parse: Callable[[bytes, Any], Any], body: bytes, detail: Any) -> Any:
+        """A small body parsed on the event loop (cheaper than a thread hop), a large one on a
+        worker thread, so that the loop never stalls."""
+        if len(body) <= INLINE_BYTES:
+            return parse(body, detail)
+        return await anyio.to_thread.run_sync(parse, body, detail, limiter=limiter)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
 
     async def version(request: Request) -> Response:
+        serving = {"mlflow": MLFLOW_VERSION} | dataclasses.asdict(batcher.model.served)
+        if monitoring.shadow:
+            serving["shadow"] = monitoring.shadow.pinned
         return JSONResponse(serving)
 
     async def invocations(request: Request) -> Response:
         body = await request.body()
-        content_type = request.headers.get("content-type", "")
-        return await threads.respond(answer, body, content_type, predict)
+        try:
+            images = await parsed(request_images, body, request.headers.get("content-type", ""))
+            probabilities, _ = await batcher.score(images)
+        except BadRequest as problem:
+            return problem.response()
+        except batching.Overloaded as error:
+            monitoring.metrics.shed.inc()
+            return overloaded(error)
+        answer = orjson.dumps({"predictions": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(answer, media_type="application/json")
+
+    async def infer(request: Request) -> Response:
+        body = await request.body()
+        try:
+            inference = await parsed(protocol.parse_infer, body,
+                                     request.headers.get(protocol.HEADER_LENGTH))  # fmt: skip
+            probabilities, answered = await batcher.score(inference.images)
+        except protocol.ProtocolError as problem:
+            return protocol.error(problem.status, str(problem))
+        except batching.Overloaded as error:
+            monitoring.metrics.shed.inc()
+            return protocol.error(503, str(error), {"Retry-After": "1"})
+        return protocol.infer_response(inference, probabilities, name,
+                                       version_number(answered.served))  # fmt: skip
+
+    def served_version() -> str:
+        return version_number(batcher.model.served)
 
     return monitoring.app(
         routes=[
@@ -99,6 +157,7 @@ def build_app(
             Route("/health", ping),
             Route("/version", version),
             Route("/invocations", invocations, methods=["POST"]),
+            *protocol.routes(name, served_version, len(params.data.class_names), infer),
         ]
     )
 
