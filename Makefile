@@ -117,7 +117,7 @@ plots: install  ## dvc plots show with Vega inlined, so the charts render offlin
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)
 	dvc plots show --html-template $(PLOTS_TEMPLATE)
 
-bench: install  ## training speed vs PyTorch, the pipeline, serving (ONLY="serving sweeps": some sections)
+bench: install  ## benchmarks/RESULTS.md, each section stamped with its machine (ONLY="serving sweeps": some)
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	dvc repro
 	python -m benchmarks.bench $(if $(ONLY),--only $(ONLY))

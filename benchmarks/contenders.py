@@ -1,85 +1,47 @@
-"""The three trainers compared, run one per process: `python -m benchmarks.contenders NAME ...`.
+"""The trainers compared, one per process: `python -m benchmarks.contenders NAME ...`.
 
-- project: the pipeline's own code (pipeline.model + pipeline.fitting, as `pipeline.train` runs it)
-- naive:   a plain Keras port, `keras.layers.LSTM(128)` and `model.fit`
+- project: the pipeline's own code (pipeline.training, as `python -m pipeline.train` runs it)
 - peer:    PyTorch `nn.LSTM(28, 128, batch_first=True)` + `nn.Linear(128, 10)`
 
-Each trains at params.yaml's batch size (128) with Adam 0.001 and reports, every `--every`
-iterations, the cumulative training time (evaluation excluded) and, with `--accuracy`, the
-test accuracy. `--seed` replaces params.yaml's seed. The peer with `--validate` also scores the
-validation split (5,000 images) every `--every` iterations, as the train stage does, so its whole
-run does the stage's work. Prints one JSON object.
+Each trains at params.yaml's batch size with Adam 0.001 and reports, every `--every` iterations,
+its training time so far (evaluation excluded) and, with `--accuracy`, the test accuracy; `--seed`
+replaces params.yaml's. The peer with `--validate` also scores the 5,000 validation images at each
+check, as the train stage does. Prints one JSON object.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
 
+from benchmarks.scratch import REPO
 from pipeline.data.files import load_arrays
 from pipeline.params import config
 from pipeline.training import tf_options
 
 
-class Clock:
-    """Training time only: paused while the contender evaluates."""
+def project(params, args, train, test) -> list[dict]:
+    """The train stage's network and fit, timed by the stage's own clock of its training steps."""
+    tf_options.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
+    from pipeline.training import fitting, tf_runtime
+    from pipeline.training.network import build_model
 
-    def __init__(self) -> None:
-        self.total, self.started = 0.0, None
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def stop(self) -> None:
-        self.total += time.perf_counter() - self.started
-
-
-def keras_checkpoints(build, params: config.Params, args, train, test) -> list[dict]:
-    """Train a Keras model through pipeline.fitting.fit, timing the training steps only."""
-    from pipeline.training import fitting
-
-    clock, rows = fitting.StepClock(), []  # the train stage's own clock of its training steps
+    update = {"iterations": args.iterations, "log_every": args.every}
+    settings = config.TrainParams.model_validate(params.train.model_dump() | update)
+    tf_runtime.configure_runtime(params.seed, settings)  # as pipeline.train.run does
+    network = build_model(config.network(params.model, settings.iterations))
+    model, clock, rows = fitting.compile_trainer(network, settings), fitting.StepClock(), []
 
     def report(row: dict) -> None:
         rows.append({"iteration": int(row["iteration"]), "seconds": clock.training,
                      "accuracy": row["val_accuracy"]})  # fmt: skip
 
-    update = {"iterations": args.iterations, "log_every": args.every}
-    settings = config.TrainParams.model_validate(params.train.model_dump() | update)
-    model = build(settings)
     check = test if args.accuracy else {"x": test["x"][:128], "y": test["y"][:128]}
     fitting.fit(model, train, check, settings, params.seed, report, callbacks=[clock])
     return rows
-
-
-def project(params, args, train, test):
-    tf_options.use_onednn(params.train.onednn)  # as pipeline.train does, before TensorFlow loads
-    from pipeline.training import fitting, tf_runtime
-    from pipeline.training.network import build_model
-
-    def build(settings):  # as pipeline.train.run does it
-        tf_runtime.configure_runtime(params.seed, settings)
-        network = config.network(params.model, settings.iterations)
-        return fitting.compile_trainer(build_model(network), settings)
-
-    return keras_checkpoints(build, params, args, train, test)
-
-
-def naive(params, args, train, test):
-    import keras
-
-    def build(settings):  # TensorFlow's default threads, no op determinism
-        keras.utils.set_random_seed(params.seed)
-        model = keras.Sequential([keras.Input((28, 28)), keras.layers.LSTM(128),
-                                  keras.layers.Dense(10, activation="softmax")])  # fmt: skip
-        model.compile(keras.optimizers.Adam(0.001), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])  # fmt: skip
-        return model
-
-    return keras_checkpoints(build, params, args, train, test)
 
 
 def validate(lstm, head, loss_fn, val: dict) -> tuple[float, float]:
@@ -96,7 +58,7 @@ def validate(lstm, head, loss_fn, val: dict) -> tuple[float, float]:
     return loss / len(x), correct / len(x)
 
 
-def peer(params, args, train, test):
+def peer(params, args, train, test) -> list[dict]:
     import torch
     from torch import nn
 
@@ -112,8 +74,8 @@ def peer(params, args, train, test):
     val = load_arrays(params.paths.split("val")) if args.validate else None
     generator = torch.Generator().manual_seed(params.seed)
     size = params.train.batch_size  # the same batches as the pipeline's
-    order, position, clock, rows = torch.randperm(len(x), generator=generator), 0, Clock(), []
-    clock.start()
+    order, position, rows = torch.randperm(len(x), generator=generator), 0, []
+    training, started = 0.0, time.perf_counter()  # training time only: paused at each check
     for iteration in range(1, args.iterations + 1):
         if position + size > len(x):
             order, position = torch.randperm(len(x), generator=generator), 0
@@ -125,7 +87,7 @@ def peer(params, args, train, test):
         loss.backward()
         optimizer.step()
         if iteration % args.every == 0:
-            clock.stop()
+            training += time.perf_counter() - started
             if args.validate:
                 validate(lstm, head, loss_fn, val)
             accuracy = None
@@ -133,12 +95,19 @@ def peer(params, args, train, test):
                 with torch.no_grad():
                     logits = head(lstm(x_test)[0][:, -1])
                     accuracy = float((logits.argmax(1) == y_test).float().mean())
-            rows.append({"iteration": iteration, "seconds": clock.total, "accuracy": accuracy})
-            clock.start()
+            rows.append({"iteration": iteration, "seconds": training, "accuracy": accuracy})
+            started = time.perf_counter()
     return rows
 
 
-CONTENDERS = {"project": project, "naive": naive, "peer": peer}
+CONTENDERS = {"project": project, "peer": peer}
+
+
+def checkpoints(name: str, *args: str) -> list[dict]:
+    """Run one contender in a fresh process; its checkpoints."""
+    command = [sys.executable, "-m", "benchmarks.contenders", name, *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"]
 
 
 def main() -> None:

@@ -1,14 +1,10 @@
-"""MLflow's own scoring server (the app of `mlflow models serve`), for the serving benchmark.
+"""MLflow's own scoring server (the app `mlflow models serve` runs), for the serving benchmark.
 
-How `make serve` answered before it became this project's small server: MLflow imported and
-the store opened in the serving process, the pyfunc loaded through MLflow. It runs under the
-same uvicorn set-up, body limit and workers as `make serve`, so the benchmark compares only the
-app and what it loads.
+It runs under `make serve`'s uvicorn set-up, body limit and workers, so that the benchmark
+compares only the app and what it loads:
 
     python -m benchmarks.mlflow_server --model URI [--port PORT] [--workers N]
 """
-
-from __future__ import annotations
 
 from pipeline.params import tools
 from pipeline.serving import loader, serve

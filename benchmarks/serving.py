@@ -1,29 +1,17 @@
-"""Serving figures: the registered ONNX model against the previous TensorFlow pyfunc, one run.
+"""Serving the registered ONNX model as users do: `mlflow.pyfunc.load_model`, `make serve`, and
+MLflow's scoring server on the same model; and what the prediction log costs `make serve`.
 
-Run in a scratch copy that `dvc repro` reproduced (benchmarks/bench.py does), so the champion
-is the model this code logs. The previous registered model, the TensorFlow pyfunc with its
-fused forward pass (benchmarks/tf_pyfunc.py), is logged beside it into the same scratch store
-from the same trained `.keras` file, so both serve the same weights.
-
-For each model, interleaved, each in a fresh process:
-- in-process: cold start (process start to its first prediction) and resident memory, then
-  one image p50/p99 and batches of 1,000 (images/s) through `mlflow.pyfunc.load_model`;
-- over HTTP, on free ports of 127.0.0.1, all servers up at once: `make serve`'s server on the
-  ONNX model; MLflow's own scoring server (benchmarks/mlflow_server.py, how `make serve` ran
-  before) on the same model; and MLflow's server on the TensorFlow pyfunc. Start to the first
-  answered POST /invocations (for `make serve` with its copy of the model made afresh, so
-  MLflow resolves the alias, then again at a restart with the store unchanged), one image per
-  request on one connection (p50/p99, in alternating blocks), then load tests from this process
-  at each concurrency and number of server workers, bounded in count and time, alternating,
-  and each server's resident memory.
-- the cost of the prediction log: `make serve` on the ONNX model twice, up at once, with the
-  log on (the default) and off (`monitor.log: false`): one image per request on one
-  connection (p50/p99, alternating blocks), then load tests, alternating.
+`measure()` runs `python -m benchmarks.serving` in a scratch copy `dvc repro` reproduced, so that
+the champion is the model this code logs and nothing loaded before shares its thread pools. There:
+in-process, cold start (process start to the first prediction), memory, one image p50/p99 and
+batches of 1,000; then, for 1 and 2 workers, `make serve` and MLflow's server (mlflow_server.py)
+up at once: start to the first answer (`make serve`'s copy of the model made afresh; again at a
+restart), one image per request on one connection, load tests at each concurrency, memory, the
+servers' turns alternating. Last, `make serve` with the prediction log on and off, the same way.
 """
 
-from __future__ import annotations
-
 import argparse
+import concurrent.futures
 import contextlib
 import http.client
 import io
@@ -35,24 +23,23 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
 import psutil
 import yaml
 
+from benchmarks import markdown
+from benchmarks.scratch import free_port, scratch_repo
 from pipeline.model import cache as model_cache
+from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
-from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-TENSORFLOW_PYFUNC = REPO / "benchmarks" / "tf_pyfunc.py"
-MODELS = ("onnx", "tensorflow")  # the registered model now, and the one before
-SERVERS = {  # over HTTP: which server, on which of MODELS
-    "onnx": ("pipeline.serving.serve", "onnx"),
-    "onnx_mlflow": ("benchmarks.mlflow_server", "onnx"),
-    "tensorflow": ("benchmarks.mlflow_server", "tensorflow"),
-}
+SERVERS = {"make serve": "pipeline.serving.serve",
+           "MLflow's scoring server": "benchmarks.mlflow_server"}  # fmt: skip
+BLOCKS = 6  # one-image requests go in this many blocks, the servers' order alternating
 
 
 def percentiles(milliseconds: list[float]) -> dict[str, float]:
@@ -60,79 +47,27 @@ def percentiles(milliseconds: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(milliseconds, 99))}  # fmt: skip
 
 
-def memory_mib(process: psutil.Process | None = None) -> dict[str, float]:
-    """A process's resident memory now (this process unless told)."""
-    return {"rss_mib": (process or psutil.Process()).memory_info().rss / 2**20}
-
-
-def test_images() -> np.ndarray:
-    from pipeline.data.files import load_arrays
-    from pipeline.params import tools
-
-    params = tools.load_params(REPO / "params.yaml")
-    return load_arrays(REPO / params.paths.split("test"))["x"][:1000]
-
-
-def connect() -> None:
-    from pipeline.params import tools
-    from pipeline.tracking import store as tracking
-
-    tracking.connect(tools.load_params(REPO / "params.yaml").mlflow, REPO)
-
-
-def log_tensorflow_pyfunc() -> str:
-    """The previous registered model over this scratch repo's .keras file; its model URI."""
+def in_process(params: tools.ToolParams, model_uri: str, images: np.ndarray, repeats: int) -> dict:
+    """Load the model in this process, which nothing else ran in before; its first prediction
+    (cold start: from the process's start), memory then, then steady-state timings."""
     import mlflow
 
-    from pipeline.params import tools
     from pipeline.tracking import store as tracking
 
-    params = tools.load_params(REPO / "params.yaml")
-    experiment_id = tracking.use_store(params.mlflow, REPO)
-    with mlflow.start_run(experiment_id=experiment_id, run_name="bench-tensorflow-pyfunc"):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(TENSORFLOW_PYFUNC),
-            artifacts={"keras_model": str(REPO / params.paths.model)},
-            pip_requirements=["tensorflow", "keras", f"mlflow=={mlflow.__version__}"],
-        )  # fmt: skip
-    return info.model_uri
-
-
-def in_process(model_uri: str, repeats: int) -> dict:
-    """In this (fresh) process: load, first prediction, then steady-state timings."""
-    import mlflow
-
-    connect()
-    images = test_images()
+    tracking.connect(params.mlflow, REPO)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         model = mlflow.pyfunc.load_model(model_uri)
         model.predict(images[:1])
-        first = time.time()
-        memory = memory_mib()
-        single = [timed(model.predict, images[:1]) for _ in range(repeats + 20)][20:]
-        bulk = [timed(model.predict, images) for _ in range(12)][2:]
-    return percentiles(single) | {
-        "first_prediction_at": first, "memory_at_first_prediction": memory,
-        "batch1000_images_per_s": 1000 / (float(np.median(bulk)) / 1000),
+        cold_start_s = time.time() - psutil.Process().create_time()
+        memory = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
+        single = timeit.repeat(lambda: model.predict(images[:1]), repeat=repeats + 20, number=1)
+        bulk = timeit.repeat(lambda: model.predict(images), repeat=12, number=1)
+    return percentiles([seconds * 1000 for seconds in single[20:]]) | {  # after a warm-up
+        "cold_start_s": cold_start_s, "memory_at_first_prediction": memory,
+        "batch1000_images_per_s": 1000 / float(np.median(bulk[2:])),
         "printed_chars": len(printed.getvalue()), "tensorflow_loaded": "tensorflow" in sys.modules,
     }  # fmt: skip
-
-
-def in_fresh_process(model_uri: str, repeats: int) -> dict:
-    """`in_process` in a new interpreter; cold start counts from just before it is spawned."""
-    started = time.time()
-    result = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--in-process",
-                             model_uri, "--repeats", str(repeats)], cwd=REPO,
-                            capture_output=True, text=True, check=True)  # fmt: skip
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    return measured | {"cold_start_s": measured.pop("first_prediction_at") - started}
-
-
-def timed(function, *args) -> float:
-    started = time.perf_counter()
-    function(*args)
-    return (time.perf_counter() - started) * 1000
 
 
 def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
@@ -143,32 +78,23 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, floa
     return response.status, (time.perf_counter() - started) * 1000
 
 
-def first_answer(port: int, body: bytes, process: subprocess.Popen, limit_s: float) -> None:
-    """Return once POST /invocations answers 200; fail if the server exits or `limit_s` passes."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            if post(connection, body)[0] == 200:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"no answer within {limit_s} s")
-
-
 @contextlib.contextmanager
-def server(module: str, model_uri: str, workers: int, body: bytes, *args: str):
-    """`module`'s server on a free port; yields (port, pid, seconds from spawn to first answer)."""
-    env = environment_without("MLFLOW_")
-    port = free_port()
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", module, "--port",
-                                str(port), "--model", model_uri, "--workers", str(workers), *args],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+def server(args: list[str], body: bytes, limit_s: float = 180):
+    """`python -m <args> --port <a free port>`; yields (port, pid, seconds from spawn to the
+    first 200 to POST /invocations) and stops it at the end."""
+    port, started = free_port(), time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port)], cwd=REPO,
+                               env=environment_without("MLFLOW_"), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        first_answer(port, body, process, limit_s=180)
+        while time.perf_counter() - started < limit_s and process.poll() is None:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                if post(connection, body)[0] == 200:
+                    break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError(f"{args[0]}: no answer (exit status {process.poll()})")
         yield port, process.pid, time.perf_counter() - started
     finally:
         process.terminate()
@@ -176,181 +102,202 @@ def server(module: str, model_uri: str, workers: int, body: bytes, *args: str):
 
 
 def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float) -> dict:
-    """`requests` POSTs from `concurrency` threads, one kept-alive connection each; stops early
-    at `limit_s`."""
-    latencies: list[float] = []
-    errors = [0]
-    lock, remaining = threading.Lock(), [requests]
-    deadline = time.monotonic() + limit_s
+    """`requests` POSTs from `concurrency` threads, one kept-alive connection each; those not
+    sent by `limit_s` are left out."""
+    deadline, local = time.monotonic() + limit_s, threading.local()
 
-    def worker() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        while time.monotonic() < deadline:
-            with lock:
-                if remaining[0] == 0:
-                    break
-                remaining[0] -= 1
-            try:
-                status, milliseconds = post(connection, body)
-            except (OSError, http.client.HTTPException):
-                status, milliseconds = 0, 0.0
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            with lock:
-                latencies.append(milliseconds)
-                errors[0] += status != 200
-        connection.close()
+    def one(_: int) -> tuple[int, float] | None:
+        if time.monotonic() > deadline:
+            return None
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            return post(local.connection, body)
+        except (OSError, http.client.HTTPException):
+            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            return 0, 0.0
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        answers = [answer for answer in pool.map(one, range(requests)) if answer]
     elapsed = time.perf_counter() - started
-    return percentiles(latencies) | {"requests": len(latencies), "errors": errors[0],
-                                     "requests_per_s": len(latencies) / elapsed,
-                                     "concurrency": concurrency}  # fmt: skip
+    return percentiles([ms for _, ms in answers]) | {
+        "requests": len(answers), "errors": sum(status != 200 for status, _ in answers),
+        "requests_per_s": len(answers) / elapsed, "concurrency": concurrency}  # fmt: skip
 
 
 def server_memory(pid: int) -> dict[str, float]:
     """The largest resident memory among the server's processes (its workers, if any)."""
-    server = psutil.Process(pid)
-    measured = []
+    server, sizes = psutil.Process(pid), []
     for process in [server, *server.children()]:
         with contextlib.suppress(psutil.NoSuchProcess):  # e.g. a resource tracker that ended
-            measured.append(memory_mib(process))
-    return {"rss_mib": max(row["rss_mib"] for row in measured)}
+            sizes.append(process.memory_info().rss / 2**20)
+    return {"rss_mib": max(sizes)}
 
 
-def over_http(uris: dict[str, str], images: np.ndarray, repeats: int, requests: int,
-              concurrencies: list[int], workers: int) -> dict[str, dict]:  # fmt: skip
+def side_by_side(commands: dict[str, list[str]], body: bytes, repeats: int, requests: int,
+                 concurrencies: list[int]) -> dict[str, dict]:  # fmt: skip
     """Every server up at once, started one after the other; their one-image requests in
-    alternating blocks and their load tests alternating, so drift hits all alike; then each
-    started again, alone, to its first answer."""
-    body = json.dumps({"inputs": images[:1].tolist()}).encode()
-    shutil.rmtree(REPO / model_cache.CACHE_DIR, ignore_errors=True)  # as after a new champion
+    alternating blocks and their load tests alternating, so that drift hits all alike."""
+    names = list(commands)
     with contextlib.ExitStack() as stack:
-        started = {name: stack.enter_context(server(module, uris[model], workers, body))
-                   for name, (module, model) in SERVERS.items()}  # fmt: skip
+        up = {name: stack.enter_context(server(args, body)) for name, args in commands.items()}
         connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                       for name, (port, _, _) in started.items()}  # fmt: skip
-        single: dict[str, list[float]] = {name: [] for name in SERVERS}
+                       for name, (port, _, _) in up.items()}  # fmt: skip
         for connection in connections.values():
             for _ in range(20):
                 post(connection, body)  # warm-up
-        blocks = 6
-        for block in range(blocks):
-            for name in list(SERVERS) if block % 2 == 0 else list(SERVERS)[::-1]:
+        single: dict[str, list[float]] = {name: [] for name in names}
+        for block in range(BLOCKS):
+            for name in names[:: (-1) ** block]:  # the order alternates
                 single[name] += [post(connections[name], body)[1]
-                                 for _ in range(repeats // blocks)]  # fmt: skip
+                                 for _ in range(max(1, repeats // BLOCKS))]  # fmt: skip
         for connection in connections.values():
             connection.close()
-        loads: dict[str, list[dict]] = {name: [] for name in SERVERS}
-        for concurrency in concurrencies:
-            for name in SERVERS:
-                loads[name].append(load(started[name][0], body, requests, concurrency, 120))
-        memory = {name: server_memory(started[name][1]) for name in SERVERS}
-    restarted = {}
-    for name, (module, model) in SERVERS.items():
-        with server(module, uris[model], workers, body) as (_, _, seconds):
-            restarted[name] = seconds
-    return {name: {"workers": workers, "cold_start_s": started[name][2],
-                   "restart_s": restarted[name], "one_image": percentiles(single[name]),
-                   "load": loads[name], "memory": memory[name]} for name in SERVERS}  # fmt: skip
+        loads: dict[str, list[dict]] = {name: [] for name in names}
+        for index, concurrency in enumerate(concurrencies):
+            for name in names[:: (-1) ** index]:
+                loads[name].append(load(up[name][0], body, requests, concurrency, 120))
+        memory = {name: server_memory(up[name][1]) for name in names}
+    return {name: {"cold_start_s": up[name][2], "one_image": percentiles(single[name]),
+                   "load": loads[name], "memory": memory[name]} for name in names}  # fmt: skip
 
 
-def params_with_log(folder: Path, on: bool) -> Path:
-    """This repo's params with the prediction log on or off, the log in `folder`."""
-    from pipeline.params import tools
+def over_http(model_uri: str, body: bytes, repeats: int, requests: int,
+              concurrencies: list[int], workers: int) -> dict[str, dict]:  # fmt: skip
+    """`make serve` and MLflow's server side by side, then each started again, alone, to its
+    first answer."""
+    commands = {name: [module, "--model", model_uri, "--workers", str(workers)]
+                for name, module in SERVERS.items()}  # fmt: skip
+    shutil.rmtree(REPO / model_cache.CACHE_DIR, ignore_errors=True)  # as after a new champion
+    measured = side_by_side(commands, body, repeats, requests, concurrencies)
+    for name, args in commands.items():
+        with server(args, body) as (_, _, seconds):
+            measured[name] |= {"workers": workers, "restart_s": seconds}
+    return measured
 
-    raw = tools.load_params(REPO / "params.yaml").model_dump(mode="json")
+
+def params_with_log(params: tools.ToolParams, folder: Path, on: bool) -> Path:
+    """`params` with the prediction log on or off, the log in `folder`."""
+    raw = params.model_dump(mode="json")
     raw["monitor"] |= {"log": on, "log_path": str(folder / "predictions.db")}
     path = folder / f"params-log-{'on' if on else 'off'}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def logging_cost(model_uri: str, images: np.ndarray, repeats: int, requests: int,
-                 concurrency: int = 8, rounds: int = 2) -> dict[str, dict]:  # fmt: skip
-    """`make serve` with the prediction log on and off, both up at once on the same model: one
-    image per request on one connection in alternating blocks, then `rounds` load tests each at
-    `concurrency`, alternating; the rows the log holds at the end."""
-    body = json.dumps({"inputs": images[:1].tolist()}).encode()
-    folder = Path(tempfile.mkdtemp(prefix="bench-log-"))
-    try:
-        files = {name: params_with_log(folder, name == "on") for name in ("on", "off")}
-        with contextlib.ExitStack() as stack:
-            ports = {name: stack.enter_context(server("pipeline.serving.serve", model_uri, 1, body,
-                                                      "--params", str(path)))[0]
-                     for name, path in files.items()}  # fmt: skip
-            connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                           for name, port in ports.items()}  # fmt: skip
-            for connection in connections.values():
-                for _ in range(20):
-                    post(connection, body)  # warm-up
-            single: dict[str, list[float]] = {name: [] for name in files}
-            blocks = 6
-            for block in range(blocks):
-                for name in list(files) if block % 2 == 0 else list(files)[::-1]:
-                    single[name] += [post(connections[name], body)[1]
-                                     for _ in range(max(1, repeats // blocks))]  # fmt: skip
-            for connection in connections.values():
-                connection.close()
-            loads: dict[str, list[dict]] = {name: [] for name in files}
-            for round_ in range(rounds):
-                for name in list(files) if round_ % 2 == 0 else list(files)[::-1]:
-                    loads[name].append(load(ports[name], body, requests, concurrency, 120))
-        logged = logged_rows(folder / "predictions.db")  # the servers stopped: all written
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {name: {"one_image": percentiles(single[name]), "load": loads[name],
-                   "logged_rows": logged if name == "on" else 0} for name in files}  # fmt: skip
-
-
-def logged_rows(database: Path) -> int:
-    if not database.is_file():
-        return 0
-    with contextlib.closing(sqlite3.connect(database)) as connection:
-        return connection.execute("SELECT count(*) FROM predictions").fetchone()[0]
+def logging_cost(params: tools.ToolParams, model_uri: str, body: bytes, repeats: int,
+                 requests: int) -> dict[str, dict]:  # fmt: skip
+    """`make serve` with the prediction log on and off side by side, load tests at concurrency
+    8 twice; the rows the log holds once the servers stopped."""
+    with tempfile.TemporaryDirectory(prefix="bench-log-") as temporary:
+        folder = Path(temporary)
+        commands = {name: [SERVERS["make serve"], "--model", model_uri, "--workers", "1",
+                           "--params", str(params_with_log(params, folder, name == "on"))]
+                    for name in ("on", "off")}  # fmt: skip
+        measured = side_by_side(commands, body, repeats, requests, [8, 8])
+        with contextlib.closing(sqlite3.connect(folder / "predictions.db")) as database:
+            logged = database.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    return {name: row | {"logged_rows": logged if name == "on" else 0}
+            for name, row in measured.items()}  # fmt: skip
 
 
 def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
         workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
-    """Everything above, for both models, interleaved."""
-    from pipeline.params import tools
+    """Everything above, on this repo's champion."""
+    from pipeline.data.files import load_arrays
 
     params = tools.load_params(REPO / "params.yaml")
-    uris = {"onnx": f"models:/{params.mlflow.registered_model}@champion",
-            "tensorflow": log_tensorflow_pyfunc()}  # fmt: skip
-    images = test_images()
-    results: dict = {name: {"model_uri": uris[model], "http": []}
-                     for name, (_, model) in SERVERS.items()}  # fmt: skip
-    for name in MODELS:
-        results[name]["in_process"] = in_fresh_process(uris[name], repeats)
-    for count in workers:
-        measured = over_http(uris, images, repeats, requests, list(concurrencies), count)
-        for name in SERVERS:
-            results[name]["http"].append(measured[name])
-    results["logging"] = logging_cost(uris["onnx"], images, repeats, requests)
-    return results
+    images = load_arrays(REPO / params.paths.split("test"))["x"][:1000]
+    model_uri = f"models:/{params.mlflow.registered_model}@champion"
+    first = in_process(params, model_uri, images, repeats)  # before anything else in here
+    body = json.dumps({"inputs": images[:1].tolist()}).encode()
+    http = [over_http(model_uri, body, repeats, requests, list(concurrencies), n) for n in workers]
+    return {"model_uri": model_uri, "in_process": first,
+            "http": {name: [measured[name] for measured in http] for name in SERVERS},
+            "logging": logging_cost(params, model_uri, body, repeats, requests)}  # fmt: skip
+
+
+def measure() -> dict:
+    """`run()` in a fresh process, in a scratch copy `dvc repro` reproduced (untimed): this
+    repo's champion is the best model ever trained here, maybe by older code."""
+    with scratch_repo("bench-serving-") as (scratch, env):
+        subprocess.run(["dvc", "repro", "-q"], cwd=scratch, env=env, check=True)
+        result = subprocess.run([sys.executable, "-m", "benchmarks.serving"], cwd=scratch,
+                                env=env, capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:  # its own words, not only the exit status
+        raise RuntimeError(f"benchmarks.serving failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(serving: dict) -> list[str]:
+    """In-process, both servers, MLflow's against `make serve`, then the prediction log."""
+    row = serving["in_process"]
+    in_process = markdown.table(
+        ["cold start to first prediction s", "memory then MiB", "one image p50 ms", "p99 ms",
+         "batch 1000 images/s", "printed", "TensorFlow loaded"],
+        [[f"{row['cold_start_s']:.2f}", f"{row['memory_at_first_prediction']['rss_mib']:.0f}",
+          f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['batch1000_images_per_s']:,.0f}",
+          f"{row['printed_chars']} chars", row["tensorflow_loaded"]]])  # fmt: skip
+    http = serving["http"]
+    rows = [server_row(name, rows[index]) for index in range(len(http["make serve"]))
+            for name, rows in http.items()]  # fmt: skip
+    ours, mlflow = http["make serve"][0], http["MLflow's scoring server"][0]
+    ratio = {key: mlflow[key] / ours[key] for key in ("cold_start_s", "restart_s")}
+    return ["## Serving the registered ONNX model", "", "In-process: `mlflow.pyfunc.load_model"
+            f"(\"{serving['model_uri']}\")` in a fresh process.", "", *in_process, "",
+            "Servers (POST /invocations, one image per request): process start to the first "
+            "answer, first with no answer kept for `@champion` (MLflow resolves it in a child "
+            "process, as after the alias moved outside the pipeline) and then at a restart with "
+            "the store unchanged (as also after `make repro`, whose evaluate stage leaves the "
+            "answer); one connection; then load tests from a second process; memory is the "
+            "largest resident set among the server's processes after the load tests.", "",
+            *markdown.table(["server", "workers", "start to first answer s", "restart s",
+                             "server RSS MiB", "one image p50 ms", "p99 ms", "load: concurrency, "
+                             "errors, p50 ms, p99 ms, requests/s"], rows), "",
+            "MLflow's scoring server / `make serve`, one worker: start to first answer "
+            f"**{ratio['cold_start_s']:.2f}×** (restart **{ratio['restart_s']:.2f}×**), memory "
+            f"**{mlflow['memory']['rss_mib'] / ours['memory']['rss_mib']:.2f}×**, one image "
+            f"p50 **{mlflow['one_image']['p50_ms'] / ours['one_image']['p50_ms']:.2f}×**.",
+            *logging_table(serving["logging"])]  # fmt: skip
+
+
+def loads(row: dict, p99: bool = True) -> str:
+    """A server's load tests: concurrency, errors, p50 ms, p99 ms, requests/s each."""
+    return "; ".join(f"{run['concurrency']}: {run['errors']}, {run['p50_ms']:.1f}, "
+                     + (f"{run['p99_ms']:.1f}, " if p99 else "")
+                     + f"{run['requests_per_s']:,.0f}" for run in row["load"])  # fmt: skip
+
+
+def server_row(name: str, row: dict) -> list[object]:
+    return [name, row["workers"], f"{row['cold_start_s']:.2f}", f"{row['restart_s']:.2f}",
+            f"{row['memory']['rss_mib']:.0f}", f"{row['one_image']['p50_ms']:.2f}",
+            f"{row['one_image']['p99_ms']:.2f}", loads(row)]  # fmt: skip
+
+
+def logging_table(logging: dict) -> list[str]:
+    """`make serve` with the prediction log on and off."""
+    rows = [[name, f"{row['one_image']['p50_ms']:.2f}", f"{row['one_image']['p99_ms']:.2f}",
+             loads(row, p99=False), f"{row['logged_rows']:,}"]
+            for name, row in logging.items()]  # fmt: skip
+    rate = {name: np.median([run["requests_per_s"] for run in row["load"]])
+            for name, row in logging.items()}  # fmt: skip
+    p50 = {name: row["one_image"]["p50_ms"] for name, row in logging.items()}
+    return ["", "The prediction log's cost: `make serve` with `monitor.log` on and off, both up "
+            "at once; one image per request on one connection (alternating blocks), then load "
+            "tests, alternating.", "", *markdown.table(["prediction log", "one image p50 ms",
+            "p99 ms", "load: concurrency, errors, p50 ms, requests/s", "rows logged"], rows), "",
+            f"Log on / off: one image p50 **{p50['on'] / p50['off']:.2f}×**, "
+            f"requests/s under load **{rate['on'] / rate['off']:.2f}×**."]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--in-process", metavar="MODEL_URI",
-                        help="only this model's in-process figures, here")  # fmt: skip
-    parser.add_argument("--logging", metavar="MODEL_URI",
-                        help="only the prediction log's cost, on this model")  # fmt: skip
     args = parser.parse_args()
-    if args.logging:
-        results = logging_cost(args.logging, test_images(), args.repeats, args.requests)
-    elif args.in_process:
-        results = in_process(args.in_process, args.repeats)
-    else:
-        results = run(repeats=args.repeats, requests=args.requests)
-    print(json.dumps(results))  # noqa: T201  (one line, the last: make bench reads it)
+    results = run(repeats=args.repeats, requests=args.requests)
+    print(json.dumps(results))  # noqa: T201  (one line, the last: measure() reads it)
 
 
 if __name__ == "__main__":

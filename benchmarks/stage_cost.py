@@ -1,26 +1,22 @@
 """The train stage against a PyTorch peer doing the same work: cost per iteration, whole runs.
 
-Both validate on the 5,000 validation images every `log_every` (100) iterations. The cost per
-iteration is the slope of a whole process's wall time between `short` and `long` iterations, so
-start-up and the work at the end (saving, model logging) cancel out; `long` is the default 2,000,
-so that run is also the whole run, start to exit (a wide span: this machine's timings vary).
-The stage logs its time inside training steps as a run metric (`time/training_steps_s`): the
-rest of its wall time is what it spends outside them (imports, data, validation, MLflow, saving
-and logging the model).
+Both validate on the 5,000 validation images every 100 iterations. The cost per iteration is the
+slope of a whole process's wall time between SHORT and LONG (the default, so a whole run)
+iterations: start-up and the work at the end cancel out. The stage logs its time in training
+steps (`time/training_steps_s`); the rest of its wall time is spent outside them (imports, data,
+validation, MLflow, saving and logging the model).
 """
 
-from __future__ import annotations
-
 import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from benchmarks.scratch import REPO, scratch_repo
+from benchmarks import markdown
+from benchmarks.scratch import run, scratch_repo
+
+SHORT, LONG = 200, 2000
 
 
 def logged_times(scratch: Path) -> tuple[float, float]:
@@ -42,44 +38,44 @@ def stage(scratch: Path, env: dict, iterations: int) -> dict[str, float]:
     params["train"]["iterations"] = iterations
     (scratch / "bench-params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     command = [sys.executable, "-m", "pipeline.train", "--params", "bench-params.yaml"]
-    started = time.perf_counter()
-    subprocess.run(command, cwd=scratch, env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - started
+    wall = run(command, scratch, env)
     steps, validation = logged_times(scratch)
     return {"wall": wall, "steps": steps, "validation": validation, "outside": wall - steps}
 
 
-def peer(iterations: int) -> dict[str, float]:
-    """The PyTorch peer, validating as the stage does: wall seconds of its whole process."""
-    command = [sys.executable, "-m", "benchmarks.contenders", "peer", "--iterations",
-               str(iterations), "--every", "100", "--validate"]  # fmt: skip
-    started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
-    return {"wall": time.perf_counter() - started}
+def measure() -> dict:
+    """Both contenders at SHORT and LONG iterations, interleaved."""
+    runs: dict[str, dict[str, dict]] = {"stage": {}, "peer": {}}
+    with scratch_repo("bench-stage-") as (scratch, env):
+        run(["dvc", "repro", "-q", "preprocess"], scratch, env)
+        for iterations in (SHORT, LONG):
+            stage_run = runs["stage"][str(iterations)] = stage(scratch, env, iterations)
+            # the peer validates as the stage does; the wall time of its whole process
+            peer = [sys.executable, "-m", "benchmarks.contenders", "peer", "--iterations",
+                    str(iterations), "--validate"]  # fmt: skip
+            peer_run = runs["peer"][str(iterations)] = {"wall": run(peer)}
+            print(f"  {iterations} iterations: stage {stage_run['wall']:.1f} s, "  # noqa: T201
+                  f"peer {peer_run['wall']:.1f} s", flush=True)  # fmt: skip
+    slope = {name: 1000 * (walls[str(LONG)]["wall"] - walls[str(SHORT)]["wall"])
+             / (LONG - SHORT) for name, walls in runs.items()}  # fmt: skip
+    return {"short": SHORT, "long": LONG, "ms_per_iteration": slope, "runs": runs}
 
 
-def run(short: int = 200, long: int = 2000) -> dict:
-    """Both contenders at `short` and `long` iterations, interleaved."""
-    scratch, env = scratch_repo("bench-stage-")
-    try:
-        subprocess.run(["dvc", "repro", "-q", "preprocess"], cwd=scratch, env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        runs: dict[str, dict[int, dict]] = {"stage": {}, "peer": {}}
-        for iterations in (short, long):
-            runs["stage"][iterations] = stage(scratch, env, iterations)
-            runs["peer"][iterations] = peer(iterations)
-            print(f"  {iterations} iterations: stage {runs['stage'][iterations]['wall']:.1f} s, "  # noqa: T201
-                  f"peer {runs['peer'][iterations]['wall']:.1f} s", flush=True)  # fmt: skip
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    slope = {
-        name: 1000 * (timings[long]["wall"] - timings[short]["wall"]) / (long - short)
-        for name, timings in runs.items()
-    }
-    return {"short": short, "long": long, "ms_per_iteration": slope,
-            "runs": {name: {str(k): v for k, v in timings.items()}
-                     for name, timings in runs.items()}}  # fmt: skip
-
-
-if __name__ == "__main__":
-    print(run())  # noqa: T201
+def table(cost: dict) -> list[str]:
+    """Slopes and whole runs of both; the stage's time outside its training steps."""
+    short, long, slope, runs = cost["short"], cost["long"], cost["ms_per_iteration"], cost["runs"]
+    names = {"stage": "train stage", "peer": "PyTorch peer, validating"}
+    rows = [[name, f"{slope[key]:.2f}", f"{runs[key][str(short)]['wall']:.1f}",
+             f"{runs[key][str(long)]['wall']:.1f}"] for key, name in names.items()]  # fmt: skip
+    header = ["contender", "ms per iteration", f"wall, {short} it.",
+              f"wall, {long} it. (whole run)"]  # fmt: skip
+    whole = runs["stage"][str(long)]
+    return ["## The train stage against a peer that validates the same way", "",
+            "Both score the 5,000 validation images every 100 iterations. Cost per iteration: the "
+            f"slope of the whole process's wall time from {short} to {long} iterations.", "",
+            *markdown.table(header, rows), "",
+            f"The train stage at {long} iterations: {whole['wall']:.1f} s, of which training steps "
+            f"{whole['steps']:.1f} s; outside them **{whole['outside']:.1f} s** (validation "
+            f"{whole['validation']:.1f} s of it). Cost per iteration, validation included: peer "
+            f"/ stage **{slope['peer'] / slope['stage']:.2f}×** (above 1: the stage is faster).",
+            ]  # fmt: skip

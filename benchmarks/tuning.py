@@ -1,25 +1,17 @@
 """Searches: trials per hour of `python -m pipeline.search.tune` with 1 and with 2 workers.
 
-In a scratch copy of the repo (data from `make repro`, its own MLflow store and journal file),
-after a baseline `dvc repro` with short training, one study per worker count whose trials are
-the experiments of the queued sweeps (benchmarks/sweep.py): as many, at the same points
-(model.num_units 16, 17, ... with 1 worker, the next ones with 2), enqueued in the study, so
-that a trial and a queued experiment train the same model. Every trial must complete.
+In the queued sweeps' scratch set-up (benchmarks/sweeps.py), one study per worker count whose
+trials are enqueued at the sweeps' points (model.num_units 16, 17, ... with 1 worker, the next
+ones with 2), so that a trial and a queued experiment train the same model.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-from benchmarks.sweep import baseline
+from benchmarks.scratch import run, scratch_repo
+from benchmarks.sweeps import EXPERIMENTS, ITERATIONS, per_hour_table
 
 
 def study(scratch: Path, env: dict, workers: int, units: list[int]) -> dict:
@@ -41,10 +33,8 @@ def study(scratch: Path, env: dict, workers: int, units: list[int]) -> dict:
                                    direction=params["tune"]["direction"])  # fmt: skip
     for value in units:
         enqueued.enqueue_trial({"model.num_units": value})
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pipeline.search.tune", "--workers", str(workers)],
-                   cwd=scratch, env=env, check=True, capture_output=True)  # fmt: skip
-    elapsed = time.monotonic() - started
+    elapsed = run([sys.executable, "-m", "pipeline.search.tune", "--workers", str(workers)],
+                  scratch, env)  # fmt: skip
     found = optuna.load_study(study_name=name, storage=storage)
     complete = [t for t in found.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {"workers": workers, "trials": len(units), "completed": len(complete),
@@ -52,27 +42,14 @@ def study(scratch: Path, env: dict, workers: int, units: list[int]) -> dict:
             "best": found.best_value if complete else None}  # fmt: skip
 
 
-def run(trials: int = 8, iterations: int = 200) -> list[dict]:
-    """One study of `trials` with 1 worker, then one with 2, at the queued sweeps' points."""
-    scratch, env = baseline(iterations)
-    try:
-        return [study(scratch, env, workers, list(range(first, first + trials)))
-                for workers, first in ((1, 16), (2, 16 + trials))]  # fmt: skip
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def measure() -> list[dict]:
+    """One study with 1 worker, then one with 2, at the queued sweeps' points."""
+    with scratch_repo("bench-tune-", ITERATIONS, baseline=True) as (scratch, env):
+        return [study(scratch, env, workers, list(range(first, first + EXPERIMENTS)))
+                for workers, first in ((1, 16), (2, 16 + EXPERIMENTS))]  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=200)
-    args = parser.parse_args()
-    results = run(args.trials, args.iterations)
-    print(json.dumps(results, indent=2))  # noqa: T201
-    failed = [row for row in results if row["completed"] != row["trials"]]
-    if failed:
-        raise SystemExit(f"error: trials did not all complete: {failed}")
-
-
-if __name__ == "__main__":
-    main()
+def table(rows: list[dict]) -> list[str]:
+    title = (f"Searches: `make tune` at the queued sweeps' points (trials of {ITERATIONS} "
+             "iterations, each a DVC experiment)")  # fmt: skip
+    return per_hour_table(title, "trials", rows, "completed", "trials")

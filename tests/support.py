@@ -1,7 +1,5 @@
 """The tests' helpers: tiny data and params, processes and servers by pid, scratch repos, what a
 module imports, a headless browser, image files. conftest.py holds the fixtures built on them.
-
-Benchmarks import from here too (a free port, a scratch copy of the repo).
 """
 
 from __future__ import annotations
