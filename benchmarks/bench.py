@@ -14,11 +14,11 @@ import os
 import platform
 import time
 
-from benchmarks import overhead, repro, serving, stage_cost, sweeps, training, tuning
+from benchmarks import overhead, pictures, repro, serving, stage_cost, sweeps, training, tuning
 from benchmarks.scratch import REPO
 from pipeline.tracking.lineage import cpu_description
 
-MODULES = (training, stage_cost, repro, serving, overhead, sweeps, tuning)
+MODULES = (training, stage_cost, repro, serving, pictures, overhead, sweeps, tuning)
 SECTIONS = {module.__name__.rpartition(".")[2]: module for module in MODULES}
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 INTRO = ("Written by `make bench` (benchmarks/bench.py), each section in one run on the machine "
