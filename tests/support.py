@@ -281,6 +281,17 @@ def post_json(url: str, body: bytes, content_type: str = "application/json") -> 
         return error.code, json.loads(error.read())
 
 
+def logged_by(app: str, path: str | Path, since: float) -> list:
+    """The prediction log's rows of `app` since `since`; none while the log's writer has not
+    created the file (it does with its first batch, a moment after the answer)."""
+    from pipeline.monitoring.prediction_log import read_predictions
+
+    if not Path(path).is_file():
+        return []
+    rows = read_predictions(path, since=since)
+    return rows[rows["app"] == app]
+
+
 def prometheus_samples(url: str) -> dict[tuple[str, tuple], float]:
     """A server's GET /metrics, parsed by prometheus-client: (sample name, labels) → value."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -10,17 +10,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.monitoring.prediction_log import read_predictions
-
 from .support import (
     browser,
     huge_png,
+    logged_by,
     mapped_files,
     memory_kb,
     post_json,
@@ -111,11 +109,8 @@ def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, tra
     scored = [sample_total(samples, "model_predictions_total") for samples in (before, after)]
     assert scored[1] - scored[0] == 3
 
-    def logged():  # the writer creates the log with its first batch, a moment after answering
-        if not Path(trained.params.monitor.log_path).is_file():
-            return []
-        rows = read_predictions(trained.params.monitor.log_path, since=started)
-        return rows[rows["app"] == "demo"]
+    def logged():
+        return logged_by("demo", trained.params.monitor.log_path, started)
 
     assert wait_until(lambda: len(logged()) == 3, timeout=30)
     labels = [answer["classes"][0]["label"] for answer in answers]

@@ -123,6 +123,9 @@ INVALID = {
         not_a_number, st.floats(max_value=-0.01), st.floats(1001, 9e9)
     ),
     "serve.max_batch": st.one_of(not_an_int, too_small, st.integers(min_value=100_001)),
+    "serve.follow_seconds": st.one_of(
+        not_a_number, st.floats(max_value=-0.01), st.floats(86_401, 9e9)
+    ),
     "serve.max_pending": st.one_of(not_an_int, too_small, st.integers(min_value=100_001)),
     "monitor.log": st.one_of(junk, words, st.integers(0, 1)),
     "monitor.log_path": st.one_of(junk, st.just("")),

@@ -18,13 +18,13 @@ import psutil
 import pytest
 import uvicorn
 
-from pipeline.monitoring.prediction_log import read_predictions
 from pipeline.runtime.processes import environment_without
 
 from .support import (
     REPO,
     Running,
     free_port,
+    logged_by,
     mapped_files,
     post_json,
     prometheus_samples,
@@ -152,8 +152,7 @@ def test_metrics_and_the_prediction_log_name_the_version_the_alias_pinned(server
     assert (scored[1] - scored[0], timed[1] - timed[0]) == (4, 1)
 
     def logged():  # written off the request path, by the log's own thread
-        rows = read_predictions(trained.params.monitor.log_path, since=started)
-        return rows[rows["app"] == "serve"]
+        return logged_by("serve", trained.params.monitor.log_path, started)
 
     assert wait_until(lambda: len(logged()) == 4, timeout=30)
     rows = logged()

@@ -36,6 +36,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pipeline.params.config as config
@@ -203,6 +204,31 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
     return {"pinned": pinned_uri, "path": str(folder)}
 
 
+def follow_command(model_uri: str, params: config.Params, seconds: float) -> list[str]:
+    """A child that says what `model_uri` names, and again each time that changes (checked
+    every `seconds`), its files copied first: how a server follows an alias without MLflow."""
+    store, cache, _ = _place(model_uri, params)
+    return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache),
+            "--follow", str(seconds)]  # fmt: skip
+
+
+def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
+    """Print `copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until
+    the parent that started this process is gone."""
+    tracking.connect_to(store)
+    parent, last = os.getppid(), None
+    while os.getppid() == parent:
+        try:
+            answer = copied(model_uri, store, cache)
+        except (ModelError, tracking.TrackingError) as error:
+            answer = {"error": str(error)}
+        if answer != last:
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+            last = answer
+        time.sleep(seconds)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -210,7 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_uri")
     parser.add_argument("--store", required=True, help="the tracking store's URI")
     parser.add_argument("--cache", type=Path, required=True, help="the folder of copies")
+    parser.add_argument("--follow", type=float, help="say it again whenever it moves")
     args = parser.parse_args(argv)
+    if args.follow:
+        with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+            follow(args.model_uri, args.store, args.cache, args.follow)
+        return
     try:
         answer = copied(args.model_uri, args.store, args.cache)
     except (ModelError, tracking.TrackingError) as error:

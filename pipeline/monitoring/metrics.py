@@ -61,13 +61,14 @@ class ServerMetrics:
             self.predictions.labels(name)
         # The version served, as an info metric: prometheus-client's Info does not work in
         # multiprocess mode; a gauge of 1 named *_info is what Info exposes anyway.
-        info = Gauge(
+        self.info = info = Gauge(
             "model_info",
             "The model served: as asked, the version it named, the shadow",
             ["model", "version", "shadow"],
             multiprocess_mode="max",
             registry=registry,
         )
+        self.shadow_name = shadow
         info.labels(model, version, shadow).set(1)
         self.shadow = Counter(
             "shadow_predictions",
@@ -99,6 +100,11 @@ class ServerMetrics:
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone)
         return everyone
+
+    def serving(self, before: Any, after: Any) -> None:
+        """The model served moved (both have `model`, as asked, and `pinned`, the version)."""
+        self.info.labels(before.model, before.pinned, self.shadow_name).set(0)
+        self.info.labels(after.model, after.pinned, self.shadow_name).set(1)
 
     def count_predictions(self, predicted: np.ndarray) -> None:
         """Count a batch's predicted classes (indices into class_names)."""

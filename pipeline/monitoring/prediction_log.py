@@ -91,9 +91,12 @@ class Scored:
     confidence: np.ndarray  # (n,) their probabilities
     statistics: dict[str, np.ndarray]  # STATISTICS → (n,)
     pixels: np.ndarray | None  # uint8 (n, 784), only when the log keeps pixels
+    model: str = ""  # the version that scored them; "": the log's own (a server that never moves)
 
     @classmethod
-    def of(cls, images: np.ndarray, probabilities: np.ndarray, keep_pixels: bool) -> Scored:
+    def of(
+        cls, images: np.ndarray, probabilities: np.ndarray, keep_pixels: bool, model: str = ""
+    ) -> Scored:
         """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes)."""
         pixels = None
         if keep_pixels:
@@ -104,6 +107,7 @@ class Scored:
             probabilities.max(axis=1),
             input_statistics(images),
             pixels,
+            model,
         )
 
 
@@ -122,7 +126,7 @@ def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -
     columns = [
         [scored.time] * count,
         [app] * count,
-        [model] * count,
+        [scored.model or model] * count,
         scored.predicted.tolist(),
         scored.confidence.tolist(),
         *(scored.statistics[name].tolist() for name in STATISTICS),

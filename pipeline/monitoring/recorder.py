@@ -33,13 +33,14 @@ class Recorder:
         self.shadow = Shadow(*shadow, self._shadowed) if shadow else None
         self.failed = False
 
-    def record(self, images: np.ndarray, probabilities: np.ndarray) -> None:
-        """images float32 (n, 28, 28) and the served model's probabilities (n, classes)."""
+    def record(self, images: np.ndarray, probabilities: np.ndarray, model: str = "") -> None:
+        """images float32 (n, 28, 28) and the served model's probabilities (n, classes), which
+        `model` gave ("": the one the server started with)."""
         try:
             if self.prediction_log is None and self.shadow is None:
                 self.metrics.count_predictions(probabilities.argmax(axis=1))
                 return
-            scored = Scored.of(images, probabilities, self.keep_pixels)
+            scored = Scored.of(images, probabilities, self.keep_pixels, model)
             self.metrics.count_predictions(scored.predicted)
             if self.shadow is None:
                 self._log(scored, None)

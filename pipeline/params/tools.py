@@ -57,6 +57,7 @@ class ServeParams(Section):
     batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)]  # how long a batch waits for more
     max_batch: Annotated[Int, Field(ge=1, le=100_000)]  # images scored in one call, about
     max_pending: Annotated[Int, Field(ge=1, le=100_000)]  # requests admitted; past it: 503
+    follow_seconds: Annotated[Float, Field(ge=0, le=86_400)]  # an alias checked; 0: never
 
 
 class TeamParams(Section):

@@ -17,6 +17,7 @@ writes the one prediction log (SQLite serialises their writes).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib
@@ -176,18 +177,23 @@ class Monitoring:
             )  # fmt: skip
         shadowing = (self.shadow.pinned, loader.load(self.shadow, params)) if self.shadow else None
         self.recorder = Recorder(self.metrics, prediction_log, shadowing, settings.log_pixels)
+        self.background: list[Callable[[], Awaitable[None]]] = []  # run while the app serves
         self.closing: list[Callable[[], Awaitable[None]]] = []  # the app's own, at shutdown
 
-    def watched(self, predict: Predict) -> Predict:
-        """`predict`, recording each batch it scores (InputError as before for bad input)."""
+    def watched(self, predict: Predict, model: str = "") -> Predict:
+        """`predict`, recording each batch it scores as `model`'s (InputError as before)."""
 
         def scored(model_input: object):
             images = validated(model_input)  # (n, 28, 28) float32, or InputError
             probabilities = predict(images)
-            self.recorder.record(images, probabilities)
+            self.recorder.record(images, probabilities, model)
             return probabilities
 
         return scored
+
+    def follow(self, before: Served, after: Served) -> None:
+        """The served model moved from `before` to `after`: /metrics's model_info says so."""
+        self.metrics.serving(before, after)
 
     def app(self, routes: list[BaseRoute]) -> Starlette:
         app = Starlette(routes=routes, lifespan=self.lifespan)
@@ -196,7 +202,12 @@ class Monitoring:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
+        tasks = [asyncio.create_task(work()) for work in self.background]
         yield
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for close in self.closing:
             await close()
         await anyio.to_thread.run_sync(self.recorder.close)

@@ -41,7 +41,7 @@ from pipeline.model.onnx_network import InputError, validated
 from pipeline.runtime import ports
 from pipeline.runtime.cli import setup_logging
 from pipeline.runtime.processes import usable_cores
-from pipeline.serving import asgi, batching, loader
+from pipeline.serving import asgi, batching, following, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
 
@@ -102,6 +102,8 @@ def build_app(
     batcher = batching.Batcher(batching.Model(served, predict), settings.batch_wait_ms,
                                settings.max_batch, settings.max_pending)  # fmt: skip
     monitoring.closing.append(batcher.close)
+    if settings.follow_seconds and following.follows(served):
+        monitoring.background.append(following.keep_following(batcher, monitoring, params))
     limiter = anyio.CapacityLimiter(usable_cores())
     name = params.mlflow.registered_model
 

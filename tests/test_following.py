@@ -1,0 +1,113 @@
+"""make serve on the champion follows it: a promotion under load is served within the check
+interval, and no request fails or is answered by a mix of versions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.monitoring.prediction_log import read_predictions
+from pipeline.runtime.processes import environment_without
+
+from .support import (
+    REPO,
+    copy_store,
+    post_json,
+    prometheus_samples,
+    running,
+    wait_until,
+    write_params,
+)
+
+pytestmark = pytest.mark.slow
+FOLLOW_SECONDS = 1.0
+
+
+def own_store(trained, folder) -> mlflow.MlflowClient:
+    """A copy of the trained pipeline's store in `folder` (its artifacts stay where they are)."""
+    store = f"sqlite:///{copy_store(trained.root / 'mlflow.db', folder / 'mlflow.db')}"
+    mlflow.set_tracking_uri(store)  # create_model_version looks the logged model up there
+    mlflow.set_registry_uri(store)
+    return mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+
+
+def serving(url: str) -> str:
+    with urllib.request.urlopen(url + "/version", timeout=10) as response:
+        return json.loads(response.read())["pinned"]
+
+
+class Load(threading.Thread):
+    """Requests one after another until stopped; the statuses they got."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.statuses, self.stopping = url, [], threading.Event()
+        self.body = json.dumps({"inputs": np.zeros((2, 28, 28)).tolist()}).encode()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            status, answer = post_json(self.url + "/invocations", self.body)
+            self.statuses.append(status if len(answer.get("predictions", ())) == 2 else -status)
+
+
+def test_a_promotion_under_load_is_served_within_the_interval_and_no_request_fails(
+    trained, tmp_path
+):
+    name = trained.params.mlflow.registered_model
+    client = own_store(trained, tmp_path)
+    first = client.get_model_version_by_alias(name, "champion")
+    second = client.create_model_version(name, first.source, first.run_id).version
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
+    raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")
+    params = write_params(raw, tmp_path / "params.yaml")
+    environment = {"DVC_ROOT": str(tmp_path)}
+    with running("pipeline.serving.serve", ["--params", str(params)], "/ping",
+                 tmp_path / "server.log", environment) as server:  # fmt: skip
+        assert serving(server.url) == f"models:/{name}/{first.version}"
+        load = Load(server.url)
+        load.start()
+        time.sleep(3 * FOLLOW_SECONDS)  # the watcher has started and said what it serves
+        promoted = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.tools.promote", "--version", str(second),
+             "--reason", "test", "--force", "--params", str(params)],
+            cwd=REPO, env=environment_without("MLFLOW_") | environment, check=True, timeout=120,
+        )  # fmt: skip
+        assert wait_until(lambda: serving(server.url) == f"models:/{name}/{second}", timeout=30)
+        moved_after = time.monotonic() - promoted
+        time.sleep(FOLLOW_SECONDS)  # and some requests on the new version
+        load.stopping.set()
+        load.join(timeout=30)
+        info = {dict(labels)["version"]: value
+                for (sample, labels), value in prometheus_samples(server.url).items()
+                if sample == "model_info"}  # fmt: skip
+    assert load.statuses and set(load.statuses) == {200}, sorted(set(load.statuses))
+    assert moved_after <= FOLLOW_SECONDS + 5, moved_after  # the promotion's own process included
+    assert info == {f"models:/{name}/{first.version}": 0, f"models:/{name}/{second}": 1}
+    logged = read_predictions(tmp_path / "predictions.db")
+    assert set(logged["model"]) == {f"models:/{name}/{first.version}", f"models:/{name}/{second}"}
+
+
+def test_a_server_on_a_fixed_version_never_moves(trained, tmp_path):
+    name = trained.params.mlflow.registered_model
+    client = own_store(trained, tmp_path)
+    first = client.get_model_version_by_alias(name, "champion")
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
+    params = write_params(raw, tmp_path / "params.yaml")
+    args = ["--params", str(params), "--model", f"models:/{name}/{first.version}"]
+    with running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
+                 {"DVC_ROOT": str(tmp_path)}) as server:  # fmt: skip
+        second = client.create_model_version(name, first.source, first.run_id).version
+        client.set_registered_model_alias(name, "champion", second)
+        time.sleep(3 * FOLLOW_SECONDS)
+        assert serving(server.url) == f"models:/{name}/{first.version}"
