@@ -15,8 +15,8 @@ import logging
 import os
 
 import pipeline.params.config as config
-import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+from pipeline.gate import rule
 from pipeline.runtime.cli import setup_logging
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def run(params: config.Params, version: int, reason: str, force: bool) -> int | 
     """Move the alias; the champion before."""
     tracking.connect(params.mlflow, tracking.repo_root())
     name = params.mlflow.registered_model
-    before = registry.promote(name, version, reason, who(), force)
-    log.info("%s@%s: version %s → version %d", name, registry.CHAMPION, before or "none", version)
+    before = rule.promote(name, version, reason, who(), force)
+    log.info("%s@%s: version %s → version %d", name, rule.CHAMPION, before or "none", version)
     return before
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     try:
         run(params, args.version, args.reason, args.force)
-    except (registry.PromotionError, tracking.TrackingError) as error:
+    except (rule.PromotionError, tracking.TrackingError) as error:
         raise SystemExit(f"error: {error}") from None
 
 
