@@ -42,6 +42,7 @@ import pipeline.params.config as config
 import pipeline.runtime.processes as processes
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -203,19 +204,21 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
     return {"pinned": pinned_uri, "path": str(folder)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
+def run(model_uri: str, store: str, cache: Path) -> None:
+    """The child's answer to its parent (`copied`'s), as one JSON line on stdout."""
+    sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
 
-    parser = argparse.ArgumentParser(description="resolve and copy an MLflow model (servers)")
-    parser.add_argument("model_uri")
-    parser.add_argument("--store", required=True, help="the tracking store's URI")
-    parser.add_argument("--cache", type=Path, required=True, help="the folder of copies")
-    args = parser.parse_args(argv)
-    try:
-        answer = copied(args.model_uri, args.store, args.cache)
-    except (ModelError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    sys.stdout.write(json.dumps(answer) + "\n")
+
+ARGUMENTS = {
+    "model_uri": {},
+    "--store": {"required": True, "help": "the tracking store's URI"},
+    "--cache": {"type": Path, "required": True, "help": "the folder of copies"},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    description = "resolve and copy an MLflow model (servers)"
+    cli.run_command(run, argv, description, ARGUMENTS, (ModelError, tracking.TrackingError))
 
 
 if __name__ == "__main__":

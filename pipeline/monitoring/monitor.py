@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pandas as pd
 
-import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
@@ -33,7 +32,7 @@ from pipeline.monitoring import drift, drift_report
 from pipeline.monitoring.drift import SERVED, SHADOW, ModelVerdict, Verdict
 from pipeline.monitoring.prediction_log import LogError, read_predictions
 from pipeline.monitoring.reference import ModelReference, reference_of
-from pipeline.runtime.cli import setup_logging, unwind_on_signals
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -268,25 +267,13 @@ def run(params: tools.ToolParams, since: str | None = None, now: float | None = 
     return verdict
 
 
+SINCE = "a duration back (90m, 24h, 7d, 2w), a date or time (2026-05-01T12:00); monitor.window"
+ARGUMENTS = {"--since": {"type": since_argument, "help": SINCE}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--since",
-        type=since_argument,
-        help="a duration back from now (90m, 24h, 7d, 2w) or a date or time "
-        "(2026-05-01T12:00); default: monitor.window",
-    )
-    args = parser.parse_args(argv)
-    params = tools.load_params_or_exit(args.params)
-    setup_logging()
-    unwind_on_signals()
-    try:
-        verdict = run(params, args.since)
-    except (LogError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("error: interrupted") from None
-    raise SystemExit(verdict.exit_code)
+    expected, load = (LogError, tracking.TrackingError), tools.load_params_or_exit
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, load, interrupted="interrupted")
 
 
 if __name__ == "__main__":
