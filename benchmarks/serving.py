@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 import yaml
 
-from pipeline.model import cache as model_cache
+from pipeline.inference import cache as model_cache
 from pipeline.runtime.processes import environment_without
 from tests.support import free_port
 

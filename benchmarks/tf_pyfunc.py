@@ -1,6 +1,6 @@
 """The previous registered model, kept for `make bench` only: a pyfunc over the `.keras` file.
 
-Before the registered model became the ONNX export (pipeline/model/onnx_classifier.py), this
+Before the registered model became the ONNX export (pipeline/inference/onnx_classifier.py), this
 was the model users loaded and served: TensorFlow in every process, the row-LSTM's forward pass
 written out by hand (one matmul of [row, h] per step, one tanh over the four gates) and compiled
 with XLA in chunks on a thread pool, checked against Keras at load, with Keras's own forward

@@ -23,7 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-import pipeline.model.cache as model_cache
+import pipeline.inference.cache as model_cache
 import pipeline.params.config as config
 import pipeline.reports.card as model_card
 import pipeline.reports.scores as scoring

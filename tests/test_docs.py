@@ -42,7 +42,7 @@ def test_measured_figures_are_only_in_the_results():
 
 
 # A module or file of the package as a page names it: `pipeline/serving/serve.py`,
-# `pipeline/model/`, `python -m pipeline.search.tune`, `pipeline.training.fitting`.
+# `pipeline/inference/`, `python -m pipeline.search.tune`, `pipeline.training.fitting`.
 CODE_PATH = re.compile(r"(?<![\w/.])pipeline/[\w./-]*[\w/]")
 MODULE = re.compile(r"(?<![\w/.])pipeline(?:\.\w+)+")
 

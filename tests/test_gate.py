@@ -22,7 +22,7 @@ import pipeline.tracking.registry as registry
 from pipeline import evaluate
 from pipeline.data.files import load_arrays
 from pipeline.gate import behaviour, rule
-from pipeline.model.onnx_network import OnnxNetwork
+from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.params import config, tools
 from pipeline.runtime.processes import environment_without
 from pipeline.tracking import store as tracking

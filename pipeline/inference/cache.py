@@ -2,7 +2,7 @@
 
 Resolving `models:/name@champion` takes MLflow, whose import and first store query cost
 seconds and a hundred-odd MB that a server would otherwise carry for its whole life. So MLflow
-does it in a child process (`python -m pipeline.model.cache URI --store STORE`): it pins
+does it in a child process (`python -m pipeline.inference.cache URI --store STORE`): it pins
 an alias to its version, copies that version's files into `.serve/models/` at the repo root
 and exits. A version's files never change, so each copy is named after what it is a copy of
 (store and model) and made once.
