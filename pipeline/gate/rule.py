@@ -166,33 +166,21 @@ class Decision:
         return head + f": {became} (version {self.version}; champion v{self.champion})"
 
 
-class VersionScorer:
-    """Validation accuracy of registered versions on this run's validation images, each
-    version's ONNX model loaded through MLflow once: candidate and champion scored alike."""
+def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
+    """A registered version's accuracy on this run's validation images, its ONNX model loaded
+    through MLflow as the candidate's was; -inf for one that cannot be loaded (its artifacts
+    gone, or kept by another server): it can neither stay champion nor become it."""
+    import mlflow
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray) -> None:
-        self.name, self.images, self.labels = name, images, labels
-        self.scores: dict[int, float] = {}
-
-    def __call__(self, version: int) -> float:
-        """The version's accuracy; -inf for one whose model cannot be loaded (its artifacts
-        gone, or kept by another server): it can neither stay champion nor become it."""
-        if version not in self.scores:
-            self.scores[version] = self.score(version)
-        return self.scores[version]
-
-    def score(self, version: int) -> float:
-        import mlflow
-
-        uri = f"models:/{self.name}/{version}"
-        try:
-            probabilities = registry.load_model(uri)(self.images)
-        except mlflow.exceptions.MlflowException as error:
-            log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
-            return float("-inf")
-        score = float((probabilities.argmax(axis=1) == self.labels).mean())
-        log.info("version %d: validation accuracy %.4f on this run's images", version, score)
-        return score
+    uri = f"models:/{name}/{version}"
+    try:
+        probabilities = registry.load_model(uri)(val["x"])
+    except mlflow.exceptions.MlflowException as error:
+        log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
+        return float("-inf")
+    score = float((probabilities.argmax(axis=1) == val["y"]).mean())
+    log.info("version %d: validation accuracy %.4f on this run's images", version, score)
+    return score
 
 
 def decide(
@@ -209,7 +197,13 @@ def decide(
     version = None if registered is None else int(registered)
     release = release_checks(metrics, gate)
     before = alias_version(client, name, CHAMPION)
-    scorer = VersionScorer(name, val["x"], val["y"])
+    scores: dict[int, float] = {}  # each version scored once
+
+    def scorer(version: int) -> float:
+        if version not in scores:
+            scores[version] = version_score(name, val, version)
+        return scores[version]
+
     gain = None  # none to gain over: no champion yet, or this model is it (judged again)
     if status(release) == PASSED and before not in (None, version):
         gain = gain_check(metrics["validation_accuracy"], scorer(before), gate.min_gain)
@@ -226,7 +220,7 @@ def decide(
     tag_version(client, name, version, verdict | passed_at)
     champion = before
     if contends:
-        scorer.scores[version] = metrics["validation_accuracy"]
+        scores[version] = metrics["validation_accuracy"]
         champion = settle_champion(name, version, scorer, beats(gate.min_gain))
     settle_challenger(client, name)
     return Decision(release, gain, version, champion, before)
