@@ -115,7 +115,7 @@ def card_for(run, run_info: dict, decision: rule.Decision, results: Evaluation, 
     links = [os.path.relpath(results.pictures[name], card_dir) for name in results.pictures]
     manifest = read_json(params.paths.raw_manifest)
     scores = (results.metrics, results.per_class)
-    validation = model_card.validation_section(decision.status, decision.checks, decision.outcome())
+    validation = model_card.validation_section(decision.status, decision.checks, decision.became())
     figures = model_card.Figures(*links)
     return model_card.render(params, manifest, scores, lineage, figures, validation)
 

@@ -131,7 +131,7 @@ class Decision:
         """Every check judged: the release checks, then the gain where there was one."""
         return self.release + ([self.gain] if self.gain else [])
 
-    def outcome(self) -> str:
+    def became(self) -> str:
         """One sentence on what the verdict did to the aliases (for the model card)."""
         before = "none" if self.champion_before is None else f"version {self.champion_before}"
         if self.version is None:
