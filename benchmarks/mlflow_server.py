@@ -6,7 +6,10 @@ compares only the app and what it loads:
     python -m benchmarks.mlflow_server --model URI [--port PORT] [--workers N]
 """
 
+import functools
+
 from pipeline.params import tools
+from pipeline.runtime import cli
 from pipeline.serving import loader, serve
 from pipeline.tracking import store as tracking
 
@@ -24,7 +27,8 @@ def build_app(model: str | loader.Served, params: tools.ToolParams, shadow: obje
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve.serve_main(__name__, __doc__.splitlines()[0], "port", argv)
+    run = functools.partial(serve.run, module=__name__)
+    cli.run_command(run, argv, __doc__, serve.ARGUMENTS, serve.EXPECTED, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

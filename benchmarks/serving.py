@@ -32,7 +32,7 @@ import yaml
 
 from benchmarks import markdown
 from benchmarks.scratch import free_port, scratch_repo
-from pipeline.model import cache as model_cache
+from pipeline.inference import cache as model_cache
 from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
 

@@ -4,7 +4,7 @@ The model scored is the one train logged to its MLflow run (the ONNX network, th
 pyfunc), loaded from the store as a user loads it: the metrics are those of the artifact that
 is registered and served. No TensorFlow is imported here.
 
-The validation split chooses, the test split judges (docs/validation.md): the model must pass
+The validation split chooses, the test split judges (docs/gate.md): the model must pass
 the floors and behavioural checks on test images (`evaluate:` in params.yaml), and becomes
 `champion` only if its validation accuracy beats the champion's, the champion scored again on
 this run's own validation images. A failed gate is recorded, not a failed stage.
@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-import pipeline.model.cache as model_cache
+import pipeline.inference.cache as model_cache
 import pipeline.params.config as config
 import pipeline.reports.card as model_card
 import pipeline.reports.scores as scoring
 import pipeline.runtime.cli as stage
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
-import pipeline.validation.behaviour as checks
-import pipeline.validation.gate as gate
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
+from pipeline.gate import behaviour as checks
+from pipeline.gate import rule
 from pipeline.monitoring.reference import log_reference, reference_records, write_reference
 
 log = logging.getLogger(__name__)
@@ -76,26 +75,6 @@ class Evaluation:
     pictures: dict[str, Path]  # figure file name → its path
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The gate's verdict on this model and what became of the aliases."""
-
-    release: list[gate.Check]  # floors and behavioural checks
-    gain: gate.Check | None  # against the champion before; None when there was none
-    version: int | None  # the registered version (None: `registration: better` and not good)
-    champion: int | None  # the champion afterwards
-    champion_before: int | None
-
-    @property
-    def status(self) -> str:
-        return gate.status(self.release)
-
-    @property
-    def checks(self) -> list[gate.Check]:
-        """Every check judged: the release checks, then the gain where there was one."""
-        return self.release + ([self.gain] if self.gain else [])
-
-
 def per_class_metrics_flat(per_class: pd.DataFrame, split: str) -> dict[str, float]:
     """Per-class metrics keyed `<split>_f1/<class>`: MLflow's UI groups charts into sections by
     the prefix before a `/`, so they sit in sections of their own after the training curves and
@@ -122,7 +101,7 @@ def log_results(results: Evaluation) -> None:
         mlflow.log_artifact(str(picture), "figures")
 
 
-def card_for(run, run_info: dict, decision: Decision, results: Evaluation, params) -> str:
+def card_for(run, run_info: dict, decision: rule.Decision, results: Evaluation, params) -> str:
     """The model card's text, with lineage from the run's tags and the gate's verdict."""
     lineage = model_card.Lineage(
         git_commit=run.data.tags.get("git_commit", "unknown"),
@@ -136,112 +115,12 @@ def card_for(run, run_info: dict, decision: Decision, results: Evaluation, param
     links = [os.path.relpath(results.pictures[name], card_dir) for name in results.pictures]
     manifest = read_json(params.paths.raw_manifest)
     scores = (results.metrics, results.per_class)
-    validation = model_card.validation_section(decision.status, decision.checks, outcome(decision))
+    validation = model_card.validation_section(decision.status, decision.checks, decision.became())
     figures = model_card.Figures(*links)
     return model_card.render(params, manifest, scores, lineage, figures, validation)
 
 
-def outcome(decision: Decision) -> str:
-    """One sentence on what the verdict did to the aliases."""
-    before = "none" if decision.champion_before is None else f"version {decision.champion_before}"
-    if decision.version is None:
-        return f"Not registered (`mlflow.registration: better`); the champion stays {before}."
-    if decision.status == gate.FAILED:
-        return f"Never champion: it failed a release check; the champion stays {before}."
-    if decision.champion == decision.version:
-        return f"It became `{registry.CHAMPION}` (before: {before})."
-    return (
-        f"It passed the release checks but had no gain: `{registry.CHALLENGER}`; the champion "
-        f"is version {decision.champion}."
-    )
-
-
-def verdict_line(decision: Decision) -> str:
-    """The gate's verdict as one sentence: the release checks, the gain, what it became."""
-    if decision.status == gate.FAILED:
-        failed = ", ".join(check.metric for check in decision.release if check.failed)
-        head = f"release checks FAILED ({failed})"
-    else:
-        head = "release checks passed"
-    gain = decision.gain
-    if gain is not None:
-        had = "a gain" if gain.passed else "no gain"
-        over = f"champion v{decision.champion_before}"
-        head += f"; {had} over {over} ({gain.metric} {gain.value:.4f}, needs {gain.rule})"
-    elif decision.status == gate.PASSED and decision.champion_before is not None:
-        head += f"; it is champion v{decision.champion_before} already: no gain to have"
-    if decision.version is None:
-        return head + ": not registered (mlflow.registration: better)"
-    if decision.champion == decision.version:
-        return head + f": champion (version {decision.version})"
-    became = "never champion" if decision.status == gate.FAILED else registry.CHALLENGER
-    return head + f": {became} (version {decision.version}; champion v{decision.champion})"
-
-
-class VersionScorer:
-    """Validation accuracy of registered versions on this run's validation images, each
-    version's ONNX model loaded through MLflow once: candidate and champion scored alike."""
-
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray) -> None:
-        self.name, self.images, self.labels = name, images, labels
-        self.scores: dict[int, float] = {}
-
-    def __call__(self, version: int) -> float:
-        """The version's accuracy; -inf for one whose model cannot be loaded (its artifacts
-        gone, or kept by another server): it can neither stay champion nor become it."""
-        if version not in self.scores:
-            self.scores[version] = self.score(version)
-        return self.scores[version]
-
-    def score(self, version: int) -> float:
-        uri = f"models:/{self.name}/{version}"
-        try:
-            probabilities = load_logged(uri)(self.images)
-        except mlflow.exceptions.MlflowException as error:
-            log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
-            return float("-inf")
-        score = float((probabilities.argmax(axis=1) == self.labels).mean())
-        log.info("version %d: validation accuracy %.4f on this run's images", version, score)
-        return score
-
-
-def decide(run_info: dict, results: Evaluation, val: Arrays, params: config.Params) -> Decision:
-    """Judge the model, register it if `registration: better` and it passed the whole gate,
-    tag the run and version with the verdict, and move the aliases it has earned."""
-    name, metrics = params.mlflow.registered_model, results.metrics
-    client = mlflow.MlflowClient()
-    registered = run_info["registered_version"]  # a string from a tracking server
-    version = None if registered is None else int(registered)
-    release = gate.release_checks(metrics, params.evaluate)
-    before = registry.alias_version(client, name, registry.CHAMPION)
-    scorer = VersionScorer(name, val["x"], val["y"])
-    gain = None  # none to gain over: no champion yet, or this model is it (judged again)
-    if gate.status(release) == gate.PASSED and before not in (None, version):
-        gain = gate.gain_check(
-            metrics["validation_accuracy"], scorer(before), params.evaluate.min_gain
-        )
-        if scorer(before) > float("-inf"):
-            mlflow.log_metric("champion_validation_accuracy", scorer(before))
-    contends = gate.status(release) == gate.PASSED and (gain is None or gain.passed)
-    if params.mlflow.registration == "better":  # train logged the model, unregistered
-        version = registry.register(name, run_info["model_uri"]) if contends else None
-    tags = gate.tags(release, gain)
-    mlflow.set_tags(tags | {"validation.version": str(version or "not registered")})
-    if version is None:
-        return Decision(release, gain, None, before, before)
-    passed_at = {registry.PASSED_AT_TAG: f"{time.time():.3f}"} if contends else {}
-    registry.tag_version(client, name, version, tags | passed_at)
-    champion = before
-    if contends:
-        scorer.scores[version] = metrics["validation_accuracy"]
-        champion = registry.settle_champion(
-            name, version, scorer, gate.beats(params.evaluate.min_gain)
-        )
-    registry.settle_challenger(client, name)
-    return Decision(release, gain, version, champion, before)
-
-
-def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Decision:
+def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> rule.Decision:
     """Log the results into train's run, pass the model through the gate, write and log the
     model card."""
     with tracking.server_lost_as_error():
@@ -249,7 +128,7 @@ def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Deci
         try:
             log_results(results)
             log_reference(params.paths.monitor_reference)  # this model's own, for make monitor
-            decision = decide(run_info, results, val, params)
+            decision = rule.decide(run_info, results.metrics, val, params)
             write_text(params.paths.model_card, card_for(run, run_info, decision, results, params))
             mlflow.log_artifact(params.paths.model_card)
         except BaseException:
@@ -260,18 +139,8 @@ def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> Deci
             mlflow.end_run()  # FINISHED, as training did; a failed evaluation is tagged instead
     for check in decision.checks:
         (log.warning if check.failed else log.info)("gate: %s", check.line())
-    log.info("gate: %s", verdict_line(decision))
+    log.info("gate: %s", decision.verdict_line())
     return decision
-
-
-def load_logged(model_uri: str):
-    """The model train logged (or a registered version), loaded through MLflow's pyfunc, as a
-    function of images → class probabilities."""
-    with tracking.server_lost_as_error():
-        # No requirements check: train logged them from this same environment, and MLflow's
-        # check maps every installed distribution to its modules first, which takes seconds.
-        model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
-    return lambda images: np.asarray(model.predict(images))
 
 
 def scored(probabilities: np.ndarray, labels: np.ndarray, split: str, params) -> tuple:
@@ -330,7 +199,7 @@ def run(params: config.Params) -> dict[str, float]:
     tracking.use_store(params.mlflow)
     tracking.require_run(run_info["run_id"], run_info.get("tracking_uri"), params.paths.run_info)
     test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
-    results = measure(load_logged(run_info["model_uri"]), test, val, params)
+    results = measure(registry.load_model(run_info["model_uri"]), test, val, params)
     metrics = results.metrics
     log.info(
         "validation accuracy %.4f; test accuracy %.4f, loss %.4f",

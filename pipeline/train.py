@@ -25,12 +25,12 @@ from pipeline.data.files import (
     write_csv,
     write_json,
 )
-from pipeline.model import onnx_network
+from pipeline.inference import onnx_network
 
 log = logging.getLogger(__name__)
 
 # The registered model's code, logged with it; found without importing (it sets MLflow's model).
-PYFUNC_CODE = importlib.util.find_spec("pipeline.model.onnx_classifier").origin
+PYFUNC_CODE = importlib.util.find_spec("pipeline.inference.onnx_classifier").origin
 NETWORK_CODE = onnx_network.__file__  # the network code it runs, logged beside it
 KERAS_ARTIFACT_DIR = "keras"  # the run's artifact folder holding the .keras network
 # Wall seconds inside training steps and inside validation (Keras's own hooks), as run metrics.
@@ -86,7 +86,7 @@ def log_inputs(train: Arrays, data_hashes: dict[str, str], data_name: str) -> No
 def log_model(model, onnx_file: str | Path, example, params: config.Params):
     """Log the ONNX network as the run's pyfunc model, with a signature and an input example.
 
-    The pyfunc is `pipeline/model/onnx_classifier.py` (MLflow's "models from code") over the
+    The pyfunc is `pipeline/inference/onnx_classifier.py` (MLflow's "models from code") over the
     `.onnx` file: loading and serving it need ONNX Runtime, never TensorFlow. MLflow checks the
     input example by loading that pyfunc, which costs ONNX Runtime's start, not TensorFlow's.
     """

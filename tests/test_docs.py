@@ -29,7 +29,7 @@ def test_every_relative_link_resolves(page):
 def test_the_docs_cover_each_topic_and_the_readme_links_them():
     readme = (REPO / "README.md").read_text()
     for topic in ("team", "serving", "search-and-multi-worker", "reliability", "data-sources",
-                  "speed", "development", "validation"):  # fmt: skip
+                  "speed", "development", "gate"):  # fmt: skip
         assert (REPO / "docs" / f"{topic}.md").is_file(), topic
         assert f"(docs/{topic}.md)" in readme, topic
     assert len(readme.splitlines()) <= 200
@@ -42,7 +42,7 @@ def test_measured_figures_are_only_in_the_results():
 
 
 # A module or file of the package as a page names it: `pipeline/serving/serve.py`,
-# `pipeline/model/`, `python -m pipeline.search.tune`, `pipeline.training.fitting`.
+# `pipeline/inference/`, `python -m pipeline.search.tune`, `pipeline.training.fitting`.
 CODE_PATH = re.compile(r"(?<![\w/.])pipeline/[\w./-]*[\w/]")
 MODULE = re.compile(r"(?<![\w/.])pipeline(?:\.\w+)+")
 

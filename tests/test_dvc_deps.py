@@ -51,9 +51,9 @@ def test_the_import_reader_sees_imports_inside_functions_and_module_names_in_str
     source = (
         "def f():\n    from pipeline.reports import figures\n"
         "import importlib.util\n"
-        "SPEC = importlib.util.find_spec('pipeline.model.onnx_classifier')\n"
+        "SPEC = importlib.util.find_spec('pipeline.inference.onnx_classifier')\n"
         "from pipeline.data.files import load_arrays\n"
     )
     assert named_modules(source) >= {
-        "pipeline.reports.figures", "pipeline.model.onnx_classifier", "pipeline.data.files",
+        "pipeline.reports.figures", "pipeline.inference.onnx_classifier", "pipeline.data.files",
     }  # fmt: skip

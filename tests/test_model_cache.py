@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.model import cache as model_cache
+from pipeline.inference import cache as model_cache
 from pipeline.serving import loader
 
 from .support import copy_store, run, running, tiny_repo, use_store_at

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.model.onnx_network import OnnxNetwork
+from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.monitoring import drift, drift_report, monitor
 from pipeline.monitoring.prediction_log import PredictionLog, Scored, read_predictions
 from pipeline.monitoring.reference import (

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pipeline.model import onnx_network
+from pipeline.inference import onnx_network
 from pipeline.params import config
 from pipeline.training import onnx_export
 from pipeline.training.network import build_model

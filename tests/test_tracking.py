@@ -1,4 +1,4 @@
-"""Tracking: the champion rule, lineage tags, store set-up under parallel processes."""
+"""Tracking: lineage tags, store set-up under parallel processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 
 import mlflow
@@ -14,96 +13,10 @@ import pytest
 import yaml
 
 import pipeline.tracking.lineage as lineage
-import pipeline.tracking.registry as registry
-import pipeline.validation.gate as gate
 from pipeline.params import config
 from pipeline.tracking import store as tracking
 
 from .support import GIT_IDENTITY
-
-BEATS = gate.beats(0.001)  # as evaluate ranks: by at least evaluate.min_gain
-
-
-@pytest.mark.parametrize(
-    ("scores", "current", "expected"),
-    [
-        ({1: 0.90}, None, 1),
-        ({1: 0.90, 2: 0.95}, 1, 2),  # better model takes it
-        ({1: 0.95, 2: 0.90}, 1, 1),  # worse model never does
-        ({1: 0.95, 2: 0.95}, 1, 1),  # a tie keeps the current champion
-        ({1: 0.95, 2: 0.9505}, 1, 1),  # so does a gain below the minimum
-        ({1: 0.95, 2: 0.97, 3: 0.97}, None, 2),  # earliest of the best
-        ({1: 0.90, 2: 0.92, 3: 0.96}, 1, 3),  # the best of those that beat it
-    ],
-)
-def test_choose_champion(scores, current, expected):
-    assert registry.choose_champion(scores, current, BEATS) == expected
-
-
-def register(client: mlflow.MlflowClient, name: str) -> int:
-    """A run and a registered version pointing at it."""
-    with mlflow.start_run() as run:
-        pass
-    if not client.search_registered_models(f"name='{name}'"):
-        client.create_registered_model(name)
-    version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
-    return int(version.version)
-
-
-def contend(client: mlflow.MlflowClient, name: str, scores: dict, score: float) -> int:
-    """A version that passed the whole gate, as evaluate tags it, with its validation score."""
-    version = register(client, name)
-    registry.tag_version(client, name, version, {registry.PASSED_AT_TAG: f"{time.time():.3f}"})
-    scores[version] = score
-    return version
-
-
-def champion(client: mlflow.MlflowClient, name: str) -> int:
-    return registry.alias_version(client, name, registry.CHAMPION)
-
-
-def test_the_champion_moves_only_for_a_gain_and_rivals_passed_meanwhile_count(params, store):
-    tracking.use_store(params.mlflow)
-    client, name, scores = mlflow.MlflowClient(), params.mlflow.registered_model, {}
-    first = contend(client, name, scores, 0.91)
-    assert registry.settle_champion(name, first, scores.get, BEATS) == first
-    worse = contend(client, name, scores, 0.85)
-    assert registry.settle_champion(name, worse, scores.get, BEATS) == first
-    better = contend(client, name, scores, 0.93)
-    assert registry.settle_champion(name, better, scores.get, BEATS) == better
-    # one evaluating at the same time passed and tagged itself, but its write of the alias
-    # came before this one's read: this evaluation compares with it too, and it is better
-    rival = contend(client, name, scores, 0.99)
-    late = contend(client, name, scores, 0.97)
-    assert registry.settle_champion(name, late, scores.get, BEATS) == rival
-    assert champion(client, name) == rival
-
-
-def test_a_champion_promoted_by_hand_is_compared_only_with_what_passed_after(params, store):
-    tracking.use_store(params.mlflow)
-    client, name, scores = mlflow.MlflowClient(), params.mlflow.registered_model, {}
-    old = contend(client, name, scores, 0.90)
-    best = contend(client, name, scores, 0.99)
-    registry.settle_champion(name, best, scores.get, BEATS)
-    assert registry.promote(name, old, "rollback", "tester", force=True) == best
-    tags = registry.version_tags(client, name, old)
-    assert tags["champion.reason"] == "rollback" and tags["champion.previous"] == str(best)
-    newer = contend(client, name, scores, 0.92)  # beats the rolled-back one, not the best
-    assert registry.settle_champion(name, newer, scores.get, BEATS) == newer
-
-
-def test_promote_refuses_a_version_without_a_passed_gate_unless_forced(params, store):
-    tracking.use_store(params.mlflow)
-    client, name = mlflow.MlflowClient(), params.mlflow.registered_model
-    failed = register(client, name)
-    registry.tag_version(client, name, failed, {registry.STATUS_TAG: "failed",
-                                                "validation.failed": "test_accuracy"})  # fmt: skip
-    with pytest.raises(registry.PromotionError, match=r"failed the gate \(test_accuracy\)"):
-        registry.promote(name, failed, "why not", "tester")
-    with pytest.raises(registry.PromotionError, match="has no version 9"):
-        registry.promote(name, 9, "why not", "tester")
-    assert registry.promote(name, failed, "on purpose", "tester", force=True) is None
-    assert champion(client, name) == failed
 
 
 def test_mlflow_tracking_uri_overrides_the_repo_store(params, store, monkeypatch):

@@ -4,7 +4,7 @@ What runs in a server (`make serve`, `make demo`; wired in pipeline/serving/asgi
 statistics.py (each image in a few numbers), prediction_log.py (the SQLite log and its writer
 thread), metrics.py (Prometheus series and the /metrics middleware), shadow.py (a second model
 on a thread of its own), recorder.py (what a server does with each scored batch). What runs
-elsewhere: reference.py (what evaluate writes to compare with), drift.py (the tests),
+elsewhere: reference.py (what evaluate writes to compare with), drift.py (the tests and verdicts),
 drift_report.py (the page and figure), monitor.py (`make monitor`).
 
 Between processes, in one place:

@@ -11,11 +11,13 @@ distance is at least `min_distance` (the difference is large enough to matter). 
 would call drift on real digits that nobody would: MNIST's own test set, taken in order, is
 written by one group of people after another, and a few hundred consecutive images differ from
 the whole in stroke width with p-values far below any alpha. Each test is judged on its own.
+The verdicts below hold what one look found: monitor.py makes them, drift_report.py draws them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -121,3 +123,52 @@ def agreements(window: pd.DataFrame) -> list[Agreement]:
 def drifted(findings: list[Finding]) -> list[str]:
     """The names of the quantities that moved."""
     return [finding.name for finding in findings if finding.drifted]
+
+
+SERVED, SHADOW = "served", "shadow"
+
+
+@dataclass(frozen=True)
+class ModelVerdict:
+    """One model's rows in the window, tested against that model's own reference."""
+
+    model: str  # as the log names it: models:/mnist-lstm/3, or a file
+    role: str  # SERVED (it answered) or SHADOW (it scored the same images beside it)
+    predictions: int
+    reference: str  # where its reference came from, or why it has none
+    reference_rows: int  # 0: no reference, no verdict
+    findings: list[Finding] = field(default_factory=list)  # empty: no test
+
+    @property
+    def tested(self) -> bool:
+        return bool(self.findings)
+
+    @property
+    def drifted(self) -> list[str]:
+        return drifted(self.findings)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one look at the log found, model by model."""
+
+    since: datetime.datetime  # UTC
+    until: datetime.datetime
+    predictions: int  # rows in the window, all models
+    min_predictions: int
+    thresholds: Thresholds
+    models: list[ModelVerdict]  # served ones first, most predictions first
+    agreements: list[Agreement] = field(default_factory=list)
+
+    @property
+    def tested(self) -> bool:
+        return any(model.tested for model in self.models)
+
+    @property
+    def drifted(self) -> list[str]:
+        """What moved, each quantity once, in any model's rows."""
+        return list(dict.fromkeys(name for model in self.models for name in model.drifted))
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.drifted else 0

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from pipeline.monitoring.drift import CLASS_MIX, TESTED
-
-if TYPE_CHECKING:
-    from pipeline.monitoring.monitor import ModelVerdict, Verdict
+from pipeline.monitoring.drift import CLASS_MIX, TESTED, ModelVerdict, Verdict
 
 FIGURE_NAME = "drift.png"  # the first model tested; the next ones drift-2.png, drift-3.png, ...
 

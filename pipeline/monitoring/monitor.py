@@ -21,19 +21,18 @@ import datetime
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
 from pipeline.monitoring import drift, drift_report
+from pipeline.monitoring.drift import SERVED, SHADOW, ModelVerdict, Verdict
 from pipeline.monitoring.prediction_log import LogError, read_predictions
 from pipeline.monitoring.reference import ModelReference, reference_of
-from pipeline.runtime.cli import setup_logging, unwind_on_signals
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -41,55 +40,6 @@ DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
 SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 REPORT_NAME = "report.md"
 EXPERIMENT_SUFFIX = "-monitoring"
-
-
-SERVED, SHADOW = "served", "shadow"
-
-
-@dataclass(frozen=True)
-class ModelVerdict:
-    """One model's rows in the window, tested against that model's own reference."""
-
-    model: str  # as the log names it: models:/mnist-lstm/3, or a file
-    role: str  # SERVED (it answered) or SHADOW (it scored the same images beside it)
-    predictions: int
-    reference: str  # where its reference came from, or why it has none
-    reference_rows: int  # 0: no reference, no verdict
-    findings: list[drift.Finding] = field(default_factory=list)  # empty: no test
-
-    @property
-    def tested(self) -> bool:
-        return bool(self.findings)
-
-    @property
-    def drifted(self) -> list[str]:
-        return drift.drifted(self.findings)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one look at the log found, model by model."""
-
-    since: datetime.datetime  # UTC
-    until: datetime.datetime
-    predictions: int  # rows in the window, all models
-    min_predictions: int
-    thresholds: drift.Thresholds
-    models: list[ModelVerdict]  # served ones first, most predictions first
-    agreements: list[drift.Agreement] = field(default_factory=list)
-
-    @property
-    def tested(self) -> bool:
-        return any(model.tested for model in self.models)
-
-    @property
-    def drifted(self) -> list[str]:
-        """What moved, each quantity once, in any model's rows."""
-        return list(dict.fromkeys(name for model in self.models for name in model.drifted))
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.drifted else 0
 
 
 def since_time(text: str, now: float) -> float:
@@ -317,25 +267,13 @@ def run(params: tools.ToolParams, since: str | None = None, now: float | None = 
     return verdict
 
 
+SINCE = "a duration back (90m, 24h, 7d, 2w), a date or time (2026-05-01T12:00); monitor.window"
+ARGUMENTS = {"--since": {"type": since_argument, "help": SINCE}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--since",
-        type=since_argument,
-        help="a duration back from now (90m, 24h, 7d, 2w) or a date or time "
-        "(2026-05-01T12:00); default: monitor.window",
-    )
-    args = parser.parse_args(argv)
-    params = tools.load_params_or_exit(args.params)
-    setup_logging()
-    unwind_on_signals()
-    try:
-        verdict = run(params, args.since)
-    except (LogError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("error: interrupted") from None
-    raise SystemExit(verdict.exit_code)
+    expected, load = (LogError, tracking.TrackingError), tools.load_params_or_exit
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, load, interrupted="interrupted")
 
 
 if __name__ == "__main__":

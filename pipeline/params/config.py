@@ -175,7 +175,7 @@ class MlflowParams(Section):
 
 
 class EvaluateParams(Section):
-    """The gate a model passes before it may become `champion` (docs/validation.md).
+    """The gate a model passes before it may become `champion` (docs/gate.md).
 
     Floors and behavioural checks are release criteria judged on the test images; the gain is
     the one comparison that chooses, on validation images, against the champion re-scored on

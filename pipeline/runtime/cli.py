@@ -1,9 +1,12 @@
-"""A stage's command line: arguments, logging, signals and exit codes around its `run()`."""
+"""A command line around a `run()`: arguments, logging, signals and exit codes, for the stages
+(run_stage) and for every other command (run_command)."""
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -89,3 +92,45 @@ def run_stage(
         gc.collect()
     if failure:
         raise SystemExit(failure)
+
+
+def run_command(
+    run: Callable[..., object],
+    argv: list[str] | None,
+    description: str | None,
+    arguments: dict[str, dict[str, Any]],
+    expected: tuple[type[Exception], ...] = (),
+    load: Callable[[str], object] | None = None,
+    interrupted: str | None = None,
+) -> None:
+    """A command's `main()`: `arguments` (argparse's keywords by flag) become run's keyword
+    arguments; with `load`, so do `--params` loaded (`params`) and its path (`params_file`, if
+    run takes it). An `expected` error is one `error:` line, exit 1; with `interrupted`, SIGTERM
+    and Ctrl-C end in that line. Exits with run's int result or its result's `exit_code`."""
+    parser = config.params_parser() if load else argparse.ArgumentParser()
+    parser.description = (description or "").partition("\n")[0]
+    exclusive = None  # one group of the arguments marked "exclusive" (an empty one breaks usage)
+    for flag, options in arguments.items():
+        options, target = dict(options), parser
+        if options.pop("exclusive", False):
+            target = exclusive = exclusive or parser.add_mutually_exclusive_group()
+        target.add_argument(flag, **options)
+    values = vars(parser.parse_args(argv))
+    if load is not None:
+        if "params_file" in inspect.signature(run).parameters:
+            values["params_file"] = values["params"]
+        values["params"] = load(values["params"])
+    setup_logging()
+    if interrupted:
+        unwind_on_signals()
+    try:
+        result = run(**values)
+    except expected as error:
+        raise SystemExit(f"error: {error}") from None
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        raise SystemExit(f"error: {interrupted}") from None
+    code = result if isinstance(result, int) else getattr(result, "exit_code", None)
+    if code is not None:
+        raise SystemExit(code)

@@ -8,33 +8,22 @@ The search space, metric, budget and study storage are `tune:` in params.yaml; t
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.search.trials as trials
 import pipeline.tracking.store as tracking
-from pipeline.runtime.cli import setup_logging, unwind_on_signals
+from pipeline.runtime import cli
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes on this machine (default: 1)"
-    )
-    arguments = parser.parse_args(argv)
-    if arguments.workers < 1:
-        parser.error("--workers must be at least 1")
-    params = tools.load_params_or_exit(arguments.params)
-    setup_logging()
-    unwind_on_signals()  # SIGTERM as Ctrl-C: the worker stops its trial's experiment first
-    root = Path(arguments.params).resolve().parent
-    others = trials.spawn_workers(["--params", arguments.params], arguments.workers - 1)
+def run(params: tools.ToolParams, params_file: str, workers: int = 1) -> None:
+    """Work on the study here and in `workers - 1` more processes on this machine."""
+    cli.unwind_on_signals()  # SIGTERM as Ctrl-C: the worker stops its trial's experiment first
+    others = trials.spawn_workers(["--params", params_file], workers - 1)
     try:
-        trials.work(params, root)
-    except (tracking.TrackingError, trials.PrepareError) as error:
-        raise SystemExit(f"error: {error}") from None
+        trials.work(params, Path(params_file).resolve().parent)
     except KeyboardInterrupt:
         for worker in others:  # each stops its own trial likewise
             worker.terminate()
@@ -44,6 +33,20 @@ def main(argv: list[str] | None = None) -> None:
         codes = [worker.wait() for worker in others]
     if any(codes):
         raise SystemExit(f"error: {sum(1 for code in codes if code)} worker(s) failed")
+
+
+def worker_count(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return int(text)
+
+
+ARGUMENTS = {"--workers": {"type": worker_count, "default": 1, "help": "processes on this machine"}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    expected = (tracking.TrackingError, trials.PrepareError)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

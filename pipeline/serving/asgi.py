@@ -8,7 +8,7 @@ as MLflow's scoring server shapes it (`error_response`); the body limit's 413 ha
 With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
 processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
 supervisor stops them all. The supervisor first has the model pinned and copied to a local
-folder (`models:/name@champion` → that version's files, pipeline/model/cache.py), so
+folder (`models:/name@champion` → that version's files, pipeline/inference/cache.py), so
 every process serves the same version even if the alias moves meanwhile (and the same shadow);
 each process's ONNX Runtime gets its share of the cores. The workers add up their metrics in
 prometheus-client's multiprocess mode, through a folder the supervisor makes for them, and each
@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from pipeline.model.onnx_network import validated
+from pipeline.inference.onnx_network import validated
 from pipeline.monitoring import metrics as server_metrics
 from pipeline.monitoring.prediction_log import PredictionLog
 from pipeline.monitoring.recorder import Recorder
@@ -266,7 +266,7 @@ def serve(
     import uvicorn
 
     import pipeline.params.tools as tools
-    from pipeline.model import onnx_network
+    from pipeline.inference import onnx_network
     from pipeline.serving import loader
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 import pipeline.params.tools as tools
+from pipeline.runtime import cli
 from pipeline.serving import asgi, images, loader, serve
 from pipeline.serving.asgi import BadRequest
 
@@ -95,10 +97,14 @@ def build_app(
     )
 
 
+# make serve's run, with the demo's app, port and command
+run = functools.partial(
+    serve.run, module="pipeline.serving.demo", port_key="demo_port", command="make demo"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    serve.serve_main(
-        "pipeline.serving.demo", __doc__.splitlines()[0], "demo_port", argv, "make demo"
-    )
+    cli.run_command(run, argv, __doc__, serve.ARGUMENTS, serve.EXPECTED, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

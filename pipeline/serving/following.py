@@ -1,6 +1,6 @@
 """A server started on an alias (`models:/name@champion`) follows it while it runs.
 
-A child process with MLflow (pipeline/model/cache.py `--follow`) asks the registry every
+A child process with MLflow (pipeline/inference/cache.py `--follow-seconds`) asks the registry every
 `serve.follow_seconds` what the alias names and, when that changes, copies the new version's
 files and says so in one line; the server loads it off the event loop and swaps it in between
 batches (pipeline/serving/batching.py). MLflow stays out of the server's own process, and a
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 import pipeline.params.config as config
-from pipeline.model import cache as model_cache
+from pipeline.inference import cache as model_cache
 from pipeline.serving import batching, loader
 from pipeline.serving.loader import Served
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.model.onnx_network import IMAGE_SHAPE, InputError, validated
+from pipeline.inference.onnx_network import IMAGE_SHAPE, InputError, validated
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT, OUTPUT = "images", "probabilities"

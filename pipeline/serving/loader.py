@@ -2,7 +2,7 @@
 
 The servers and `predict` run the registered model's ONNX file on ONNX Runtime through
 onnx_network.py, the code the registered pyfunc runs too: no TensorFlow and no MLflow in the
-process. An MLflow model URI becomes a local model folder first (pipeline/model/cache.py):
+process. An MLflow model URI becomes a local model folder first (pipeline/inference/cache.py):
 `locate` says what is served (the URI as asked, the version it named, the local copy); the
 folder's `MLmodel` file names its ONNX artifact.
 """
@@ -20,9 +20,9 @@ import numpy as np
 import yaml
 
 import pipeline.params.config as config
-from pipeline.model import cache as model_cache
-from pipeline.model.cache import ModelError
-from pipeline.model.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
+from pipeline.inference import cache as model_cache
+from pipeline.inference.cache import ModelError
+from pipeline.inference.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
 from pipeline.tracking import registry
 
 log = logging.getLogger(__name__)

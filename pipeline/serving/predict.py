@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_csv
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime import cli
 from pipeline.serving import images, loader
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,10 @@ log = logging.getLogger(__name__)
 class Outcome:
     inputs: dict[Path, np.ndarray]  # file → (28, 28) model input
     failures: dict[Path, str]  # file → what is wrong with it
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -69,14 +72,17 @@ def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) 
     return pd.concat([rows, by_class], axis=1)
 
 
-def run(paths: list[Path], model: str, params: tools.ToolParams, csv: Path | None) -> Outcome:
-    """Classify every readable file; print one line per file; write the CSV if asked."""
+def run(
+    params: tools.ToolParams, paths: list[Path], model: str | None = None, csv: Path | None = None
+) -> Outcome:
+    """Classify every readable file with `model` (default: the champion); print one line per
+    file; write the CSV if asked."""
     outcome = read_all(expand(paths), params.serve.max_image_pixels)
     for file, problem in outcome.failures.items():
         sys.stderr.write(f"error: {file}: {problem}\n")
     if not outcome.inputs:
         return outcome
-    predict = loader.load(model, params)
+    predict = loader.load(model or loader.default_uri(params), params)
     files = list(outcome.inputs)
     probabilities = predict(np.stack([outcome.inputs[file] for file in files]))
     results = table(files, probabilities, params.data.class_names)
@@ -88,24 +94,16 @@ def run(paths: list[Path], model: str, params: tools.ToolParams, csv: Path | Non
     return outcome
 
 
+ARGUMENTS = {
+    "paths": {"nargs": "+", "type": Path, "help": "image files, .npy files, folders"},
+    "--model": {"help": "an MLflow model URI or an .onnx file (default: the champion)"},
+    "--csv": {"type": Path, "help": "also write every class's probability here"},
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="image files, .npy files, folders")
-    parser.add_argument(
-        "--model",
-        help="an MLflow model URI or an .onnx file "
-        "(default: models:/<mlflow.registered_model>@champion)",
-    )
-    parser.add_argument("--csv", type=Path, help="also write every class's probability here")
-    args = parser.parse_args(argv)
-    setup_logging()
-    params = tools.load_params_or_exit(args.params)
-    try:
-        outcome = run(args.paths, args.model or loader.default_uri(params), params, args.csv)
-    except (loader.ModelError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    if outcome.failures:
-        raise SystemExit(1)
+    expected = (loader.ModelError, tracking.TrackingError)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

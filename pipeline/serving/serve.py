@@ -37,9 +37,8 @@ from starlette.routing import Route
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
-from pipeline.model.onnx_network import InputError, validated
-from pipeline.runtime import ports
-from pipeline.runtime.cli import setup_logging
+from pipeline.inference.onnx_network import InputError, validated
+from pipeline.runtime import cli, ports
 from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, batching, following, loader
 from pipeline.serving import inference_protocol as protocol
@@ -164,53 +163,43 @@ def build_app(
     )
 
 
-def serve_main(
-    module: str,
-    description: str,
-    port_key: str,
-    argv: list[str] | None,
+ARGUMENTS = {  # make serve's and make demo's
+    "--model": {"help": "an MLflow model URI, a model folder or an .onnx file (the champion)"},
+    "--shadow": {"help": "a second model scored on every request, never answering"},
+    "--host": {"help": "address to bind (default: serve.host, 127.0.0.1)"},
+    "--port": {"type": int, "help": "port (default: serve.port; make demo: serve.demo_port)"},
+    "--workers": {"type": int, "help": "server processes on the port (default: serve.workers)"},
+}
+EXPECTED = (ports.PortUnavailable, loader.ModelError, tracking.TrackingError, config.ConfigError)
+
+
+def run(
+    params: tools.ToolParams,
+    params_file: str,
+    model: str | None = None,
+    shadow: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    *,
+    module: str = "pipeline.serving.serve",
+    port_key: str = "port",
     command: str = "make serve",
 ) -> None:
-    """The command line of a server: `--model`, `--shadow`, `--host`, `--port`, `--workers`
-    (defaults from params.yaml `serve:`) and `--params`; one line and a non-zero exit when its
-    port is busy (checked first, before any model loads; the line names `command` with a free
-    port) or a model cannot be had. `module.build_app(model_uri, params, shadow)` makes the app."""
-    parser = config.params_parser(description)
-    parser.add_argument(
-        "--model",
-        help="an MLflow model URI, a local model folder or an .onnx file "
-        "(default: models:/<mlflow.registered_model>@champion)",
-    )
-    parser.add_argument(
-        "--shadow", help="a second model (the same kinds) scored on every request, never answering"
-    )
-    parser.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help=f"port (default: serve.{port_key})")
-    parser.add_argument(
-        "--workers", type=int, help="server processes on the port (default: serve.workers)"
-    )
-    args = parser.parse_args(argv)
-    params = tools.load_params_or_exit(args.params)
-    setup_logging()
-    workers = params.serve.workers if args.workers is None else args.workers
+    """Serve `module.build_app(model_uri, params, shadow)` until stopped; host, port and workers
+    default to params.yaml `serve:` (the port under `port_key`). A busy port is refused first,
+    before any model loads, in one line naming `command` with a free port."""
+    workers = params.serve.workers if workers is None else workers
     if workers < 1:
-        raise SystemExit(f"error: --workers {workers}: needs at least 1")
-    host, port = args.host or params.serve.host, args.port or getattr(params.serve, port_key)
-    try:
-        ports.check_free(host, port, command)
-        model = args.model or loader.default_uri(params)
-        asgi.serve(module, model, args.params, host, port, workers, args.shadow)
-    except (
-        ports.PortUnavailable,
-        loader.ModelError,
-        tracking.TrackingError,
-        config.ConfigError,
-    ) as error:
-        raise SystemExit(f"error: {error}") from None
+        raise config.ConfigError(f"--workers {workers}: needs at least 1")
+    host, port = host or params.serve.host, port or getattr(params.serve, port_key)
+    ports.check_free(host, port, command)
+    model = model or loader.default_uri(params)
+    asgi.serve(module, model, params_file, host, port, workers, shadow)
 
 
 def main(argv: list[str] | None = None) -> None:
-    serve_main("pipeline.serving.serve", __doc__.splitlines()[0], "port", argv)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, EXPECTED, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ from pathlib import Path
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
-from pipeline.runtime import processes
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime import cli, processes
 from pipeline.team.postgres import PostgresCluster, PostgresError
 
 log = logging.getLogger(__name__)
@@ -229,27 +228,25 @@ def status(params: config.TeamParams, root: Path) -> bool:
     return bool(pid and up)
 
 
+def run(params: tools.ToolParams, params_file: str, action: str, auth: bool) -> int:
+    """Start, stop or report the team's server; the exit code (status: 1 unless it answers)."""
+    root = Path(params_file).resolve().parent
+    if action == "start":
+        start(params.team, root, auth)
+    elif action == "stop":
+        stop(params.team, root)
+    return 0 if action != "status" or status(params.team, root) else 1
+
+
+ARGUMENTS = {
+    "action": {"choices": ["start", "stop", "status"]},
+    "--auth": {"action": "store_true", "help": f"basic auth (password: ${ADMIN_PASSWORD_ENV})"},
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument(
-        "--auth",
-        action="store_true",
-        help=f"MLflow's basic-auth app (admin password from {ADMIN_PASSWORD_ENV})",
-    )
-    arguments = parser.parse_args(argv)
-    params = tools.load_params_or_exit(arguments.params)
-    setup_logging()
-    root = Path(arguments.params).resolve().parent
-    try:
-        if arguments.action == "start":
-            start(params.team, root, arguments.auth)
-        elif arguments.action == "stop":
-            stop(params.team, root)
-        elif not status(params.team, root):
-            raise SystemExit(1)
-    except (ServerError, PostgresError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    expected = (ServerError, PostgresError, OSError)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, tools.load_params_or_exit)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ checked against pinned sha256) and inlined: `make plots` passes it to `--html-te
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import subprocess
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.data.files import write_text
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +104,11 @@ def run(output: Path) -> Path:
     return output
 
 
+ARGUMENTS = {"output": {"type": Path, "help": "where to write the HTML template"}}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("output", type=Path, help="where to write the HTML template")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        run(args.output)
-    except PlotsTemplateError as error:
-        raise SystemExit(f"error: {error}") from None
+    cli.run_command(run, argv, __doc__, ARGUMENTS, (PlotsTemplateError,))
 
 
 if __name__ == "__main__":

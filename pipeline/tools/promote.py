@@ -15,9 +15,9 @@ import logging
 import os
 
 import pipeline.params.config as config
-import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
-from pipeline.runtime.cli import setup_logging
+from pipeline.gate import rule
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +27,26 @@ def who() -> str:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
 
-def run(params: config.Params, version: int, reason: str, force: bool) -> int | None:
-    """Move the alias; the champion before."""
+def run(params: config.Params, version: int, reason: str, force: bool) -> None:
+    """Move the alias; say the champion before and after."""
+    if not reason.strip():
+        raise rule.PromotionError('give a reason: make promote VERSION=N REASON="..."')
     tracking.connect(params.mlflow, tracking.repo_root())
     name = params.mlflow.registered_model
-    before = registry.promote(name, version, reason, who(), force)
-    log.info("%s@%s: version %s → version %d", name, registry.CHAMPION, before or "none", version)
-    return before
+    before = rule.promote(name, version, reason, who(), force)
+    log.info("%s@%s: version %s → version %d", name, rule.CHAMPION, before or "none", version)
+
+
+ARGUMENTS = {
+    "--version": {"type": int, "required": True, "help": "the version to promote"},
+    "--reason": {"required": True, "help": "why, recorded with the move"},
+    "--force": {"action": "store_true", "help": "even one that failed the gate"},
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--version", type=int, required=True, help="the version to promote")
-    parser.add_argument("--reason", required=True, help="why, recorded with the move")
-    parser.add_argument("--force", action="store_true", help="even one that failed the gate")
-    args = parser.parse_args(argv)
-    if not args.reason.strip():
-        raise SystemExit('error: give a reason: make promote VERSION=N REASON="..."')
-    params = config.load_params_or_exit(args.params)
-    setup_logging()
-    try:
-        run(params, args.version, args.reason, args.force)
-    except (registry.PromotionError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
+    expected = (rule.PromotionError, tracking.TrackingError)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, config.load_params_or_exit)
 
 
 if __name__ == "__main__":

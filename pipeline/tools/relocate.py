@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +77,25 @@ def relocate(database: Path, params: config.MlflowParams, root: Path) -> dict[st
     return changed
 
 
-def main(argv: list[str] | None = None) -> None:
-    arguments = config.params_parser(__doc__.splitlines()[0]).parse_args(argv)
-    params = config.load_params_or_exit(arguments.params)
-    setup_logging()
+def run(params: config.Params, params_file: str) -> None:
+    """Point the repo's SQLite store at the folder of `params_file`; say what changed."""
     if os.environ.get(tracking.TRACKING_URI_ENV):
-        raise SystemExit(
-            f"error: {tracking.TRACKING_URI_ENV} is set: a server's store does not move with "
+        raise RelocateError(
+            f"{tracking.TRACKING_URI_ENV} is set: a server's store does not move with "
             "the repo; unset it to relocate the repo's SQLite store"
         )
-    root = Path(arguments.params).resolve().parent
+    root = Path(params_file).resolve().parent
     database = tracking.local_db(tracking.tracking_uri(params.mlflow, root))
-    try:
-        changed = relocate(database, params.mlflow, root)
-    except (RelocateError, sqlite3.Error) as error:
-        raise SystemExit(f"error: {error}") from None
+    changed = relocate(database, params.mlflow, root)
     if not changed:
         log.info("store %s already points at %s: nothing to change", database, root)
     for name, rows in changed.items():
         log.info("%s: %d rows", name, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    expected = (RelocateError, sqlite3.Error)
+    cli.run_command(run, argv, __doc__, {}, expected, config.load_params_or_exit)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ import yaml
 import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.lineage as lineage
-import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
+from pipeline.gate import rule
 from pipeline.reports import figures, review
 from pipeline.runtime.cli import setup_logging
-from pipeline.validation import gate
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ BEST = "best"
 REPORT_FILE = "report.md"
 UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui`, where a run of the repo's own store opens
 # evaluate's gate tags train's run: passed or failed, the failed checks, the gain's line
-VERDICT_TAGS = (registry.STATUS_TAG, registry.FAILED_TAG, f"validation.{gate.GAIN}")
+VERDICT_TAGS = (rule.STATUS_TAG, rule.FAILED_TAG, f"validation.{rule.GAIN}")
 CPU_TAG = f"{lineage.ENV_PREFIX}cpu"  # the CPU model a run trained on (lineage.environment_tags)
 # What train's History logs into its run every interval, step = iteration: train_history.csv's
 HISTORY_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")

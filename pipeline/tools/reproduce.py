@@ -41,7 +41,7 @@ import pipeline.tracking.lineage as lineage
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import sha256_file
-from pipeline.runtime.cli import setup_logging, unwind_on_signals
+from pipeline.runtime import cli
 from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)
@@ -347,22 +347,16 @@ def run(params: config.Params, model: str | None, run_id: str | None) -> verdict
     return judged
 
 
+ARGUMENTS = {
+    "--model": {"exclusive": True, "help": "a registered model (default: models:/<name>@champion)"},
+    "--run": {"exclusive": True, "dest": "run_id", "metavar": "RUN", "help": "a run's id"},
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    chosen = parser.add_mutually_exclusive_group()
-    chosen.add_argument("--model", help="a registered model (default: models:/<name>@champion)")
-    chosen.add_argument("--run", help="a training run's id, registered or not")
-    args = parser.parse_args(argv)
-    params = config.load_params_or_exit(args.params)
-    setup_logging()
-    unwind_on_signals()  # SIGTERM unwinds like Ctrl-C: the worktree goes too
-    try:
-        judged = run(params, args.model, args.run)
-    except (ReproduceError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("error: interrupted; the worktree and scratch store are removed") from None
-    raise SystemExit(judged.exit_code)
+    expected, load = (ReproduceError, tracking.TrackingError), config.load_params_or_exit
+    interrupted = "interrupted; the worktree and scratch store are removed"  # SIGTERM too
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, load, interrupted)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
-from pipeline.runtime import ports, processes
-from pipeline.runtime.cli import setup_logging, unwind_on_signals
+from pipeline.runtime import cli, ports, processes
+from pipeline.runtime.cli import unwind_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +124,15 @@ def run(params: config.Params, host: str, port: int) -> int:
         return 0 if stop(process) in (0, -signal.SIGTERM) else 1
 
 
+ARGUMENTS = {
+    "--host": {"default": "127.0.0.1", "help": "address to bind (%(default)s)"},
+    "--port": {"type": int, "default": 5000, "help": "port (%(default)s)"},
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
-    parser.add_argument("--port", type=int, default=5000, help="port (%(default)s)")
-    args = parser.parse_args(argv)
-    params = config.load_params_or_exit(args.params)
-    setup_logging()
-    try:
-        code = run(params, args.host, args.port)
-    except (tracking.TrackingError, ports.PortUnavailable) as error:
-        raise SystemExit(f"error: {error}") from None
-    raise SystemExit(code)
+    expected = (tracking.TrackingError, ports.PortUnavailable)
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, config.load_params_or_exit)
 
 
 if __name__ == "__main__":

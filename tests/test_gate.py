@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -20,31 +21,13 @@ import pipeline.tools.promote as promote_tool
 import pipeline.tracking.registry as registry
 from pipeline import evaluate
 from pipeline.data.files import load_arrays
-from pipeline.model.onnx_network import OnnxNetwork
+from pipeline.gate import behaviour, rule
+from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.params import config, tools
 from pipeline.runtime.processes import environment_without
-from pipeline.validation import behaviour, gate
+from pipeline.tracking import store as tracking
 
 from .support import REPO, make_mnist, tiny_params, use_store_at, with_value, write_idx_folder
-
-GATE_KEYS = {
-    "evaluate.min_test_accuracy": 1.5,
-    "evaluate.min_class_f1": -0.1,
-    "evaluate.min_gain": 0,
-    "evaluate.behaviour_images": 0,
-    "evaluate.max_shift": 9,
-    "evaluate.min_shift_agreement": "most",
-    "evaluate.noise_sigma": 0,
-    "evaluate.max_noise_drop": True,
-}
-
-
-@pytest.mark.parametrize(("key", "value"), GATE_KEYS.items())
-def test_every_threshold_refuses_a_bad_value_in_one_line(key, value):
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    with pytest.raises(config.ConfigError) as error:
-        config.parse_params(with_value(raw, key, value))
-    assert key in str(error.value) and "\n" not in str(error.value)
 
 
 def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
@@ -101,7 +84,7 @@ def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, gate.Check]:
+def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, rule.Check]:
     network = OnnxNetwork(model)
     images, labels = centred_digits(400)
     predictions = network.predict(images).argmax(axis=1)
@@ -109,7 +92,7 @@ def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, gate
         network.predict, images, labels, predictions, (2, gate_params.noise_sigma), seed=0
     )
     metrics = values | {"test_accuracy": 1.0, "test_min_class_f1": 1.0}
-    return {check.metric: check for check in gate.release_checks(metrics, gate_params)}
+    return {check.metric: check for check in rule.release_checks(metrics, gate_params)}
 
 
 def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
@@ -126,46 +109,138 @@ def test_the_verdict_names_each_failed_check_with_value_and_threshold():
     gate_params = config.load_params(REPO / "params.yaml").evaluate
     metrics = {"test_accuracy": 0.31, "test_min_class_f1": 0.02, "shift_agreement": 0.9,
                "noise_accuracy_drop": 0.01}  # fmt: skip
-    release = gate.release_checks(metrics, gate_params)
-    tags = gate.tags(release, gate.gain_check(0.98, 0.9795, gate_params.min_gain))
+    release = rule.release_checks(metrics, gate_params)
+    tags = rule.tags(release, rule.gain_check(0.98, 0.9795, gate_params.min_gain))
     assert tags["validation.status"] == "failed"
     assert tags["validation.failed"] == "test_accuracy, test_min_class_f1"
     assert tags["validation.test_accuracy"] == (
         "test accuracy floor: test_accuracy = 0.3100, needs >= 0.95: FAILED"
     )
     assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: no gain")
-    assert gate.gain_check(0.981, 0.9795, gate_params.min_gain).passed
-    unscored = gate.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
+    assert rule.gain_check(0.981, 0.9795, gate_params.min_gain).passed
+    unscored = rule.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
     assert not unscored.passed and "could not be loaded" in unscored.line()
 
 
-def decision_of(release_passed: bool, gain: gate.Check | None, version, champion, before):
+def decision_of(release_passed: bool, gain: rule.Check | None, version, champion, before):
     metrics = {"test_accuracy": 0.98 if release_passed else 0.3, "test_min_class_f1": 0.95,
                "shift_agreement": 0.9, "noise_accuracy_drop": 0.01}  # fmt: skip
     gate_params = config.load_params(REPO / "params.yaml").evaluate
-    return evaluate.Decision(gate.release_checks(metrics, gate_params), gain, version, champion,
+    return rule.Decision(rule.release_checks(metrics, gate_params), gain, version, champion,
                              before)  # fmt: skip
 
 
 def test_the_gate_gives_one_verdict_in_one_sentence():
     """No FAILED beside a pass: a gain not had is `no gain`, and the closing line says what the
     version became in the same sentence as the checks that decided it."""
-    no_gain = gate.gain_check(0.978, 0.978, 0.001)
+    no_gain = rule.gain_check(0.978, 0.978, 0.001)
     assert no_gain.outcome == "no gain" and not no_gain.failed and "FAILED" not in no_gain.line()
-    line = evaluate.verdict_line(decision_of(True, no_gain, 2, 1, 1))
+    line = decision_of(True, no_gain, 2, 1, 1).verdict_line()
     assert line == ("release checks passed; no gain over champion v1 (validation_accuracy "
                     "0.9780, needs >= champion 0.9780 + 0.001): challenger (version 2; "
                     "champion v1)")  # fmt: skip
-    gained = gate.gain_check(0.99, 0.978, 0.001)
-    assert evaluate.verdict_line(decision_of(True, gained, 3, 3, 1)).endswith(
-        "a gain over champion v1 (validation_accuracy 0.9900, needs >= champion 0.9780 + 0.001)"
-        ": champion (version 3)"
+    gained = rule.gain_check(0.99, 0.978, 0.001)
+    assert (
+        decision_of(True, gained, 3, 3, 1)
+        .verdict_line()
+        .endswith(
+            "a gain over champion v1 (validation_accuracy 0.9900, needs >= champion 0.9780 + 0.001)"
+            ": champion (version 3)"
+        )
     )
-    assert evaluate.verdict_line(decision_of(True, None, 1, 1, None)) == (
+    assert decision_of(True, None, 1, 1, None).verdict_line() == (
         "release checks passed: champion (version 1)")  # fmt: skip
-    failed = evaluate.verdict_line(decision_of(False, None, 4, 1, 1))
+    failed = decision_of(False, None, 4, 1, 1).verdict_line()
     assert failed.startswith("release checks FAILED (test_accuracy)") and "passed" not in failed
     assert failed.endswith("never champion (version 4; champion v1)")
+
+
+# --- the champion rule on a store of versions -------------------------------------------
+
+
+BEATS = rule.beats(0.001)  # as evaluate ranks: by at least evaluate.min_gain
+
+
+@pytest.mark.parametrize(
+    ("scores", "current", "expected"),
+    [
+        ({1: 0.90}, None, 1),
+        ({1: 0.90, 2: 0.95}, 1, 2),  # better model takes it
+        ({1: 0.95, 2: 0.90}, 1, 1),  # worse model never does
+        ({1: 0.95, 2: 0.95}, 1, 1),  # a tie keeps the current champion
+        ({1: 0.95, 2: 0.9505}, 1, 1),  # so does a gain below the minimum
+        ({1: 0.95, 2: 0.97, 3: 0.97}, None, 2),  # earliest of the best
+        ({1: 0.90, 2: 0.92, 3: 0.96}, 1, 3),  # the best of those that beat it
+    ],
+)
+def test_choose_champion(scores, current, expected):
+    assert rule.choose_champion(scores, current, BEATS) == expected
+
+
+def register(client: mlflow.MlflowClient, name: str) -> int:
+    """A run and a registered version pointing at it."""
+    with mlflow.start_run() as run:
+        pass
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    return int(version.version)
+
+
+def contend(client: mlflow.MlflowClient, name: str, scores: dict, score: float) -> int:
+    """A version that passed the whole gate, as evaluate tags it, with its validation score."""
+    version = register(client, name)
+    registry.tag_version(client, name, version, {rule.PASSED_AT_TAG: f"{time.time():.3f}"})
+    scores[version] = score
+    return version
+
+
+def champion(client: mlflow.MlflowClient, name: str) -> int:
+    return registry.alias_version(client, name, registry.CHAMPION)
+
+
+def test_the_champion_moves_only_for_a_gain_and_rivals_passed_meanwhile_count(params, store):
+    tracking.use_store(params.mlflow)
+    client, name, scores = mlflow.MlflowClient(), params.mlflow.registered_model, {}
+    first = contend(client, name, scores, 0.91)
+    assert rule.settle_champion(name, first, scores.get, BEATS) == first
+    worse = contend(client, name, scores, 0.85)
+    assert rule.settle_champion(name, worse, scores.get, BEATS) == first
+    better = contend(client, name, scores, 0.93)
+    assert rule.settle_champion(name, better, scores.get, BEATS) == better
+    # one evaluating at the same time passed and tagged itself, but its write of the alias
+    # came before this one's read: this evaluation compares with it too, and it is better
+    rival = contend(client, name, scores, 0.99)
+    late = contend(client, name, scores, 0.97)
+    assert rule.settle_champion(name, late, scores.get, BEATS) == rival
+    assert champion(client, name) == rival
+
+
+def test_a_champion_promoted_by_hand_is_compared_only_with_what_passed_after(params, store):
+    tracking.use_store(params.mlflow)
+    client, name, scores = mlflow.MlflowClient(), params.mlflow.registered_model, {}
+    old = contend(client, name, scores, 0.90)
+    best = contend(client, name, scores, 0.99)
+    rule.settle_champion(name, best, scores.get, BEATS)
+    assert rule.promote(name, old, "rollback", "tester", force=True) == best
+    tags = registry.version_tags(client, name, old)
+    assert tags["champion.reason"] == "rollback" and tags["champion.previous"] == str(best)
+    newer = contend(client, name, scores, 0.92)  # beats the rolled-back one, not the best
+    assert rule.settle_champion(name, newer, scores.get, BEATS) == newer
+
+
+def test_promote_refuses_a_version_without_a_passed_gate_unless_forced(params, store):
+    tracking.use_store(params.mlflow)
+    client, name = mlflow.MlflowClient(), params.mlflow.registered_model
+    failed = register(client, name)
+    registry.tag_version(client, name, failed, {rule.STATUS_TAG: "failed",
+                                                "validation.failed": "test_accuracy"})  # fmt: skip
+    with pytest.raises(rule.PromotionError, match=r"failed the gate \(test_accuracy\)"):
+        rule.promote(name, failed, "why not", "tester")
+    with pytest.raises(rule.PromotionError, match="has no version 9"):
+        rule.promote(name, 9, "why not", "tester")
+    assert rule.promote(name, failed, "on purpose", "tester", force=True) is None
+    assert champion(client, name) == failed
 
 
 # --- the gate in the tiny pipeline: train and evaluate, again and again, on one store -------
@@ -193,7 +268,7 @@ class Pipeline:
 
     def version(self, **changes: object) -> tuple[int, dict]:
         """Train and evaluate with `changes` (keys with `__` for `.`); its version and tags."""
-        from pipeline import evaluate, train
+        from pipeline import train
 
         params = self.params(**changes)
         result = train.run(params)
@@ -232,7 +307,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
 def test_the_first_version_that_passes_becomes_champion_with_its_verdict(tmp_path, monkeypatch):
     pipeline = Pipeline(tmp_path, monkeypatch)  # its own store: no champion before
     version, tags = pipeline.version()
-    assert tags["validation.status"] == "passed" and registry.PASSED_AT_TAG in tags
+    assert tags["validation.status"] == "passed" and rule.PASSED_AT_TAG in tags
     assert pipeline.alias("champion") == version
     card = (pipeline.root / "reports/model_card.md").read_text()
     assert "## Validation\n" in card and "Gate: **passed**. It became `champion`" in card

@@ -2,7 +2,7 @@
 
 Resolving `models:/name@champion` takes MLflow, whose import and first store query cost
 seconds and a hundred-odd MB that a server would otherwise carry for its whole life. So MLflow
-does it in a child process (`python -m pipeline.model.cache URI --store STORE`): it pins
+does it in a child process (`python -m pipeline.inference.cache URI --store STORE`): it pins
 an alias to its version, copies that version's files into `.serve/models/` at the repo root
 and exits. A version's files never change, so each copy is named after what it is a copy of
 (store and model) and made once.
@@ -43,6 +43,7 @@ import pipeline.params.config as config
 import pipeline.runtime.processes as processes
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def follow_command(model_uri: str, params: config.Params, seconds: float) -> lis
     every `seconds`), its files copied first: how a server follows an alias without MLflow."""
     store, cache, _ = _place(model_uri, params)
     return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache),
-            "--follow", str(seconds)]  # fmt: skip
+            "--follow-seconds", str(seconds)]  # fmt: skip
 
 
 def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
@@ -229,24 +230,27 @@ def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
         time.sleep(seconds)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="resolve and copy an MLflow model (servers)")
-    parser.add_argument("model_uri")
-    parser.add_argument("--store", required=True, help="the tracking store's URI")
-    parser.add_argument("--cache", type=Path, required=True, help="the folder of copies")
-    parser.add_argument("--follow", type=float, help="say it again whenever it moves")
-    args = parser.parse_args(argv)
-    if args.follow:
+def run(model_uri: str, store: str, cache: Path, follow_seconds: float | None = None) -> None:
+    """The child's answer to its parent (`copied`'s), as one JSON line on stdout; with
+    `follow_seconds`, again whenever it changes."""
+    if follow_seconds:
         with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-            follow(args.model_uri, args.store, args.cache, args.follow)
+            follow(model_uri, store, cache, follow_seconds)
         return
-    try:
-        answer = copied(args.model_uri, args.store, args.cache)
-    except (ModelError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
-    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
+
+
+ARGUMENTS = {
+    "model_uri": {},
+    "--store": {"required": True, "help": "the tracking store's URI"},
+    "--cache": {"type": Path, "required": True, "help": "the folder of copies"},
+    "--follow-seconds": {"type": float, "help": "say it again whenever it moves"},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    description = "resolve and copy an MLflow model (servers)"
+    cli.run_command(run, argv, description, ARGUMENTS, (ModelError, tracking.TrackingError))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 try:  # the copy logged with the model: MLflow puts the model's code folder on sys.path
     import onnx_network
 except ImportError:  # while MLflow logs the model it runs this file before that
-    from pipeline.model import onnx_network
+    from pipeline.inference import onnx_network
 
 
 class OnnxClassifier(mlflow.pyfunc.PythonModel):

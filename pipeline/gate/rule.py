@@ -1,0 +1,350 @@
+"""The champion rule: the release checks, the gain, the decision, and the aliases it moves.
+
+A version passes the release checks (floors on the test split, the behavioural checks), then
+needs a gain of `evaluate.min_gain` in validation accuracy over the champion, both scored on
+this run's validation images, to become `champion`; `make promote` moves it by hand. Every
+check is a plain comparison, judged on its own, so the verdict names every failed check.
+The verdicts are tags on the run and the version under `validation.` (a name users and their
+searches know; here it means the gate, not the split). MLflow is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+import pipeline.params.config as config
+import pipeline.tracking.registry as registry
+from pipeline.tracking.registry import CHAMPION, alias_version, tag_version, version_tags
+from pipeline.tracking.store import store_lock
+
+if TYPE_CHECKING:
+    import mlflow
+
+log = logging.getLogger(__name__)
+
+# The newest version, other than the champion, that passed the release checks: the one to
+# shadow, or to roll back to. Set again after every move of the champion (settle_challenger).
+CHALLENGER = "challenger"
+STATUS_TAG = "validation.status"  # a version's gate verdict: PASSED or FAILED
+PASSED, FAILED = "passed", "failed"
+FAILED_TAG = "validation.failed"  # the failed checks' metrics, comma-separated, or "none"
+# When a version passed the whole gate, the gain over the champion included (seconds since the
+# epoch): the versions that contend for champion. One that passed all but the gain has none.
+PASSED_AT_TAG = "validation.passed_at"
+PROMOTED_AT_TAG = "champion.promoted_at"  # when it last became champion
+GAIN = "gain"  # the check against the champion; the others are the floors and behaviour
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of the gate: the metric it reads, its value, the rule, the outcome."""
+
+    name: str
+    metric: str
+    value: float
+    rule: str  # ">= 0.95", "<= 0.15", ">= champion 0.9812 + 0.001"
+    passed: bool
+
+    @property
+    def outcome(self) -> str:
+        """A release check passes or FAILS; the gain is had or not, which fails nothing: a
+        version without it is still a valid model (the challenger)."""
+        if self.name == GAIN:
+            return "gain" if self.passed else "no gain"
+        return "passed" if self.passed else "FAILED"
+
+    @property
+    def failed(self) -> bool:
+        """A release check that did not pass (no gain is not a failure)."""
+        return not self.passed and self.name != GAIN
+
+    def line(self) -> str:
+        return f"{self.name}: {self.metric} = {self.value:.4f}, needs {self.rule}: {self.outcome}"
+
+
+def release_checks(metrics: dict[str, float], gate: config.EvaluateParams) -> list[Check]:
+    """The floors (test accuracy, the worst class's F1) and the behavioural checks."""
+    floors = [
+        ("test accuracy floor", "test_accuracy", gate.min_test_accuracy),
+        ("class F1 floor", "test_min_class_f1", gate.min_class_f1),
+        ("shift invariance", "shift_agreement", gate.min_shift_agreement),
+    ]
+    checks = [Check(n, m, metrics[m], f">= {t:g}", bool(metrics[m] >= t)) for n, m, t in floors]
+    drop, most = metrics["noise_accuracy_drop"], gate.max_noise_drop  # lower is better
+    noise = Check("noise robustness", "noise_accuracy_drop", drop, f"<= {most:g}", drop <= most)
+    return [*checks, noise]
+
+
+def gain_check(candidate: float, champion: float, min_gain: float) -> Check:
+    """Validation accuracy over the champion's, both on the same images, by at least min_gain.
+    A champion that could not be scored (-inf) is not beaten: no paired comparison, no move."""
+    if champion == float("-inf"):
+        rule = "a champion scored on the same images (it could not be loaded)"
+        return Check(GAIN, "validation_accuracy", candidate, rule, passed=False)
+    rule = f">= champion {champion:.4f} + {min_gain:g}"
+    passed = bool(candidate >= champion + min_gain)
+    return Check(GAIN, "validation_accuracy", candidate, rule, passed)
+
+
+def beats(min_gain: float) -> Callable[[float, float], bool]:
+    """The gain check as a rule for ranking versions: (a score, the champion's) → passed?"""
+    return lambda score, champion: gain_check(score, champion, min_gain).passed
+
+
+def status(checks: list[Check]) -> str:
+    return PASSED if all(check.passed for check in checks) else FAILED
+
+
+def tags(release: list[Check], gain: Check | None) -> dict[str, str]:
+    """The verdict as tags for the run and the model version: the status of the release checks,
+    each check's line under `validation.<metric>`, the gain's outcome where there was one."""
+    failed = [check.metric for check in release if not check.passed]
+    values = {STATUS_TAG: status(release), FAILED_TAG: ", ".join(failed) or "none"}
+    values |= {f"validation.{check.metric}": check.line() for check in release}
+    if gain is not None:
+        values[f"validation.{GAIN}"] = gain.line()
+    return values
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict on this model and what became of the aliases."""
+
+    release: list[Check]  # floors and behavioural checks
+    gain: Check | None  # against the champion before; None when there was none
+    version: int | None  # the registered version (None: `registration: better` and not good)
+    champion: int | None  # the champion afterwards
+    champion_before: int | None
+
+    @property
+    def status(self) -> str:
+        return status(self.release)
+
+    @property
+    def checks(self) -> list[Check]:
+        """Every check judged: the release checks, then the gain where there was one."""
+        return self.release + ([self.gain] if self.gain else [])
+
+    def became(self) -> str:
+        """One sentence on what the verdict did to the aliases (for the model card)."""
+        before = "none" if self.champion_before is None else f"version {self.champion_before}"
+        if self.version is None:
+            return f"Not registered (`mlflow.registration: better`); the champion stays {before}."
+        if self.status == FAILED:
+            return f"Never champion: it failed a release check; the champion stays {before}."
+        if self.champion == self.version:
+            return f"It became `{CHAMPION}` (before: {before})."
+        return (
+            f"It passed the release checks but had no gain: `{CHALLENGER}`; the champion "
+            f"is version {self.champion}."
+        )
+
+    def verdict_line(self) -> str:
+        """The verdict as one sentence: the release checks, the gain, what it became."""
+        if self.status == FAILED:
+            failed = ", ".join(check.metric for check in self.release if check.failed)
+            head = f"release checks FAILED ({failed})"
+        else:
+            head = "release checks passed"
+        if self.gain is not None:
+            had, gain = "a gain" if self.gain.passed else "no gain", self.gain
+            over = f"champion v{self.champion_before}"
+            head += f"; {had} over {over} ({gain.metric} {gain.value:.4f}, needs {gain.rule})"
+        elif self.status == PASSED and self.champion_before is not None:
+            head += f"; it is champion v{self.champion_before} already: no gain to have"
+        if self.version is None:
+            return head + ": not registered (mlflow.registration: better)"
+        if self.champion == self.version:
+            return head + f": champion (version {self.version})"
+        became = "never champion" if self.status == FAILED else CHALLENGER
+        return head + f": {became} (version {self.version}; champion v{self.champion})"
+
+
+def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
+    """A registered version's accuracy on this run's validation images, its ONNX model loaded
+    through MLflow as the candidate's was; -inf for one that cannot be loaded (its artifacts
+    gone, or kept by another server): it can neither stay champion nor become it."""
+    import mlflow
+
+    uri = f"models:/{name}/{version}"
+    try:
+        probabilities = registry.load_model(uri)(val["x"])
+    except mlflow.exceptions.MlflowException as error:
+        log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
+        return float("-inf")
+    score = float((probabilities.argmax(axis=1) == val["y"]).mean())
+    log.info("version %d: validation accuracy %.4f on this run's images", version, score)
+    return score
+
+
+def decide(
+    run_info: dict, metrics: dict[str, float], val: dict[str, np.ndarray], params: config.Params
+) -> Decision:
+    """Judge the model in train's active run, register it if `registration: better` and it
+    passed the whole gate, tag the run and version with the verdict, move the aliases it
+    earned. `val` holds this run's validation images ("x") and labels ("y")."""
+    import mlflow
+
+    name, gate = params.mlflow.registered_model, params.evaluate
+    client = mlflow.MlflowClient()
+    registered = run_info["registered_version"]  # a string from a tracking server
+    version = None if registered is None else int(registered)
+    release = release_checks(metrics, gate)
+    before = alias_version(client, name, CHAMPION)
+    scores: dict[int, float] = {}  # each version scored once
+
+    def scorer(version: int) -> float:
+        if version not in scores:
+            scores[version] = version_score(name, val, version)
+        return scores[version]
+
+    gain = None  # none to gain over: no champion yet, or this model is it (judged again)
+    if status(release) == PASSED and before not in (None, version):
+        gain = gain_check(metrics["validation_accuracy"], scorer(before), gate.min_gain)
+        if scorer(before) > float("-inf"):
+            mlflow.log_metric("champion_validation_accuracy", scorer(before))
+    contends = status(release) == PASSED and (gain is None or gain.passed)
+    if params.mlflow.registration == "better":  # train logged the model, unregistered
+        version = registry.register(name, run_info["model_uri"]) if contends else None
+    verdict = tags(release, gain)
+    mlflow.set_tags(verdict | {"validation.version": str(version or "not registered")})
+    if version is None:
+        return Decision(release, gain, None, before, before)
+    passed_at = {PASSED_AT_TAG: f"{time.time():.3f}"} if contends else {}
+    tag_version(client, name, version, verdict | passed_at)
+    champion = before
+    if contends:
+        scores[version] = metrics["validation_accuracy"]
+        champion = settle_champion(name, version, scorer, beats(gate.min_gain))
+    settle_challenger(client, name)
+    return Decision(release, gain, version, champion, before)
+
+
+# --- the aliases ---------------------------------------------------------------------------
+
+
+def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: int) -> None:
+    client.set_registered_model_alias(name, alias, str(version))
+    if alias == CHAMPION:
+        tag_version(client, name, version, {PROMOTED_AT_TAG: f"{time.time():.3f}"})
+
+
+def passed_since(client: mlflow.MlflowClient, name: str, since: float) -> set[int]:
+    """Versions that passed the whole gate at or after `since`: the ones a concurrent
+    evaluation may have promoted while this one compared with an older champion."""
+    found = set()
+    for version in client.search_model_versions(f"name='{name}'"):
+        passed_at = (version.tags or {}).get(PASSED_AT_TAG)
+        if passed_at is not None and float(passed_at) >= since:
+            found.add(int(version.version))
+    return found
+
+
+Beats = Callable[[float, float], bool]  # (a score, the champion's) → does it beat the champion?
+
+
+def choose_champion(scores: dict[int, float], current: int | None, beats: Beats) -> int:
+    """The champion among scored versions: the current one unless another beats it, else the
+    best of those that do (the lowest version on a tie)."""
+    if current in scores:
+        scores = {v: s for v, s in scores.items() if v == current or beats(s, scores[current])}
+    best = max(scores.values())
+    if current in scores and scores[current] >= best:
+        return current
+    return min(version for version, score in scores.items() if score == best)
+
+
+def settle_champion(
+    name: str, candidate: int, score: Callable[[int], float], beats: Beats, max_rounds: int = 20
+) -> int:
+    """Make `candidate` (which passed the release checks) champion if it beats the champion on
+    `score` (this run's validation images); the champion's version afterwards.
+
+    A local SQLite store is locked meanwhile. A server is shared by processes on any machine:
+    another evaluation may move the alias between this one's read and its write. So after
+    writing, the alias and the versions that passed since the champion first read was promoted
+    are read again, each scored on this run's images too, and the choice made again until
+    nothing new came in: whichever evaluation writes last has compared every rival before it.
+    A champion promoted by hand is compared only with versions that passed after it was.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    with store_lock():
+        first = alias_version(client, name, CHAMPION)
+        tags = {} if first is None else version_tags(client, name, first)
+        since = float(tags.get(PROMOTED_AT_TAG, 0))
+        seen: set[int] = set()
+        for _ in range(max_rounds):
+            current = alias_version(client, name, CHAMPION)
+            rivals = passed_since(client, name, since) | {candidate}
+            rivals |= set() if current is None else {current}
+            champion = choose_champion({v: score(v) for v in rivals}, current, beats)
+            if champion != current:
+                set_alias(client, name, CHAMPION, champion)
+                log.info("%s@%s is now version %d", name, CHAMPION, champion)
+            if rivals == seen and alias_version(client, name, CHAMPION) == champion:
+                break
+            seen = rivals
+    return champion
+
+
+def settle_challenger(client: mlflow.MlflowClient, name: str) -> int | None:
+    """Point `challenger` at the newest version that passed the release checks and is not the
+    champion, or at none; the version it points at. Called after the champion moves, by the
+    gate or by hand, so the alias keeps its one meaning through promotions and rollbacks."""
+    champion = alias_version(client, name, CHAMPION)
+    passed = [
+        int(version.version)
+        for version in client.search_model_versions(f"name='{name}'")
+        if (version.tags or {}).get(STATUS_TAG) == PASSED and int(version.version) != champion
+    ]
+    newest = max(passed, default=None)
+    current = alias_version(client, name, CHALLENGER)
+    if newest == current:
+        return current
+    if newest is None:
+        client.delete_registered_model_alias(name, CHALLENGER)
+        log.info("%s@%s points at no version now", name, CHALLENGER)
+    else:
+        set_alias(client, name, CHALLENGER, newest)
+        log.info("%s@%s is now version %d", name, CHALLENGER, newest)
+    return newest
+
+
+class PromotionError(Exception):
+    """`make promote` cannot move the alias as asked; the message says why."""
+
+
+def promote(name: str, version: int, reason: str, who: str, force: bool = False) -> int | None:
+    """Point `champion` at `version` by hand (a rollback too), recording who, why and what it
+    replaced as version tags; the champion before. A version that did not pass the gate is
+    refused unless `force`."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        tags = version_tags(client, name, version)
+    except mlflow.exceptions.MlflowException:
+        raise PromotionError(f"{name} has no version {version}") from None
+    verdict = tags.get(STATUS_TAG, "no verdict")
+    if verdict != PASSED and not force:
+        failed = tags.get(FAILED_TAG)
+        raise PromotionError(
+            f"version {version} {verdict if verdict == 'no verdict' else 'failed the gate'}"
+            + (f" ({failed})" if failed and verdict == FAILED else "")
+            + ": give FORCE=1 to promote it anyway"
+        )
+    with store_lock():
+        before = alias_version(client, name, CHAMPION)
+        set_alias(client, name, CHAMPION, version)
+        record = {"by": who, "reason": reason, "previous": before or "none", "forced": force}
+        tag_version(client, name, version, {f"champion.{k}": v for k, v in record.items()})
+        settle_challenger(client, name)
+    return before
