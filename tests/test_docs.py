@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .support import REPO
 
@@ -71,3 +72,96 @@ def test_the_docs_path_check_finds_a_missing_module(tmp_path):
     assert sorted(name for name in named_code(page) if not exists(name)) == [
         "pipeline.nowhere", "pipeline/shared/config.py",
     ]  # fmt: skip
+
+
+# What a page tells a user to type: the params keys (`serve.max_image_pixels`, `-S
+# train.learning_rate=5e-4`, `model.*`, `evaluate:` in `params.yaml`), the make targets and the
+# modules run with `python -m`. Each must exist, or the page sends the user to an error.
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+TARGETS = set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M))
+PYTHON_BLOCK = re.compile(r"```python\n.*?```", flags=re.S)  # Python's dotted names are not keys
+FENCED_BLOCK = re.compile(r"```.*?```", flags=re.S)
+INLINE_CODE = re.compile(r"`([^`]+)`")
+# A section's name, then `.key`s, or `.*`; not a call (`mlflow.get_run(`), nor part of a path.
+PARAMS_KEY = re.compile(
+    rf"(?<![\w/.$-])(?:{'|'.join(map(re.escape, PARAMS))})(?:\.\w+)*\.(?:\w+|\*)(?![\w(*]|\.[\w*])"
+)
+SECTION = re.compile(r"`(\w+):` in\s+`params\.yaml`")
+FILE_SUFFIXES = {"csv", "db", "json", "keras", "log", "md", "npz", "onnx", "png", "py", "yml"}
+# Names in a section's namespace that are something else: run tags, Keras's and MLflow's API.
+NOT_PARAMS = {"data.train_sha256", "model.weights_sha256", "model.unrolled", "model.fit",
+              "mlflow.tensorflow.load_model", "mlflow.pyfunc.load_model"}  # fmt: skip
+MAKE_TARGET = re.compile(r"(?<![\w-])make\s+([a-z][\w-]*)")
+PYTHON_MODULE = re.compile(r"python -m\s+([\w.<>]+)")
+
+
+def named_params(text: str) -> list[str]:
+    text = PYTHON_BLOCK.sub("", text)
+    keys = [key for key in PARAMS_KEY.findall(text)
+            if key.rsplit(".", 1)[1] not in FILE_SUFFIXES and key not in NOT_PARAMS]  # fmt: skip
+    return keys + [section + ".*" for section in SECTION.findall(text)]
+
+
+def is_param(key: str) -> bool:
+    """`train.learning_rate`, `model.*` (a section), `tune.space`: a key of params.yaml."""
+    value = PARAMS
+    for part in key.removesuffix(".*").split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return not key.endswith(".*") or isinstance(value, dict)
+
+
+def named_targets(text: str) -> list[str]:
+    """`make serve PORT=5011` in inline code or a code block → serve."""
+    code = FENCED_BLOCK.findall(text) + INLINE_CODE.findall(FENCED_BLOCK.sub("", text))
+    return [target for snippet in code for target in MAKE_TARGET.findall(snippet)]
+
+
+def run_modules(text: str) -> list[str]:
+    """`python -m pipeline.search.tune` → pipeline.search.tune; only modules of this repo
+    (not `pytest`), and not a placeholder (`pipeline.<stage>`)."""
+    names = [name.rstrip(".") for name in PYTHON_MODULE.findall(text)]
+    return [name for name in names
+            if "<" not in name and (REPO / name.split(".")[0]).is_dir()]  # fmt: skip
+
+
+def runnable(module: str) -> bool:
+    path = REPO.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_params_key_a_page_names_is_in_params_yaml(page):
+    missing = sorted({key for key in named_params(page.read_text()) if not is_param(key)})
+    assert not missing, f"{page.name} names {missing}, not in params.yaml"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_make_target_a_page_names_is_in_the_makefile(page):
+    missing = sorted(set(named_targets(page.read_text())) - TARGETS)
+    assert not missing, f"{page.name} names make {missing}, not in the Makefile"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_module_a_page_runs_with_python_m_exists(page):
+    missing = sorted({name for name in run_modules(page.read_text()) if not runnable(name)})
+    assert not missing, f"{page.name} runs python -m {missing}: no such module"
+
+
+def test_the_names_taken_for_something_else_are_not_params():
+    assert not [name for name in NOT_PARAMS if is_param(name)]
+
+
+def test_the_checks_find_a_wrong_key_target_and_module():
+    text = (
+        "Set `serve.max_pixels` or `dvc exp run -S train.rate=0.1`, and `report.output_dir`;\n"
+        "`mlflow.db`, `mlflow.get_run(id)`; `nowhere:` in `params.yaml`.\n"
+        "```bash\nmake serve PORT=5011\nmake deploy\npython -m pipeline.nowhere\n```\n"
+        "Run `make\nui`, then `.venv/bin/python -m pipeline.search.tune` or `python -m pytest`.\n"
+    )
+    assert [key for key in named_params(text) if not is_param(key)] == [
+        "serve.max_pixels", "train.rate", "nowhere.*",
+    ]  # fmt: skip
+    assert set(named_targets(text)) - TARGETS == {"deploy"}
+    assert [name for name in run_modules(text) if not runnable(name)] == ["pipeline.nowhere"]

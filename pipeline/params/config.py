@@ -169,7 +169,8 @@ class MlflowParams(Section):
     tracking_db: Name
     artifacts_dir: Name
     # always: every trained model becomes a registered version (train registers it);
-    # better: only one whose test score beats the champion's (evaluate registers it): searches
+    # better: only one that passes the whole gate, gain over the champion included (evaluate
+    # registers it): searches
     registration: Literal["always", "better"]
     system_metrics: StrictBool  # MLflow's CPU, memory, disk (and GPU) charts on training runs
 
