@@ -33,6 +33,7 @@ import pipeline.tracking.store as tracking
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 from pipeline.gate import behaviour as checks
 from pipeline.gate import rule
+from pipeline.inference import integrity
 from pipeline.monitoring.reference import log_reference, reference_records, write_reference
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def run(params: config.Params) -> dict[str, float]:
     tracking.use_store(params.mlflow)
     tracking.require_run(run_info["run_id"], run_info.get("tracking_uri"), params.paths.run_info)
     test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
-    results = measure(registry.load_model(run_info["model_uri"]), test, val, params)
+    results = measure(registry.load_model(run_info["model_uri"], run_info.get("onnx_sha256")),
+                      test, val, params)  # fmt: skip
     metrics = results.metrics
     log.info(
         "validation accuracy %.4f; test accuracy %.4f, loss %.4f",
@@ -215,7 +217,7 @@ def run(params: config.Params) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage.run_stage(run, argv, __doc__, expected=(tracking.TrackingError,))
+    stage.run_stage(run, argv, __doc__, expected=(tracking.TrackingError, integrity.ModelError))
 
 
 if __name__ == "__main__":

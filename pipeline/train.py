@@ -13,6 +13,7 @@ import pandas as pd
 import pipeline.params.config as config
 import pipeline.runtime.cli as stage
 import pipeline.tracking.lineage as lineage
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 import pipeline.training.cluster as cluster
 import pipeline.training.onnx_export as onnx_export
@@ -25,7 +26,7 @@ from pipeline.data.files import (
     write_csv,
     write_json,
 )
-from pipeline.inference import onnx_network
+from pipeline.inference import integrity, onnx_network
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
     mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
     return {
         "onnx.largest_difference": f"{difference:.3g}",
+        integrity.HASH_TAG: sha256_file(params.paths.onnx_model),  # what every load checks
         lineage.WEIGHTS_TAG: lineage.weights_sha256(model.get_weights()),
     }
 
@@ -224,14 +226,21 @@ def run(params: config.Params) -> TrainResult | None:
         table = history.table()
         write_csv(table, params.paths.history)
         mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
-        mlflow.set_tags(save_models(model, val, params))
+        model_tags = save_models(model, val, params)
+        mlflow.set_tags(model_tags)
         info = log_model(model, params.paths.onnx_model, val["x"][:3], params)
+        onnx_sha256 = model_tags[integrity.HASH_TAG]
+        if info.registered_model_version is not None:  # registration `always`
+            registry.tag_version(mlflow.MlflowClient(), params.mlflow.registered_model,
+                                 int(info.registered_model_version),
+                                 {integrity.HASH_TAG: onnx_sha256})  # fmt: skip
         run_info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
             "model_uri": info.model_uri,
             "registered_model": params.mlflow.registered_model,
             "registered_version": info.registered_model_version,
+            "onnx_sha256": onnx_sha256,  # the file logged: evaluate checks it before loading
             "tracking_uri": tracking.shown(mlflow.get_tracking_uri()),  # the store it lives in
         }
         write_json(params.paths.run_info, run_info)

@@ -166,6 +166,17 @@ def copy_store(database: Path, copy: Path) -> Path:
     return copy
 
 
+def own_store(trained, folder: Path):
+    """A copy of the trained pipeline's store in `folder` (its artifacts stay where they are),
+    made MLflow's current store: what a test changes there leaves the shared fixture alone."""
+    import mlflow
+
+    store = f"sqlite:///{copy_store(trained.root / 'mlflow.db', folder / 'mlflow.db')}"
+    mlflow.set_tracking_uri(store)  # create_model_version looks the logged model up there
+    mlflow.set_registry_uri(store)
+    return mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

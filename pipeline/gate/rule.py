@@ -20,6 +20,7 @@ import numpy as np
 
 import pipeline.params.config as config
 import pipeline.tracking.registry as registry
+from pipeline.inference.integrity import HASH_TAG, ModelError
 from pipeline.tracking.registry import CHAMPION, alias_version, tag_version, version_tags
 from pipeline.tracking.store import store_lock
 
@@ -174,8 +175,9 @@ def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
 
     uri = f"models:/{name}/{version}"
     try:
-        probabilities = registry.load_model(uri)(val["x"])
-    except mlflow.exceptions.MlflowException as error:
+        registered = mlflow.MlflowClient().get_model_version(name, str(version))
+        probabilities = registry.load_model(uri, registered.tags.get(HASH_TAG))(val["x"])
+    except (mlflow.exceptions.MlflowException, ModelError) as error:
         log.warning("cannot score %s: %s", uri, str(error).splitlines()[0])
         return float("-inf")
     score = float((probabilities.argmax(axis=1) == val["y"]).mean())
@@ -211,7 +213,8 @@ def decide(
             mlflow.log_metric("champion_validation_accuracy", scorer(before))
     contends = status(release) == PASSED and (gain is None or gain.passed)
     if params.mlflow.registration == "better":  # train logged the model, unregistered
-        version = registry.register(name, run_info["model_uri"]) if contends else None
+        onnx_sha256 = run_info.get("onnx_sha256")
+        version = registry.register(name, run_info["model_uri"], onnx_sha256) if contends else None
     verdict = tags(release, gain)
     mlflow.set_tags(verdict | {"validation.version": str(version or "not registered")})
     if version is None:

@@ -43,16 +43,13 @@ import pipeline.params.config as config
 import pipeline.runtime.processes as processes
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+from pipeline.inference.integrity import HASH_TAG, ModelError, onnx_file, verify
 from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".serve"  # at the repo root; git- and DVC-ignored
 ANSWERS = "resolved.json"  # model URI and store → the local folder, with the store's state
-
-
-class ModelError(Exception):
-    """The model cannot be found or loaded; the message names it."""
 
 
 def store_state(store: str) -> list[list[int]] | None:
@@ -102,11 +99,12 @@ def local_folder(model_uri: str, params: config.Params) -> Path:
     return resolve(model_uri, params)[1]
 
 
-def resolve(model_uri: str, params: config.Params) -> tuple[str, Path]:
-    """What `model_uri` names (`models:/name/<version>` for an alias, else itself) and the
-    local folder of its files; a local path as it is."""
+def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
+    """What `model_uri` names (`models:/name/<version>` for an alias, else itself), the local
+    folder of its files and the sha256 its ONNX file was registered with ("" if none); a local
+    path as it is."""
     if Path(model_uri).exists():
-        return model_uri, Path(model_uri)
+        return model_uri, Path(model_uri), ""
     store, cache, key = _place(model_uri, params)
     settle(store)
     state = store_state(store)  # before MLflow is asked: a write after it changes the state
@@ -114,12 +112,12 @@ def resolve(model_uri: str, params: config.Params) -> tuple[str, Path]:
     if state is not None and remembered and remembered["state"] == state:
         if Path(remembered["path"]).is_dir():
             log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
-            return remembered["pinned"], Path(remembered["path"])
+            return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
     answer = _resolve_in_child(model_uri, store, cache)
     if state is not None:
         _remember(cache, key, answer | {"state": state})
     log.info("%s is %s", model_uri, answer["pinned"])
-    return answer["pinned"], Path(answer["path"])
+    return answer["pinned"], Path(answer["path"]), answer["sha256"]
 
 
 def prepare(model_uri: str, params: config.Params) -> None:
@@ -169,9 +167,10 @@ def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
 # --- the child: MLflow resolves and copies ---------------------------------------------------
 
 
-def pinned(model_uri: str) -> tuple[str, str]:
+def pinned(model_uri: str) -> tuple[str, str, str]:
     """(`models:/name/<version>` for an alias, else the URI as given; what its files are a copy
-    of: the version's source, which a deleted and re-created model does not share)."""
+    of: the version's source, which a deleted and re-created model does not share; the sha256
+    its ONNX file was registered with, "" when none was)."""
     import mlflow
 
     try:
@@ -179,8 +178,9 @@ def pinned(model_uri: str) -> tuple[str, str]:
     except mlflow.exceptions.MlflowException as error:
         raise ModelError(f"cannot load model {model_uri}: {str(error).splitlines()[0]}") from None
     if version is None:  # a run's or a logged model's URI (models:/m-<id>): already unique
-        return model_uri, model_uri
-    return f"models:/{version.name}/{version.version}", f"{version.source} {version.run_id}"
+        return model_uri, model_uri, ""
+    identity = f"{version.source} {version.run_id}"
+    return f"models:/{version.name}/{version.version}", identity, version.tags.get(HASH_TAG, "")
 
 
 def copied(model_uri: str, store: str, cache: Path) -> dict:
@@ -188,7 +188,7 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
     import mlflow
 
     tracking.connect_to(store)
-    pinned_uri, identity = pinned(model_uri)
+    pinned_uri, identity, sha256 = pinned(model_uri)
     folder = cache / "models" / hashlib.sha256(f"{store} {identity}".encode()).hexdigest()[:20]
     if not (folder / "MLmodel").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,8 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
                 raise ModelError(f"cannot load model {pinned_uri}: {message}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return {"pinned": pinned_uri, "path": str(folder)}
+    verify(pinned_uri, onnx_file(str(folder)), sha256)
+    return {"pinned": pinned_uri, "path": str(folder), "sha256": sha256}
 
 
 def follow_command(model_uri: str, params: config.Params, seconds: float) -> list[str]:

@@ -54,7 +54,7 @@ async def follow(
                 continue
             problem = None
             if answer["pinned"] != current:
-                await move(Served(served.model, answer["pinned"], answer["path"]))
+                await move(Served(served.model, answer["pinned"], answer["path"], answer["sha256"]))
                 current = answer["pinned"]
     finally:
         if child.returncode is None:

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 import pipeline.params.config as config
 from pipeline.inference import cache as model_cache
-from pipeline.inference.cache import ModelError
-from pipeline.inference.onnx_network import ONNX_ARTIFACT, InputError, OnnxNetwork
+from pipeline.inference.integrity import ModelError, onnx_file, verify
+from pipeline.inference.onnx_network import InputError, OnnxNetwork
 from pipeline.tracking import registry
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ class Served:
     model: str  # as asked: models:/mnist-lstm@champion, a model folder, an .onnx file
     pinned: str  # the version an alias named (models:/mnist-lstm/3); else as asked
     path: str  # the local model folder, or the .onnx file
+    sha256: str = ""  # its ONNX file's, as registered ("": none recorded, or a file)
 
 
 def default_uri(params: config.Params) -> str:
@@ -62,8 +62,8 @@ def locate(model: str | Served, params: config.Params) -> Served:
         return Served(model, model, model)
     if not urllib.parse.urlparse(model).scheme and not Path(model).exists():
         raise ModelError(missing_path(model))
-    pinned, folder = model_cache.resolve(model, params)
-    return Served(model, pinned, str(folder))
+    pinned, folder, sha256 = model_cache.resolve(model, params)
+    return Served(model, pinned, str(folder), sha256)
 
 
 def missing_path(model: str) -> str:
@@ -80,29 +80,12 @@ def missing_path(model: str) -> str:
     )
 
 
-def onnx_file(model: str) -> Path:
-    """The ONNX network of an `.onnx` path or of a local MLflow model folder."""
-    path = Path(model)
-    if path.suffix == ".onnx":
-        if not path.is_file():
-            raise ModelError(f"cannot load model {model}: no such file")
-        return path
-    try:
-        flavor = yaml.safe_load((path / "MLmodel").read_text())["flavors"]["python_function"]
-        relative = flavor["artifacts"][ONNX_ARTIFACT]["path"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise ModelError(
-            f"cannot load model {model}: not an ONNX model of this project (its MLmodel names "
-            f"no `{ONNX_ARTIFACT}` artifact); serve other MLflow models with `mlflow models serve`"
-        ) from None
-    return path / relative
-
-
 def load(model: str | Served, params: config.Params) -> Predict:
     """An `.onnx` file, a local MLflow model folder or any MLflow model URI, as one function
     of a batch of images (InputError for input it refuses)."""
     served = locate(model, params)
     path = onnx_file(served.path)
+    verify(served.pinned, path, served.sha256)
     try:
         network = OnnxNetwork(path)
     except Exception as error:  # ONNX Runtime raises its own exception types for a bad file

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.inference import integrity
 from pipeline.tracking.store import server_lost_as_error
 
 if TYPE_CHECKING:
@@ -60,22 +62,27 @@ def tag_version(client: mlflow.MlflowClient, name: str, version: int, tags: dict
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
-def register(name: str, model_uri: str) -> int:
-    """A logged model as a new version of `name` (for `registration: better`, once it passed)."""
+def register(name: str, model_uri: str, onnx_sha256: str | None) -> int:
+    """A logged model as a new version of `name` (for `registration: better`, once it passed),
+    tagged with its ONNX file's sha256 as train logged it."""
     import mlflow
 
-    version = int(mlflow.register_model(model_uri, name).version)
+    tags = {integrity.HASH_TAG: onnx_sha256} if onnx_sha256 else None
+    version = int(mlflow.register_model(model_uri, name, tags=tags).version)
     log.info("registered %s version %d", name, version)
     return version
 
 
-def load_model(model_uri: str) -> Callable[[np.ndarray], np.ndarray]:
+def load_model(model_uri: str, onnx_sha256: str | None) -> Callable[[np.ndarray], np.ndarray]:
     """A logged model or a registered version, loaded through MLflow's pyfunc, as a function of
-    images → class probabilities."""
+    images → class probabilities; its ONNX file checked against `onnx_sha256` first (None:
+    none was recorded) and refused (ModelError) if it differs, before any of its code runs."""
     import mlflow
 
-    with server_lost_as_error():
+    with server_lost_as_error(), tempfile.TemporaryDirectory(prefix="model-") as folder:
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+        integrity.verify(model_uri, integrity.onnx_file(local), onnx_sha256)
         # No requirements check: train logged them from this same environment, and MLflow's
         # check maps every installed distribution to its modules first, which takes seconds.
-        model = mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+        model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
     return lambda images: np.asarray(model.predict(images))
