@@ -119,6 +119,9 @@ plots: install  ## dvc plots show with Vega inlined, so the charts render offlin
 
 bench: install  ## benchmarks/RESULTS.md, each section stamped with its machine (ONLY="serving sweeps": some)
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		echo "no wrk (apt-get install wrk): the serving section cannot run"
 	dvc repro
 	python -m benchmarks.bench $(if $(ONLY),--only $(ONLY))
 

@@ -1,13 +1,15 @@
-"""Serving the registered ONNX model as users do: `mlflow.pyfunc.load_model`, `make serve`, and
-MLflow's scoring server on the same model; and what the prediction log costs `make serve`.
+"""Serving the registered ONNX model as users do: in-process (`mlflow.pyfunc.load_model`), and
+over HTTP `make serve`, MLflow's scoring server on the same model and, with SERVING_BASE=<rev>
+in the environment, `make serve` as that revision had it (with its HTTP stack: no httptools,
+no uvloop, which it did not install).
 
-`measure()` runs `python -m benchmarks.serving` in a scratch copy `dvc repro` reproduced, so that
-the champion is the model this code logs and nothing loaded before shares its thread pools. There:
-in-process, cold start (process start to the first prediction), memory, one image p50/p99 and
-batches of 1,000; then, for 1 and 2 workers, `make serve` and MLflow's server (mlflow_server.py)
-up at once: start to the first answer (`make serve`'s copy of the model made afresh; again at a
-restart), one image per request on one connection, load tests at each concurrency, memory, the
-servers' turns alternating. Last, `make serve` with the prediction log on and off, the same way.
+`measure()` runs `python -m benchmarks.serving` in a scratch copy `dvc repro` reproduced. There:
+the in-process cold start and timings; then, for 1 and 2 workers, every server up at once, each
+started to its first answer, and loaded by wrk (a C load generator, keep-alive connections) with
+one image per request at concurrency 1, 8 and 64: JSON on /invocations, and binary tensors on
+the Open Inference Protocol for `make serve`; the servers' turns alternate and the prediction log
+is on, as by default. Last, `make serve` (1 worker) offered far more than it admits: connections
+4× `serve.max_pending`, so that most requests find it full.
 """
 
 import argparse
@@ -16,288 +18,268 @@ import contextlib
 import http.client
 import io
 import json
-import shutil
-import sqlite3
+import os
 import subprocess
 import sys
+import tarfile
 import tempfile
-import threading
 import time
 import timeit
 from pathlib import Path
 
 import numpy as np
 import psutil
-import yaml
 
 from benchmarks import markdown
-from benchmarks.scratch import free_port, scratch_repo
-from pipeline.inference import cache as model_cache
+from benchmarks.scratch import free_port, git, scratch_repo
 from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
 
 REPO = Path(__file__).resolve().parents[1]
-SERVERS = {"make serve": "pipeline.serving.serve",
-           "MLflow's scoring server": "benchmarks.mlflow_server"}  # fmt: skip
-BLOCKS = 6  # one-image requests go in this many blocks, the servers' order alternating
+CONCURRENCY, SECONDS = (1, 8, 64), 4
+MLFLOW = "MLflow's scoring server"
+SERVERS = {"make serve": "pipeline.serving.serve", MLFLOW: "benchmarks.mlflow_server"}
+BEFORE = "make serve before"  # the SERVING_BASE revision's
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = io.open("{body}", "rb"):read("*all")
+{headers}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{{"requests": %d, "non_2xx": %d, "failed": %d, "seconds": %f, '
+    .. '"p50_ms": %f, "p99_ms": %f}}\\n', summary.requests, e.status,
+    e.connect + e.read + e.write + e.timeout, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
 
 
-def percentiles(milliseconds: list[float]) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(milliseconds, 50)),
-            "p99_ms": float(np.percentile(milliseconds, 99))}  # fmt: skip
-
-
-def in_process(params: tools.ToolParams, model_uri: str, images: np.ndarray, repeats: int) -> dict:
-    """Load the model in this process, which nothing else ran in before; its first prediction
-    (cold start: from the process's start), memory then, then steady-state timings."""
+def in_process(params: tools.ToolParams, model_uri: str, images: np.ndarray) -> dict:
+    """Load the model in this process, which nothing else ran in before: its first prediction
+    (from the process's start), memory then, one image and batches of 1,000 after."""
     import mlflow
 
     from pipeline.tracking import store as tracking
 
     tracking.connect(params.mlflow, REPO)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         model = mlflow.pyfunc.load_model(model_uri)
         model.predict(images[:1])
-        cold_start_s = time.time() - psutil.Process().create_time()
-        memory = {"rss_mib": psutil.Process().memory_info().rss / 2**20}
-        single = timeit.repeat(lambda: model.predict(images[:1]), repeat=repeats + 20, number=1)
-        bulk = timeit.repeat(lambda: model.predict(images), repeat=12, number=1)
-    return percentiles([seconds * 1000 for seconds in single[20:]]) | {  # after a warm-up
-        "cold_start_s": cold_start_s, "memory_at_first_prediction": memory,
-        "batch1000_images_per_s": 1000 / float(np.median(bulk[2:])),
-        "printed_chars": len(printed.getvalue()), "tensorflow_loaded": "tensorflow" in sys.modules,
-    }  # fmt: skip
-
-
-def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
-    started = time.perf_counter()
-    connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    response.read()
-    return response.status, (time.perf_counter() - started) * 1000
+    cold_start_s = time.time() - psutil.Process().create_time()
+    rss_mib = psutil.Process().memory_info().rss / 2**20
+    single = timeit.repeat(lambda: model.predict(images[:1]), repeat=320, number=1)[20:]
+    bulk = timeit.repeat(lambda: model.predict(images), repeat=12, number=1)[2:]
+    return {"cold_start_s": cold_start_s, "rss_mib": rss_mib,
+            "p50_ms": 1000 * float(np.median(single)), "p99_ms": 1000 * np.percentile(single, 99),
+            "batch1000_images_per_s": 1000 / float(np.median(bulk)),
+            "tensorflow_loaded": "tensorflow" in sys.modules}  # fmt: skip
 
 
 @contextlib.contextmanager
-def server(args: list[str], body: bytes, limit_s: float = 180):
-    """`python -m <args> --port <a free port>`; yields (port, pid, seconds from spawn to the
-    first 200 to POST /invocations) and stops it at the end."""
+def server(command: list[str], body: bytes, cwd: Path = REPO, env: dict | None = None):
+    """`python -m <command> --port P` in `cwd`; yields (port, pid, seconds from spawn to the
+    first 200 to POST /invocations), stopped at the end."""
     port, started = free_port(), time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port)], cwd=REPO,
-                               env=environment_without("MLFLOW_"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", *command, "--port", str(port)], cwd=cwd,
+                               env=environment_without("MLFLOW_") | (env or {}),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        while time.perf_counter() - started < limit_s and process.poll() is None:
+        while process.poll() is None and time.perf_counter() - started < 180:
             with contextlib.suppress(OSError, http.client.HTTPException):
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                if post(connection, body)[0] == 200:
+                connection.request("POST", "/invocations", body,
+                                   {"Content-Type": "application/json"})  # fmt: skip
+                if connection.getresponse().status == 200:
                     break
             time.sleep(0.02)
         else:
-            raise RuntimeError(f"{args[0]}: no answer (exit status {process.poll()})")
+            raise RuntimeError(f"{command[0]}: no answer (exit status {process.poll()})")
         yield port, process.pid, time.perf_counter() - started
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
-def load(port: int, body: bytes, requests: int, concurrency: int, limit_s: float) -> dict:
-    """`requests` POSTs from `concurrency` threads, one kept-alive connection each; those not
-    sent by `limit_s` are left out."""
-    deadline, local = time.monotonic() + limit_s, threading.local()
-
-    def one(_: int) -> tuple[int, float] | None:
-        if time.monotonic() > deadline:
-            return None
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            return post(local.connection, body)
-        except (OSError, http.client.HTTPException):
-            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            return 0, 0.0
-
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        answers = [answer for answer in pool.map(one, range(requests)) if answer]
-    elapsed = time.perf_counter() - started
-    return percentiles([ms for _, ms in answers]) | {
-        "requests": len(answers), "errors": sum(status != 200 for status, _ in answers),
-        "requests_per_s": len(answers) / elapsed, "concurrency": concurrency}  # fmt: skip
+def wrk(port: int, path: str, body: Path, headers: dict, connections: int) -> dict:
+    """wrk's one-thread load of POST `path` for SECONDS: requests/s, p50 and p99 ms, non-2xx."""
+    lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT.format(body=body, headers=lines))
+        script.flush()
+        output = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s", "--timeout", "10s", "-s",
+             script.name, f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    result = json.loads(output.strip().splitlines()[-1])
+    return result | {"requests_per_s": result["requests"] / result["seconds"],
+                     "concurrency": connections}  # fmt: skip
 
 
-def server_memory(pid: int) -> dict[str, float]:
-    """The largest resident memory among the server's processes (its workers, if any)."""
-    server, sizes = psutil.Process(pid), []
-    for process in [server, *server.children()]:
-        with contextlib.suppress(psutil.NoSuchProcess):  # e.g. a resource tracker that ended
-            sizes.append(process.memory_info().rss / 2**20)
-    return {"rss_mib": max(sizes)}
+def bodies(images: np.ndarray, folder: Path) -> dict[str, tuple[str, Path, dict]]:
+    """One image as each protocol takes it: (path, body file, headers)."""
+    image = images[:1].astype("<f4")
+    tensor = {"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+              "parameters": {"binary_data_size": image.nbytes}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor], "outputs": [
+        {"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    (folder / "image.json").write_text(json.dumps({"inputs": image.tolist()}))
+    (folder / "image.bin").write_bytes(header + image.tobytes())
+    return {"JSON": ("/invocations", folder / "image.json", {"Content-Type": "application/json"}),
+            "binary": ("/v2/models/mnist-lstm/infer", folder / "image.bin",
+                       {"Content-Type": "application/octet-stream",
+                        "Inference-Header-Content-Length": str(len(header))})}  # fmt: skip
 
 
-def side_by_side(commands: dict[str, list[str]], body: bytes, repeats: int, requests: int,
-                 concurrencies: list[int]) -> dict[str, dict]:  # fmt: skip
-    """Every server up at once, started one after the other; their one-image requests in
-    alternating blocks and their load tests alternating, so that drift hits all alike."""
-    names = list(commands)
+@contextlib.contextmanager
+def base_checkout(revision: str | None):
+    """The revision's files, and a folder whose `httptools` and `uvloop` fail to import (it
+    installed neither), for its `make serve`; nothing without a revision."""
+    if not revision:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-base-") as folder:
+        code = Path(folder) / "code"
+        with tarfile.open(fileobj=io.BytesIO(git("archive", revision, text=False))) as files:
+            files.extractall(code, filter="data")
+        for name in ("httptools", "uvloop"):
+            (Path(folder) / "absent" / name).mkdir(parents=True)
+            (Path(folder) / "absent" / name / "__init__.py").write_text("raise ImportError\n")
+        yield code, {"PYTHONPATH": str(Path(folder) / "absent"), "DVC_ROOT": str(REPO)}
+
+
+def over_http(model: str, workers: int, base, folder: Path, images: np.ndarray) -> dict:
+    """Every server up at once with `workers` processes; their load tests, turns alternating."""
+    kinds = bodies(images, folder)
+    json_body = kinds["JSON"][1].read_bytes()
+    args = ["--model", model, "--workers", str(workers)]
     with contextlib.ExitStack() as stack:
-        up = {name: stack.enter_context(server(args, body)) for name, args in commands.items()}
-        connections = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                       for name, (port, _, _) in up.items()}  # fmt: skip
-        for connection in connections.values():
-            for _ in range(20):
-                post(connection, body)  # warm-up
-        single: dict[str, list[float]] = {name: [] for name in names}
-        for block in range(BLOCKS):
-            for name in names[:: (-1) ** block]:  # the order alternates
-                single[name] += [post(connections[name], body)[1]
-                                 for _ in range(max(1, repeats // BLOCKS))]  # fmt: skip
-        for connection in connections.values():
-            connection.close()
-        loads: dict[str, list[dict]] = {name: [] for name in names}
-        for index, concurrency in enumerate(concurrencies):
-            for name in names[:: (-1) ** index]:
-                loads[name].append(load(up[name][0], body, requests, concurrency, 120))
-        memory = {name: server_memory(up[name][1]) for name in names}
-    return {name: {"cold_start_s": up[name][2], "one_image": percentiles(single[name]),
-                   "load": loads[name], "memory": memory[name]} for name in names}  # fmt: skip
+        up = {name: stack.enter_context(server([module, *args], json_body))
+              for name, module in SERVERS.items()}  # fmt: skip
+        if base:
+            up[BEFORE] = stack.enter_context(server([SERVERS["make serve"], *args], json_body,
+                                                    *base))  # fmt: skip
+        runs = [(name, kind) for name in up for kind in kinds
+                if kind == "JSON" or name == "make serve"]  # fmt: skip
+        loads: dict = {f"{name}, {kind}": [] for name, kind in runs}
+        for index, concurrency in enumerate(CONCURRENCY):
+            for name, kind in runs[:: (-1) ** index]:  # the order alternates
+                path, body, headers = kinds[kind]
+                loads[f"{name}, {kind}"].append(wrk(up[name][0], path, body, headers, concurrency))
+        memory = {name: max(p.memory_info().rss for p in [psutil.Process(pid), *psutil.Process(
+            pid).children()]) / 2**20 for name, (_, pid, _) in up.items()}  # fmt: skip
+    return {row: {"workers": workers, "start_s": up[row.split(", ")[0]][2], "load": runs_of,
+                  "rss_mib": memory[row.split(", ")[0]]}
+            for row, runs_of in loads.items()}  # fmt: skip
 
 
-def over_http(model_uri: str, body: bytes, repeats: int, requests: int,
-              concurrencies: list[int], workers: int) -> dict[str, dict]:  # fmt: skip
-    """`make serve` and MLflow's server side by side, then each started again, alone, to its
-    first answer."""
-    commands = {name: [module, "--model", model_uri, "--workers", str(workers)]
-                for name, module in SERVERS.items()}  # fmt: skip
-    shutil.rmtree(REPO / model_cache.CACHE_DIR, ignore_errors=True)  # as after a new champion
-    measured = side_by_side(commands, body, repeats, requests, concurrencies)
-    for name, args in commands.items():
-        with server(args, body) as (_, _, seconds):
-            measured[name] |= {"workers": workers, "restart_s": seconds}
-    return measured
+def overload(model: str, params: tools.ToolParams, folder: Path, images: np.ndarray) -> dict:
+    """`make serve` (1 worker) flooded by wrk with 4× the connections it admits, while one more
+    client, one request after another, times the requests it got admitted."""
+    path, body, headers = bodies(images, folder)["JSON"]
+    connections, data = 4 * params.serve.max_pending, body.read_bytes()
+    with server([SERVERS["make serve"], "--model", model, "--workers", "1"], data) as (port, _, _):
+        capacity = wrk(port, path, body, headers, 64)
+        with concurrent.futures.ThreadPoolExecutor(1) as flood:
+            flooded = flood.submit(wrk, port, path, body, headers, connections)
+            time.sleep(0.5)  # the flood is on
+            probe, deadline = http.client.HTTPConnection("127.0.0.1", port, timeout=30), \
+                time.monotonic() + SECONDS - 1  # fmt: skip
+            answers = []
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                probe.request("POST", path, data, headers)
+                response = probe.getresponse()
+                response.read()
+                answers.append((response.status, 1000 * (time.perf_counter() - started)))
+        admitted = [ms for status, ms in answers if status == 200] or [float("nan")]
+    return {"capacity": capacity, "flood": flooded.result(), "probe_requests": len(answers),
+            "probe_shed": sum(status == 503 for status, _ in answers),
+            "admitted_p50_ms": float(np.percentile(admitted, 50)),
+            "admitted_p99_ms": float(np.percentile(admitted, 99))}  # fmt: skip
 
 
-def params_with_log(params: tools.ToolParams, folder: Path, on: bool) -> Path:
-    """`params` with the prediction log on or off, the log in `folder`."""
-    raw = params.model_dump(mode="json")
-    raw["monitor"] |= {"log": on, "log_path": str(folder / "predictions.db")}
-    path = folder / f"params-log-{'on' if on else 'off'}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def logging_cost(params: tools.ToolParams, model_uri: str, body: bytes, repeats: int,
-                 requests: int) -> dict[str, dict]:  # fmt: skip
-    """`make serve` with the prediction log on and off side by side, load tests at concurrency
-    8 twice; the rows the log holds once the servers stopped."""
-    with tempfile.TemporaryDirectory(prefix="bench-log-") as temporary:
-        folder = Path(temporary)
-        commands = {name: [SERVERS["make serve"], "--model", model_uri, "--workers", "1",
-                           "--params", str(params_with_log(params, folder, name == "on"))]
-                    for name in ("on", "off")}  # fmt: skip
-        measured = side_by_side(commands, body, repeats, requests, [8, 8])
-        with contextlib.closing(sqlite3.connect(folder / "predictions.db")) as database:
-            logged = database.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    return {name: row | {"logged_rows": logged if name == "on" else 0}
-            for name, row in measured.items()}  # fmt: skip
-
-
-def run(repeats: int = 300, requests: int = 2000, concurrencies: tuple[int, ...] = (8, 64),
-        workers: tuple[int, ...] = (1, 2)) -> dict:  # fmt: skip
-    """Everything above, on this repo's champion."""
+def run() -> dict:
+    """Everything above, on this repo's champion (one local copy, the same for every server)."""
     from pipeline.data.files import load_arrays
+    from pipeline.serving import loader
 
     params = tools.load_params(REPO / "params.yaml")
     images = load_arrays(REPO / params.paths.split("test"))["x"][:1000]
     model_uri = f"models:/{params.mlflow.registered_model}@champion"
-    first = in_process(params, model_uri, images, repeats)  # before anything else in here
-    body = json.dumps({"inputs": images[:1].tolist()}).encode()
-    http = [over_http(model_uri, body, repeats, requests, list(concurrencies), n) for n in workers]
-    return {"model_uri": model_uri, "in_process": first,
-            "http": {name: [measured[name] for measured in http] for name in SERVERS},
-            "logging": logging_cost(params, model_uri, body, repeats, requests)}  # fmt: skip
+    first = in_process(params, model_uri, images)  # before anything else in this process
+    model = loader.locate(model_uri, params).path
+    with base_checkout(os.environ.get("SERVING_BASE")) as base, \
+            tempfile.TemporaryDirectory() as folder:  # fmt: skip
+        http = {}
+        for workers in (1, 2):
+            http |= {f"{row}, {workers}": measured for row, measured in
+                     over_http(model, workers, base, Path(folder), images).items()}  # fmt: skip
+        shed = overload(model, params, Path(folder), images)
+    return {"model_uri": model_uri, "base": os.environ.get("SERVING_BASE"), "in_process": first,
+            "http": http, "overload": shed, "max_pending": params.serve.max_pending}  # fmt: skip
 
 
 def measure() -> dict:
-    """`run()` in a fresh process, in a scratch copy `dvc repro` reproduced (untimed): this
-    repo's champion is the best model ever trained here, maybe by older code."""
+    """`run()` in a fresh process, in a scratch copy `dvc repro` reproduced (untimed)."""
     with scratch_repo("bench-serving-") as (scratch, env):
         subprocess.run(["dvc", "repro", "-q"], cwd=scratch, env=env, check=True)
         result = subprocess.run([sys.executable, "-m", "benchmarks.serving"], cwd=scratch,
-                                env=env, capture_output=True, text=True)  # fmt: skip
+                                env=env | {"SERVING_BASE": os.environ.get("SERVING_BASE", "")},
+                                capture_output=True, text=True)  # fmt: skip
     if result.returncode != 0:  # its own words, not only the exit status
         raise RuntimeError(f"benchmarks.serving failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def loads(row: dict) -> list[str]:
+    return [f"{run['requests_per_s']:,.0f} ({run['p50_ms']:.1f}, {run['p99_ms']:.1f})"
+            for run in row["load"]]  # fmt: skip
+
+
 def table(serving: dict) -> list[str]:
-    """In-process, both servers, MLflow's against `make serve`, then the prediction log."""
-    row = serving["in_process"]
-    in_process = markdown.table(
-        ["cold start to first prediction s", "memory then MiB", "one image p50 ms", "p99 ms",
-         "batch 1000 images/s", "printed", "TensorFlow loaded"],
-        [[f"{row['cold_start_s']:.2f}", f"{row['memory_at_first_prediction']['rss_mib']:.0f}",
-          f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['batch1000_images_per_s']:,.0f}",
-          f"{row['printed_chars']} chars", row["tensorflow_loaded"]]])  # fmt: skip
-    http = serving["http"]
-    rows = [server_row(name, rows[index]) for index in range(len(http["make serve"]))
-            for name, rows in http.items()]  # fmt: skip
-    ours, mlflow = http["make serve"][0], http["MLflow's scoring server"][0]
-    ratio = {key: mlflow[key] / ours[key] for key in ("cold_start_s", "restart_s")}
-    return ["## Serving the registered ONNX model", "", "In-process: `mlflow.pyfunc.load_model"
-            f"(\"{serving['model_uri']}\")` in a fresh process.", "", *in_process, "",
-            "Servers (POST /invocations, one image per request): process start to the first "
-            "answer, first with no answer kept for `@champion` (MLflow resolves it in a child "
-            "process, as after the alias moved outside the pipeline) and then at a restart with "
-            "the store unchanged (as also after `make repro`, whose evaluate stage leaves the "
-            "answer); one connection; then load tests from a second process; memory is the "
-            "largest resident set among the server's processes after the load tests.", "",
-            *markdown.table(["server", "workers", "start to first answer s", "restart s",
-                             "server RSS MiB", "one image p50 ms", "p99 ms", "load: concurrency, "
-                             "errors, p50 ms, p99 ms, requests/s"], rows), "",
-            "MLflow's scoring server / `make serve`, one worker: start to first answer "
-            f"**{ratio['cold_start_s']:.2f}×** (restart **{ratio['restart_s']:.2f}×**), memory "
-            f"**{mlflow['memory']['rss_mib'] / ours['memory']['rss_mib']:.2f}×**, one image "
-            f"p50 **{mlflow['one_image']['p50_ms'] / ours['one_image']['p50_ms']:.2f}×**.",
-            *logging_table(serving["logging"])]  # fmt: skip
+    """In-process, then every server's load tests, the ratios, the overload."""
+    first, http = serving["in_process"], serving["http"]
+    rows = [[row.rsplit(", ", 1)[0], row.rsplit(", ", 1)[1], f"{r['start_s']:.2f}",
+             f"{r['rss_mib']:.0f}", *loads(r)] for row, r in http.items()]  # fmt: skip
 
+    def rate(row: str, concurrency: int = 8) -> float:
+        runs = http[f"{row}, 1"]["load"]
+        return next(r["requests_per_s"] for r in runs if r["concurrency"] == concurrency)
 
-def loads(row: dict, p99: bool = True) -> str:
-    """A server's load tests: concurrency, errors, p50 ms, p99 ms, requests/s each."""
-    return "; ".join(f"{run['concurrency']}: {run['errors']}, {run['p50_ms']:.1f}, "
-                     + (f"{run['p99_ms']:.1f}, " if p99 else "")
-                     + f"{run['requests_per_s']:,.0f}" for run in row["load"])  # fmt: skip
-
-
-def server_row(name: str, row: dict) -> list[object]:
-    return [name, row["workers"], f"{row['cold_start_s']:.2f}", f"{row['restart_s']:.2f}",
-            f"{row['memory']['rss_mib']:.0f}", f"{row['one_image']['p50_ms']:.2f}",
-            f"{row['one_image']['p99_ms']:.2f}", loads(row)]  # fmt: skip
-
-
-def logging_table(logging: dict) -> list[str]:
-    """`make serve` with the prediction log on and off."""
-    rows = [[name, f"{row['one_image']['p50_ms']:.2f}", f"{row['one_image']['p99_ms']:.2f}",
-             loads(row, p99=False), f"{row['logged_rows']:,}"]
-            for name, row in logging.items()]  # fmt: skip
-    rate = {name: np.median([run["requests_per_s"] for run in row["load"]])
-            for name, row in logging.items()}  # fmt: skip
-    p50 = {name: row["one_image"]["p50_ms"] for name, row in logging.items()}
-    return ["", "The prediction log's cost: `make serve` with `monitor.log` on and off, both up "
-            "at once; one image per request on one connection (alternating blocks), then load "
-            "tests, alternating.", "", *markdown.table(["prediction log", "one image p50 ms",
-            "p99 ms", "load: concurrency, errors, p50 ms, requests/s", "rows logged"], rows), "",
-            f"Log on / off: one image p50 **{p50['on'] / p50['off']:.2f}×**, "
-            f"requests/s under load **{rate['on'] / rate['off']:.2f}×**."]  # fmt: skip
+    ours = rate("make serve, JSON")
+    ratios = [f"MLflow's scoring server **{ours / rate(MLFLOW + ', JSON'):.2f}×**"]
+    if f"{BEFORE}, JSON, 1" in http:
+        before = rate(f"{BEFORE}, JSON")
+        ratios += [
+            f"`make serve` at {serving['base']} **{ours / before:.2f}×** (binary bodies "
+            f"**{rate('make serve, binary') / before:.2f}×**)"
+        ]
+    load = serving["overload"]
+    flood, capacity = load["flood"], load["capacity"]
+    return ["## Serving the registered ONNX model", "",
+            f"In-process, `mlflow.pyfunc.load_model(\"{serving['model_uri']}\")` in a fresh "
+            f"process: first prediction {first['cold_start_s']:.2f} s after its start, "
+            f"{first['rss_mib']:.0f} MiB; one image p50 {first['p50_ms']:.3f} ms, p99 "
+            f"{first['p99_ms']:.3f} ms; batches of 1,000: {first['batch1000_images_per_s']:,.0f}"
+            f" images/s; TensorFlow loaded: {first['tensorflow_loaded']}.", "",
+            "Over HTTP, one image per request, wrk with keep-alive connections; each cell is "
+            "requests/s (p50 ms, p99 ms); the prediction log on.", "",
+            *markdown.table(["server, body", "workers", "start to first answer s", "RSS MiB",
+                             *(f"concurrency {c}" for c in CONCURRENCY)], rows), "",
+            "`make serve` (JSON, 1 worker, 8 connections) in requests/s against "
+            + "; ".join(ratios) + ".", "",
+            f"Overloaded: wrk's {flood['concurrency']} connections (4× the "
+            f"{serving['max_pending']} requests a process admits) got "
+            f"{flood['non_2xx'] / flood['requests']:.0%} 503s ({flood['requests_per_s']:,.0f} "
+            f"answers/s; at 64 connections {capacity['requests_per_s']:,.0f}/s, p99 "
+            f"{capacity['p99_ms']:.1f} ms); meanwhile one more client's admitted requests: p50 "
+            f"{load['admitted_p50_ms']:.1f} ms, p99 {load['admitted_p99_ms']:.1f} ms "
+            f"({load['probe_shed']} of its {load['probe_requests']} refused)."]  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=300)
-    args = parser.parse_args()
-    results = run(repeats=args.repeats, requests=args.requests)
-    print(json.dumps(results))  # noqa: T201  (one line, the last: measure() reads it)
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    print(json.dumps(run()))  # noqa: T201  (one line, the last: measure() reads it)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,22 +61,28 @@ class Batcher:
         """Score the batches after the one in flight with `model`."""
         self.model = model
 
-    async def score(self, images: np.ndarray) -> tuple[np.ndarray, Model]:
-        """The probabilities of `images` and the model that gave them; Overloaded when full."""
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """A request's whole stay, from before its body is parsed to its answer; Overloaded at
+        once (nothing read, nothing parsed) when max_pending requests are already in."""
         if self.pending >= self.max_pending:
             raise Overloaded(
                 f"{self.pending} requests waiting, the most admitted (serve.max_pending)"
             )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    async def score(self, images: np.ndarray) -> tuple[np.ndarray, Model]:
+        """The probabilities of `images` (of an admitted request) and the model that gave them."""
         if self.task is None:
             self.queue = asyncio.Queue()
             self.task = asyncio.create_task(self.run())
-        self.pending += 1
-        try:
-            request = Request(images, asyncio.get_running_loop().create_future())
-            self.queue.put_nowait(request)
-            return await request.answer
-        finally:
-            self.pending -= 1
+        request = Request(images, asyncio.get_running_loop().create_future())
+        self.queue.put_nowait(request)
+        return await request.answer
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

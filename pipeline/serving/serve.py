@@ -123,10 +123,11 @@ def build_app(
         return JSONResponse(serving)
 
     async def invocations(request: Request) -> Response:
-        body = await request.body()
         try:
-            images = await parsed(request_images, body, request.headers.get("content-type", ""))
-            probabilities, _ = await batcher.score(images)
+            with batcher.admitted():
+                content_type = request.headers.get("content-type", "")
+                images = await parsed(request_images, await request.body(), content_type)
+                probabilities, _ = await batcher.score(images)
         except BadRequest as problem:
             return problem.response()
         except batching.Overloaded as error:
@@ -136,11 +137,11 @@ def build_app(
         return Response(answer, media_type="application/json")
 
     async def infer(request: Request) -> Response:
-        body = await request.body()
         try:
-            inference = await parsed(protocol.parse_infer, body,
-                                     request.headers.get(protocol.HEADER_LENGTH))  # fmt: skip
-            probabilities, answered = await batcher.score(inference.images)
+            with batcher.admitted():
+                length = request.headers.get(protocol.HEADER_LENGTH)
+                inference = await parsed(protocol.parse_infer, await request.body(), length)
+                probabilities, answered = await batcher.score(inference.images)
         except protocol.ProtocolError as problem:
             return protocol.error(problem.status, str(problem))
         except batching.Overloaded as error:
