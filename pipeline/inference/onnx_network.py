@@ -17,6 +17,7 @@ import numpy as np
 ONNX_ARTIFACT = "onnx_model"  # the MLflow model's artifact holding the .onnx file
 IMAGE_SHAPE = (28, 28)  # config.IMAGE_SHAPE: this file is logged with the model, standalone
 THREADS_ENV = "PIPELINE_ONNX_THREADS"  # threads per prediction; unset: ONNX Runtime's default
+SPINNING_ENV = "PIPELINE_ONNX_SPINNING"  # "0": idle threads sleep rather than spin (servers)
 # Images per call into ONNX Runtime. The LSTM op keeps each step's gates, (batch, 4 × units)
 # floats: for 128 images and 128 units 256 kB, which stays in a core's L2 cache, while 1,000
 # images at once (2 MB) spill out of it; a large batch runs as calls of CHUNK images.
@@ -38,6 +39,8 @@ def session_options():
     if threads.isdigit() and int(threads) > 0:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    if os.environ.get(SPINNING_ENV) == "0":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
