@@ -1,18 +1,21 @@
-"""Serve a registered model over REST, as MLflow's scoring server does (`make serve`).
+"""Serve a registered model over REST (`make serve`): MLflow's scoring protocol and the Open
+Inference Protocol (KServe V2, pipeline/serving/inference_protocol.py).
 
     python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
                                      [--workers N]
 
-The protocol of `mlflow models serve` for this model: POST /invocations with a JSON body
-`{"inputs": images}` (or `"instances"`), images (n, 28, 28) with pixels in [0, 1], answered
-`{"predictions": probabilities}`; GET /ping and /health. GET /version says what is serving, as
-JSON: `{"mlflow": version, "model": as asked, "pinned": the version it named at start, "path":
-the local copy}` (MLflow's answers its version alone, as plain text). Errors are a 4xx with
-MLflow's `{"error_code", "message"}`, the message one line. It runs the registered model's
-ONNX file on ONNX Runtime without MLflow in the process (pipeline/serving/loader.py), parsing
-and scoring on worker threads, at most one per core, never on the event loop. One pid that
-stops cleanly on SIGTERM (with `--workers N`, uvicorn's supervisor of N processes on the one
-port). Bound to 127.0.0.1 unless told otherwise; bodies over `serve.max_body_bytes` get 413.
+MLflow's protocol for this model: POST /invocations with a JSON body `{"inputs": images}` (or
+`"instances"`), images (n, 28, 28) with pixels in [0, 1], answered `{"predictions":
+probabilities}`; GET /ping and /health. GET /version says what is serving, as JSON:
+`{"mlflow": version, "model": as asked, "pinned": the version it serves, "path": the local copy,
+"sha256": its ONNX file's}`. Errors are a 4xx with MLflow's `{"error_code", "message"}`, the
+message one line; past `serve.max_pending` requests, a 503 at once. It runs the registered
+model's ONNX file on ONNX Runtime without MLflow in the process (pipeline/serving/loader.py):
+small bodies parsed on the event loop, large ones on worker threads, every request's images
+scored in batches on one scoring thread (pipeline/serving/batching.py); a server on an alias
+follows it (pipeline/serving/following.py). One pid that stops cleanly on SIGTERM (with
+`--workers N`, uvicorn's supervisor of N processes on the one port). Bound to 127.0.0.1 unless
+told otherwise; bodies over `serve.max_body_bytes` get 413.
 
 GET /metrics is for Prometheus; each scored image goes to the prediction log, and `--shadow`
 scores a second model beside the served one, off the request path (pipeline/monitoring/).
