@@ -74,16 +74,9 @@ def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thr
     result = stats.ks_2samp(reference.to_numpy(float), window.to_numpy(float))
     p_value, distance = float(result.pvalue), float(result.statistic)
     before, after = float(reference.mean()), float(window.mean())
-    return Finding(
-        name=name,
-        test="Kolmogorov-Smirnov",
-        p_value=p_value,
-        distance=distance,
-        reference=before,
-        window=after,
-        drifted=moved(p_value, distance, limits),
-        detail=f"mean {before:.3g} → {after:.3g}",
-    )
+    detail = f"mean {before:.3g} → {after:.3g}"
+    drifted = moved(p_value, distance, limits)
+    return Finding(name, "Kolmogorov-Smirnov", p_value, distance, before, after, drifted, detail)
 
 
 def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
@@ -97,16 +90,9 @@ def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Fi
     p_value = 1.0 if len(classes) < 2 else float(stats.chi2_contingency(counts).pvalue)
     distance, most = float(gaps.sum() / 2), int(gaps.argmax())
     before, after = float(shares[0, most]), float(shares[1, most])
-    return Finding(
-        name=CLASS_MIX,
-        test="chi-square",
-        p_value=p_value,
-        distance=distance,
-        reference=before,
-        window=after,
-        drifted=moved(p_value, distance, limits),
-        detail=f"class {classes[most]}: {before:.1%} → {after:.1%} of predictions",
-    )
+    detail = f"class {classes[most]}: {before:.1%} → {after:.1%} of predictions"
+    drifted = moved(p_value, distance, limits)
+    return Finding(CLASS_MIX, "chi-square", p_value, distance, before, after, drifted, detail)
 
 
 def agreements(window: pd.DataFrame) -> list[Agreement]:
