@@ -270,8 +270,6 @@ def serve(
     from pipeline.serving import loader
 
     options = {"host": host, "port": port, "log_level": "warning", "timeout_graceful_shutdown": 10}
-    # ONNX Runtime's idle threads would spin on the cores the event loop needs between batches
-    os.environ.setdefault(onnx_network.SPINNING_ENV, "0")
     if workers == 1:
         app = build(module, model_uri, params_file, shadow)  # a model that cannot load fails here
         log.info("serving %s on http://%s:%d%s", model_uri, host, port, shadowed(shadow))
