@@ -163,7 +163,8 @@ def build_app(
             Route("/version", version),
             Route("/invocations", invocations, methods=["POST"]),
             *protocol.routes(name, served_version, len(params.data.class_names), infer),
-        ]
+        ],
+        hot={"/invocations": invocations, f"/v2/models/{name}/infer": infer},
     )
 
 
