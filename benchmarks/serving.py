@@ -131,20 +131,25 @@ def bodies(images: np.ndarray, folder: Path) -> dict[str, tuple[str, Path, dict]
 
 
 @contextlib.contextmanager
-def base_checkout(revision: str | None):
-    """The revision's files, and a folder whose `httptools` and `uvloop` fail to import (it
-    installed neither), for its `make serve`; nothing without a revision."""
-    if not revision:
-        yield None
-        return
+def base_checkout(revision: str):
+    """The revision's files, and beside them a folder whose `httptools` and `uvloop` fail to
+    import (it installed neither): what its `make serve` runs on."""
     with tempfile.TemporaryDirectory(prefix="bench-base-") as folder:
-        code = Path(folder) / "code"
         with tarfile.open(fileobj=io.BytesIO(git("archive", revision, text=False))) as files:
-            files.extractall(code, filter="data")
+            files.extractall(Path(folder) / "code", filter="data")
         for name in ("httptools", "uvloop"):
             (Path(folder) / "absent" / name).mkdir(parents=True)
             (Path(folder) / "absent" / name / "__init__.py").write_text("raise ImportError\n")
-        yield code, {"PYTHONPATH": str(Path(folder) / "absent"), "DVC_ROOT": str(REPO)}
+        yield folder
+
+
+def base_server() -> tuple[Path, dict] | None:
+    """Where the base revision's `make serve` runs, and its environment (SERVING_BASE_DIR)."""
+    folder = os.environ.get("SERVING_BASE_DIR")
+    if not folder:
+        return None
+    return Path(folder) / "code", {"PYTHONPATH": str(Path(folder) / "absent"),
+                                   "DVC_ROOT": str(REPO)}  # fmt: skip
 
 
 def over_http(model: str, workers: int, base, folder: Path, images: np.ndarray) -> dict:
@@ -208,8 +213,8 @@ def run() -> dict:
     model_uri = f"models:/{params.mlflow.registered_model}@champion"
     first = in_process(params, model_uri, images)  # before anything else in this process
     model = loader.locate(model_uri, params).path
-    with base_checkout(os.environ.get("SERVING_BASE")) as base, \
-            tempfile.TemporaryDirectory() as folder:  # fmt: skip
+    base = base_server()
+    with tempfile.TemporaryDirectory() as folder:
         http = {}
         for workers in (1, 2):
             http |= {f"{row}, {workers}": measured for row, measured in
@@ -221,10 +226,13 @@ def run() -> dict:
 
 def measure() -> dict:
     """`run()` in a fresh process, in a scratch copy `dvc repro` reproduced (untimed)."""
-    with scratch_repo("bench-serving-") as (scratch, env):
+    revision = os.environ.get("SERVING_BASE", "")
+    with scratch_repo("bench-serving-") as (scratch, env), contextlib.ExitStack() as stack:
+        if revision:
+            env |= {"SERVING_BASE_DIR": stack.enter_context(base_checkout(revision))}
         subprocess.run(["dvc", "repro", "-q"], cwd=scratch, env=env, check=True)
         result = subprocess.run([sys.executable, "-m", "benchmarks.serving"], cwd=scratch,
-                                env=env | {"SERVING_BASE": os.environ.get("SERVING_BASE", "")},
+                                env=env | {"SERVING_BASE": revision},
                                 capture_output=True, text=True)  # fmt: skip
     if result.returncode != 0:  # its own words, not only the exit status
         raise RuntimeError(f"benchmarks.serving failed:\n{result.stderr[-3000:]}")
