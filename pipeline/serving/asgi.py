@@ -72,10 +72,14 @@ class BadRequest(ValueError):
 
 def json_body(body: bytes) -> object:
     """A request body as JSON (orjson: several times faster than json on arrays of pixels);
-    BadRequest for anything that is not, a body nested over orjson's 1,024 levels included."""
-    try:
+    BadRequest for anything that is not. What orjson refuses, Python's json tries too: it reads
+    NaN and Infinity, which the pixel checks then name; a body nested deeper than the
+    interpreter's recursion limit makes it raise RecursionError."""
+    with contextlib.suppress(orjson.JSONDecodeError):
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
 
 
