@@ -261,7 +261,7 @@ def run(params: config.Params) -> TrainResult | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    tf_options.without_scikit_learn()  # the stage's own process: nothing in it uses scikit-learn
+    tf_options.without_unused_libraries()  # the stage's own process: it uses neither
     stage.run_stage(
         run,
         argv,
