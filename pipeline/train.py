@@ -169,6 +169,13 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     return train_distributed, runtime | {"train.workers": str(workers.workers)}
 
 
+def load_splits(params: config.Params) -> tuple[Arrays, Arrays, dict[str, str]]:
+    """The training and validation splits, and their files' sha256."""
+    files = {split: params.paths.split(split) for split in ("train", "val")}
+    train, val = (load_arrays(files[split]) for split in ("train", "val"))
+    return train, val, {split: sha256_file(path) for split, path in files.items()}
+
+
 def cluster_of(params: config.Params) -> cluster.Cluster | None:
     """This process's place among the workers, or None when training in one process."""
     if params.train.distribution == "none":
@@ -201,11 +208,13 @@ def run(params: config.Params) -> TrainResult | None:
     if workers is not None and not workers.is_chief:
         run_worker(params, workers)
         return None
-    experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
-    tracking.close_orphaned_runs(experiment_id)
-    files = {split: params.paths.split(split) for split in ("train", "val")}
-    train, val = (load_arrays(files[split]) for split in ("train", "val"))
-    data_hashes = {split: sha256_file(path) for split, path in files.items()}
+    # The splits are read and hashed (file reads and hashlib, without the GIL) in a thread
+    # while the store's first connection imports its modules (which hold it).
+    with ThreadPoolExecutor(max_workers=1) as background:
+        splits = background.submit(load_splits, params)
+        experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
+        tracking.close_orphaned_runs(experiment_id)
+        train, val, data_hashes = splits.result()
     tags = lineage.lineage_tags(data_hashes, params)
     with (
         tracking.server_lost_as_error(),  # outermost: ending the run needs the server too
