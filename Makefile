@@ -117,13 +117,13 @@ plots: install  ## dvc plots show with Vega inlined, so the charts render offlin
 	python -m pipeline.tools.offline_plots $(PLOTS_TEMPLATE)
 	dvc plots show --html-template $(PLOTS_TEMPLATE)
 
-bench: install  ## benchmarks/RESULTS.md, each section stamped with its machine (ONLY="serving sweeps": some)
+bench: install  ## benchmarks/RESULTS.md, each section stamped with its machine (ONLY="serving sweeps": some; BASE=rev: overhead against it)
 	python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		echo "no wrk (apt-get install wrk): the serving section cannot run"
 	dvc repro
-	python -m benchmarks.bench $(if $(ONLY),--only $(ONLY))
+	$(if $(BASE),BENCH_BASE=$(BASE)) python -m benchmarks.bench $(if $(ONLY),--only $(ONLY))
 
 bench-distributed: install  ## default params: two local workers (multi_worker) vs one process
 	dvc repro preprocess

@@ -17,14 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def scratch_repo(prefix: str, iterations: int | None = None,
-                 baseline: bool = False) -> Iterator[tuple[Path, dict[str, str]]]:  # fmt: skip
-    """The tracked files as the working tree has them, in a new git and DVC repo whose first data
-    source is the file `make repro` fetched; with `baseline`, reproduced and committed. Yields it
-    and the environment for `dvc` and the stages there (no DVC_ or MLFLOW_ variables of ours)."""
+def scratch_repo(prefix: str, iterations: int | None = None, baseline: bool = False,
+                 revision: str | None = None) -> Iterator[tuple[Path, dict[str, str]]]:  # fmt: skip
+    """The tracked files as the working tree (or `revision`) has them, in a new git and DVC repo
+    whose first data source is the file `make repro` fetched; with `baseline`, reproduced and
+    committed. Yields it and the environment for `dvc` and the stages there (no DVC_ or MLFLOW_
+    variables of ours)."""
     scratch = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        tree = git("stash", "create").strip() or "HEAD"  # a commit of the edits, refs untouched
+    try:  # the working tree: a commit of the edits, refs untouched
+        tree = revision or git("stash", "create").strip() or "HEAD"
         with tarfile.open(fileobj=io.BytesIO(git("archive", tree, text=False))) as files:
             files.extractall(scratch, filter="data")
         params = scratch / "params.yaml"

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import re
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pandas as pd
 import pipeline.inference.cache as model_cache
 import pipeline.params.config as config
 import pipeline.reports.card as model_card
+import pipeline.reports.drawing as drawing
 import pipeline.reports.scores as scoring
 import pipeline.runtime.cli as stage
 import pipeline.tracking.registry as registry
@@ -39,25 +41,29 @@ from pipeline.monitoring.reference import log_reference, reference_records, writ
 log = logging.getLogger(__name__)
 
 
-def write_figures(
+def draw_figures(
+    painter: drawing.Painter,
     test: Arrays,
     predictions: np.ndarray,
     confusion: np.ndarray,
     data: config.DataParams,
     folder: Path,
-) -> dict[str, Path]:
-    """The confusion matrix and misclassified images as PNGs (for DVC, MLflow and the card)."""
-    import pipeline.reports.figures as figures
-
+) -> dict[str, Future]:
+    """The confusion matrix and misclassified images as PNGs (for DVC, MLflow and the card),
+    drawn in the painter's process: file name → a Future of its path."""
+    wrong = np.flatnonzero(test["y"] != predictions)  # the grid's images; not all 10,000
     drawn = {
-        "confusion_matrix.png": figures.confusion_heatmap(confusion, data.class_names),
-        "misclassified.png": figures.misclassified_grid(
-            test["x"], test["y"], predictions, data.class_names, data.name
+        "confusion_matrix.png": ("confusion_heatmap", confusion, data.class_names),
+        "misclassified.png": (
+            "misclassified_grid",
+            test["x"][wrong],
+            test["y"][wrong],
+            predictions[wrong],
+            data.class_names,
+            data.name,
         ),
     }
-    for name, figure in drawn.items():
-        figures.save(figure, folder / name)
-    return {name: folder / name for name in drawn}
+    return {name: painter.draw(*figure, path=folder / name) for name, figure in drawn.items()}
 
 
 def metric_safe(name: str) -> str:
@@ -168,13 +174,17 @@ def behaviour(predict, test: Arrays, predictions: np.ndarray, params: config.Par
     )
 
 
-def measure(predict, test: Arrays, val: Arrays, params: config.Params) -> Evaluation:
+def measure(
+    predict, test: Arrays, val: Arrays, params: config.Params, painter: drawing.Painter
+) -> Evaluation:
     """Score both splits and the behavioural checks; write the reports and figures."""
     log.info("scoring %s on %d test and %d validation images", "the logged model",
              len(test["x"]), len(val["x"]))  # fmt: skip
     probabilities = predict(test["x"])
     predictions = probabilities.argmax(axis=1)
     metrics, per_class, confusion = scored(probabilities, test["y"], "test", params)
+    folder = Path(params.paths.figures_dir)
+    drawn = draw_figures(painter, test, predictions, confusion, params.data, folder)
     validation, validation_per_class, _ = scored(predict(val["x"]), val["y"], "validation", params)
     metrics |= {"test_min_class_f1": float(per_class["f1"].min())} | validation
     metrics |= behaviour(predict, test, predictions, params)
@@ -187,9 +197,7 @@ def measure(predict, test: Arrays, val: Arrays, params: config.Params) -> Evalua
         pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),
         params.paths.confusion,
     )
-    pictures = write_figures(
-        test, predictions, confusion, params.data, Path(params.paths.figures_dir)
-    )
+    pictures = {name: picture.result() for name, picture in drawn.items()}
     return Evaluation(metrics, per_class, validation_per_class, confusion, pictures)
 
 
@@ -197,11 +205,13 @@ def run(params: config.Params) -> dict[str, float]:
     """Score the validation and test splits; write metrics, plots, figures and the model card;
     log them; pass the model through the gate before any alias moves."""
     run_info = read_json(params.paths.run_info)
-    tracking.use_store(params.mlflow)
-    tracking.require_run(run_info["run_id"], run_info.get("tracking_uri"), params.paths.run_info)
-    test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
-    results = measure(registry.load_model(run_info["model_uri"], run_info.get("onnx_sha256")),
-                      test, val, params)  # fmt: skip
+    with drawing.painter() as painter:  # its imports beside the store's first connection
+        tracking.use_store(params.mlflow)
+        origin = run_info.get("tracking_uri")
+        tracking.require_run(run_info["run_id"], origin, params.paths.run_info)
+        test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
+        model = registry.load_model(run_info["model_uri"], run_info.get("onnx_sha256"))
+        results = measure(model, test, val, params, painter)
     metrics = results.metrics
     log.info(
         "validation accuracy %.4f; test accuracy %.4f, loss %.4f",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import mlflow
 import pandas as pd
 
 import pipeline.params.config as config
+import pipeline.reports.drawing as drawing
 import pipeline.runtime.cli as stage
 import pipeline.tracking.lineage as lineage
 import pipeline.tracking.registry as registry
@@ -78,24 +80,26 @@ def save_model(model, path: str | Path) -> None:
         model.save(temporary)
 
 
-def log_inputs(train: Arrays, data_hashes: dict[str, str], data_name: str) -> None:
-    """Record the training set as an MLflow dataset input, with its file hash."""
-    dataset = mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train")
-    mlflow.log_input(dataset, context="training", tags={"sha256": data_hashes["train"]})
+def training_dataset(train: Arrays, data_name: str):
+    """The training set as an MLflow dataset (its digest computed)."""
+    return mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train")
 
 
-def log_model(model, onnx_file: str | Path, example, params: config.Params):
+def log_model(onnx_file: str | Path, example, params: config.Params):
     """Log the ONNX network as the run's pyfunc model, with a signature and an input example.
 
     The pyfunc is `pipeline/inference/onnx_classifier.py` (MLflow's "models from code") over the
     `.onnx` file: loading and serving it need ONNX Runtime, never TensorFlow. MLflow checks the
     input example by loading that pyfunc, which costs ONNX Runtime's start, not TensorFlow's.
+    The signature's output comes from that file too: Keras would trace its prediction again
+    for the example's batch size, for the same (n, classes) float32.
     """
     import numpy as np
     import onnxruntime
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
+    probabilities = onnx_network.OnnxNetwork(onnx_file).predict(example)
+    signature = infer_signature(example, probabilities)
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=PYFUNC_CODE,
@@ -119,7 +123,8 @@ def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
     """The .keras file and its checked ONNX export (DVC outputs); the Keras file is also
     logged to the run (artifact `keras/`). Returns tags for the run."""
     save_model(model, params.paths.model)
-    difference = onnx_export.export_checked(model, params.paths.onnx_model, val["x"])
+    images = val["x"][: onnx_export.CHECK_IMAGES]
+    difference = onnx_export.export_checked(model, params.paths.onnx_model, images)
     mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
     return {
         "onnx.largest_difference": f"{difference:.3g}",
@@ -166,6 +171,13 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     return train_distributed, runtime | {"train.workers": str(workers.workers)}
 
 
+def load_splits(params: config.Params) -> tuple[Arrays, Arrays, dict[str, str]]:
+    """The training and validation splits, and their files' sha256."""
+    files = {split: params.paths.split(split) for split in ("train", "val")}
+    train, val = (load_arrays(files[split]) for split in ("train", "val"))
+    return train, val, {split: sha256_file(path) for split, path in files.items()}
+
+
 def cluster_of(params: config.Params) -> cluster.Cluster | None:
     """This process's place among the workers, or None when training in one process."""
     if params.train.distribution == "none":
@@ -194,17 +206,17 @@ def run(params: config.Params) -> TrainResult | None:
     With `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the
     chief writes files and talks to MLflow, and the others return None.
     """
-    import pipeline.reports.figures as figures  # matplotlib: loaded once the params are valid
-
     workers = cluster_of(params)
     if workers is not None and not workers.is_chief:
         run_worker(params, workers)
         return None
-    experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
-    tracking.close_orphaned_runs(experiment_id)
-    files = {split: params.paths.split(split) for split in ("train", "val")}
-    train, val = (load_arrays(files[split]) for split in ("train", "val"))
-    data_hashes = {split: sha256_file(path) for split, path in files.items()}
+    # The splits are read and hashed (file reads and hashlib, without the GIL) in a thread
+    # while the store's first connection imports its modules (which hold it).
+    with ThreadPoolExecutor(max_workers=1) as background:
+        splits = background.submit(load_splits, params)
+        experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
+        tracking.close_orphaned_runs(experiment_id)
+        train, val, data_hashes = splits.result()
     tags = lineage.lineage_tags(data_hashes, params)
     with (
         tracking.server_lost_as_error(),  # outermost: ending the run needs the server too
@@ -214,21 +226,29 @@ def run(params: config.Params) -> TrainResult | None:
             log_system_metrics=params.mlflow.system_metrics,
         ) as run,
         tracking.killed_on_interrupt(),
+        drawing.painter() as painter,  # its imports beside TensorFlow's
     ):
-        train_model, runtime = prepare_training(params, workers)
+        # The dataset's digest copies the whole training array, which numpy does without the
+        # GIL: made in a thread, it costs little beside TensorFlow's import, which holds it.
+        # Logged from this thread: MLflow's active run is per thread.
+        with ThreadPoolExecutor(max_workers=1) as background:
+            dataset = background.submit(training_dataset, train, params.data.name)
+            train_model, runtime = prepare_training(params, workers)
+            inputs_tags = {"sha256": data_hashes["train"]}
+            mlflow.log_input(dataset.result(), context="training", tags=inputs_tags)
         values = lineage.stage_params(params)
         mlflow.log_params(lineage.flatten(values))
         mlflow.log_dict(values, lineage.PARAMS_ARTIFACT)
         mlflow.set_tags(tags | tracking.process_tags() | lineage.environment_tags() | runtime)
-        log_inputs(train, data_hashes, params.data.name)
         history = History(params.train.iterations)
         model = train_model(train, val, history)
         table = history.table()
         write_csv(table, params.paths.history)
-        mlflow.log_figure(figures.training_curves(table), "figures/training_curves.png")
+        curves = painter.draw("training_curves", table)  # while the ONNX export runs
         model_tags = save_models(model, val, params)
         mlflow.set_tags(model_tags)
-        info = log_model(model, params.paths.onnx_model, val["x"][:3], params)
+        mlflow.log_artifact(str(curves.result()), "figures")
+        info = log_model(params.paths.onnx_model, val["x"][:3], params)
         onnx_sha256 = model_tags[integrity.HASH_TAG]
         if info.registered_model_version is not None:  # registration `always`
             registry.tag_version(mlflow.MlflowClient(), params.mlflow.registered_model,
@@ -259,7 +279,7 @@ def run(params: config.Params) -> TrainResult | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    tf_options.without_scikit_learn()  # the stage's own process: nothing in it uses scikit-learn
+    tf_options.without_unused_libraries()  # the stage's own process: it uses neither
     stage.run_stage(
         run,
         argv,

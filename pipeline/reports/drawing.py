@@ -1,0 +1,102 @@
+"""Figures drawn in a process of their own while the stage goes on with its work.
+
+Importing matplotlib and drawing hold the GIL, for a second or two in each stage, while the
+second core idles (train exports the ONNX model, evaluate scores and logs). A process started
+with the stage (`python -m pipeline.reports.drawing`) imports matplotlib beside the stage's own
+imports and draws what it is sent: the same figures code, the same PNG files.
+
+Protocol: the stage writes pickled (figure function name, PNG path, arguments) to the
+process's stdin; the process answers each, in order, on its stdout with the pickled path or
+the exception the drawing raised. EOF on stdin stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from queue import SimpleQueue
+from typing import BinaryIO
+
+FIGURES = "pipeline.reports.figures"  # imported in the drawing process only
+
+
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    """The drawing process's loop: each request drawn and answered, until EOF."""
+    figures = importlib.import_module(FIGURES)
+    while True:
+        try:
+            figure, path, args = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            figures.save(getattr(figures, figure)(*args), path)
+            reply = path
+        except Exception as error:  # noqa: BLE001  handed back to the stage, raised there
+            reply = error
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+class Painter:
+    """The stage's side: `draw` sends a figure to the process; a PNG with no path of its own
+    goes to a folder deleted when the painter stops."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.pending: SimpleQueue[Future] = SimpleQueue()
+        self.reader = threading.Thread(target=self._read_replies, daemon=True)
+        self.reader.start()
+
+    def draw(self, figure: str, *args, path: str | Path | None = None) -> Future:
+        """A Future of the PNG's path: `figures.<figure>(*args)` at `path`, or in the folder."""
+        future: Future = Future()
+        self.pending.put(future)
+        pickle.dump((figure, Path(path or self.folder / f"{figure}.png"), args), self.process.stdin)
+        self.process.stdin.flush()
+        return future
+
+    def _read_replies(self) -> None:
+        while True:
+            try:
+                reply = pickle.load(self.process.stdout)
+            except EOFError:  # stopped, or died: what it still owed fails
+                while not self.pending.empty():
+                    self.pending.get().set_exception(RuntimeError("the drawing process died"))
+                return
+            future = self.pending.get()
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+        self.reader.join()
+
+
+@contextlib.contextmanager
+def painter() -> Iterator[Painter]:
+    """A drawing process, started now so that its imports overlap the stage's."""
+    with tempfile.TemporaryDirectory(prefix="figures-") as folder:
+        painting = Painter(Path(folder))
+        try:
+            yield painting
+        finally:
+            painting.stop()
+
+
+if __name__ == "__main__":
+    replies, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the replies alone
+    serve(sys.stdin.buffer, replies)
