@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 
 from .support import (
@@ -53,22 +51,17 @@ def test_outputs_exist(repo):
     assert (repo / "reports/train_history.csv").read_text().startswith("iteration,train_loss")
 
 
-def test_mlflow_holds_the_run_and_a_registered_model_that_predicts(repo):
+def test_mlflow_holds_the_run_named_for_its_commit_and_its_registered_version(repo):
     client = client_for(repo)
     experiment = client.get_experiment_by_name("mnist-lstm")
     (run_,) = client.search_runs([experiment.experiment_id])
     assert run_.info.status == "FINISHED"
-    assert run_.data.params["train.iterations"] == "6"
     assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert run_.info.run_name == run_.data.tags["git_commit"][:7]  # named for what made it
     assert run_.data.tags["tensorflow.onednn"] == "true"  # params.yaml's train.onednn, applied
-    assert [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")] == [3, 6]
     assert "test_accuracy" in run_.data.metrics
     (version,) = client.search_model_versions("name='mnist-lstm'")
     assert int(version.version) == 1 and version.run_id == run_.info.run_id
-    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/mnist-lstm/1")
-    assert np.asarray(model.predict(np.zeros((3, 28, 28), np.float32))).shape == (3, 10)
 
 
 def test_the_log_of_a_full_repro_has_no_false_alarms(repo):
@@ -165,17 +158,6 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
         assert r.info.run_name == r.data.tags["dvc.exp_name"]
         assert any(r.info.run_name in row.split(",") for row in table), table
     assert not list((repo / ".dvc").rglob("mlflow.db"))
-
-
-def test_champion_is_the_best_registered_version(repo):
-    client = client_for(repo)
-    scores = {
-        int(v.version): client.get_run(v.run_id).data.metrics["validation_accuracy"]
-        for v in client.search_model_versions("name='mnist-lstm'")
-    }
-    champion = int(client.get_model_version_by_alias("mnist-lstm", "champion").version)
-    assert scores[champion] == max(scores.values())
-    assert min(v for v, s in scores.items() if s == max(scores.values())) <= champion
 
 
 def test_plots_show_renders_curves_confusion_and_misclassified(repo):
@@ -320,10 +302,3 @@ def test_offline_plots_page_renders_every_chart(repo, tmp_path):
     vega_plots = 4  # training loss, training accuracy, F1 per class, confusion matrix
     assert charts == vega_plots, dom[:2000]
     assert "misclassified.png" in dom
-
-
-def test_the_default_plots_page_needs_the_network(repo, tmp_path):
-    """The control: DVC's own page, from a CDN this machine cannot reach, draws no chart."""
-    run(["dvc", "plots", "show", "-o", str(tmp_path / "out")], repo)
-    dom = rendered_dom(tmp_path / "out/index.html", tmp_path / "profile")
-    assert dom.count('class="marks"') == 0
