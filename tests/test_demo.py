@@ -8,8 +8,6 @@ import io
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -55,19 +53,14 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_the_page_has_a_canvas(demo):
-    with urllib.request.urlopen(demo.url + "/", timeout=10) as response:
-        page = response.read().decode()
-    assert '<canvas id="board"' in page and "api/classify" in page
-
-
-def test_classify_answers_the_top_classes_best_first(demo, real_model):
+def test_classify_answers_the_top_classes_best_first_and_loads_no_tensorflow(demo, real_model):
     body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
     status, answer = classify(demo.url, body)
     assert status == 200
     probabilities = [item["probability"] for item in answer["classes"]]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
     assert answer["classes"][0]["label"] == str(real_model.predicted[0])
+    assert "tensorflow" not in mapped_files(demo.pid)
 
 
 BAD = {
@@ -148,10 +141,6 @@ def test_a_normal_request_is_answered_while_eight_huge_ones_are_in_flight(demo, 
     # a deadline that only catches an event loop blocked until the huge ones are done
     assert status == 200 and elapsed < 15, elapsed
     assert statuses == [400] * 8
-
-
-def test_the_page_loads_no_tensorflow(demo):
-    assert "tensorflow" not in mapped_files(demo.pid)
 
 
 def strokes(image: np.ndarray) -> list[tuple[int, int, int]]:

@@ -19,11 +19,6 @@ from pipeline.params import config
 from .support import free_port, idx_bytes, write_idx_folder
 
 
-def test_idx_round_trip():
-    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    assert np.array_equal(sources.parse_idx(idx_bytes(images), "x"), images)
-
-
 def test_truncated_idx_is_rejected_with_sizes():
     with pytest.raises(sources.SourceError, match="header says 1568 bytes of data, file has 1000"):
         sources.parse_idx(idx_bytes(np.zeros((2, 28, 28), np.uint8))[: 16 + 1000], "x")
