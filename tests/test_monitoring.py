@@ -221,24 +221,15 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
 
 # --- make monitor ---------------------------------------------------------------------------
 
-WINDOWS = {
-    "clean": (lambda images: images, set(), {"ink", "mean_intensity", "centre_col"}),
-    "inverted": (lambda images: 1 - images, {"ink", "mean_intensity"}, set()),
-    "shifted 4 pixels": (lambda images: shifted(images, 4), {"centre_col"}, {"centre_row"}),
-}
 
-
-@pytest.mark.parametrize("case", sorted(WINDOWS))
-def test_drift_is_found_in_changed_images_and_names_what_moved(params, reference, models, case):
-    change, moved, unmoved = WINDOWS[case]
-    log_directly(params, models["champion"], change(digits(500, seed=1)))
+def test_drift_names_what_moved_and_only_that(params, reference, models):
+    """Digits moved right: their column centre drifted, not their row centre nor their ink (clean
+    and inverted windows: the make monitor test below)."""
+    log_directly(params, models["champion"], shifted(digits(500, seed=1), 4))
     window = read_predictions(params.monitor.log_path)
     verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
-    assert verdict.tested and verdict.predictions == 500
-    assert moved <= set(verdict.drifted) and not unmoved & set(verdict.drifted), verdict.drifted
-    assert verdict.exit_code == (1 if moved else 0)
-    if case == "clean":
-        assert verdict.drifted == []
+    assert verdict.tested and verdict.predictions == 500 and verdict.exit_code == 1
+    assert "centre_col" in verdict.drifted and not {"centre_row", "ink"} & set(verdict.drifted)
 
 
 def own(reference: pd.DataFrame, window: pd.DataFrame) -> dict[str, ModelReference]:

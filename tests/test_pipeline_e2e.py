@@ -15,16 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import (
-    STAGES,
-    client_for,
-    environment,
-    imported_files,
-    run,
-    stage_module,
-    tiny_repo,
-    wait_for_queue,
-)
+from .support import client_for, environment, run, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -97,28 +88,10 @@ def runs_in(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-@pytest.mark.parametrize(
-    "module",
-    ["pipeline/data/files.py", "pipeline/params/config.py", "pipeline/reports/scores.py",
-     "pipeline/data/sources.py", "pipeline/training/network.py"],
-)  # fmt: skip
-def test_editing_a_shared_module_marks_exactly_the_stages_that_import_it(repo, module):
-    importers = {stage for stage in STAGES if module in imported_files(stage_module(stage))}
-    assert importers, f"no stage imports {module}"
-    source = repo / module
-    original = source.read_text()
-    try:
-        source.write_text(original + "# an edit\n")
-        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    finally:
-        source.write_text(original)
-    assert set(status) == importers
-    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
-
-
 def test_changing_learning_rate_marks_train_and_evaluate_only(repo):
-    """Which stages a param change reruns; the rerun and the run-cache restore that follows
-    are exercised by test_interrupted_repro_loses_nothing_and_the_next_completes."""
+    """Which stages a param change reruns (a code change: test_dvc_deps.py checks each stage's
+    deps against its imports); the rerun and the run-cache restore that follows are exercised
+    by test_interrupted_repro_loses_nothing_and_the_next_completes."""
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     try:
