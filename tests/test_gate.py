@@ -11,10 +11,8 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import onnx
 import pytest
 import yaml
-from onnx import TensorProto, helper
 
 import pipeline.tools.promote as promote_tool
 import pipeline.tracking.registry as registry
@@ -26,7 +24,15 @@ from pipeline.params import config, tools
 from pipeline.runtime.processes import environment_without
 from pipeline.tracking import store as tracking
 
-from .support import REPO, make_mnist, tiny_params, use_store_at, with_value, write_idx_folder
+from .support import (
+    REPO,
+    linear_onnx,
+    make_mnist,
+    tiny_params,
+    use_store_at,
+    with_value,
+    write_idx_folder,
+)
 
 
 def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
@@ -39,38 +45,11 @@ def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
 
 
 def pixel_model(path: Path, reads_corner: bool) -> Path:
-    """An ONNX graph over (n, 28, 28): class 1 where its feature exceeds 0.5, else class 0. The
-    feature is the top-left pixel (not shift-invariant) or the mean ink (nearly so)."""
-    nodes = []
-    if reads_corner:
-        nodes += [
-            helper.make_node("Gather", ["images", "zero"], ["row"], axis=1),
-            helper.make_node("Gather", ["row", "zero"], ["feature"], axis=1),
-        ]
-    else:
-        nodes += [helper.make_node("ReduceMean", ["images", "axes"], ["feature"], keepdims=0)]
-    nodes += [
-        helper.make_node("Unsqueeze", ["feature", "one"], ["column"]),
-        helper.make_node("Mul", ["column", "weights"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    weights, bias = np.zeros((1, 10), np.float32), np.zeros(10, np.float32)
-    weights[0, 1], bias[0] = 20.0, 10.0  # class 1 wins above 0.5
-    initializers = [
-        helper.make_tensor("zero", TensorProto.INT64, [], [0]),
-        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
-        helper.make_tensor("weights", TensorProto.FLOAT, [1, 10], weights.ravel()),
-        helper.make_tensor("bias", TensorProto.FLOAT, [10], bias),
-    ]
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 28, 28])]
-    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 10])]
-    graph = helper.make_graph(nodes, "pixel", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    """Class 1 where its feature exceeds 0.5, else class 0. The feature is the top-left pixel
+    (not shift-invariant) or the mean ink (nearly so)."""
+    weights, bias = np.zeros((784, 10)), np.zeros(10)
+    weights[: 1 if reads_corner else 784, 1], bias[0] = 20.0 if reads_corner else 20 / 784, 10.0
+    return linear_onnx(path, weights, bias)
 
 
 def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

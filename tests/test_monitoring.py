@@ -39,6 +39,7 @@ from .support import (
     REPO,
     client_for,
     free_port,
+    linear_onnx,
     post_json,
     prometheus_samples,
     running,
@@ -53,34 +54,6 @@ REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
 
 
 # --- models, digits and params --------------------------------------------------------------
-
-
-def linear_onnx(path: Path, seed: int) -> Path:
-    """A softmax regression over the 784 pixels as an ONNX file: images (n, 28, 28) → (n, 10)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    constants = {
-        "flat_shape": np.array([-1, 784], np.int64),
-        "weights": rng.normal(0, 0.05, (784, 10)).astype(np.float32),
-        "bias": rng.normal(0, 0.1, 10).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "softmax_regression",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, path)
-    return path
 
 
 def digits(count: int, seed: int) -> np.ndarray:
@@ -110,8 +83,9 @@ def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
-    return {role: linear_onnx(folder / f"{role}.onnx", seed)
-            for seed, role in enumerate(("champion", "shadow"))}  # fmt: skip
+    rngs = {role: np.random.default_rng(seed) for seed, role in enumerate(("champion", "shadow"))}
+    return {role: linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
+                              rng.normal(0, 0.1, 10)) for role, rng in rngs.items()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
