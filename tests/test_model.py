@@ -47,8 +47,9 @@ def test_rows_can_be_read_two_at_a_time():
 
 
 @pytest.mark.parametrize(
-    "unroll, iterations, built", [("auto", 200, False), ("auto", 1000, True), (True, 200, True),
-                                  (False, 5000, False)],
+    "unroll, iterations, built",
+    [("auto", config.UNROLL_FROM - 1, False), ("auto", config.UNROLL_FROM, True),
+     (True, 200, True), (False, 5000, False)],
 )  # fmt: skip
 def test_unroll_auto_unrolls_only_runs_long_enough_to_repay_the_tracing(unroll, iterations, built):
     assert config.network(model_params(unroll=unroll), iterations).unroll is built
