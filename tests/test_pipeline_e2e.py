@@ -64,7 +64,6 @@ def test_the_log_of_a_full_repro_has_no_false_alarms(repo):
     # C++ line TF_CPP_MIN_LOG_LEVEL cannot silence: absl prints it before logging is set up.
     lines = log.splitlines()
     notices = [i for i, line in enumerate(lines) if "] oneDNN custom operations are on" in line]
-    assert notices, "train.onednn is true, yet TensorFlow did not say so"
     before = {i - 1 for i in notices if "before absl::InitializeLog()" in lines[i - 1]}
     log = "\n".join(line for i, line in enumerate(lines) if i not in {*notices, *before})
     for noise in ("E0000", "cuInit", "absl::InitializeLog", "\x1b[", "\r", "Traceback",
