@@ -1,5 +1,6 @@
 """The tests' helpers: tiny data and params, processes and servers by pid, scratch repos, what a
-module imports, a headless browser, image files. conftest.py holds the fixtures built on them.
+module imports, a linear ONNX model, a headless browser, image files. conftest.py holds the
+fixtures built on them.
 """
 
 from __future__ import annotations
@@ -450,6 +451,31 @@ def stage_module(stage: str) -> str:
     command = DVC_YAML["stages"][stage]["cmd"].split()
     assert command[:2] == ["python", "-m"], f"stage {stage}: cmd is not `python -m MODULE`"
     return command[2]
+
+
+def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> Path:
+    """A softmax regression over the 784 pixels as an ONNX file, images (n, 28, 28) → (n, 10):
+    a model the servers and the gate run in a second, with no training."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    constants = {"flat_shape": np.array([-1, 784], np.int64), "weights": weights.astype(np.float32),
+                 "bias": bias.astype(np.float32)}  # fmt: skip
+    nodes = [
+        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "softmax_regression",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 28, 28])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path)
+    return path
 
 
 # --- a browser and image files -------------------------------------------------------------

@@ -39,6 +39,7 @@ from .support import (
     REPO,
     client_for,
     free_port,
+    linear_onnx,
     post_json,
     prometheus_samples,
     running,
@@ -46,43 +47,13 @@ from .support import (
     use_store_at,
     wait_until,
     wait_until_healthy,
-    with_value,
     write_params,
 )
 
 REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
-DEEP = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 kB, under the body limit
 
 
 # --- models, digits and params --------------------------------------------------------------
-
-
-def linear_onnx(path: Path, seed: int) -> Path:
-    """A softmax regression over the 784 pixels as an ONNX file: images (n, 28, 28) → (n, 10)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    constants = {
-        "flat_shape": np.array([-1, 784], np.int64),
-        "weights": rng.normal(0, 0.05, (784, 10)).astype(np.float32),
-        "bias": rng.normal(0, 0.1, 10).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("Reshape", ["images", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "weights"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "softmax_regression",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, path)
-    return path
 
 
 def digits(count: int, seed: int) -> np.ndarray:
@@ -112,8 +83,9 @@ def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
-    return {role: linear_onnx(folder / f"{role}.onnx", seed)
-            for seed, role in enumerate(("champion", "shadow"))}  # fmt: skip
+    rngs = {role: np.random.default_rng(seed) for seed, role in enumerate(("champion", "shadow"))}
+    return {role: linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
+                              rng.normal(0, 0.1, 10)) for role, rng in rngs.items()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -223,24 +195,15 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
 
 # --- make monitor ---------------------------------------------------------------------------
 
-WINDOWS = {
-    "clean": (lambda images: images, set(), {"ink", "mean_intensity", "centre_col"}),
-    "inverted": (lambda images: 1 - images, {"ink", "mean_intensity"}, set()),
-    "shifted 4 pixels": (lambda images: shifted(images, 4), {"centre_col"}, {"centre_row"}),
-}
 
-
-@pytest.mark.parametrize("case", sorted(WINDOWS))
-def test_drift_is_found_in_changed_images_and_names_what_moved(params, reference, models, case):
-    change, moved, unmoved = WINDOWS[case]
-    log_directly(params, models["champion"], change(digits(500, seed=1)))
+def test_drift_names_what_moved_and_only_that(params, reference, models):
+    """Digits moved right: their column centre drifted, not their row centre nor their ink (clean
+    and inverted windows: the make monitor test below)."""
+    log_directly(params, models["champion"], shifted(digits(500, seed=1), 4))
     window = read_predictions(params.monitor.log_path)
     verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
-    assert verdict.tested and verdict.predictions == 500
-    assert moved <= set(verdict.drifted) and not unmoved & set(verdict.drifted), verdict.drifted
-    assert verdict.exit_code == (1 if moved else 0)
-    if case == "clean":
-        assert verdict.drifted == []
+    assert verdict.tested and verdict.predictions == 500 and verdict.exit_code == 1
+    assert "centre_col" in verdict.drifted and not {"centre_row", "ink"} & set(verdict.drifted)
 
 
 def own(reference: pd.DataFrame, window: pd.DataFrame) -> dict[str, ModelReference]:
@@ -335,17 +298,10 @@ def time_in(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
 
 
-def test_a_bad_since_or_param_is_refused_in_one_line(params, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
+def test_a_bad_since_is_refused_in_one_line(params, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
         monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
     assert stop.value.code == 2 and "duration" in capsys.readouterr().err
-    raw = params.model_dump(mode="json")
-    for key, value in (("alpha", 1.5), ("window", "1 day"), ("log_max_bytes", 10)):
-        bad = write_params(with_value(raw, f"monitor.{key}", value), tmp_path / "bad.yaml")
-        with pytest.raises(SystemExit) as stop:
-            monitor.main(["--params", str(bad)])
-        message = str(stop.value.code)
-        assert message.startswith(f"error: {bad}: monitor.{key} = ") and "\n" not in message
 
 
 # --- the servers ------------------------------------------------------------------------------
@@ -368,16 +324,8 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
             status, answer = invocations(server.url, batch)
             assert status == 200
             np.testing.assert_allclose(answer["predictions"], champion.predict(batch), atol=1e-6)
-        assert post_json(server.url + "/invocations", DEEP)[0] == 400
-        assert post_json(server.url + "/invocations", b'{"inputs": [[')[0] == 400
         assert reaches(server.url, "shadow_predictions_total", 100)  # scored off the request path
         samples = prometheus_samples(server.url)
-    assert sample_total(samples, "http_requests_total", route="/invocations", status="200") == 20
-    assert sample_total(samples, "http_requests_total", route="/invocations", status="400") == 2
-    statuses = {dict(labels)["status"] for name, labels in samples if name == "http_requests_total"}
-    assert statuses == {"200", "400"}  # the deep body too: a 400, never a 5xx
-    assert sample_total(samples, "http_request_duration_seconds_count", route="/invocations") == 22
-    assert sample_total(samples, "model_predictions_total") == 100
     predicted = champion.predict(images).argmax(axis=1)
     for label in range(10):
         expected = (predicted == label).sum()
@@ -492,21 +440,6 @@ def test_the_log_keeps_pixels_only_when_asked(tmp_path):
             np.testing.assert_allclose(images_of(logged["pixels"]), images, atol=0.5 / 255)
         else:
             assert logged["pixels"].isna().all()
-
-
-@pytest.mark.slow
-def test_metrics_add_up_across_worker_processes(params, models, tmp_path):
-    path = params_file(params, tmp_path)
-    with serve(path, models, tmp_path / "server.log", "--workers", "2") as server:
-        for _ in range(40):  # a connection each: the kernel spreads them over both workers
-            assert invocations(server.url, digits(1, seed=12))[0] == 200
-        samples = prometheus_samples(server.url)
-    assert sample_total(samples, "http_requests_total", route="/invocations", status="200") == 40
-    assert sample_total(samples, "http_request_duration_seconds_count", route="/invocations") == 40
-    assert sample_total(samples, "model_predictions_total") == 40
-    assert len([name for name, _ in samples if name == "model_info"]) == 1
-    logged = read_predictions(params.monitor.log_path)
-    assert len(logged) == 40
 
 
 def test_the_default_log_path_is_ignored_by_git_and_dvc():

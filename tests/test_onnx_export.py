@@ -46,12 +46,6 @@ def test_the_export_gives_kerass_probabilities_through_onnxs_own_lstm_op(tmp_pat
     assert runtime.predict(batch[:0]).shape == (0, 10)
 
 
-def test_the_exported_copy_is_rolled_and_never_cudnn():
-    copy = onnx_export.exportable(row_lstm(8, unroll=True, seed=0))
-    lstm = copy.get_layer("lstm")
-    assert lstm.unroll is False and lstm.use_cudnn is False
-
-
 def test_an_export_that_disagrees_fails_in_one_line_and_leaves_the_old_file(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"the previous model")

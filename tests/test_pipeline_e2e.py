@@ -13,20 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 
-from .support import (
-    STAGES,
-    client_for,
-    environment,
-    imported_files,
-    run,
-    stage_module,
-    tiny_repo,
-    wait_for_queue,
-)
+from .support import client_for, environment, run, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +28,10 @@ def repo(tmp_path_factory) -> Path:
     first = run(["dvc", "repro"], repo)
     assert "Running stage 'train'" in first.stdout
     (base / "first_repro.log").write_text(first.stdout + first.stderr)
+    # later tests add runs and commits: which are the first repro's
+    made = json.loads((repo / "models/mlflow_run.json").read_text())
+    made["commit"] = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    (base / "first_run.json").write_text(json.dumps(made))
     return repo
 
 
@@ -53,22 +46,15 @@ def test_outputs_exist(repo):
     assert (repo / "reports/train_history.csv").read_text().startswith("iteration,train_loss")
 
 
-def test_mlflow_holds_the_run_and_a_registered_model_that_predicts(repo):
-    client = client_for(repo)
-    experiment = client.get_experiment_by_name("mnist-lstm")
-    (run_,) = client.search_runs([experiment.experiment_id])
-    assert run_.info.status == "FINISHED"
-    assert run_.data.params["train.iterations"] == "6"
-    assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+def test_mlflow_holds_the_run_named_for_its_commit_and_its_registered_version(repo):
+    client, made = client_for(repo), json.loads((repo.parent / "first_run.json").read_text())
+    run_ = client.get_run(made["run_id"])
+    assert run_.info.status == "FINISHED" and run_.data.tags["git_commit"] == made["commit"]
     assert run_.info.run_name == run_.data.tags["git_commit"][:7]  # named for what made it
     assert run_.data.tags["tensorflow.onednn"] == "true"  # params.yaml's train.onednn, applied
-    assert [m.step for m in client.get_metric_history(run_.info.run_id, "train_loss")] == [3, 6]
     assert "test_accuracy" in run_.data.metrics
-    (version,) = client.search_model_versions("name='mnist-lstm'")
-    assert int(version.version) == 1 and version.run_id == run_.info.run_id
-    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/mnist-lstm/1")
-    assert np.asarray(model.predict(np.zeros((3, 28, 28), np.float32))).shape == (3, 10)
+    (version,) = client.search_model_versions(f"run_id='{run_.info.run_id}'")
+    assert int(version.version) == 1
 
 
 def test_the_log_of_a_full_repro_has_no_false_alarms(repo):
@@ -78,7 +64,6 @@ def test_the_log_of_a_full_repro_has_no_false_alarms(repo):
     # C++ line TF_CPP_MIN_LOG_LEVEL cannot silence: absl prints it before logging is set up.
     lines = log.splitlines()
     notices = [i for i, line in enumerate(lines) if "] oneDNN custom operations are on" in line]
-    assert notices, "train.onednn is true, yet TensorFlow did not say so"
     before = {i - 1 for i in notices if "before absl::InitializeLog()" in lines[i - 1]}
     log = "\n".join(line for i, line in enumerate(lines) if i not in {*notices, *before})
     for noise in ("E0000", "cuInit", "absl::InitializeLog", "\x1b[", "\r", "Traceback",
@@ -104,28 +89,10 @@ def runs_in(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-@pytest.mark.parametrize(
-    "module",
-    ["pipeline/data/files.py", "pipeline/params/config.py", "pipeline/reports/scores.py",
-     "pipeline/data/sources.py", "pipeline/training/network.py"],
-)  # fmt: skip
-def test_editing_a_shared_module_marks_exactly_the_stages_that_import_it(repo, module):
-    importers = {stage for stage in STAGES if module in imported_files(stage_module(stage))}
-    assert importers, f"no stage imports {module}"
-    source = repo / module
-    original = source.read_text()
-    try:
-        source.write_text(original + "# an edit\n")
-        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    finally:
-        source.write_text(original)
-    assert set(status) == importers
-    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
-
-
 def test_changing_learning_rate_marks_train_and_evaluate_only(repo):
-    """Which stages a param change reruns; the rerun and the run-cache restore that follows
-    are exercised by test_interrupted_repro_loses_nothing_and_the_next_completes."""
+    """Which stages a param change reruns (a code change: test_dvc_deps.py checks each stage's
+    deps against its imports); the rerun and the run-cache restore that follows are exercised
+    by test_interrupted_repro_loses_nothing_and_the_next_completes."""
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     try:
@@ -165,17 +132,6 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
         assert r.info.run_name == r.data.tags["dvc.exp_name"]
         assert any(r.info.run_name in row.split(",") for row in table), table
     assert not list((repo / ".dvc").rglob("mlflow.db"))
-
-
-def test_champion_is_the_best_registered_version(repo):
-    client = client_for(repo)
-    scores = {
-        int(v.version): client.get_run(v.run_id).data.metrics["validation_accuracy"]
-        for v in client.search_model_versions("name='mnist-lstm'")
-    }
-    champion = int(client.get_model_version_by_alias("mnist-lstm", "champion").version)
-    assert scores[champion] == max(scores.values())
-    assert min(v for v, s in scores.items() if s == max(scores.values())) <= champion
 
 
 def test_plots_show_renders_curves_confusion_and_misclassified(repo):
@@ -320,10 +276,3 @@ def test_offline_plots_page_renders_every_chart(repo, tmp_path):
     vega_plots = 4  # training loss, training accuracy, F1 per class, confusion matrix
     assert charts == vega_plots, dom[:2000]
     assert "misclassified.png" in dom
-
-
-def test_the_default_plots_page_needs_the_network(repo, tmp_path):
-    """The control: DVC's own page, from a CDN this machine cannot reach, draws no chart."""
-    run(["dvc", "plots", "show", "-o", str(tmp_path / "out")], repo)
-    dom = rendered_dom(tmp_path / "out/index.html", tmp_path / "profile")
-    assert dom.count('class="marks"') == 0

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.serving import images, loader
-from pipeline.serving import predict as predict_tool
 
-from .support import REPO, huge_png, write_params
+from .support import REPO, huge_png
 
 pytestmark = pytest.mark.slow
 
@@ -91,17 +90,6 @@ def test_a_missing_model_is_one_line(tmp_path):
     result = predict(str(tmp_path / "x.npy"), "--model", str(tmp_path / "absent.onnx"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load model")
-
-
-def test_a_file_that_is_no_image_is_one_line_naming_it(raw_params, tmp_path, capsys):
-    text = tmp_path / "notanimage.txt"
-    text.write_text("hello\n")
-    params = write_params(raw_params, tmp_path / "params.yaml")
-    with pytest.raises(SystemExit) as raised:
-        predict_tool.main([str(text), "--params", str(params)])
-    assert raised.value.code == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert errors == [f"error: {text}: not an image Pillow can read ({images.KNOWN_FORMATS}, ...)"]
 
 
 @pytest.mark.parametrize("model", ["mnist-lstm@champion", "mnist-lstm/3"])

@@ -50,20 +50,14 @@ def test_validation_size_must_leave_training_images():
         preprocess.split_validation(x, y, 10, seed=0)
 
 
-def test_labels_out_of_range_fail_the_checks():
-    x = np.zeros((20, 28, 28), np.float32)
-    y = (np.arange(20) % 11).astype(np.uint8)
-    with pytest.raises(
-        preprocess.DataError, match="labels uint8 up to 10, expected uint8 below 10"
-    ):
-        preprocess.check_split("train", x, y, 10)
-
-
-def test_missing_class_fails_the_checks():
-    x = np.zeros((20, 28, 28), np.float32)
-    y = (np.arange(20) % 9).astype(np.uint8)
-    with pytest.raises(preprocess.DataError, match=r"classes with no images: \[9\]"):
-        preprocess.check_split("val", x, y, 10)
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [(11, "labels uint8 up to 10, expected uint8 below 10"), (9, r"classes with no images: \[9\]")],
+)
+def test_labels_out_of_range_or_a_missing_class_fail_the_checks(classes, message):
+    y = (np.arange(20) % classes).astype(np.uint8)
+    with pytest.raises(preprocess.DataError, match=message):
+        preprocess.check_split("train", np.zeros((20, 28, 28), np.float32), y, 10)
 
 
 def test_corrupted_raw_file_is_detected_with_recovery_advice(fetched, tmp_path):

@@ -43,11 +43,9 @@ def load_first_version(root, monkeypatch):
     return mlflow.pyfunc.load_model("models:/mnist-lstm/1")
 
 
-def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained, monkeypatch):
+def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained):
     with pytest.raises(tracking.TrackingError, match=r"moved or copied; run `make relocate`"):
         tracking.use_store(trained.params.mlflow, moved)
-    with pytest.raises(Exception, match="No such"):  # what MLflow says without the fix
-        load_first_version(moved, monkeypatch)
 
 
 def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(

@@ -139,15 +139,6 @@ def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
 
 
 @pytest.mark.heavy
-def test_per_class_rows_come_largest_f1_move_first(reviewed):
-    markdown, _ = reviewed
-    per_class = markdown.split("## Per class")[1].split("##")[0]
-    changes = [abs(float(line.split("|")[4])) for line in per_class.splitlines()
-               if line.startswith("| `")]  # fmt: skip
-    assert len(changes) == 10 and changes == sorted(changes, reverse=True)
-
-
-@pytest.mark.heavy
 def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
     head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     markdown = make_report(repo, "HEAD", head, monkeypatch)

@@ -165,9 +165,21 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     assert in_python(b, team.env(), code) == f"{run_id} (5, 10)"
 
 
+def scores_on(team: Team) -> dict[int, float]:
+    """Each registered version's validation accuracy, as the server has them."""
+    scores, versions = {}, get(team.url, "model-versions/search", filter=f"name='{MODEL}'")
+    for version in versions["model_versions"]:
+        found = post(team.url, "runs/search", {"experiment_ids": ["1"],
+                     "filter": f"attributes.run_id = '{version['run_id']}'"})["runs"]  # fmt: skip
+        metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
+        scores[int(version["version"])] = metrics["validation_accuracy"]
+    return scores
+
+
 @pytest.mark.heavy
 def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team, shared):
     a, b = shared
+    before = scores_on(team)
     processes = [
         subprocess.Popen(
             ["dvc", "exp", "run", "-n", name, "-S", f"train.learning_rate={rate}"],
@@ -181,16 +193,10 @@ def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
-    versions = get(team.url, "model-versions/search", filter=f"name='{MODEL}'")
-    scores = {}
-    for version in versions["model_versions"]:
-        found = post(team.url, "runs/search", {"experiment_ids": ["1"],
-                     "filter": f"attributes.run_id = '{version['run_id']}'"})["runs"]  # fmt: skip
-        metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
-        scores[int(version["version"])] = metrics["validation_accuracy"]
+    scores = scores_on(team)
     reset(a)
     reset(b)
-    assert len(scores) == 3  # A's repro, then one experiment from each clone
+    assert len(scores) == len(before) + 2  # one experiment from each clone
     champion = get(team.url, "registered-models/alias", name=MODEL, alias="champion")
     assert scores[int(champion["model_version"]["version"])] == max(scores.values()), scores
 
@@ -198,8 +204,11 @@ def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team
 @pytest.mark.heavy
 def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
     a, b = shared
-    run(["dvc", "exp", "push", "origin", "lr-high"], a)
-    run(["dvc", "exp", "pull", "origin", "lr-high"], b)
+    # a rate no other test trains: DVC would restore that one's run from its run cache
+    run(["dvc", "exp", "run", "-n", "pushed", "-S", "train.learning_rate=0.03"], a, env=team.env())
+    reset(a)
+    run(["dvc", "exp", "push", "origin", "pushed"], a)
+    run(["dvc", "exp", "pull", "origin", "pushed"], b)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], b).stdout)
     experiments = {
         exp["name"]: exp
@@ -207,13 +216,13 @@ def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
         for exp in (row.get("experiments") or [])
         if exp.get("name")
     }
-    assert "lr-high" in experiments, shown
-    run(["dvc", "exp", "apply", "lr-high"], b)
-    assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.02
+    assert "pushed" in experiments, shown
+    run(["dvc", "exp", "apply", "pushed"], b)
+    assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.03
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]  # from the cache
     query = {"experiment_ids": ["1"], "filter": f"attributes.run_id = '{run_id}'"}
     tags = post(team.url, "runs/search", query)["runs"][0]["data"]["tags"]
-    assert {"key": "dvc.exp_name", "value": "lr-high"} in tags
+    assert {"key": "dvc.exp_name", "value": "pushed"} in tags
     reset(b)
 
 
@@ -371,7 +380,8 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     finally:
         with contextlib.suppress(ProcessLookupError):
             stage.kill()
-    # the last test: the module's teardown stops PostgreSQL, with the server already gone
+        team.server("stop", a)  # PostgreSQL, the server already gone; then both again
+        team.server("start", a)
     last = rest.strip().splitlines()[-1]
     assert stage.returncode == 1, rest
     assert last.startswith(f"error: MLflow tracking server {team.url} stopped answering"), rest

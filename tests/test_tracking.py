@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import mlflow
 import pytest
 import yaml
 
 import pipeline.tracking.lineage as lineage
-from pipeline.params import config
 from pipeline.tracking import store as tracking
 
 from .support import GIT_IDENTITY
 
 
-def test_mlflow_tracking_uri_overrides_the_repo_store(params, store, monkeypatch):
-    other = store / "elsewhere.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
-    experiment_id = tracking.use_store(params.mlflow)
-    assert other.is_file() and not (store / "mlflow.db").exists()
-    experiment = mlflow.MlflowClient(f"sqlite:///{other}").get_experiment(experiment_id)
-    assert experiment.name == params.mlflow.experiment
-
-
-def test_a_sqlite_store_named_by_the_variable_keeps_artifacts_beside_it(params, store, tmp_path,
-                                                                        monkeypatch):  # fmt: skip
+def test_mlflow_tracking_uri_overrides_the_repo_store_and_keeps_artifacts_beside_it(
+    params, store, tmp_path, monkeypatch
+):
     """Not under the working folder, which under `dvc exp run --temp` DVC deletes afterwards."""
     other = tmp_path / "stores" / "elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
     (tmp_path / "workspace").mkdir()
     monkeypatch.chdir(tmp_path / "workspace")
     experiment_id = tracking.use_store(params.mlflow)
+    assert other.is_file() and not (store / "mlflow.db").exists()
     experiment = mlflow.MlflowClient(f"sqlite:///{other}").get_experiment(experiment_id)
+    assert experiment.name == params.mlflow.experiment
     expected = (other.parent / params.mlflow.artifacts_dir).resolve().as_uri()
     assert experiment.artifact_location == expected
 
@@ -121,63 +112,29 @@ def test_params_hash_changes_with_any_value(params):
     assert lineage.params_sha256(params) == lineage.params_sha256(params.model_copy())
 
 
-def no_secrets_logged(raw_params: dict) -> None:
-    """Child process: make a run the way train does, with a secret in the environment."""
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "super-secret-value"
-    params = config.parse_params(raw_params)
-    experiment = tracking.use_store(params.mlflow)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_params(lineage.flatten(params.model_dump()))
-        mlflow.set_tags(lineage.lineage_tags({"train": "0" * 64}, params))
-    logged = mlflow.get_run(run.info.run_id).data
-    assert "super-secret-value" not in str(logged.params) + str(logged.tags)
-
-
-def pool(workers: int) -> ProcessPoolExecutor:
-    """Fresh interpreters: a forked copy of this process inherits TensorFlow's runtime from
-    earlier tests, without its threads, and can crash when it garbage-collects a tf.function."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-
-
-def open_store(raw_params: dict) -> str:
-    return tracking.use_store(config.parse_params(raw_params).mlflow)
+STORE_USER = (
+    "import sys, yaml, mlflow\n"
+    "from pipeline.params import config\nfrom pipeline.tracking import store as tracking\n"
+    "params = config.parse_params(yaml.safe_load(open(sys.argv[1])))\n"
+    "experiment = tracking.use_store(params.mlflow)\n"
+    "with mlflow.start_run(experiment_id=experiment):\n"
+    "    for step in range(40):\n"
+    "        mlflow.log_metric('x', step, step=step)\n"
+)
 
 
 @pytest.mark.slow
-def test_parallel_processes_set_up_one_new_store_without_errors(raw_params, store):
-    # A new SQLite store migrates on first use; without the lock two processes collide.
-    with pool(4) as workers:
-        experiment_ids = list(workers.map(open_store, [raw_params] * 4))
-    assert len(set(experiment_ids)) == 1
-    assert (store / "mlflow.db").is_file()
-
-
-@pytest.mark.slow
-def test_environment_secrets_are_not_logged(raw_params, store):
-    with pool(1) as workers:
-        workers.submit(no_secrets_logged, raw_params).result()
-
-
-@pytest.mark.slow
-def test_parallel_processes_share_one_store_without_locking_errors(raw_params, store):
-    script = (
-        "import sys, yaml, mlflow\n"
-        "from pipeline.params import config\nfrom pipeline.tracking import store as tracking\n"
-        "params = config.parse_params(yaml.safe_load(open(sys.argv[1])))\n"
-        "experiment = tracking.use_store(params.mlflow)\n"
-        "with mlflow.start_run(experiment_id=experiment):\n"
-        "    for step in range(40):\n"
-        "        mlflow.log_metric('x', step, step=step)\n"
-    )
-    import yaml
-
+def test_parallel_processes_set_up_one_new_store_and_share_it_without_locking_errors(
+    raw_params, store
+):
+    """A new SQLite store migrates on first use (without the lock two processes collide), then
+    takes their writes at once (WAL)."""
     params_file = store / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw_params))
-    workers = [
-        subprocess.Popen([sys.executable, "-c", script, str(params_file)], stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "DVC_ROOT": str(store)})
-        for _ in range(4)
-    ]  # fmt: skip
+    env = {**os.environ, "DVC_ROOT": str(store)}
+    workers = [subprocess.Popen([sys.executable, "-c", STORE_USER, str(params_file)],
+                                stderr=subprocess.PIPE, text=True, env=env)
+               for _ in range(4)]  # fmt: skip
     errors = [worker.communicate(timeout=180)[1] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0, 0, 0], errors
     assert not any("database is locked" in error for error in errors)

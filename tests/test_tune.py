@@ -185,23 +185,6 @@ def test_a_database_study_beats_for_its_trial_and_fails_one_whose_worker_stopped
     assert "trial 0: its worker on another-machine stopped sending heartbeats" in caplog.text
 
 
-def test_two_processes_share_one_journal_file_study(study, tmp_path):
-    params, _, _ = study
-    code = (
-        "import optuna, sys\n"
-        "from optuna.storages import JournalStorage\n"
-        "from optuna.storages.journal import JournalFileBackend\n"
-        f"s = optuna.load_study(study_name='{params.tune.study}', "
-        f"storage=JournalStorage(JournalFileBackend(r'{params.tune.storage}')))\n"
-        "for _ in range(5):\n    t = s.ask(); s.tell(t, 1.0)\n"
-    )
-    workers = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
-    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
-    reloaded = optuna.load_study(study_name=params.tune.study,
-                                 storage=trials.open_storage(params.tune.storage))  # fmt: skip
-    assert sorted(trial.number for trial in reloaded.trials) == list(range(10))
-
-
 def test_a_trial_is_scored_only_from_a_run_of_its_own_experiment(store):
     import mlflow
 

@@ -101,18 +101,3 @@ def test_the_view_is_an_experiment_tag_that_each_start_rewrites(tmp_path):
     assert views == [ui_tool.VIEW_TAG_PREFIX + ui_tool.VIEW_KEY]
     columns = json.loads(tags[views[0]])["selectedColumns"]
     assert "params.`train.learning_rate`" in columns and "params.`seed`" not in columns
-
-
-def test_the_runs_system_metrics_tab_draws_a_chart(ui, trained):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    page = f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs/{trained.run_id}/system-metrics"
-    driver = browser("1400,1000")
-    try:
-        driver.get(page)
-        WebDriverWait(driver, 90).until(
-            lambda page: page.find_elements(By.CSS_SELECTOR, ".js-plotly-plot svg")
-        )
-    finally:
-        driver.quit()

@@ -290,8 +290,7 @@ def serve(
     With `workers` > 1, `uvicorn.run` binds the port and runs its supervisor. The listener it
     binds (`Config.bind_socket`) is TCP by protocol number, so asyncio sets TCP_NODELAY on each
     accepted connection; uvicorn releases before the fix of Kludex/uvicorn#3149 left it at 0,
-    and each keep-alive request after the first waited ~40 ms for a delayed ACK
-    (tests/test_serve.py checks that the listener is made as TCP).
+    and each keep-alive request after the first waited ~40 ms for a delayed ACK.
     """
     import uvicorn
 
