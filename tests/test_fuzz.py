@@ -15,33 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from .support import running, write_params
+from .support import linear_onnx, running, write_params
 
 CASES = 1500  # per server: a few thousand in all, well within a minute
 NAME = "mnist-lstm"  # params.yaml's mlflow.registered_model, which the V2 routes name
 MEMORY_MB = 150  # what a server may grow by over the whole run
-
-
-def tiny_onnx(path) -> str:
-    """A linear classifier of 28×28 images as ONNX (no TensorFlow): the servers' real path."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(rng.normal(size=(784, 10)).astype(np.float32), "weights")
-    shape = numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")
-    graph = helper.make_graph(
-        [helper.make_node("Reshape", ["images", "shape"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10])],
-        [weights, shape],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.write_bytes(model.SerializeToString())
-    return str(path)
 
 
 @pytest.fixture(scope="module", params=["serve", "demo"])
@@ -52,7 +30,9 @@ def server(request, tmp_path_factory):
     raw = tiny_params(folder, folder / "mirror", make_mnist())
     raw["serve"] |= {"max_body_bytes": 200_000, "max_pending": 8}
     params = write_params(raw, folder / "params.yaml")
-    args = ["--params", str(params), "--model", tiny_onnx(folder / "tiny.onnx")]
+    rng = np.random.default_rng(0)
+    model = linear_onnx(folder / "tiny.onnx", rng.normal(size=(784, 10)), np.zeros(10))
+    args = ["--params", str(params), "--model", str(model)]
     with running(f"pipeline.serving.{request.param}", args, "/health",
                  folder / "server.log") as process:  # fmt: skip
         yield request.param, process
