@@ -1,8 +1,9 @@
 """Evaluate the trained model; pass it through the gate; write metrics and plots; log them.
 
-The model scored is the one train logged to its MLflow run (the ONNX network, through its
-pyfunc), loaded from the store as a user loads it: the metrics are those of the artifact that
-is registered and served. No TensorFlow is imported here.
+The model scored is the ONNX file train exported and logged to its run: the local file and
+the store's copy are both checked against the sha256 train recorded, so the metrics are those of
+the artifact that is registered and served. ONNX Runtime scores it in a thread while MLflow and
+the store load here. No TensorFlow is imported here.
 
 The validation split chooses, the test split judges (docs/gate.md): the model must pass
 the floors and behavioural checks on test images (`evaluate:` in params.yaml), and becomes
@@ -16,13 +17,12 @@ import contextlib
 import logging
 import os
 import re
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
-import pandas as pd
 
 import pipeline.inference.cache as model_cache
 import pipeline.params.config as config
@@ -35,10 +35,14 @@ import pipeline.tracking.store as tracking
 from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write_json, write_text
 from pipeline.gate import behaviour as checks
 from pipeline.gate import rule
-from pipeline.inference import integrity
+from pipeline.inference import integrity, onnx_network
 from pipeline.monitoring.reference import log_reference, reference_records, write_reference
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
+# MLflow and pandas are imported inside the functions: scoring starts before they load.
 
 
 def draw_figures(
@@ -95,6 +99,8 @@ def per_class_metrics_flat(per_class: pd.DataFrame, split: str) -> dict[str, flo
 
 def log_results(results: Evaluation) -> None:
     """Metrics (overall and per class), tables and figures, into the active run."""
+    import mlflow
+
     per_class = results.per_class
     mlflow.log_metrics(
         results.metrics
@@ -130,6 +136,8 @@ def card_for(run, run_info: dict, decision: rule.Decision, results: Evaluation, 
 def log_to_run(run_info: dict, results: Evaluation, val: Arrays, params) -> rule.Decision:
     """Log the results into train's run, pass the model through the gate, write and log the
     model card."""
+    import mlflow
+
     with tracking.server_lost_as_error():
         run = mlflow.start_run(run_id=run_info["run_id"])
         try:
@@ -174,20 +182,45 @@ def behaviour(predict, test: Arrays, predictions: np.ndarray, params: config.Par
     )
 
 
-def measure(
-    predict, test: Arrays, val: Arrays, params: config.Params, painter: drawing.Painter
-) -> Evaluation:
-    """Score both splits and the behavioural checks; write the reports and figures."""
-    log.info("scoring %s on %d test and %d validation images", "the logged model",
+@dataclass(frozen=True)
+class Scores:
+    """The model's answers: what takes ONNX Runtime's time, done before MLflow is needed."""
+
+    test: Arrays
+    val: Arrays
+    test_probabilities: np.ndarray
+    val_probabilities: np.ndarray
+    behaviour: dict[str, float]
+
+
+def score(params: config.Params, onnx_sha256: str | None) -> Scores:
+    """The exported ONNX file (its sha256 checked first) on both splits and the behavioural
+    checks."""
+    path = Path(params.paths.onnx_model)
+    integrity.verify(str(path), path, onnx_sha256)
+    predict = onnx_network.OnnxNetwork(path).predict
+    test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
+    log.info("scoring the exported model on %d test and %d validation images",
              len(test["x"]), len(val["x"]))  # fmt: skip
     probabilities = predict(test["x"])
+    found = behaviour(predict, test, probabilities.argmax(axis=1), params)
+    return Scores(test, val, probabilities, predict(val["x"]), found)
+
+
+def measure(scores: Scores, params: config.Params, painter: drawing.Painter) -> Evaluation:
+    """Metrics of both splits and the behavioural checks; write the reports and figures."""
+    import pandas as pd
+
+    test, probabilities = scores.test, scores.test_probabilities
     predictions = probabilities.argmax(axis=1)
     metrics, per_class, confusion = scored(probabilities, test["y"], "test", params)
     folder = Path(params.paths.figures_dir)
     drawn = draw_figures(painter, test, predictions, confusion, params.data, folder)
-    validation, validation_per_class, _ = scored(predict(val["x"]), val["y"], "validation", params)
+    val_y = scores.val["y"]
+    validation, validation_per_class, _ = scored(scores.val_probabilities, val_y, "validation",
+                                                 params)  # fmt: skip
     metrics |= {"test_min_class_f1": float(per_class["f1"].min())} | validation
-    metrics |= behaviour(predict, test, predictions, params)
+    metrics |= scores.behaviour
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
     # what make monitor compares the served model's traffic with
@@ -205,13 +238,16 @@ def run(params: config.Params) -> dict[str, float]:
     """Score the validation and test splits; write metrics, plots, figures and the model card;
     log them; pass the model through the gate before any alias moves."""
     run_info = read_json(params.paths.run_info)
-    with drawing.painter() as painter:  # its imports beside the store's first connection
-        tracking.use_store(params.mlflow)
+    onnx_sha256 = run_info.get("onnx_sha256")
+    with ThreadPoolExecutor(max_workers=1) as background, drawing.painter() as painter:
+        scores = background.submit(score, params, onnx_sha256)  # ONNX Runtime, without the GIL
+        tracking.use_store(params.mlflow)  # meanwhile: MLflow's import and the store's, with it
         origin = run_info.get("tracking_uri")
         tracking.require_run(run_info["run_id"], origin, params.paths.run_info)
-        test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
-        model = registry.load_model(run_info["model_uri"], run_info.get("onnx_sha256"))
-        results = measure(model, test, val, params, painter)
+        with registry.downloaded(run_info["model_uri"], onnx_sha256):
+            pass  # the store's copy is the file scored: the one registered and served
+        answers = scores.result()
+        results = measure(answers, params, painter)
     metrics = results.metrics
     log.info(
         "validation accuracy %.4f; test accuracy %.4f, loss %.4f",
@@ -219,7 +255,7 @@ def run(params: config.Params) -> dict[str, float]:
         metrics["test_accuracy"],
         metrics["test_loss"],
     )
-    decision = log_to_run(run_info, results, val, params)
+    decision = log_to_run(run_info, results, answers.val, params)
     if decision.champion is not None:  # the store is written for good now: the servers' copy of
         # the champion, made while MLflow is loaded here, spares their next start MLflow's start-up
         model_cache.prepare(registry.champion_uri(params.mlflow.registered_model), params)

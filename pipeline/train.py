@@ -1,15 +1,18 @@
-"""Train the LSTM on the preprocessed data; save the model and log the run to MLflow."""
+"""Train the LSTM on the preprocessed data; save the model and log the run to MLflow.
+
+MLflow is imported inside the functions: the training process (pipeline/training/trainer.py)
+starts before this process imports it, so that TensorFlow loads there meanwhile.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import mlflow
-import pandas as pd
+from typing import TYPE_CHECKING
 
 import pipeline.params.config as config
 import pipeline.reports.drawing as drawing
@@ -18,17 +21,12 @@ import pipeline.tracking.lineage as lineage
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 import pipeline.training.cluster as cluster
-import pipeline.training.onnx_export as onnx_export
-import pipeline.training.tf_options as tf_options
-from pipeline.data.files import (
-    Arrays,
-    atomic_path,
-    load_arrays,
-    sha256_file,
-    write_csv,
-    write_json,
-)
+import pipeline.training.trainer as trainer
+from pipeline.data.files import Arrays, load_arrays, sha256_file, write_csv, write_json
 from pipeline.inference import integrity, onnx_network
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +55,8 @@ class History:
         self.rows: list[dict[str, float]] = []
 
     def __call__(self, row: dict[str, float]) -> None:
+        import mlflow
+
         self.rows.append(row)
         step = int(row["iteration"])
         mlflow.log_metrics({k: v for k, v in row.items() if k != "iteration"}, step=step)
@@ -71,17 +71,15 @@ class History:
         )
 
     def table(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS).astype({"iteration": int})
-
-
-def save_model(model, path: str | Path) -> None:
-    """Save in Keras format; the file appears at `path` only once complete."""
-    with atomic_path(path, ".keras") as temporary:
-        model.save(temporary)
 
 
 def training_dataset(train: Arrays, data_name: str):
     """The training set as an MLflow dataset (its digest computed)."""
+    import mlflow
+
     return mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train")
 
 
@@ -94,6 +92,7 @@ def log_model(onnx_file: str | Path, example, params: config.Params):
     The signature's output comes from that file too: Keras would trace its prediction again
     for the example's batch size, for the same (n, classes) float32.
     """
+    import mlflow
     import numpy as np
     import onnxruntime
     from mlflow.models import infer_signature
@@ -119,58 +118,6 @@ def log_model(onnx_file: str | Path, example, params: config.Params):
     )
 
 
-def save_models(model, val: Arrays, params: config.Params) -> dict[str, str]:
-    """The .keras file and its checked ONNX export (DVC outputs); the Keras file is also
-    logged to the run (artifact `keras/`). Returns tags for the run."""
-    save_model(model, params.paths.model)
-    images = val["x"][: onnx_export.CHECK_IMAGES]
-    difference = onnx_export.export_checked(model, params.paths.onnx_model, images)
-    mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
-    return {
-        "onnx.largest_difference": f"{difference:.3g}",
-        integrity.HASH_TAG: sha256_file(params.paths.onnx_model),  # what every load checks
-        lineage.WEIGHTS_TAG: lineage.weights_sha256(model.get_weights()),
-    }
-
-
-def prepare_training(params: config.Params, workers: cluster.Cluster | None):
-    """Set up TensorFlow and the network; return a function (train, val, history) → model.
-
-    One process: the network is built here, before anything else draws from the seeded
-    generators. Several workers: the returned function joins the cluster, and
-    `distributed.fit` builds the same network in the strategy's scope.
-    """
-    tf_options.use_onednn(params.train.onednn)
-    import pipeline.training.tf_runtime as tf_runtime  # TensorFlow loads once params are valid
-
-    runtime = tf_runtime.configure_runtime(params.seed, params.train)
-    network = params.network()  # `unroll: auto` settled
-    runtime["model.unrolled"] = str(network.unroll).lower()
-    if workers is None:
-        import pipeline.training.fitting as fitting
-        from pipeline.training.network import build_model
-
-        model = build_model(network)
-        trainer = fitting.compile_trainer(model, params.train)
-
-        def train_model(train: Arrays, val: Arrays, report) -> object:
-            clock = fitting.fit(trainer, train, val, params.train, params.seed, report)
-            times = {"training": clock.training, "validation": clock.validation}
-            mlflow.log_metrics({TIME_METRICS[name]: seconds for name, seconds in times.items()})
-            return model
-
-        return train_model, runtime
-    import pipeline.training.distributed as distributed
-
-    def train_distributed(train: Arrays, val: Arrays, report) -> object:
-        # Joined only now: the others wait for the chief's MLflow set-up while registering
-        # with the cluster (no deadline), never inside a collective (which has one).
-        strategy = distributed.make_strategy()
-        return distributed.fit(strategy, network, train, val, params.train, params.seed, report)
-
-    return train_distributed, runtime | {"train.workers": str(workers.workers)}
-
-
 def load_splits(params: config.Params) -> tuple[Arrays, Arrays, dict[str, str]]:
     """The training and validation splits, and their files' sha256."""
     files = {split: params.paths.split(split) for split in ("train", "val")}
@@ -187,29 +134,29 @@ def cluster_of(params: config.Params) -> cluster.Cluster | None:
     return workers
 
 
-def run_worker(params: config.Params, workers: cluster.Cluster) -> None:
-    """A non-chief worker: train its share of each batch; no files, no MLflow."""
-    train, val = (load_arrays(params.paths.split(split)) for split in ("train", "val"))
-    train_model, _ = prepare_training(params, workers)
-    train_model(train, val, lambda row: None)
-    log.info(
-        "worker %s:%d of %d: training done; the chief saves and logs the model",
-        workers.task_type,
-        workers.task_index,
-        workers.workers,
-    )
-
-
 def run(params: config.Params) -> TrainResult | None:
     """Train, save the model and history, log everything to one MLflow run, register the model.
 
-    With `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the
-    chief writes files and talks to MLflow, and the others return None.
+    The training runs in a process of its own (pipeline/training/trainer.py), started first:
+    TensorFlow loads there while this process loads MLflow and starts the run. With
+    `train.distribution: multi_worker` every worker in TF_CONFIG runs this; only the chief
+    writes files and talks to MLflow, and the others train in this process and return None.
     """
     workers = cluster_of(params)
     if workers is not None and not workers.is_chief:
-        run_worker(params, workers)
+        trainer.fit_as_worker(params, workers)
+        log.info("worker %s:%d of %d: training done; the chief saves and logs the model",
+                 workers.task_type, workers.task_index, workers.workers)  # fmt: skip
         return None
+    with trainer.training(params, workers) as training:
+        return record(params, training)
+
+
+def record(params: config.Params, training: trainer.Training) -> TrainResult:
+    """The MLflow side of a training: the run, its live curves, the model logged and
+    registered; the training itself goes on in its own process meanwhile."""
+    import mlflow
+
     # The splits are read and hashed (file reads and hashlib, without the GIL) in a thread
     # while the store's first connection imports its modules (which hold it).
     with ThreadPoolExecutor(max_workers=1) as background:
@@ -226,34 +173,34 @@ def run(params: config.Params) -> TrainResult | None:
             log_system_metrics=params.mlflow.system_metrics,
         ) as run,
         tracking.killed_on_interrupt(),
-        drawing.painter() as painter,  # its imports beside TensorFlow's
+        contextlib.ExitStack() as stack,
     ):
-        # The dataset's digest copies the whole training array, which numpy does without the
-        # GIL: made in a thread, it costs little beside TensorFlow's import, which holds it.
-        # Logged from this thread: MLflow's active run is per thread.
-        with ThreadPoolExecutor(max_workers=1) as background:
-            dataset = background.submit(training_dataset, train, params.data.name)
-            train_model, runtime = prepare_training(params, workers)
-            inputs_tags = {"sha256": data_hashes["train"]}
-            mlflow.log_input(dataset.result(), context="training", tags=inputs_tags)
+        inputs_tags = {"sha256": data_hashes["train"]}
+        mlflow.log_input(training_dataset(train, params.data.name), "training", inputs_tags)
         values = lineage.stage_params(params)
         mlflow.log_params(lineage.flatten(values))
         mlflow.log_dict(values, lineage.PARAMS_ARTIFACT)
-        mlflow.set_tags(tags | tracking.process_tags() | lineage.environment_tags() | runtime)
+        mlflow.set_tags(tags | tracking.process_tags() | lineage.environment_tags())
         history = History(params.train.iterations)
-        model = train_model(train, val, history)
+        painters: list[drawing.Painter] = []  # started once the fit is done: beside the export
+
+        def fitted() -> None:
+            painters.append(stack.enter_context(drawing.painter()))
+
+        trained = training.result(history, fitted)
         table = history.table()
         write_csv(table, params.paths.history)
-        curves = painter.draw("training_curves", table)  # while the ONNX export runs
-        model_tags = save_models(model, val, params)
-        mlflow.set_tags(model_tags)
-        mlflow.log_artifact(str(curves.result()), "figures")
+        curves = painters[0].draw("training_curves", table)
+        mlflow.log_metrics({TIME_METRICS[name]: value for name, value in trained.seconds.items()})
+        mlflow.set_tags(trained.tags)
+        mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)
         info = log_model(params.paths.onnx_model, val["x"][:3], params)
-        onnx_sha256 = model_tags[integrity.HASH_TAG]
+        onnx_sha256 = trained.tags[integrity.HASH_TAG]
         if info.registered_model_version is not None:  # registration `always`
             registry.tag_version(mlflow.MlflowClient(), params.mlflow.registered_model,
                                  int(info.registered_model_version),
                                  {integrity.HASH_TAG: onnx_sha256})  # fmt: skip
+        mlflow.log_artifact(str(curves.result()), "figures")
         run_info = {
             "run_id": run.info.run_id,
             "experiment_id": experiment_id,
@@ -279,12 +226,11 @@ def run(params: config.Params) -> TrainResult | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    tf_options.without_unused_libraries()  # the stage's own process: it uses neither
     stage.run_stage(
         run,
         argv,
         __doc__,
-        expected=(tracking.TrackingError, cluster.DistributionError, onnx_export.ExportError),
+        expected=(tracking.TrackingError, trainer.TrainingError, *trainer.EXPECTED),
     )
 
 

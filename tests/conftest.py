@@ -83,7 +83,6 @@ class TrainedPipeline:
     params: tools.ToolParams
     run_id: str
     metrics: dict
-    threads: list[int]  # TensorFlow's intra- and inter-op threads in the process that trained
 
     def client(self):
         return client_for(self.root)
@@ -113,14 +112,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
         if not made.is_file():
             made.write_text(json.dumps(train_tiny_pipeline(root, arrays, params)))
         saved = json.loads(made.read_text())
-    return TrainedPipeline(root, params, saved["run_id"], saved["metrics"], saved["threads"])
+    return TrainedPipeline(root, params, saved["run_id"], saved["metrics"])
 
 
 def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict:
-    """fetch → preprocess → train → evaluate in `root`: the run id, the test metrics and the
-    thread pools the training had (an xdist worker other than a test's may have trained)."""
-    import tensorflow as tf
-
+    """fetch → preprocess → train → evaluate in `root`: the run id and the test metrics."""
     from pipeline import evaluate, fetch, preprocess, train
 
     write_idx_folder(root / "mirror", arrays)
@@ -133,10 +129,7 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict
         preprocess.run(params)
         result = train.run(params)
         metrics = evaluate.run(params)
-    threading = tf.config.threading
-    threads = [threading.get_intra_op_parallelism_threads(),
-               threading.get_inter_op_parallelism_threads()]  # fmt: skip
-    return {"run_id": result.run_id, "metrics": metrics, "threads": threads}
+    return {"run_id": result.run_id, "metrics": metrics}
 
 
 @dataclass(frozen=True)

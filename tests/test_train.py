@@ -18,7 +18,7 @@ from pipeline import train
 from pipeline.data.files import read_json
 from pipeline.params import config
 from pipeline.tracking import lineage
-from pipeline.training import onnx_export
+from pipeline.training import onnx_export, tf_runtime
 
 from .support import REPO
 
@@ -44,10 +44,11 @@ def test_train_logs_one_complete_run(trained):
     assert run.data.params["train.learning_rate"] == str(params.train.learning_rate)
     assert run.data.params["model.num_units"] == "8"
     assert run.data.tags["data.train_sha256"] and run.data.tags["data.val_sha256"]
-    # the tags record the pools in effect in the process that trained
-    intra, inter = trained.threads
+    # the pools in effect in the training's process: intra-op as the settings give it
+    # (inter-op depends on the other trainings running beside it)
+    intra, _ = tf_runtime.thread_counts(params.train)
     assert run.data.tags["tensorflow.intra_op_threads"] == str(intra)
-    assert run.data.tags["tensorflow.inter_op_threads"] == str(inter)
+    assert run.data.tags["tensorflow.inter_op_threads"].isdigit()
     assert run.data.tags["model.unrolled"] == str(params.network().unroll).lower()
     steps = [m.step for m in client.get_metric_history(trained.run_id, "val_accuracy")]
     assert steps == [3, 6]

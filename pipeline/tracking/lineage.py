@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 
 import pipeline.params.config as config
@@ -55,6 +54,8 @@ CPUINFO = Path("/proc/cpuinfo")  # not psutil: it has no call for the CPU model 
 
 def flatten(values: dict[str, Any]) -> dict[str, str]:
     """Nested params → {"train.learning_rate": "0.001", ...}; lists become JSON."""
+    import pandas as pd  # here: the training process imports this module, and never needs it
+
     row = pd.json_normalize(values, sep=".").iloc[0].to_dict()
     return {
         key: json.dumps(value) if isinstance(value, list) else str(value)

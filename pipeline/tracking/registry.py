@@ -5,10 +5,11 @@ the functions: the servers name the champion without loading it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,15 +74,24 @@ def register(name: str, model_uri: str, onnx_sha256: str | None) -> int:
     return version
 
 
-def load_model(model_uri: str, onnx_sha256: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """A logged model or a registered version, loaded through MLflow's pyfunc, as a function of
-    images → class probabilities; its ONNX file checked against `onnx_sha256` first (None:
-    none was recorded) and refused (ModelError) if it differs, before any of its code runs."""
+@contextlib.contextmanager
+def downloaded(model_uri: str, onnx_sha256: str | None) -> Iterator[str]:
+    """A logged model or a registered version in a temporary folder, its ONNX file checked
+    against `onnx_sha256` (None: none was recorded) and refused (ModelError) if it differs."""
     import mlflow
 
     with server_lost_as_error(), tempfile.TemporaryDirectory(prefix="model-") as folder:
         local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
         integrity.verify(model_uri, integrity.onnx_file(local), onnx_sha256)
+        yield local
+
+
+def load_model(model_uri: str, onnx_sha256: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """A logged model or a registered version, loaded through MLflow's pyfunc, as a function of
+    images → class probabilities; its file checked (`downloaded`) before any of its code runs."""
+    import mlflow
+
+    with downloaded(model_uri, onnx_sha256) as local:
         # No requirements check: train logged them from this same environment, and MLflow's
         # check maps every installed distribution to its modules first, which takes seconds.
         model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
