@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.inference import integrity
+from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.tracking.store import server_lost_as_error
 
 if TYPE_CHECKING:
@@ -87,12 +88,10 @@ def downloaded(model_uri: str, onnx_sha256: str | None) -> Iterator[str]:
 
 
 def load_model(model_uri: str, onnx_sha256: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """A logged model or a registered version, loaded through MLflow's pyfunc, as a function of
-    images → class probabilities; its file checked (`downloaded`) before any of its code runs."""
-    import mlflow
-
+    """A logged model or a registered version as a function of images → class probabilities:
+    its ONNX file on ONNX Runtime, as the servers run it, checked (`downloaded`) first. The
+    pyfunc would run the same file through the same code (onnx_network.py) behind MLflow's own
+    loading, which costs a stage its import."""
     with downloaded(model_uri, onnx_sha256) as local:
-        # No requirements check: train logged them from this same environment, and MLflow's
-        # check maps every installed distribution to its modules first, which takes seconds.
-        model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
-    return lambda images: np.asarray(model.predict(images))
+        network = OnnxNetwork(integrity.onnx_file(local))  # read whole: the folder may go
+    return network.predict
