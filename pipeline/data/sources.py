@@ -179,22 +179,9 @@ def restricted_unpickle(payload: bytes) -> Any:
 
 def pip_download(requirement: str, workdir: Path, timeout: float) -> Path:
     """Download one wheel (no dependencies, never an sdist, never installed) into `workdir`."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--quiet",
-        f"--timeout={timeout:g}",
-        "--retries=1",
-        "--dest",
-        str(workdir),
-        requirement,
-    ]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--disable-pip-version-check", "--no-input", "--quiet", "--retries=1"]
+    command += [f"--timeout={timeout:g}", "--dest", str(workdir), requirement]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout * 10)
     except subprocess.TimeoutExpired:

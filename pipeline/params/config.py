@@ -19,10 +19,8 @@ from pydantic import (
 )
 
 PARAMS_FILE = "params.yaml"
-# The tools' settings in params.yaml (`make serve`/`make demo`, `make monitor`, `make server`,
-# `make tune`, `make report`),
-# validated by pipeline/params/tools.py; a stage's params do not hold them (a typo in tune.space
-# stops `make tune`, not `dvc repro`), and a training run neither logs nor hashes them.
+# The tools' settings, validated by pipeline/params/tools.py; a stage's params do not hold them (a
+# typo in tune.space stops `make tune`, not `dvc repro`), and a training run neither logs them.
 TOOL_SECTIONS = ("serve", "monitor", "team", "tune", "report")
 IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
 IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
@@ -316,17 +314,14 @@ def params_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def or_exit(load: Callable[[], Model]) -> Model:
-    """`load()`, exiting with one line when params.yaml is bad."""
+def load_params_or_exit(
+    path: str | Path, load: Callable[[str | Path], Model] = load_params
+) -> Model:
+    """`load(path)` (load_params), exiting with one line on a bad file."""
     try:
-        return load()
+        return load(path)
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
-
-
-def load_params_or_exit(path: str | Path) -> Params:
-    """load_params, exiting with one line on a bad file."""
-    return or_exit(lambda: load_params(path))
 
 
 def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:

@@ -2,20 +2,9 @@
 
     python -m pipeline.tools.reproduce [--model models:/mnist-lstm/3 | --run RUN_ID]
 
-1. The run's lineage tags give the revision: its DVC experiment's ref when it was made by
-   `dvc exp run` (fetched with `dvc exp pull` from a git remote when not here), else its commit;
-   a run whose params were edited without a commit gets the stage params it logged as
-   params.json, exactly as they were validated.
-2. That revision is checked out in a temporary git worktree, beside the workspace. Its DVC
-   cache is this repo's and its remotes are this repo's, so `dvc repro` restores the data from
-   the run cache or a remote (or re-fetches it, checked against its sha256).
-3. The revision's own `train` and `evaluate` commands run there against a scratch SQLite
-   store, so the user's store gets no run and its registry no version. Each line they print is
-   marked `[scratch store]`: their "registered model" and "champion is now" lines are its.
-4. The reproduction is judged against the original (pipeline/tools/verdict.py); the verdict
-   and the date are tagged on the original run (`reproduce.*`). The worktree and the scratch
-   store are removed, also on Ctrl-C.
-Exit codes: 0 bit-identical, 3 within tolerance, 4 not reproduced, 1 could not reproduce.
+The run's revision in a temporary git worktree, its `train` and `evaluate` run against a scratch
+store, the verdict tagged on the original run (docs/reliability.md). Exit codes: 0 bit-identical,
+3 within tolerance, 4 not reproduced, 1 could not reproduce.
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""Whether a reproduction came out the same as the run it rebuilt, and if not, what differs.
-
-Three verdicts, each with its exit code for `make reproduce`:
-- bit-identical: the same weight bytes (their hash, tag `model.weights_sha256`) and the same
-  test metrics, to the last bit: what one machine with the same versions gives;
-- reproduced within tolerance: test accuracy and loss within ACCURACY_TOLERANCE and
-  LOSS_TOLERANCE: what another CPU kind, or other thread counts, give (float sums in another
-  order make other weights);
-- not reproduced: anything further off.
-Every verdict but the first lists what differs: metrics, package versions, CPU kind and flags,
-thread settings, data hashes, params.
+"""Whether a reproduction came out the same as the run it rebuilt, and if not, what differs:
+bit-identical, reproduced within tolerance or not reproduced (docs/reliability.md).
 """
 
 from __future__ import annotations
