@@ -197,7 +197,8 @@ def gate_outcome(tags: dict[str, str]) -> str:
 def presented(store: Store, found) -> review.Run:
     """A run of the store as the report shows it: name and link, verdict, CPU."""
     tags, info = found.data.tags, found.info
-    url = run_url(store.uri, info.experiment_id, info.run_id)
+    server = store.uri if store.uri.startswith(("http://", "https://")) else UI_ADDRESS
+    url = f"{server.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
     return review.Run(info.run_id, info.run_name, url, gate_outcome(tags), tags.get(CPU_TAG))
 
 
@@ -280,11 +281,6 @@ def open_store(params: tools.ToolParams, root: Path) -> Store:
         return Store(uri, None)
     tracking.check_server(uri)
     return Store(uri, tracking.client_for(uri))
-
-
-def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
-    server = store_uri if store_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def clean_runs(store: Store, params_text: str | None, experiment: str) -> list:
