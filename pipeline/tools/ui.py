@@ -22,7 +22,6 @@ from pathlib import Path
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
 from pipeline.runtime import cli, ports, processes
-from pipeline.runtime.cli import unwind_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ def run(params: config.Params, host: str, port: int) -> int:
         store_uri,
         training_runs_url(f"http://{host}:{port}", experiment_id, view),
     )
-    unwind_on_signals()
+    cli.unwind_on_signals()
     try:
         return process.wait()
     except KeyboardInterrupt:
