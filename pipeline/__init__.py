@@ -13,12 +13,9 @@ REQUIRED_MODULES = ("mlflow", "pydantic", "yaml", "numpy")
 
 
 def check_interpreter() -> None:
-    """Exit with one line when this Python lacks the project's packages.
+    """Exit with one line when this Python lacks the project's packages (no import: microseconds).
 
-    `dvc repro` run without the venv activated (`.venv/bin/dvc repro`) starts each stage's
-    `python -m pipeline.<stage>` with whichever `python` comes first on PATH, and a stage
-    module imports MLflow before any of its own code runs: without this, a traceback ending in
-    ModuleNotFoundError. Finding a module's spec imports nothing: microseconds.
+    `.venv/bin/dvc repro` runs each stage with the first `python` on PATH, which may lack them.
     """
     missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
     if missing:

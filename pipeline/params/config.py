@@ -19,17 +19,14 @@ from pydantic import (
 )
 
 PARAMS_FILE = "params.yaml"
-# The tools' settings in params.yaml (`make serve`/`make demo`, `make monitor`, `make server`,
-# `make tune`, `make report`),
-# validated by pipeline/params/tools.py; a stage's params do not hold them (a typo in tune.space
-# stops `make tune`, not `dvc repro`), and a training run neither logs nor hashes them.
+# The tools' settings, validated by pipeline/params/tools.py; a stage's params do not hold them (a
+# typo in tune.space stops `make tune`, not `dvc repro`), and a training run neither logs them.
 TOOL_SECTIONS = ("serve", "monitor", "team", "tune", "report")
 IMAGE_SIDE = 28  # MNIST's images, and every image the pipeline reads: IMAGE_SIDE × IMAGE_SIDE
 IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
 IMAGE_PIXELS = IMAGE_SIDE * IMAGE_SIDE
-# `model.unroll: auto`: runs of this many iterations or more unroll the LSTM. Unrolled, each
-# step runs faster but the graph takes seconds longer to trace (the train and the validation
-# function); below this length the tracing costs more than the faster steps save.
+# `model.unroll: auto`: runs of this many iterations or more unroll the LSTM: each step runs
+# faster, but the graph takes seconds longer to trace, which shorter runs do not win back.
 UNROLL_FROM = 1000
 
 
@@ -139,12 +136,10 @@ class TrainParams(Section):
     batch_shards: Annotated[Int, Field(ge=1, le=64)]
     intra_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: CPU cores / batch_shards
     inter_op_threads: Annotated[Int, Field(ge=0, le=1024)]  # 0: TensorFlow's default
-    # TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS): the same ops and float32 maths,
-    # other kernels (other rounding). Unset, TensorFlow uses them only on CPUs with AVX-512
-    # VNNI/BF16 or AMX; on makes every CPU kind run the same kernels. Reruns train when changed.
+    # TensorFlow's oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS) on every CPU kind, not only on
+    # AVX-512 VNNI/BF16 or AMX: the same ops and float32 maths, other rounding (docs/speed.md).
     onednn: StrictBool
-    # none: one process. multi_worker: tf.distribute.MultiWorkerMirroredStrategy over the
-    # cluster in TF_CONFIG; batch_size stays the global batch, split evenly between workers.
+    # multi_worker: MultiWorkerMirroredStrategy over TF_CONFIG's cluster; batch_size stays global
     distribution: Literal["none", "multi_worker"]
 
     @model_validator(mode="after")
@@ -168,19 +163,13 @@ class MlflowParams(Section):
     registered_model: Name
     tracking_db: Name
     artifacts_dir: Name
-    # always: every trained model becomes a registered version (train registers it);
-    # better: only one that passes the whole gate, gain over the champion included (evaluate
-    # registers it): searches
+    # always: train registers every model; better: evaluate, one that passes the whole gate
     registration: Literal["always", "better"]
     system_metrics: StrictBool  # MLflow's CPU, memory, disk (and GPU) charts on training runs
 
 
 class EvaluateParams(Section):
-    """The gate a model passes before it may become `champion` (docs/gate.md).
-
-    Floors and behavioural checks are release criteria judged on the test images; the gain is
-    the one comparison that chooses, on validation images, against the champion re-scored on
-    this run's own validation split."""
+    """The gate a model passes before it may become `champion` (docs/gate.md)."""
 
     min_test_accuracy: Annotated[Float, Field(ge=0, le=1)]
     min_class_f1: Annotated[Float, Field(ge=0, le=1)]  # every class's test F1
@@ -316,17 +305,14 @@ def params_parser(description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def or_exit(load: Callable[[], Model]) -> Model:
-    """`load()`, exiting with one line when params.yaml is bad."""
+def load_params_or_exit(
+    path: str | Path, load: Callable[[str | Path], Model] = load_params
+) -> Model:
+    """`load(path)` (load_params), exiting with one line on a bad file."""
     try:
-        return load()
+        return load(path)
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
-
-
-def load_params_or_exit(path: str | Path) -> Params:
-    """load_params, exiting with one line on a bad file."""
-    return or_exit(lambda: load_params(path))
 
 
 def load_params_from_cli(argv: list[str] | None, description: str = "") -> Params:

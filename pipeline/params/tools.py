@@ -1,9 +1,7 @@
-"""The tools' settings in params.yaml: `serve:` (make serve, make demo), `monitor:` (their
-prediction log and make monitor), `team:` (make server), `tune:` (make tune), `report:` (make
-report). No stage reads them; a tool loads them with the stages' params.
+"""The tools' settings in params.yaml (serve, monitor, team, tune, report); no stage reads them.
 
-`ToolParams` is the stages' `Params` and these sections together, so a tool reads
-`params.mlflow` and `params.serve` alike; a stage's `Params` has no such fields.
+`ToolParams` is the stages' `Params` and these sections together: a tool reads `params.mlflow`
+and `params.serve` alike.
 """
 
 from __future__ import annotations
@@ -13,18 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, model_validator
 
-from pipeline.params.config import (
-    IMAGE_PIXELS,
-    PARAMS_FILE,
-    Float,
-    Int,
-    Name,
-    Params,
-    Section,
-    or_exit,
-    read_params_file,
-    validated,
-)
+import pipeline.params.config as config
+from pipeline.params.config import IMAGE_PIXELS, PARAMS_FILE, Float, Int, Name, Params, Section
 
 # A span of time back from now: a count and a unit (minutes, hours, days, weeks): 90m, 24h, 7d.
 Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhdw]$")]
@@ -154,14 +142,14 @@ class ToolParams(Params):
 
 def parse_params(raw: object, source: str = PARAMS_FILE) -> ToolParams:
     """Every section of a params mapping, validated; ConfigError names every bad key."""
-    return validated(ToolParams, raw, source)
+    return config.validated(ToolParams, raw, source)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> ToolParams:
     """Read and validate the whole of params.yaml."""
-    return parse_params(read_params_file(path), str(path))
+    return parse_params(config.read_params_file(path), str(path))
 
 
 def load_params_or_exit(path: str | Path) -> ToolParams:
     """load_params, exiting with one line on a bad file."""
-    return or_exit(lambda: load_params(path))
+    return config.load_params_or_exit(path, load_params)

@@ -29,16 +29,9 @@ class Lineage:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """A pipe table; floats to four decimals."""
-
-    def cell(value: object) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    rows = [
-        "| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(False)
-    ]
-    return "\n".join([header, rule, *rows])
+    cells = table.map(lambda value: f"{value:.4f}" if isinstance(value, float) else str(value))
+    rows = ["| " + " | ".join(row) + " |" for row in [list(table.columns), *cells.to_numpy()]]
+    return "\n".join([rows[0], "|" + "---|" * len(table.columns), *rows[1:]])
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,7 @@
-"""The review of a change as GitHub-flavoured Markdown, around the tables DVC prints: who is
-compared, the per-class moves, the training curves of both sides on one chart and the confusion
-change, target − base. No I/O here: pipeline/tools/report.py reads and writes.
+"""The review of a change as Markdown around DVC's tables, and its figures; no I/O (report.py).
 
-The comparison figures are drawn here, not in figures.py: that module is a dependency of the
-train and evaluate stages, and an edit to it would make every `dvc repro` retrain."""
+The figures are drawn here, not in figures.py: an edit to a dependency of the train and evaluate
+stages would make every `dvc repro` retrain."""
 
 from __future__ import annotations
 
@@ -14,6 +12,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from pipeline.reports.card import markdown_table
 
 CURVES_FILE = "curves.png"
 CONFUSION_CHANGE_FILE = "confusion_change.png"
@@ -49,8 +49,7 @@ class Side:
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    return markdown_table(pd.DataFrame(rows, columns=header)).splitlines()
 
 
 def signed(number: float) -> str:
@@ -68,8 +67,7 @@ def same_revision(base: str, target: str, commit: str) -> str:
 def markdown(
     base: Side, target: Side, dvc_tables: tuple[str, str], notes: list[str], curves: bool
 ) -> str:
-    """The report: who is compared, DVC's params and metrics tables, per class, curves,
-    confusion change. `dvc_tables`: `dvc params diff --md` and `dvc metrics diff --md --all`."""
+    """The report; `dvc_tables`: `dvc params diff --md` and `dvc metrics diff --md --all`."""
     params, metrics = (text.strip() for text in dvc_tables)
     missing = [f"{side.role} {side.label}: {'; '.join(side.missing)}"
                for side in (base, target) if side.missing]  # fmt: skip
@@ -97,8 +95,7 @@ def side_line(side: Side) -> str:
 
 
 def cpu_notes(base: Side, target: Side) -> list[str]:
-    """A note when the sides trained on different CPU kinds: their float sums ran in another
-    order, so even equal params give weights, and metrics, that differ in the last digits."""
+    """A note when the sides trained on different CPU kinds (float sums in another order)."""
     cpus = [side.run.cpu if side.run else None for side in (base, target)]
     if None in cpus or cpus[0] == cpus[1]:
         return []
@@ -182,8 +179,7 @@ def aligned_counts(
 
 
 def confusion_moves(base: pd.DataFrame, target: pd.DataFrame) -> pd.DataFrame:
-    """The off-diagonal cells (mistakes) whose count changed, the largest move first: actual,
-    predicted, base, target, change."""
+    """The mistakes (off-diagonal cells) whose count changed, the largest move first."""
     base_counts, target_counts, names = aligned_counts(base, target, [])
     rows = [(names[actual], names[predicted], int(base_counts[actual, predicted]),
              int(target_counts[actual, predicted]))
@@ -214,8 +210,8 @@ def curves_of_both(sides: list[Side]) -> Figure:
 
 
 def confusion_change(base: Side, target: Side, class_names: list[str]) -> Figure:
-    """Target − base counts: the mistakes (off the diagonal) coloured, red where the target
-    makes more of one, blue fewer; the diagonal (correct answers) grey, its change in figures."""
+    """Target − base counts: mistakes red where the target makes more, blue fewer; the diagonal
+    (correct answers) grey, its change in figures."""
     base_counts, target_counts, names = aligned_counts(base.confusion, target.confusion,
                                                        class_names)  # fmt: skip
     change = target_counts - base_counts

@@ -1,9 +1,5 @@
-"""Whether a server can listen on its port, asked before it loads anything.
-
-A server that finds its port busy only when uvicorn binds it has already pinned, copied and
-loaded its model (seconds), logged that it is serving, and then fails with a traceback. Asked
-first, a busy port costs one line that says which command to run instead.
-"""
+"""Whether a server can listen on its port, asked before it loads anything: a busy port then
+costs one line that says which command to run, not seconds of loading and a traceback."""
 
 from __future__ import annotations
 
@@ -19,9 +15,8 @@ class PortUnavailable(Exception):
 
 
 def bind_once(host: str, port: int) -> None:
-    """Bind `host`:`port` and let go at once, as uvicorn binds it (`Config.bind_socket`): IPv6
-    for a host with a colon, SO_REUSEADDR so that a port left in TIME_WAIT by a server that
-    stopped a moment ago counts as free. OSError when it cannot be bound."""
+    """Bind `host`:`port` and let go at once, as uvicorn does (`Config.bind_socket`); OSError."""
+    # SO_REUSEADDR: a port left in TIME_WAIT by a server that stopped a moment ago is free.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,8 +38,7 @@ def free_port_near(host: str, port: int) -> int:
 
 
 def check_free(host: str, port: int, command: str) -> None:
-    """PortUnavailable, naming `command` (`make serve`) with a free PORT=, unless `host`:`port`
-    can be listened on now."""
+    """PortUnavailable, naming `command` (`make serve`) with a free PORT=, unless it is free."""
     try:
         bind_once(host, port)
     except OverflowError:

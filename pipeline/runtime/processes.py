@@ -1,8 +1,5 @@
-"""Processes of this machine, through psutil: alive or not, ancestry, a search by command line,
-a process group stopped, the environment a child gets.
-
-What the stages, the search, the servers and the team server know of other processes.
-"""
+"""Processes of this machine, through psutil: alive or not, a search by command line, a process
+group stopped, the environment a child gets."""
 
 from __future__ import annotations
 
@@ -26,8 +23,7 @@ def usable_cores() -> int:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process `pid` of this machine runs: it exists and is not a zombie (an exited
-    process whose parent has not reaped it yet)."""
+    """Whether process `pid` of this machine runs: it exists and is not a zombie."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -44,11 +40,7 @@ def lineage() -> set[int]:
 
 def processes(matching: Callable[[list[str], Environ], bool]) -> list[int]:
     """Pids of this machine's other processes whose command line and (read only when asked)
-    environment match.
-
-    This process's ancestors are never "other": a wrapper such as `time python -m ...`,
-    `nice` or `uv run` carries the same words in its command line.
-    """
+    environment match; never an ancestor (`time python -m ...`, `uv run` carry the same words)."""
     found, own = [], lineage()
     for process in psutil.process_iter(["cmdline"]):
         if process.pid in own:
@@ -78,8 +70,7 @@ def group_members(leader: int) -> list[psutil.Process]:
 
 
 def stop_group(leader: int, timeout: float) -> None:
-    """SIGTERM to the process group `leader` leads (a server and its workers); SIGKILL to the
-    members left after `timeout` seconds. A group already gone is not an error."""
+    """SIGTERM to the process group `leader` leads, SIGKILL to those left after `timeout` s."""
     members = group_members(leader)
     try:
         os.killpg(leader, signal.SIGTERM)
@@ -93,23 +84,21 @@ def stop_group(leader: int, timeout: float) -> None:
 
 
 def environment_without(*prefixes: str) -> dict[str, str]:
-    """This process's environment without the variables whose names start with `prefixes`:
-    for a child that must not inherit this process's store (MLFLOW_), DVC run (DVC_) or the
-    like."""
+    """This process's environment without the variables whose names start with `prefixes`."""
     return {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
 
 
 def tools_environment(environment: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`environment` (this process's by default) with this interpreter's folder first on PATH,
-    so that a child's `dvc`, `python` and `mlflow` are those of this project's environment."""
+    """`environment` (this process's) with this interpreter's folder first on PATH: a child's
+    `dvc`, `python` and `mlflow` are this project's."""
     environment = dict(os.environ if environment is None else environment)
     tools = str(Path(sys.executable).parent)
     return environment | {"PATH": f"{tools}{os.pathsep}{environment.get('PATH', '')}"}
 
 
 def failure_reason(output: str, otherwise: str) -> str:
-    """Why a command failed, from its output: the first `error:` line (a stage's or a tool's
-    own), else DVC's first `ERROR` line, else the last line; `otherwise` when it printed none."""
+    """Why a command failed: its first `error:` line, else DVC's first `ERROR` line, else its last
+    line; `otherwise` when it printed none."""
     lines = [line for line in output.splitlines() if line.strip()]
     own = [line for line in lines if line.startswith("error:")]
     tools = [line for line in lines if line.startswith("ERROR")]

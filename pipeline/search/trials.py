@@ -1,14 +1,7 @@
 """The search's work: a study's storage, its trials as `dvc exp run --temp`, the workers.
 
-Each worker runs Optuna's `study.optimize` on the study in its storage (a journal file in the
-repo by default; a PostgreSQL database for a team). A trial draws a point, runs it as
-`dvc exp run --temp -n <study>-<trial> -S key=value ...` (so `dvc exp show` lists it and
-`dvc exp apply` restores it) and returns the objective read from the trial's MLflow run (tagged
-with the study and trial number). A trial that is not run, or fails, raises TrialFailed with
-the reason: Optuna marks it failed and the search goes on. Trials run with
-`mlflow.registration=better`: only a model that beats the champion becomes a registered version.
-
-How the processes keep each other honest is explained in pipeline/search/__init__.py.
+A trial that is not run, or fails, raises TrialFailed: Optuna marks it failed and the search goes
+on. How the processes keep each other honest is explained in pipeline/search/__init__.py.
 """
 
 from __future__ import annotations
@@ -49,6 +42,10 @@ TAKEN = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.
 
 class TrialFailed(Exception):
     """One trial was not run or failed; the study records the reason and the search goes on."""
+
+
+class PrepareError(Exception):
+    """The data stages could not be reproduced, so no trial can run."""
 
 
 @dataclass(frozen=True)
@@ -99,20 +96,13 @@ def load_study(params: tools.TuneParams, storage: optuna.storages.BaseStorage) -
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    """Draw one point of the declared space."""
-    point = {}
-    for name, dimension in space.items():
-        if dimension.kind == "float":
-            point[name] = trial.suggest_float(
-                name, dimension.low, dimension.high, log=dimension.log
-            )
-        elif dimension.kind == "int":
-            point[name] = trial.suggest_int(
-                name, dimension.low, dimension.high, step=dimension.step
-            )
-        else:
-            point[name] = trial.suggest_categorical(name, dimension.choices)
-    return point
+    """Draw one point of the declared space: each range's fields are Optuna's arguments."""
+    kinds = {"float": trial.suggest_float, "int": trial.suggest_int}
+    kinds["choice"] = trial.suggest_categorical
+    return {
+        name: kinds[dimension.kind](name, **dimension.model_dump(exclude={"kind"}))
+        for name, dimension in space.items()
+    }
 
 
 def experiment_name(study: str, number: int) -> str:
@@ -140,11 +130,7 @@ def run_trial(root: Path, study: str, number: int, point: dict[str, Any]) -> str
 
 
 def run_dvc(arguments: list[str], root: Path, env: dict[str, str]) -> tuple[int, str]:
-    """`dvc --wait-for-lock ARGUMENTS` in `root`: its exit code and output.
-
-    Another `dvc` in the clone (another worker's) is waited for instead of failing after 3 s.
-    Interrupted (Ctrl-C, SIGTERM: KeyboardInterrupt), it stops `dvc` first (`stop`).
-    """
+    """`dvc --wait-for-lock ARGUMENTS` in `root`: its exit code and output; interrupted, `stop`."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
             ["dvc", "--wait-for-lock", *arguments],
@@ -165,14 +151,9 @@ def run_dvc(arguments: list[str], root: Path, env: dict[str, str]) -> tuple[int,
 
 
 def stop(process: subprocess.Popen) -> None:
-    """End a `dvc` command as Ctrl-C in a terminal does, but without signalling `dvc` itself.
+    """End a `dvc` command by SIGINT to each of its stages, once, never to `dvc` itself.
 
-    Each stage it runs gets SIGINT, once: the stage unwinds (its MLflow run ends KILLED) and
-    `dvc`, which ignores SIGINT while a stage runs, fails the stage (and the experiment) and
-    cleans up. A `dvc exp run` still stashing its experiment is let finish that first:
-    interrupted there, it could leave the clone on a detached HEAD with the trial's params in
-    params.yaml (scmrepo's detach_head). Signals are ignored meanwhile, so that a second Ctrl-C
-    cannot leave `dvc` unwatched.
+    A stash under way is let finish first, signals ignored meanwhile (pipeline/search/).
     """
     log.warning("stopping dvc: its stage is interrupted, then it cleans up")
     signalled: set[int] = set()
@@ -210,9 +191,8 @@ def signals_ignored(*signums: int) -> Iterator[None]:
 
 
 def read_result(study: str, number: int, metric: str, experiment: str) -> TrialResult:
-    """The objective from the trial's MLflow run: the finished run tagged with the study and the
-    trial number, and named for the trial's experiment (a run of another experiment under these
-    tags would be DVC's stash race, pipeline/search/__init__.py: not this trial's value)."""
+    """The objective from the finished MLflow run tagged with the study and trial and named for
+    the trial's experiment (another's under these tags: DVC's stash race, not this trial's)."""
     import mlflow
 
     runs = mlflow.search_runs(
@@ -227,8 +207,7 @@ def read_result(study: str, number: int, metric: str, experiment: str) -> TrialR
             f"no finished MLflow run of trial {number} (experiment {experiment}) has the "
             f"metric {metric!r}"
         )
-    run = scored[0]
-    return TrialResult(run.data.metrics[metric], experiment, run.info.run_id)
+    return TrialResult(scored[0].data.metrics[metric], experiment, scored[0].info.run_id)
 
 
 def duplicate_of(
@@ -246,17 +225,8 @@ def taken(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=TAKEN)
 
 
-def over_budget(study: optuna.Study, number: int, budget: int) -> bool:
-    """Whether the trials before trial `number` already spend the budget (two workers asked for
-    the last trial at the same moment: the later one is not run)."""
-    return sum(1 for trial in taken(study) if trial.number < number) >= budget
-
-
 def fail_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
-    """Fail the RUNNING trials of workers of this host that have ended (e.g. SIGKILL).
-
-    A journal storage has no heartbeats; with a database's, Optuna fails any worker's trials
-    too, but only after the grace period (`log_stale`)."""
+    """Fail the RUNNING trials of ended workers of this host (a journal has no heartbeats)."""
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -275,8 +245,7 @@ def fail_orphans(study: optuna.Study, storage: optuna.storages.BaseStorage) -> l
 
 
 def log_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's heartbeat_stale_trial_callback: it has failed a trial whose worker stopped
-    beating (a finished trial takes no user attribute, so the reason is this line only)."""
+    """Optuna's heartbeat_stale_trial_callback: a finished trial takes no user attribute."""
     log.warning(
         "trial %d: its worker on %s stopped sending heartbeats; marked failed",
         trial.number,
@@ -287,12 +256,12 @@ def log_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def objective(
     study: optuna.Study, params: tools.ToolParams, root: Path
 ) -> Callable[[optuna.Trial], float]:
-    """What study.optimize calls for each trial: the trial's value, or TrialFailed with the
-    reason also in its user attribute `fail_reason`."""
+    """What study.optimize calls: the trial's value, or TrialFailed (also its `fail_reason`)."""
+    settings = params.tune
 
     def run(trial: optuna.Trial) -> float:
         try:
-            result = run_point(study, trial, params.tune, root)
+            result = run_point(study, trial, settings, root)
         except TrialFailed as error:
             trial.set_user_attr("fail_reason", str(error))
             log.warning("trial %d failed: %s", trial.number, error)
@@ -305,7 +274,7 @@ def objective(
         log.info(
             "trial %d: %s %.4f (experiment %s, MLflow run %s)",
             trial.number,
-            params.tune.metric,
+            settings.metric,
             result.value,
             result.experiment,
             result.run_id,
@@ -319,7 +288,8 @@ def run_point(
     study: optuna.Study, trial: optuna.Trial, settings: tools.TuneParams, root: Path
 ) -> TrialResult:
     """Draw the trial's point and run it, unless the budget is spent or the point has run."""
-    if over_budget(study, trial.number, settings.trials):
+    # Two workers asked for the last trial at the same moment: the later one is not run.
+    if sum(1 for other in taken(study) if other.number < trial.number) >= settings.trials:
         raise TrialFailed("over budget: another worker took the last trial; not run")
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -332,10 +302,7 @@ def run_point(
 
 
 def search(
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    params: tools.ToolParams,
-    root: Path,
+    study: optuna.Study, storage: optuna.storages.BaseStorage, params: tools.ToolParams, root: Path
 ) -> None:
     """Run trials with study.optimize until the study holds `tune.trials` of them."""
     budget = params.tune.trials
@@ -371,18 +338,8 @@ def report_best(study: optuna.Study, metric: str) -> None:
     )
 
 
-class PrepareError(Exception):
-    """The data stages could not be reproduced, so no trial can run."""
-
-
 def prepare_data(root: Path, lock_file: Path) -> None:
-    """`dvc repro preprocess` before any trial, one worker of a clone at a time (a FileLock).
-
-    Trials then restore the data stages from DVC's cache; without this, the first trials of a
-    never-reproduced clone each fetched and split the data at once in their temporary copies,
-    and one could fail. DVC's own lock does not make two at once safe: `dvc repro` lets it go
-    while a stage runs, and the second then fails on the first's outputs ("is busy").
-    """
+    """`dvc repro preprocess` before any trial, one worker of a clone at a time (a FileLock)."""
     from filelock import FileLock
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
@@ -393,15 +350,10 @@ def prepare_data(root: Path, lock_file: Path) -> None:
         raise PrepareError(f"dvc repro preprocess failed before any trial: {reason}")
 
 
-def prepare_lock(params: tools.ToolParams, root: Path) -> Path:
-    """The clone's lock for `prepare_data`: beside the journal (git- and DVC-ignored)."""
-    return (root / params.tune.journal).parent / "prepare.lock"
-
-
 def work(params: tools.ToolParams, root: Path) -> None:
     """One worker: run trials until the study's budget is spent, then report the best."""
     tracking.connect(params.mlflow, root)
-    prepare_data(root, prepare_lock(params, root))
+    prepare_data(root, (root / params.tune.journal).parent / "prepare.lock")  # git-ignored
     storage = open_storage(storage_url(params.tune, root))
     study = load_study(params.tune, storage)
     log.info(
@@ -412,11 +364,8 @@ def work(params: tools.ToolParams, root: Path) -> None:
 
 
 def spawn_workers(argv: list[str], count: int) -> list[subprocess.Popen]:
-    """`count` more workers of this command, as processes on this machine.
-
-    Each in a process group of its own: a terminal's Ctrl-C reaches this command only, which
-    then stops each of them once (SIGTERM), rather than a second signal reaching one that is
-    already stopping its trial."""
+    """`count` more workers of this command, each in a process group of its own (Ctrl-C reaches
+    this command only, which stops each of them once)."""
     command = [sys.executable, "-m", "pipeline.search.tune", *argv, "--workers", "1"]
     return [
         subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0) for _ in range(count)

@@ -94,16 +94,9 @@ class PostgresCluster:
             if _as_root():
                 shutil.chown(self.data_dir, OWNER, OWNER)
                 shutil.chown(handle.name, OWNER, OWNER)
+            options = ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]
             result = self._run(
-                "initdb",
-                "-D",
-                str(self.data_dir),
-                "-U",
-                ROLE,
-                f"--pwfile={handle.name}",
-                "--auth=scram-sha-256",
-                "--encoding=UTF8",
-                "--locale=C",
+                "initdb", "-D", str(self.data_dir), "-U", ROLE, f"--pwfile={handle.name}", *options
             )
         if result.returncode != 0 and "Permission denied" in result.stderr and _as_root():
             raise PostgresError(
@@ -121,19 +114,8 @@ class PostgresCluster:
         if self.running():
             return
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-        result = self._run(
-            "pg_ctl",
-            "start",
-            "-D",
-            str(self.data_dir),
-            "-l",
-            str(self.log_file),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            options,
-        )
+        where = ["-D", str(self.data_dir), "-l", str(self.log_file)]
+        result = self._run("pg_ctl", "start", *where, "-w", "-t", "60", "-o", options)
         self._check(result, f"start on 127.0.0.1:{self.port}")
         log.info("PostgreSQL listening on 127.0.0.1:%d (data: %s)", self.port, self.data_dir)
 

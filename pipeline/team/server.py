@@ -4,12 +4,8 @@
     python -m pipeline.team.server stop            # both, by the pids they wrote; data kept
     python -m pipeline.team.server status
 
-The backend store is MLFLOW_BACKEND_STORE_URI (MLflow's own variable) when set, else a
-PostgreSQL cluster of the project's own in `team.state_dir`. Artifacts are proxied: clients
-upload and download through the server (`mlflow-artifacts:/`), which keeps them in
-MLFLOW_ARTIFACTS_DESTINATION (a folder or s3://...) or `<state_dir>/artifacts`, so clients
-need no storage credentials. `--auth` runs MLflow's basic-auth app; its admin password comes
-from MLFLOW_AUTH_ADMIN_PASSWORD, never from a file.
+The store: MLFLOW_BACKEND_STORE_URI, else a PostgreSQL cluster of our own in `team.state_dir`;
+artifacts proxied to MLFLOW_ARTIFACTS_DESTINATION or `<state_dir>/artifacts` (docs/team.md).
 """
 
 from __future__ import annotations
@@ -107,10 +103,8 @@ def auth_environment(state: State) -> dict[str, str]:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {database}\nadmin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Each request's password is checked with a slow hash (PBKDF2, by design); a training
-        # run makes a hundred requests. MLflow can cache a good check for a while: a password
-        # changed through its API takes effect at once on the worker that changed it, on the
-        # others within this many seconds (mlflow/server/auth/basic_auth.ini).
+        # Each request's password is checked with a slow hash (PBKDF2) and a training run makes
+        # a hundred requests: a good check is cached, a changed password takes this long.
         "auth_cache_ttl_seconds = 60\n"
     )
     state.auth_config.chmod(0o600)  # it holds the database password
@@ -124,19 +118,9 @@ def auth_environment(state: State) -> dict[str, str]:
 def server_command(params: config.TeamParams, state: State, auth: bool) -> list[str]:
     artifacts = os.environ.get(ARTIFACTS_ENV) or str(state.artifacts)
     mlflow_cli = Path(sys.executable).with_name("mlflow")  # this environment's, PATH or not
-    command = [
-        str(mlflow_cli),
-        "server",
-        "--host",
-        params.host,
-        "--port",
-        str(params.port),
-        "--workers",
-        str(params.workers),
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts,
-    ]
+    command = [str(mlflow_cli), "server", "--host", params.host, "--port", str(params.port)]
+    command += ["--workers", str(params.workers), "--serve-artifacts"]
+    command += ["--artifacts-destination", artifacts]
     return [*command, "--app-name", "basic-auth"] if auth else command
 
 

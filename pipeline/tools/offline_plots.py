@@ -1,68 +1,39 @@
 """An HTML template for `dvc plots show` with Vega inlined, so the charts render offline.
 
 DVC's default page loads Vega, Vega-Lite and vega-embed from a CDN; on a machine that reaches
-only the package registries its charts stay blank. This builds the same page with those three
-libraries, at the versions DVC's page asks for, taken from the npm registry (`npm pack`,
-checked against pinned sha256) and inlined: `make plots` passes it to `--html-template`.
+only the package registries its charts stay blank. This builds DVC's page with those three
+libraries taken from the npm registry (`npm pack`, checked against pinned sha256) and inlined:
+`make plots` passes it to `--html-template`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
-from pipeline.data.files import write_text
+from dvc_render.html import PAGE_HTML
+
+from pipeline.data.files import sha256_file, write_text
 from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
-# (npm package, its tarball's sha256, the browser build inside it); versions as dvc-render's page
-LIBRARIES = [
-    (
-        "vega@5.20.2",
-        "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d",
-        "package/build/vega.min.js",
-    ),
-    (
-        "vega-lite@5.2.0",
-        "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
-        "package/build/vega-lite.min.js",
-    ),
-    (
-        "vega-embed@6.18.2",
-        "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
-        "package/build/vega-embed.min.js",
-    ),
-]
-PAGE = """<!DOCTYPE html>
-<html>
-<head>
-    <meta charset="utf-8">
-    {refresh_tag}
-    <title>DVC Plot</title>
-{inlined}
-    <style>
-        table {
-            border-spacing: 15px;
-        }
-    </style>
-</head>
-<body>
-    {plot_divs}
-</body>
-</html>
-"""
+# npm package → its tarball's sha256; versions as dvc-render's page asks for them
+LIBRARIES = {
+    "vega@5.20.2": "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d",
+    "vega-lite@5.2.0": "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
+    "vega-embed@6.18.2": "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
+}
 
 
 class PlotsTemplateError(Exception):
     """A library could not be fetched or did not verify; the message says which."""
 
 
-def fetch_script(package: str, sha256: str, member: str, workdir: Path) -> str:
+def fetch_script(package: str, sha256: str, workdir: Path) -> str:
     """Download one npm tarball (no install, no scripts run), verify it, return its script."""
     try:
         packed = subprocess.run(
@@ -76,11 +47,11 @@ def fetch_script(package: str, sha256: str, member: str, workdir: Path) -> str:
         detail = getattr(error, "stderr", "") or str(error)
         raise PlotsTemplateError(f"npm pack {package} failed: {detail.strip()}") from None
     tarball = workdir / packed
-    with open(tarball, "rb") as handle:
-        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    actual = sha256_file(tarball)
     if actual != sha256:
         raise PlotsTemplateError(f"{package}: sha256 {actual}, expected {sha256}")
     with tarfile.open(tarball) as archive:
+        member = f"package/build/{package.rpartition('@')[0]}.min.js"
         return archive.extractfile(member).read().decode()
 
 
@@ -90,7 +61,7 @@ def render(scripts: list[str]) -> str:
         "    <script>" + script.replace("</script", "<\\/script") + "</script>"
         for script in scripts
     )
-    return PAGE.replace("{inlined}", inlined)
+    return PAGE_HTML.replace("{scripts}", '<meta charset="utf-8">\n' + inlined)
 
 
 def run(output: Path) -> Path:
@@ -98,9 +69,9 @@ def run(output: Path) -> Path:
     if output.is_file():
         return output
     with tempfile.TemporaryDirectory(prefix="vega-") as workdir:
-        scripts = [fetch_script(*library, Path(workdir)) for library in LIBRARIES]
+        scripts = [fetch_script(*library, Path(workdir)) for library in LIBRARIES.items()]
     write_text(output, render(scripts))
-    log.info("wrote %s with %s inlined", output, ", ".join(name for name, *_ in LIBRARIES))
+    log.info("wrote %s with %s inlined", output, ", ".join(LIBRARIES))
     return output
 
 

@@ -2,17 +2,7 @@
 
     python -m pipeline.tools.report [--base main] [--target workspace|REVISION|EXPERIMENT|best]
 
-Writes `report.md` and its images into `report.output_dir` (params.yaml): DVC's params and
-metrics tables (`dvc params diff --md`, `dvc metrics diff --md --all`), and the per-class moves,
-both sides' training curves and the confusion change drawn from the data of dvc.yaml's plots
-(`dvc plots diff --json`). Added, as DVC lacks it: a `Base:` and a `Target:` line naming each
-side's MLflow run (linked), its CPU and the gate's verdict, and what a side lacks.
-
-A side's run is the one its run record names; without it in this store, a clean run at its
-params whose metrics are the record's; else a clean run of its commit at its params, named as
-such (on another CPU kind its metrics differ in the last digits). Without its train_history.csv
-at hand, its curves are its run's metric history. `best` is the experiment of `dvc exp show`
-(HEAD's) with the best `tune.metric` by `tune.direction`.
+DVC's params, metrics and plots diffs, and each side's MLflow run, CPU and verdict: docs/team.md.
 """
 
 from __future__ import annotations
@@ -36,7 +26,7 @@ import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
 from pipeline.gate import rule
 from pipeline.reports import figures, review
-from pipeline.runtime.cli import setup_logging
+from pipeline.runtime import cli
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +122,7 @@ def dvc(root: Path, *args: str) -> str:
 
 @dataclass(frozen=True)
 class Plots:
-    """`dvc plots diff --json`'s rows by (plot, revision name), its values strings, and by
-    revision name the files it could not read."""
+    """`dvc plots diff --json`'s rows (strings) by (plot, revision name), and its errors."""
 
     rows: dict[tuple[str, str], pd.DataFrame]
     errors: dict[str, list[str]]  # revision name → "path: DVC's message"
@@ -208,14 +197,14 @@ def gate_outcome(tags: dict[str, str]) -> str:
 def presented(store: Store, found) -> review.Run:
     """A run of the store as the report shows it: name and link, verdict, CPU."""
     tags, info = found.data.tags, found.info
-    url = run_url(store.uri, info.experiment_id, info.run_id)
+    server = store.uri if store.uri.startswith(("http://", "https://")) else UI_ADDRESS
+    url = f"{server.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
     return review.Run(info.run_id, info.run_name, url, gate_outcome(tags), tags.get(CPU_TAG))
 
 
 def run_of(store: Store, revision: Revision, texts: dict, params: tools.ToolParams) -> tuple:
-    """The side's run and how it was found when its run record does not name it: a clean run
-    at its params whose metrics are the record's (its own), else the newest clean run of its
-    commit at its params (a rerun: the record was made elsewhere)."""
+    """The side's run: the record's, else a clean one at its params with the record's metrics,
+    else the newest clean run of its commit at its params; and how it was found."""
     import mlflow
 
     if store.client is None:
@@ -244,8 +233,7 @@ def side_of(
     role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store,
     plots: Plots,
 ) -> review.Side:  # fmt: skip
-    """A side: its record as DVC reads it, its run, its curves (from that run's history when
-    the record's train_history.csv is not at hand), and what it lacks."""
+    """A side: its record as DVC reads it, its run, its curves, and what it lacks."""
     paths = params.paths
     wanted = [paths.run_info, paths.metrics, config.PARAMS_FILE]
     texts = read_files(root, revision, wanted)
@@ -295,11 +283,6 @@ def open_store(params: tools.ToolParams, root: Path) -> Store:
     return Store(uri, tracking.client_for(uri))
 
 
-def run_url(store_uri: str, experiment_id: str, run_id: str) -> str:
-    server = store_uri if store_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def clean_runs(store: Store, params_text: str | None, experiment: str) -> list:
     """Runs of a clean checkout whose params hash is that of these params, newest first."""
     if store.client is None or params_text is None:
@@ -340,11 +323,11 @@ def draw(folder: Path, sides: list[review.Side], class_names: list[str]) -> bool
     return True
 
 
-def run(params: tools.ToolParams, root: Path, base: str, target: str) -> Path:
-    """Write the report of `target` against `base`; return the path of report.md."""
+def run(params: tools.ToolParams, params_file: str | Path, base: str, target: str) -> Path:
+    """Write the report of `target` against `base` in the repo of `params_file`; its path."""
     from dvc.repo import Repo
 
-    notes = []
+    root, notes = Path(params_file).resolve().parent, []
     if target == BEST:
         target, note = best_experiment(root, params.tune)
         notes.append(note)
@@ -371,21 +354,18 @@ def run(params: tools.ToolParams, root: Path, base: str, target: str) -> Path:
     return report
 
 
+ARGUMENTS = {
+    "--base": {"default": "main", "help": "a git revision (default: %(default)s)"},
+    "--target": {
+        "default": WORKSPACE,
+        "help": "the workspace (default), a git revision, a `dvc exp` name, or `best`",
+    },
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = config.params_parser(__doc__.splitlines()[0])
-    parser.add_argument("--base", default="main", help="a git revision (default: %(default)s)")
-    parser.add_argument(
-        "--target",
-        default=WORKSPACE,
-        help="the workspace (default), a git revision, a `dvc exp` name, or `best`",
-    )
-    args = parser.parse_args(argv)
-    params = tools.load_params_or_exit(args.params)
-    setup_logging()
-    try:
-        run(params, Path(args.params).resolve().parent, args.base, args.target)
-    except (ReportError, tracking.TrackingError) as error:
-        raise SystemExit(f"error: {error}") from None
+    expected, load = (ReportError, tracking.TrackingError), tools.load_params_or_exit
+    cli.run_command(run, argv, __doc__, ARGUMENTS, expected, load)
 
 
 if __name__ == "__main__":

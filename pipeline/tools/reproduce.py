@@ -2,20 +2,9 @@
 
     python -m pipeline.tools.reproduce [--model models:/mnist-lstm/3 | --run RUN_ID]
 
-1. The run's lineage tags give the revision: its DVC experiment's ref when it was made by
-   `dvc exp run` (fetched with `dvc exp pull` from a git remote when not here), else its commit;
-   a run whose params were edited without a commit gets the stage params it logged as
-   params.json, exactly as they were validated.
-2. That revision is checked out in a temporary git worktree, beside the workspace. Its DVC
-   cache is this repo's and its remotes are this repo's, so `dvc repro` restores the data from
-   the run cache or a remote (or re-fetches it, checked against its sha256).
-3. The revision's own `train` and `evaluate` commands run there against a scratch SQLite
-   store, so the user's store gets no run and its registry no version. Each line they print is
-   marked `[scratch store]`: their "registered model" and "champion is now" lines are its.
-4. The reproduction is judged against the original (pipeline/tools/verdict.py); the verdict
-   and the date are tagged on the original run (`reproduce.*`). The worktree and the scratch
-   store are removed, also on Ctrl-C.
-Exit codes: 0 bit-identical, 3 within tolerance, 4 not reproduced, 1 could not reproduce.
+The run's revision in a temporary git worktree, its `train` and `evaluate` run against a scratch
+store, the verdict tagged on the original run (docs/reliability.md). Exit codes: 0 bit-identical,
+3 within tolerance, 4 not reproduced, 1 could not reproduce.
 """
 
 from __future__ import annotations
@@ -175,27 +164,23 @@ def worktree(root: Path, revision: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def logged_params(client, run_id: str, folder: Path) -> dict:
-    """The stage params the run logged as its JSON artifact, exactly as they were validated."""
+def restore_params(source: Path, client, run_id: str) -> None:
+    """The revision's params.yaml with the stage params the run logged, exactly as validated,
+    in place of its own (the tools' settings, which no run logs, stay the revision's)."""
     import mlflow
 
     try:
-        folder = client.download_artifacts(run_id, lineage.PARAMS_ARTIFACT, str(folder))
-        return json.loads(Path(folder).read_text())
+        logged = client.download_artifacts(run_id, lineage.PARAMS_ARTIFACT, str(source.parent))
+        stage_params = json.loads(Path(logged).read_text())
     except (mlflow.exceptions.MlflowException, OSError, ValueError):
         raise ReproduceError(
             f"run {run_id} was made from uncommitted params and has no {lineage.PARAMS_ARTIFACT} "
             "artifact (older code logged none): its params cannot be restored exactly"
         ) from None
-
-
-def restore_params(source: Path, client, run_id: str) -> None:
-    """params.yaml of the revision with the run's logged stage params in place of its own
-    (the tools' settings, which no run logs, stay as the revision has them)."""
     path = source / config.PARAMS_FILE
-    raw = yaml.safe_load(path.read_text())
-    restored = raw | logged_params(client, run_id, source.parent)
-    path.write_text(yaml.safe_dump(restored, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(yaml.safe_load(path.read_text()) | stage_params, sort_keys=False)
+    )
 
 
 def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
@@ -249,9 +234,7 @@ def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
 
 
 def relayed(args: list[str], cwd: Path, env: dict[str, str]) -> int:
-    """Run a command; each line of its output (stdout and stderr, in their order) is shown as it
-    comes, marked SCRATCH_MARK: what MLflow prints there ("Successfully registered model",
-    "champion is now version 1") is about the scratch store. Its exit code."""
+    """Run a command, each line of its output shown as it comes marked SCRATCH_MARK; its code."""
     unbuffered = env | {"PYTHONUNBUFFERED": "1"}  # lines as they are written, in order
     with subprocess.Popen(
         args, cwd=cwd, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -287,7 +270,6 @@ def run_stages(source: Path, env: dict[str, str]) -> None:
 
 
 def reproduction_of(source: Path, env: dict[str, str]) -> verdicts.RunRecord:
-
     paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
     run_id = json.loads((source / paths["run_info"]).read_text())["run_id"]
     return record_of(tracking.client_for(env["MLFLOW_TRACKING_URI"]), run_id)

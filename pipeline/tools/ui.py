@@ -2,17 +2,10 @@
 
     python -m pipeline.tools.ui [--host HOST] [--port PORT] [--params params.yaml]
 
-MLflow 3's UI opens an experiment in its GenAI mode (traces, token usage); the printed link adds
-`workflowType=machine_learning`, which opens "Model training": the runs, their charts, models.
-It also names a shared view (`viewStateShareKey`), the way the UI's own Share button does: an
-experiment tag `mlflow.sharedViewState.<key>` holding the runs table's state as JSON. Its columns
-are the params that differ between the runs (as they are when `make ui` starts) and the headline
-metrics, so the link opens on what changed and what it gave. A port already in use stops it
-with one line, before the store is opened.
-MLflow's job runner (huey consumer processes for GenAI jobs this project never runs) is
-switched off with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false. `mlflow ui` runs its web server as
-child processes, which it does not stop when it is sent SIGTERM, so it is started in a process
-group of its own, and Ctrl-C or SIGTERM here stops the whole group.
+The link opens MLflow 3's "Model training" mode (`workflowType=machine_learning`, not GenAI) in a
+shared view (`viewStateShareKey`, as the UI's Share button makes): the params that differ between
+the runs and the headline metrics. `mlflow ui` does not stop its web server's child processes on
+SIGTERM, so it runs in a process group of its own, which Ctrl-C or SIGTERM here stops whole.
 """
 
 from __future__ import annotations
@@ -29,7 +22,6 @@ from pathlib import Path
 import pipeline.params.config as config
 import pipeline.tracking.store as tracking
 from pipeline.runtime import cli, ports, processes
-from pipeline.runtime.cli import unwind_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +49,7 @@ def varying_params(params_of_runs: list[dict[str, str]]) -> list[str]:
 
 
 def view_state(params: list[str]) -> dict:
-    """The runs table's columns as MLflow's UI names them: the model registered, the params
-    given, the headline metrics."""
+    """The runs table's columns as MLflow's UI names them: model, params, headline metrics."""
     columns = ["attributes.`Models`"]
     columns += [f"params.`{key}`" for key in params[:MAX_PARAM_COLUMNS]]
     columns += [f"metrics.`{name}`" for name in HEADLINE_METRICS]
@@ -66,9 +57,8 @@ def view_state(params: list[str]) -> dict:
 
 
 def share_view(client, experiment_id: str) -> bool:
-    """Write the shared view (the params that differ between the experiment's newest thousand
-    runs, then the headline metrics) as the experiment tag the link names; False when the store
-    refuses (a tracking server where this user may only read)."""
+    """Write the shared view of the newest thousand runs as the experiment tag the link names;
+    False when the store refuses (a tracking server where this user may only read)."""
     import mlflow
 
     try:
@@ -117,7 +107,7 @@ def run(params: config.Params, host: str, port: int) -> int:
         store_uri,
         training_runs_url(f"http://{host}:{port}", experiment_id, view),
     )
-    unwind_on_signals()
+    cli.unwind_on_signals()
     try:
         return process.wait()
     except KeyboardInterrupt:

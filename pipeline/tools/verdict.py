@@ -1,14 +1,5 @@
-"""Whether a reproduction came out the same as the run it rebuilt, and if not, what differs.
-
-Three verdicts, each with its exit code for `make reproduce`:
-- bit-identical: the same weight bytes (their hash, tag `model.weights_sha256`) and the same
-  test metrics, to the last bit: what one machine with the same versions gives;
-- reproduced within tolerance: test accuracy and loss within ACCURACY_TOLERANCE and
-  LOSS_TOLERANCE: what another CPU kind, or other thread counts, give (float sums in another
-  order make other weights);
-- not reproduced: anything further off.
-Every verdict but the first lists what differs: metrics, package versions, CPU kind and flags,
-thread settings, data hashes, params.
+"""Whether a reproduction came out the same as the run it rebuilt, and if not, what differs:
+bit-identical, reproduced within tolerance or not reproduced (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,11 +8,9 @@ from dataclasses import dataclass, field
 
 from pipeline.tracking.lineage import ENV_PREFIX, WEIGHTS_TAG
 
-BIT_IDENTICAL, WITHIN_TOLERANCE, NOT_REPRODUCED = (
-    "bit-identical",
-    "reproduced within tolerance",
-    "not reproduced",
-)
+BIT_IDENTICAL = "bit-identical"
+WITHIN_TOLERANCE = "reproduced within tolerance"
+NOT_REPRODUCED = "not reproduced"
 EXIT_CODES = {BIT_IDENTICAL: 0, WITHIN_TOLERANCE: 3, NOT_REPRODUCED: 4}
 # 0.005 is 50 of the 10,000 test images; the loss bound is of the same order relative to a
 # loss near 0.07. Both far exceed what summation order changes, far below what a bug costs.
@@ -52,12 +41,11 @@ class Reproduction:
         return EXIT_CODES[self.kind]
 
 
-def scored_metrics(record: RunRecord) -> dict[str, float]:
-    return {key: value for key, value in record.metrics.items() if key.startswith("test_")}
-
-
 def metric_differences(original: RunRecord, again: RunRecord) -> list[str]:
-    before, after = scored_metrics(original), scored_metrics(again)
+    before, after = (
+        {key: value for key, value in record.metrics.items() if key.startswith("test_")}
+        for record in (original, again)
+    )
     lines = [
         f"{key}: {before[key]!r} → {after[key]!r}"
         for key in sorted(before.keys() & after.keys())
@@ -67,16 +55,14 @@ def metric_differences(original: RunRecord, again: RunRecord) -> list[str]:
     return lines
 
 
-def shaping_tags(record: RunRecord) -> dict[str, str]:
-    return {key: value for key, value in record.tags.items() if key.startswith(SHAPING_PREFIXES)}
-
-
 def tag_differences(original: RunRecord, again: RunRecord) -> list[str]:
-    before, after = shaping_tags(original), shaping_tags(again)
-    keys = sorted(before.keys() | after.keys())
+    before, after = (
+        {key: value for key, value in record.tags.items() if key.startswith(SHAPING_PREFIXES)}
+        for record in (original, again)
+    )
     return [
         f"{key}: {before.get(key, 'not recorded')} → {after.get(key, 'not recorded')}"
-        for key in keys
+        for key in sorted(before.keys() | after.keys())
         if before.get(key) != after.get(key)
     ]
 
