@@ -91,10 +91,13 @@ class WorkerThreads:
     def __init__(self) -> None:
         self.limiter = anyio.CapacityLimiter(usable_cores())
 
+    async def run(self, work: Callable[..., Any], *args: object) -> Any:
+        return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
+
     async def respond(self, work: Callable[..., Response], *args: object) -> Response:
         """`work(*args)`'s response, or the 4xx of the BadRequest it raised."""
         try:
-            return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
+            return await self.run(work, *args)
         except BadRequest as problem:
             return problem.response()
 

@@ -21,6 +21,7 @@ import pipeline.params.config as config
 from pipeline.inference import cache as model_cache
 from pipeline.serving import batching, loader
 from pipeline.serving.loader import Served
+from pipeline.tracking import registry
 
 if TYPE_CHECKING:
     from pipeline.serving.asgi import Monitoring
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def follows(served: Served) -> bool:
     """Only a registered model named by an alias can move; a version or a file never does."""
-    return served.model.startswith("models:/") and "@" in served.model
+    match = registry.REGISTERED_URI.match(served.model)
+    return bool(match and match["alias"])
 
 
 async def follow(

@@ -89,17 +89,18 @@ def border(shape: tuple[int, ...]) -> np.ndarray:
     return frame
 
 
-def ink_up(gray: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] with the ink brighter than the paper. Past the paper's smooth surface
-    (fitted to the border: a digit may fill most of the picture), the ink is the side that
-    strays furthest, counted at the EXTREME-th pixel so that neither one dust grain nor the
-    noise decides; dark ink is inverted."""
+def ink_up(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels in [0, 1] with the ink brighter than the paper, and what they stray from the
+    paper's smooth surface (fitted to the border: a digit may fill most of the picture). The ink
+    is the side that strays furthest, counted at the EXTREME-th pixel so that neither one dust
+    grain nor the noise decides; dark ink is inverted."""
     if float(gray.max() - gray.min()) < 1e-6:
         raise ImageError("the image is empty: one flat colour, no ink")
-    residual = ndimage.gaussian_filter(gray - paper_surface(gray, border(gray.shape)), 1.0).ravel()
-    darkest = -np.partition(residual, EXTREME)[EXTREME]
-    brightest = np.partition(residual, -EXTREME)[-EXTREME]
-    return 1.0 - gray if darkest > brightest else gray
+    residual = gray - paper_surface(gray, border(gray.shape))
+    smooth = ndimage.gaussian_filter(residual, 1.0).ravel()
+    darkest = -np.partition(smooth, EXTREME)[EXTREME]
+    brightest = np.partition(smooth, -EXTREME)[-EXTREME]
+    return (1.0 - gray, -residual) if darkest > brightest else (gray, residual)
 
 
 def paper_surface(values: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -125,20 +126,23 @@ def noise_level(residual: np.ndarray) -> float:
 
 def separate_ink(gray: np.ndarray) -> np.ndarray:
     """Grayscale in [0, 1] → ink strength in [0, 1] on a background of exactly 0."""
-    values = ink_up(gray)
-    paper = border(values.shape)  # a first guess, then the pixels that are not ink
-    for _ in range(2):  # fit, find the ink above it, fit again to the paper alone
-        residual = values - paper_surface(values, paper)
-        smooth = ndimage.gaussian_filter(residual, 1.0)
-        level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
-        ink = smooth > level
-        paper = ~ndimage.binary_dilation(ink, iterations=2)
+    values, residual = ink_up(gray)  # past the border's surface; then past the paper's alone
+    ink, level = ink_above(residual)
+    residual = values - paper_surface(values, ~ndimage.binary_dilation(ink, iterations=2))
+    ink, level = ink_above(residual)
     if not ink.any():
         raise ImageError("no digit found: the picture is blank (no ink stands out of the paper)")
     ink = without_specks(ink)
     full = float(np.percentile(residual[ink], INK_FULL))
     near = ndimage.binary_dilation(ink, iterations=2)  # the strokes' soft edges belong to them
     return np.where(near, np.clip((residual - level / 2) / (full - level / 2), 0.0, 1.0), 0.0)
+
+
+def ink_above(residual: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels that stand out of the paper's noise (smoothed), and the level they pass."""
+    smooth = ndimage.gaussian_filter(residual, 1.0)
+    level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
+    return smooth > level, level
 
 
 def without_specks(ink: np.ndarray) -> np.ndarray:

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import numpy as np
 import orjson
 from starlette.applications import Starlette
@@ -39,10 +38,10 @@ from starlette.routing import Route
 
 import pipeline.params.config as config
 import pipeline.params.tools as tools
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.inference.onnx_network import InputError, validated
 from pipeline.runtime import cli, ports
-from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, batching, following, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
@@ -89,8 +88,8 @@ def overloaded(error: batching.Overloaded) -> Response:
 
 def version_number(served: loader.Served) -> str:
     """The registry version a server serves (`models:/name/3` → "3"); "1" for a file."""
-    name, _, number = served.pinned.rpartition("/")
-    return number if name.startswith("models:") and number.isdigit() else "1"
+    match = registry.REGISTERED_URI.match(served.pinned)
+    return match["version"] if match and match["version"] else "1"
 
 
 def build_app(
@@ -106,7 +105,7 @@ def build_app(
     monitoring.closing.append(batcher.close)
     if settings.follow_seconds and following.follows(served):
         monitoring.background.append(following.keep_following(batcher, monitoring, params))
-    limiter = anyio.CapacityLimiter(usable_cores())
+    threads = asgi.WorkerThreads()
     name = params.mlflow.registered_model
 
     async def parsed(parse: Callable[[bytes, Any], Any], body: bytes, detail: Any) -> Any:
@@ -114,7 +113,7 @@ def build_app(
         worker thread, so that the loop never stalls."""
         if len(body) <= INLINE_BYTES:
             return parse(body, detail)
-        return await anyio.to_thread.run_sync(parse, body, detail, limiter=limiter)
+        return await threads.run(parse, body, detail)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
