@@ -32,10 +32,15 @@ MAX_BODY = 1_000_000  # room for a small file holding a huge image
 
 
 @pytest.fixture(scope="module")
-def demo(real_model, trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="module")
+def demo(real_model, trained, folder):
     raw = trained.params.model_dump(mode="json")
     raw["serve"]["max_body_bytes"] = MAX_BODY
+    raw["monitor"]["log_path"] = str(folder / "predictions.db")  # this server's rows only
     params = write_params(raw, folder / "params.yaml")
     args = ["--params", str(params), "--model", str(real_model.path)]
     with running("pipeline.serving.demo", args, "/health", folder / "demo.log") as process:
@@ -84,7 +89,7 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_page_goes_on(demo, real_mode
     assert classify(demo.url, good)[0] == 200
 
 
-def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, trained, real_model):
+def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, folder, real_model):
     route = {"route": "/api/classify"}
     started, before = time.time(), prometheus_samples(demo.url)
     answers = [classify(demo.url, json.dumps({"image": png_data_url(image)}).encode())[1]
@@ -102,9 +107,9 @@ def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, tra
     assert scored[1] - scored[0] == 3
 
     def logged():
-        return logged_by("demo", trained.params.monitor.log_path, started)
+        return logged_by("demo", folder / "predictions.db", started)
 
-    assert wait_until(lambda: len(logged()) == 3, timeout=30)
+    assert wait_until(lambda: len(logged()) == 3, timeout=30), (folder / "demo.log").read_text()
     labels = [answer["classes"][0]["label"] for answer in answers]
     assert [str(predicted) for predicted in logged()["predicted"]] == labels
 

@@ -47,8 +47,7 @@ def behaviour_metrics(
     seed: int,
 ) -> dict[str, float]:
     """`shift_agreement` (share of moved images predicted as before) and `noise_accuracy_drop`
-    (accuracy on clean images less on noisy ones), for images with their clean `predictions`;
-    `settings` is (max shift in pixels, noise σ)."""
+    (clean accuracy less noisy); `settings` is (max shift in pixels, noise σ)."""
     max_shift, sigma = settings
     rng = np.random.default_rng(seed)
     moved = shifted(images, shifts(len(images), max_shift, rng))

@@ -2,10 +2,8 @@
 
 A version passes the release checks (floors on the test split, the behavioural checks), then
 needs a gain of `evaluate.min_gain` in validation accuracy over the champion, both scored on
-this run's validation images, to become `champion`; `make promote` moves it by hand. Every
-check is a plain comparison, judged on its own, so the verdict names every failed check.
-The verdicts are tags on the run and the version under `validation.` (a name users and their
-searches know; here it means the gate, not the split). MLflow is imported inside functions.
+this run's validation images; each check is judged on its own, so the verdict names every
+failed one. Verdicts are tags under `validation.` (a name users' searches know: the gate here).
 """
 
 from __future__ import annotations
@@ -29,14 +27,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The newest version, other than the champion, that passed the release checks: the one to
-# shadow, or to roll back to. Set again after every move of the champion (settle_challenger).
+# The newest version, other than the champion, that passed the release checks (to shadow, or
+# to roll back to); set again after every move of the champion.
 CHALLENGER = "challenger"
 STATUS_TAG = "validation.status"  # a version's gate verdict: PASSED or FAILED
 PASSED, FAILED = "passed", "failed"
 FAILED_TAG = "validation.failed"  # the failed checks' metrics, comma-separated, or "none"
-# When a version passed the whole gate, the gain over the champion included (seconds since the
-# epoch): the versions that contend for champion. One that passed all but the gain has none.
+# When a version passed the whole gate, gain included (Unix seconds): those contend for champion.
 PASSED_AT_TAG = "validation.passed_at"
 PROMOTED_AT_TAG = "champion.promoted_at"  # when it last became champion
 GAIN = "gain"  # the check against the champion; the others are the floors and behaviour
@@ -54,15 +51,13 @@ class Check:
 
     @property
     def outcome(self) -> str:
-        """A release check passes or FAILS; the gain is had or not, which fails nothing: a
-        version without it is still a valid model (the challenger)."""
+        """A release check passes or FAILS; the gain is had or not (no gain fails nothing)."""
         if self.name == GAIN:
             return "gain" if self.passed else "no gain"
         return "passed" if self.passed else "FAILED"
 
     @property
     def failed(self) -> bool:
-        """A release check that did not pass (no gain is not a failure)."""
         return not self.passed and self.name != GAIN
 
     def line(self) -> str:
@@ -83,8 +78,8 @@ def release_checks(metrics: dict[str, float], gate: config.EvaluateParams) -> li
 
 
 def gain_check(candidate: float, champion: float, min_gain: float) -> Check:
-    """Validation accuracy over the champion's, both on the same images, by at least min_gain.
-    A champion that could not be scored (-inf) is not beaten: no paired comparison, no move."""
+    """Validation accuracy over the champion's, both on the same images, by at least min_gain;
+    a champion that could not be scored (-inf) is not beaten: no paired comparison, no move."""
     if champion == float("-inf"):
         rule = "a champion scored on the same images (it could not be loaded)"
         return Check(GAIN, "validation_accuracy", candidate, rule, passed=False)
@@ -103,8 +98,7 @@ def status(checks: list[Check]) -> str:
 
 
 def tags(release: list[Check], gain: Check | None) -> dict[str, str]:
-    """The verdict as tags for the run and the model version: the status of the release checks,
-    each check's line under `validation.<metric>`, the gain's outcome where there was one."""
+    """The verdict as tags for the run and the version: the status, each check's line."""
     failed = [check.metric for check in release if not check.passed]
     values = {STATUS_TAG: status(release), FAILED_TAG: ", ".join(failed) or "none"}
     values |= {f"validation.{check.metric}": check.line() for check in release}
@@ -129,7 +123,6 @@ class Decision:
 
     @property
     def checks(self) -> list[Check]:
-        """Every check judged: the release checks, then the gain where there was one."""
         return self.release + ([self.gain] if self.gain else [])
 
     def became(self) -> str:
@@ -168,9 +161,8 @@ class Decision:
 
 
 def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
-    """A registered version's accuracy on this run's validation images, its ONNX model loaded
-    through MLflow as the candidate's was; -inf for one that cannot be loaded (its artifacts
-    gone, or kept by another server): it can neither stay champion nor become it."""
+    """A registered version's accuracy on this run's validation images; -inf for one that
+    cannot be loaded (its artifacts gone): it can neither stay champion nor become it."""
     import mlflow
 
     uri = f"models:/{name}/{version}"
@@ -188,9 +180,8 @@ def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
 def decide(
     run_info: dict, metrics: dict[str, float], val: dict[str, np.ndarray], params: config.Params
 ) -> Decision:
-    """Judge the model in train's active run, register it if `registration: better` and it
-    passed the whole gate, tag the run and version with the verdict, move the aliases it
-    earned. `val` holds this run's validation images ("x") and labels ("y")."""
+    """Judge the model in train's active run, register it (`registration: better`) if it passed
+    the whole gate, tag the verdict, move the aliases it earned; `val` holds "x" and "y"."""
     import mlflow
 
     name, gate = params.mlflow.registered_model, params.evaluate
@@ -239,14 +230,10 @@ def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: int) 
 
 
 def passed_since(client: mlflow.MlflowClient, name: str, since: float) -> set[int]:
-    """Versions that passed the whole gate at or after `since`: the ones a concurrent
-    evaluation may have promoted while this one compared with an older champion."""
-    found = set()
-    for version in client.search_model_versions(f"name='{name}'"):
-        passed_at = (version.tags or {}).get(PASSED_AT_TAG)
-        if passed_at is not None and float(passed_at) >= since:
-            found.add(int(version.version))
-    return found
+    """Versions that passed the whole gate at or after `since` (a concurrent evaluation's)."""
+    versions = client.search_model_versions(f"name='{name}'")
+    passed = [(int(v.version), (v.tags or {}).get(PASSED_AT_TAG)) for v in versions]
+    return {version for version, at in passed if at is not None and float(at) >= since}
 
 
 Beats = Callable[[float, float], bool]  # (a score, the champion's) → does it beat the champion?
@@ -266,15 +253,11 @@ def choose_champion(scores: dict[int, float], current: int | None, beats: Beats)
 def settle_champion(
     name: str, candidate: int, score: Callable[[int], float], beats: Beats, max_rounds: int = 20
 ) -> int:
-    """Make `candidate` (which passed the release checks) champion if it beats the champion on
-    `score` (this run's validation images); the champion's version afterwards.
+    """Make `candidate` champion if it beats the champion on `score`; the champion afterwards.
 
-    A local SQLite store is locked meanwhile. A server is shared by processes on any machine:
-    another evaluation may move the alias between this one's read and its write. So after
-    writing, the alias and the versions that passed since the champion first read was promoted
-    are read again, each scored on this run's images too, and the choice made again until
-    nothing new came in: whichever evaluation writes last has compared every rival before it.
-    A champion promoted by hand is compared only with versions that passed after it was.
+    On a tracking server another evaluation may move the alias between this one's read and
+    its write (a SQLite store is locked): so the alias and the versions that passed since the
+    champion was promoted are read again and the choice made again until nothing new came in.
     """
     import mlflow
 
@@ -300,8 +283,7 @@ def settle_champion(
 
 def settle_challenger(client: mlflow.MlflowClient, name: str) -> int | None:
     """Point `challenger` at the newest version that passed the release checks and is not the
-    champion, or at none; the version it points at. Called after the champion moves, by the
-    gate or by hand, so the alias keeps its one meaning through promotions and rollbacks."""
+    champion (or at none); the version it points at."""
     champion = alias_version(client, name, CHAMPION)
     passed = [
         int(version.version)
@@ -326,9 +308,8 @@ class PromotionError(Exception):
 
 
 def promote(name: str, version: int, reason: str, who: str, force: bool = False) -> int | None:
-    """Point `champion` at `version` by hand (a rollback too), recording who, why and what it
-    replaced as version tags; the champion before. A version that did not pass the gate is
-    refused unless `force`."""
+    """Point `champion` at `version` by hand, recording who, why and what it replaced; the
+    champion before. A version that did not pass the gate is refused unless `force`."""
     import mlflow
 
     client = mlflow.MlflowClient()

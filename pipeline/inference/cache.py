@@ -1,27 +1,17 @@
 """An MLflow model URI as a local model folder, so that the servers answer without MLflow.
 
-Resolving `models:/name@champion` takes MLflow, whose import and first store query cost
-seconds and a hundred-odd MB that a server would otherwise carry for its whole life. So MLflow
-does it in a child process (`python -m pipeline.inference.cache URI --store STORE`): it pins
-an alias to its version, copies that version's files into `.serve/models/` at the repo root
-and exits. A version's files never change, so each copy is named after what it is a copy of
-(store and model) and made once.
+Resolving `models:/name@champion` takes MLflow (seconds and a hundred-odd MB for a server's
+whole life), so a child process does it (`python -m pipeline.inference.cache URI --store
+STORE`): it pins an alias to its version and copies that version's files once into
+`.serve/models/`, named after the store and the version.
 
-For a SQLite store the answer is also remembered with the state of the store's files (size,
-modification time and inode of the database and of its write-ahead log). While they are
-unchanged nothing was written, so no alias can have moved, and the next start reuses the
-answer without starting MLflow. Any write (a run, a new version, an alias moved in the UI)
-changes that state and the next start asks MLflow again. A tracking server is always asked.
-The state is read before MLflow is asked, so a write while it answers makes the answer unused.
-
-Reading alone changes those files too: when the last connection to the store closes, SQLite
-checkpoints (copies the log's writes into the database file, which changes its modification
-time) and deletes the log, and a connection that opens creates an empty log. So the state is
-read after a checkpoint (`settle`), and an empty log counts as none: what is recorded then
-changes with writes only, not with the UI, a stage or the MLflow child closing the store.
-The evaluate stage, which moves the champion and has MLflow loaded already, leaves the answer
-for the champion behind (`prepare`, after its last write): after `dvc repro` the first server
-start needs no MLflow.
+For a SQLite store the answer is remembered with the state of the store's files (size,
+modification time and inode of the database and of its non-empty write-ahead log), read before
+MLflow is asked: while it is unchanged no alias can have moved, and the next start reuses the
+answer without MLflow. Closing the last connection checkpoints the log into the database (a
+new modification time), so the state is read after a checkpoint of our own (`settle`). The
+evaluate stage leaves the champion's answer behind (`prepare`), so that the first start after
+`dvc repro` needs no MLflow. A tracking server is always asked.
 """
 
 from __future__ import annotations
@@ -43,6 +33,7 @@ import pipeline.params.config as config
 import pipeline.runtime.processes as processes
 import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
+from pipeline.data.files import read_json, write_json
 from pipeline.inference.integrity import HASH_TAG, ModelError, onnx_file, verify
 from pipeline.runtime import cli
 
@@ -53,9 +44,8 @@ ANSWERS = "resolved.json"  # model URI and store → the local folder, with the 
 
 
 def store_state(store: str) -> list[list[int]] | None:
-    """Size, modification time and inode of a SQLite store's database file, and of its
-    write-ahead log while that holds writes (an empty log and none are the same store); None
-    for a server."""
+    """Size, modification time and inode of a SQLite store's database file and of its non-empty
+    write-ahead log; None for a server."""
     database = tracking.local_db(store)
     if database is None:
         return None
@@ -65,12 +55,8 @@ def store_state(store: str) -> list[list[int]] | None:
 
 
 def settle(store: str) -> None:
-    """Checkpoint a SQLite store: its write-ahead log into the database file, the log emptied.
-
-    Not a write (the store's content stays the same) but the one SQLite does anyway when the
-    last connection closes; done first, it leaves a state that no close changes. Best effort:
-    a store that a writer holds for a second, or that this user may not write, keeps its log.
-    """
+    """Checkpoint a SQLite store (as its last connection's close would), the log emptied; best
+    effort: a store a writer holds, or this user may not write, keeps its log."""
     database = tracking.local_db(store)
     if database is None or not database.is_file():
         return
@@ -100,9 +86,8 @@ def local_folder(model_uri: str, params: config.Params) -> Path:
 
 
 def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
-    """What `model_uri` names (`models:/name/<version>` for an alias, else itself), the local
-    folder of its files and the sha256 its ONNX file was registered with ("" if none); a local
-    path as it is."""
+    """What `model_uri` names (`models:/name/<version>` for an alias), the local folder of its
+    files and its registered ONNX sha256 ("" if none); a local path as it is."""
     if Path(model_uri).exists():
         return model_uri, Path(model_uri), ""
     store, cache, key = _place(model_uri, params)
@@ -115,22 +100,22 @@ def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
             return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
     answer = _resolve_in_child(model_uri, store, cache)
     if state is not None:
-        _remember(cache, key, answer | {"state": state})
+        write_json(cache / ANSWERS, _answers(cache) | {key: answer | {"state": state}})
     log.info("%s is %s", model_uri, answer["pinned"])
     return answer["pinned"], Path(answer["path"]), answer["sha256"]
 
 
 def prepare(model_uri: str, params: config.Params) -> None:
-    """Resolve and copy `model_uri` now, in a process that has MLflow already (evaluate, after
-    it moved the champion), so that the next server start finds the answer and needs no MLflow.
-    A failure only costs that start its MLflow child, so it is logged, never raised."""
+    """Resolve and copy `model_uri` now, in a process with MLflow (evaluate, after its last
+    write); a failure only costs the next start its MLflow child: logged, never raised."""
     store, cache, key = _place(model_uri, params)
     settle(store)  # the stage's writes are all in: record a state that its exit cannot change
     state = store_state(store)
     if state is None:
         return  # a tracking server: asked at every start anyway
     try:
-        _remember(cache, key, copied(model_uri, store, cache) | {"state": state})
+        answer = copied(model_uri, store, cache) | {"state": state}
+        write_json(cache / ANSWERS, _answers(cache) | {key: answer})
     except (ModelError, OSError) as error:
         log.warning(
             "%s not copied for the servers (they will copy it at start): %s", model_uri, error
@@ -139,18 +124,9 @@ def prepare(model_uri: str, params: config.Params) -> None:
 
 def _answers(cache: Path) -> dict:
     try:
-        return json.loads((cache / ANSWERS).read_text())
+        return read_json(cache / ANSWERS)
     except (OSError, ValueError):
         return {}
-
-
-def _remember(cache: Path, key: str, answer: dict) -> None:
-    """Add one answer to the file, replaced whole so that a reader never sees half of it."""
-    cache.mkdir(parents=True, exist_ok=True)
-    answers = _answers(cache) | {key: answer}
-    with tempfile.NamedTemporaryFile("w", dir=cache, suffix=".tmp", delete=False) as file:
-        json.dump(answers, file, indent=1)
-    os.replace(file.name, cache / ANSWERS)
 
 
 def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
@@ -168,9 +144,8 @@ def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
 
 
 def pinned(model_uri: str) -> tuple[str, str, str]:
-    """(`models:/name/<version>` for an alias, else the URI as given; what its files are a copy
-    of: the version's source, which a deleted and re-created model does not share; the sha256
-    its ONNX file was registered with, "" when none was)."""
+    """(`models:/name/<version>` for an alias, else the URI; what its files are a copy of: the
+    version's source and run; its registered ONNX sha256 or "")."""
     import mlflow
 
     try:
@@ -207,16 +182,16 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
 
 
 def follow_command(model_uri: str, params: config.Params, seconds: float) -> list[str]:
-    """A child that says what `model_uri` names, and again each time that changes (checked
-    every `seconds`), its files copied first: how a server follows an alias without MLflow."""
+    """The child that says what `model_uri` names, again whenever that changes (every
+    `seconds`), its files copied first: how a server follows an alias without MLflow."""
     store, cache, _ = _place(model_uri, params)
     return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache),
             "--follow-seconds", str(seconds)]  # fmt: skip
 
 
 def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
-    """Print `copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until
-    the parent that started this process is gone."""
+    """`copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until the
+    parent is gone."""
     tracking.connect_to(store)
     parent, last = os.getppid(), None
     while os.getppid() == parent:
@@ -232,8 +207,7 @@ def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
 
 
 def run(model_uri: str, store: str, cache: Path, follow_seconds: float | None = None) -> None:
-    """The child's answer to its parent (`copied`'s), as one JSON line on stdout; with
-    `follow_seconds`, again whenever it changes."""
+    """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, on every change."""
     if follow_seconds:
         with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
             follow(model_uri, store, cache, follow_seconds)

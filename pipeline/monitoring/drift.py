@@ -1,17 +1,10 @@
 """Has the traffic moved away from the reference? A two-sample test per quantity (scipy).
 
-Each input statistic and the confidence: Kolmogorov–Smirnov (`scipy.stats.ks_2samp`), which
-sees any change of shape, not only of the mean; its distance is D, the largest gap between the
-two cumulative distributions. The predicted-class mix: chi-square on the two samples' class
-counts (`scipy.stats.chi2_contingency`); its distance is the total variation between the two
-mixes (half the summed gaps between class shares). Both distances run from 0 (the same) to 1.
-
-A quantity has moved when its p-value is below `alpha` (the difference is not chance) and its
-distance is at least `min_distance` (the difference is large enough to matter). A p-value alone
-would call drift on real digits that nobody would: MNIST's own test set, taken in order, is
-written by one group of people after another, and a few hundred consecutive images differ from
-the whole in stroke width with p-values far below any alpha. Each test is judged on its own.
-The verdicts below hold what one look found: monitor.py makes them, drift_report.py draws them.
+Each input statistic and the confidence: Kolmogorov–Smirnov, its distance D; the predicted-class
+mix: chi-square, its distance the total variation between the two mixes (both 0 to 1). A
+quantity has moved when its p-value is below `alpha` and its distance at least `min_distance`:
+a p-value alone calls drift on real digits (MNIST's test set, taken in order, is written by one
+group of people after another, and a few hundred consecutive images differ in stroke width).
 """
 
 from __future__ import annotations
@@ -37,8 +30,6 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Finding:
-    """One quantity's test: window against reference."""
-
     name: str  # a TESTED column, or CLASS_MIX
     test: str  # which test
     p_value: float
@@ -51,8 +42,6 @@ class Finding:
 
 @dataclass(frozen=True)
 class Agreement:
-    """How often a shadow model predicted what the served one did."""
-
     model: str
     shadow: str
     images: int
@@ -60,7 +49,6 @@ class Agreement:
 
 
 def compare(reference: pd.DataFrame, window: pd.DataFrame, limits: Thresholds) -> list[Finding]:
-    """Every test of the window (prediction log rows) against the reference."""
     found = [distribution(name, reference[name], window[name], limits) for name in TESTED]
     return [*found, class_mix(reference["predicted"], window["predicted"], limits)]
 
@@ -70,7 +58,6 @@ def moved(p_value: float, distance: float, limits: Thresholds) -> bool:
 
 
 def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
-    """Kolmogorov–Smirnov on one quantity."""
     result = stats.ks_2samp(reference.to_numpy(float), window.to_numpy(float))
     p_value, distance = float(result.pvalue), float(result.statistic)
     before, after = float(reference.mean()), float(window.mean())
@@ -80,7 +67,6 @@ def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thr
 
 
 def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
-    """Chi-square on the counts of each class predicted in either sample."""
     classes = sorted(set(reference) | set(window))
     counts = np.array(
         [[int((sample == label).sum()) for label in classes] for sample in (reference, window)]
@@ -106,11 +92,6 @@ def agreements(window: pd.DataFrame) -> list[Agreement]:
     ]
 
 
-def drifted(findings: list[Finding]) -> list[str]:
-    """The names of the quantities that moved."""
-    return [finding.name for finding in findings if finding.drifted]
-
-
 SERVED, SHADOW = "served", "shadow"
 
 
@@ -131,7 +112,7 @@ class ModelVerdict:
 
     @property
     def drifted(self) -> list[str]:
-        return drifted(self.findings)
+        return [finding.name for finding in self.findings if finding.drifted]
 
 
 @dataclass(frozen=True)
@@ -151,8 +132,7 @@ class Verdict:
         return any(model.tested for model in self.models)
 
     @property
-    def drifted(self) -> list[str]:
-        """What moved, each quantity once, in any model's rows."""
+    def drifted(self) -> list[str]:  # each quantity once, in any model's rows
         return list(dict.fromkeys(name for model in self.models for name in model.drifted))
 
     @property

@@ -16,8 +16,7 @@ def figure_name(index: int) -> str:
 
 
 def markdown(verdict: Verdict) -> str:
-    """The page: the verdict, then each model's rows against its own reference (one row per
-    test, its figure), then the shadow's agreement."""
+    """The page: the verdict, each model's tests against its own reference, the shadow's."""
     when = f"{verdict.since:%Y-%m-%d %H:%M} to {verdict.until:%Y-%m-%d %H:%M} UTC"
     limits = verdict.thresholds
     rule = f"p-value below {limits.alpha:g} and distance from {limits.min_distance:g}"
@@ -35,13 +34,8 @@ def markdown(verdict: Verdict) -> str:
             lines += [f"![reference and window]({figure_name(tested)})", ""]
             tested += 1
     if verdict.agreements:
-        lines += [
-            "## Shadow agreement",
-            "",
-            "| served | shadow | images both scored | same class |",
-            "|---|---|---|---|",
-        ]
-        lines += [
+        table = ["| served | shadow | images both scored | same class |", "|---|---|---|---|"]
+        lines += ["## Shadow agreement", "", *table] + [
             f"| {agreed.model} | {agreed.shadow} | {agreed.images} | {agreed.share:.1%} |"
             for agreed in verdict.agreements
         ]
@@ -50,7 +44,6 @@ def markdown(verdict: Verdict) -> str:
 
 
 def model_section(judged: ModelVerdict, min_predictions: int) -> list[str]:
-    """One model's rows: what it was compared with, and each test."""
     title = f"{judged.role.capitalize()}: {judged.model} ({judged.predictions} predictions)"
     lines = [f"## {title}", ""]
     if judged.reference_rows == 0:
@@ -74,8 +67,7 @@ def model_section(judged: ModelVerdict, min_predictions: int) -> list[str]:
 
 
 def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVerdict) -> Figure:
-    """One model's reference against its rows in the window: a histogram per tested quantity,
-    the class mix as bars; what moved is titled in red."""
+    """A histogram per tested quantity and the class mix as bars; what moved titled in red."""
     moved = set(judged.drifted)
     figure = Figure(figsize=(12, 6.5), layout="constrained")
     figure.suptitle(f"{judged.role} {judged.model}: window against its reference")
@@ -83,15 +75,9 @@ def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVe
     for axes, name in zip(grid, TESTED, strict=False):
         values = np.concatenate([reference[name].to_numpy(float), window[name].to_numpy(float)])
         bins = np.histogram_bin_edges(values, bins=30)
+        style = {"bins": bins, "density": True, "alpha": 0.55, "histtype": "stepfilled"}
         for sample, label in ((reference, "reference"), (window, "window")):
-            axes.hist(
-                sample[name],
-                bins=bins,
-                density=True,
-                alpha=0.55,
-                label=label,
-                histtype="stepfilled",
-            )
+            axes.hist(sample[name], label=label, **style)
         axes.set_title(name, color="red" if name in moved else "black")
         axes.legend(fontsize=8)
     axes = grid[len(TESTED)]
@@ -101,12 +87,8 @@ def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVe
     ):
         shares = sample["predicted"].value_counts(normalize=True).reindex(classes, fill_value=0)
         axes.bar(np.arange(len(classes)) + offset, shares, width=0.4, label=label)
-    axes.set(
-        xticks=range(len(classes)),
-        xticklabels=[str(label) for label in classes],
-        xlabel="predicted class",
-        ylabel="share",
-    )
+    ticks = {"xticks": range(len(classes)), "xticklabels": [str(label) for label in classes]}
+    axes.set(xlabel="predicted class", ylabel="share", **ticks)
     axes.set_title(CLASS_MIX, color="red" if CLASS_MIX in moved else "black")
     axes.legend(fontsize=8)
     return figure

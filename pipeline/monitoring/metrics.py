@@ -1,15 +1,7 @@
 """A server's metrics for Prometheus (prometheus-client), and the middleware that serves /metrics.
 
-`RequestMetrics` is a pure ASGI middleware around a server's app: it counts each request by
-route and status, times it into a histogram (every response, the 4xx of the body limit
-included) and answers GET /metrics with prometheus-client's own ASGI app. `ServerMetrics`
-holds the series: those two, images scored by predicted class, the version served (an info
-metric), the shadow's agreement and what the log or the shadow had to drop.
-
-With several server processes (`--workers N`), prometheus-client's multiprocess mode: the
-supervisor names a fresh folder in PROMETHEUS_MULTIPROC_DIR before the workers start
-(`shared_between_processes`), each worker's values go to files there, and whichever worker
-answers /metrics adds them all up.
+`RequestMetrics` counts and times every request (the body limit's 413 included) and answers
+GET /metrics; `ServerMetrics` holds the series. Several workers: pipeline/monitoring/__init__.py.
 """
 
 from __future__ import annotations
@@ -38,63 +30,55 @@ class ServerMetrics:
     process may build several apps)."""
 
     def __init__(self, class_names: list[str], model: str, version: str, shadow: str) -> None:
-        self.class_names = class_names
+        self.class_names, self.shadow_name = class_names, shadow
         self.registry = CollectorRegistry()
-        registry = self.registry
-        self.requests = Counter(
-            "http_requests",
-            "HTTP requests answered, by route and status",
-            ["route", "status"],
-            registry=registry,
+
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, text, labels, registry=self.registry)
+
+        self.requests = counter(
+            "http_requests", "HTTP requests answered, by route and status", ("route", "status")
         )
         self.latency = Histogram(
             "http_request_duration_seconds",
             "Time from a request's arrival to the end of its answer",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=self.registry,
         )
-        self.predictions = Counter(
-            "model_predictions", "Images scored, by predicted class", ["class"], registry=registry
+        self.predictions = counter(
+            "model_predictions", "Images scored, by predicted class", ("class",)
         )
         for name in class_names:  # every class's series exists from the start, at 0
             self.predictions.labels(name)
-        # The version served, as an info metric: prometheus-client's Info does not work in
-        # multiprocess mode; a gauge of 1 named *_info is what Info exposes anyway.
-        self.info = info = Gauge(
+        # The version served: prometheus-client's Info does not work in multiprocess mode; a
+        # gauge of 1 named *_info is what Info exposes anyway.
+        self.info = Gauge(
             "model_info",
             "The model served: as asked, the version it named, the shadow",
             ["model", "version", "shadow"],
             multiprocess_mode="max",
-            registry=registry,
+            registry=self.registry,
         )
-        self.shadow_name = shadow
-        info.labels(model, version, shadow).set(1)
-        self.shadow = Counter(
-            "shadow_predictions",
-            "Images the shadow scored, by agreement",
-            ["agreement"],
-            registry=registry,
+        self.info.labels(model, version, shadow).set(1)
+        self.shadow = counter(
+            "shadow_predictions", "Images the shadow scored, by agreement", ("agreement",)
         )
-        self.shadow_dropped = Counter(
-            "shadow_dropped",
-            "Images the shadow did not score: its queue was full",
-            registry=registry,
+        self.shadow_dropped = counter(
+            "shadow_dropped", "Images the shadow did not score: its queue was full"
         )
-        self.shed = Counter(
+        self.shed = counter(
             "requests_shed",
             "Requests answered 503 at once: as many as the server admits were waiting",
-            registry=registry,
         )
-        self.log_dropped = Counter(
+        self.log_dropped = counter(
             "prediction_log_dropped",
             "Images scored but not logged: the log could not be written, or its queue was full",
-            registry=registry,
         )
         self.endpoint = make_asgi_app(self.exposed())
 
     def exposed(self) -> CollectorRegistry:
-        """What /metrics shows: this registry, or in multiprocess mode every process's files."""
+        """This registry, or in multiprocess mode every process's files."""
         if not os.environ.get(MULTIPROCESS_ENV):
             return self.registry
         everyone = CollectorRegistry()
@@ -107,7 +91,6 @@ class ServerMetrics:
         self.info.labels(after.model, after.pinned, self.shadow_name).set(1)
 
     def count_predictions(self, predicted: np.ndarray) -> None:
-        """Count a batch's predicted classes (indices into class_names)."""
         counts = np.bincount(predicted, minlength=len(self.class_names))  # (classes,)
         for index in np.flatnonzero(counts):
             self.predictions.labels(self.class_names[index]).inc(int(counts[index]))
@@ -150,9 +133,8 @@ class RequestMetrics:
 
 @contextlib.contextmanager
 def shared_between_processes() -> Iterator[None]:
-    """For the block, a fresh folder in PROMETHEUS_MULTIPROC_DIR for the processes started in
-    it, removed afterwards; one the environment already names is used as it is (whoever set it
-    empties it between runs, as prometheus-client asks)."""
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the processes started in the block (one the
+    environment names already is used as it is: whoever set it empties it)."""
     if os.environ.get(MULTIPROCESS_ENV):
         yield
         return

@@ -2,22 +2,20 @@
 
     python -m pipeline.monitoring.monitor [--since 24h | --since 2026-05-01T12:00] [--params FILE]
 
-The window is what the log holds since then (`monitor.window` unless told: a duration
-back from now, or a date or time, local unless it names its offset). Each input statistic and
-the confidence get a Kolmogorov–Smirnov test against the reference, the predicted-class mix a
-chi-square test (pipeline/monitoring/drift.py); a p-value below `monitor.alpha` with a
-distance of at least `monitor.min_distance` is drift.
-It writes report.md and drift.png to `monitor.report_dir`, reports how often a shadow
-model agreed with the served one when the log holds shadow predictions, and logs it all as a
-run of the MLflow experiment `<mlflow.experiment>-monitoring`, so each quantity's values over
-time are in the UI. Exit codes: 0 no drift (or too few predictions for a verdict), 1 drift
-(the line names what moved) or an error.
+The window is what the log holds since then (`monitor.window` unless told; a time is local
+unless it names its offset). Each served model's rows are tested against its own reference
+(pipeline/monitoring/drift.py); report.md and drift.png go to `monitor.report_dir`, with a
+shadow's agreement, and it all is logged as a run of the MLflow experiment
+`<mlflow.experiment>-monitoring`. Exit codes: 0 no drift (or too few predictions for a
+verdict), 1 drift (the line names what moved) or an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import itertools
 import logging
 import re
 import time
@@ -40,6 +38,7 @@ DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
 SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 REPORT_NAME = "report.md"
 EXPERIMENT_SUFFIX = "-monitoring"
+TEST_METRICS = ("p_value", "distance", "window", "reference")  # each test's, in the run
 
 
 def since_time(text: str, now: float) -> float:
@@ -76,23 +75,6 @@ def rows_by_model(window: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return sorted(groups, key=lambda group: (group[1] != SERVED, -len(group[2])))
 
 
-def judge_model(
-    model: str, role: str, rows: pd.DataFrame, reference: ModelReference, settings
-) -> ModelVerdict:
-    """The tests of one model's rows against its reference, when it has one and enough rows."""
-    records = reference.records
-    tested = records is not None and len(rows) >= settings.min_predictions
-    limits = drift.Thresholds(settings.alpha, settings.min_distance)
-    return ModelVerdict(
-        model=model,
-        role=role,
-        predictions=len(rows),
-        reference=reference.source,
-        reference_rows=0 if records is None else len(records),
-        findings=drift.compare(records, rows, limits) if tested else [],
-    )
-
-
 def judge(
     window: pd.DataFrame,
     references: dict[str, ModelReference],
@@ -100,24 +82,24 @@ def judge(
     since: float,
     until: float,
 ) -> Verdict:
-    """Each model's rows in `window` against its own reference (`references[model]`)."""
-    models = [
-        judge_model(model, role, rows, references[model], settings)
-        for model, role, rows in rows_by_model(window)
-    ]
+    """Each model's rows in `window` against its own reference, when it has one and enough."""
+    limits = drift.Thresholds(settings.alpha, settings.min_distance)
+    models = []
+    for model, role, rows in rows_by_model(window):
+        records, source = references[model].records, references[model].source
+        tested = records is not None and len(rows) >= settings.min_predictions
+        findings = drift.compare(records, rows, limits) if tested else []
+        size = 0 if records is None else len(records)
+        models.append(ModelVerdict(model, role, len(rows), source, size, findings))
     return Verdict(
-        since=utc(since),
-        until=utc(until),
+        since=datetime.datetime.fromtimestamp(since, datetime.UTC),
+        until=datetime.datetime.fromtimestamp(until, datetime.UTC),
         predictions=len(window),
         min_predictions=settings.min_predictions,
-        thresholds=drift.Thresholds(settings.alpha, settings.min_distance),
+        thresholds=limits,
         models=models,
         agreements=drift.agreements(window),
     )
-
-
-def utc(seconds: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
 def write_report(
@@ -140,24 +122,14 @@ def write_report(
     return written
 
 
-def metric_prefix(judged: ModelVerdict, index: int) -> str:
-    """The first served model's tests are the run's plain metrics (one chart over time per
-    quantity); any other model's carry its role and place."""
-    return "" if index == 0 and judged.role == SERVED else f"{judged.role}{index}/"
-
-
 def run_metrics(verdict: Verdict) -> dict[str, float]:
     """The run's metrics: the window's size, the verdict, each test, the shadow's agreement."""
     values = {"predictions": float(verdict.predictions), "drift": float(bool(verdict.drifted))}
     for index, judged in enumerate(verdict.models):
-        prefix = metric_prefix(judged, index)
-        for found in judged.findings:
-            values |= {
-                f"{prefix}p_value/{found.name}": found.p_value,
-                f"{prefix}distance/{found.name}": found.distance,
-                f"{prefix}window/{found.name}": found.window,
-                f"{prefix}reference/{found.name}": found.reference,
-            }
+        # the first served model's are the plain metrics (one chart over time per quantity)
+        prefix = "" if index == 0 and judged.role == SERVED else f"{judged.role}{index}/"
+        for found, kind in itertools.product(judged.findings, TEST_METRICS):
+            values[f"{prefix}{kind}/{found.name}"] = getattr(found, kind)
     if verdict.agreements:  # all shadows together (the run's tag names them)
         images = sum(agreed.images for agreed in verdict.agreements)
         agreeing = sum(agreed.share * agreed.images for agreed in verdict.agreements)
@@ -189,15 +161,9 @@ def log_run(params: tools.ToolParams, verdict: Verdict, files: list[Path]) -> st
         tracking.server_lost_as_error(),
         mlflow.start_run(experiment_id=experiment_id, run_name=name) as run,
     ):
-        mlflow.log_params(
-            {
-                "since": verdict.since.isoformat(),
-                "until": verdict.until.isoformat(),
-                "alpha": verdict.thresholds.alpha,
-                "min_distance": verdict.thresholds.min_distance,
-                "log": params.monitor.log_path,
-            }
-        )
+        window = {"since": verdict.since.isoformat(), "until": verdict.until.isoformat()}
+        limits = dataclasses.asdict(verdict.thresholds)  # alpha, min_distance
+        mlflow.log_params(window | limits | {"log": params.monitor.log_path})
         mlflow.log_metrics(run_metrics(verdict))
         mlflow.set_tags(run_tags(verdict) | tracking.process_tags())
         for path in files:
@@ -206,8 +172,7 @@ def log_run(params: tools.ToolParams, verdict: Verdict, files: list[Path]) -> st
 
 
 def say(verdict: Verdict, where: str) -> None:
-    """The verdict in one line per model (naming what moved and its reference), and the
-    shadow's agreement."""
+    """The verdict in one line per model, and the shadow's agreement."""
     since = f"since {verdict.since:%Y-%m-%d %H:%M:%S} UTC"
     if not verdict.models:
         log.warning("no predictions %s: no verdict (%s)", since, where)
@@ -224,23 +189,16 @@ def say(verdict: Verdict, where: str) -> None:
         else:
             log.info("no drift in %s; reference: %s (%s)", what, judged.reference, where)
     for agreed in verdict.agreements:
-        log.info(
-            "shadow %s agreed with %s on %.1f%% of %d images",
-            agreed.shadow,
-            agreed.model,
-            100 * agreed.share,
-            agreed.images,
-        )
+        what = f"shadow {agreed.shadow} agreed with {agreed.model}"
+        log.info("%s on %.1f%% of %d images", what, 100 * agreed.share, agreed.images)
 
 
 def models_in(window: pd.DataFrame) -> list[str]:
-    """Every model the window names, served or shadow."""
     named = list(window["model"]) + list(window["shadow_model"].dropna())
     return list(dict.fromkeys(named))
 
 
 def references_for(params: tools.ToolParams, models: list[str]) -> dict[str, ModelReference]:
-    """Each model's own reference, from the store the params name."""
     if not models:
         return {}
     import mlflow

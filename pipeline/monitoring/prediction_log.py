@@ -1,17 +1,11 @@
 """The prediction log: one SQLite row per scored image, written off the request path.
 
-A server hands each scored batch to `PredictionLog.write`, which only puts it on a bounded
-queue (dropping it, counted, when the queue is full); one background thread gathers what is
-queued for GATHER_S seconds and inserts it in one transaction. A write that fails (an
-unwritable path, a full disk) drops those rows with one warning, and the next batch tries
-again; no request waits for the log or fails because of it. SQLite in write-ahead-log mode
-keeps each transaction whole: a server killed mid-write (`kill -9`) loses what was still
-queued (about the last GATHER_S seconds), never a committed row, and leaves no half-written
-one. Past `max_bytes` the oldest rows are deleted and the file gives their pages back (SQLite's
-incremental vacuum), so it stays near that size.
-
-pandas reads the log with `read_predictions` (or `pandas.read_sql` on the file); `images_of`
-turns the `pixels` column, filled only when `log_pixels` asks, back into images.
+`PredictionLog.write` only queues a scored batch (a full queue drops it, counted); one thread
+inserts what GATHER_S seconds gathered in one transaction. A failed write (an unwritable path,
+a full disk) drops those rows with one warning and the next batch tries again. A server killed
+mid-write loses what was queued, never a committed row. Past `max_bytes` the oldest rows are
+deleted and their pages given back (SQLite's incremental vacuum). pandas reads it with
+`read_predictions`; `images_of` turns the `pixels` column (with `log_pixels`) back into images.
 """
 
 from __future__ import annotations
@@ -40,31 +34,14 @@ log = logging.getLogger(__name__)
 
 TABLE = "predictions"
 SCHEMA_VERSION = 1
-COLUMNS = (
-    "time",
-    "app",
-    "model",
-    "predicted",
-    "confidence",
-    *STATISTICS,
-    "shadow_model",
-    "shadow_predicted",
-    "shadow_confidence",
-    "pixels",
-)
+COLUMNS = ("time", "app", "model", "predicted", "confidence", *STATISTICS)
+COLUMNS += ("shadow_model", "shadow_predicted", "shadow_confidence", "pixels")
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,            -- when it was scored: Unix seconds
-    app TEXT NOT NULL,             -- serve (make serve) or demo (make demo)
-    model TEXT NOT NULL,           -- the version served: models:/mnist-lstm/3, or the file
-    predicted INTEGER NOT NULL,    -- the class index the server answered
-    confidence REAL NOT NULL,      -- its probability
+CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
+    predicted INTEGER NOT NULL, confidence REAL NOT NULL,
     {", ".join(f"{name} REAL NOT NULL" for name in STATISTICS)},
-    shadow_model TEXT,             -- the shadow's version, when one ran and scored this image
-    shadow_predicted INTEGER,
-    shadow_confidence REAL,
-    pixels BLOB                    -- 784 bytes, uint8 row by row, only with log_pixels
+    shadow_model TEXT, shadow_predicted INTEGER, shadow_confidence REAL, pixels BLOB
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_by_time ON {TABLE} (time);
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -113,15 +90,12 @@ class Scored:
 
 @dataclass(frozen=True)
 class ShadowScored:
-    """The shadow model's answers for the same images."""
-
     model: str  # its version
     predicted: np.ndarray  # (n,)
     confidence: np.ndarray  # (n,)
 
 
 def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -> list[tuple]:
-    """The log's rows (COLUMNS) for one scored batch."""
     count = len(scored.predicted)
     columns = [
         [scored.time] * count,
@@ -199,12 +173,8 @@ class PredictionLog:
         except Exception as error:  # sqlite3.Error, OSError, or anything: the writer goes on
             self.on_drop(sum(len(scored.predicted) for scored, _ in entries))
             if not self.failing:
-                log.warning(
-                    "prediction log %s: cannot write (%s); predictions are served but "
-                    "not logged until it can be written again",
-                    self.path,
-                    error,
-                )
+                why = "predictions are served but not logged until it can be written again"
+                log.warning("prediction log %s: cannot write (%s); %s", self.path, error, why)
             self.failing = True
             if self.connection is not None:
                 self.connection.close()

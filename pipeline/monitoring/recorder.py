@@ -1,26 +1,32 @@
-"""What a server does with each batch it scored: count it, log it, have the shadow score it.
+"""What a server does with each batch it scored: count it, log it, have a shadow model score it.
 
-`Recorder.record` runs on the request's worker thread after the model answered; it computes
-the images' statistics (vectorised, a few sums) and only queues the rest: the log's writer and
-the shadow have threads of their own. It never raises: a fault in monitoring costs one
-warning, not an answer.
+`Recorder.record` runs on the request's worker thread after the model answered: it computes
+the images' statistics (a few vectorised sums) and only queues the rest. The shadow scores on
+a thread of its own (sharing the cores): past SHADOW_QUEUE batches waiting, a batch goes
+unscored by it, counted. Nothing here raises: a fault in monitoring costs a warning, never an
+answer.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pipeline.monitoring.metrics import ServerMetrics
 from pipeline.monitoring.prediction_log import PredictionLog, Scored, ShadowScored
-from pipeline.monitoring.shadow import Predict, Shadow
 
 log = logging.getLogger(__name__)
 
+SHADOW_QUEUE = 64  # batches waiting for the shadow (each holds its images)
+Predict = Callable[[np.ndarray], np.ndarray]  # images (n, 28, 28) → probabilities (n, classes)
+
 
 class Recorder:
-    """One server process's monitoring of what it scores."""
+    """One server process's monitoring of what it scores; `shadow` is (its version, predict)."""
 
     def __init__(
         self,
@@ -30,8 +36,10 @@ class Recorder:
         keep_pixels: bool,
     ) -> None:
         self.metrics, self.prediction_log, self.keep_pixels = metrics, prediction_log, keep_pixels
-        self.shadow = Shadow(*shadow, self._shadowed) if shadow else None
-        self.failed = False
+        self.shadow = shadow
+        self.shadow_thread = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self.shadow_slots = threading.BoundedSemaphore(SHADOW_QUEUE)
+        self.failed = self.shadow_failing = False
 
     def record(self, images: np.ndarray, probabilities: np.ndarray, model: str = "") -> None:
         """images float32 (n, 28, 28) and the served model's probabilities (n, classes), which
@@ -42,11 +50,12 @@ class Recorder:
                 return
             scored = Scored.of(images, probabilities, self.keep_pixels, model)
             self.metrics.count_predictions(scored.predicted)
-            if self.shadow is None:
-                self._log(scored, None)
-            elif not self.shadow.submit(images, scored):
+            if self.shadow is not None and self.shadow_slots.acquire(blocking=False):
+                self.shadow_thread.submit(self._shadowed, images, scored)
+                return
+            if self.shadow is not None:
                 self.metrics.shadow_dropped.inc(len(images))
-                self._log(scored, None)
+            self._log(scored, None)
         except Exception:  # monitoring never costs an answer
             if not self.failed:
                 log.exception("recording a prediction failed (reported once)")
@@ -54,15 +63,27 @@ class Recorder:
 
     def close(self) -> None:
         """Let the shadow and the log finish what is queued."""
-        if self.shadow is not None:
-            self.shadow.close()
+        self.shadow_thread.shutdown(wait=True)
         if self.prediction_log is not None:
             self.prediction_log.close()
 
-    def _shadowed(self, scored: Scored, shadow: ShadowScored | None) -> None:
-        if shadow is not None:
-            self.metrics.count_shadow(scored.predicted, shadow.predicted)
-        self._log(scored, shadow)
+    def _shadowed(self, images: np.ndarray, scored: Scored) -> None:
+        version, predict = self.shadow
+        try:
+            probabilities = predict(images)
+        except Exception as error:  # the shadow's failure is its own: the answer was sent
+            if not self.shadow_failing:
+                why = "its predictions are missing from the log until it scores again"
+                log.warning("shadow %s failed (%s); %s", version, error, why)
+            self.shadow_failing = True
+            self._log(scored, None)
+            return
+        finally:
+            self.shadow_slots.release()
+        self.shadow_failing = False
+        shadowed = ShadowScored(version, probabilities.argmax(axis=1), probabilities.max(axis=1))
+        self.metrics.count_shadow(scored.predicted, shadowed.predicted)
+        self._log(scored, shadowed)
 
     def _log(self, scored: Scored, shadow: ShadowScored | None) -> None:
         if self.prediction_log is not None:

@@ -1,9 +1,7 @@
 """The reference a served model's traffic is compared with: the test split as that model saw it.
 
-evaluate writes it (a DVC output, and an artifact of the model's run) from the test images and
-the model's probabilities on them: one row per image with the predicted class, its probability
-and the input statistics, the columns the prediction log has for each scored image
-(pipeline/monitoring/prediction_log.py). `make monitor` reads each served version's own.
+evaluate writes it (a DVC output, and an artifact of the model's run): one row per test image
+with the prediction log's columns. `make monitor` reads each served version's own.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ class ReferenceUnreadable(Exception):
 
 
 def reference_records(images: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
-    """The reference's rows: images float (n, 28, 28) in [0, 1] and the model's probabilities
-    on them (n, classes) → one row per image, COLUMNS."""
+    """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes) → COLUMNS."""
     probabilities = np.asarray(probabilities)
     if len(images) != len(probabilities):
         raise ValueError(f"{len(images)} images but {len(probabilities)} rows of probabilities")
@@ -38,13 +35,12 @@ def reference_records(images: np.ndarray, probabilities: np.ndarray) -> pd.DataF
 
 
 def write_reference(records: pd.DataFrame, path: str | Path) -> None:
-    """Write the reference as CSV, atomically (floats to six significant digits)."""
+    """As CSV, atomically (floats to six significant digits)."""
     write_csv(records, path)
 
 
 def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
-    """The reference written by `write_reference` (`text`: its content, read elsewhere);
-    ReferenceUnreadable when it is not there."""
+    """The reference at `path` (or its content, `text`); ReferenceUnreadable if it is not one."""
     try:
         records = pd.read_csv(path if text is None else io.StringIO(text))
     except FileNotFoundError:
@@ -59,13 +55,12 @@ def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
     return records
 
 
-# Where each evaluated model keeps its own reference: an artifact of its MLflow run, so a
-# version and its reference can never part (the DVC output above is the last evaluated one's).
+# Each evaluated model's own reference, in its MLflow run: a version and its reference never part.
 ARTIFACT = "monitoring/reference.csv"
 
 
 def log_reference(path: str | Path) -> None:
-    """Log the reference written at `path` into the active run, as ARTIFACT."""
+    """Log the reference at `path` into the active run, as ARTIFACT."""
     import mlflow
 
     mlflow.log_text(Path(path).read_text(), ARTIFACT)
@@ -73,18 +68,14 @@ def log_reference(path: str | Path) -> None:
 
 @dataclass(frozen=True)
 class ModelReference:
-    """A served model's own reference, or why it has none."""
-
     model: str  # as the prediction log names it: models:/mnist-lstm/3, or a file
     records: pd.DataFrame | None  # None: no reference for this model
     source: str  # where the records came from, or why there are none
 
 
 def reference_of(model: str, client) -> ModelReference:
-    """The reference evaluate logged with the run that trained `model` (a registered version's
-    URI, as the prediction log names the champion it served). Any other model (a file, a
-    version this store lacks, one evaluated before references were logged) has none: a window
-    is never judged against another model's reference."""
+    """The reference evaluate logged with the run of `model` (a registered version's URI). Any
+    other model has none: a window is never judged against another model's reference."""
     import mlflow
 
     from pipeline.tracking.registry import REGISTERED_URI, registered_version

@@ -1,18 +1,11 @@
 """What the REST server and the demo page share: their 4xx, worker threads, a body limit, their
-monitoring (/metrics, the prediction log, a shadow model: pipeline/monitoring/), uvicorn.
+monitoring (pipeline/monitoring/), uvicorn.
 
-A request a server refuses raises `BadRequest` (status, MLflow's error code, one line); the
-app's blocking work runs through `WorkerThreads`, which turns that into the 4xx response, shaped
-as MLflow's scoring server shapes it (`error_response`); the body limit's 413 has the same shape.
-
-With `workers` > 1 uvicorn's supervisor binds the port once and starts that many server
-processes (spawned, each importing the app through `app_from_environment`); SIGTERM to the
-supervisor stops them all. The supervisor first has the model pinned and copied to a local
-folder (`models:/name@champion` → that version's files, pipeline/inference/cache.py), so
-every process serves the same version even if the alias moves meanwhile (and the same shadow);
-each process's ONNX Runtime gets its share of the cores. The workers add up their metrics in
-prometheus-client's multiprocess mode, through a folder the supervisor makes for them, and each
-writes the one prediction log (SQLite serialises their writes).
+A refused request raises `BadRequest` (status, MLflow's error code, one line), answered as
+MLflow's scoring server shapes errors. With `workers` > 1 uvicorn's supervisor binds the port
+and spawns that many processes (each builds the app in `app_from_environment`); it pins the
+model first (pipeline/inference/cache.py), so every process serves the same version, and each
+process's ONNX Runtime gets its share of the cores; SIGTERM to the supervisor stops them all.
 """
 
 from __future__ import annotations
@@ -71,10 +64,8 @@ class BadRequest(ValueError):
 
 
 def json_body(body: bytes) -> object:
-    """A request body as JSON (orjson: several times faster than json on arrays of pixels);
-    BadRequest for anything that is not. What orjson refuses, Python's json tries too: it reads
-    NaN and Infinity, which the pixel checks then name; a body nested deeper than the
-    interpreter's recursion limit makes it raise RecursionError."""
+    """A request body as JSON (orjson: several times faster on pixels), or BadRequest. What
+    orjson refuses json tries too: it reads NaN and Infinity, which the pixel checks name."""
     with contextlib.suppress(orjson.JSONDecodeError):
         return orjson.loads(body)
     try:
@@ -84,17 +75,19 @@ def json_body(body: bytes) -> object:
 
 
 class WorkerThreads:
-    """An app's blocking work (parsing, decoding, scoring) on worker threads, at most one per
-    usable core at a time, never on the event loop: a slow request holds up only those queued
-    behind it for a thread, and the other routes still answer."""
+    """An app's blocking work on worker threads, at most one per usable core, never on the event
+    loop: a slow request holds up only those queued behind it, and the other routes answer."""
 
     def __init__(self) -> None:
         self.limiter = anyio.CapacityLimiter(usable_cores())
 
+    async def run(self, work: Callable[..., Any], *args: object) -> Any:
+        return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
+
     async def respond(self, work: Callable[..., Response], *args: object) -> Response:
         """`work(*args)`'s response, or the 4xx of the BadRequest it raised."""
         try:
-            return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
+            return await self.run(work, *args)
         except BadRequest as problem:
             return problem.response()
 
@@ -102,11 +95,9 @@ class WorkerThreads:
 class BodyLimit:
     """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed.
 
-    Clients such as urllib and requests send the whole body before they read an answer: if the
-    server answers and closes while the body is still coming, they see a broken pipe instead of
-    the 413. So an oversized body up to DRAIN_FACTOR times the limit is read and thrown away
-    (nothing is kept) before the answer; a larger one, or a client that asked for
-    `Expect: 100-continue` and so has sent nothing yet, gets the 413 at once.
+    Clients such as urllib send the whole body before they read an answer (else they see a
+    broken pipe, not the 413): so an oversized body up to DRAIN_FACTOR times the limit is read
+    and dropped first; a larger one, or one with `Expect: 100-continue`, gets the 413 at once.
     """
 
     def __init__(self, app, max_bytes: int) -> None:
@@ -118,7 +109,8 @@ class BodyLimit:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            if int(declared) <= self.max_bytes * DRAIN_FACTOR and not expects_continue(headers):
+            continues = headers.get(b"expect", b"").lower() == b"100-continue"  # sent nothing yet
+            if int(declared) <= self.max_bytes * DRAIN_FACTOR and not continues:
                 await discard(receive, self.max_bytes * DRAIN_FACTOR)
             return await self.refuse(scope, receive, send)
         chunks, size = [], 0
@@ -146,10 +138,6 @@ class BodyLimit:
         await error_response(413, "REQUEST_TOO_LARGE", message)(scope, receive, send)
 
 
-def expects_continue(headers: dict[bytes, bytes]) -> bool:
-    return headers.get(b"expect", b"").lower() == b"100-continue"
-
-
 async def discard(receive: Receive, budget: int) -> None:
     """Read and drop the rest of a request body, at most `budget` bytes of it."""
     while budget > 0:
@@ -160,11 +148,7 @@ async def discard(receive: Receive, budget: int) -> None:
 
 
 class Monitoring:
-    """A server's monitoring: its metrics, the prediction log and the shadow model, if any.
-
-    `watched(predict)` is the model's predict that also records what it scored; `app(routes)`
-    the Starlette app that lets the log and the shadow finish their queues when it stops.
-    """
+    """A server's monitoring: its metrics, the prediction log and the shadow model, if any."""
 
     def __init__(self, app_name: str, served: Served, params: ToolParams,
                  shadow: str | Served | None = None) -> None:  # fmt: skip
@@ -198,13 +182,9 @@ class Monitoring:
 
         return scored
 
-    def follow(self, before: Served, after: Served) -> None:
-        """The served model moved from `before` to `after`: /metrics's model_info says so."""
-        self.metrics.serving(before, after)
-
     def app(self, routes: list[BaseRoute], hot: dict[str, Endpoint] | None = None) -> Starlette:
-        """The app of `routes`; `hot` (path → endpoint of a POST route among them) are answered
-        past Starlette's router and exception layers (HotRoutes)."""
+        """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes;
+        when it stops, the log and the shadow finish their queues."""
         app = Starlette(routes=routes, lifespan=self.lifespan)
         app.state.monitoring, app.state.hot = self, hot or {}
         return app
@@ -257,8 +237,7 @@ APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model
 
 
 def build(module: str, model: str | Served, params_file: str, shadow: str | Served | None = None):
-    """`module.build_app(model, params, shadow)` with the body limit around it, and the request
-    metrics of its Monitoring around everything (a 413 is counted too)."""
+    """`module.build_app(model, params, shadow)` in the body limit, in its request metrics."""
     import pipeline.params.tools as tools
 
     params = tools.load_params(params_file)
@@ -286,28 +265,21 @@ def serve(
     shadow: str | None = None,
 ) -> None:  # fmt: skip
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first).
-
-    With `workers` > 1, `uvicorn.run` binds the port and runs its supervisor. The listener it
-    binds (`Config.bind_socket`) is TCP by protocol number, so asyncio sets TCP_NODELAY on each
-    accepted connection; uvicorn releases before the fix of Kludex/uvicorn#3149 left it at 0,
-    and each keep-alive request after the first waited ~40 ms for a delayed ACK.
-    """
+    Workers need uvicorn with Kludex/uvicorn#3149 (TCP_NODELAY on the supervisor's socket)."""
     import uvicorn
 
     import pipeline.params.tools as tools
     from pipeline.inference import onnx_network
     from pipeline.serving import loader
 
-    options = {
-        "host": host,
-        "port": port,
-        "log_level": "warning",
-        "timeout_graceful_shutdown": 10,
-        "proxy_headers": False,
-    }  # no access log to name a proxied client in
+    options = dict(  # no access log to name a proxied client in
+        host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False
+    )
+    where = f"{model_uri} on http://{host}:{port}"
+    also = f", {shadow} in shadow" if shadow else ""
     if workers == 1:
         app = build(module, model_uri, params_file, shadow)  # a model that cannot load fails here
-        log.info("serving %s on http://%s:%d%s", model_uri, host, port, shadowed(shadow))
+        log.info("serving %s%s", where, also)
         uvicorn.run(app, **options)
         return
     params = tools.load_params(params_file)
@@ -318,11 +290,6 @@ def serve(
          "shadow": shadow_served and dataclasses.asdict(shadow_served)}
     )  # fmt: skip
     os.environ.setdefault(onnx_network.THREADS_ENV, str(max(1, usable_cores() // workers)))
-    log.info("serving %s on http://%s:%d with %d worker processes%s", model_uri, host, port,
-             workers, shadowed(shadow))  # fmt: skip
+    log.info("serving %s with %d worker processes%s", where, workers, also)
     with server_metrics.shared_between_processes():  # before the workers start
         uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)
-
-
-def shadowed(shadow: str | None) -> str:
-    return f", {shadow} in shadow" if shadow else ""

@@ -1,18 +1,10 @@
 """Requests that arrive together are scored in one ONNX Runtime call; past a limit, refused.
 
-Each request's images join one queue on the event loop. One task takes what is queued (and
-waits at most `serve.batch_wait_ms` for more, up to `serve.max_batch` images), has the scoring
-thread score it in one call, and answers each request with its own rows. While one batch is
-scored the next one gathers, so under load batches form by themselves; the wait bounds what a
-request pays at low load. One thread hop per batch, not per request; the model's own threads
-do the arithmetic.
-
-A request that finds `serve.max_pending` requests admitted and unanswered is refused at once
-(`Overloaded`, a 503 with Retry-After from the server), so that past its capacity the server
-answers those it admitted in bounded time and a balancer can send the rest elsewhere.
-
-The model is swapped whole between batches (`swap`): a batch is scored by one model, and a
-request is answered by the model that scored its batch.
+One task takes what is queued (waiting at most `serve.batch_wait_ms` for more, up to
+`serve.max_batch` images), has the scoring thread score it in one call and answers each request
+with its rows; while one batch is scored the next gathers, so batches form under load. A request
+that finds `serve.max_pending` admitted is refused at once (`Overloaded`: a 503), so the server
+answers those it admitted in bounded time. The model is swapped whole between batches.
 """
 
 from __future__ import annotations
@@ -34,8 +26,6 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class Model:
-    """What answers: the model as served and its scoring of a batch (which records it too)."""
-
     served: Served
     predict: Predict  # float32 (n, 28, 28) → probabilities (n, classes)
 
@@ -63,8 +53,7 @@ class Batcher:
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
-        """A request's whole stay, from before its body is parsed to its answer; Overloaded at
-        once (nothing read, nothing parsed) when max_pending requests are already in."""
+        """A request's whole stay, body included; Overloaded at once when max_pending are in."""
         if self.pending >= self.max_pending:
             raise Overloaded(
                 f"{self.pending} requests waiting, the most admitted (serve.max_pending)"

@@ -3,14 +3,10 @@
     python -m pipeline.serving.demo [--model URI] [--shadow URI] [--host HOST] [--port PORT]
 
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
-{"classes": [{"label", "probability"}, ...]}, best first, after the same preprocessing as
-`python -m pipeline.serving.predict`. Bound to 127.0.0.1 unless told otherwise.
-
-Parsing, decoding and scoring run on worker threads, at most one per core at a time, never on
-the event loop: a slow request (a large image) delays only those queued behind it for a
-thread, and the page and /health still answer. An image's size is checked from its header
-before it is decoded (`serve.max_image_pixels`). GET /metrics, the prediction log and
-`--shadow` as in `make serve` (pipeline/monitoring/).
+{"classes": [{"label", "probability"}, ...]}, best first, preprocessed as `make predict` does.
+Decoding and scoring run on worker threads, so the page and /health answer meanwhile; an image
+over `serve.max_image_pixels` is refused from its header. GET /metrics, the prediction log and
+`--shadow` as in `make serve`. Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -71,8 +67,7 @@ def classify_body(
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The page and its endpoint around `model` (an MLflow model URI, a folder, an `.onnx` file),
-    with `shadow` (the same kinds) scored beside it."""
+    """The page and its endpoint around `model`, with `shadow` scored beside it."""
     _, monitoring, predict = asgi.monitored("demo", model, params, shadow)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     page = PAGE.read_text()
@@ -97,7 +92,6 @@ def build_app(
     )
 
 
-# make serve's run, with the demo's app, port and command
 run = functools.partial(
     serve.run, module="pipeline.serving.demo", port_key="demo_port", command="make demo"
 )

@@ -1,10 +1,9 @@
 """A server started on an alias (`models:/name@champion`) follows it while it runs.
 
-A child process with MLflow (pipeline/inference/cache.py `--follow-seconds`) asks the registry every
-`serve.follow_seconds` what the alias names and, when that changes, copies the new version's
-files and says so in one line; the server loads it off the event loop and swaps it in between
-batches (pipeline/serving/batching.py). MLflow stays out of the server's own process, and a
-registry that cannot be reached costs a warning, never the version being served.
+A child with MLflow (pipeline/inference/cache.py `--follow-seconds`) asks the registry every
+`serve.follow_seconds` and says in one line when the alias moved (the files copied); the server
+loads the version off the event loop and swaps it in between batches. A registry that cannot
+be reached costs a warning, never the version being served.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import pipeline.params.config as config
 from pipeline.inference import cache as model_cache
 from pipeline.serving import batching, loader
 from pipeline.serving.loader import Served
+from pipeline.tracking import registry
 
 if TYPE_CHECKING:
     from pipeline.serving.asgi import Monitoring
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def follows(served: Served) -> bool:
     """Only a registered model named by an alias can move; a version or a file never does."""
-    return served.model.startswith("models:/") and "@" in served.model
+    match = registry.REGISTERED_URI.match(served.model)
+    return bool(match and match["alias"])
 
 
 async def follow(
@@ -65,8 +66,7 @@ async def follow(
 def keep_following(
     batcher: batching.Batcher, monitoring: Monitoring, params: config.Params
 ) -> Callable[[], Awaitable[None]]:
-    """The task that keeps `batcher` on the version its alias names: the new version loaded
-    off the event loop, then swapped in whole; /version, model_info and the log follow."""
+    """The task that keeps `batcher` on the version its alias names."""
 
     async def move(after: Served) -> None:
         before = batcher.model.served
@@ -77,7 +77,7 @@ def keep_following(
                         after.model, after.pinned, error, before.pinned)  # fmt: skip
             return
         batcher.swap(batching.Model(after, monitoring.watched(predict, after.pinned)))
-        monitoring.follow(before, after)
+        monitoring.metrics.serving(before, after)  # model_info names the new version
         log.info("%s moved: serving %s (was %s)", after.model, after.pinned, before.pinned)
 
     served = batcher.model.served

@@ -1,13 +1,10 @@
 """A picture of one digit → the model's input, the way MNIST's images were made.
 
-A photo first: decoded at reduced scale when it is large (a digit needs few pixels), turned
-upright by its EXIF orientation, grayscale. Then the paper is separated from the ink: the side
-the background is on gives the polarity (dark ink on light paper, or light on dark), a smooth
-surface fitted to the paper removes its level and the lighting's gradient, and the sensor's
-noise sets the level below which nothing is ink; the ink keeps its strength (no hard
-binarisation), and specks far smaller than the digit are dropped. Then MNIST's own steps
-(LeCun et al., the MNIST database's description): cropped to the ink's bounding box, scaled
-to fit 20×20 keeping the aspect ratio, placed in 28×28 with its centre of mass at the centre.
+A photo is decoded at reduced scale, upright, grayscale. Then the ink is separated from the
+paper: a smooth surface fitted to the paper removes its level and the lighting's gradient, the
+side that strays furthest from it is the ink, the noise sets the level below which nothing is
+ink, the ink keeps its strength, specks are dropped. Then MNIST's own steps: cropped to the
+ink, scaled to fit 20×20, placed in 28×28 with its centre of mass at the centre.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 KNOWN_FORMATS = "PNG, JPEG, BMP, GIF, TIFF, WebP"  # what a person might try first, of Pillow's
 
 
-# read_image refuses an image over its own pixel limit right after reading the header, so
-# Pillow's warning for images over its larger limit (~89 megapixels) would only be noise.
+# read_image refuses an image over its own, lower pixel limit from the header: Pillow's is noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -46,11 +42,9 @@ class ImageError(ValueError):
 def read_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode PNG, JPEG or any format Pillow reads → grayscale, upright, at most WORK_SIDE.
 
-    Transparent pixels count as white paper. The size that would be decoded is checked before
-    decoding, and over `max_pixels` pixels the picture is refused: a small file can hold a huge
-    image (a 37 kB PNG of 13000×13000 pixels decodes to 169 MB per channel). A JPEG is decoded
-    at 1/2, 1/4 or 1/8 scale when that still covers WORK_SIDE (Pillow's draft mode), so a
-    phone's 12-megapixel photo decodes as 0.75 megapixels and passes the limit.
+    Transparent pixels are white paper. Over `max_pixels` the picture is refused before it is
+    decoded (a 37 kB PNG can decode to 169 MB); a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    when that still covers WORK_SIDE (Pillow's draft mode), so a phone's photo passes.
     """
     unreadable = (OSError, ValueError, Image.DecompressionBombError)
     try:
@@ -89,17 +83,17 @@ def border(shape: tuple[int, ...]) -> np.ndarray:
     return frame
 
 
-def ink_up(gray: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] with the ink brighter than the paper. Past the paper's smooth surface
-    (fitted to the border: a digit may fill most of the picture), the ink is the side that
-    strays furthest, counted at the EXTREME-th pixel so that neither one dust grain nor the
-    noise decides; dark ink is inverted."""
+def ink_up(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels in [0, 1] with the ink brighter than the paper, and what they stray from the
+    paper's surface fitted to the border. The ink is the side that strays furthest, counted at
+    the EXTREME-th pixel so that neither one dust grain nor the noise decides."""
     if float(gray.max() - gray.min()) < 1e-6:
         raise ImageError("the image is empty: one flat colour, no ink")
-    residual = ndimage.gaussian_filter(gray - paper_surface(gray, border(gray.shape)), 1.0).ravel()
-    darkest = -np.partition(residual, EXTREME)[EXTREME]
-    brightest = np.partition(residual, -EXTREME)[-EXTREME]
-    return 1.0 - gray if darkest > brightest else gray
+    residual = gray - paper_surface(gray, border(gray.shape))
+    smooth = ndimage.gaussian_filter(residual, 1.0).ravel()
+    darkest = -np.partition(smooth, EXTREME)[EXTREME]
+    brightest = np.partition(smooth, -EXTREME)[-EXTREME]
+    return (1.0 - gray, -residual) if darkest > brightest else (gray, residual)
 
 
 def paper_surface(values: np.ndarray, paper: np.ndarray) -> np.ndarray:
@@ -125,20 +119,23 @@ def noise_level(residual: np.ndarray) -> float:
 
 def separate_ink(gray: np.ndarray) -> np.ndarray:
     """Grayscale in [0, 1] → ink strength in [0, 1] on a background of exactly 0."""
-    values = ink_up(gray)
-    paper = border(values.shape)  # a first guess, then the pixels that are not ink
-    for _ in range(2):  # fit, find the ink above it, fit again to the paper alone
-        residual = values - paper_surface(values, paper)
-        smooth = ndimage.gaussian_filter(residual, 1.0)
-        level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
-        ink = smooth > level
-        paper = ~ndimage.binary_dilation(ink, iterations=2)
+    values, residual = ink_up(gray)  # past the border's surface; then past the paper's alone
+    ink, level = ink_above(residual)
+    residual = values - paper_surface(values, ~ndimage.binary_dilation(ink, iterations=2))
+    ink, level = ink_above(residual)
     if not ink.any():
         raise ImageError("no digit found: the picture is blank (no ink stands out of the paper)")
     ink = without_specks(ink)
     full = float(np.percentile(residual[ink], INK_FULL))
     near = ndimage.binary_dilation(ink, iterations=2)  # the strokes' soft edges belong to them
     return np.where(near, np.clip((residual - level / 2) / (full - level / 2), 0.0, 1.0), 0.0)
+
+
+def ink_above(residual: np.ndarray) -> tuple[np.ndarray, float]:
+    """The pixels that stand out of the paper's noise (smoothed), and the level they pass."""
+    smooth = ndimage.gaussian_filter(residual, 1.0)
+    level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
+    return smooth > level, level
 
 
 def without_specks(ink: np.ndarray) -> np.ndarray:

@@ -4,13 +4,11 @@
     GET  /v2/models/<name>[/versions/<v>][/ready]             model metadata, readiness
     POST /v2/models/<name>[/versions/<v>]/infer               inference
 
-One input, `images`: FP32 [-1, 28, 28] with pixels in [0, 1], or UINT8 0–255; one output,
+One input, `images`: FP32 [-1, 28, 28] in [0, 1], or UINT8 0–255; one output,
 `probabilities`: FP32 [-1, 10]. Tensors travel as JSON `data` or, with the binary tensor
-extension, as raw little-endian bytes after the JSON header, whose length the
-`Inference-Header-Content-Length` header gives; the answer is binary when the request asks
-(`binary_data_output`, or an output's `binary_data`). Sizes and shapes are checked against the
-body before any tensor is read. Errors are `{"error": "one line"}` with a 4xx, or a 503 with
-Retry-After when the server is full (pipeline/serving/batching.py).
+extension, as raw little-endian bytes after the JSON header (`Inference-Header-Content-Length`
+long); the answer is binary when asked. Sizes and shapes are checked before a tensor is read.
+Errors are `{"error": "one line"}` with a 4xx, or a 503 with Retry-After when the server is full.
 """
 
 from __future__ import annotations
@@ -50,15 +48,12 @@ def reply(payload: object) -> Response:
 
 @dataclass(frozen=True)
 class Inference:
-    """What an infer request asks: its images, whether the answer is binary, its id."""
-
     images: np.ndarray  # float32 (n, 28, 28) in [0, 1]
     binary: bool
     request_id: str | None
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
-    """The JSON header and the binary tensor data after it."""
     if header_length is None:
         length = len(body)
     elif not header_length.isdigit() or int(header_length) > len(body):
@@ -88,19 +83,14 @@ def image_tensor(header: dict) -> dict:
 
 def tensor_shape(tensor: dict) -> tuple[int, ...]:
     shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(side, int) and not isinstance(side, bool) for side in shape)
-        or tuple(shape[1:]) != IMAGE_SHAPE
-        or shape[0] < 1
-    ):
+    sides = isinstance(shape, list) and len(shape) == 3 and all(type(s) is int for s in shape)
+    if not sides or tuple(shape[1:]) != IMAGE_SHAPE or shape[0] < 1:
         raise ProtocolError(f"input shape {shape!r}, expected [n, 28, 28] with n >= 1")
     return tuple(shape)
 
 
 def read_images(tensor: dict, binary: bytes) -> np.ndarray:
-    """The input tensor's images as float32 in [0, 1]; its size checked before it is read."""
+    """The input tensor's images as float32 in [0, 1], its size checked before it is read."""
     shape = tensor_shape(tensor)
     dtype = DATATYPES.get(tensor.get("datatype"))
     if dtype is None:
@@ -165,7 +155,7 @@ def parse_infer(body: bytes, header_length: str | None) -> Inference:
 def infer_response(
     inference: Inference, probabilities: np.ndarray, model: str, version: str
 ) -> Response:
-    """The answer: probabilities as JSON data, or as raw FP32 bytes after the JSON header."""
+    """Probabilities as JSON data, or as raw FP32 bytes after the JSON header."""
     output = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
     answer = {"model_name": model, "model_version": version}
     if inference.request_id is not None:
@@ -197,22 +187,16 @@ def routes(
     n_classes: int,
     infer: Callable[[Request], Awaitable[Response]],
 ) -> list[Route]:
-    """The protocol's routes for model `name`: `version()` names the version served now,
-    `infer(request)` answers an infer request."""
-    server_metadata = {
-        "name": "mnist-lstm-pipeline",
-        "version": importlib.metadata.version("mnist-lstm-pipeline"),
-        "extensions": ["binary_tensor_data"],
-    }
+    """The protocol's routes for model `name`: `version()` names the version served now."""
+    package = "mnist-lstm-pipeline"
+    installed = importlib.metadata.version(package)
+    server = {"name": package, "version": installed, "extensions": ["binary_tensor_data"]}
 
-    async def live(request: Request) -> Response:
-        return reply({"live": True})
+    def constant(payload: dict) -> Callable[[Request], Awaitable[Response]]:
+        async def answer(request: Request) -> Response:
+            return reply(payload)
 
-    async def ready(request: Request) -> Response:
-        return reply({"ready": True})
-
-    async def server(request: Request) -> Response:
-        return reply(server_metadata)
+        return answer
 
     def asked(request: Request) -> Response | None:
         """None when the request names the model served (and its version, if it names one)."""
@@ -235,9 +219,9 @@ def routes(
 
     base, versioned = f"/v2/models/{name}", f"/v2/models/{name}/versions/{{version}}"
     return [
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/v2", server),
+        Route("/v2/health/live", constant({"live": True})),
+        Route("/v2/health/ready", constant({"ready": True})),
+        Route("/v2", constant(server)),
         *(Route(prefix, model) for prefix in (base, versioned)),
         *(Route(f"{prefix}/ready", model_ready) for prefix in (base, versioned)),
         *(Route(f"{prefix}/infer", inference, methods=["POST"]) for prefix in (base, versioned)),

@@ -1,10 +1,8 @@
 """Which model to use (the registered champion by default) and loading it for prediction.
 
-The servers and `predict` run the registered model's ONNX file on ONNX Runtime through
-onnx_network.py, the code the registered pyfunc runs too: no TensorFlow and no MLflow in the
-process. An MLflow model URI becomes a local model folder first (pipeline/inference/cache.py):
-`locate` says what is served (the URI as asked, the version it named, the local copy); the
-folder's `MLmodel` file names its ONNX artifact.
+The servers and `predict` run the registered ONNX file through onnx_network.py, as the
+registered pyfunc does, with no TensorFlow and no MLflow in the process; an MLflow model URI
+becomes a local model folder first (pipeline/inference/cache.py).
 """
 
 from __future__ import annotations
@@ -30,8 +28,7 @@ log = logging.getLogger(__name__)
 REGISTERED_NAME = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
 
-__all__ = ["ModelError", "InputError", "Predict", "Served", "default_uri", "load", "locate",
-           "onnx_file"]  # fmt: skip
+__all__ = ["ModelError", "InputError", "Predict", "Served", "default_uri", "load", "locate"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +46,7 @@ def default_uri(params: config.Params) -> str:
 
 
 def locate(model: str | Served, params: config.Params) -> Served:
-    """An `.onnx` file as it is; any MLflow model URI as the local folder of its files (a
-    model already located as it is)."""
+    """An `.onnx` file as it is; any MLflow model URI as the local folder of its files."""
     if isinstance(model, Served):
         return model
     if model.endswith(".keras"):
@@ -67,8 +63,7 @@ def locate(model: str | Served, params: config.Params) -> Served:
 
 
 def missing_path(model: str) -> str:
-    """Why a model given without a URI scheme (`models:/`, `runs:/`) cannot be had: no such
-    path; one that reads as a registered model's name and alias or version gets its URI."""
+    """No such path; one that reads as a registered model's name gets its URI."""
     if REGISTERED_NAME.fullmatch(model):
         return (
             f"cannot load model {model}: no such file; for the registered model, give its URI: "
@@ -81,8 +76,7 @@ def missing_path(model: str) -> str:
 
 
 def load(model: str | Served, params: config.Params) -> Predict:
-    """An `.onnx` file, a local MLflow model folder or any MLflow model URI, as one function
-    of a batch of images (InputError for input it refuses)."""
+    """A model as one function of a batch of images (InputError for input it refuses)."""
     served = locate(model, params)
     path = onnx_file(served.path)
     verify(served.pinned, path, served.sha256)

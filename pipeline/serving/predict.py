@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +25,6 @@ from pipeline.serving import images, loader
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    inputs: dict[Path, np.ndarray]  # file → (28, 28) model input
-    failures: dict[Path, str]  # file → what is wrong with it
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failures else 0
-
-
 def expand(paths: list[Path]) -> list[Path]:
     """Files as given, and the image and `.npy` files inside folders (sorted, not recursive)."""
     found = []
@@ -46,16 +35,6 @@ def expand(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
-
-
-def read_all(files: list[Path], max_pixels: int) -> Outcome:
-    inputs, failures = {}, {}
-    for file in files:
-        try:
-            inputs[file] = images.load_input(file, max_pixels)
-        except images.ImageError as error:
-            failures[file] = str(error)
-    return Outcome(inputs, failures)
 
 
 def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) -> pd.DataFrame:
@@ -74,24 +53,27 @@ def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) 
 
 def run(
     params: tools.ToolParams, paths: list[Path], model: str | None = None, csv: Path | None = None
-) -> Outcome:
-    """Classify every readable file with `model` (default: the champion); print one line per
-    file; write the CSV if asked."""
-    outcome = read_all(expand(paths), params.serve.max_image_pixels)
-    for file, problem in outcome.failures.items():
-        sys.stderr.write(f"error: {file}: {problem}\n")
-    if not outcome.inputs:
-        return outcome
+) -> int:
+    """Classify every readable file with `model` (the champion); one line each; the CSV; the
+    exit code: 1 if a file could not be read."""
+    inputs, failed = {}, 0
+    for file in expand(paths):
+        try:
+            inputs[file] = images.load_input(file, params.serve.max_image_pixels)
+        except images.ImageError as error:
+            sys.stderr.write(f"error: {file}: {error}\n")
+            failed = 1
+    if not inputs:
+        return failed
     predict = loader.load(model or loader.default_uri(params), params)
-    files = list(outcome.inputs)
-    probabilities = predict(np.stack([outcome.inputs[file] for file in files]))
-    results = table(files, probabilities, params.data.class_names)
+    probabilities = predict(np.stack(list(inputs.values())))
+    results = table(list(inputs), probabilities, params.data.class_names)
     for row in results.itertuples(index=False):
         sys.stdout.write(f"{row.file}\t{row.label}\t{row.probability:.4f}\n")
     if csv is not None:
         write_csv(results, csv)
         log.info("wrote %s (%d rows)", csv, len(results))
-    return outcome
+    return failed
 
 
 ARGUMENTS = {

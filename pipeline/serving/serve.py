@@ -4,21 +4,13 @@ Inference Protocol (KServe V2, pipeline/serving/inference_protocol.py).
     python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
                                      [--workers N]
 
-MLflow's protocol for this model: POST /invocations with a JSON body `{"inputs": images}` (or
-`"instances"`), images (n, 28, 28) with pixels in [0, 1], answered `{"predictions":
-probabilities}`; GET /ping and /health. GET /version says what is serving, as JSON:
-`{"mlflow": version, "model": as asked, "pinned": the version it serves, "path": the local copy,
-"sha256": its ONNX file's}`. Errors are a 4xx with MLflow's `{"error_code", "message"}`, the
-message one line; past `serve.max_pending` requests, a 503 at once. It runs the registered
-model's ONNX file on ONNX Runtime without MLflow in the process (pipeline/serving/loader.py):
-small bodies parsed on the event loop, large ones on worker threads, every request's images
-scored in batches on one scoring thread (pipeline/serving/batching.py); a server on an alias
-follows it (pipeline/serving/following.py). One pid that stops cleanly on SIGTERM (with
-`--workers N`, uvicorn's supervisor of N processes on the one port). Bound to 127.0.0.1 unless
-told otherwise; bodies over `serve.max_body_bytes` get 413.
-
-GET /metrics is for Prometheus; each scored image goes to the prediction log, and `--shadow`
-scores a second model beside the served one, off the request path (pipeline/monitoring/).
+MLflow's protocol: POST /invocations with `{"inputs": images}` (or `"instances"`), images
+(n, 28, 28) in [0, 1], answered `{"predictions": probabilities}`; GET /ping, /health, /version
+(what is serving, as JSON). Errors: a 4xx with MLflow's `{"error_code", "message"}`; past
+`serve.max_pending` requests, a 503 at once; bodies over `serve.max_body_bytes`, 413. The ONNX
+file runs on ONNX Runtime without MLflow in the process, requests scored in batches
+(batching.py); a server on an alias follows it (following.py). GET /metrics, the prediction
+log and `--shadow`: pipeline/monitoring/. Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import numpy as np
 import orjson
 from starlette.applications import Starlette
@@ -39,10 +30,10 @@ from starlette.routing import Route
 
 import pipeline.params.config as config
 import pipeline.params.tools as tools
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.inference.onnx_network import InputError, validated
 from pipeline.runtime import cli, ports
-from pipeline.runtime.processes import usable_cores
 from pipeline.serving import asgi, batching, following, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
@@ -55,8 +46,9 @@ INLINE_BYTES = 65_536  # a body up to this size (4 images as JSON) is parsed on 
 MLFLOW_VERSION = importlib.metadata.version("mlflow")  # what /version reports, as MLflow's does
 
 
-def decode_images(body: bytes, content_type: str) -> object:
-    """The images in a request body, as MLflow's scoring server reads them; BadRequest if none."""
+def request_images(body: bytes, content_type: str) -> np.ndarray:
+    """A request body → its images, float32 (n, 28, 28), read as MLflow's scoring server reads
+    them; BadRequest says what is wrong."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise BadRequest(
             f"content type {content_type or '(none)'!r}: send application/json", status=415
@@ -69,36 +61,23 @@ def decode_images(body: bytes, content_type: str) -> object:
             ("this model takes a tensor of images, not a DataFrame: " if table else "")
             + 'expected a JSON object with one of "inputs" or "instances": images (n, 28, 28)'
         )
-    return payload[keys[0]]
-
-
-def request_images(body: bytes, content_type: str) -> np.ndarray:
-    """A request body → its images, float32 (n, 28, 28); BadRequest says what is wrong."""
     try:
-        return validated(decode_images(body, content_type))
+        return validated(payload[keys[0]])
     except InputError as error:
         raise BadRequest(str(error), code="INVALID_PARAMETER_VALUE") from None
 
 
-def overloaded(error: batching.Overloaded) -> Response:
-    """The 503 a full server answers at once, MLflow-shaped, asking to retry in a second."""
-    response = asgi.error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
-    response.headers["Retry-After"] = "1"
-    return response
-
-
 def version_number(served: loader.Served) -> str:
     """The registry version a server serves (`models:/name/3` → "3"); "1" for a file."""
-    name, _, number = served.pinned.rpartition("/")
-    return number if name.startswith("models:") and number.isdigit() else "1"
+    match = registry.REGISTERED_URI.match(served.pinned)
+    return match["version"] if match and match["version"] else "1"
 
 
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The REST app around `model` (an MLflow model URI, a model folder or an `.onnx` file),
-    with `shadow` (the same kinds) scored beside it: MLflow's protocol and the Open Inference
-    Protocol, both through one batcher."""
+    """The REST app around `model`, with `shadow` scored beside it: MLflow's protocol and the
+    Open Inference Protocol, through one batcher."""
     served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
     settings = params.serve
     batcher = batching.Batcher(batching.Model(served, predict), settings.batch_wait_ms,
@@ -106,15 +85,14 @@ def build_app(
     monitoring.closing.append(batcher.close)
     if settings.follow_seconds and following.follows(served):
         monitoring.background.append(following.keep_following(batcher, monitoring, params))
-    limiter = anyio.CapacityLimiter(usable_cores())
+    threads = asgi.WorkerThreads()
     name = params.mlflow.registered_model
 
     async def parsed(parse: Callable[[bytes, Any], Any], body: bytes, detail: Any) -> Any:
-        """A small body parsed on the event loop (cheaper than a thread hop), a large one on a
-        worker thread, so that the loop never stalls."""
+        """A small body parsed on the event loop (cheaper than a thread hop), a large one not."""
         if len(body) <= INLINE_BYTES:
             return parse(body, detail)
-        return await anyio.to_thread.run_sync(parse, body, detail, limiter=limiter)
+        return await threads.run(parse, body, detail)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
@@ -135,7 +113,9 @@ def build_app(
             return problem.response()
         except batching.Overloaded as error:
             monitoring.metrics.shed.inc()
-            return overloaded(error)
+            response = asgi.error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
+            response.headers["Retry-After"] = "1"
+            return response
         answer = orjson.dumps({"predictions": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
         return Response(answer, media_type="application/json")
 
@@ -191,9 +171,8 @@ def run(
     port_key: str = "port",
     command: str = "make serve",
 ) -> None:
-    """Serve `module.build_app(model_uri, params, shadow)` until stopped; host, port and workers
-    default to params.yaml `serve:` (the port under `port_key`). A busy port is refused first,
-    before any model loads, in one line naming `command` with a free port."""
+    """Serve `module.build_app` until stopped; host, port (`port_key`) and workers default to
+    params.yaml `serve:`. A busy port is refused before any model loads, naming `command`."""
     workers = params.serve.workers if workers is None else workers
     if workers < 1:
         raise config.ConfigError(f"--workers {workers}: needs at least 1")
