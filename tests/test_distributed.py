@@ -69,13 +69,7 @@ def test_multi_worker_without_tf_config_stops_with_one_line(raw_params, tmp_path
 
 
 def test_custom_step_trains_like_the_keras_trainer(params, monkeypatch):
-    """One worker, the same step code under MultiWorkerMirroredStrategy, vs Keras's fit.
-
-    Not bit for bit: Keras averages the mean losses of `batch_shards` shards and keeps its
-    running means in float32 variables; the custom step sums per-example losses and divides
-    by the global batch, and sums the interval in float64. The gradients agree to float32
-    rounding (~1e-7), and Adam carries that along, so the curves agree to ~1e-5.
-    """
+    """The custom step under MultiWorkerMirroredStrategy, to float32 rounding, vs Keras's fit."""
     monkeypatch.delenv("TF_CONFIG", raising=False)  # a local, one-worker strategy: no server
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 28, 28), dtype=np.float32), rng.integers(0, 10, 96).astype(np.int32)

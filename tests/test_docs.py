@@ -118,8 +118,7 @@ def named_targets(text: str) -> list[str]:
 
 
 def run_modules(text: str) -> list[str]:
-    """`python -m pipeline.search.tune` → pipeline.search.tune; only modules of this repo
-    (not `pytest`), and not a placeholder (`pipeline.<stage>`)."""
+    """`python -m pipeline.search.tune` → its module; this repo's only, no placeholders."""
     names = [name.rstrip(".") for name in PYTHON_MODULE.findall(text)]
     return [name for name in names
             if "<" not in name and (REPO / name.split(".")[0]).is_dir()]  # fmt: skip

@@ -144,8 +144,7 @@ def test_evaluate_imports_no_tensorflow(trained, tmp_path):
 def test_a_run_from_another_store_stops_in_one_line_naming_both_and_the_fix(
     trained, tmp_path, monkeypatch, capsys
 ):
-    """DVC restores train from its run cache whatever store trained it: pointed at another
-    store, evaluate stops before any work with one line, not a traceback from MLflow."""
+    """A run restored by DVC from another store: evaluate stops first, in one line."""
     raw = outputs_in(tmp_path, trained.params.model_dump(mode="json"))
     handed = json.loads((trained.root / "models/mlflow_run.json").read_text())
     origin = f"sqlite:///{(trained.root / 'mlflow.db').resolve()}"

@@ -1,5 +1,4 @@
-"""make serve on the champion follows it: a promotion under load is served within the check
-interval, and no request fails or is answered by a mix of versions."""
+"""make serve follows the champion: a promotion under load served in time, no request failed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The gate: behavioural checks on moved and noisy images, floors, the gain on validation
-images, the verdict on versions and in the card, and `make promote`."""
+"""The gate: behavioural checks, floors, the gain, the verdict and `make promote`."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
 
 
 def pixel_model(path: Path, reads_corner: bool) -> Path:
-    """Class 1 where its feature exceeds 0.5, else class 0. The feature is the top-left pixel
-    (not shift-invariant) or the mean ink (nearly so)."""
+    """Class 1 where the top-left pixel (or the mean ink) exceeds 0.5, else class 0."""
     weights, bias = np.zeros((784, 10)), np.zeros(10)
     weights[: 1 if reads_corner else 784, 1], bias[0] = 20.0 if reads_corner else 20 / 784, 10.0
     return linear_onnx(path, weights, bias)
@@ -109,8 +107,7 @@ def decision_of(release_passed: bool, gain: rule.Check | None, version, champion
 
 
 def test_the_gate_gives_one_verdict_in_one_sentence():
-    """No FAILED beside a pass: a gain not had is `no gain`, and the closing line says what the
-    version became in the same sentence as the checks that decided it."""
+    """No FAILED beside a pass; one sentence says what the version became and why."""
     no_gain = rule.gain_check(0.978, 0.978, 0.001)
     assert no_gain.outcome == "no gain" and not no_gain.failed and "FAILED" not in no_gain.line()
     line = decision_of(True, no_gain, 2, 1, 1).verdict_line()
@@ -257,8 +254,7 @@ class Pipeline:
         return version, registry.version_tags(client, "mnist-lstm", version)
 
     def copy_of(self, version: int, tags: dict[str, str]) -> int:
-        """Another version of the same model and run, with a verdict's tags: for tests of
-        promotion, which reads only the tags."""
+        """Another version of the same run with a verdict's tags (promotion reads only tags)."""
         client = self.client()
         # create_model_version looks the logged model up through MLflow's global store
         mlflow.set_tracking_uri(client.tracking_uri)

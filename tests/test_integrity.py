@@ -1,5 +1,4 @@
-"""What is loaded is what was registered: the ONNX file's sha256 is a version tag, and evaluate,
-make serve and make predict refuse a file whose hash differs, in one line."""
+"""The ONNX file's sha256 is a version tag; evaluate, serve and predict refuse another file."""
 
 from __future__ import annotations
 

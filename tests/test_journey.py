@@ -44,8 +44,7 @@ def python(repo: Path, module: str, *args: str, check: bool = True, env: dict | 
 
 
 def check_one_verdict(output: str) -> None:
-    """Each check passed or FAILED, the gain had or not, and one closing sentence that
-    agrees with them: no FAILED beside a pass."""
+    """Each check's line and one closing sentence that agrees with them."""
     lines = gate_lines(output)
     closing = [line for line in lines if "release checks " in line]
     assert len(closing) == 1, lines

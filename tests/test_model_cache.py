@@ -23,8 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def own_store(trained, tmp_path, monkeypatch):
-    """A copy of the trained pipeline's store (its artifacts stay where they are) and a repo
-    folder for the cache, so that moving the alias here leaves the shared fixture alone."""
+    """A copy of the trained store and a cache folder of this test's own."""
     database = copy_store(trained.root / "mlflow.db", tmp_path / "mlflow.db")
     use_store_at(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
@@ -87,8 +86,7 @@ def test_evaluate_leaves_the_champion_copied_for_the_servers(trained):
 
 
 def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint(tmp_path):
-    """SQLite checkpoints when the last connection closes (the database file's modification
-    time changes, the log goes): after `settle` that changes nothing, and a write still does."""
+    """After `settle`, SQLite's checkpoint on the last close changes no recorded state."""
     database = tmp_path / "store.db"
     store = f"sqlite:///{database}"
     writer = sqlite3.connect(database)
@@ -108,8 +106,7 @@ def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint
 
 
 def test_the_first_server_start_after_dvc_repro_asks_no_mlflow(tmp_path):
-    """evaluate leaves the champion's answer behind; nothing after it (the stage's exit, a
-    reader closing the store) makes the next `make serve` start MLflow."""
+    """After `dvc repro`, the next `make serve` resolves the champion without MLflow."""
     repo = tiny_repo(tmp_path)
     run(["dvc", "repro"], repo)
     with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as reader:  # as `make ui` would

@@ -1,8 +1,4 @@
-"""Watching the served model: the prediction log, /metrics, a shadow, drift found by make monitor.
-
-Real servers on free ports, real ONNX models run by ONNX Runtime (softmax regressions built with
-onnx's helper: a server starts in a second and needs no training), real SQLite and MLflow.
-"""
+"""Watching the served model: the prediction log, /metrics, a shadow, make monitor's drift."""
 
 from __future__ import annotations
 
@@ -57,8 +53,7 @@ REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
 
 
 def digits(count: int, seed: int) -> np.ndarray:
-    """Digit-like images float32 (count, 28, 28) in [0, 1]: two or three soft strokes each in
-    the central 16×16, as MNIST keeps its digits inside a 20×20 box."""
+    """Digit-like images (count, 28, 28) in [0, 1]: two or three soft strokes in the centre."""
     rng = np.random.default_rng(seed)
     ends = rng.uniform(6, 21, (count, 3, 2, 2))  # (image, stroke, end, row/col)
     width = rng.uniform(0.8, 1.6, (count, 3, 1, 1))
@@ -114,9 +109,7 @@ def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.To
 
 @pytest.fixture(scope="module")
 def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
-    """Two versions of the registered model in the module's store, as evaluate leaves them:
-    version 1's run carries the reference (the champion's digits), version 2's run none (a
-    version evaluated before references were logged)."""
+    """Two registered versions: the champion's run carries a reference, the other's none."""
     import mlflow
 
     client = client_for(store_root)
@@ -146,8 +139,7 @@ def params_file(params: tools.ToolParams, tmp_path: Path, **monitor_settings) ->
 def log_directly(
     params: tools.ToolParams, model: Path, images: np.ndarray, name: str | None = None
 ) -> None:
-    """What a server logs for these images, written by the log's own writer; `name`: what the
-    log calls the model (a registered version's URI), the file by default."""
+    """What a server logs for `images`, named `name` (the file by default)."""
     settings = params.monitor
     writer = PredictionLog(settings.log_path, "serve", name or str(model), settings.log_max_bytes)
     for batch in np.array_split(images, 10):
@@ -197,8 +189,7 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
 
 
 def test_drift_names_what_moved_and_only_that(params, reference, models):
-    """Digits moved right: their column centre drifted, not their row centre nor their ink (clean
-    and inverted windows: the make monitor test below)."""
+    """Digits moved right: the column centre drifted, not the row centre nor the ink."""
     log_directly(params, models["champion"], shifted(digits(500, seed=1), 4))
     window = read_predictions(params.monitor.log_path)
     verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
@@ -224,8 +215,7 @@ def test_a_difference_too_small_to_matter_is_no_drift_however_certain():
 def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
     params, models, registered, store_root, tmp_path, caplog
 ):
-    """As a user would: 300 clean images logged by the champion's version, `make monitor`;
-    300 inverted more, again. Each look names the version and the run its reference is from."""
+    """Clean images, then inverted ones: each look names the version and its reference's run."""
     argv = ["--params", str(tmp_path / "params.yaml"), "--since", "1h"]
     report = Path(params.monitor.report_dir) / "report.md"
     exits, pages = [], []
@@ -261,9 +251,7 @@ def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
 def test_each_version_is_judged_by_its_own_reference_and_one_without_gets_no_verdict(
     params, models, registered, caplog
 ):
-    """A window that mixes versions: the one with a reference is tested against it; the one
-    without is named, with no verdict, and never compared with the other's reference; a file
-    served by path has none either."""
+    """Versions in one window: each against its own reference; one without gets no verdict."""
     log_directly(params, models["champion"], 1 - digits(200, seed=7), registered["without"])
     log_directly(params, models["champion"], digits(300, seed=8), registered["champion"])
     log_directly(params, models["shadow"], 1 - digits(150, seed=9))

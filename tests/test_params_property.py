@@ -1,5 +1,4 @@
-"""Every key's wrong values are refused in one line naming the key, by the loader every stage runs
-first (one code path: test_config.py runs each stage's command once) and by the tools'."""
+"""Every key's wrong values are refused in one line naming it, by the stages' and tools' loaders."""
 
 from __future__ import annotations
 

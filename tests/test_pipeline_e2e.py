@@ -90,9 +90,7 @@ def runs_in(repo: Path) -> list:
 
 
 def test_changing_learning_rate_marks_train_and_evaluate_only(repo):
-    """Which stages a param change reruns (a code change: test_dvc_deps.py checks each stage's
-    deps against its imports); the rerun and the run-cache restore that follows are exercised
-    by test_interrupted_repro_loses_nothing_and_the_next_completes."""
+    """A param change reruns only the stages that read it (code: test_dvc_deps.py)."""
     params_file = repo / "params.yaml"
     original = params_file.read_text()
     try:

@@ -212,9 +212,7 @@ def train_in_a_fresh_process(params_file: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_same_params_and_seed_give_bit_identical_weights_and_history(prepared, tmp_path):
-    """The train stage's code path in two fresh processes: the same weights and the same ONNX
-    probabilities, bit for bit, the second with another training beside it (which makes it run
-    fewer ops at once)."""
+    """Two fresh processes, the second beside another training: bit-identical weights and ONNX."""
     first = train_in_a_fresh_process(prepared)
     beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "-m",
                                "pipeline.train"])  # fmt: skip
@@ -234,9 +232,7 @@ def test_the_makefile_binds_the_ui_to_localhost():
 
 
 def test_a_stage_run_by_a_python_without_the_packages_says_so_in_one_line():
-    """`.venv/bin/dvc repro` without the venv activated runs each `python -m pipeline.<stage>`
-    on the first `python` of PATH; `-S` leaves this one without its site-packages, as such a
-    Python is."""
+    """A stage run by a Python without the venv's packages (`-S`) says so in one line."""
     command = [sys.executable, "-S", "-m", "pipeline.train"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -19,11 +19,7 @@ from .support import copy_store, use_store_at
 
 @pytest.fixture
 def moved(trained, tmp_path, monkeypatch):
-    """A repo with a store, moved: nothing is left where its store points.
-
-    The shared trained repo is copied and its store pointed at the copy first (a copy's store
-    still points at the original, which exists), then the copy is moved.
-    """
+    """The trained repo copied, relocated, then moved: nothing left where its store points."""
     before = tmp_path / "before"
     shutil.copytree(trained.root, before, ignore=shutil.ignore_patterns("mlflow.db*"))
     copy_store(trained.root / "mlflow.db", before / "mlflow.db")

@@ -181,8 +181,7 @@ def workspace(repo: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory) -> Path:
-    """Version 1 from the first commit; version 2 from uncommitted params; then main moves on
-    with a code change that changes the weights."""
+    """v1 from the first commit, v2 from uncommitted params, then a commit changing weights."""
     repo = tiny_repo(tmp_path_factory.mktemp("reproduce"))
     run(["dvc", "repro"], repo)
     params = repo / "params.yaml"
@@ -247,8 +246,7 @@ def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(his
 
 @pytest.mark.heavy
 def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path):
-    """Clone one queues an experiment and pushes it (git ref, DVC data and run cache); clone two
-    shares the store, not the mirror the data came from, and reproduces the version."""
+    """A queued experiment pushed from one clone reproduces in another sharing only the store."""
     storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
     env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'shared.db'}")
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)

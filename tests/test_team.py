@@ -1,11 +1,4 @@
-"""Team mode end to end: two clones, a real PostgreSQL, a real `mlflow server`, DVC remotes.
-
-Clone A trains against the server and shares through a bare git `origin` and a DVC remote;
-clone B pulls, reproduces nothing and opens A's run and champion on the server. Then the
-failures: the server lost mid-training, an unreachable remote, a restart of the server and
-PostgreSQL, two clones training at once, and basic auth. Every process started here is
-stopped by its pid, through `python -m pipeline.team.server stop` or directly.
-"""
+"""Team mode end to end: two clones, a real PostgreSQL and `mlflow server`, DVC remotes."""
 
 from __future__ import annotations
 
@@ -129,8 +122,7 @@ def team(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared(team):
-    """A after `dvc repro` against the server, `dvc push`, and a git push; B cloned from it and
-    `dvc pull`ed (each test may run alone: the heavy tier runs without the first)."""
+    """A reproduced against the server and pushed; B cloned and pulled."""
     a = team.base / "a"
     run(["dvc", "repro"], a, env=team.env())
     pushed = run(["dvc", "push"], a)

@@ -127,8 +127,7 @@ STORE_USER = (
 def test_parallel_processes_set_up_one_new_store_and_share_it_without_locking_errors(
     raw_params, store
 ):
-    """A new SQLite store migrates on first use (without the lock two processes collide), then
-    takes their writes at once (WAL)."""
+    """A new SQLite store migrated once under parallel processes, then shared (WAL)."""
     params_file = store / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw_params))
     env = {**os.environ, "DVC_ROOT": str(store)}

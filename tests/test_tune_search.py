@@ -1,9 +1,4 @@
-"""`python -m pipeline.search.tune` end to end: workers, one study in a real PostgreSQL.
-
-A command of two workers is stopped mid-trial (SIGTERM, as `kill` sends) and two more commands
-finish the study; the budget is spent with no point run twice, every completed trial is a DVC
-experiment and an MLflow run of its own point, and the best one applies.
-"""
+"""`python -m pipeline.search.tune` end to end: workers stopped and started, one study."""
 
 from __future__ import annotations
 
@@ -84,8 +79,7 @@ def wait_for_running_trial(study, worker: subprocess.Popen, timeout: float = 300
 
 
 def trial_processes(number: int | None = None) -> list[int]:
-    """The pids of processes (dvc, the stages) working on trial `number` of the study (on any
-    of its trials: None)."""
+    """The pids working on trial `number` of the study (any trial: None)."""
     marks = {"PIPELINE_OPTUNA_STUDY": STUDY}
     if number is not None:
         marks["PIPELINE_OPTUNA_TRIAL"] = str(number)
