@@ -23,15 +23,7 @@ from pipeline.params import config, tools
 from pipeline.runtime.processes import environment_without
 from pipeline.tracking import store as tracking
 
-from .support import (
-    REPO,
-    linear_onnx,
-    make_mnist,
-    tiny_params,
-    use_store_at,
-    with_value,
-    write_idx_folder,
-)
+from . import support
 
 
 def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
@@ -47,7 +39,7 @@ def pixel_model(path: Path, reads_corner: bool) -> Path:
     """Class 1 where the top-left pixel (or the mean ink) exceeds 0.5, else class 0."""
     weights, bias = np.zeros((784, 10)), np.zeros(10)
     weights[: 1 if reads_corner else 784, 1], bias[0] = 20.0 if reads_corner else 20 / 784, 10.0
-    return linear_onnx(path, weights, bias)
+    return support.linear_onnx(path, weights, bias)
 
 
 def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +64,7 @@ def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, rule
 
 
 def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
-    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
     corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True), gate_params)
     ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False), gate_params)
     assert not corner["shift_agreement"].passed
@@ -82,7 +74,7 @@ def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
 
 
 def test_the_verdict_names_each_failed_check_with_value_and_threshold():
-    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
     metrics = {"test_accuracy": 0.31, "test_min_class_f1": 0.02, "shift_agreement": 0.9,
                "noise_accuracy_drop": 0.01}  # fmt: skip
     release = rule.release_checks(metrics, gate_params)
@@ -101,7 +93,7 @@ def test_the_verdict_names_each_failed_check_with_value_and_threshold():
 def decision_of(release_passed: bool, gain: rule.Check | None, version, champion, before):
     metrics = {"test_accuracy": 0.98 if release_passed else 0.3, "test_min_class_f1": 0.95,
                "shift_agreement": 0.9, "noise_accuracy_drop": 0.01}  # fmt: skip
-    gate_params = config.load_params(REPO / "params.yaml").evaluate
+    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
     return rule.Decision(rule.release_checks(metrics, gate_params), gain, version, champion,
                              before)  # fmt: skip
 
@@ -227,10 +219,10 @@ class Pipeline:
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         from pipeline import fetch, preprocess
 
-        self.root, arrays = root, make_mnist()
-        write_idx_folder(root / "mirror", arrays)
-        self.raw = tiny_params(root, root / "mirror", arrays)
-        use_store_at(root, monkeypatch)
+        self.root, arrays = root, support.make_mnist()
+        support.write_idx_folder(root / "mirror", arrays)
+        self.raw = support.tiny_params(root, root / "mirror", arrays)
+        support.use_store_at(root, monkeypatch)
         params = self.params()
         fetch.run(params)
         preprocess.run(params)
@@ -238,7 +230,7 @@ class Pipeline:
     def params(self, **changes: object) -> tools.ToolParams:
         raw = self.raw
         for key, value in changes.items():
-            raw = with_value(raw, key.replace("__", "."), value)
+            raw = support.with_value(raw, key.replace("__", "."), value)
         return tools.parse_params(raw)
 
     def version(self, **changes: object) -> tuple[int, dict]:
@@ -346,7 +338,8 @@ def test_make_promote_moves_the_champion_and_back_and_refuses_a_failed_version(p
     params_file = str(pipeline.root / "params.yaml")
     refused = subprocess.run(
         [sys.executable, "-m", "pipeline.tools.promote", "--params", params_file,
-         "--version", str(failed), "--reason", "no"], capture_output=True, text=True, cwd=REPO,
+         "--version", str(failed), "--reason", "no"], capture_output=True, text=True,
+        cwd=support.REPO,
         timeout=120, env=environment_without("MLFLOW_", "DVC_") | {"DVC_ROOT": str(pipeline.root)},
     )  # fmt: skip
     assert refused.returncode == 1 and pipeline.alias("champion") == first

@@ -31,20 +31,7 @@ from pipeline.monitoring.statistics import STATISTICS, input_statistics
 from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
 
-from .support import (
-    REPO,
-    client_for,
-    free_port,
-    linear_onnx,
-    post_json,
-    prometheus_samples,
-    running,
-    sample_total,
-    use_store_at,
-    wait_until,
-    wait_until_healthy,
-    write_params,
-)
+from . import support
 
 REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
 
@@ -79,7 +66,7 @@ def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     rngs = {role: np.random.default_rng(seed) for seed, role in enumerate(("champion", "shadow"))}
-    return {role: linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
+    return {role: support.linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
                               rng.normal(0, 0.1, 10)) for role, rng in rngs.items()}  # fmt: skip
 
 
@@ -99,11 +86,11 @@ def reference(models) -> pd.DataFrame:
 @pytest.fixture
 def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.ToolParams:
     """Tiny params with the log, the reference and the report under tmp_path."""
-    use_store_at(store_root, monkeypatch)
+    support.use_store_at(store_root, monkeypatch)
     monitor_settings = raw_params["monitor"]
     monitor_settings |= {"min_predictions": 100}
     write_reference(reference, raw_params["paths"]["monitor_reference"])
-    write_params(raw_params, tmp_path / "params.yaml")
+    support.write_params(raw_params, tmp_path / "params.yaml")
     return tools.parse_params(raw_params)
 
 
@@ -112,7 +99,7 @@ def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
     """Two registered versions: the champion's run carries a reference, the other's none."""
     import mlflow
 
-    client = client_for(store_root)
+    client = support.client_for(store_root)
     name = f"monitored-{store_root.name}"
     client.create_registered_model(name)
     experiment = client.create_experiment(f"{name}-runs")
@@ -126,14 +113,16 @@ def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
         version = client.create_model_version(name, f"runs:/{run_id}/model", run_id).version
         uris[role] = f"models:/{name}/{version}"
         client.set_terminated(run_id)
-    mlflow.set_tracking_uri("")  # client_for set nothing global; this keeps it that way
+    mlflow.set_tracking_uri("")  # support.client_for set nothing global; this keeps it that way
     return uris
 
 
 def params_file(params: tools.ToolParams, tmp_path: Path, **monitor_settings) -> Path:
     raw = params.model_dump(mode="json")
     raw["monitor"] |= monitor_settings
-    return write_params(raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml")
+    return support.write_params(
+        raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
+    )
 
 
 def log_directly(
@@ -149,11 +138,13 @@ def log_directly(
 
 def reaches(url: str, name: str, expected: float) -> bool:
     """Whether a server's /metrics total of `name` comes to `expected` within 30 s."""
-    return wait_until(lambda: sample_total(prometheus_samples(url), name) == expected, 30)
+    return support.wait_until(
+        lambda: support.sample_total(support.prometheus_samples(url), name) == expected, 30
+    )
 
 
 def invocations(url: str, images: np.ndarray) -> tuple[int, dict]:
-    return post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
+    return support.post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
 
 
 # --- what is measured of an image, and the reference ----------------------------------------
@@ -234,7 +225,7 @@ def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
     assert f"of served {registered['champion']}" in line and "its evaluate run" in line
     assert "600 predictions" in line and "ink" in line and "mean_intensity" in line
     assert (report.parent / "drift.png").is_file()
-    client = client_for(store_root)
+    client = support.client_for(store_root)
     experiment = client.get_experiment_by_name(f"{params.mlflow.experiment}-monitoring")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
     latest, before = runs[0].data, runs[1].data
@@ -296,7 +287,7 @@ def test_a_bad_since_is_refused_in_one_line(params, tmp_path, capsys):
 
 
 def serve(params_path: Path, models: dict, log: Path, *args: str):
-    return running("pipeline.serving.serve",
+    return support.running("pipeline.serving.serve",
                    ["--params", str(params_path), "--model", str(models["champion"]), *args],
                    "/ping", log)  # fmt: skip
 
@@ -313,11 +304,14 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
             assert status == 200
             np.testing.assert_allclose(answer["predictions"], champion.predict(batch), atol=1e-6)
         assert reaches(server.url, "shadow_predictions_total", 100)  # scored off the request path
-        samples = prometheus_samples(server.url)
+        samples = support.prometheus_samples(server.url)
     predicted = champion.predict(images).argmax(axis=1)
     for label in range(10):
         expected = (predicted == label).sum()
-        assert sample_total(samples, "model_predictions_total", **{"class": str(label)}) == expected
+        assert (
+            support.sample_total(samples, "model_predictions_total", **{"class": str(label)})
+            == expected
+        )
     info = [dict(labels) for (name, labels), value in samples.items() if name == "model_info"]
     assert info == [{"model": str(models["champion"]), "version": str(models["champion"]),
                      "shadow": str(models["shadow"])}]  # fmt: skip
@@ -339,12 +333,12 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     path = params_file(params, tmp_path)
     image = digits(1, seed=6)
     expected = input_statistics(image)["ink"][0]
-    port = free_port()
+    port = support.free_port()
     with open(tmp_path / "killed.log", "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serving.serve", "--params", str(path), "--model",
              str(models["champion"]), "--port", str(port)],
-            cwd=REPO, env=environment_without("MLFLOW_"), stdout=output, stderr=output,
+            cwd=support.REPO, env=environment_without("MLFLOW_"), stdout=output, stderr=output,
         )  # fmt: skip
     url, stop = f"http://127.0.0.1:{port}", threading.Event()
 
@@ -357,10 +351,10 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
 
     sender = threading.Thread(target=traffic)
     try:
-        wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
+        support.wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
         sender.start()
         logged = lambda: count_rows(params.monitor.log_path) >= 50  # noqa: E731
-        assert wait_until(logged, timeout=30)
+        assert support.wait_until(logged, timeout=30)
         process.send_signal(signal.SIGKILL)  # mid-traffic: requests in flight, rows queued
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -396,7 +390,10 @@ def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_pat
         for batch in np.array_split(digits(30, seed=8), 6):
             assert invocations(server.url, batch)[0] == 200
         assert reaches(server.url, "prediction_log_dropped_total", 30)
-        assert sample_total(prometheus_samples(server.url), "model_predictions_total") == 30
+        assert (
+            support.sample_total(support.prometheus_samples(server.url), "model_predictions_total")
+            == 30
+        )
     warnings = [line for line in (tmp_path / "server.log").read_text().splitlines()
                 if "cannot write" in line]  # fmt: skip
     assert len(warnings) == 1 and "a_file/predictions.db" in warnings[0], warnings
@@ -431,7 +428,7 @@ def test_the_log_keeps_pixels_only_when_asked(tmp_path):
 
 
 def test_the_default_log_path_is_ignored_by_git_and_dvc():
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())["monitor"]
+    settings = yaml.safe_load((support.REPO / "params.yaml").read_text())["monitor"]
     folder = Path(settings["log_path"]).parts[0]
-    assert f"{folder}/" in (REPO / ".gitignore").read_text().split()
-    assert f"{folder}/" in (REPO / ".dvcignore").read_text().split()
+    assert f"{folder}/" in (support.REPO / ".gitignore").read_text().split()
+    assert f"{folder}/" in (support.REPO / ".dvcignore").read_text().split()
