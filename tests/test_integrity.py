@@ -28,15 +28,6 @@ def store(trained, tmp_path, monkeypatch) -> mlflow.MlflowClient:
     return own_store(trained, tmp_path)
 
 
-def test_train_records_the_onnx_files_hash_on_the_run_and_the_version(trained):
-    name = trained.params.mlflow.registered_model
-    client = trained.client()
-    version = client.get_model_version_by_alias(name, "champion")
-    logged = sha256_file(trained.root / trained.params.paths.onnx_model)
-    assert client.get_run(trained.run_id).data.tags[HASH_TAG] == logged
-    assert version.tags[HASH_TAG] == logged
-
-
 def test_evaluate_refuses_a_model_whose_file_is_not_the_one_registered(trained, store):
     name = trained.params.mlflow.registered_model
     version = store.get_model_version_by_alias(name, "champion").version
