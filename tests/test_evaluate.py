@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline import evaluate
 from pipeline.gate import rule
@@ -139,28 +138,3 @@ def test_evaluate_imports_no_tensorflow(trained, tmp_path):
     answer = json.loads(result.stdout.splitlines()[-1])
     assert answer["heavy"] == []
     assert answer["metrics"] == trained.metrics
-
-
-def test_a_run_from_another_store_stops_in_one_line_naming_both_and_the_fix(
-    trained, tmp_path, monkeypatch, capsys
-):
-    """A run restored by DVC from another store: evaluate stops first, in one line."""
-    raw = outputs_in(tmp_path, trained.params.model_dump(mode="json"))
-    handed = json.loads((trained.root / "models/mlflow_run.json").read_text())
-    origin = f"sqlite:///{(trained.root / 'mlflow.db').resolve()}"
-    assert handed["tracking_uri"] == origin  # train records the store it logged to
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    other = f"sqlite:///{tmp_path / 'team.db'}"
-    monkeypatch.setenv("DVC_ROOT", str(trained.root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-    with pytest.raises(SystemExit) as stop:
-        evaluate.main(["--params", str(params_path)])
-    line = str(stop.value.code)
-    assert line == (
-        f"error: {raw['paths']['run_info']} names MLflow run {trained.run_id}, a run of "
-        f"{origin}, which {other} lacks (DVC restored train's outputs from its run cache): "
-        f"run `dvc repro -f train` to train it again into this store, or set "
-        f"MLFLOW_TRACKING_URI={origin} to evaluate it there"
-    )
-    assert not (tmp_path / "metrics").exists()  # stopped before any work

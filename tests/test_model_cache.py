@@ -76,15 +76,6 @@ def test_a_server_store_has_no_state_and_a_sqlite_file_has_one(tmp_path):
     assert before and model_cache.store_state(f"sqlite:///{database}") != before
 
 
-def test_evaluate_leaves_the_champion_copied_for_the_servers(trained):
-    answers = json.loads((trained.root / model_cache.CACHE_DIR / model_cache.ANSWERS).read_text())
-    name = trained.params.mlflow.registered_model
-    champion = trained.client().get_model_version_by_alias(name, "champion").version
-    [answer] = [value for key, value in answers.items() if key.endswith(f"models:/{name}@champion")]
-    assert answer["pinned"] == f"models:/{name}/{champion}"
-    assert (Path(answer["path"]) / "MLmodel").is_file() and answer["state"]
-
-
 def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint(tmp_path):
     """After `settle`, SQLite's checkpoint on the last close changes no recorded state."""
     database = tmp_path / "store.db"
