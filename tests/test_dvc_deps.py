@@ -20,15 +20,10 @@ def test_the_model_card_template_is_a_dependency_of_evaluate():
 
 
 @pytest.mark.parametrize("stage", support.STAGES)
-def test_every_imported_module_is_a_dependency(stage):
-    missing = support.imported_files(support.stage_module(stage)) - listed_code(stage)
-    assert not missing, f"stage {stage}: deps lack {sorted(missing)}"
-
-
-@pytest.mark.parametrize("stage", support.STAGES)
-def test_no_dependency_on_code_the_stage_does_not_import(stage):
-    extra = listed_code(stage) - support.imported_files(support.stage_module(stage))
-    assert not extra, f"stage {stage}: deps list {sorted(extra)}, which it does not import"
+def test_the_deps_are_exactly_the_modules_the_stage_imports(stage):
+    imported, listed = support.imported_files(support.stage_module(stage)), listed_code(stage)
+    assert not imported - listed, f"stage {stage}: deps lack {sorted(imported - listed)}"
+    assert not listed - imported, f"stage {stage}: deps list {sorted(listed - imported)}, unused"
 
 
 def test_no_stage_module_imports_another_stage_module():
