@@ -50,10 +50,7 @@ def test_cluster_from_tf_config_names_the_chief_and_counts_workers():
     ):
         with pytest.raises(cluster.DistributionError, match="TF_CONFIG"):
             cluster.cluster_from_environment(bad)  # fmt: skip
-
-
-def test_the_global_batch_must_split_evenly_between_workers():
-    assert cluster.check_batch_split(128, 2) == 64
+    assert cluster.check_batch_split(128, 2) == 64  # the global batch split between workers
     with pytest.raises(cluster.DistributionError, match=r"batch_size \(128\).*workers \(3\)"):
         cluster.check_batch_split(128, 3)
 

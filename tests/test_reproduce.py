@@ -70,22 +70,15 @@ def stages_printing(folder: Path, evaluate_exit: int) -> Path:
     return folder
 
 
-def test_the_stages_lines_are_marked_as_the_scratch_stores(tmp_path, capsys):
+def test_the_stages_lines_are_marked_as_the_scratch_stores_and_a_failure_stops(tmp_path, capsys):
     scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
-    reproduce.run_stages(stages_printing(tmp_path, 0), processes.tools_environment() | scratch)
-    printed = capsys.readouterr().err.splitlines()
-    assert printed == 2 * [
+    with pytest.raises(reproduce.ReproduceError, match="evaluate stage failed .exit 3."):
+        reproduce.run_stages(stages_printing(tmp_path, 3), processes.tools_environment() | scratch)
+    assert capsys.readouterr().err.splitlines() == 2 * [
         "[scratch store] Successfully registered model 'mnist-lstm'.",
         "[scratch store] INFO pipeline.evaluate: mnist-lstm@champion is now version 1",
         "[scratch store] evaluated",
     ]
-
-
-def test_a_stage_that_fails_stops_the_reproduction(tmp_path, capsys):
-    scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
-    with pytest.raises(reproduce.ReproduceError, match="evaluate stage failed .exit 3."):
-        reproduce.run_stages(stages_printing(tmp_path, 3), processes.tools_environment() | scratch)
-    assert capsys.readouterr().err.splitlines()[-1] == "[scratch store] evaluated"
 
 
 def test_logged_params_restore_params_yaml_exactly_and_keep_the_tools_settings(tmp_path):

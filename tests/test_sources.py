@@ -37,6 +37,8 @@ def test_idx_folder_missing_file_is_named(tmp_path, mnist):
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(sources.SourceError, match="neither t10k-labels-idx1-ubyte nor"):
         sources.read_local(config.LocalSource(kind="local", path=str(folder)))
+    with pytest.raises(sources.SourceError, match="does not exist"):
+        sources.read_local(config.LocalSource(kind="local", path=str(tmp_path / "nope")))
 
 
 def test_keras_npz_is_read_when_its_checksum_matches_and_refused_naming_both_when_not(
@@ -50,11 +52,6 @@ def test_keras_npz_is_read_when_its_checksum_matches_and_refused_naming_both_whe
         sources.read_local(source.model_copy(update={"sha256": "0" * 64}))
     assert str(path) in str(error.value) and "0" * 64 in str(error.value)
     assert sha256_file(path) in str(error.value)
-
-
-def test_missing_local_path(tmp_path):
-    with pytest.raises(sources.SourceError, match="does not exist"):
-        sources.read_local(config.LocalSource(kind="local", path=str(tmp_path / "nope")))
 
 
 def deeplearning_pickle(mnist: dict) -> bytes:
