@@ -213,11 +213,6 @@ def mapped_files(pid: int) -> str:
     return "\n".join(region.path for region in psutil.Process(pid).memory_maps())
 
 
-def children(pid: int) -> list[int]:
-    """The pids whose parent is `pid`."""
-    return [child.pid for child in psutil.Process(pid).children()]
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below `pid`: its children, theirs, and so on."""
     return [child.pid for child in psutil.Process(pid).children(recursive=True)]
@@ -339,19 +334,6 @@ def run(
     return result
 
 
-def copy_repo(destination: Path) -> Path:
-    """The project's tracked files, as a fresh clone has them (working-tree content)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in listed:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    return destination
-
-
 # What `main` commits of a `dvc repro` at the default params: a scratch repo with other params
 # starts without them, as one never reproduced.
 BASELINE_RECORD = ("dvc.lock", "reports/metrics.json", "reports/per_class.csv",
@@ -362,7 +344,11 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     """This project as a committed git repo with tiny params, a local mirror, no baseline record."""
     mnist = make_mnist()
     mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
-    repo = copy_repo(base / name)
+    repo = base / name  # the tracked files, as a fresh clone has them (working-tree content)
+    for listed in run(["git", "ls-files", "--cached"], REPO).stdout.split():
+        if (REPO / listed).is_file():
+            (repo / listed).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / listed, repo / listed)
     for recorded in map(repo.joinpath, BASELINE_RECORD):
         if recorded.is_dir():
             shutil.rmtree(recorded)
@@ -374,6 +360,11 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def clone_state(repo: Path) -> str:
+    """The clone's branch, commit and changes to tracked files."""
+    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
 def wait_for_queue(repo: Path, timeout: float = 900) -> str:

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.monitoring import drift, drift_report, monitor
-from pipeline.monitoring.prediction_log import PredictionLog, Scored, read_predictions
+from pipeline.monitoring.prediction_log import PredictionLog, Scored, images_of, read_predictions
 from pipeline.monitoring.reference import (
     ARTIFACT,
     ModelReference,
@@ -260,8 +260,8 @@ def test_each_version_is_judged_by_its_own_reference_and_one_without_gets_no_ver
     )
 
 
-def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
-    params, models, tmp_path
+def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log_or_a_bad_since(
+    params, models, tmp_path, capsys
 ):
     log_directly(params, models["champion"], digits(20, seed=4))
     verdict = monitor.run(params)
@@ -271,16 +271,13 @@ def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
     nowhere = params_file(params, tmp_path, log_path=str(tmp_path / "none.db"))
     with pytest.raises(monitor.LogError, match="no prediction log at .*none.db"):
         monitor.run(tools.load_params(nowhere))
+    with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
+        monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
+    assert stop.value.code == 2 and "duration" in capsys.readouterr().err
 
 
 def time_in(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
-
-
-def test_a_bad_since_is_refused_in_one_line(params, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
-        monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
-    assert stop.value.code == 2 and "duration" in capsys.readouterr().err
 
 
 # --- the servers ------------------------------------------------------------------------------
@@ -399,7 +396,7 @@ def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_pat
     assert len(warnings) == 1 and "a_file/predictions.db" in warnings[0], warnings
 
 
-def test_the_log_keeps_to_its_size_cap_dropping_the_oldest(tmp_path):
+def test_the_log_keeps_to_its_size_cap_dropping_the_oldest_and_pixels_only_when_asked(tmp_path):
     path, cap = tmp_path / "predictions.db", 65536
     writer = PredictionLog(path, "serve", "model.onnx", cap)
     images = digits(100, seed=10)
@@ -410,21 +407,12 @@ def test_the_log_keeps_to_its_size_cap_dropping_the_oldest(tmp_path):
     logged = read_predictions(path)
     assert 0 < len(logged) < 4000 and logged["id"].max() == 4000  # the newest are kept
     assert path.stat().st_size < 2 * cap
-
-
-def test_the_log_keeps_pixels_only_when_asked(tmp_path):
-    from pipeline.monitoring.prediction_log import images_of
-
-    images, probabilities = digits(4, seed=11), np.full((4, 10), 0.1, np.float32)
-    for keep in (False, True):
-        writer = PredictionLog(tmp_path / f"{keep}.db", "demo", "model.onnx", 10**6)
-        writer.write(Scored.of(images, probabilities, keep_pixels=keep))
-        writer.close()
-        logged = read_predictions(tmp_path / f"{keep}.db")
-        if keep:
-            np.testing.assert_allclose(images_of(logged["pixels"]), images, atol=0.5 / 255)
-        else:
-            assert logged["pixels"].isna().all()
+    assert logged["pixels"].isna().all()
+    writer = PredictionLog(tmp_path / "pixels.db", "demo", "model.onnx", 10**6)
+    writer.write(Scored.of(images[:4], probabilities[:4], keep_pixels=True))
+    writer.close()
+    kept = images_of(read_predictions(tmp_path / "pixels.db")["pixels"])
+    np.testing.assert_allclose(kept, images[:4], atol=0.5 / 255)
 
 
 def test_the_default_log_path_is_ignored_by_git_and_dvc():

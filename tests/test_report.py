@@ -103,27 +103,17 @@ def reviewed(repo, tmp_path_factory) -> tuple[str, Path]:
 
 
 @pytest.mark.heavy
-def test_the_tables_are_dvcs_diffs_of_the_two_revisions(reviewed):
-    markdown, _ = reviewed
+def test_dvcs_diffs_the_figures_and_both_runs_with_their_verdicts(repo, reviewed):
+    markdown, folder = reviewed
     assert row(markdown, "train.iterations")[2:] == ["6", "9"]
     assert "train.learning_rate" not in markdown  # only what differs
     assert row(markdown, "Metric")[2:4] == ["HEAD~1", "HEAD"]
     assert "test_accuracy" in markdown.split("## Metrics")[1].split("##")[0]
-
-
-@pytest.mark.heavy
-def test_the_images_it_references_exist_and_decode(reviewed):
-    markdown, folder = reviewed
     names = IMAGE.findall(markdown)
     assert {"curves.png", "confusion_change.png"} <= set(names)
     for name in names:
         pixels = image.imread(folder / name)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
-
-
-@pytest.mark.heavy
-def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
-    markdown, _ = reviewed
     client = client_for(repo)
     for revision, role in (("HEAD~1", "Base"), ("HEAD", "Target")):
         found = client.get_run(run_id_of(repo, revision))
@@ -237,14 +227,10 @@ def experiment(repo) -> str:
 
 
 @pytest.mark.heavy
-def test_an_experiment_by_name(repo, experiment, monkeypatch):
+def test_an_experiment_by_name_and_best_by_the_selection_metric(repo, experiment, monkeypatch):
     markdown = make_report(repo, "HEAD", experiment, monkeypatch)
     assert markdown.startswith("# Review: experiment `short` (`")
     assert row(markdown, "train.iterations")[2:] == ["9", "3"]
-
-
-@pytest.mark.heavy
-def test_best_is_the_experiment_with_the_best_selection_metric(repo, experiment, monkeypatch):
     metric = tools.load_params(repo / "params.yaml").tune.metric  # what make tune chooses by
     best = make_report(repo, "HEAD", "best", monkeypatch)
     assert best.startswith("# Review: experiment `short`")

@@ -21,7 +21,7 @@ from pipeline.params import config, tools
 from pipeline.search import trials
 from pipeline.tracking import store as tracking
 
-from .support import REPO, environment, run, tiny_repo, wait_until
+from .support import REPO, clone_state, environment, run, tiny_repo, wait_until
 
 
 def tune_params(raw_params: dict, storage: str, **changes) -> tools.ToolParams:
@@ -191,11 +191,6 @@ def test_a_trial_is_scored_only_from_a_run_of_its_own_experiment(store):
     with mlflow.start_run(tags=tags | {"dvc.exp_name": "search-1"}):
         mlflow.log_metric("test_accuracy", 0.8)
     assert trials.read_result("search", 1, "test_accuracy", "search-1").value == 0.8
-
-
-def clone_state(repo) -> str:
-    """The clone's branch, commit and changes to tracked files."""
-    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
 @contextmanager

@@ -20,7 +20,15 @@ from optuna.trial import TrialState
 from pipeline.runtime import processes
 from pipeline.team import postgres
 
-from .support import environment, free_port, postgres_missing, run, tiny_repo, wait_until
+from .support import (
+    clone_state,
+    environment,
+    free_port,
+    postgres_missing,
+    run,
+    tiny_repo,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,11 +97,6 @@ def trial_processes(number: int | None = None) -> list[int]:
         return all(found.get(key) == value for key, value in marks.items())
 
     return processes.processes(matching)
-
-
-def clone_state(repo: Path) -> str:
-    """The clone's branch, commit and changes to tracked files."""
-    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
 def test_workers_stopped_and_started_spend_the_budget_once_each_point_and_the_best_applies(
