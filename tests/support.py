@@ -265,10 +265,12 @@ def running(
     assert code in (0, -signal.SIGTERM), f"{module} did not stop cleanly on SIGTERM (exit {code})"
 
 
-def post_json(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+def post_json(
+    url: str, body: bytes, content_type: str = "application/json", headers: dict | None = None
+) -> tuple[int, dict]:
     """POST a body; the status and the decoded JSON answer, 4xx and 5xx included."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type})  # fmt: skip
+    headers = {"Content-Type": content_type} | (headers or {})
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

@@ -62,7 +62,7 @@ def test_the_link_opens_the_training_runs_with_the_run_and_its_accuracy_listed(u
         driver.quit()
 
 
-def test_the_view_shows_the_params_that_differ_between_runs_then_the_headline_metrics():
+def test_the_view_shows_the_params_that_differ_then_the_headline_metrics_in_a_tag(tmp_path):
     runs = [
         {"seed": "42", "train.learning_rate": "0.001", "model.num_units": "128"},
         {"seed": "42", "train.learning_rate": "0.002", "model.num_units": "128"},
@@ -77,9 +77,6 @@ def test_the_view_shows_the_params_that_differ_between_runs_then_the_headline_me
         "metrics.`test_accuracy`",
         "metrics.`validation_accuracy`",
     ]
-
-
-def test_the_view_is_an_experiment_tag_that_each_start_rewrites(tmp_path):
     client = support.client_for(tmp_path)  # this store only, never the process's default one
     experiment = client.create_experiment("runs", (tmp_path / "artifacts").as_uri())
     for rate in ("0.001", "0.002"):
