@@ -38,12 +38,14 @@ def resolve(trained, caplog) -> str:
     return caplog.text
 
 
-def test_the_answer_is_reused_until_the_store_changes(trained, own_store, caplog):
+def test_the_answer_is_reused_until_the_store_or_the_copy_changes(trained, own_store, caplog):
     name = trained.params.mlflow.registered_model
     first = resolve(trained, caplog)
     assert f"{name}/1" in first and "unchanged" not in first
     again = resolve(trained, caplog)
     assert f"{name}/1" in again and "store unchanged" in again
+    shutil.rmtree(own_store.parent / model_cache.CACHE_DIR / "models")  # deleted by hand
+    assert "unchanged" not in resolve(trained, caplog)  # made again
     # a second version, made the champion as the UI or evaluate would: the next start sees it
     uri = f"sqlite:///{own_store}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -52,15 +54,6 @@ def test_the_answer_is_reused_until_the_store_changes(trained, own_store, caplog
     client.set_registered_model_alias(name, "champion", version)
     moved = resolve(trained, caplog)
     assert f"{name}/{version}" in moved and "unchanged" not in moved
-
-
-def test_a_copy_deleted_by_hand_is_made_again(trained, own_store, caplog):
-    resolve(trained, caplog)
-    shutil.rmtree(own_store.parent / model_cache.CACHE_DIR / "models")
-    assert "unchanged" not in resolve(trained, caplog)
-
-
-def test_a_missing_alias_is_one_line(trained, own_store):
     with pytest.raises(model_cache.ModelError, match="cannot load model models:/nope@champion"):
         model_cache.local_folder("models:/nope@champion", trained.params)
 
