@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pandas as pd
@@ -11,9 +10,8 @@ import pytest
 
 from pipeline import evaluate
 from pipeline.gate import rule
-from pipeline.runtime.processes import environment_without
 
-from .support import REPO, with_value
+from .support import REPO, environment, run, with_value
 
 
 def outputs_in(folder, raw: dict) -> dict:
@@ -98,13 +96,8 @@ def test_evaluate_imports_no_tensorflow_and_names_another_data_set_as_the_params
              "Bag", "Ankle boot"]  # fmt: skip
     raw = outputs_in(tmp_path, with_value(raw, "data.class_names", names))
     (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
-    environment = environment_without("MLFLOW_", "DVC_")
-    result = subprocess.run(
-        [sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], cwd=REPO,
-        env=environment | {"DVC_ROOT": str(trained.root)}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = run([sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], REPO,
+                 env=environment(DVC_ROOT=str(trained.root)))  # fmt: skip
     answer = json.loads(result.stdout.splitlines()[-1])
     assert answer == {"heavy": [], "metrics": trained.metrics}
     card = (tmp_path / "card.md").read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 from pipeline.monitoring.prediction_log import read_predictions
-from pipeline.runtime.processes import environment_without
 
 from . import support
 
@@ -58,12 +56,9 @@ def test_a_promotion_under_load_is_served_within_the_interval_and_no_request_fai
         load = Load(server.url)
         load.start()
         time.sleep(3 * FOLLOW_SECONDS)  # the watcher has started and said what it serves
-        subprocess.run(
-            [sys.executable, "-m", "pipeline.tools.promote", "--version", str(second),
-             "--reason", "test", "--force", "--params", str(params)],
-            cwd=support.REPO, env=environment_without("MLFLOW_") | environment, check=True,
-            timeout=120,
-        )  # fmt: skip
+        support.run([sys.executable, "-m", "pipeline.tools.promote", "--version", str(second),
+                     "--reason", "test", "--force", "--params", str(params)], support.REPO,
+                    env=support.environment(**environment))  # fmt: skip
         promoted = time.monotonic()  # the alias has moved
         assert support.wait_until(
             lambda: serving(server.url) == f"models:/{name}/{second}", timeout=30

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ from pipeline.data.files import load_arrays
 from pipeline.gate import behaviour, rule
 from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.params import config, tools
-from pipeline.runtime.processes import environment_without
 from pipeline.tracking import store as tracking
 
 from . import support
@@ -314,13 +312,11 @@ def test_make_promote_refuses_a_failed_version_in_one_line(pipeline):
     failed = pipeline.copy_of(first, {"validation.status": "failed",
                                       "validation.failed": "test_accuracy"})  # fmt: skip
     (pipeline.root / "params.yaml").write_text(yaml.safe_dump(pipeline.raw))
-    params_file = str(pipeline.root / "params.yaml")
-    refused = subprocess.run(
-        [sys.executable, "-m", "pipeline.tools.promote", "--params", params_file,
-         "--version", str(failed), "--reason", "no"], capture_output=True, text=True,
-        cwd=support.REPO,
-        timeout=120, env=environment_without("MLFLOW_", "DVC_") | {"DVC_ROOT": str(pipeline.root)},
-    )  # fmt: skip
+    command = [sys.executable, "-m", "pipeline.tools.promote", "--version", str(failed),
+               "--params", str(pipeline.root / "params.yaml"), "--reason", "no"]  # fmt: skip
+    refused = support.run(
+        command, support.REPO, False, support.environment(DVC_ROOT=str(pipeline.root))
+    )
     assert refused.returncode == 1 and pipeline.alias("champion") == first
     assert refused.stderr.strip().splitlines() == [
         f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "

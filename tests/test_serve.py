@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import importlib.metadata
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -15,8 +14,6 @@ import keras
 import numpy as np
 import psutil
 import pytest
-
-from pipeline.runtime.processes import environment_without
 
 from . import support
 
@@ -146,12 +143,8 @@ def test_the_app_holds_neither_tensorflow_nor_mlflow(trained, tmp_path):
     """The champion is resolved by MLflow in a child process; the server itself has none of it."""
     params = support.write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
     champion = f"models:/{trained.params.mlflow.registered_model}@champion"
-    result = subprocess.run(
-        [sys.executable, "-c", BUILD_ALONE, champion, str(params)], cwd=support.REPO,
-        env=environment_without("MLFLOW_") | {"DVC_ROOT": str(trained.root)},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = support.run([sys.executable, "-c", BUILD_ALONE, champion, str(params)], support.REPO,
+                         env=support.environment(DVC_ROOT=str(trained.root)))  # fmt: skip
     assert json.loads(result.stdout.splitlines()[-1]) == []
 
 
