@@ -113,15 +113,9 @@ def start_workers(raw: dict, roots: list[Path]) -> tuple[list[subprocess.Popen],
     processes, logs = [], []
     for index, root in enumerate(roots):
         root.mkdir(exist_ok=True)
-        own = dict(
-            raw,
-            paths=raw["paths"]
-            | {
-                key: str(root / Path(raw["paths"][key]).name)
-                for key in ("model", "onnx_model", "history", "run_info")
-            },
-        )
-        params_file = write_params(own, root / "params.yaml")
+        outputs = ("model", "onnx_model", "history", "run_info")
+        paths = {key: str(root / Path(raw["paths"][key]).name) for key in outputs}
+        params_file = write_params(raw | {"paths": raw["paths"] | paths}, root / "params.yaml")
         log = root.parent / f"worker-{index}.log"
         env = environment(TF_CONFIG=tf_config(ports, index), DVC_ROOT=str(root))
         with open(log, "w") as output:

@@ -29,16 +29,6 @@ def moved(trained, tmp_path, monkeypatch):
     return use_store_at(tmp_path / "after", monkeypatch)
 
 
-def load_first_version(root, monkeypatch):
-    """Through the environment, which monkeypatch restores: no store leaks into later tests."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model("models:/mnist-lstm/1")
-
-
 def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained):
     with pytest.raises(tracking.TrackingError, match=r"moved or copied; run `make relocate`"):
         tracking.use_store(trained.params.mlflow, moved)
@@ -53,7 +43,10 @@ def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(
     assert result.returncode == 0, result.stderr
     assert "model_versions.storage_location: 1 rows" in result.stderr
     tracking.use_store(trained.params.mlflow, moved)  # no longer refused
-    model = load_first_version(moved, monkeypatch)
+    uri = f"sqlite:///{moved / 'mlflow.db'}"  # set through monkeypatch: restored afterwards
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, uri)
+    model = mlflow.pyfunc.load_model("models:/mnist-lstm/1")
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     assert model.predict(images).shape == (3, trained.params.model.n_classes)
     run = mlflow.MlflowClient().get_run(trained.run_id)

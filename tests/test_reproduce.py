@@ -141,19 +141,15 @@ def failure_of(repo: Path, *args: str) -> str:
         ({}, "has no lineage tags (git_commit)"),
         ({"git_commit": "0" * 40}, "is not in this repository: git fetch it"),
         ({"git_commit": "0" * 40, "dvc.exp_name": "ghost"}, "experiment ghost"),
+        (None, "models:/mnist-lstm/9 is not in the registry"),  # a model, not a run
     ],
 )
-def test_a_run_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, expected):
+def test_a_run_or_model_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, expected):
     repo, client = bare_repo
-    made = client.create_run(client.get_experiment_by_name("mnist-lstm").experiment_id, tags=tags)
-    assert expected in failure_of(repo, "--run", made.info.run_id)
-
-
-def test_a_model_not_in_the_registry_gets_one_line(bare_repo):
-    repo, _ = bare_repo
-    assert "models:/mnist-lstm/9 is not in the registry" in failure_of(
-        repo, "--model", "models:/mnist-lstm/9"
-    )
+    experiment = client.get_experiment_by_name("mnist-lstm").experiment_id
+    args = ("--model", "models:/mnist-lstm/9") if tags is None else (
+        "--run", client.create_run(experiment, tags=tags).info.run_id)  # fmt: skip
+    assert expected in failure_of(repo, *args)
 
 
 # --- on the tiny pipeline: real training, twice per reproduction (the heavy tier) -------------
