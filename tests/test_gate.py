@@ -179,7 +179,9 @@ def test_the_champion_moves_only_for_a_gain_and_rivals_passed_meanwhile_count(pa
     assert champion(client, name) == rival
 
 
-def test_a_champion_promoted_by_hand_is_compared_only_with_what_passed_after(params, store):
+def test_promoted_by_hand_a_champion_meets_only_later_rivals_and_a_failed_one_needs_force(
+    params, store
+):
     tracking.use_store(params.mlflow)
     client, name, scores = mlflow.MlflowClient(), params.mlflow.registered_model, {}
     old = contend(client, name, scores, 0.90)
@@ -190,11 +192,6 @@ def test_a_champion_promoted_by_hand_is_compared_only_with_what_passed_after(par
     assert tags["champion.reason"] == "rollback" and tags["champion.previous"] == str(best)
     newer = contend(client, name, scores, 0.92)  # beats the rolled-back one, not the best
     assert rule.settle_champion(name, newer, scores.get, BEATS) == newer
-
-
-def test_promote_refuses_a_version_without_a_passed_gate_unless_forced(params, store):
-    tracking.use_store(params.mlflow)
-    client, name = mlflow.MlflowClient(), params.mlflow.registered_model
     failed = register(client, name)
     registry.tag_version(client, name, failed, {rule.STATUS_TAG: "failed",
                                                 "validation.failed": "test_accuracy"})  # fmt: skip
@@ -202,7 +199,7 @@ def test_promote_refuses_a_version_without_a_passed_gate_unless_forced(params, s
         rule.promote(name, failed, "why not", "tester")
     with pytest.raises(rule.PromotionError, match="has no version 9"):
         rule.promote(name, 9, "why not", "tester")
-    assert rule.promote(name, failed, "on purpose", "tester", force=True) is None
+    assert rule.promote(name, failed, "on purpose", "tester", force=True) == newer
     assert champion(client, name) == failed
 
 
