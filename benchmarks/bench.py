@@ -1,12 +1,7 @@
 """`make bench`: what users run, timed on this machine, section by section.
 
-    python -m benchmarks.bench [--only SECTION ...] [--report-only]
-
-A section is a module of benchmarks/: `measure()` runs its contenders and returns its figures,
-`table(figures)` gives its Markdown, heading first. RESULTS.json keeps each section's figures
-with when and on which machine they were measured; RESULTS.md shows that line under each heading.
-`--only` measures some sections again; the others keep their figures and their machine line.
-"""
+A section is a module of benchmarks/: `measure()` returns its figures, `table(figures)` its
+Markdown. RESULTS.json keeps each section's figures with when and where they were measured."""
 
 import argparse
 import json

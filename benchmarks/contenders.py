@@ -1,12 +1,8 @@
-"""The trainers compared, one per process: `python -m benchmarks.contenders NAME ...`.
+"""The trainers compared, one per process: `python -m benchmarks.contenders project|peer ...`.
 
-- project: the pipeline's own code (pipeline.training, as `python -m pipeline.train` runs it)
-- peer:    PyTorch `nn.LSTM(28, 128, batch_first=True)` + `nn.Linear(128, 10)`
-
-Each trains at params.yaml's batch size with Adam 0.001 and reports, every `--every` iterations,
-its training time so far (evaluation excluded) and, with `--accuracy`, the test accuracy; `--seed`
-replaces params.yaml's. The peer with `--validate` also scores the 5,000 validation images at each
-check, as the train stage does. Prints one JSON object.
+project: the pipeline's own training code; peer: PyTorch `nn.LSTM(28, 128)` + `nn.Linear(128, 10)`.
+Each trains at params.yaml's batch size with Adam 0.001 and prints one JSON object: every `--every`
+iterations, its training time so far (evaluation excluded) and, with `--accuracy`, test accuracy.
 """
 
 import argparse

@@ -1,11 +1,5 @@
-"""Two local workers (train.distribution: multi_worker) against one process, default params.
-
-`make bench-distributed` runs `python -m pipeline.train` as one process (all cores) and as two
-workers on 127.0.0.1, each pinned to its own core, alternately, each in a scratch folder with its
-own MLflow store, on data/processed. It writes benchmarks/DISTRIBUTED.md under a line naming the
-machine: wall time (start to the last exit, MLflow logging included), training time (first to
-last progress line of the stage's log, 1 s resolution), test accuracy of the chief's model.
-"""
+"""`make bench-distributed`: two local workers (train.distribution: multi_worker) pinned to a core
+each, against one process, alternately, on data/processed; writes benchmarks/DISTRIBUTED.md."""
 
 import argparse
 import json

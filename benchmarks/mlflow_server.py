@@ -1,10 +1,5 @@
-"""MLflow's own scoring server (the app `mlflow models serve` runs), for the serving benchmark.
-
-It runs under `make serve`'s uvicorn set-up, body limit and workers, so that the benchmark
-compares only the app and what it loads:
-
-    python -m benchmarks.mlflow_server --model URI [--port PORT] [--workers N]
-"""
+"""MLflow's own scoring server under `make serve`'s uvicorn set-up, body limit and workers, so that
+the serving benchmark compares only the app: python -m benchmarks.mlflow_server --model URI"""
 
 import functools
 
@@ -15,9 +10,7 @@ from pipeline.tracking import store as tracking
 
 
 def build_app(model: str | loader.Served, params: tools.ToolParams, shadow: object = None):
-    """MLflow's app around `model`: a URI MLflow resolves here, or (each of `--workers N`) the
-    copy the supervisor made. No shadow, no prediction log, no /metrics: MLflow's server has
-    none of them."""
+    """MLflow's app around `model` (a URI, or the supervisor's copy); no shadow, log or /metrics."""
     import mlflow
     from mlflow.pyfunc import scoring_server
 

@@ -1,14 +1,7 @@
 """Experiment overhead: a DVC experiment's wall time against a PyTorch script's, and where it goes.
 
-In a scratch copy of the repo with a committed baseline, three rounds of, interleaved: `dvc exp
-run -S train.iterations=200 -S train.learning_rate=<new each round>` (nothing DVC's run cache can
-restore; the workspace is put back after it), the same at revision BENCH_BASE when set (`make
-bench ONLY=overhead BASE=<rev>`), the PyTorch script at 200 iterations (`python -m
-benchmarks.contenders peer --accuracy`: loads MNIST, trains the same LSTM at batch 128, scores the
-10,000 test images), `dvc repro -f` at default params, the script at 2000 iterations. Medians of
-the rounds; fixed seconds: wall less the training steps' (tracing included) that train logs. The
-first experiment's timestamped output gives the phase profile (the stages' log lines mark them).
-"""
+Interleaved rounds: `dvc exp run` at a new learning rate (also at BENCH_BASE when set), the peer,
+`dvc repro -f`, the peer at its length. Fixed seconds: wall less the training steps' train logs."""
 
 import contextlib
 import os
@@ -72,8 +65,7 @@ def peer(iterations: int) -> float:
 
 
 def experiment(scratch: Path, env: dict, rate: str) -> tuple[float, float, list]:
-    """One `dvc exp run` of SHORT iterations, then the workspace put back: its wall seconds,
-    its training steps' seconds, its timestamped output."""
+    """`dvc exp run` of SHORT iterations, workspace put back: wall, steps, stamped output."""
     wall, lines = stamped(["dvc", "exp", "run", "-S", f"train.iterations={SHORT}", "-S", rate],
                           scratch, env)  # fmt: skip
     run(["git", "checkout", "--", "params.yaml", "dvc.lock"], scratch, env)

@@ -1,6 +1,5 @@
-"""The pipeline around training: a full and a no-op `dvc repro` in a scratch copy of the repo
-(its own MLflow store, data from `make repro`), each stage's start-up, the train stage's peak
-memory."""
+"""The pipeline around training: a full and a no-op `dvc repro`, each stage's start-up, the train
+stage's peak memory."""
 
 import statistics
 import subprocess

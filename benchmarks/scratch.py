@@ -19,10 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 @contextlib.contextmanager
 def scratch_repo(prefix: str, iterations: int | None = None, baseline: bool = False,
                  revision: str | None = None) -> Iterator[tuple[Path, dict[str, str]]]:  # fmt: skip
-    """The tracked files as the working tree (or `revision`) has them, in a new git and DVC repo
-    whose first data source is the file `make repro` fetched; with `baseline`, reproduced and
-    committed. Yields it and the environment for `dvc` and the stages there (no DVC_ or MLFLOW_
-    variables of ours)."""
+    """The working tree (or `revision`) in a new git and DVC repo reading `make repro`'s data, with
+    `baseline` reproduced and committed; yields it and the environment for `dvc` there."""
     scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:  # the working tree: a commit of the edits, refs untouched
         tree = revision or git("stash", "create").strip() or "HEAD"

@@ -1,16 +1,6 @@
-"""Serving the registered ONNX model as users do: in-process (`mlflow.pyfunc.load_model`), and
-over HTTP `make serve`, MLflow's scoring server on the same model and, with SERVING_BASE=<rev>
-in the environment, `make serve` as that revision had it (with its HTTP stack: no httptools,
-no uvloop, which it did not install).
-
-`measure()` runs `python -m benchmarks.serving` in a scratch copy `dvc repro` reproduced. There:
-the in-process cold start and timings; then, for 1 and 2 workers, every server up at once, each
-started to its first answer, and loaded by wrk (a C load generator, keep-alive connections) with
-one image per request at concurrency 1, 8 and 64: JSON on /invocations, and binary tensors on
-the Open Inference Protocol for `make serve`; the servers' turns alternate and the prediction log
-is on, as by default. Last, `make serve` (1 worker) offered far more than it admits: connections
-4× `serve.max_pending`, so that most requests find it full.
-"""
+"""Serving the registered ONNX model: in-process, then over HTTP under wrk, `make serve` against
+MLflow's scoring server on the same model (and, with SERVING_BASE=<rev>, `make serve` as that
+revision had it), then `make serve` offered 4× the requests it admits."""
 
 import argparse
 import concurrent.futures
@@ -54,8 +44,7 @@ end
 
 
 def in_process(params: tools.ToolParams, model_uri: str, images: np.ndarray) -> dict:
-    """Load the model in this process, which nothing else ran in before: its first prediction
-    (from the process's start), memory then, one image and batches of 1,000 after."""
+    """Load the model in this fresh process: its first prediction, memory, one image, 1,000."""
     import mlflow
 
     from pipeline.tracking import store as tracking
@@ -76,8 +65,7 @@ def in_process(params: tools.ToolParams, model_uri: str, images: np.ndarray) -> 
 
 @contextlib.contextmanager
 def server(command: list[str], body: bytes, cwd: Path = REPO, env: dict | None = None):
-    """`python -m <command> --port P` in `cwd`; yields (port, pid, seconds from spawn to the
-    first 200 to POST /invocations), stopped at the end."""
+    """`python -m <command> --port P` in `cwd`; yields (port, pid, seconds to its first 200)."""
     port, started = free_port(), time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", *command, "--port", str(port)], cwd=cwd,
                                env=environment_without("MLFLOW_") | (env or {}),
@@ -132,8 +120,7 @@ def bodies(images: np.ndarray, folder: Path) -> dict[str, tuple[str, Path, dict]
 
 @contextlib.contextmanager
 def base_checkout(revision: str):
-    """The revision's files, and beside them a folder whose `httptools` and `uvloop` fail to
-    import (it installed neither): what its `make serve` runs on."""
+    """The revision's files, and a folder where `httptools` and `uvloop` fail to import."""
     with tempfile.TemporaryDirectory(prefix="bench-base-") as folder:
         with tarfile.open(fileobj=io.BytesIO(git("archive", revision, text=False))) as files:
             files.extractall(Path(folder) / "code", filter="data")
@@ -141,15 +128,6 @@ def base_checkout(revision: str):
             (Path(folder) / "absent" / name).mkdir(parents=True)
             (Path(folder) / "absent" / name / "__init__.py").write_text("raise ImportError\n")
         yield folder
-
-
-def base_server() -> tuple[Path, dict] | None:
-    """Where the base revision's `make serve` runs, and its environment (SERVING_BASE_DIR)."""
-    folder = os.environ.get("SERVING_BASE_DIR")
-    if not folder:
-        return None
-    return Path(folder) / "code", {"PYTHONPATH": str(Path(folder) / "absent"),
-                                   "DVC_ROOT": str(REPO)}  # fmt: skip
 
 
 def over_http(model: str, workers: int, base, folder: Path, images: np.ndarray) -> dict:
@@ -178,8 +156,7 @@ def over_http(model: str, workers: int, base, folder: Path, images: np.ndarray) 
 
 
 def overload(model: str, params: tools.ToolParams, folder: Path, images: np.ndarray) -> dict:
-    """`make serve` (1 worker) flooded by wrk with 4× the connections it admits, while one more
-    client, one request after another, times the requests it got admitted."""
+    """`make serve` flooded with 4× the connections it admits; one more client times its own."""
     path, body, headers = bodies(images, folder)["JSON"]
     connections, data = 4 * params.serve.max_pending, body.read_bytes()
     with server([SERVERS["make serve"], "--model", model, "--workers", "1"], data) as (port, _, _):
@@ -187,9 +164,8 @@ def overload(model: str, params: tools.ToolParams, folder: Path, images: np.ndar
         with concurrent.futures.ThreadPoolExecutor(1) as flood:
             flooded = flood.submit(wrk, port, path, body, headers, connections)
             time.sleep(0.5)  # the flood is on
-            probe, deadline = http.client.HTTPConnection("127.0.0.1", port, timeout=30), \
-                time.monotonic() + SECONDS - 1  # fmt: skip
-            answers = []
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            deadline, answers = time.monotonic() + SECONDS - 1, []
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 probe.request("POST", path, data, headers)
@@ -213,7 +189,9 @@ def run() -> dict:
     model_uri = f"models:/{params.mlflow.registered_model}@champion"
     first = in_process(params, model_uri, images)  # before anything else in this process
     model = loader.locate(model_uri, params).path
-    base = base_server()
+    base_dir = os.environ.get("SERVING_BASE_DIR")  # the base revision's `make serve`, its env
+    env = {"PYTHONPATH": f"{base_dir}/absent", "DVC_ROOT": str(REPO)}
+    base = (Path(f"{base_dir}/code"), env) if base_dir else None
     with tempfile.TemporaryDirectory() as folder:
         http = {}
         for workers in (1, 2):
@@ -239,16 +217,12 @@ def measure() -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def loads(row: dict) -> list[str]:
-    return [f"{run['requests_per_s']:,.0f} ({run['p50_ms']:.1f}, {run['p99_ms']:.1f})"
-            for run in row["load"]]  # fmt: skip
-
-
 def table(serving: dict) -> list[str]:
     """In-process, then every server's load tests, the ratios, the overload."""
     first, http = serving["in_process"], serving["http"]
     rows = [[row.rsplit(", ", 1)[0], row.rsplit(", ", 1)[1], f"{r['start_s']:.2f}",
-             f"{r['rss_mib']:.0f}", *loads(r)] for row, r in http.items()]  # fmt: skip
+             f"{r['rss_mib']:.0f}", *(f"{run['requests_per_s']:,.0f} ({run['p50_ms']:.1f}, "
+             f"{run['p99_ms']:.1f})" for run in r["load"])] for row, r in http.items()]  # fmt: skip
 
     def rate(row: str, concurrency: int = 8) -> float:
         runs = http[f"{row}, 1"]["load"]

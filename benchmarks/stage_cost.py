@@ -1,11 +1,5 @@
-"""The train stage against a PyTorch peer doing the same work: cost per iteration, whole runs.
-
-Both validate on the 5,000 validation images every 100 iterations. The cost per iteration is the
-slope of a whole process's wall time between SHORT and LONG (the default, so a whole run)
-iterations: start-up and the work at the end cancel out. The stage logs its time in training
-steps (`time/training_steps_s`); the rest of its wall time is spent outside them (imports, data,
-validation, MLflow, saving and logging the model).
-"""
+"""The train stage against a PyTorch peer doing the same work: cost per iteration (the slope of
+wall time from SHORT to LONG iterations, so start-up cancels out), whole runs."""
 
 import json
 import sys

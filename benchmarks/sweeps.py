@@ -1,9 +1,4 @@
-"""Queued sweeps: experiments per hour for `dvc queue start -j 1` and `-j 2`.
-
-In a scratch copy of the repo with the data fetched by `make repro`, a baseline `dvc repro`,
-then for each worker count 8 short experiments queued with `dvc exp run --queue -S ...` and run
-by `dvc queue start -j N`. Only those that finish as Success count.
-"""
+"""Queued sweeps: experiments per hour for `dvc queue start -j 1` and `-j 2` (Success only)."""
 
 import json
 import subprocess
@@ -17,23 +12,23 @@ EXPERIMENTS, ITERATIONS, TIMEOUT_S = 8, 200, 1800
 
 
 def sweep(scratch: Path, env: dict, workers: int, units: list[int]) -> dict:
-    """Queue one experiment per value of model.num_units, run them with `workers`; time it,
-    queueing included (a search's trial pays its own stash too)."""
-    values = ",".join(map(str, units))
+    """One queued experiment per model.num_units, run by `workers`; timed, queueing included."""
+
+    def dvc(*args: str) -> str:
+        return subprocess.run(["dvc", *args], cwd=scratch, env=env, check=True,
+                              capture_output=True, text=True).stdout  # fmt: skip
+
     started = time.monotonic()
-    subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"model.num_units={values}"],
-                   cwd=scratch, env=env, check=True, capture_output=True)  # fmt: skip
-    subprocess.run(["dvc", "queue", "start", "-j", str(workers)], cwd=scratch, env=env,
-                   check=True, capture_output=True)  # fmt: skip
+    dvc("exp", "run", "--queue", "-S", f"model.num_units={','.join(map(str, units))}")
+    dvc("queue", "start", "-j", str(workers))
     while time.monotonic() - started < TIMEOUT_S:
-        status = subprocess.run(["dvc", "queue", "status"], cwd=scratch, env=env, check=True,
-                                capture_output=True, text=True).stdout  # fmt: skip
+        status = dvc("queue", "status")
         if not any(state in status for state in ("Queued", "Running")):
             break
         time.sleep(2)
     elapsed = time.monotonic() - started
     succeeded = status.count("Success")
-    subprocess.run(["dvc", "queue", "remove", "--all"], cwd=scratch, env=env, capture_output=True)
+    dvc("queue", "remove", "--all")
     return {"workers": workers, "experiments": len(units), "succeeded": succeeded,
             "seconds": elapsed, "per_hour": succeeded * 3600 / elapsed}  # fmt: skip
 

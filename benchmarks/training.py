@@ -1,6 +1,5 @@
-"""Training against PyTorch: the pipeline's training code and the PyTorch peer
-(benchmarks/contenders.py), each run in a fresh process, interleaved: steady-state throughput,
-then the training time each needs to reach the reference tutorial's test accuracy."""
+"""Training against PyTorch (benchmarks/contenders.py, interleaved): steady-state throughput, then
+the training time each needs to reach the reference tutorial's test accuracy."""
 
 import statistics
 
@@ -33,8 +32,7 @@ def throughput(batch_size: int) -> dict[str, list[float]]:
 
 
 def time_to_accuracy() -> dict[str, list[dict]]:
-    """Per seed: training seconds (evaluation excluded) until test accuracy first reaches
-    TARGET, checked every 100 iterations."""
+    """Per seed: training seconds until test accuracy first reaches TARGET (every 100 it.)."""
     found: dict[str, list[dict]] = {name: [] for name in contenders.CONTENDERS}
     for seed in SEEDS:
         for name in found:

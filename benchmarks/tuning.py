@@ -1,9 +1,5 @@
-"""Searches: trials per hour of `python -m pipeline.search.tune` with 1 and with 2 workers.
-
-In the queued sweeps' scratch set-up (benchmarks/sweeps.py), one study per worker count whose
-trials are enqueued at the sweeps' points (model.num_units 16, 17, ... with 1 worker, the next
-ones with 2), so that a trial and a queued experiment train the same model.
-"""
+"""Searches: trials per hour of `python -m pipeline.search.tune` with 1 and with 2 workers, its
+trials enqueued at the queued sweeps' points so that both train the same models."""
 
 import sys
 from pathlib import Path

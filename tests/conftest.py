@@ -1,5 +1,4 @@
-"""The fixtures: tiny synthetic MNIST, an IDX mirror of it, tiny params in tmp_path, an MLflow
-store, one tiny trained pipeline and one small real model per session. Helpers: support.py."""
+"""Fixtures: tiny MNIST and params, an MLflow store, a tiny trained pipeline, a real model."""
 
 from __future__ import annotations
 
@@ -27,10 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def no_mlflow_state_left_behind():
-    """MLflow keeps the store a test pointed it at in the process (set_tracking_uri and
-    set_registry_uri, which also export MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI), and some of
-    its calls use that global store whatever client they are on: after each test it is reset,
-    the variables put back as they were, and a run left active ended."""
+    """MLflow's process-wide store, its variables and any active run, reset after each test."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     before = {name: os.environ.get(name) for name in names}
     yield
@@ -96,10 +92,7 @@ def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedPipeline:
-    """One tiny trained pipeline shared by every test that needs a model and its run.
-
-    Made once per test session, even across pytest-xdist workers (they share the folder).
-    """
+    """One tiny trained pipeline per session, shared by the xdist workers (one folder)."""
     import json
 
     from filelock import FileLock

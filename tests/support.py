@@ -1,7 +1,4 @@
-"""The tests' helpers: tiny data and params, processes and servers by pid, scratch repos, what a
-module imports, a linear ONNX model, a headless browser, image files. conftest.py holds the
-fixtures built on them.
-"""
+"""The tests' helpers; conftest.py holds the fixtures built on them."""
 
 from __future__ import annotations
 
@@ -149,8 +146,7 @@ def use_store_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def client_for(root: Path):
-    """An MLflow client of the store in `root` (a repo's own mlflow.db), not the process
-    defaults: the product's client_for, given the repo rather than the store's URI."""
+    """An MLflow client of the repo's own mlflow.db, not the process defaults."""
     return store.client_for(f"sqlite:///{root / 'mlflow.db'}")
 
 
@@ -158,9 +154,7 @@ def client_for(root: Path):
 
 
 def copy_store(database: Path, copy: Path) -> Path:
-    """A copy of a live SQLite store, through SQLite's backup API. Never copy its file: closing
-    a copy's descriptors in a process that holds the store open drops SQLite's locks for the
-    whole process ("How To Corrupt An SQLite Database File", 2.2)."""
+    """A live SQLite store copied by its backup API (copying the file can drop its locks)."""
     with contextlib.closing(sqlite3.connect(database)) as source:
         with contextlib.closing(sqlite3.connect(copy)) as target:
             source.backup(target)
@@ -168,8 +162,7 @@ def copy_store(database: Path, copy: Path) -> Path:
 
 
 def own_store(trained, folder: Path):
-    """A copy of the trained pipeline's store in `folder` (its artifacts stay where they are),
-    made MLflow's current store: what a test changes there leaves the shared fixture alone."""
+    """A copy of the trained store in `folder`, made MLflow's current one; artifacts shared."""
     import mlflow
 
     store = f"sqlite:///{copy_store(trained.root / 'mlflow.db', folder / 'mlflow.db')}"
@@ -210,10 +203,7 @@ def wait_until_healthy(
 
 
 def memory_kb(pid: int) -> int:
-    """A process's peak resident memory so far, in kB.
-
-    psutil has the current resident size (`memory_info().rss`) but not the peak: Linux's
-    VmHWM in /proc/PID/status is the only place that keeps it."""
+    """A process's peak resident memory in kB (VmHWM: psutil has no peak)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
 
@@ -221,11 +211,6 @@ def memory_kb(pid: int) -> int:
 def mapped_files(pid: int) -> str:
     """The shared libraries and files a process has mapped (what it has loaded), a line each."""
     return "\n".join(region.path for region in psutil.Process(pid).memory_maps())
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is `pid`."""
-    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def descendants(pid: int) -> list[int]:
@@ -256,8 +241,7 @@ def running(
     env: dict | None = None,
     cwd: Path = REPO,
 ) -> Iterator[Running]:
-    """`python -m module args --port P` (in `cwd`) until the block ends; SIGTERM must stop it
-    cleanly."""
+    """`python -m module args --port P` in `cwd` until the block ends; SIGTERM must stop it."""
     port = free_port()
     environment = environment_without("MLFLOW_")
     with open(log, "w") as output:
@@ -281,11 +265,12 @@ def running(
     assert code in (0, -signal.SIGTERM), f"{module} did not stop cleanly on SIGTERM (exit {code})"
 
 
-def post_json(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
-    """POST a body (JSON unless told); the status and the decoded JSON answer, 4xx and 5xx
-    included."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type})  # fmt: skip
+def post_json(
+    url: str, body: bytes, content_type: str = "application/json", headers: dict | None = None
+) -> tuple[int, dict]:
+    """POST a body; the status and the decoded JSON answer, 4xx and 5xx included."""
+    headers = {"Content-Type": content_type} | (headers or {})
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -294,8 +279,7 @@ def post_json(url: str, body: bytes, content_type: str = "application/json") -> 
 
 
 def logged_by(app: str, path: str | Path, since: float) -> list:
-    """The prediction log's rows of `app` since `since`; none while the log's writer has not
-    created the file (it does with its first batch, a moment after the answer)."""
+    """The prediction log's rows of `app` since `since` (none before its first batch)."""
     from pipeline.monitoring.prediction_log import read_predictions
 
     if not Path(path).is_file():
@@ -336,8 +320,7 @@ def postgres_missing() -> str:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """This process's environment without MLflow's and DVC's variables, this environment's
-    tools first on PATH, a git identity: what `dvc` and the stages get in a scratch repo."""
+    """The environment for `dvc` and stages in a scratch repo: no MLFLOW_/DVC_, a git identity."""
     env = tools_environment(environment_without("MLFLOW_", "DVC_"))
     return env | {"DVC_NO_ANALYTICS": "1"} | GIT_IDENTITY | extra
 
@@ -353,19 +336,6 @@ def run(
     return result
 
 
-def copy_repo(destination: Path) -> Path:
-    """The project's tracked files, as a fresh clone has them (working-tree content)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in listed:
-        if (REPO / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, destination / name)
-    return destination
-
-
 # What `main` commits of a `dvc repro` at the default params: a scratch repo with other params
 # starts without them, as one never reproduced.
 BASELINE_RECORD = ("dvc.lock", "reports/metrics.json", "reports/per_class.csv",
@@ -373,11 +343,14 @@ BASELINE_RECORD = ("dvc.lock", "reports/metrics.json", "reports/per_class.csv",
 
 
 def tiny_repo(base: Path, name: str = "repo") -> Path:
-    """A git repo of this project with tiny params and a local IDX mirror, committed, without
-    the default params' baseline record."""
+    """This project as a committed git repo with tiny params, a local mirror, no baseline record."""
     mnist = make_mnist()
     mirror = write_idx_folder(base / "mirror", mnist, gzipped=False)
-    repo = copy_repo(base / name)
+    repo = base / name  # the tracked files, as a fresh clone has them (working-tree content)
+    for listed in run(["git", "ls-files", "--cached"], REPO).stdout.split():
+        if (REPO / listed).is_file():
+            (repo / listed).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / listed, repo / listed)
     for recorded in map(repo.joinpath, BASELINE_RECORD):
         if recorded.is_dir():
             shutil.rmtree(recorded)
@@ -389,6 +362,11 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def clone_state(repo: Path) -> str:
+    """The clone's branch, commit and changes to tracked files."""
+    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
 def wait_for_queue(repo: Path, timeout: float = 900) -> str:
@@ -454,8 +432,7 @@ def stage_module(stage: str) -> str:
 
 
 def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> Path:
-    """A softmax regression over the 784 pixels as an ONNX file, images (n, 28, 28) → (n, 10):
-    a model the servers and the gate run in a second, with no training."""
+    """A softmax regression (n, 28, 28) → (n, 10) as an ONNX file: a model with no training."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -504,9 +481,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def huge_png(width: int = 13000, height: int = 13000) -> bytes:
-    """A decompression bomb: a valid 8-bit grayscale PNG of white pixels, compressed row by row;
-    13000×13000 is about 37 kB on disk and 169 MB once decoded. Made without ever holding the
-    pixels in memory."""
+    """A decompression bomb: a white PNG, 37 kB on disk, 169 MB decoded (13000×13000)."""
     compressor = zlib.compressobj(9)
     row = b"\x00" + b"\xff" * width  # filter type 0, then the row's pixels
     rows = [compressor.compress(row * 100) for _ in range(height // 100)]

@@ -12,19 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .support import (
-    browser,
-    huge_png,
-    logged_by,
-    mapped_files,
-    memory_kb,
-    post_json,
-    prometheus_samples,
-    running,
-    sample_total,
-    wait_until,
-    write_params,
-)
+from . import support
 
 pytestmark = pytest.mark.slow
 SCALE = 10  # the page's canvas is 280×280 for a 28×28 digit
@@ -41,30 +29,20 @@ def demo(real_model, trained, folder):
     raw = trained.params.model_dump(mode="json")
     raw["serve"]["max_body_bytes"] = MAX_BODY
     raw["monitor"]["log_path"] = str(folder / "predictions.db")  # this server's rows only
-    params = write_params(raw, folder / "params.yaml")
+    params = support.write_params(raw, folder / "params.yaml")
     args = ["--params", str(params), "--model", str(real_model.path)]
-    with running("pipeline.serving.demo", args, "/health", folder / "demo.log") as process:
+    with support.running("pipeline.serving.demo", args, "/health", folder / "demo.log") as process:
         yield process
 
 
 def classify(url: str, body: bytes) -> tuple[int, dict]:
-    return post_json(url + "/api/classify", body)
+    return support.post_json(url + "/api/classify", body)
 
 
 def png_data_url(image: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(255 - (image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def test_classify_answers_the_top_classes_best_first_and_loads_no_tensorflow(demo, real_model):
-    body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
-    status, answer = classify(demo.url, body)
-    assert status == 200
-    probabilities = [item["probability"] for item in answer["classes"]]
-    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
-    assert answer["classes"][0]["label"] == str(real_model.predicted[0])
-    assert "tensorflow" not in mapped_files(demo.pid)
 
 
 BAD = {
@@ -89,27 +67,33 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_page_goes_on(demo, real_mode
     assert classify(demo.url, good)[0] == 200
 
 
-def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, folder, real_model):
+def test_the_top_classes_best_first_counted_and_logged_with_no_tensorflow(demo, folder, real_model):
     route = {"route": "/api/classify"}
-    started, before = time.time(), prometheus_samples(demo.url)
+    started, before = time.time(), support.prometheus_samples(demo.url)
     answers = [classify(demo.url, json.dumps({"image": png_data_url(image)}).encode())[1]
                for image in real_model.images[:3]]  # fmt: skip
+    probabilities = [item["probability"] for item in answers[0]["classes"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert answers[0]["classes"][0]["label"] == str(real_model.predicted[0])
+    assert "tensorflow" not in support.mapped_files(demo.pid)
     for body in (BAD["nested 100,000 deep"], BAD["malformed JSON"]):
         assert classify(demo.url, body)[0] == 400
-    after = prometheus_samples(demo.url)
+    after = support.prometheus_samples(demo.url)
     for status, count in (("200", 3), ("400", 2)):
-        counted = [sample_total(samples, "http_requests_total", status=status, **route)
+        counted = [support.sample_total(samples, "http_requests_total", status=status, **route)
                    for samples in (before, after)]  # fmt: skip
         assert counted[1] - counted[0] == count, status
     statuses = {dict(labels)["status"] for name, labels in after if name == "http_requests_total"}
     assert not [status for status in statuses if status.startswith("5")]  # the deep body: a 400
-    scored = [sample_total(samples, "model_predictions_total") for samples in (before, after)]
+    scored = [support.sample_total(scrape, "model_predictions_total") for scrape in (before, after)]
     assert scored[1] - scored[0] == 3
 
     def logged():
-        return logged_by("demo", folder / "predictions.db", started)
+        return support.logged_by("demo", folder / "predictions.db", started)
 
-    assert wait_until(lambda: len(logged()) == 3, timeout=30), (folder / "demo.log").read_text()
+    assert support.wait_until(lambda: len(logged()) == 3, timeout=30), (
+        folder / "demo.log"
+    ).read_text()
     labels = [answer["classes"][0]["label"] for answer in answers]
     assert [str(predicted) for predicted in logged()["predicted"]] == labels
 
@@ -117,11 +101,10 @@ def test_classifications_are_counted_and_logged_and_bad_bodies_are_not(demo, fol
 def test_huge_images_are_refused_from_their_header_and_a_normal_request_is_answered_meanwhile(
     demo, real_model
 ):
-    """Eight 13000×13000 white PNGs in flight (0.2 MB each as a file, 169 MB decoded): each is
-    refused in one line and never decoded, and a normal request meanwhile is answered."""
-    body = json.dumps({"image": base64.b64encode(huge_png(13000, 13000)).decode()}).encode()
+    """Eight 13000×13000 white PNGs in flight (169 MB each decoded), and one normal request."""
+    body = json.dumps({"image": base64.b64encode(support.huge_png(13000, 13000)).decode()}).encode()
     answers: list[tuple[int, dict]] = []
-    peak_before = memory_kb(demo.pid)
+    peak_before = support.memory_kb(demo.pid)
     senders = [threading.Thread(target=lambda: answers.append(classify(demo.url, body)))
                for _ in range(8)]  # fmt: skip
     for sender in senders:
@@ -137,7 +120,7 @@ def test_huge_images_are_refused_from_their_header_and_a_normal_request_is_answe
     assert [status for status, _ in answers] == [400] * 8
     assert all("13000×13000" in said["message"] and "\n" not in said["message"]
                for _, said in answers), answers  # fmt: skip
-    assert memory_kb(demo.pid) - peak_before < 100_000  # kB: no image was decoded
+    assert support.memory_kb(demo.pid) - peak_before < 100_000  # kB: no image was decoded
 
 
 def strokes(image: np.ndarray) -> list[tuple[int, int, int]]:
@@ -170,7 +153,7 @@ def test_a_digit_drawn_with_the_mouse_is_recognised(demo, real_model):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = browser()
+    driver = support.browser()
     try:
         driver.get(demo.url + "/")
         canvas = driver.find_element(By.ID, "board")

@@ -50,10 +50,7 @@ def test_cluster_from_tf_config_names_the_chief_and_counts_workers():
     ):
         with pytest.raises(cluster.DistributionError, match="TF_CONFIG"):
             cluster.cluster_from_environment(bad)  # fmt: skip
-
-
-def test_the_global_batch_must_split_evenly_between_workers():
-    assert cluster.check_batch_split(128, 2) == 64
+    assert cluster.check_batch_split(128, 2) == 64  # the global batch split between workers
     with pytest.raises(cluster.DistributionError, match=r"batch_size \(128\).*workers \(3\)"):
         cluster.check_batch_split(128, 3)
 
@@ -69,13 +66,7 @@ def test_multi_worker_without_tf_config_stops_with_one_line(raw_params, tmp_path
 
 
 def test_custom_step_trains_like_the_keras_trainer(params, monkeypatch):
-    """One worker, the same step code under MultiWorkerMirroredStrategy, vs Keras's fit.
-
-    Not bit for bit: Keras averages the mean losses of `batch_shards` shards and keeps its
-    running means in float32 variables; the custom step sums per-example losses and divides
-    by the global batch, and sums the interval in float64. The gradients agree to float32
-    rounding (~1e-7), and Adam carries that along, so the curves agree to ~1e-5.
-    """
+    """The custom step under MultiWorkerMirroredStrategy, to float32 rounding, vs Keras's fit."""
     monkeypatch.delenv("TF_CONFIG", raising=False)  # a local, one-worker strategy: no server
     rng = np.random.default_rng(0)
     x, y = rng.random((96, 28, 28), dtype=np.float32), rng.integers(0, 10, 96).astype(np.int32)
@@ -122,15 +113,9 @@ def start_workers(raw: dict, roots: list[Path]) -> tuple[list[subprocess.Popen],
     processes, logs = [], []
     for index, root in enumerate(roots):
         root.mkdir(exist_ok=True)
-        own = dict(
-            raw,
-            paths=raw["paths"]
-            | {
-                key: str(root / Path(raw["paths"][key]).name)
-                for key in ("model", "onnx_model", "history", "run_info")
-            },
-        )
-        params_file = write_params(own, root / "params.yaml")
+        outputs = ("model", "onnx_model", "history", "run_info")
+        paths = {key: str(root / Path(raw["paths"][key]).name) for key in outputs}
+        params_file = write_params(raw | {"paths": raw["paths"] | paths}, root / "params.yaml")
         log = root.parent / f"worker-{index}.log"
         env = environment(TF_CONFIG=tf_config(ports, index), DVC_ROOT=str(root))
         with open(log, "w") as output:

@@ -65,14 +65,6 @@ def test_every_module_and_path_of_the_package_a_page_names_exists(page):
     assert not missing, f"{page.name} names {missing}"
 
 
-def test_the_docs_path_check_finds_a_missing_module(tmp_path):
-    page = tmp_path / "page.md"
-    page.write_text("Run `python -m pipeline.nowhere` or edit pipeline/shared/config.py.\n")
-    assert sorted(name for name in named_code(page) if not exists(name)) == [
-        "pipeline.nowhere", "pipeline/shared/config.py",
-    ]  # fmt: skip
-
-
 # What a page tells a user to type: the params keys (`serve.max_image_pixels`, `-S
 # train.learning_rate=5e-4`, `model.*`, `evaluate:` in `params.yaml`), the make targets and the
 # modules run with `python -m`. Each must exist, or the page sends the user to an error.
@@ -118,8 +110,7 @@ def named_targets(text: str) -> list[str]:
 
 
 def run_modules(text: str) -> list[str]:
-    """`python -m pipeline.search.tune` → pipeline.search.tune; only modules of this repo
-    (not `pytest`), and not a placeholder (`pipeline.<stage>`)."""
+    """`python -m pipeline.search.tune` → its module; this repo's only, no placeholders."""
     names = [name.rstrip(".") for name in PYTHON_MODULE.findall(text)]
     return [name for name in names
             if "<" not in name and (REPO / name.split(".")[0]).is_dir()]  # fmt: skip
@@ -148,11 +139,13 @@ def test_every_module_a_page_runs_with_python_m_exists(page):
     assert not missing, f"{page.name} runs python -m {missing}: no such module"
 
 
-def test_the_names_taken_for_something_else_are_not_params():
+def test_the_checks_find_a_wrong_key_target_module_and_path(tmp_path):
     assert not [name for name in NOT_PARAMS if is_param(name)]
-
-
-def test_the_checks_find_a_wrong_key_target_and_module():
+    page = tmp_path / "page.md"
+    page.write_text("Run `python -m pipeline.nowhere` or edit pipeline/shared/config.py.\n")
+    assert sorted(name for name in named_code(page) if not exists(name)) == [
+        "pipeline.nowhere", "pipeline/shared/config.py",
+    ]  # fmt: skip
     text = (
         "Set `serve.max_pixels` or `dvc exp run -S train.rate=0.1`, and `report.output_dir`;\n"
         "`mlflow.db`, `mlflow.get_run(id)`; `nowhere:` in `params.yaml`.\n"

@@ -4,46 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from .support import (
-    DVC_YAML,
-    REPO,
-    STAGES,
-    imported_files,
-    module_file,
-    named_modules,
-    stage_module,
-)
+from . import support
 
 
 def listed_code(stage: str) -> set[str]:
-    deps = DVC_YAML["stages"][stage]["deps"]
+    deps = support.DVC_YAML["stages"][stage]["deps"]
     return {dep for dep in deps if dep.startswith("pipeline/") and dep.endswith(".py")}
 
 
 def test_the_model_card_template_is_a_dependency_of_evaluate():
     from pipeline.reports import card as model_card
 
-    template = model_card.TEMPLATE.relative_to(REPO).as_posix()
-    assert template in DVC_YAML["stages"]["evaluate"]["deps"]
+    template = model_card.TEMPLATE.relative_to(support.REPO).as_posix()
+    assert template in support.DVC_YAML["stages"]["evaluate"]["deps"]
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_every_imported_module_is_a_dependency(stage):
-    missing = imported_files(stage_module(stage)) - listed_code(stage)
-    assert not missing, f"stage {stage}: deps lack {sorted(missing)}"
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_no_dependency_on_code_the_stage_does_not_import(stage):
-    extra = listed_code(stage) - imported_files(stage_module(stage))
-    assert not extra, f"stage {stage}: deps list {sorted(extra)}, which it does not import"
+@pytest.mark.parametrize("stage", support.STAGES)
+def test_the_deps_are_exactly_the_modules_the_stage_imports(stage):
+    imported, listed = support.imported_files(support.stage_module(stage)), listed_code(stage)
+    assert not imported - listed, f"stage {stage}: deps lack {sorted(imported - listed)}"
+    assert not listed - imported, f"stage {stage}: deps list {sorted(listed - imported)}, unused"
 
 
 def test_no_stage_module_imports_another_stage_module():
-    modules = {stage_module(stage) for stage in STAGES}
+    modules = {support.stage_module(stage) for stage in support.STAGES}
     for module in sorted(modules):
-        reached = {module_file(other) for other in modules - {module}}
-        imported = {REPO / path for path in imported_files(module)}
+        reached = {support.module_file(other) for other in modules - {module}}
+        imported = {support.REPO / path for path in support.imported_files(module)}
         assert not (reached & imported), f"{module} imports another stage: {reached & imported}"
 
 
@@ -54,6 +41,6 @@ def test_the_import_reader_sees_imports_inside_functions_and_module_names_in_str
         "SPEC = importlib.util.find_spec('pipeline.inference.onnx_classifier')\n"
         "from pipeline.data.files import load_arrays\n"
     )
-    assert named_modules(source) >= {
+    assert support.named_modules(source) >= {
         "pipeline.reports.figures", "pipeline.inference.onnx_classifier", "pipeline.data.files",
     }  # fmt: skip

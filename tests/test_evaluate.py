@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-import mlflow
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from pipeline import evaluate
 from pipeline.gate import rule
-from pipeline.params import config
-from pipeline.runtime.processes import environment_without
 
-from .support import REPO, with_value
+from .support import REPO, environment, run, with_value
 
 
 def outputs_in(folder, raw: dict) -> dict:
@@ -83,42 +77,9 @@ def test_model_card_names_run_data_scores_and_figures(trained):
     assert "model_card.md" in logged
 
 
-def test_another_data_set_is_named_as_the_params_say(trained, tmp_path, monkeypatch):
-    """Pointed at another ten-class data set, nothing written claims MNIST or digits."""
-    raw = trained.params.model_dump(mode="json")
-    raw = with_value(raw, "data.name", "Fashion-MNIST")
-    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-             "Bag", "Ankle boot"]  # fmt: skip
-    raw = outputs_in(tmp_path, with_value(raw, "data.class_names", names))
-    monkeypatch.setenv("DVC_ROOT", str(trained.root))
-    evaluate.run(config.parse_params(raw))
-
-    card = (tmp_path / "card.md").read_text()
-    per_class = pd.read_csv(tmp_path / "per_class")
-    confusion = pd.read_csv(tmp_path / "confusion")
-    assert per_class["class"].tolist() == names
-    assert set(confusion["actual"]) == set(names)
-    assert "Fashion-MNIST" in card and "`Ankle boot`" in card
-    for claim in ("MNIST,", "MNIST images", "digit", "handwritten"):
-        assert claim not in card.replace("Fashion-MNIST", ""), claim
-    metrics = (
-        mlflow.MlflowClient(f"sqlite:///{trained.root / 'mlflow.db'}")
-        .get_run(trained.run_id)
-        .data.metrics
-    )
-    assert "test_f1/Ankle boot" in metrics
-
-
-def test_metric_keys_keep_only_characters_mlflow_accepts():
-    assert evaluate.metric_safe("T-shirt/top") == "T-shirt/top"
-    assert evaluate.metric_safe("a:b*c") == "a_b_c"
-    assert np.asarray([evaluate.metric_safe(str(i)) for i in range(3)]).tolist() == ["0", "1", "2"]
-
-
 EVALUATE_ALONE = """
 import json, sys
 from pipeline import evaluate
-from pipeline.gate import rule
 from pipeline.params import config
 metrics = evaluate.run(config.load_params(sys.argv[1]))
 heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
@@ -126,42 +87,25 @@ print(json.dumps({"heavy": heavy, "metrics": metrics}))
 """
 
 
-def test_evaluate_imports_no_tensorflow(trained, tmp_path):
-    raw = outputs_in(tmp_path, trained.params.model_dump(mode="json"))
-    (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
-    environment = environment_without("MLFLOW_", "DVC_")
-    result = subprocess.run(
-        [sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], cwd=REPO,
-        env=environment | {"DVC_ROOT": str(trained.root)}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    answer = json.loads(result.stdout.splitlines()[-1])
-    assert answer["heavy"] == []
-    assert answer["metrics"] == trained.metrics
-
-
-def test_a_run_from_another_store_stops_in_one_line_naming_both_and_the_fix(
-    trained, tmp_path, monkeypatch, capsys
+def test_evaluate_imports_no_tensorflow_and_names_another_data_set_as_the_params_say(
+    trained, tmp_path
 ):
-    """DVC restores train from its run cache whatever store trained it: pointed at another
-    store, evaluate stops before any work with one line, not a traceback from MLflow."""
-    raw = outputs_in(tmp_path, trained.params.model_dump(mode="json"))
-    handed = json.loads((trained.root / "models/mlflow_run.json").read_text())
-    origin = f"sqlite:///{(trained.root / 'mlflow.db').resolve()}"
-    assert handed["tracking_uri"] == origin  # train records the store it logged to
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(yaml.safe_dump(raw))
-    other = f"sqlite:///{tmp_path / 'team.db'}"
-    monkeypatch.setenv("DVC_ROOT", str(trained.root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-    with pytest.raises(SystemExit) as stop:
-        evaluate.main(["--params", str(params_path)])
-    line = str(stop.value.code)
-    assert line == (
-        f"error: {raw['paths']['run_info']} names MLflow run {trained.run_id}, a run of "
-        f"{origin}, which {other} lacks (DVC restored train's outputs from its run cache): "
-        f"run `dvc repro -f train` to train it again into this store, or set "
-        f"MLFLOW_TRACKING_URI={origin} to evaluate it there"
-    )
-    assert not (tmp_path / "metrics").exists()  # stopped before any work
+    """Pointed at another ten-class data set, nothing written claims MNIST or digits."""
+    raw = with_value(trained.params.model_dump(mode="json"), "data.name", "Fashion-MNIST")
+    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"]  # fmt: skip
+    raw = outputs_in(tmp_path, with_value(raw, "data.class_names", names))
+    (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
+    result = run([sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], REPO,
+                 env=environment(DVC_ROOT=str(trained.root)))  # fmt: skip
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer == {"heavy": [], "metrics": trained.metrics}
+    card = (tmp_path / "card.md").read_text()
+    assert pd.read_csv(tmp_path / "per_class")["class"].tolist() == names
+    assert set(pd.read_csv(tmp_path / "confusion")["actual"]) == set(names)
+    assert "Fashion-MNIST" in card and "`Ankle boot`" in card
+    for claim in ("MNIST,", "MNIST images", "digit", "handwritten"):
+        assert claim not in card.replace("Fashion-MNIST", ""), claim
+    assert "test_f1/Ankle boot" in trained.client().get_run(trained.run_id).data.metrics
+    assert evaluate.metric_safe("T-shirt/top") == "T-shirt/top"  # what MLflow accepts, kept
+    assert evaluate.metric_safe("a:b*c") == "a_b_c"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -124,32 +127,19 @@ def test_thread_counts_share_the_cores(monkeypatch, cores, changes, others, expe
     assert tf_runtime.thread_counts(settings(**changes), others=others) == expected
 
 
-def test_a_training_process_on_this_machine_is_found():
-    import subprocess
-    import sys
-
+def test_another_training_on_this_machine_is_found_and_a_wrapper_of_this_one_is_not():
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
                               "pipeline.train"])  # fmt: skip
     try:
-        # Popen returns once the child has begun exec; under load its command line can still
-        # be empty then, so look for a while.
+        # under load a child's command line can still be empty when Popen returns: look a while
         assert wait_until(lambda: other.pid in tf_runtime.other_trainings(), 10, interval=0.05)
     finally:
         other.kill()
         other.wait()
     assert other.pid not in tf_runtime.other_trainings()
-
-
-def test_a_wrapper_of_this_training_is_not_another_training():
-    import subprocess
-    import sys
-
-    # The parent's command line has the training's words (as `time python -m pipeline.train`
-    # has); the child, a training, must not count its own wrapper.
-    child = (
-        "import os, pipeline.training.tf_runtime as runtime; "
-        "print(os.getppid() in runtime.other_trainings())"
-    )
+    # the parent has the training's words (as `time python -m pipeline.train`); the child trains
+    child = ("import os, pipeline.training.tf_runtime as runtime; "
+             "print(os.getppid() in runtime.other_trainings())")  # fmt: skip
     wrapper = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     result = subprocess.run([sys.executable, "-c", wrapper, "-m", "pipeline.train"],
                             capture_output=True, text=True, check=True)  # fmt: skip

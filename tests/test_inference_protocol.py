@@ -84,18 +84,6 @@ def test_a_wrong_model_or_version_is_a_404_in_the_protocols_shape(client, traine
         assert raised.value.status() == "404" and "\n" not in raised.value.message()
 
 
-def raw_infer(server, name: str, body: bytes, header_length: int | None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/octet-stream"}
-    if header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(header_length)
-    request = urllib.request.Request(f"{server.url}/v2/models/{name}/infer", body, headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def header(shape, datatype="FP32", size=None, data=None) -> bytes:
     tensor = {"name": "images", "shape": shape, "datatype": datatype}
     tensor |= {"parameters": {"binary_data_size": size}} if size is not None else {"data": data}
@@ -122,7 +110,9 @@ def test_bad_infer_requests_get_a_400_with_one_line(server, trained, case):
     body, length = BAD[case]
     if isinstance(length, int) and length < 0:
         length = len(body) + length  # the header's own length
-    status, answer = raw_infer(server, trained.params.mlflow.registered_model, body, length)
+    url = f"{server.url}/v2/models/{trained.params.mlflow.registered_model}/infer"
+    sized = {} if length is None else {"Inference-Header-Content-Length": str(length)}
+    status, answer = post_json(url, body, "application/octet-stream", sized)
     assert status == 400, (status, answer)
     assert answer["error"] and "\n" not in answer["error"] and len(answer["error"]) < 300
     assert invocations(server, np.zeros((1, 28, 28), np.float32))[0] == 200

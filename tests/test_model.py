@@ -16,12 +16,13 @@ def model_params(**changes) -> config.ModelParams:
     return config.ModelParams(**(values | changes))
 
 
-def test_output_is_a_distribution_over_classes():
-    model = build_model(model_params())
+def test_output_is_a_distribution_from_one_lstm_and_one_dense_layer():
+    model = build_model(model_params(num_units=128))
     images = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
     probabilities = model.predict(images, verbose=0)
     assert probabilities.shape == (5, 10)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert model.count_params() == 4 * 128 * (28 + 128 + 1) + 128 * 10 + 10
 
 
 @pytest.mark.parametrize("forget_bias", [1.0, 0.0, 2.5])
@@ -31,13 +32,6 @@ def test_forget_gate_bias_starts_at_forget_bias(forget_bias):
     units = lstm.units
     assert np.all(bias[units : 2 * units] == forget_bias)
     assert np.all(bias[:units] == 0) and np.all(bias[2 * units :] == 0)
-
-
-def test_parameter_count_is_one_lstm_layer_and_one_dense_layer():
-    model = build_model(model_params(num_units=128))
-    lstm = 4 * 128 * (28 + 128 + 1)
-    dense = 128 * 10 + 10
-    assert model.count_params() == lstm + dense
 
 
 def test_rows_can_be_read_two_at_a_time():

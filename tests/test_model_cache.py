@@ -23,8 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def own_store(trained, tmp_path, monkeypatch):
-    """A copy of the trained pipeline's store (its artifacts stay where they are) and a repo
-    folder for the cache, so that moving the alias here leaves the shared fixture alone."""
+    """A copy of the trained store and a cache folder of this test's own."""
     database = copy_store(trained.root / "mlflow.db", tmp_path / "mlflow.db")
     use_store_at(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
@@ -39,12 +38,14 @@ def resolve(trained, caplog) -> str:
     return caplog.text
 
 
-def test_the_answer_is_reused_until_the_store_changes(trained, own_store, caplog):
+def test_the_answer_is_reused_until_the_store_or_the_copy_changes(trained, own_store, caplog):
     name = trained.params.mlflow.registered_model
     first = resolve(trained, caplog)
     assert f"{name}/1" in first and "unchanged" not in first
     again = resolve(trained, caplog)
     assert f"{name}/1" in again and "store unchanged" in again
+    shutil.rmtree(own_store.parent / model_cache.CACHE_DIR / "models")  # deleted by hand
+    assert "unchanged" not in resolve(trained, caplog)  # made again
     # a second version, made the champion as the UI or evaluate would: the next start sees it
     uri = f"sqlite:///{own_store}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -53,15 +54,6 @@ def test_the_answer_is_reused_until_the_store_changes(trained, own_store, caplog
     client.set_registered_model_alias(name, "champion", version)
     moved = resolve(trained, caplog)
     assert f"{name}/{version}" in moved and "unchanged" not in moved
-
-
-def test_a_copy_deleted_by_hand_is_made_again(trained, own_store, caplog):
-    resolve(trained, caplog)
-    shutil.rmtree(own_store.parent / model_cache.CACHE_DIR / "models")
-    assert "unchanged" not in resolve(trained, caplog)
-
-
-def test_a_missing_alias_is_one_line(trained, own_store):
     with pytest.raises(model_cache.ModelError, match="cannot load model models:/nope@champion"):
         model_cache.local_folder("models:/nope@champion", trained.params)
 
@@ -77,18 +69,8 @@ def test_a_server_store_has_no_state_and_a_sqlite_file_has_one(tmp_path):
     assert before and model_cache.store_state(f"sqlite:///{database}") != before
 
 
-def test_evaluate_leaves_the_champion_copied_for_the_servers(trained):
-    answers = json.loads((trained.root / model_cache.CACHE_DIR / model_cache.ANSWERS).read_text())
-    name = trained.params.mlflow.registered_model
-    champion = trained.client().get_model_version_by_alias(name, "champion").version
-    [answer] = [value for key, value in answers.items() if key.endswith(f"models:/{name}@champion")]
-    assert answer["pinned"] == f"models:/{name}/{champion}"
-    assert (Path(answer["path"]) / "MLmodel").is_file() and answer["state"]
-
-
 def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint(tmp_path):
-    """SQLite checkpoints when the last connection closes (the database file's modification
-    time changes, the log goes): after `settle` that changes nothing, and a write still does."""
+    """After `settle`, SQLite's checkpoint on the last close changes no recorded state."""
     database = tmp_path / "store.db"
     store = f"sqlite:///{database}"
     writer = sqlite3.connect(database)
@@ -108,8 +90,7 @@ def test_a_reader_closing_the_store_leaves_the_state_recorded_after_a_checkpoint
 
 
 def test_the_first_server_start_after_dvc_repro_asks_no_mlflow(tmp_path):
-    """evaluate leaves the champion's answer behind; nothing after it (the stage's exit, a
-    reader closing the store) makes the next `make serve` start MLflow."""
+    """After `dvc repro`, the next `make serve` resolves the champion without MLflow."""
     repo = tiny_repo(tmp_path)
     run(["dvc", "repro"], repo)
     with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as reader:  # as `make ui` would

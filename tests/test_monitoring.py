@@ -1,8 +1,4 @@
-"""Watching the served model: the prediction log, /metrics, a shadow, drift found by make monitor.
-
-Real servers on free ports, real ONNX models run by ONNX Runtime (softmax regressions built with
-onnx's helper: a server starts in a second and needs no training), real SQLite and MLflow.
-"""
+"""Watching the served model: the prediction log, /metrics, a shadow, make monitor's drift."""
 
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ import yaml
 
 from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.monitoring import drift, drift_report, monitor
-from pipeline.monitoring.prediction_log import PredictionLog, Scored, read_predictions
+from pipeline.monitoring.prediction_log import PredictionLog, Scored, images_of, read_predictions
 from pipeline.monitoring.reference import (
     ARTIFACT,
     ModelReference,
@@ -35,20 +31,7 @@ from pipeline.monitoring.statistics import STATISTICS, input_statistics
 from pipeline.params import tools
 from pipeline.runtime.processes import environment_without
 
-from .support import (
-    REPO,
-    client_for,
-    free_port,
-    linear_onnx,
-    post_json,
-    prometheus_samples,
-    running,
-    sample_total,
-    use_store_at,
-    wait_until,
-    wait_until_healthy,
-    write_params,
-)
+from . import support
 
 REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
 
@@ -57,8 +40,7 @@ REFERENCE_SEED = 100  # the windows' digits are drawn with other seeds
 
 
 def digits(count: int, seed: int) -> np.ndarray:
-    """Digit-like images float32 (count, 28, 28) in [0, 1]: two or three soft strokes each in
-    the central 16×16, as MNIST keeps its digits inside a 20×20 box."""
+    """Digit-like images (count, 28, 28) in [0, 1]: two or three soft strokes in the centre."""
     rng = np.random.default_rng(seed)
     ends = rng.uniform(6, 21, (count, 3, 2, 2))  # (image, stroke, end, row/col)
     width = rng.uniform(0.8, 1.6, (count, 3, 1, 1))
@@ -84,7 +66,7 @@ def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     rngs = {role: np.random.default_rng(seed) for seed, role in enumerate(("champion", "shadow"))}
-    return {role: linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
+    return {role: support.linear_onnx(folder / f"{role}.onnx", rng.normal(0, 0.05, (784, 10)),
                               rng.normal(0, 0.1, 10)) for role, rng in rngs.items()}  # fmt: skip
 
 
@@ -104,22 +86,20 @@ def reference(models) -> pd.DataFrame:
 @pytest.fixture
 def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.ToolParams:
     """Tiny params with the log, the reference and the report under tmp_path."""
-    use_store_at(store_root, monkeypatch)
+    support.use_store_at(store_root, monkeypatch)
     monitor_settings = raw_params["monitor"]
     monitor_settings |= {"min_predictions": 100}
     write_reference(reference, raw_params["paths"]["monitor_reference"])
-    write_params(raw_params, tmp_path / "params.yaml")
+    support.write_params(raw_params, tmp_path / "params.yaml")
     return tools.parse_params(raw_params)
 
 
 @pytest.fixture(scope="module")
 def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
-    """Two versions of the registered model in the module's store, as evaluate leaves them:
-    version 1's run carries the reference (the champion's digits), version 2's run none (a
-    version evaluated before references were logged)."""
+    """Two registered versions: the champion's run carries a reference, the other's none."""
     import mlflow
 
-    client = client_for(store_root)
+    client = support.client_for(store_root)
     name = f"monitored-{store_root.name}"
     client.create_registered_model(name)
     experiment = client.create_experiment(f"{name}-runs")
@@ -133,21 +113,22 @@ def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
         version = client.create_model_version(name, f"runs:/{run_id}/model", run_id).version
         uris[role] = f"models:/{name}/{version}"
         client.set_terminated(run_id)
-    mlflow.set_tracking_uri("")  # client_for set nothing global; this keeps it that way
+    mlflow.set_tracking_uri("")  # support.client_for set nothing global; this keeps it that way
     return uris
 
 
 def params_file(params: tools.ToolParams, tmp_path: Path, **monitor_settings) -> Path:
     raw = params.model_dump(mode="json")
     raw["monitor"] |= monitor_settings
-    return write_params(raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml")
+    return support.write_params(
+        raw, tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
+    )
 
 
 def log_directly(
     params: tools.ToolParams, model: Path, images: np.ndarray, name: str | None = None
 ) -> None:
-    """What a server logs for these images, written by the log's own writer; `name`: what the
-    log calls the model (a registered version's URI), the file by default."""
+    """What a server logs for `images`, named `name` (the file by default)."""
     settings = params.monitor
     writer = PredictionLog(settings.log_path, "serve", name or str(model), settings.log_max_bytes)
     for batch in np.array_split(images, 10):
@@ -157,11 +138,13 @@ def log_directly(
 
 def reaches(url: str, name: str, expected: float) -> bool:
     """Whether a server's /metrics total of `name` comes to `expected` within 30 s."""
-    return wait_until(lambda: sample_total(prometheus_samples(url), name) == expected, 30)
+    return support.wait_until(
+        lambda: support.sample_total(support.prometheus_samples(url), name) == expected, 30
+    )
 
 
 def invocations(url: str, images: np.ndarray) -> tuple[int, dict]:
-    return post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
+    return support.post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
 
 
 # --- what is measured of an image, and the reference ----------------------------------------
@@ -197,8 +180,7 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
 
 
 def test_drift_names_what_moved_and_only_that(params, reference, models):
-    """Digits moved right: their column centre drifted, not their row centre nor their ink (clean
-    and inverted windows: the make monitor test below)."""
+    """Digits moved right: the column centre drifted, not the row centre nor the ink."""
     log_directly(params, models["champion"], shifted(digits(500, seed=1), 4))
     window = read_predictions(params.monitor.log_path)
     verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
@@ -224,8 +206,7 @@ def test_a_difference_too_small_to_matter_is_no_drift_however_certain():
 def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
     params, models, registered, store_root, tmp_path, caplog
 ):
-    """As a user would: 300 clean images logged by the champion's version, `make monitor`;
-    300 inverted more, again. Each look names the version and the run its reference is from."""
+    """Clean images, then inverted ones: each look names the version and its reference's run."""
     argv = ["--params", str(tmp_path / "params.yaml"), "--since", "1h"]
     report = Path(params.monitor.report_dir) / "report.md"
     exits, pages = [], []
@@ -244,7 +225,7 @@ def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
     assert f"of served {registered['champion']}" in line and "its evaluate run" in line
     assert "600 predictions" in line and "ink" in line and "mean_intensity" in line
     assert (report.parent / "drift.png").is_file()
-    client = client_for(store_root)
+    client = support.client_for(store_root)
     experiment = client.get_experiment_by_name(f"{params.mlflow.experiment}-monitoring")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
     latest, before = runs[0].data, runs[1].data
@@ -261,9 +242,7 @@ def test_make_monitor_exits_0_on_clean_images_then_1_naming_what_moved(
 def test_each_version_is_judged_by_its_own_reference_and_one_without_gets_no_verdict(
     params, models, registered, caplog
 ):
-    """A window that mixes versions: the one with a reference is tested against it; the one
-    without is named, with no verdict, and never compared with the other's reference; a file
-    served by path has none either."""
+    """Versions in one window: each against its own reference; one without gets no verdict."""
     log_directly(params, models["champion"], 1 - digits(200, seed=7), registered["without"])
     log_directly(params, models["champion"], digits(300, seed=8), registered["champion"])
     log_directly(params, models["shadow"], 1 - digits(150, seed=9))
@@ -281,8 +260,8 @@ def test_each_version_is_judged_by_its_own_reference_and_one_without_gets_no_ver
     )
 
 
-def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
-    params, models, tmp_path
+def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log_or_a_bad_since(
+    params, models, tmp_path, capsys
 ):
     log_directly(params, models["champion"], digits(20, seed=4))
     verdict = monitor.run(params)
@@ -292,23 +271,20 @@ def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log(
     nowhere = params_file(params, tmp_path, log_path=str(tmp_path / "none.db"))
     with pytest.raises(monitor.LogError, match="no prediction log at .*none.db"):
         monitor.run(tools.load_params(nowhere))
+    with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
+        monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
+    assert stop.value.code == 2 and "duration" in capsys.readouterr().err
 
 
 def time_in(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
 
 
-def test_a_bad_since_is_refused_in_one_line(params, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
-        monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
-    assert stop.value.code == 2 and "duration" in capsys.readouterr().err
-
-
 # --- the servers ------------------------------------------------------------------------------
 
 
 def serve(params_path: Path, models: dict, log: Path, *args: str):
-    return running("pipeline.serving.serve",
+    return support.running("pipeline.serving.serve",
                    ["--params", str(params_path), "--model", str(models["champion"]), *args],
                    "/ping", log)  # fmt: skip
 
@@ -325,11 +301,14 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
             assert status == 200
             np.testing.assert_allclose(answer["predictions"], champion.predict(batch), atol=1e-6)
         assert reaches(server.url, "shadow_predictions_total", 100)  # scored off the request path
-        samples = prometheus_samples(server.url)
+        samples = support.prometheus_samples(server.url)
     predicted = champion.predict(images).argmax(axis=1)
     for label in range(10):
         expected = (predicted == label).sum()
-        assert sample_total(samples, "model_predictions_total", **{"class": str(label)}) == expected
+        assert (
+            support.sample_total(samples, "model_predictions_total", **{"class": str(label)})
+            == expected
+        )
     info = [dict(labels) for (name, labels), value in samples.items() if name == "model_info"]
     assert info == [{"model": str(models["champion"]), "version": str(models["champion"]),
                      "shadow": str(models["shadow"])}]  # fmt: skip
@@ -351,12 +330,12 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     path = params_file(params, tmp_path)
     image = digits(1, seed=6)
     expected = input_statistics(image)["ink"][0]
-    port = free_port()
+    port = support.free_port()
     with open(tmp_path / "killed.log", "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.serving.serve", "--params", str(path), "--model",
              str(models["champion"]), "--port", str(port)],
-            cwd=REPO, env=environment_without("MLFLOW_"), stdout=output, stderr=output,
+            cwd=support.REPO, env=environment_without("MLFLOW_"), stdout=output, stderr=output,
         )  # fmt: skip
     url, stop = f"http://127.0.0.1:{port}", threading.Event()
 
@@ -369,10 +348,10 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
 
     sender = threading.Thread(target=traffic)
     try:
-        wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
+        support.wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
         sender.start()
         logged = lambda: count_rows(params.monitor.log_path) >= 50  # noqa: E731
-        assert wait_until(logged, timeout=30)
+        assert support.wait_until(logged, timeout=30)
         process.send_signal(signal.SIGKILL)  # mid-traffic: requests in flight, rows queued
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -408,13 +387,16 @@ def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_pat
         for batch in np.array_split(digits(30, seed=8), 6):
             assert invocations(server.url, batch)[0] == 200
         assert reaches(server.url, "prediction_log_dropped_total", 30)
-        assert sample_total(prometheus_samples(server.url), "model_predictions_total") == 30
+        assert (
+            support.sample_total(support.prometheus_samples(server.url), "model_predictions_total")
+            == 30
+        )
     warnings = [line for line in (tmp_path / "server.log").read_text().splitlines()
                 if "cannot write" in line]  # fmt: skip
     assert len(warnings) == 1 and "a_file/predictions.db" in warnings[0], warnings
 
 
-def test_the_log_keeps_to_its_size_cap_dropping_the_oldest(tmp_path):
+def test_the_log_keeps_to_its_size_cap_dropping_the_oldest_and_pixels_only_when_asked(tmp_path):
     path, cap = tmp_path / "predictions.db", 65536
     writer = PredictionLog(path, "serve", "model.onnx", cap)
     images = digits(100, seed=10)
@@ -425,25 +407,16 @@ def test_the_log_keeps_to_its_size_cap_dropping_the_oldest(tmp_path):
     logged = read_predictions(path)
     assert 0 < len(logged) < 4000 and logged["id"].max() == 4000  # the newest are kept
     assert path.stat().st_size < 2 * cap
-
-
-def test_the_log_keeps_pixels_only_when_asked(tmp_path):
-    from pipeline.monitoring.prediction_log import images_of
-
-    images, probabilities = digits(4, seed=11), np.full((4, 10), 0.1, np.float32)
-    for keep in (False, True):
-        writer = PredictionLog(tmp_path / f"{keep}.db", "demo", "model.onnx", 10**6)
-        writer.write(Scored.of(images, probabilities, keep_pixels=keep))
-        writer.close()
-        logged = read_predictions(tmp_path / f"{keep}.db")
-        if keep:
-            np.testing.assert_allclose(images_of(logged["pixels"]), images, atol=0.5 / 255)
-        else:
-            assert logged["pixels"].isna().all()
+    assert logged["pixels"].isna().all()
+    writer = PredictionLog(tmp_path / "pixels.db", "demo", "model.onnx", 10**6)
+    writer.write(Scored.of(images[:4], probabilities[:4], keep_pixels=True))
+    writer.close()
+    kept = images_of(read_predictions(tmp_path / "pixels.db")["pixels"])
+    np.testing.assert_allclose(kept, images[:4], atol=0.5 / 255)
 
 
 def test_the_default_log_path_is_ignored_by_git_and_dvc():
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())["monitor"]
+    settings = yaml.safe_load((support.REPO / "params.yaml").read_text())["monitor"]
     folder = Path(settings["log_path"]).parts[0]
-    assert f"{folder}/" in (REPO / ".gitignore").read_text().split()
-    assert f"{folder}/" in (REPO / ".dvcignore").read_text().split()
+    assert f"{folder}/" in (support.REPO / ".gitignore").read_text().split()
+    assert f"{folder}/" in (support.REPO / ".dvcignore").read_text().split()

@@ -35,9 +35,6 @@ def test_a_busy_port_is_named_with_a_free_one_to_use_instead():
     )
     assert suggested != port and ports.is_free("127.0.0.1", suggested)
     ports.check_free("127.0.0.1", port, "make serve")  # free again once its listener is gone
-
-
-def test_a_port_that_cannot_be_a_port_is_one_line_too():
     with pytest.raises(ports.PortUnavailable, match="a port is a number from 1 to 65535"):
         ports.check_free("127.0.0.1", 70000, "make serve")
 

@@ -63,7 +63,9 @@ def test_real_digits_as_files_get_the_array_paths_labels(real_model, tmp_path):
     assert len(printed) == len(table) and printed[0].split("\t")[0].endswith("0000.png")
 
 
-def test_bad_files_get_one_line_each_and_the_rest_are_classified(real_model, tmp_path):
+def test_bad_files_and_a_missing_model_get_one_line_each_and_the_rest_are_classified(
+    real_model, tmp_path
+):
     (tmp_path / "garbage.png").write_bytes(b"not a picture at all")
     Image.new("L", (30, 30), 255).save(tmp_path / "blank.png")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 3)))
@@ -83,13 +85,9 @@ def test_bad_files_get_one_line_each_and_the_rest_are_classified(real_model, tmp
     classified = dict(line.split("\t")[:2] for line in result.stdout.strip().splitlines())
     assert set(classified) == {str(tmp_path / "good.npy"), str(tmp_path / "good.png")}
     assert classified[str(tmp_path / "good.npy")] == str(real_model.predicted[0])
-
-
-def test_a_missing_model_is_one_line(tmp_path):
-    np.save(tmp_path / "x.npy", np.zeros((28, 28), np.float32))
-    result = predict(str(tmp_path / "x.npy"), "--model", str(tmp_path / "absent.onnx"))
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot load model")
+    missing = predict(str(tmp_path / "good.npy"), "--model", str(tmp_path / "absent.onnx"))
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: cannot load model")
 
 
 @pytest.mark.parametrize("model", ["mnist-lstm@champion", "mnist-lstm/3"])

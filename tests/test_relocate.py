@@ -19,11 +19,7 @@ from .support import copy_store, use_store_at
 
 @pytest.fixture
 def moved(trained, tmp_path, monkeypatch):
-    """A repo with a store, moved: nothing is left where its store points.
-
-    The shared trained repo is copied and its store pointed at the copy first (a copy's store
-    still points at the original, which exists), then the copy is moved.
-    """
+    """The trained repo copied, relocated, then moved: nothing left where its store points."""
     before = tmp_path / "before"
     shutil.copytree(trained.root, before, ignore=shutil.ignore_patterns("mlflow.db*"))
     copy_store(trained.root / "mlflow.db", before / "mlflow.db")
@@ -31,16 +27,6 @@ def moved(trained, tmp_path, monkeypatch):
     relocate.relocate(tmp_path / "before" / "mlflow.db", trained.params.mlflow, tmp_path / "before")
     shutil.move(tmp_path / "before", tmp_path / "after")
     return use_store_at(tmp_path / "after", monkeypatch)
-
-
-def load_first_version(root, monkeypatch):
-    """Through the environment, which monkeypatch restores: no store leaks into later tests."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model("models:/mnist-lstm/1")
 
 
 def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained):
@@ -57,7 +43,10 @@ def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(
     assert result.returncode == 0, result.stderr
     assert "model_versions.storage_location: 1 rows" in result.stderr
     tracking.use_store(trained.params.mlflow, moved)  # no longer refused
-    model = load_first_version(moved, monkeypatch)
+    uri = f"sqlite:///{moved / 'mlflow.db'}"  # set through monkeypatch: restored afterwards
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, uri)
+    model = mlflow.pyfunc.load_model("models:/mnist-lstm/1")
     images = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
     assert model.predict(images).shape == (3, trained.params.model.n_classes)
     run = mlflow.MlflowClient().get_run(trained.run_id)

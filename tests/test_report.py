@@ -1,5 +1,4 @@
-"""`make report`: a change reviewed against a base revision, in a real git + DVC repo with two
-reproduced commits on the tiny pipeline, their MLflow runs in its store."""
+"""`make report` in a real git + DVC repo with reproduced commits and their MLflow runs."""
 
 from __future__ import annotations
 
@@ -38,8 +37,7 @@ def set_param(repo: Path, key: str, value: object) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """Three commits: the tiny params never reproduced, then reproduced (6 iterations), then 9
-    iterations reproduced; the workspace is the last."""
+    """Commits: tiny params never reproduced, reproduced (6 iterations), 9 reproduced."""
     repo = tiny_repo(tmp_path_factory.mktemp("report"))
     run(["dvc", "repro"], repo)
     commit(repo, "6 iterations, reproduced")
@@ -94,8 +92,7 @@ def run_id_of(repo: Path, revision: str) -> str:
 
 @pytest.fixture(scope="module")
 def reviewed(repo, tmp_path_factory) -> tuple[str, Path]:
-    """HEAD~1 (6 iterations) against HEAD (9), HEAD~1's run without the gate's verdict (as a run
-    from before the gate): the Markdown and a copy of its folder."""
+    """HEAD~1 against HEAD, HEAD~1's run without a gate verdict: the Markdown, its folder."""
     client, base = client_for(repo), run_id_of(repo, "HEAD~1")
     for tag in set(report.VERDICT_TAGS) & set(client.get_run(base).data.tags):
         client.delete_tag(base, tag)
@@ -106,27 +103,17 @@ def reviewed(repo, tmp_path_factory) -> tuple[str, Path]:
 
 
 @pytest.mark.heavy
-def test_the_tables_are_dvcs_diffs_of_the_two_revisions(reviewed):
-    markdown, _ = reviewed
+def test_dvcs_diffs_the_figures_and_both_runs_with_their_verdicts(repo, reviewed):
+    markdown, folder = reviewed
     assert row(markdown, "train.iterations")[2:] == ["6", "9"]
     assert "train.learning_rate" not in markdown  # only what differs
     assert row(markdown, "Metric")[2:4] == ["HEAD~1", "HEAD"]
     assert "test_accuracy" in markdown.split("## Metrics")[1].split("##")[0]
-
-
-@pytest.mark.heavy
-def test_the_images_it_references_exist_and_decode(reviewed):
-    markdown, folder = reviewed
     names = IMAGE.findall(markdown)
     assert {"curves.png", "confusion_change.png"} <= set(names)
     for name in names:
         pixels = image.imread(folder / name)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
-
-
-@pytest.mark.heavy
-def test_both_runs_are_linked_with_their_verdicts(repo, reviewed):
-    markdown, _ = reviewed
     client = client_for(repo)
     for revision, role in (("HEAD~1", "Base"), ("HEAD", "Target")):
         found = client.get_run(run_id_of(repo, revision))
@@ -229,8 +216,7 @@ def test_a_workspace_whose_params_were_not_reproduced_says_so(repo, monkeypatch)
 
 @pytest.fixture(scope="module")
 def experiment(repo) -> str:
-    """An experiment of HEAD with `train.iterations: 3`, saved without training: `dvc exp save`
-    keeps the workspace's outputs (HEAD's) and records the params in its dvc.lock."""
+    """An experiment of HEAD at `train.iterations: 3`, saved without training."""
     original = (repo / "params.yaml").read_text()
     set_param(repo, "train.iterations", 3)
     try:
@@ -241,14 +227,10 @@ def experiment(repo) -> str:
 
 
 @pytest.mark.heavy
-def test_an_experiment_by_name(repo, experiment, monkeypatch):
+def test_an_experiment_by_name_and_best_by_the_selection_metric(repo, experiment, monkeypatch):
     markdown = make_report(repo, "HEAD", experiment, monkeypatch)
     assert markdown.startswith("# Review: experiment `short` (`")
     assert row(markdown, "train.iterations")[2:] == ["9", "3"]
-
-
-@pytest.mark.heavy
-def test_best_is_the_experiment_with_the_best_selection_metric(repo, experiment, monkeypatch):
     metric = tools.load_params(repo / "params.yaml").tune.metric  # what make tune chooses by
     best = make_report(repo, "HEAD", "best", monkeypatch)
     assert best.startswith("# Review: experiment `short`")
@@ -369,9 +351,7 @@ def lineage_of(repo: Path, revision: str, cpu: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def elsewhere(tmp_path_factory) -> tuple[Path, str]:
-    """HEAD: a record committed from another machine (no run record, no history here); in the
-    store, this machine's rerun of HEAD at its params; the workspace: a learning rate changed,
-    its outputs on disk and its run. Returns the repo and the rerun's id."""
+    """HEAD's record made elsewhere, a rerun of it here, a changed workspace: repo, rerun id."""
     repo = tiny_repo(tmp_path_factory.mktemp("elsewhere"))
     write_record(repo, RECORDED, CONFUSION, f1=0.97)
     commit(repo, "the record, made on the committing machine")
@@ -404,8 +384,7 @@ def test_a_base_whose_run_is_elsewhere_names_the_rerun_of_its_commit(elsewhere, 
 
 
 def test_a_base_without_its_run_record_is_matched_to_its_run_by_metrics(elsewhere, monkeypatch):
-    """The record's own run (same params, the record's metrics) is in the store, as on a team
-    server: that run is the base's, and its curves are that run's metric history."""
+    """The record's own run in the store (as on a team server) is found by params and metrics."""
     repo, _ = elsewhere
     parent = lineage_of(repo, "HEAD~1", "Committing CPU") | {
         "params_sha256": lineage_of(repo, "HEAD", "")["params_sha256"]

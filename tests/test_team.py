@@ -1,11 +1,4 @@
-"""Team mode end to end: two clones, a real PostgreSQL, a real `mlflow server`, DVC remotes.
-
-Clone A trains against the server and shares through a bare git `origin` and a DVC remote;
-clone B pulls, reproduces nothing and opens A's run and champion on the server. Then the
-failures: the server lost mid-training, an unreachable remote, a restart of the server and
-PostgreSQL, two clones training at once, and basic auth. Every process started here is
-stopped by its pid, through `python -m pipeline.team.server stop` or directly.
-"""
+"""Team mode end to end: two clones, a real PostgreSQL and `mlflow server`, DVC remotes."""
 
 from __future__ import annotations
 
@@ -62,6 +55,12 @@ class Team:
         command = [sys.executable, "-m", "pipeline.team.server", action, *options]
         return run(command, repo, env=environment(**env))
 
+    def client(self):
+        """An MLflow client of the server, tracking and registry named (never the process's)."""
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+
     def clone(self, name: str) -> Path:
         run(["git", "clone", "-q", "-b", "main", str(self.origin), name], self.base)
         repo = self.base / name
@@ -81,12 +80,6 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> dict:
         headers={"Content-Type": "application/json", **(headers or {})},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def get(url: str, path: str, **query: str) -> dict:
-    address = f"{url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(address, timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -129,8 +122,7 @@ def team(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared(team):
-    """A after `dvc repro` against the server, `dvc push`, and a git push; B cloned from it and
-    `dvc pull`ed (each test may run alone: the heavy tier runs without the first)."""
+    """A reproduced against the server and pushed; B cloned and pulled."""
     a = team.base / "a"
     run(["dvc", "repro"], a, env=team.env())
     pushed = run(["dvc", "push"], a)
@@ -151,10 +143,9 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
         assert sha256(b / output) == sha256(a / output), output
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]
-    found = post(team.url, "runs/search", {"experiment_ids": ["1"], "max_results": 50})["runs"]
-    by_id = {found_run["info"]["run_id"]: found_run for found_run in found}
-    assert run_id in by_id and by_id[run_id]["info"]["artifact_uri"].startswith("mlflow-artifacts:")
-    metrics = {m["key"]: m["value"] for m in by_id[run_id]["data"]["metrics"]}
+    found = team.client().get_run(run_id)
+    assert found.info.artifact_uri.startswith("mlflow-artifacts:")
+    metrics = found.data.metrics
     accuracy = json.loads((b / "reports/metrics.json").read_text())["test_accuracy"]
     assert metrics["test_accuracy"] == pytest.approx(accuracy)
     code = (f"import mlflow, numpy as np; c = mlflow.MlflowClient()\n"
@@ -167,13 +158,9 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
 
 def scores_on(team: Team) -> dict[int, float]:
     """Each registered version's validation accuracy, as the server has them."""
-    scores, versions = {}, get(team.url, "model-versions/search", filter=f"name='{MODEL}'")
-    for version in versions["model_versions"]:
-        found = post(team.url, "runs/search", {"experiment_ids": ["1"],
-                     "filter": f"attributes.run_id = '{version['run_id']}'"})["runs"]  # fmt: skip
-        metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
-        scores[int(version["version"])] = metrics["validation_accuracy"]
-    return scores
+    client = team.client()
+    return {int(version.version): client.get_run(version.run_id).data.metrics["validation_accuracy"]
+            for version in client.search_model_versions(f"name='{MODEL}'")}  # fmt: skip
 
 
 @pytest.mark.heavy
@@ -197,8 +184,8 @@ def test_two_clones_training_at_once_both_land_and_the_champion_is_the_best(team
     reset(a)
     reset(b)
     assert len(scores) == len(before) + 2  # one experiment from each clone
-    champion = get(team.url, "registered-models/alias", name=MODEL, alias="champion")
-    assert scores[int(champion["model_version"]["version"])] == max(scores.values()), scores
+    champion = team.client().get_model_version_by_alias(MODEL, "champion").version
+    assert scores[int(champion)] == max(scores.values()), scores
 
 
 @pytest.mark.heavy
@@ -220,9 +207,7 @@ def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
     run(["dvc", "exp", "apply", "pushed"], b)
     assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.03
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]  # from the cache
-    query = {"experiment_ids": ["1"], "filter": f"attributes.run_id = '{run_id}'"}
-    tags = post(team.url, "runs/search", query)["runs"][0]["data"]["tags"]
-    assert {"key": "dvc.exp_name", "value": "pushed"} in tags
+    assert team.client().get_run(run_id).data.tags["dvc.exp_name"] == "pushed"
     reset(b)
 
 
@@ -230,9 +215,7 @@ def champion_files(team: Team) -> dict[str, str]:
     """The champion model's files, downloaded through the server: name → sha256."""
     import mlflow
 
-    # The registry named explicitly: a `models:/` URI would resolve in whatever registry an
-    # earlier test in this process set as MLflow's default.
-    client = mlflow.MlflowClient(tracking_uri=team.url, registry_uri=team.url)
+    client = team.client()
     version = client.get_model_version_by_alias(MODEL, "champion").version
     folder = Path(mlflow.artifacts.download_artifacts(
         artifact_uri=client.get_model_version_download_uri(MODEL, version),
@@ -248,18 +231,14 @@ def server_pid(team: Team) -> int:
 
 def everything(team: Team, run_id: str) -> dict:
     """Every run with its metrics, every model version, and one run's model card."""
-    runs = post(team.url, "runs/search", {"experiment_ids": ["1"], "max_results": 100})["runs"]
-    versions = get(team.url, "model-versions/search", filter=f"name='{MODEL}'")["model_versions"]
-    card = f"{team.url}/get-artifact?path=model_card.md&run_uuid={run_id}"
+    client, card = team.client(), f"{team.url}/get-artifact?path=model_card.md&run_uuid={run_id}"
     with urllib.request.urlopen(card, timeout=30) as response:
         card_bytes = response.read()
-    return {
-        "runs": sorted((r["info"]["run_id"], r["info"]["status"],
-                        sorted((m["key"], m["value"]) for m in r["data"]["metrics"]))
-                       for r in runs),
-        "versions": sorted((v["version"], v["run_id"], v["source"]) for v in versions),
-        "card": card_bytes,
-    }  # fmt: skip
+    return {"runs": sorted((r.info.run_id, r.info.status, sorted(r.data.metrics.items()))
+                           for r in client.search_runs(["1"], max_results=100)),
+            "versions": sorted((v.version, v.run_id, v.source)
+                               for v in client.search_model_versions(f"name='{MODEL}'")),
+            "card": card_bytes}  # fmt: skip
 
 
 @pytest.mark.heavy

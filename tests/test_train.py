@@ -10,12 +10,12 @@ import urllib.parse
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 
 from pipeline import train
-from pipeline.data.files import read_json
+from pipeline.data.files import read_json, sha256_file
+from pipeline.inference.integrity import HASH_TAG
 from pipeline.params import config
 from pipeline.tracking import lineage
 from pipeline.training import onnx_export, tf_runtime
@@ -60,43 +60,23 @@ def test_train_logs_one_complete_run(trained):
     assert read_json(logged) == lineage.stage_params(params)  # the exact params, types and all
     assert config.parse_params(read_json(logged)).train == params.train
 
+    times = [run.data.metrics[train.TIME_METRICS[name]] for name in ("training", "validation")]
+    assert all(seconds > 0 for seconds in times), times
     # the store lives at the repo root (DVC_ROOT), artifacts beside it
     assert (root / "mlflow.db").is_file()
     assert client.get_experiment(run.info.experiment_id).artifact_location.startswith(
         (root / "mlartifacts").as_uri()
     )
-
-
-def test_registered_model_predicts_like_the_saved_keras_model_and_prints_nothing(trained, capfd):
-    mlflow.set_registry_uri(f"sqlite:///{trained.root / 'mlflow.db'}")
-    name = trained.params.mlflow.registered_model
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/1")
-    keras_model = keras.saving.load_model(trained.root / "models/model.keras")
-    images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
-    capfd.readouterr()
-    predictions = np.asarray(pyfunc.predict(images))
-    printed = capfd.readouterr()
-    assert printed.out == "" and printed.err == ""  # no progress bar, per request, in a server log
-    assert predictions.shape == (4, 10)
-    np.testing.assert_allclose(predictions, keras_model.predict_on_batch(images),
-                               atol=onnx_export.TOLERANCE)  # fmt: skip
-    assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28)
-    assert pyfunc.metadata.saved_input_example_info["type"] == "ndarray"
-
-
-def test_the_registered_model_is_the_checked_onnx_export_and_names_no_tensorflow(trained):
-    client = trained.client()
-    run = client.get_run(trained.run_id)
+    # the registered model is the checked ONNX export, its hash on the run and the version
     assert float(run.data.tags["onnx.largest_difference"]) <= onnx_export.TOLERANCE
-    assert (trained.root / "models/model.onnx").is_file()
-    model_uri = read_json(trained.root / "models/mlflow_run.json")["model_uri"]
-    logged = client.get_logged_model(model_uri.removeprefix("models:/"))
-    folder = urllib.parse.urlparse(logged.artifact_location).path  # a file: URI in this store
-    requirements = (Path(folder) / "requirements.txt").read_text()
+    onnx_hash = sha256_file(root / params.paths.onnx_model)
+    version = client.get_model_version(params.mlflow.registered_model, "1")
+    assert run.data.tags[HASH_TAG] == version.tags[HASH_TAG] == onnx_hash
+    logged = client.get_logged_model(run_info["model_uri"].removeprefix("models:/"))
+    folder = Path(urllib.parse.urlparse(logged.artifact_location).path)  # a file: URI here
+    requirements = (folder / "requirements.txt").read_text()
     assert "onnxruntime==" in requirements and "tensorflow" not in requirements
-    assert (Path(folder) / "artifacts/model.onnx").read_bytes() == (
-        trained.root / "models/model.onnx"
-    ).read_bytes()
+    assert sha256_file(folder / "artifacts/model.onnx") == onnx_hash
     # the Keras network stays one call away, logged with the run
     keras_files = {item.path for item in client.list_artifacts(trained.run_id, "keras")}
     assert keras_files == {"keras/model.keras"}
@@ -107,30 +87,30 @@ import json, sys
 import mlflow, numpy as np
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-probabilities = model.predict(np.full((2, 28, 28), 0.5, np.float32))
+images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+print("predicting", file=sys.stderr, flush=True)
+probabilities = model.predict(images)  # prints nothing: no progress bar in a server's log
 heavy = sorted(name for name in ("tensorflow", "keras", "tf2onnx") if name in sys.modules)
 code = sys.modules["onnx_network"].__file__  # the network code logged with the model
-print(json.dumps({"heavy": heavy, "shape": list(np.shape(probabilities)),
+inputs = model.metadata.get_input_schema().inputs[0].shape
+print(json.dumps({"heavy": heavy, "probabilities": probabilities.tolist(), "input": inputs,
+                  "example": model.metadata.saved_input_example_info["type"],
                   "logged_code": code.endswith("/code/onnx_network.py")}))
 """
 
 
-def test_loading_and_predicting_the_champion_imports_no_tensorflow(trained):
+def test_the_champion_loads_and_predicts_as_keras_without_tensorflow_and_prints_nothing(trained):
     uri = f"sqlite:///{trained.root / 'mlflow.db'}"
     champion = f"models:/{trained.params.mlflow.registered_model}@champion"
     result = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, uri, champion], cwd=REPO,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {
-        "heavy": [],
-        "shape": [2, 10],
-        "logged_code": True,
-    }
-
-
-def test_the_training_run_logs_its_time_in_steps_and_in_validation(trained):
-    from pipeline.train import TIME_METRICS
-
-    logged = trained.client().get_run(trained.run_id).data.metrics
-    times = [logged[TIME_METRICS[name]] for name in ("training", "validation")]
-    assert all(seconds > 0 for seconds in times), times
+    [printed] = result.stdout.splitlines()
+    assert result.stderr.endswith("predicting\n"), result.stderr
+    answer = json.loads(printed)
+    assert answer.pop("heavy") == [] and answer.pop("logged_code")
+    assert answer.pop("input") == [-1, 28, 28] and answer.pop("example") == "ndarray"
+    images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    keras_model = keras.saving.load_model(trained.root / "models/model.keras")
+    np.testing.assert_allclose(answer["probabilities"], keras_model.predict_on_batch(images),
+                               atol=onnx_export.TOLERANCE)  # fmt: skip

@@ -1,9 +1,4 @@
-"""`python -m pipeline.search.tune` end to end: workers, one study in a real PostgreSQL.
-
-A command of two workers is stopped mid-trial (SIGTERM, as `kill` sends) and two more commands
-finish the study; the budget is spent with no point run twice, every completed trial is a DVC
-experiment and an MLflow run of its own point, and the best one applies.
-"""
+"""`python -m pipeline.search.tune` end to end: workers stopped and started, one study."""
 
 from __future__ import annotations
 
@@ -25,7 +20,15 @@ from optuna.trial import TrialState
 from pipeline.runtime import processes
 from pipeline.team import postgres
 
-from .support import environment, free_port, postgres_missing, run, tiny_repo, wait_until
+from .support import (
+    clone_state,
+    environment,
+    free_port,
+    postgres_missing,
+    run,
+    tiny_repo,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,8 +87,7 @@ def wait_for_running_trial(study, worker: subprocess.Popen, timeout: float = 300
 
 
 def trial_processes(number: int | None = None) -> list[int]:
-    """The pids of processes (dvc, the stages) working on trial `number` of the study (on any
-    of its trials: None)."""
+    """The pids working on trial `number` of the study (any trial: None)."""
     marks = {"PIPELINE_OPTUNA_STUDY": STUDY}
     if number is not None:
         marks["PIPELINE_OPTUNA_TRIAL"] = str(number)
@@ -95,11 +97,6 @@ def trial_processes(number: int | None = None) -> list[int]:
         return all(found.get(key) == value for key, value in marks.items())
 
     return processes.processes(matching)
-
-
-def clone_state(repo: Path) -> str:
-    """The clone's branch, commit and changes to tracked files."""
-    return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
 def test_workers_stopped_and_started_spend_the_budget_once_each_point_and_the_best_applies(

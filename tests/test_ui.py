@@ -10,15 +10,7 @@ import pytest
 from pipeline.tools import ui as ui_tool
 from pipeline.tools.ui import HEADLINE_METRICS
 
-from .support import (
-    browser,
-    client_for,
-    command_line,
-    descendants,
-    running,
-    wait_until,
-    write_params,
-)
+from . import support
 
 pytestmark = pytest.mark.slow
 LINK = re.compile(
@@ -31,32 +23,29 @@ LINK = re.compile(
 def ui(trained, tmp_path_factory):
     """`python -m pipeline.tools.ui` on the tiny trained store; its link, processes and run."""
     folder = tmp_path_factory.mktemp("ui")
-    params = write_params(trained.params.model_dump(mode="json"), folder / "params.yaml")
+    params = support.write_params(trained.params.model_dump(mode="json"), folder / "params.yaml")
     log = folder / "ui.log"
-    with running("pipeline.tools.ui", ["--params", str(params)], "/health", log,
+    with support.running("pipeline.tools.ui", ["--params", str(params)], "/health", log,
                  {"DVC_ROOT": str(trained.root)}) as server:  # fmt: skip
         link = LINK.search(log.read_text())
         assert link, log.read_text()
-        processes = descendants(server.pid)
+        processes = support.descendants(server.pid)
         yield {"link": link.group(0), "experiment_id": link.group(1), "url": server.url,
                "processes": processes}  # fmt: skip
-    # stopped by SIGTERM (running() checks its exit): nothing it started is left behind
-    left = lambda: [line for line in map(command_line, processes) if line]  # noqa: E731
-    assert wait_until(lambda: not left(), timeout=20), left()
+    # stopped by SIGTERM (support.running() checks its exit): nothing it started is left behind
+    left = lambda: [line for line in map(support.command_line, processes) if line]  # noqa: E731
+    assert support.wait_until(lambda: not left(), timeout=20), left()
 
 
-def test_the_ui_starts_no_genai_job_workers(ui):
-    lines = [command_line(pid) for pid in ui["processes"]]
-    assert lines and not [line for line in lines if "huey" in line], lines
-
-
-def test_the_link_opens_the_training_runs_with_the_run_and_its_accuracy_listed(ui, trained):
+def test_no_genai_workers_and_the_link_opens_the_runs_with_the_run_and_its_accuracy(ui, trained):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    lines = [support.command_line(pid) for pid in ui["processes"]]
+    assert lines and not [line for line in lines if "huey" in line], lines  # MLflow's job workers
     run_name = trained.client().get_run(trained.run_id).info.run_name
-    driver = browser("2400,1000")  # wide: the table draws only the columns in sight
+    driver = support.browser("2400,1000")  # wide: the table draws only the columns in sight
     try:
         driver.get(ui["link"])
         WebDriverWait(driver, 90).until(lambda page: run_name in page.page_source)
@@ -70,7 +59,7 @@ def test_the_link_opens_the_training_runs_with_the_run_and_its_accuracy_listed(u
         driver.quit()
 
 
-def test_the_view_shows_the_params_that_differ_between_runs_then_the_headline_metrics():
+def test_the_view_shows_the_params_that_differ_then_the_headline_metrics_in_a_tag(tmp_path):
     runs = [
         {"seed": "42", "train.learning_rate": "0.001", "model.num_units": "128"},
         {"seed": "42", "train.learning_rate": "0.002", "model.num_units": "128"},
@@ -85,10 +74,7 @@ def test_the_view_shows_the_params_that_differ_between_runs_then_the_headline_me
         "metrics.`test_accuracy`",
         "metrics.`validation_accuracy`",
     ]
-
-
-def test_the_view_is_an_experiment_tag_that_each_start_rewrites(tmp_path):
-    client = client_for(tmp_path)  # this store only, never the process's default one
+    client = support.client_for(tmp_path)  # this store only, never the process's default one
     experiment = client.create_experiment("runs", (tmp_path / "artifacts").as_uri())
     for rate in ("0.001", "0.002"):
         run = client.create_run(experiment)
