@@ -279,12 +279,14 @@ def post_json(
 
 
 def logged_by(app: str, path: str | Path, since: float) -> list:
-    """The prediction log's rows of `app` since `since` (none before its first batch)."""
-    from pipeline.monitoring.prediction_log import read_predictions
+    """The prediction log's rows of `app` since `since` (none before its first batch, nor while
+    its writer has made the file but not yet its table)."""
+    from pipeline.monitoring.prediction_log import LogError, read_predictions
 
-    if not Path(path).is_file():
+    try:
+        rows = read_predictions(path, since=since)
+    except LogError:
         return []
-    rows = read_predictions(path, since=since)
     return rows[rows["app"] == app]
 
 

@@ -1,4 +1,5 @@
-"""make serve follows the champion: a promotion under load served in time, no request failed."""
+"""make serve and make demo follow the champion: a promotion under load served in time, no
+request failed; a server on a version stays."""
 
 from __future__ import annotations
 
@@ -91,3 +92,33 @@ def test_a_server_on_a_fixed_version_never_moves(trained, tmp_path):
         client.set_registered_model_alias(name, "champion", second)
         time.sleep(3 * FOLLOW_SECONDS)
         assert serving(server.url) == f"models:/{name}/{first.version}"
+
+
+def test_the_demo_follows_its_alias_too(trained, real_model, tmp_path):
+    from .test_demo import png_data_url
+
+    name = trained.params.mlflow.registered_model
+    client = support.own_store(trained, tmp_path)
+    first = client.get_model_version_by_alias(name, "champion")
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
+    raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")
+    params = support.write_params(raw, tmp_path / "params.yaml")
+    body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
+    with support.running("pipeline.serving.demo", ["--params", str(params)], "/health",
+                         tmp_path / "demo.log", {"DVC_ROOT": str(tmp_path)}) as demo:  # fmt: skip
+        second = client.create_model_version(name, first.source, first.run_id).version
+        client.set_registered_model_alias(name, "champion", second)
+
+        def on_second() -> bool:
+            samples = support.prometheus_samples(demo.url)
+            return (
+                support.sample_total(samples, "model_info", version=f"models:/{name}/{second}") == 1
+            )
+
+        assert support.wait_until(on_second, timeout=30), (tmp_path / "demo.log").read_text()
+        started = time.time()
+        assert support.post_json(demo.url + "/api/classify", body)[0] == 200
+        log = tmp_path / "predictions.db"
+        assert support.wait_until(lambda: len(support.logged_by("demo", log, started)), 30)
+    assert support.logged_by("demo", log, started)["model"].tolist() == [f"models:/{name}/{second}"]

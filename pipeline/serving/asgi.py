@@ -182,6 +182,13 @@ class Monitoring:
 
         return scored
 
+    def shed(self, error: Exception) -> Response:
+        """A request refused for load (batching.Overloaded): counted, a 503 to retry later."""
+        self.metrics.shed.inc()
+        response = error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
+        response.headers["Retry-After"] = "1"
+        return response
+
     def app(self, routes: list[BaseRoute], hot: dict[str, Endpoint] | None = None) -> Starlette:
         """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes;
         when it stops, the log and the shadow finish their queues."""

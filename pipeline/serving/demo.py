@@ -6,7 +6,8 @@ GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,...
 {"classes": [{"label", "probability"}, ...]}, best first, preprocessed as `make predict` does.
 Decoding and scoring run on worker threads, so the page and /health answer meanwhile; an image
 over `serve.max_image_pixels` is refused from its header. GET /metrics, the prediction log and
-`--shadow` as in `make serve`. Bound to 127.0.0.1 unless told otherwise.
+`--shadow` as in `make serve`; started on an alias, it follows it as `make serve` does. Bound
+to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.routing import Route
 
 import pipeline.params.tools as tools
 from pipeline.runtime import cli
-from pipeline.serving import asgi, images, loader, serve
+from pipeline.serving import asgi, batching, following, images, loader, serve
 from pipeline.serving.asgi import BadRequest
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,18 @@ def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
     return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
 
 
-def classify_body(
-    body: bytes, predict: loader.Predict, class_names: list[str], max_pixels: int
-) -> JSONResponse:
-    """A request body → `{"classes": the top classes}`; BadRequest names what is wrong with it."""
-    payload = asgi.json_body(body)
-    model_input = decode(payload, max_pixels)
-    return JSONResponse({"classes": ranked(predict(model_input[np.newaxis])[0], class_names)})
+def picture(body: bytes, max_pixels: int) -> np.ndarray:
+    """A request body → the model's input, (1, 28, 28); BadRequest names what is wrong."""
+    return decode(asgi.json_body(body), max_pixels)[np.newaxis]
 
 
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The page and its endpoint around `model`, with `shadow` scored beside it."""
-    _, monitoring, predict = asgi.monitored("demo", model, params, shadow)
+    """The page and its endpoint around `model`, with `shadow` scored beside it; the model is
+    scored through the batcher, which follows the alias as `make serve` does."""
+    served, monitoring, predict = asgi.monitored("demo", model, params, shadow)
+    batcher = following.batcher_for(served, monitoring, predict, params)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     page = PAGE.read_text()
     threads = asgi.WorkerThreads()
@@ -80,8 +79,15 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def classify(request: Request) -> Response:
-        body = await request.body()
-        return await threads.respond(classify_body, body, predict, class_names, max_pixels)
+        try:
+            with batcher.admitted():
+                images = await threads.run(picture, await request.body(), max_pixels)
+                probabilities, _ = await batcher.score(images)
+        except BadRequest as problem:
+            return problem.response()
+        except batching.Overloaded as error:
+            return monitoring.shed(error)
+        return JSONResponse({"classes": ranked(probabilities[0], class_names)})
 
     return monitoring.app(
         routes=[

@@ -82,3 +82,16 @@ def keep_following(
 
     served = batcher.model.served
     return lambda: follow(served, params, params.serve.follow_seconds, move)
+
+
+def batcher_for(
+    served: Served, monitoring: Monitoring, predict: loader.Predict, params: config.Params
+) -> batching.Batcher:
+    """A server's one batcher (serve.* settings), which follows the alias if it is on one."""
+    settings = params.serve
+    batcher = batching.Batcher(batching.Model(served, predict), settings.batch_wait_ms,
+                               settings.max_batch, settings.max_pending)  # fmt: skip
+    monitoring.closing.append(batcher.close)
+    if settings.follow_seconds and follows(served):
+        monitoring.background.append(keep_following(batcher, monitoring, params))
+    return batcher

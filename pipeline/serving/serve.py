@@ -79,12 +79,7 @@ def build_app(
     """The REST app around `model`, with `shadow` scored beside it: MLflow's protocol and the
     Open Inference Protocol, through one batcher."""
     served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
-    settings = params.serve
-    batcher = batching.Batcher(batching.Model(served, predict), settings.batch_wait_ms,
-                               settings.max_batch, settings.max_pending)  # fmt: skip
-    monitoring.closing.append(batcher.close)
-    if settings.follow_seconds and following.follows(served):
-        monitoring.background.append(following.keep_following(batcher, monitoring, params))
+    batcher = following.batcher_for(served, monitoring, predict, params)
     threads = asgi.WorkerThreads()
     name = params.mlflow.registered_model
 
@@ -112,10 +107,7 @@ def build_app(
         except BadRequest as problem:
             return problem.response()
         except batching.Overloaded as error:
-            monitoring.metrics.shed.inc()
-            response = asgi.error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
-            response.headers["Retry-After"] = "1"
-            return response
+            return monitoring.shed(error)
         answer = orjson.dumps({"predictions": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
         return Response(answer, media_type="application/json")
 
