@@ -93,14 +93,14 @@ def beats(min_gain: float) -> Callable[[float, float], bool]:
     return lambda score, champion: gain_check(score, champion, min_gain).passed
 
 
-def status(checks: list[Check]) -> str:
+def overall(checks: list[Check]) -> str:
     return PASSED if all(check.passed for check in checks) else FAILED
 
 
 def tags(release: list[Check], gain: Check | None) -> dict[str, str]:
     """The verdict as tags for the run and the version: the status, each check's line."""
     failed = [check.metric for check in release if not check.passed]
-    values = {STATUS_TAG: status(release), FAILED_TAG: ", ".join(failed) or "none"}
+    values = {STATUS_TAG: overall(release), FAILED_TAG: ", ".join(failed) or "none"}
     values |= {f"validation.{check.metric}": check.line() for check in release}
     if gain is not None:
         values[f"validation.{GAIN}"] = gain.line()
@@ -119,7 +119,7 @@ class Decision:
 
     @property
     def status(self) -> str:
-        return status(self.release)
+        return overall(self.release)
 
     @property
     def checks(self) -> list[Check]:
@@ -198,11 +198,11 @@ def decide(
         return scores[version]
 
     gain = None  # none to gain over: no champion yet, or this model is it (judged again)
-    if status(release) == PASSED and before not in (None, version):
+    if overall(release) == PASSED and before not in (None, version):
         gain = gain_check(metrics["validation_accuracy"], scorer(before), gate.min_gain)
         if scorer(before) > float("-inf"):
             mlflow.log_metric("champion_validation_accuracy", scorer(before))
-    contends = status(release) == PASSED and (gain is None or gain.passed)
+    contends = overall(release) == PASSED and (gain is None or gain.passed)
     if params.mlflow.registration == "better":  # train logged the model, unregistered
         onnx_sha256 = run_info.get("onnx_sha256")
         version = registry.register(name, run_info["model_uri"], onnx_sha256) if contends else None

@@ -189,7 +189,7 @@ def follow_command(model_uri: str, params: config.Params, seconds: float) -> lis
             "--follow-seconds", str(seconds)]  # fmt: skip
 
 
-def follow(model_uri: str, store: str, cache: Path, seconds: float) -> None:
+def watch(model_uri: str, store: str, cache: Path, seconds: float) -> None:
     """`copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until the
     parent is gone."""
     tracking.connect_to(store)
@@ -210,7 +210,7 @@ def run(model_uri: str, store: str, cache: Path, follow_seconds: float | None = 
     """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, on every change."""
     if follow_seconds:
         with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-            follow(model_uri, store, cache, follow_seconds)
+            watch(model_uri, store, cache, follow_seconds)
         return
     sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
 

@@ -48,7 +48,7 @@ class Agreement:
     share: float  # of the images both scored, the share with the same class
 
 
-def compare(reference: pd.DataFrame, window: pd.DataFrame, limits: Thresholds) -> list[Finding]:
+def findings(reference: pd.DataFrame, window: pd.DataFrame, limits: Thresholds) -> list[Finding]:
     found = [distribution(name, reference[name], window[name], limits) for name in TESTED]
     return [*found, class_mix(reference["predicted"], window["predicted"], limits)]
 

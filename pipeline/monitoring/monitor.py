@@ -88,7 +88,7 @@ def judge(
     for model, role, rows in rows_by_model(window):
         records, source = references[model].records, references[model].source
         tested = records is not None and len(rows) >= settings.min_predictions
-        findings = drift.compare(records, rows, limits) if tested else []
+        findings = drift.findings(records, rows, limits) if tested else []
         size = 0 if records is None else len(records)
         models.append(ModelVerdict(model, role, len(rows), source, size, findings))
     return Verdict(

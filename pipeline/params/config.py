@@ -263,7 +263,7 @@ def stage_sections(raw: dict) -> dict:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def validated(schema: type[Model], raw: Any, source: str) -> Model:
+def validated_params(schema: type[Model], raw: Any, source: str) -> Model:
     """`raw` as `schema`; ConfigError with one line naming every bad key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
@@ -276,7 +276,7 @@ def validated(schema: type[Model], raw: Any, source: str) -> Model:
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     """A stage's params from a params mapping: every section but the tools'."""
-    return validated(Params, stage_sections(raw) if isinstance(raw, dict) else raw, source)
+    return validated_params(Params, stage_sections(raw) if isinstance(raw, dict) else raw, source)
 
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it

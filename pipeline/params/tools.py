@@ -142,7 +142,7 @@ class ToolParams(Params):
 
 def parse_params(raw: object, source: str = PARAMS_FILE) -> ToolParams:
     """Every section of a params mapping, validated; ConfigError names every bad key."""
-    return config.validated(ToolParams, raw, source)
+    return config.validated_params(ToolParams, raw, source)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> ToolParams:

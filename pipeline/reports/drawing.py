@@ -28,7 +28,7 @@ from typing import BinaryIO
 FIGURES = "pipeline.reports.figures"  # imported in the drawing process only
 
 
-def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+def answer(requests: BinaryIO, replies: BinaryIO) -> None:
     """The drawing process's loop: each request drawn and answered, until EOF."""
     figures = importlib.import_module(FIGURES)
     while True:
@@ -99,4 +99,4 @@ def painter() -> Iterator[Painter]:
 
 if __name__ == "__main__":
     replies, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the replies alone
-    serve(sys.stdin.buffer, replies)
+    answer(sys.stdin.buffer, replies)

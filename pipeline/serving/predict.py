@@ -37,7 +37,9 @@ def expand(paths: list[Path]) -> list[Path]:
     return found
 
 
-def table(files: list[Path], probabilities: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+def results_table(
+    files: list[Path], probabilities: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
     """One row per file: its label, that label's probability, and every class's probability."""
     best = probabilities.argmax(axis=1)
     rows = pd.DataFrame(
@@ -67,7 +69,7 @@ def run(
         return failed
     predict = loader.load(model or loader.default_uri(params), params)
     probabilities = predict(np.stack(list(inputs.values())))
-    results = table(list(inputs), probabilities, params.data.class_names)
+    results = results_table(list(inputs), probabilities, params.data.class_names)
     for row in results.itertuples(index=False):
         sys.stdout.write(f"{row.file}\t{row.label}\t{row.probability:.4f}\n")
     if csv is not None:

@@ -63,7 +63,7 @@ class Revision:
         return f"experiment {named}" if self.experiment else named
 
 
-def resolve(repo, name: str) -> Revision:
+def resolve_revision(repo, name: str) -> Revision:
     """A git revision or a `dvc exp` name (as DVC resolves it), or the workspace."""
     from dvc.scm import RevError, resolve_rev
     from scmrepo.exceptions import SCMError
@@ -334,7 +334,10 @@ def run(params: tools.ToolParams, params_file: str | Path, base: str, target: st
     if base == WORKSPACE:
         raise ReportError("the base is a revision: the workspace can only be the target")
     with Repo(str(root)) as repo:
-        base_revision, target_revision = resolve(repo, base), resolve(repo, target)
+        base_revision, target_revision = (
+            resolve_revision(repo, base),
+            resolve_revision(repo, target),
+        )
     report = root / params.report.output_dir / REPORT_FILE
     if base_revision.commit == target_revision.commit:
         write_text(report, review.same_revision(base, target, base_revision.commit))

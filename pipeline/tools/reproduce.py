@@ -55,7 +55,7 @@ class Source:
     logged_params: bool  # params.yaml rebuilt from the run's params.json
 
 
-def command(
+def execute(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
@@ -102,7 +102,7 @@ def record_of(client, run_id: str) -> verdicts.RunRecord:
 
 
 def experiment_ref(root: Path, name: str) -> str | None:
-    refs = command(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], root).stdout
+    refs = execute(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], root).stdout
     found = [ref for ref in refs.split() if ref.endswith(f"/{name}")]
     return found[0] if found else None
 
@@ -110,12 +110,12 @@ def experiment_ref(root: Path, name: str) -> str | None:
 def pulled_experiment_ref(root: Path, name: str, baseline: str) -> str:
     """The experiment's ref, pulled from the repo's git remotes when it is not here."""
     ref = experiment_ref(root, name)
-    remotes = command(["git", "remote"], root).stdout.split()
+    remotes = execute(["git", "remote"], root).stdout.split()
     for remote in remotes:
         if ref:
             break
         log.info("experiment %s is not in this repository: dvc exp pull %s %s", name, remote, name)
-        command(["dvc", "exp", "pull", "--no-cache", remote, name], root, check=False)
+        execute(["dvc", "exp", "pull", "--no-cache", remote, name], root, check=False)
         ref = experiment_ref(root, name)
     if not ref:
         where = f"nor on its git remotes ({', '.join(remotes)})" if remotes else "(no git remote)"
@@ -137,9 +137,9 @@ def source_of(root: Path, original: verdicts.RunRecord) -> Source:
         )
     if tags.get("dvc.exp_name"):
         ref = pulled_experiment_ref(root, tags["dvc.exp_name"], tags.get("dvc.baseline_rev", ""))
-        revision = command(["git", "rev-parse", ref], root).stdout.strip()
+        revision = execute(["git", "rev-parse", ref], root).stdout.strip()
         return Source(revision, f"experiment {tags['dvc.exp_name']} ({ref})", False)
-    exists = command(["git", "cat-file", "-e", f"{commit}^{{commit}}"], root, check=False)
+    exists = execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"], root, check=False)
     if exists.returncode != 0:
         raise ReproduceError(
             f"commit {commit[:12]} of run {original.run_id} is not in this "
@@ -156,11 +156,11 @@ def worktree(root: Path, revision: str) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="reproduce-"))
     source = folder / "src"
     try:
-        command(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
+        execute(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
         yield source
     finally:
-        command(["git", "worktree", "remove", "--force", str(source)], root, check=False)
-        command(["git", "worktree", "prune"], root, check=False)
+        execute(["git", "worktree", "remove", "--force", str(source)], root, check=False)
+        execute(["git", "worktree", "prune"], root, check=False)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -192,10 +192,10 @@ def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
         shutil.copy2(local, source / ".dvc" / "config.local")
     with Repo(str(root)) as repo:  # DVC's own reading of the config: paths resolved
         cache, remotes = repo.cache.local_cache_dir, dict(repo.config["remote"])
-    command(["dvc", "config", "--local", "cache.dir", str(cache)], source, env)
+    execute(["dvc", "config", "--local", "cache.dir", str(cache)], source, env)
     for name, settings in remotes.items():
         if "://" not in settings["url"]:  # a path remote, relative to the repo's .dvc folder
-            command(
+            execute(
                 ["dvc", "remote", "modify", "--local", name, "url", settings["url"]], source, env
             )
 
@@ -204,7 +204,7 @@ def restore_data(source: Path, env: dict[str, str], original: verdicts.RunRecord
     """The revision's training data, through its own pipeline up to `train`, checked by hash."""
     stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
     upstream = [name for name in stages if name not in ("train", "evaluate")]
-    result = command(["dvc", "repro", "--pull", *upstream], source, env, check=False)
+    result = execute(["dvc", "repro", "--pull", *upstream], source, env, check=False)
     if result.returncode != 0:
         raise ReproduceError(
             f"the data of {original.run_id} is in neither the DVC cache nor a remote, and the "

@@ -53,7 +53,7 @@ class Trained:
     seconds: dict[str, float]  # "training" (steps, tracing included), "validation"
 
 
-def prepare(params: config.Params, workers: cluster.Cluster | None):
+def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     """Set up TensorFlow and the network; return a function (train, val, report) → (model,
     seconds) and the runtime's tags.
 
@@ -95,7 +95,7 @@ def splits(params: config.Params) -> tuple[Arrays, Arrays]:
     return tuple(load_arrays(params.paths.split(split)) for split in ("train", "val"))
 
 
-def fit(
+def train_and_export(
     params: config.Params,
     workers: cluster.Cluster | None,
     report: Report,
@@ -103,7 +103,7 @@ def fit(
 ) -> Trained:
     """Train; save the .keras file and its checked ONNX export (DVC outputs)."""
     train, val = splits(params)
-    train_model, runtime = prepare(params, workers)
+    train_model, runtime = prepare_training(params, workers)
     model, seconds = train_model(train, val, report)
     fitted()
     with atomic_path(params.paths.model, ".keras") as temporary:  # complete, or not there
@@ -121,7 +121,7 @@ def fit(
 def fit_as_worker(params: config.Params, workers: cluster.Cluster) -> None:
     """A non-chief worker: train its share of each batch, in this process; no files."""
     train, val = splits(params)
-    train_model, _ = prepare(params, workers)
+    train_model, _ = prepare_training(params, workers)
     train_model(train, val, lambda row: None)
 
 
@@ -189,7 +189,9 @@ def answer(requests: BinaryIO, replies: BinaryIO) -> None:
         replies.flush()
 
     try:
-        trained = fit(params, workers, lambda row: send("row", row), lambda: send("fitted", None))
+        trained = train_and_export(
+            params, workers, lambda row: send("row", row), lambda: send("fitted", None)
+        )
     except Exception as error:  # noqa: BLE001  handed to the stage, which raises it
         if not isinstance(error, EXPECTED):
             log.exception("training failed")
@@ -201,7 +203,7 @@ def answer(requests: BinaryIO, replies: BinaryIO) -> None:
     send("done", trained)
 
 
-def serve() -> None:
+def main() -> None:
     """The training process's main: one request answered on the saved stdout, then exit."""
     import pipeline.runtime.cli as cli
 
@@ -218,6 +220,6 @@ def serve() -> None:
 if __name__ == "__main__":
     # By its name, not as __main__: what it pickles (Trained, TrainingError) must be found
     # under the name the stage knows it by.
-    from pipeline.training.trainer import serve as serve_by_name
+    from pipeline.training.trainer import main as main_by_name
 
-    serve_by_name()
+    main_by_name()
