@@ -278,6 +278,11 @@ def post_json(
         return error.code, json.loads(error.read())
 
 
+def invocations(url: str, images) -> tuple[int, dict]:
+    """POST images (an array) to a server's /invocations as JSON; its status and answer."""
+    return post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
+
+
 def logged_by(app: str, path: str | Path, since: float) -> list:
     """The prediction log's rows of `app` since `since` (none before its first batch)."""
     from pipeline.monitoring.prediction_log import read_predictions
