@@ -6,6 +6,7 @@ import ast
 import contextlib
 import copy
 import gzip
+import hashlib
 import json
 import shutil
 import signal
@@ -367,6 +368,10 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def clone_state(repo: Path) -> str:
