@@ -6,6 +6,7 @@ import ast
 import contextlib
 import copy
 import gzip
+import hashlib
 import json
 import shutil
 import signal
@@ -278,6 +279,11 @@ def post_json(
         return error.code, json.loads(error.read())
 
 
+def invocations(url: str, images) -> tuple[int, dict]:
+    """POST images (an array) to a server's /invocations as JSON; its status and answer."""
+    return post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
+
+
 def logged_by(app: str, path: str | Path, since: float) -> list:
     """The prediction log's rows of `app` since `since` (none before its first batch, nor while
     its writer has made the file but not yet its table)."""
@@ -364,6 +370,10 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def clone_state(repo: Path) -> str:

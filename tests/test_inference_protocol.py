@@ -12,7 +12,14 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from .support import post_json, prometheus_samples, running, sample_total, write_params
+from .support import (
+    invocations,
+    post_json,
+    prometheus_samples,
+    running,
+    sample_total,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 WAIT_MS, PENDING = 200, 4  # a batch gathers for 0.2 s; four requests admitted at once
@@ -36,10 +43,6 @@ def client(server):
     connection.close()
 
 
-def invocations(server, images: np.ndarray) -> tuple[int, dict]:
-    return post_json(server.url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
-
-
 def infer(client, name: str, images: np.ndarray, datatype: str, binary: bool) -> np.ndarray:
     tensor = triton.InferInput("images", list(images.shape), datatype)
     tensor.set_data_from_numpy(images, binary_data=binary)
@@ -59,7 +62,7 @@ def test_tritons_client_finds_the_model_and_infers_as_invocations_does(server, c
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     pixels = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     images = pixels.astype(np.float32) / 255
-    status, answer = invocations(server, images)
+    status, answer = invocations(server.url, images)
     assert status == 200
     expected = np.asarray(answer["predictions"], np.float32)
     for datatype, tensor in (("FP32", images), ("UINT8", pixels)):
@@ -115,14 +118,14 @@ def test_bad_infer_requests_get_a_400_with_one_line(server, trained, case):
     status, answer = post_json(url, body, "application/octet-stream", sized)
     assert status == 400, (status, answer)
     assert answer["error"] and "\n" not in answer["error"] and len(answer["error"]) < 300
-    assert invocations(server, np.zeros((1, 28, 28), np.float32))[0] == 200
+    assert invocations(server.url, np.zeros((1, 28, 28), np.float32))[0] == 200
 
 
 def test_requests_that_arrive_together_are_each_answered_with_their_own_rows(server):
     images = np.random.default_rng(1).random((PENDING, 2, 28, 28), dtype=np.float32)
-    alone = [invocations(server, batch)[1]["predictions"] for batch in images]
+    alone = [invocations(server.url, batch)[1]["predictions"] for batch in images]
     with ThreadPoolExecutor(PENDING) as pool:  # within one batch's wait
-        together = list(pool.map(lambda batch: invocations(server, batch), images))
+        together = list(pool.map(lambda batch: invocations(server.url, batch), images))
     assert [status for status, _ in together] == [200] * PENDING
     np.testing.assert_allclose([answer["predictions"] for _, answer in together], alone, atol=1e-6)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sqlite3
 import subprocess
@@ -141,10 +140,6 @@ def reaches(url: str, name: str, expected: float) -> bool:
     return support.wait_until(
         lambda: support.sample_total(support.prometheus_samples(url), name) == expected, 30
     )
-
-
-def invocations(url: str, images: np.ndarray) -> tuple[int, dict]:
-    return support.post_json(url + "/invocations", json.dumps({"inputs": images.tolist()}).encode())
 
 
 # --- what is measured of an image, and the reference ----------------------------------------
@@ -297,7 +292,7 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
     images = digits(100, seed=5)
     with serve(path, models, tmp_path / "server.log", "--shadow", str(models["shadow"])) as server:
         for batch in np.array_split(images, 20):
-            status, answer = invocations(server.url, batch)
+            status, answer = support.invocations(server.url, batch)
             assert status == 200
             np.testing.assert_allclose(answer["predictions"], champion.predict(batch), atol=1e-6)
         assert reaches(server.url, "shadow_predictions_total", 100)  # scored off the request path
@@ -344,7 +339,7 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
             if stop.is_set():
                 return
             with contextlib.suppress(OSError):
-                invocations(url, image)
+                support.invocations(url, image)
 
     sender = threading.Thread(target=traffic)
     try:
@@ -366,7 +361,7 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     survived = read_predictions(database)
     assert len(survived) >= 50 and survived["ink"].to_numpy() == pytest.approx(expected, rel=1e-5)
     with serve(path, models, tmp_path / "restarted.log") as server:
-        assert invocations(server.url, digits(3, seed=7))[0] == 200
+        assert support.invocations(server.url, digits(3, seed=7))[0] == 200
     after = read_predictions(database)
     assert len(after) == len(survived) + 3
     assert after.iloc[: len(survived)].equals(survived)
@@ -385,7 +380,7 @@ def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_pat
     path = params_file(params, tmp_path, log_path=str(tmp_path / "a_file" / "predictions.db"))
     with serve(path, models, tmp_path / "server.log") as server:
         for batch in np.array_split(digits(30, seed=8), 6):
-            assert invocations(server.url, batch)[0] == 200
+            assert support.invocations(server.url, batch)[0] == 200
         assert reaches(server.url, "prediction_log_dropped_total", 30)
         assert (
             support.sample_total(support.prometheus_samples(server.url), "model_predictions_total")

@@ -53,11 +53,8 @@ def test_an_export_that_disagrees_fails_in_one_line_and_leaves_the_old_file(tmp_
         onnx_export.export_checked(row_lstm(8, False, seed=0), path, images(8), tolerance=-1.0)
     assert path.read_bytes() == b"the previous model"
     assert sorted(item.name for item in tmp_path.iterdir()) == ["model.onnx"]
-
-
-def test_the_check_sees_another_networks_weights(tmp_path):
-    network, other = row_lstm(8, False, seed=0), row_lstm(8, False, seed=1)
-    onnx_export.write_onnx(network, tmp_path / "model.onnx")
+    network, other = row_lstm(8, False, seed=0), row_lstm(8, False, seed=1)  # the check sees
+    onnx_export.write_onnx(network, tmp_path / "model.onnx")  # another network's weights
     assert onnx_export.largest_difference(network, tmp_path / "model.onnx", images(16)) <= 1e-5
     assert onnx_export.largest_difference(other, tmp_path / "model.onnx", images(16)) > 1e-2
 

@@ -88,14 +88,11 @@ def test_a_phone_photo_is_decoded_at_reduced_scale_and_read(real_model):
     assert classify(str(real_model.path), model_input[np.newaxis]) == real_model.predicted[0]
 
 
-def noisy_paper(rng: np.random.Generator, sigma: float = 8) -> np.ndarray:
-    return PAPER + np.linspace(-30, 30, SIDE)[np.newaxis, :] + rng.normal(0, sigma, (SIDE, SIDE))
-
-
 @pytest.mark.parametrize("kind", ["white", "noisy paper", "JPEG of noisy paper", "a speck"])
 def test_a_picture_of_no_digit_is_refused_in_one_line(kind):
     rng = np.random.default_rng(1)
-    gray = np.full((SIDE, SIDE), 255.0) if kind == "white" else noisy_paper(rng)
+    paper = PAPER + np.linspace(-30, 30, SIDE)[np.newaxis, :] + rng.normal(0, 8, (SIDE, SIDE))
+    gray = np.full((SIDE, SIDE), 255.0) if kind == "white" else paper
     if kind == "a speck":
         gray[200:204, 100:104] = PEN  # a pen's touch, no digit
     file = io.BytesIO()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import client_for, environment, run, tiny_repo, wait_for_queue
+from .support import client_for, environment, run, sha256_of, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -118,10 +117,6 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
         assert r.info.run_name == r.data.tags["dvc.exp_name"]
         assert any(r.info.run_name in row.split(",") for row in table), table
     assert not list((repo / ".dvc").rglob("mlflow.db"))
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def snapshot(repo: Path) -> dict:

@@ -40,28 +40,23 @@ def test_a_busy_port_is_named_with_a_free_one_to_use_instead():
 
 
 @pytest.mark.parametrize(
-    ("main", "command"), [(serve.main, "make serve"), (demo.main, "make demo")]
-)
-def test_the_servers_check_their_port_before_the_model(main, command, raw_params, tmp_path):
-    params = write_params(raw_params, tmp_path / "params.yaml")
-    missing = str(tmp_path / "missing.onnx")  # loading it would fail: the port is asked first
-    with listening() as port:
-        with pytest.raises(SystemExit) as raised:
-            main(["--params", str(params), "--model", missing, "--port", str(port)])
-    message = str(raised.value.code)
-    assert message.startswith(f"error: port {port} on 127.0.0.1 is in use (another {command}?)")
-    assert f"{command} PORT=" in message and "\n" not in message
-
-
-def test_the_ui_checks_its_port_before_opening_the_store(raw_params, tmp_path, monkeypatch):
+    ("main", "command", "model"),
+    [(serve.main, "make serve", ["--model"]), (demo.main, "make demo", ["--model"]),
+     (ui.main, "make ui", [])],
+)  # fmt: skip
+def test_the_port_is_checked_before_the_model_or_the_store(
+    main, command, model, raw_params, tmp_path, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a store would be made here: none must be
     params = write_params(raw_params, tmp_path / "params.yaml")
+    missing = [*model, str(tmp_path / "missing.onnx")] if model else []  # would fail to load
     with listening() as port:
         with pytest.raises(SystemExit) as raised:
-            ui.main(["--params", str(params), "--port", str(port)])
-    assert str(raised.value.code).startswith(
-        f"error: port {port} on 127.0.0.1 is in use (another make ui?): stop it or pick another, "
-        "make ui PORT="
+            main(["--params", str(params), *missing, "--port", str(port)])
+    message = str(raised.value.code)
+    assert message.startswith(
+        f"error: port {port} on 127.0.0.1 is in use (another {command}?): stop it or pick another, "
+        f"{command} PORT="
     )
-    assert not (tmp_path / raw_params["mlflow"]["tracking_db"]).exists()
+    assert "\n" not in message and not (tmp_path / raw_params["mlflow"]["tracking_db"]).exists()

@@ -217,6 +217,12 @@ def test_same_params_and_seed_give_bit_identical_weights_and_history(prepared, t
     assert first.stdout == second.stdout and len(first.stdout.split()[0]) == 64
 
 
+def test_the_makefile_binds_the_ui_to_localhost():  # MLflow's UI has no auth: never exposed
+    lines = [line for line in (REPO / "Makefile").read_text().splitlines()
+             if "pipeline.tools.ui" in line]  # fmt: skip
+    assert lines and all("--host 127.0.0.1" in line for line in lines), lines
+
+
 def test_a_stage_run_by_a_python_without_the_packages_says_so_in_one_line():
     """A stage run by a Python without the venv's packages (`-S`) says so in one line."""
     command = [sys.executable, "-S", "-m", "pipeline.train"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from .support import (
     free_port,
     postgres_missing,
     run,
+    sha256_of,
     tiny_repo,
     wait_until_healthy,
 )
@@ -83,16 +83,6 @@ def post(url: str, path: str, body: dict, headers: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def in_python(repo: Path, env: dict, code: str) -> str:
-    """Run Python as a user of clone `repo` would; its last stdout line."""
-    result = run([sys.executable, "-c", code], repo, env=env)
-    return result.stdout.strip().splitlines()[-1]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     base = tmp_path_factory.mktemp("team")
@@ -141,7 +131,7 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     repro = run(["dvc", "repro"], b, env=team.env())
     assert "Running stage" not in repro.stdout and "up to date" in repro.stdout, repro.stdout
     for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
-        assert sha256(b / output) == sha256(a / output), output
+        assert sha256_of(b / output) == sha256_of(a / output), output
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]
     found = team.client().get_run(run_id)
     assert found.info.artifact_uri.startswith("mlflow-artifacts:")
@@ -153,7 +143,8 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
             f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
             f"p = m.predict(np.load('data/processed/test.npz')['x'][:5])\n"
             f"print(v.run_id, p.shape)")  # fmt: skip
-    assert in_python(b, team.env(), code) == f"{run_id} (5, 10)"
+    opened = run([sys.executable, "-c", code], b, env=team.env())  # as a user of clone B would
+    assert opened.stdout.strip().splitlines()[-1] == f"{run_id} (5, 10)"
 
 
 def scores_on(team: Team) -> dict[int, float]:
@@ -221,7 +212,7 @@ def champion_files(team: Team) -> dict[str, str]:
         artifact_uri=client.get_model_version_download_uri(MODEL, version),
         tracking_uri=team.url, dst_path=tempfile.mkdtemp(dir=team.base),
     ))  # fmt: skip
-    return {str(path.relative_to(folder)): sha256(path) for path in folder.rglob("*")
+    return {str(path.relative_to(folder)): sha256_of(path) for path in folder.rglob("*")
             if path.is_file()}  # fmt: skip
 
 
@@ -297,13 +288,14 @@ def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, sh
         run(["git", "clone", "-q", "-b", "main", str(team.origin), str(c)], team.base)
         use_s3_remote(c, endpoint)
         run(["dvc", "pull"], c, env=environment(**S3_KEYS))
-    assert sha256(c / "models/model.keras") == sha256(a / "models/model.keras")
-    kept = {path: sha256(c / path) for path in ("models/model.keras", "data/processed/train.npz")}
+    assert sha256_of(c / "models/model.keras") == sha256_of(a / "models/model.keras")
+    outputs = ("models/model.keras", "data/processed/train.npz")
+    kept = {path: sha256_of(c / path) for path in outputs}
     failed = run(["dvc", "push"], c, check=False, env=environment(**S3_KEYS))  # moto is gone
     lines = [line for line in (failed.stdout + failed.stderr).splitlines() if line.strip()]
     assert failed.returncode != 0, lines
     assert len([line for line in lines if line.startswith("ERROR")]) == 1, lines
-    assert {path: sha256(c / path) for path in kept} == kept
+    assert {path: sha256_of(c / path) for path in kept} == kept
     assert run(["dvc", "status"], c).stdout.strip().endswith("up to date.")
 
 
@@ -344,7 +336,7 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["train"] |= {"iterations": 999_999, "log_every": 3}
     (a / "long.yaml").write_text(yaml.safe_dump(params))
-    model_before = sha256(a / "models/model.keras")
+    model_before = sha256_of(a / "models/model.keras")
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", "long.yaml"],
                              cwd=a, env=team.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -365,4 +357,4 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     assert stage.returncode == 1, rest
     assert last.startswith(f"error: MLflow tracking server {team.url} stopped answering"), rest
     assert "Traceback" not in rest
-    assert sha256(a / "models/model.keras") == model_before  # the last good model is untouched
+    assert sha256_of(a / "models/model.keras") == model_before  # the last good model is untouched
