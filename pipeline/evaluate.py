@@ -198,7 +198,9 @@ def score(params: config.Params, onnx_sha256: str | None) -> Scores:
     checks."""
     path = Path(params.paths.onnx_model)
     integrity.verify(str(path), path, onnx_sha256)
-    predict = onnx_network.OnnxNetwork(path).predict
+    # One thread that does not spin: the other core is MLflow's import meanwhile, which the
+    # stage waits for; the same arithmetic per image, so the same scores.
+    predict = onnx_network.OnnxNetwork(path, threads=1, spinning=False).predict
     test, val = (load_arrays(params.paths.split(split)) for split in ("test", "val"))
     log.info("scoring the exported model on %d test and %d validation images",
              len(test["x"]), len(val["x"]))  # fmt: skip

@@ -30,18 +30,20 @@ class InputError(ValueError):
     """The input is not images this network takes; the message says what is wrong."""
 
 
-def session_options():
-    """Errors only in the log; THREADS_ENV threads when set (`make serve WORKERS=N` sets it so
-    that N processes share the cores instead of each spinning a thread per core)."""
+def session_options(threads: int | None = None, spinning: bool | None = None):
+    """Errors only in the log; `threads` per run, else THREADS_ENV's when set (`make serve
+    WORKERS=N` sets it so that N processes share the cores instead of each spinning a thread per
+    core); spinning unless `spinning` is False or SPINNING_ENV is "0"."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    threads = os.environ.get(THREADS_ENV, "")
-    if threads.isdigit() and int(threads) > 0:
-        options.intra_op_num_threads = int(threads)
+    configured = os.environ.get(THREADS_ENV, "")
+    threads = threads or (int(configured) if configured.isdigit() else 0)
+    if threads > 0:
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if os.environ.get(SPINNING_ENV) == "0":
+    if spinning is False or os.environ.get(SPINNING_ENV) == "0":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
@@ -64,11 +66,14 @@ def validated(model_input) -> np.ndarray:
 class OnnxNetwork:
     """An `.onnx` file in an ONNX Runtime session: images → class probabilities."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None
+    ) -> None:
         import onnxruntime
 
+        options = session_options(threads, spinning)
         self.session = onnxruntime.InferenceSession(
-            str(path), session_options(), providers=["CPUExecutionProvider"]
+            str(path), options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
         self.n_classes = self.session.get_outputs()[0].shape[-1]
