@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import pickle
 import subprocess
 import sys
@@ -98,5 +99,8 @@ def painter() -> Iterator[Painter]:
 
 
 if __name__ == "__main__":
+    # The figures are wanted last: on a busy machine the stage's own work (MLflow's import, the
+    # ONNX export) gets the cores first, and matplotlib's import the time they leave.
+    os.nice(10)
     replies, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the replies alone
     answer(sys.stdin.buffer, replies)
