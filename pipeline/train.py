@@ -163,6 +163,7 @@ def record(params: config.Params, training: trainer.Training) -> TrainResult:
         splits = background.submit(load_splits, params)
         experiment_id = tracking.use_store(params.mlflow)  # first: an unreachable store fails fast
         tracking.close_orphaned_runs(experiment_id)
+        training.go()  # the store answers: the fit may begin
         train, val, data_hashes = splits.result()
     tags = lineage.lineage_tags(data_hashes, params)
     with (

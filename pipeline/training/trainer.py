@@ -5,8 +5,10 @@ process they queue, in two they share the cores. The train stage starts this pro
 (`python -m pipeline.training.trainer`) and starts its MLflow run meanwhile; it logs the
 interval metrics this process sends back as the run's live curves, then the files it wrote.
 
-Protocol: the stage writes the pickled (params, workers) to the process's stdin; the process
-answers on its stdout with pickled ("row", interval metrics) while it fits, ("fitted", None)
+Protocol: the stage writes the pickled (params, workers) to the process's stdin, and a line
+"go" once its store has answered (EOF instead: the process ends without training, so a store that
+cannot be reached still fails the stage before any training or output); the process answers on
+its stdout with pickled ("row", interval metrics) while it fits, ("fitted", None)
 when the fit is done, then ("done", Trained) or ("error", the exception). Its stdout carries
 those alone: what anything else would print goes to stderr, with its log.
 """
@@ -38,6 +40,10 @@ Report = Callable[[dict[str, float]], None]  # one interval's metrics, as they c
 # Errors the stage turns into one line; any other is a defect, logged here with its traceback.
 EXPECTED = (cluster.DistributionError, onnx_export.ExportError)
 STOP_SECONDS = 10  # SIGTERM, then SIGKILL: a training that fails or is interrupted
+
+
+class Stopped(Exception):
+    """The stage said no "go" (its store did not answer): nothing trained, nothing written."""
 
 
 class TrainingError(RuntimeError):
@@ -100,10 +106,13 @@ def train_and_export(
     workers: cluster.Cluster | None,
     report: Report,
     fitted: Callable[[], None],
+    go: Callable[[], bool],
 ) -> Trained:
     """Train; save the .keras file and its checked ONNX export (DVC outputs)."""
     train, val = splits(params)
     train_model, runtime = prepare_training(params, workers)
+    if not go():
+        raise Stopped
     model, seconds = train_model(train, val, report)
     fitted()
     with atomic_path(params.paths.model, ".keras") as temporary:  # complete, or not there
@@ -134,8 +143,13 @@ class Training:
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.process.stdin.write(pickle.dumps((params, workers)))
-        self.process.stdin.close()
+        self.process.stdin.flush()
         self.answered = False
+
+    def go(self) -> None:
+        """Let the fit begin (the store has answered)."""
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.close()
 
     def result(self, report: Report, fitted: Callable[[], None]) -> Trained:
         while True:
@@ -167,7 +181,9 @@ class Training:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stdout.close()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):  # a pipe to a process gone
+                stream.close()
 
 
 @contextlib.contextmanager
@@ -190,8 +206,14 @@ def answer(requests: BinaryIO, replies: BinaryIO) -> None:
 
     try:
         trained = train_and_export(
-            params, workers, lambda row: send("row", row), lambda: send("fitted", None)
+            params,
+            workers,
+            lambda row: send("row", row),
+            lambda: send("fitted", None),
+            lambda: requests.readline().strip() == b"go",
         )
+    except Stopped:
+        return
     except Exception as error:  # noqa: BLE001  handed to the stage, which raises it
         if not isinstance(error, EXPECTED):
             log.exception("training failed")
