@@ -14,18 +14,18 @@ def use_onednn(enabled: bool) -> None:
 
 
 def without_unused_libraries() -> None:
-    """Keep Keras from importing scikit-learn and matplotlib in this process.
+    """Keep Keras from importing scikit-learn, matplotlib and pandas in this process.
 
-    `import keras` imports scikit-learn (and with it SciPy's stats and joblib) for its
-    scikit-learn wrappers whenever it is installed, and MLflow requires it: about 1.5 s of
-    every training's start-up, for code that training never calls. It imports matplotlib's
-    pyplot for its image-gallery helpers too, which training never calls either (the train
-    stage's figures are drawn by a process of their own, pipeline/reports/drawing.py). A `None`
-    entry in `sys.modules` makes `import sklearn` raise ImportError (the import system's
-    documented way to block a module), which Keras's wrappers already expect when scikit-learn
-    is absent, as its gallery helpers expect of matplotlib. Call it before TensorFlow loads,
-    only in a process that needs neither.
+    `import keras` imports each of them whenever it is installed (MLflow requires all three):
+    scikit-learn (with SciPy's stats and joblib) for its scikit-learn wrappers, matplotlib's
+    pyplot for its image-gallery helpers, pandas so that its array adapters take DataFrames.
+    Training calls none of that: it feeds numpy arrays, and the train stage's figures and
+    tables are made in other processes (pipeline/reports/drawing.py, the stage itself). Together
+    they are more than a second of every training's start-up. A `None` entry in `sys.modules`
+    makes their import raise ImportError (the import system's documented way to block a
+    module), which Keras already expects of each when it is absent. Call it before TensorFlow
+    loads, only in a process that needs none of them.
     """
-    for name in ("sklearn", "matplotlib"):
+    for name in ("sklearn", "matplotlib", "pandas"):
         if name not in sys.modules:
             sys.modules[name] = None

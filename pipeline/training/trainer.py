@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -101,6 +102,16 @@ def splits(params: config.Params) -> tuple[Arrays, Arrays]:
     return tuple(load_arrays(params.paths.split(split)) for split in ("train", "val"))
 
 
+def prepared(params: config.Params, workers: cluster.Cluster | None):
+    """The splits, and `prepare_training`'s function and tags: the files are read in a thread
+    (file reads, without the GIL) while TensorFlow imports here (with it)."""
+    with ThreadPoolExecutor(max_workers=1) as reading:
+        loaded = reading.submit(splits, params)
+        train_model, runtime = prepare_training(params, workers)
+        train, val = loaded.result()
+    return train, val, train_model, runtime
+
+
 def train_and_export(
     params: config.Params,
     workers: cluster.Cluster | None,
@@ -109,8 +120,7 @@ def train_and_export(
     go: Callable[[], bool],
 ) -> Trained:
     """Train; save the .keras file and its checked ONNX export (DVC outputs)."""
-    train, val = splits(params)
-    train_model, runtime = prepare_training(params, workers)
+    train, val, train_model, runtime = prepared(params, workers)
     if not go():
         raise Stopped
     model, seconds = train_model(train, val, report)
@@ -129,8 +139,7 @@ def train_and_export(
 
 def fit_as_worker(params: config.Params, workers: cluster.Cluster) -> None:
     """A non-chief worker: train its share of each batch, in this process; no files."""
-    train, val = splits(params)
-    train_model, _ = prepare_training(params, workers)
+    train, val, train_model, _ = prepared(params, workers)
     train_model(train, val, lambda row: None)
 
 
