@@ -1,10 +1,8 @@
 """Has the traffic moved away from the reference? A two-sample test per quantity (scipy).
 
-Each input statistic and the confidence: Kolmogorov–Smirnov, its distance D; the predicted-class
-mix: chi-square, its distance the total variation between the two mixes (both 0 to 1). A
-quantity has moved when its p-value is below `alpha` and its distance at least `min_distance`:
-a p-value alone calls drift on real digits (MNIST's test set, taken in order, is written by one
-group of people after another, and a few hundred consecutive images differ in stroke width).
+Each statistic and the confidence: Kolmogorov–Smirnov (distance: D); the class mix: chi-square
+(distance: total variation). Moved: a p-value below `alpha` and a distance from `min_distance`;
+a p-value alone calls drift on real digits (MNIST's writers differ in stroke width, in order).
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""A server's metrics for Prometheus (prometheus-client), and the middleware that serves /metrics.
-
-`RequestMetrics` counts and times every request (the body limit's 413 included) and answers
-GET /metrics; `ServerMetrics` holds the series. Several workers: pipeline/monitoring/__init__.py.
-"""
+"""A server's metrics for Prometheus (prometheus-client), and the middleware serving /metrics."""
 
 from __future__ import annotations
 
@@ -26,8 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServerMetrics:
-    """The series of one server process, in a registry of its own (never the global one, so a
-    process may build several apps)."""
+    """The series of one server process, in a registry of its own (a process may build apps)."""
 
     def __init__(self, class_names: list[str], model: str, version: str, shadow: str) -> None:
         self.class_names, self.shadow_name = class_names, shadow
@@ -133,8 +128,7 @@ class RequestMetrics:
 
 @contextlib.contextmanager
 def shared_between_processes() -> Iterator[None]:
-    """A fresh PROMETHEUS_MULTIPROC_DIR for the processes started in the block (one the
-    environment names already is used as it is: whoever set it empties it)."""
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the processes started in the block, unless set."""
     if os.environ.get(MULTIPROCESS_ENV):
         yield
         return

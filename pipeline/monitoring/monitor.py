@@ -2,12 +2,8 @@
 
     python -m pipeline.monitoring.monitor [--since 24h | --since 2026-05-01T12:00] [--params FILE]
 
-The window is what the log holds since then (`monitor.window` unless told; a time is local
-unless it names its offset). Each served model's rows are tested against its own reference
-(pipeline/monitoring/drift.py); report.md and drift.png go to `monitor.report_dir`, with a
-shadow's agreement, and it all is logged as a run of the MLflow experiment
-`<mlflow.experiment>-monitoring`. Exit codes: 0 no drift (or too few predictions for a
-verdict), 1 drift (the line names what moved) or an error.
+Each served model's rows are tested against its own reference; report.md and drift.png go to
+`monitor.report_dir`, and all is logged to the MLflow experiment `<mlflow.experiment>-monitoring`.
 """
 
 from __future__ import annotations
@@ -65,8 +61,7 @@ def since_argument(text: str) -> str:
 
 
 def rows_by_model(window: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(model, role, its rows) for each model in the window: the served models' rows as
-    logged, and each shadow's rows with its own answers as `predicted` and `confidence`."""
+    """(model, role, its rows) for each model in the window, a shadow's with its own answers."""
     groups = [(model, SERVED, rows) for model, rows in window.groupby("model", sort=False)]
     shadowed = window.dropna(subset=["shadow_model"])
     for model, rows in shadowed.groupby("shadow_model", sort=False):
@@ -189,8 +184,8 @@ def say(verdict: Verdict, where: str) -> None:
         else:
             log.info("no drift in %s; reference: %s (%s)", what, judged.reference, where)
     for agreed in verdict.agreements:
-        what = f"shadow {agreed.shadow} agreed with {agreed.model}"
-        log.info("%s on %.1f%% of %d images", what, 100 * agreed.share, agreed.images)
+        shares = (agreed.shadow, agreed.model, 100 * agreed.share, agreed.images)
+        log.info("shadow %s agreed with %s on %.1f%% of %d images", *shares)
 
 
 def models_in(window: pd.DataFrame) -> list[str]:

@@ -1,11 +1,8 @@
 """The prediction log: one SQLite row per scored image, written off the request path.
 
-`PredictionLog.write` only queues a scored batch (a full queue drops it, counted); one thread
-inserts what GATHER_S seconds gathered in one transaction. A failed write (an unwritable path,
-a full disk) drops those rows with one warning and the next batch tries again. A server killed
-mid-write loses what was queued, never a committed row. Past `max_bytes` the oldest rows are
-deleted and their pages given back (SQLite's incremental vacuum). pandas reads it with
-`read_predictions`; `images_of` turns the `pixels` column (with `log_pixels`) back into images.
+`write` only queues a batch; one thread inserts what GATHER_S seconds gathered in one transaction.
+A failed write (a full disk) drops those rows with one warning; a kill loses only what was queued.
+Past `max_bytes` the oldest rows are deleted and their pages given back (incremental vacuum).
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE = "predictions"
-SCHEMA_VERSION = 1
 COLUMNS = ("time", "app", "model", "predicted", "confidence", *STATISTICS)
 COLUMNS += ("shadow_model", "shadow_predicted", "shadow_confidence", "pixels")
 SCHEMA = f"""
@@ -44,7 +40,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
     shadow_model TEXT, shadow_predicted INTEGER, shadow_confidence REAL, pixels BLOB
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_by_time ON {TABLE} (time);
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 1;  -- the schema's version
 """
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is small arrays
@@ -52,6 +48,7 @@ GATHER_S = 0.2  # the writer gathers batches this long into one transaction (los
 BUSY_TIMEOUT_S = 10  # the writer of another server process holds the file's write lock
 TRIM_TO = 0.9  # past max_bytes, the oldest rows are deleted down to this share of it
 WAL_LIMIT_BYTES = 4_000_000  # the write-ahead log is cut back to this after each checkpoint
+PAGES = ("page_size", "page_count", "freelist_count")
 CLOSE = object()  # tells the writer to stop after what was queued before it
 
 
@@ -75,9 +72,8 @@ class Scored:
         cls, images: np.ndarray, probabilities: np.ndarray, keep_pixels: bool, model: str = ""
     ) -> Scored:
         """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes)."""
-        pixels = None
-        if keep_pixels:
-            pixels = np.rint(np.asarray(images).reshape(len(images), -1) * 255).astype(np.uint8)
+        flat = np.asarray(images).reshape(len(images), -1)
+        pixels = np.rint(flat * 255).astype(np.uint8) if keep_pixels else None
         return cls(
             time.time(),
             probabilities.argmax(axis=1),
@@ -95,7 +91,7 @@ class ShadowScored:
     confidence: np.ndarray  # (n,)
 
 
-def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -> list[tuple]:
+def rows_of(scored: Scored, shadow: ShadowScored | None, app: str, model: str) -> list[tuple]:
     count = len(scored.predicted)
     columns = [
         [scored.time] * count,
@@ -161,11 +157,7 @@ class PredictionLog:
 
     def _insert(self, entries: list[tuple[Scored, ShadowScored | None]]) -> None:
         try:
-            rows = [
-                row
-                for scored, shadow in entries
-                for row in rows_of(scored, self.app, self.model, shadow)
-            ]
+            rows = [row for entry in entries for row in rows_of(*entry, self.app, self.model)]
             self.connection = self.connection or self._open()
             with self.connection:  # one transaction: all these rows, or none
                 self.connection.executemany(INSERT, rows)
@@ -201,11 +193,8 @@ class PredictionLog:
     def _trim(self) -> None:
         """Past max_bytes of rows, delete the oldest down to TRIM_TO of it."""
         connection = self.connection
-        page_size, pages, free = (
-            connection.execute(f"PRAGMA {name}").fetchone()[0]
-            for name in ("page_size", "page_count", "freelist_count")
-        )
-        used = (pages - free) * page_size
+        size, pages, free = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in PAGES)
+        used = (pages - free) * size
         if used <= self.max_bytes:
             return
         rows = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]

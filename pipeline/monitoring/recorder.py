@@ -1,10 +1,8 @@
 """What a server does with each batch it scored: count it, log it, have a shadow model score it.
 
-`Recorder.record` runs on the request's worker thread after the model answered: it computes
-the images' statistics (a few vectorised sums) and only queues the rest. The shadow scores on
-a thread of its own (sharing the cores): past SHADOW_QUEUE batches waiting, a batch goes
-unscored by it, counted. Nothing here raises: a fault in monitoring costs a warning, never an
-answer.
+`record` runs on the request's thread after the answer: a few sums, the rest queued. The shadow
+scores on a thread of its own; past SHADOW_QUEUE waiting batches it skips one, counted. Nothing
+here raises: a fault in monitoring costs a warning, never an answer.
 """
 
 from __future__ import annotations
@@ -42,8 +40,7 @@ class Recorder:
         self.failed = self.shadow_failing = False
 
     def record(self, images: np.ndarray, probabilities: np.ndarray, model: str = "") -> None:
-        """images float32 (n, 28, 28) and the served model's probabilities (n, classes), which
-        `model` gave ("": the one the server started with)."""
+        """images float32 (n, 28, 28) and the probabilities (n, classes) `model` gave."""
         try:
             if self.prediction_log is None and self.shadow is None:
                 self.metrics.count_predictions(probabilities.argmax(axis=1))

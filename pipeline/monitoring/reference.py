@@ -1,7 +1,6 @@
 """The reference a served model's traffic is compared with: the test split as that model saw it.
 
-evaluate writes it (a DVC output, and an artifact of the model's run): one row per test image
-with the prediction log's columns. `make monitor` reads each served version's own.
+evaluate writes it (a DVC output and an artifact of the model's run), a row per test image.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.files import write_csv
 from pipeline.monitoring.statistics import STATISTICS, input_statistics
 
 COLUMNS = ("predicted", "confidence", *STATISTICS)
@@ -32,11 +30,6 @@ def reference_records(images: np.ndarray, probabilities: np.ndarray) -> pd.DataF
         {"predicted": probabilities.argmax(axis=1), "confidence": probabilities.max(axis=1)}
         | input_statistics(images)
     )
-
-
-def write_reference(records: pd.DataFrame, path: str | Path) -> None:
-    """As CSV, atomically (floats to six significant digits)."""
-    write_csv(records, path)
 
 
 def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
@@ -74,8 +67,7 @@ class ModelReference:
 
 
 def reference_of(model: str, client) -> ModelReference:
-    """The reference evaluate logged with the run of `model` (a registered version's URI). Any
-    other model has none: a window is never judged against another model's reference."""
+    """The reference evaluate logged with `model`'s run; none for a model not registered."""
     import mlflow
 
     from pipeline.tracking.registry import REGISTERED_URI, registered_version

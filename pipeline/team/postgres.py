@@ -42,10 +42,6 @@ def binary(name: str) -> str:
     )
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
 @dataclass(frozen=True)
 class PostgresCluster:
     """One cluster: its data folder and the loopback port it listens on."""
@@ -71,7 +67,7 @@ class PostgresCluster:
 
     def _run(self, name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         command = [binary(name), *args]
-        if _as_root():
+        if os.geteuid() == 0:
             command = ["runuser", "-u", OWNER, "--", *command]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
@@ -91,14 +87,14 @@ class PostgresCluster:
         with tempfile.NamedTemporaryFile("w", suffix=".pw") as handle:
             handle.write(password + "\n")
             handle.flush()
-            if _as_root():
+            if os.geteuid() == 0:
                 shutil.chown(self.data_dir, OWNER, OWNER)
                 shutil.chown(handle.name, OWNER, OWNER)
             options = ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]
             result = self._run(
                 "initdb", "-D", str(self.data_dir), "-U", ROLE, f"--pwfile={handle.name}", *options
             )
-        if result.returncode != 0 and "Permission denied" in result.stderr and _as_root():
+        if result.returncode != 0 and "Permission denied" in result.stderr and os.geteuid() == 0:
             raise PostgresError(
                 f"the `{OWNER}` user cannot reach {self.data_dir}: make its parent folders "
                 "world-searchable (chmod o+x) or set team.state_dir to a folder it can reach"
