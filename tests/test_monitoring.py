@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.data.files import write_csv
 from pipeline.inference.onnx_network import OnnxNetwork
-from pipeline.monitoring import drift, drift_report, monitor
+from pipeline.monitoring import drift, monitor
 from pipeline.monitoring.prediction_log import PredictionLog, Scored, images_of, read_predictions
 from pipeline.monitoring.reference import (
     ARTIFACT,
@@ -318,7 +318,7 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
     assert shadow_rows.model == str(models["shadow"]) and shadow_rows.tested
     same = float((logged["predicted"] == logged["shadow_predicted"]).mean())
     assert [(agreed.images, agreed.share) for agreed in verdict.agreements] == [(100, same)]
-    assert f"| {models['shadow']} | 100 | {same:.1%} |" in drift_report.markdown(verdict)
+    assert f"| {models['shadow']} | 100 | {same:.1%} |" in monitor.markdown(verdict)
 
 
 def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp_path):

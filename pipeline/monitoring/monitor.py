@@ -17,13 +17,15 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
-from pipeline.monitoring import drift, drift_report
-from pipeline.monitoring.drift import SERVED, SHADOW, ModelVerdict, Verdict
+from pipeline.monitoring import drift
+from pipeline.monitoring.drift import CLASS_MIX, SERVED, SHADOW, TESTED, ModelVerdict, Verdict
 from pipeline.monitoring.prediction_log import LogError, read_predictions
 from pipeline.monitoring.reference import ModelReference, reference_of
 from pipeline.runtime import cli
@@ -34,6 +36,7 @@ DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
 SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 REPORT_NAME = "report.md"
 EXPERIMENT_SUFFIX = "-monitoring"
+FIGURE_NAME = "drift.png"  # the first model tested; the next ones drift-2.png, drift-3.png, ...
 TEST_METRICS = ("p_value", "distance", "window", "reference")  # each test's, in the run
 
 
@@ -97,6 +100,89 @@ def judge(
     )
 
 
+def figure_name(index: int) -> str:
+    return FIGURE_NAME if index == 0 else f"drift-{index + 1}.png"
+
+
+def markdown(verdict: Verdict) -> str:
+    """The page: the verdict, each model's tests against its own reference, the shadow's."""
+    when = f"{verdict.since:%Y-%m-%d %H:%M} to {verdict.until:%Y-%m-%d %H:%M} UTC"
+    limits = verdict.thresholds
+    rule = f"p-value below {limits.alpha:g} and distance from {limits.min_distance:g}"
+    if verdict.drifted:
+        head = f"**Drift: {', '.join(verdict.drifted)}** ({rule})."
+    elif verdict.tested:
+        head = f"**No drift** ({rule})."
+    else:
+        head = "**No verdict**: no model had a reference and enough predictions."
+    lines = [f"# Monitoring: {verdict.predictions} predictions, {when}", "", head, ""]
+    tested = 0
+    for judged in verdict.models:
+        lines += model_section(judged, verdict.min_predictions)
+        if judged.tested:
+            lines += [f"![reference and window]({figure_name(tested)})", ""]
+            tested += 1
+    if verdict.agreements:
+        table = ["| served | shadow | images both scored | same class |", "|---|---|---|---|"]
+        lines += ["## Shadow agreement", "", *table] + [
+            f"| {agreed.model} | {agreed.shadow} | {agreed.images} | {agreed.share:.1%} |"
+            for agreed in verdict.agreements
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def model_section(judged: ModelVerdict, min_predictions: int) -> list[str]:
+    title = f"{judged.role.capitalize()}: {judged.model} ({judged.predictions} predictions)"
+    lines = [f"## {title}", ""]
+    if judged.reference_rows == 0:
+        return lines + [f"Reference: {judged.reference}. **No verdict** for this model.", ""]
+    lines += [f"Reference: {judged.reference} ({judged.reference_rows} test images).", ""]
+    if not judged.tested:
+        return lines + [f"**No verdict**: fewer than {min_predictions} predictions.", ""]
+    moved = f"Drift: {', '.join(judged.drifted)}" if judged.drifted else "No drift"
+    lines += [
+        f"**{moved}**.",
+        "",
+        "| quantity | test | p-value | distance | what moved | drift |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {found.name} | {found.test} | {found.p_value:.2g} | {found.distance:.2f} "
+        f"| {found.detail} | {'**yes**' if found.drifted else 'no'} |"
+        for found in judged.findings
+    ]
+    return [*lines, ""]
+
+
+def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVerdict) -> Figure:
+    """A histogram per tested quantity and the class mix as bars; what moved titled in red."""
+    moved = set(judged.drifted)
+    figure = Figure(figsize=(12, 6.5), layout="constrained")
+    figure.suptitle(f"{judged.role} {judged.model}: window against its reference")
+    grid = figure.subplots(2, 3).ravel()
+    for axes, name in zip(grid, TESTED, strict=False):
+        values = np.concatenate([reference[name].to_numpy(float), window[name].to_numpy(float)])
+        bins = np.histogram_bin_edges(values, bins=30)
+        style = {"bins": bins, "density": True, "alpha": 0.55, "histtype": "stepfilled"}
+        for sample, label in ((reference, "reference"), (window, "window")):
+            axes.hist(sample[name], label=label, **style)
+        axes.set_title(name, color="red" if name in moved else "black")
+        axes.legend(fontsize=8)
+    axes = grid[len(TESTED)]
+    classes = sorted(set(reference["predicted"]) | set(window["predicted"]))
+    for offset, (sample, label) in zip(
+        (-0.2, 0.2), ((reference, "reference"), (window, "window")), strict=True
+    ):
+        shares = sample["predicted"].value_counts(normalize=True).reindex(classes, fill_value=0)
+        axes.bar(np.arange(len(classes)) + offset, shares, width=0.4, label=label)
+    ticks = {"xticks": range(len(classes)), "xticklabels": [str(label) for label in classes]}
+    axes.set(xlabel="predicted class", ylabel="share", **ticks)
+    axes.set_title(CLASS_MIX, color="red" if CLASS_MIX in moved else "black")
+    axes.legend(fontsize=8)
+    return figure
+
+
 def write_report(
     rows: dict[str, pd.DataFrame],
     references: dict[str, ModelReference],
@@ -107,12 +193,12 @@ def write_report(
     from pipeline.reports import figures
 
     written = [folder / REPORT_NAME]
-    write_text(written[0], drift_report.markdown(verdict))
+    write_text(written[0], markdown(verdict))
     tested = [judged for judged in verdict.models if judged.tested]
     for index, judged in enumerate(tested):
-        written.append(folder / drift_report.figure_name(index))
+        written.append(folder / figure_name(index))
         key = (judged.model, judged.role)
-        drawn = drift_report.distributions(references[judged.model].records, rows[key], judged)
+        drawn = distributions(references[judged.model].records, rows[key], judged)
         figures.save(drawn, written[-1])
     return written
 

@@ -66,6 +66,7 @@ class Scored:
     statistics: dict[str, np.ndarray]  # STATISTICS → (n,)
     pixels: np.ndarray | None  # uint8 (n, 784), only when the log keeps pixels
     model: str = ""  # the version that scored them; "": the log's own (a server that never moves)
+    shadow: tuple[str, list, list] | None = None  # its version, predicted, confidence (lists)
 
     @classmethod
     def of(
@@ -84,15 +85,10 @@ class Scored:
         )
 
 
-@dataclass(frozen=True)
-class ShadowScored:
-    model: str  # its version
-    predicted: np.ndarray  # (n,)
-    confidence: np.ndarray  # (n,)
-
-
-def rows_of(scored: Scored, shadow: ShadowScored | None, app: str, model: str) -> list[tuple]:
+def rows_of(scored: Scored, app: str, model: str) -> list[tuple]:
     count = len(scored.predicted)
+    nothing = [None] * count
+    shadow, shadow_predicted, shadow_confidence = scored.shadow or (None, nothing, nothing)
     columns = [
         [scored.time] * count,
         [app] * count,
@@ -100,10 +96,10 @@ def rows_of(scored: Scored, shadow: ShadowScored | None, app: str, model: str) -
         scored.predicted.tolist(),
         scored.confidence.tolist(),
         *(scored.statistics[name].tolist() for name in STATISTICS),
-        [shadow.model if shadow else None] * count,
-        shadow.predicted.tolist() if shadow else [None] * count,
-        shadow.confidence.tolist() if shadow else [None] * count,
-        [row.tobytes() for row in scored.pixels] if scored.pixels is not None else [None] * count,
+        [shadow] * count,
+        shadow_predicted,
+        shadow_confidence,
+        nothing if scored.pixels is None else [row.tobytes() for row in scored.pixels],
     ]
     return list(zip(*columns, strict=True))
 
@@ -127,10 +123,10 @@ class PredictionLog:
         self.thread = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
         self.thread.start()
 
-    def write(self, scored: Scored, shadow: ShadowScored | None = None) -> None:
+    def write(self, scored: Scored) -> None:
         """Queue a scored batch for the log, never waiting: a full queue drops it (counted)."""
         try:
-            self.queue.put_nowait((scored, shadow))
+            self.queue.put_nowait(scored)
         except queue.Full:
             self.on_drop(len(scored.predicted))
 
@@ -155,15 +151,15 @@ class PredictionLog:
         if self.connection is not None:
             self.connection.close()
 
-    def _insert(self, entries: list[tuple[Scored, ShadowScored | None]]) -> None:
+    def _insert(self, entries: list[Scored]) -> None:
         try:
-            rows = [row for entry in entries for row in rows_of(*entry, self.app, self.model)]
+            rows = [row for entry in entries for row in rows_of(entry, self.app, self.model)]
             self.connection = self.connection or self._open()
             with self.connection:  # one transaction: all these rows, or none
                 self.connection.executemany(INSERT, rows)
             self._trim()
         except Exception as error:  # sqlite3.Error, OSError, or anything: the writer goes on
-            self.on_drop(sum(len(scored.predicted) for scored, _ in entries))
+            self.on_drop(sum(len(scored.predicted) for scored in entries))
             if not self.failing:
                 why = "predictions are served but not logged until it can be written again"
                 log.warning("prediction log %s: cannot write (%s); %s", self.path, error, why)

@@ -7,6 +7,7 @@ here raises: a fault in monitoring costs a warning, never an answer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pipeline.monitoring.metrics import ServerMetrics
-from pipeline.monitoring.prediction_log import PredictionLog, Scored, ShadowScored
+from pipeline.monitoring.prediction_log import PredictionLog, Scored
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Recorder:
                 return
             if self.shadow is not None:
                 self.metrics.shadow_dropped.inc(len(images))
-            self._log(scored, None)
+            self._log(scored)
         except Exception:  # monitoring never costs an answer
             if not self.failed:
                 log.exception("recording a prediction failed (reported once)")
@@ -73,15 +74,16 @@ class Recorder:
                 why = "its predictions are missing from the log until it scores again"
                 log.warning("shadow %s failed (%s); %s", version, error, why)
             self.shadow_failing = True
-            self._log(scored, None)
+            self._log(scored)
             return
         finally:
             self.shadow_slots.release()
         self.shadow_failing = False
-        shadowed = ShadowScored(version, probabilities.argmax(axis=1), probabilities.max(axis=1))
-        self.metrics.count_shadow(scored.predicted, shadowed.predicted)
-        self._log(scored, shadowed)
+        predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        self.metrics.count_shadow(scored.predicted, predicted)
+        shadow = (version, predicted.tolist(), confidence.tolist())
+        self._log(dataclasses.replace(scored, shadow=shadow))
 
-    def _log(self, scored: Scored, shadow: ShadowScored | None) -> None:
+    def _log(self, scored: Scored) -> None:
         if self.prediction_log is not None:
-            self.prediction_log.write(scored, shadow)
+            self.prediction_log.write(scored)

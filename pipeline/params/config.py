@@ -7,16 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 PARAMS_FILE = "params.yaml"
 # The tools' settings, validated by pipeline/params/tools.py; a stage's params do not hold them (a
@@ -49,7 +42,7 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1)]
 
 
-class Section(BaseModel):
+class Section(pydantic.BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -260,7 +253,7 @@ def stage_sections(raw: dict) -> dict:
     return {name: value for name, value in raw.items() if name not in TOOL_SECTIONS}
 
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound=Section)
 
 
 def validated_params(schema: type[Model], raw: Any, source: str) -> Model:
@@ -269,7 +262,7 @@ def validated_params(schema: type[Model], raw: Any, source: str) -> Model:
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return schema.model_validate(raw)
-    except ValidationError as error:
+    except pydantic.ValidationError as error:
         problems = "; ".join(_describe(item) for item in error.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None
 
