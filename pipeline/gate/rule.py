@@ -8,6 +8,7 @@ failed one. Verdicts are tags under `validation.` (a name users' searches know: 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -185,12 +186,12 @@ def decide(
     version = None if registered is None else int(registered)
     release = release_checks(metrics, gate)
     before = alias_version(client, name, CHAMPION)
-    scores: dict[int, float] = {}  # each version scored once
 
-    def scorer(version: int) -> float:
-        if version not in scores:
-            scores[version] = version_score(name, val, version)
-        return scores[version]
+    @functools.cache  # each version scored once; this model's score is its own (read on call)
+    def scorer(other: int) -> float:
+        if other == version:
+            return metrics["validation_accuracy"]
+        return version_score(name, val, other)
 
     gain = None  # none to gain over: no champion yet, or this model is it (judged again)
     if overall(release) == PASSED and before not in (None, version):
@@ -209,13 +210,9 @@ def decide(
     tag_version(client, name, version, verdict | passed_at)
     champion = before
     if contends:
-        scores[version] = metrics["validation_accuracy"]
         champion = settle_champion(name, version, scorer, beats(gate.min_gain))
     settle_challenger(client, name)
     return Decision(release, gain, version, champion, before)
-
-
-# --- the aliases ---------------------------------------------------------------------------
 
 
 def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: int) -> None:

@@ -36,7 +36,6 @@ DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
 SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 REPORT_NAME = "report.md"
 EXPERIMENT_SUFFIX = "-monitoring"
-FIGURE_NAME = "drift.png"  # the first model tested; the next ones drift-2.png, drift-3.png, ...
 TEST_METRICS = ("p_value", "distance", "window", "reference")  # each test's, in the run
 
 
@@ -101,7 +100,8 @@ def judge(
 
 
 def figure_name(index: int) -> str:
-    return FIGURE_NAME if index == 0 else f"drift-{index + 1}.png"
+    """drift.png for the first model tested; then drift-2.png, drift-3.png, ..."""
+    return "drift.png" if index == 0 else f"drift-{index + 1}.png"
 
 
 def markdown(verdict: Verdict) -> str:
@@ -171,9 +171,7 @@ def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVe
         axes.legend(fontsize=8)
     axes = grid[len(TESTED)]
     classes = sorted(set(reference["predicted"]) | set(window["predicted"]))
-    for offset, (sample, label) in zip(
-        (-0.2, 0.2), ((reference, "reference"), (window, "window")), strict=True
-    ):
+    for offset, sample, label in ((-0.2, reference, "reference"), (0.2, window, "window")):
         shares = sample["predicted"].value_counts(normalize=True).reindex(classes, fill_value=0)
         axes.bar(np.arange(len(classes)) + offset, shares, width=0.4, label=label)
     ticks = {"xticks": range(len(classes)), "xticklabels": [str(label) for label in classes]}

@@ -137,17 +137,11 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _intervals_fit(self) -> TrainParams:
-        for name in ("iterations", "log_every"):
-            if getattr(self, name) % self.steps_per_execution:
-                raise ValueError(
-                    f"{name} ({getattr(self, name)}) must be a multiple of "
-                    f"steps_per_execution ({self.steps_per_execution})"
-                )
-        if self.batch_size % self.batch_shards:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of "
-                f"batch_shards ({self.batch_shards})"
-            )
+        steps, shards = "steps_per_execution", "batch_shards"
+        for name, by in (("iterations", steps), ("log_every", steps), ("batch_size", shards)):
+            value, divisor = getattr(self, name), getattr(self, by)
+            if value % divisor:
+                raise ValueError(f"{name} ({value}) must be a multiple of {by} ({divisor})")
         return self
 
 
