@@ -164,7 +164,7 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
     probabilities = OnnxNetwork(models["champion"]).predict(images)
     path = tmp_path / "reports" / "monitor_reference.csv"
     write_csv(reference_records(images, probabilities), path)
-    reference = read_reference(path)
+    reference = read_reference(path.read_text())
     assert len(reference) == 50
     assert list(reference["predicted"]) == list(probabilities.argmax(axis=1))
     np.testing.assert_allclose(reference["confidence"], probabilities.max(axis=1), rtol=1e-5)

@@ -30,9 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE = "predictions"
+WAL_LIMIT_BYTES = 4_000_000
 COLUMNS = ("time", "app", "model", "predicted", "confidence", *STATISTICS)
 COLUMNS += ("shadow_model", "shadow_predicted", "shadow_confidence", "pixels")
 SCHEMA = f"""
+PRAGMA auto_vacuum = INCREMENTAL;  -- before the table: trims shrink the file
+PRAGMA journal_mode = WAL;  -- readers never block the writers
+PRAGMA synchronous = NORMAL;  -- whole transactions on a crash
+PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};  -- the log cut back after each checkpoint
 CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
     id INTEGER PRIMARY KEY, time REAL NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
     predicted INTEGER NOT NULL, confidence REAL NOT NULL,
@@ -47,7 +52,6 @@ QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is
 GATHER_S = 0.2  # the writer gathers batches this long into one transaction (lost on kill -9)
 BUSY_TIMEOUT_S = 10  # the writer of another server process holds the file's write lock
 TRIM_TO = 0.9  # past max_bytes, the oldest rows are deleted down to this share of it
-WAL_LIMIT_BYTES = 4_000_000  # the write-ahead log is cut back to this after each checkpoint
 PAGES = ("page_size", "page_count", "freelist_count")
 CLOSE = object()  # tells the writer to stop after what was queued before it
 
@@ -176,10 +180,6 @@ class PredictionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         try:
-            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the table: trims shrink
-            connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writers
-            connection.execute("PRAGMA synchronous=NORMAL")  # whole transactions on a crash
-            connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             connection.executescript(SCHEMA)
         except sqlite3.Error:
             connection.close()

@@ -15,6 +15,8 @@ import pandas as pd
 from pipeline.monitoring.statistics import STATISTICS, input_statistics
 
 COLUMNS = ("predicted", "confidence", *STATISTICS)
+# Each evaluated model's own reference, in its MLflow run: a version and its reference never part.
+ARTIFACT = "monitoring/reference.csv"
 
 
 class ReferenceUnreadable(Exception):
@@ -32,24 +34,16 @@ def reference_records(images: np.ndarray, probabilities: np.ndarray) -> pd.DataF
     )
 
 
-def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
-    """The reference at `path` (or its content, `text`); ReferenceUnreadable if it is not one."""
+def read_reference(text: str) -> pd.DataFrame:
+    """A reference from its CSV text; ReferenceUnreadable if it is not one."""
     try:
-        records = pd.read_csv(path if text is None else io.StringIO(text))
-    except FileNotFoundError:
-        raise ReferenceUnreadable(
-            f"no reference at {path}: the evaluate stage writes it (dvc repro)"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise ReferenceUnreadable(f"{path}: not a reference ({error})") from None
+        records = pd.read_csv(io.StringIO(text))
+    except ValueError as error:  # pandas' parser errors, an empty file
+        raise ReferenceUnreadable(f"{ARTIFACT}: not a reference ({error})") from None
     missing = [name for name in COLUMNS if name not in records.columns]
     if missing or records.empty:
-        raise ReferenceUnreadable(f"{path}: not a reference (no rows, or no {missing})")
+        raise ReferenceUnreadable(f"{ARTIFACT}: not a reference (no rows, or no {missing})")
     return records
-
-
-# Each evaluated model's own reference, in its MLflow run: a version and its reference never part.
-ARTIFACT = "monitoring/reference.csv"
 
 
 def log_reference(path: str | Path) -> None:
@@ -84,7 +78,7 @@ def reference_of(model: str, client) -> ModelReference:
     if text is None:
         return ModelReference(model, None, f"none in this store (its run has no {ARTIFACT})")
     try:
-        records = read_reference(ARTIFACT, text)
+        records = read_reference(text)
     except ReferenceUnreadable as error:
         return ModelReference(model, None, f"none: {error}")
     return ModelReference(model, records, f"its evaluate run {run_id}")
