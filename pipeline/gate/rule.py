@@ -1,9 +1,7 @@
 """The champion rule: the release checks, the gain, the decision, and the aliases it moves.
 
-A version passes the release checks (floors on the test split, the behavioural checks), then
-needs a gain of `evaluate.min_gain` in validation accuracy over the champion, both scored on
-this run's validation images; each check is judged on its own, so the verdict names every
-failed one. Verdicts are tags under `validation.` (a name users' searches know: the gate here).
+A version passes the release checks (floors, behaviour), then needs a gain of `evaluate.min_gain`
+in validation accuracy over the champion, both scored on this run's images (docs/gate.md).
 """
 
 from __future__ import annotations

@@ -88,15 +88,9 @@ def judge(
         findings = drift.findings(records, rows, limits) if tested else []
         size = 0 if records is None else len(records)
         models.append(ModelVerdict(model, role, len(rows), source, size, findings))
-    return Verdict(
-        since=datetime.datetime.fromtimestamp(since, datetime.UTC),
-        until=datetime.datetime.fromtimestamp(until, datetime.UTC),
-        predictions=len(window),
-        min_predictions=settings.min_predictions,
-        thresholds=limits,
-        models=models,
-        agreements=drift.agreements(window),
-    )
+    bounds = [datetime.datetime.fromtimestamp(at, datetime.UTC) for at in (since, until)]
+    counts = (len(window), settings.min_predictions)
+    return Verdict(*bounds, *counts, limits, models, drift.agreements(window))
 
 
 def figure_name(index: int) -> str:

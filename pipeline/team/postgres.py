@@ -1,9 +1,7 @@
-"""A PostgreSQL cluster of the project's own, made from the machine's PostgreSQL binaries.
+"""A PostgreSQL cluster of the project's own in `team.state_dir`, on 127.0.0.1 only (docs/team.md).
 
-For a machine with no database yet: `make server` initialises one in `team.state_dir`, listening
-on 127.0.0.1 only (no Unix socket), with one password-protected role whose password is made at
-random and kept in a file beside the cluster (mode 600, git- and DVC-ignored). `initdb` refuses
-to run as root, so as root every PostgreSQL binary runs as the `postgres` user (`runuser`).
+Its one role's random password is kept beside it (mode 600); `initdb` refuses to run as root, so
+as root every PostgreSQL binary runs as the `postgres` user (`runuser`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@
     python -m pipeline.team.server stop            # both, by the pids they wrote; data kept
     python -m pipeline.team.server status
 
-The store: MLFLOW_BACKEND_STORE_URI, else a PostgreSQL cluster of our own in `team.state_dir`;
-artifacts proxied to MLFLOW_ARTIFACTS_DESTINATION or `<state_dir>/artifacts` (docs/team.md).
+The store: MLFLOW_BACKEND_STORE_URI, else our own PostgreSQL cluster (docs/team.md).
 """
 
 from __future__ import annotations
