@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -95,35 +95,30 @@ class ServerMetrics:
         self.shadow.labels("agree").inc(agree)
         self.shadow.labels("disagree").inc(len(predicted) - agree)
 
-    def middleware(self, app: Any, routes: Iterable[str]) -> RequestMetrics:
-        return RequestMetrics(app, self, routes)
+    def middleware(self, app: Any, routes: Iterable[str]) -> Callable:
+        """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
+        routes = {*routes, METRICS_PATH}
 
+        async def measured(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            path = scope["path"]
+            route = path if path in routes else OTHER_ROUTE
+            target = self.endpoint if path == METRICS_PATH else app
+            started, status = time.perf_counter(), [500]  # an app that raises sent no status
 
-class RequestMetrics:
-    """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
+            async def sending(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
 
-    def __init__(self, app: Any, metrics: ServerMetrics, routes: Iterable[str]) -> None:
-        self.app, self.metrics = app, metrics
-        self.routes = {*routes, METRICS_PATH}
+            try:
+                await target(scope, receive, sending)
+            finally:
+                self.requests.labels(route, str(status[0])).inc()
+                self.latency.labels(route).observe(time.perf_counter() - started)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        route = path if path in self.routes else OTHER_ROUTE
-        target = self.metrics.endpoint if path == METRICS_PATH else self.app
-        started, status = time.perf_counter(), [500]  # an app that raises sent no status
-
-        async def sending(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await target(scope, receive, sending)
-        finally:
-            self.metrics.requests.labels(route, str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return measured
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
 CREATE INDEX IF NOT EXISTS {TABLE}_by_time ON {TABLE} (time);
 PRAGMA user_version = 1;  -- the schema's version
 """
+DELETE_OLDEST = f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is small arrays
 GATHER_S = 0.2  # the writer gathers batches this long into one transaction (lost on kill -9)
@@ -196,10 +197,7 @@ class PredictionLog:
         rows = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
         excess = math.ceil(rows * (1 - TRIM_TO * self.max_bytes / used))
         with connection:
-            connection.execute(
-                f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)",
-                (excess,),
-            )
+            connection.execute(DELETE_OLDEST, (excess,))
         # freed pages leave the file; executescript steps the pragma to its end, execute once
         connection.executescript("PRAGMA incremental_vacuum;")
 

@@ -97,11 +97,9 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
             "git.dirty": str(bool(changed)).lower(),
             "git.changed_files": ",".join(changed.split()),
         }
-    # Set by `make tune` for each trial's `dvc exp run`.
-    tags |= {tag: os.environ[name] for tag, name in TRIAL_TAG_ENV.items() if os.environ.get(name)}
-    # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    # Set by `make tune` for each trial, and by DVC in `dvc exp run` (dvc/repo/experiments/queue).
+    from_env = TRIAL_TAG_ENV | {"dvc.exp_name": "DVC_EXP_NAME"}
+    tags |= {tag: os.environ[name] for tag, name in from_env.items() if os.environ.get(name)}
     baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
     if baseline:
         tags["dvc.baseline_rev"] = baseline
