@@ -66,9 +66,8 @@ def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thr
 
 def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
     classes = sorted(set(reference) | set(window))
-    counts = np.array(
-        [[int((sample == label).sum()) for label in classes] for sample in (reference, window)]
-    )  # (2, classes)
+    mixes = [sample.value_counts().reindex(classes, fill_value=0) for sample in (reference, window)]
+    counts = np.array(mixes)  # (2, classes)
     shares = counts / counts.sum(axis=1, keepdims=True)
     gaps = np.abs(shares[1] - shares[0])
     p_value = 1.0 if len(classes) < 2 else float(stats.chi2_contingency(counts).pvalue)
@@ -82,11 +81,10 @@ def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Fi
 def agreements(window: pd.DataFrame) -> list[Agreement]:
     """Per served model and shadow, in the rows where a shadow scored the image too."""
     shadowed = window.dropna(subset=["shadow_model"])
+    same = shadowed["predicted"] == shadowed["shadow_predicted"]
+    pairs = same.groupby([shadowed["model"], shadowed["shadow_model"]])
     return [
-        Agreement(
-            model, shadow, len(rows), float((rows["predicted"] == rows["shadow_predicted"]).mean())
-        )
-        for (model, shadow), rows in shadowed.groupby(["model", "shadow_model"])
+        Agreement(model, shadow, len(rows), float(rows.mean())) for (model, shadow), rows in pairs
     ]
 
 
