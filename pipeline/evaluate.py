@@ -36,7 +36,7 @@ from pipeline.data.files import Arrays, load_arrays, read_json, write_csv, write
 from pipeline.gate import behaviour as checks
 from pipeline.gate import rule
 from pipeline.inference import integrity, onnx_network
-from pipeline.monitoring.reference import log_reference, reference_records, write_reference
+from pipeline.monitoring.reference import log_reference, reference_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -226,7 +226,7 @@ def measure(scores: Scores, params: config.Params, painter: drawing.Painter) -> 
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)
     # what make monitor compares the served model's traffic with
-    write_reference(reference_records(test["x"], probabilities), params.paths.monitor_reference)
+    write_csv(reference_records(test["x"], probabilities), params.paths.monitor_reference)
     names = np.asarray(params.data.class_names)
     write_csv(
         pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.data.files import write_csv
 from pipeline.inference.onnx_network import OnnxNetwork
-from pipeline.monitoring import drift, drift_report, monitor
+from pipeline.monitoring import drift, monitor
 from pipeline.monitoring.prediction_log import PredictionLog, Scored, images_of, read_predictions
 from pipeline.monitoring.reference import (
     ARTIFACT,
     ModelReference,
     read_reference,
     reference_records,
-    write_reference,
 )
 from pipeline.monitoring.statistics import STATISTICS, input_statistics
 from pipeline.params import tools
@@ -88,7 +88,7 @@ def params(raw_params, reference, store_root, tmp_path, monkeypatch) -> tools.To
     support.use_store_at(store_root, monkeypatch)
     monitor_settings = raw_params["monitor"]
     monitor_settings |= {"min_predictions": 100}
-    write_reference(reference, raw_params["paths"]["monitor_reference"])
+    write_csv(reference, raw_params["paths"]["monitor_reference"])
     support.write_params(raw_params, tmp_path / "params.yaml")
     return tools.parse_params(raw_params)
 
@@ -103,7 +103,7 @@ def registered(store_root, reference, tmp_path_factory) -> dict[str, str]:
     client.create_registered_model(name)
     experiment = client.create_experiment(f"{name}-runs")
     path = tmp_path_factory.mktemp("reference") / "monitor_reference.csv"
-    write_reference(reference, path)
+    write_csv(reference, path)
     uris = {}
     for role, carries in (("champion", True), ("without", False)):
         run_id = client.create_run(experiment).info.run_id
@@ -163,8 +163,8 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
     images = digits(50, seed=3)
     probabilities = OnnxNetwork(models["champion"]).predict(images)
     path = tmp_path / "reports" / "monitor_reference.csv"
-    write_reference(reference_records(images, probabilities), path)
-    reference = read_reference(path)
+    write_csv(reference_records(images, probabilities), path)
+    reference = read_reference(path.read_text())
     assert len(reference) == 50
     assert list(reference["predicted"]) == list(probabilities.argmax(axis=1))
     np.testing.assert_allclose(reference["confidence"], probabilities.max(axis=1), rtol=1e-5)
@@ -318,7 +318,7 @@ def test_a_shadow_never_changes_an_answer_and_both_predictions_are_logged(
     assert shadow_rows.model == str(models["shadow"]) and shadow_rows.tested
     same = float((logged["predicted"] == logged["shadow_predicted"]).mean())
     assert [(agreed.images, agreed.share) for agreed in verdict.agreements] == [(100, same)]
-    assert f"| {models['shadow']} | 100 | {same:.1%} |" in drift_report.markdown(verdict)
+    assert f"| {models['shadow']} | 100 | {same:.1%} |" in monitor.markdown(verdict)
 
 
 def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp_path):

@@ -1,2 +1,1 @@
-"""The gate a trained model passes before it may become champion: behavioural checks on moved
-and noisy images (behaviour.py), and the champion rule (rule.py)."""
+"""The gate before champion: behavioural checks (behaviour.py) and the champion rule (rule.py)."""

@@ -1,13 +1,12 @@
 """The champion rule: the release checks, the gain, the decision, and the aliases it moves.
 
-A version passes the release checks (floors on the test split, the behavioural checks), then
-needs a gain of `evaluate.min_gain` in validation accuracy over the champion, both scored on
-this run's validation images; each check is judged on its own, so the verdict names every
-failed one. Verdicts are tags under `validation.` (a name users' searches know: the gate here).
+A version passes the release checks (floors, behaviour), then needs a gain of `evaluate.min_gain`
+in validation accuracy over the champion, both scored on this run's images (docs/gate.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -78,18 +77,19 @@ def release_checks(metrics: dict[str, float], gate: config.EvaluateParams) -> li
 
 
 def gain_check(candidate: float, champion: float, min_gain: float) -> Check:
-    """Validation accuracy over the champion's, both on the same images, by at least min_gain;
-    a champion that could not be scored (-inf) is not beaten: no paired comparison, no move."""
+    """Validation accuracy over the champion's (-inf: it could not be scored, so not beaten)."""
+    rule = f">= champion {champion:.4f} + {min_gain:g}"
     if champion == float("-inf"):
         rule = "a champion scored on the same images (it could not be loaded)"
-        return Check(GAIN, "validation_accuracy", candidate, rule, passed=False)
-    rule = f">= champion {champion:.4f} + {min_gain:g}"
-    passed = bool(candidate >= champion + min_gain)
-    return Check(GAIN, "validation_accuracy", candidate, rule, passed)
+    passed = champion > float("-inf") and candidate >= champion + min_gain
+    return Check(GAIN, "validation_accuracy", candidate, rule, bool(passed))
 
 
-def beats(min_gain: float) -> Callable[[float, float], bool]:
-    """The gain check as a rule for ranking versions: (a score, the champion's) → passed?"""
+Beats = Callable[[float, float], bool]  # (a score, the champion's) → does it beat the champion?
+
+
+def beats(min_gain: float) -> Beats:
+    """The gain check as a rule for ranking versions."""
     return lambda score, champion: gain_check(score, champion, min_gain).passed
 
 
@@ -128,28 +128,24 @@ class Decision:
     def became(self) -> str:
         """One sentence on what the verdict did to the aliases (for the model card)."""
         before = "none" if self.champion_before is None else f"version {self.champion_before}"
+        stays = f"the champion stays {before}."
         if self.version is None:
-            return f"Not registered (`mlflow.registration: better`); the champion stays {before}."
+            return f"Not registered (`mlflow.registration: better`); {stays}"
         if self.status == FAILED:
-            return f"Never champion: it failed a release check; the champion stays {before}."
+            return f"Never champion: it failed a release check; {stays}"
         if self.champion == self.version:
             return f"It became `{CHAMPION}` (before: {before})."
-        return (
-            f"It passed the release checks but had no gain: `{CHALLENGER}`; the champion "
-            f"is version {self.champion}."
-        )
+        no_gain = f"It passed the release checks but had no gain: `{CHALLENGER}`"
+        return f"{no_gain}; the champion is version {self.champion}."
 
     def verdict_line(self) -> str:
         """The verdict as one sentence: the release checks, the gain, what it became."""
-        if self.status == FAILED:
-            failed = ", ".join(check.metric for check in self.release if check.failed)
-            head = f"release checks FAILED ({failed})"
-        else:
-            head = "release checks passed"
-        if self.gain is not None:
-            had, gain = "a gain" if self.gain.passed else "no gain", self.gain
-            over = f"champion v{self.champion_before}"
-            head += f"; {had} over {over} ({gain.metric} {gain.value:.4f}, needs {gain.rule})"
+        failed = ", ".join(check.metric for check in self.release if check.failed)
+        head = f"release checks FAILED ({failed})" if failed else "release checks passed"
+        if gain := self.gain:
+            had = "a gain" if gain.passed else "no gain"
+            head += f"; {had} over champion v{self.champion_before} ({gain.metric} "
+            head += f"{gain.value:.4f}, needs {gain.rule})"
         elif self.status == PASSED and self.champion_before is not None:
             head += f"; it is champion v{self.champion_before} already: no gain to have"
         if self.version is None:
@@ -161,8 +157,7 @@ class Decision:
 
 
 def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
-    """A registered version's accuracy on this run's validation images; -inf for one that
-    cannot be loaded (its artifacts gone): it can neither stay champion nor become it."""
+    """A version's accuracy on this run's validation images; -inf if it cannot be loaded."""
     import mlflow
 
     uri = f"models:/{name}/{version}"
@@ -180,8 +175,7 @@ def version_score(name: str, val: dict[str, np.ndarray], version: int) -> float:
 def decide(
     run_info: dict, metrics: dict[str, float], val: dict[str, np.ndarray], params: config.Params
 ) -> Decision:
-    """Judge the model in train's active run, register it (`registration: better`) if it passed
-    the whole gate, tag the verdict, move the aliases it earned; `val` holds "x" and "y"."""
+    """Judge the model in train's active run; register, tag and move the aliases it earned."""
     import mlflow
 
     name, gate = params.mlflow.registered_model, params.evaluate
@@ -190,12 +184,12 @@ def decide(
     version = None if registered is None else int(registered)
     release = release_checks(metrics, gate)
     before = alias_version(client, name, CHAMPION)
-    scores: dict[int, float] = {}  # each version scored once
 
-    def scorer(version: int) -> float:
-        if version not in scores:
-            scores[version] = version_score(name, val, version)
-        return scores[version]
+    @functools.cache  # each version scored once; this model's score is its own (read on call)
+    def scorer(other: int) -> float:
+        if other == version:
+            return metrics["validation_accuracy"]
+        return version_score(name, val, other)
 
     gain = None  # none to gain over: no champion yet, or this model is it (judged again)
     if overall(release) == PASSED and before not in (None, version):
@@ -214,13 +208,9 @@ def decide(
     tag_version(client, name, version, verdict | passed_at)
     champion = before
     if contends:
-        scores[version] = metrics["validation_accuracy"]
         champion = settle_champion(name, version, scorer, beats(gate.min_gain))
     settle_challenger(client, name)
     return Decision(release, gain, version, champion, before)
-
-
-# --- the aliases ---------------------------------------------------------------------------
 
 
 def set_alias(client: mlflow.MlflowClient, name: str, alias: str, version: int) -> None:
@@ -236,12 +226,8 @@ def passed_since(client: mlflow.MlflowClient, name: str, since: float) -> set[in
     return {version for version, at in passed if at is not None and float(at) >= since}
 
 
-Beats = Callable[[float, float], bool]  # (a score, the champion's) → does it beat the champion?
-
-
 def choose_champion(scores: dict[int, float], current: int | None, beats: Beats) -> int:
-    """The champion among scored versions: the current one unless another beats it, else the
-    best of those that do (the lowest version on a tie)."""
+    """The current champion unless another beats it, else the best that does (lowest on a tie)."""
     if current in scores:
         scores = {v: s for v, s in scores.items() if v == current or beats(s, scores[current])}
     best = max(scores.values())
@@ -282,8 +268,7 @@ def settle_champion(
 
 
 def settle_challenger(client: mlflow.MlflowClient, name: str) -> int | None:
-    """Point `challenger` at the newest version that passed the release checks and is not the
-    champion (or at none); the version it points at."""
+    """Point `challenger` at the newest version, not champion, that passed the release checks."""
     champion = alias_version(client, name, CHAMPION)
     passed = [
         int(version.version)
@@ -308,8 +293,7 @@ class PromotionError(Exception):
 
 
 def promote(name: str, version: int, reason: str, who: str, force: bool = False) -> int | None:
-    """Point `champion` at `version` by hand, recording who, why and what it replaced; the
-    champion before. A version that did not pass the gate is refused unless `force`."""
+    """Point `champion` at `version` by hand, recording who and why; the champion before."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -317,14 +301,10 @@ def promote(name: str, version: int, reason: str, who: str, force: bool = False)
         tags = version_tags(client, name, version)
     except mlflow.exceptions.MlflowException:
         raise PromotionError(f"{name} has no version {version}") from None
-    verdict = tags.get(STATUS_TAG, "no verdict")
+    verdict = tags.get(STATUS_TAG)
     if verdict != PASSED and not force:
-        failed = tags.get(FAILED_TAG)
-        raise PromotionError(
-            f"version {version} {verdict if verdict == 'no verdict' else 'failed the gate'}"
-            + (f" ({failed})" if failed and verdict == FAILED else "")
-            + ": give FORCE=1 to promote it anyway"
-        )
+        why = f"failed the gate ({tags.get(FAILED_TAG)})" if verdict == FAILED else "has no verdict"
+        raise PromotionError(f"version {version} {why}: give FORCE=1 to promote it anyway")
     with store_lock():
         before = alias_version(client, name, CHAMPION)
         set_alias(client, name, CHAMPION, version)

@@ -1,8 +1,8 @@
 """Watching the served model: the prediction log, /metrics, a shadow model, drift (make monitor).
 
 In a server (wired in pipeline/serving/asgi.py): statistics.py, prediction_log.py, metrics.py,
-recorder.py (with the shadow). Elsewhere: reference.py (written by evaluate), drift.py,
-drift_report.py and monitor.py (`make monitor`). Between processes:
+recorder.py (with the shadow). Elsewhere: reference.py (written by evaluate), drift.py and
+monitor.py (`make monitor`, its report). Between processes:
 
 - **Server processes share the log**: one writer thread each, on its own connection to the one
   SQLite file in write-ahead-log mode: readers never block writers, writers take turns (waiting

@@ -1,10 +1,8 @@
 """Has the traffic moved away from the reference? A two-sample test per quantity (scipy).
 
-Each input statistic and the confidence: Kolmogorov–Smirnov, its distance D; the predicted-class
-mix: chi-square, its distance the total variation between the two mixes (both 0 to 1). A
-quantity has moved when its p-value is below `alpha` and its distance at least `min_distance`:
-a p-value alone calls drift on real digits (MNIST's test set, taken in order, is written by one
-group of people after another, and a few hundred consecutive images differ in stroke width).
+Each statistic and the confidence: Kolmogorov–Smirnov (distance: D); the class mix: chi-square
+(distance: total variation). Moved: a p-value below `alpha` and a distance from `min_distance`;
+a p-value alone calls drift on real digits (MNIST's writers differ in stroke width, in order).
 """
 
 from __future__ import annotations
@@ -68,9 +66,8 @@ def distribution(name: str, reference: pd.Series, window: pd.Series, limits: Thr
 
 def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Finding:
     classes = sorted(set(reference) | set(window))
-    counts = np.array(
-        [[int((sample == label).sum()) for label in classes] for sample in (reference, window)]
-    )  # (2, classes)
+    mixes = [sample.value_counts().reindex(classes, fill_value=0) for sample in (reference, window)]
+    counts = np.array(mixes)  # (2, classes)
     shares = counts / counts.sum(axis=1, keepdims=True)
     gaps = np.abs(shares[1] - shares[0])
     p_value = 1.0 if len(classes) < 2 else float(stats.chi2_contingency(counts).pvalue)
@@ -84,11 +81,10 @@ def class_mix(reference: pd.Series, window: pd.Series, limits: Thresholds) -> Fi
 def agreements(window: pd.DataFrame) -> list[Agreement]:
     """Per served model and shadow, in the rows where a shadow scored the image too."""
     shadowed = window.dropna(subset=["shadow_model"])
+    same = shadowed["predicted"] == shadowed["shadow_predicted"]
+    pairs = same.groupby([shadowed["model"], shadowed["shadow_model"]])
     return [
-        Agreement(
-            model, shadow, len(rows), float((rows["predicted"] == rows["shadow_predicted"]).mean())
-        )
-        for (model, shadow), rows in shadowed.groupby(["model", "shadow_model"])
+        Agreement(model, shadow, len(rows), float(rows.mean())) for (model, shadow), rows in pairs
     ]
 
 

@@ -1,8 +1,4 @@
-"""A server's metrics for Prometheus (prometheus-client), and the middleware that serves /metrics.
-
-`RequestMetrics` counts and times every request (the body limit's 413 included) and answers
-GET /metrics; `ServerMetrics` holds the series. Several workers: pipeline/monitoring/__init__.py.
-"""
+"""A server's metrics for Prometheus (prometheus-client), and the middleware serving /metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,8 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServerMetrics:
-    """The series of one server process, in a registry of its own (never the global one, so a
-    process may build several apps)."""
+    """The series of one server process, in a registry of its own (a process may build apps)."""
 
     def __init__(self, class_names: list[str], model: str, version: str, shadow: str) -> None:
         self.class_names, self.shadow_name = class_names, shadow
@@ -100,41 +95,35 @@ class ServerMetrics:
         self.shadow.labels("agree").inc(agree)
         self.shadow.labels("disagree").inc(len(predicted) - agree)
 
-    def middleware(self, app: Any, routes: Iterable[str]) -> RequestMetrics:
-        return RequestMetrics(app, self, routes)
+    def middleware(self, app: Any, routes: Iterable[str]) -> Callable:
+        """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
+        routes = {*routes, METRICS_PATH}
 
+        async def measured(scope: dict, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            path = scope["path"]
+            route = path if path in routes else OTHER_ROUTE
+            target = self.endpoint if path == METRICS_PATH else app
+            started, status = time.perf_counter(), [500]  # an app that raises sent no status
 
-class RequestMetrics:
-    """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
+            async def sending(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
 
-    def __init__(self, app: Any, metrics: ServerMetrics, routes: Iterable[str]) -> None:
-        self.app, self.metrics = app, metrics
-        self.routes = {*routes, METRICS_PATH}
+            try:
+                await target(scope, receive, sending)
+            finally:
+                self.requests.labels(route, str(status[0])).inc()
+                self.latency.labels(route).observe(time.perf_counter() - started)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        route = path if path in self.routes else OTHER_ROUTE
-        target = self.metrics.endpoint if path == METRICS_PATH else self.app
-        started, status = time.perf_counter(), [500]  # an app that raises sent no status
-
-        async def sending(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await target(scope, receive, sending)
-        finally:
-            self.metrics.requests.labels(route, str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return measured
 
 
 @contextlib.contextmanager
 def shared_between_processes() -> Iterator[None]:
-    """A fresh PROMETHEUS_MULTIPROC_DIR for the processes started in the block (one the
-    environment names already is used as it is: whoever set it empties it)."""
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the processes started in the block, unless set."""
     if os.environ.get(MULTIPROCESS_ENV):
         yield
         return

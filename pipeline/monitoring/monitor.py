@@ -2,12 +2,8 @@
 
     python -m pipeline.monitoring.monitor [--since 24h | --since 2026-05-01T12:00] [--params FILE]
 
-The window is what the log holds since then (`monitor.window` unless told; a time is local
-unless it names its offset). Each served model's rows are tested against its own reference
-(pipeline/monitoring/drift.py); report.md and drift.png go to `monitor.report_dir`, with a
-shadow's agreement, and it all is logged as a run of the MLflow experiment
-`<mlflow.experiment>-monitoring`. Exit codes: 0 no drift (or too few predictions for a
-verdict), 1 drift (the line names what moved) or an error.
+Each served model's rows are tested against its own reference; report.md and drift.png go to
+`monitor.report_dir`, and all is logged to the MLflow experiment `<mlflow.experiment>-monitoring`.
 """
 
 from __future__ import annotations
@@ -21,13 +17,15 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_text
-from pipeline.monitoring import drift, drift_report
-from pipeline.monitoring.drift import SERVED, SHADOW, ModelVerdict, Verdict
+from pipeline.monitoring import drift
+from pipeline.monitoring.drift import CLASS_MIX, SERVED, SHADOW, TESTED, ModelVerdict, Verdict
 from pipeline.monitoring.prediction_log import LogError, read_predictions
 from pipeline.monitoring.reference import ModelReference, reference_of
 from pipeline.runtime import cli
@@ -65,8 +63,7 @@ def since_argument(text: str) -> str:
 
 
 def rows_by_model(window: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(model, role, its rows) for each model in the window: the served models' rows as
-    logged, and each shadow's rows with its own answers as `predicted` and `confidence`."""
+    """(model, role, its rows) for each model in the window, a shadow's with its own answers."""
     groups = [(model, SERVED, rows) for model, rows in window.groupby("model", sort=False)]
     shadowed = window.dropna(subset=["shadow_model"])
     for model, rows in shadowed.groupby("shadow_model", sort=False):
@@ -91,15 +88,91 @@ def judge(
         findings = drift.findings(records, rows, limits) if tested else []
         size = 0 if records is None else len(records)
         models.append(ModelVerdict(model, role, len(rows), source, size, findings))
-    return Verdict(
-        since=datetime.datetime.fromtimestamp(since, datetime.UTC),
-        until=datetime.datetime.fromtimestamp(until, datetime.UTC),
-        predictions=len(window),
-        min_predictions=settings.min_predictions,
-        thresholds=limits,
-        models=models,
-        agreements=drift.agreements(window),
-    )
+    bounds = [datetime.datetime.fromtimestamp(at, datetime.UTC) for at in (since, until)]
+    counts = (len(window), settings.min_predictions)
+    return Verdict(*bounds, *counts, limits, models, drift.agreements(window))
+
+
+def figure_name(index: int) -> str:
+    """drift.png for the first model tested; then drift-2.png, drift-3.png, ..."""
+    return "drift.png" if index == 0 else f"drift-{index + 1}.png"
+
+
+def markdown(verdict: Verdict) -> str:
+    """The page: the verdict, each model's tests against its own reference, the shadow's."""
+    when = f"{verdict.since:%Y-%m-%d %H:%M} to {verdict.until:%Y-%m-%d %H:%M} UTC"
+    limits = verdict.thresholds
+    rule = f"p-value below {limits.alpha:g} and distance from {limits.min_distance:g}"
+    if verdict.drifted:
+        head = f"**Drift: {', '.join(verdict.drifted)}** ({rule})."
+    elif verdict.tested:
+        head = f"**No drift** ({rule})."
+    else:
+        head = "**No verdict**: no model had a reference and enough predictions."
+    lines = [f"# Monitoring: {verdict.predictions} predictions, {when}", "", head, ""]
+    tested = 0
+    for judged in verdict.models:
+        lines += model_section(judged, verdict.min_predictions)
+        if judged.tested:
+            lines += [f"![reference and window]({figure_name(tested)})", ""]
+            tested += 1
+    if verdict.agreements:
+        table = ["| served | shadow | images both scored | same class |", "|---|---|---|---|"]
+        lines += ["## Shadow agreement", "", *table] + [
+            f"| {agreed.model} | {agreed.shadow} | {agreed.images} | {agreed.share:.1%} |"
+            for agreed in verdict.agreements
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def model_section(judged: ModelVerdict, min_predictions: int) -> list[str]:
+    title = f"{judged.role.capitalize()}: {judged.model} ({judged.predictions} predictions)"
+    lines = [f"## {title}", ""]
+    if judged.reference_rows == 0:
+        return lines + [f"Reference: {judged.reference}. **No verdict** for this model.", ""]
+    lines += [f"Reference: {judged.reference} ({judged.reference_rows} test images).", ""]
+    if not judged.tested:
+        return lines + [f"**No verdict**: fewer than {min_predictions} predictions.", ""]
+    moved = f"Drift: {', '.join(judged.drifted)}" if judged.drifted else "No drift"
+    lines += [
+        f"**{moved}**.",
+        "",
+        "| quantity | test | p-value | distance | what moved | drift |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {found.name} | {found.test} | {found.p_value:.2g} | {found.distance:.2f} "
+        f"| {found.detail} | {'**yes**' if found.drifted else 'no'} |"
+        for found in judged.findings
+    ]
+    return [*lines, ""]
+
+
+def distributions(reference: pd.DataFrame, window: pd.DataFrame, judged: ModelVerdict) -> Figure:
+    """A histogram per tested quantity and the class mix as bars; what moved titled in red."""
+    moved = set(judged.drifted)
+    figure = Figure(figsize=(12, 6.5), layout="constrained")
+    figure.suptitle(f"{judged.role} {judged.model}: window against its reference")
+    grid = figure.subplots(2, 3).ravel()
+    for axes, name in zip(grid, TESTED, strict=False):
+        values = np.concatenate([reference[name].to_numpy(float), window[name].to_numpy(float)])
+        bins = np.histogram_bin_edges(values, bins=30)
+        style = {"bins": bins, "density": True, "alpha": 0.55, "histtype": "stepfilled"}
+        for sample, label in ((reference, "reference"), (window, "window")):
+            axes.hist(sample[name], label=label, **style)
+        axes.set_title(name, color="red" if name in moved else "black")
+        axes.legend(fontsize=8)
+    axes = grid[len(TESTED)]
+    classes = sorted(set(reference["predicted"]) | set(window["predicted"]))
+    for offset, sample, label in ((-0.2, reference, "reference"), (0.2, window, "window")):
+        shares = sample["predicted"].value_counts(normalize=True).reindex(classes, fill_value=0)
+        axes.bar(np.arange(len(classes)) + offset, shares, width=0.4, label=label)
+    ticks = {"xticks": range(len(classes)), "xticklabels": [str(label) for label in classes]}
+    axes.set(xlabel="predicted class", ylabel="share", **ticks)
+    axes.set_title(CLASS_MIX, color="red" if CLASS_MIX in moved else "black")
+    axes.legend(fontsize=8)
+    return figure
 
 
 def write_report(
@@ -112,12 +185,12 @@ def write_report(
     from pipeline.reports import figures
 
     written = [folder / REPORT_NAME]
-    write_text(written[0], drift_report.markdown(verdict))
+    write_text(written[0], markdown(verdict))
     tested = [judged for judged in verdict.models if judged.tested]
     for index, judged in enumerate(tested):
-        written.append(folder / drift_report.figure_name(index))
+        written.append(folder / figure_name(index))
         key = (judged.model, judged.role)
-        drawn = drift_report.distributions(references[judged.model].records, rows[key], judged)
+        drawn = distributions(references[judged.model].records, rows[key], judged)
         figures.save(drawn, written[-1])
     return written
 
@@ -189,8 +262,8 @@ def say(verdict: Verdict, where: str) -> None:
         else:
             log.info("no drift in %s; reference: %s (%s)", what, judged.reference, where)
     for agreed in verdict.agreements:
-        what = f"shadow {agreed.shadow} agreed with {agreed.model}"
-        log.info("%s on %.1f%% of %d images", what, 100 * agreed.share, agreed.images)
+        shares = (agreed.shadow, agreed.model, 100 * agreed.share, agreed.images)
+        log.info("shadow %s agreed with %s on %.1f%% of %d images", *shares)
 
 
 def models_in(window: pd.DataFrame) -> list[str]:

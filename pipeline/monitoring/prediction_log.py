@@ -1,11 +1,8 @@
 """The prediction log: one SQLite row per scored image, written off the request path.
 
-`PredictionLog.write` only queues a scored batch (a full queue drops it, counted); one thread
-inserts what GATHER_S seconds gathered in one transaction. A failed write (an unwritable path,
-a full disk) drops those rows with one warning and the next batch tries again. A server killed
-mid-write loses what was queued, never a committed row. Past `max_bytes` the oldest rows are
-deleted and their pages given back (SQLite's incremental vacuum). pandas reads it with
-`read_predictions`; `images_of` turns the `pixels` column (with `log_pixels`) back into images.
+`write` only queues a batch; one thread inserts what GATHER_S seconds gathered in one transaction.
+A failed write (a full disk) drops those rows with one warning; a kill loses only what was queued.
+Past `max_bytes` the oldest rows are deleted and their pages given back (incremental vacuum).
 """
 
 from __future__ import annotations
@@ -33,10 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE = "predictions"
-SCHEMA_VERSION = 1
+WAL_LIMIT_BYTES = 4_000_000
 COLUMNS = ("time", "app", "model", "predicted", "confidence", *STATISTICS)
 COLUMNS += ("shadow_model", "shadow_predicted", "shadow_confidence", "pixels")
 SCHEMA = f"""
+PRAGMA auto_vacuum = INCREMENTAL;  -- before the table: trims shrink the file
+PRAGMA journal_mode = WAL;  -- readers never block the writers
+PRAGMA synchronous = NORMAL;  -- whole transactions on a crash
+PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};  -- the log cut back after each checkpoint
 CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
     id INTEGER PRIMARY KEY, time REAL NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
     predicted INTEGER NOT NULL, confidence REAL NOT NULL,
@@ -44,14 +45,15 @@ CREATE TABLE IF NOT EXISTS {TABLE} (  -- the columns: docs/monitoring.md
     shadow_model TEXT, shadow_predicted INTEGER, shadow_confidence REAL, pixels BLOB
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_by_time ON {TABLE} (time);
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 1;  -- the schema's version
 """
+DELETE_OLDEST = f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is small arrays
 GATHER_S = 0.2  # the writer gathers batches this long into one transaction (lost on kill -9)
 BUSY_TIMEOUT_S = 10  # the writer of another server process holds the file's write lock
 TRIM_TO = 0.9  # past max_bytes, the oldest rows are deleted down to this share of it
-WAL_LIMIT_BYTES = 4_000_000  # the write-ahead log is cut back to this after each checkpoint
+PAGES = ("page_size", "page_count", "freelist_count")
 CLOSE = object()  # tells the writer to stop after what was queued before it
 
 
@@ -69,15 +71,15 @@ class Scored:
     statistics: dict[str, np.ndarray]  # STATISTICS → (n,)
     pixels: np.ndarray | None  # uint8 (n, 784), only when the log keeps pixels
     model: str = ""  # the version that scored them; "": the log's own (a server that never moves)
+    shadow: tuple[str, list, list] | None = None  # its version, predicted, confidence (lists)
 
     @classmethod
     def of(
         cls, images: np.ndarray, probabilities: np.ndarray, keep_pixels: bool, model: str = ""
     ) -> Scored:
         """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes)."""
-        pixels = None
-        if keep_pixels:
-            pixels = np.rint(np.asarray(images).reshape(len(images), -1) * 255).astype(np.uint8)
+        flat = np.asarray(images).reshape(len(images), -1)
+        pixels = np.rint(flat * 255).astype(np.uint8) if keep_pixels else None
         return cls(
             time.time(),
             probabilities.argmax(axis=1),
@@ -88,15 +90,10 @@ class Scored:
         )
 
 
-@dataclass(frozen=True)
-class ShadowScored:
-    model: str  # its version
-    predicted: np.ndarray  # (n,)
-    confidence: np.ndarray  # (n,)
-
-
-def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -> list[tuple]:
+def rows_of(scored: Scored, app: str, model: str) -> list[tuple]:
     count = len(scored.predicted)
+    nothing = [None] * count
+    shadow, shadow_predicted, shadow_confidence = scored.shadow or (None, nothing, nothing)
     columns = [
         [scored.time] * count,
         [app] * count,
@@ -104,10 +101,10 @@ def rows_of(scored: Scored, app: str, model: str, shadow: ShadowScored | None) -
         scored.predicted.tolist(),
         scored.confidence.tolist(),
         *(scored.statistics[name].tolist() for name in STATISTICS),
-        [shadow.model if shadow else None] * count,
-        shadow.predicted.tolist() if shadow else [None] * count,
-        shadow.confidence.tolist() if shadow else [None] * count,
-        [row.tobytes() for row in scored.pixels] if scored.pixels is not None else [None] * count,
+        [shadow] * count,
+        shadow_predicted,
+        shadow_confidence,
+        nothing if scored.pixels is None else [row.tobytes() for row in scored.pixels],
     ]
     return list(zip(*columns, strict=True))
 
@@ -131,10 +128,10 @@ class PredictionLog:
         self.thread = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
         self.thread.start()
 
-    def write(self, scored: Scored, shadow: ShadowScored | None = None) -> None:
+    def write(self, scored: Scored) -> None:
         """Queue a scored batch for the log, never waiting: a full queue drops it (counted)."""
         try:
-            self.queue.put_nowait((scored, shadow))
+            self.queue.put_nowait(scored)
         except queue.Full:
             self.on_drop(len(scored.predicted))
 
@@ -159,19 +156,15 @@ class PredictionLog:
         if self.connection is not None:
             self.connection.close()
 
-    def _insert(self, entries: list[tuple[Scored, ShadowScored | None]]) -> None:
+    def _insert(self, entries: list[Scored]) -> None:
         try:
-            rows = [
-                row
-                for scored, shadow in entries
-                for row in rows_of(scored, self.app, self.model, shadow)
-            ]
+            rows = [row for entry in entries for row in rows_of(entry, self.app, self.model)]
             self.connection = self.connection or self._open()
             with self.connection:  # one transaction: all these rows, or none
                 self.connection.executemany(INSERT, rows)
             self._trim()
         except Exception as error:  # sqlite3.Error, OSError, or anything: the writer goes on
-            self.on_drop(sum(len(scored.predicted) for scored, _ in entries))
+            self.on_drop(sum(len(scored.predicted) for scored in entries))
             if not self.failing:
                 why = "predictions are served but not logged until it can be written again"
                 log.warning("prediction log %s: cannot write (%s); %s", self.path, error, why)
@@ -188,10 +181,6 @@ class PredictionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
         try:
-            connection.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the table: trims shrink
-            connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writers
-            connection.execute("PRAGMA synchronous=NORMAL")  # whole transactions on a crash
-            connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             connection.executescript(SCHEMA)
         except sqlite3.Error:
             connection.close()
@@ -201,20 +190,14 @@ class PredictionLog:
     def _trim(self) -> None:
         """Past max_bytes of rows, delete the oldest down to TRIM_TO of it."""
         connection = self.connection
-        page_size, pages, free = (
-            connection.execute(f"PRAGMA {name}").fetchone()[0]
-            for name in ("page_size", "page_count", "freelist_count")
-        )
-        used = (pages - free) * page_size
+        size, pages, free = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in PAGES)
+        used = (pages - free) * size
         if used <= self.max_bytes:
             return
         rows = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
         excess = math.ceil(rows * (1 - TRIM_TO * self.max_bytes / used))
         with connection:
-            connection.execute(
-                f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)",
-                (excess,),
-            )
+            connection.execute(DELETE_OLDEST, (excess,))
         # freed pages leave the file; executescript steps the pragma to its end, execute once
         connection.executescript("PRAGMA incremental_vacuum;")
 

@@ -1,14 +1,13 @@
 """What a server does with each batch it scored: count it, log it, have a shadow model score it.
 
-`Recorder.record` runs on the request's worker thread after the model answered: it computes
-the images' statistics (a few vectorised sums) and only queues the rest. The shadow scores on
-a thread of its own (sharing the cores): past SHADOW_QUEUE batches waiting, a batch goes
-unscored by it, counted. Nothing here raises: a fault in monitoring costs a warning, never an
-answer.
+`record` runs on the request's thread after the answer: a few sums, the rest queued. The shadow
+scores on a thread of its own; past SHADOW_QUEUE waiting batches it skips one, counted. Nothing
+here raises: a fault in monitoring costs a warning, never an answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from pipeline.monitoring.metrics import ServerMetrics
-from pipeline.monitoring.prediction_log import PredictionLog, Scored, ShadowScored
+from pipeline.monitoring.prediction_log import PredictionLog, Scored
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ class Recorder:
         self.failed = self.shadow_failing = False
 
     def record(self, images: np.ndarray, probabilities: np.ndarray, model: str = "") -> None:
-        """images float32 (n, 28, 28) and the served model's probabilities (n, classes), which
-        `model` gave ("": the one the server started with)."""
+        """images float32 (n, 28, 28) and the probabilities (n, classes) `model` gave."""
         try:
             if self.prediction_log is None and self.shadow is None:
                 self.metrics.count_predictions(probabilities.argmax(axis=1))
@@ -55,7 +53,7 @@ class Recorder:
                 return
             if self.shadow is not None:
                 self.metrics.shadow_dropped.inc(len(images))
-            self._log(scored, None)
+            self._log(scored)
         except Exception:  # monitoring never costs an answer
             if not self.failed:
                 log.exception("recording a prediction failed (reported once)")
@@ -76,15 +74,16 @@ class Recorder:
                 why = "its predictions are missing from the log until it scores again"
                 log.warning("shadow %s failed (%s); %s", version, error, why)
             self.shadow_failing = True
-            self._log(scored, None)
+            self._log(scored)
             return
         finally:
             self.shadow_slots.release()
         self.shadow_failing = False
-        shadowed = ShadowScored(version, probabilities.argmax(axis=1), probabilities.max(axis=1))
-        self.metrics.count_shadow(scored.predicted, shadowed.predicted)
-        self._log(scored, shadowed)
+        predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        self.metrics.count_shadow(scored.predicted, predicted)
+        shadow = (version, predicted.tolist(), confidence.tolist())
+        self._log(dataclasses.replace(scored, shadow=shadow))
 
-    def _log(self, scored: Scored, shadow: ShadowScored | None) -> None:
+    def _log(self, scored: Scored) -> None:
         if self.prediction_log is not None:
-            self.prediction_log.write(scored, shadow)
+            self.prediction_log.write(scored)

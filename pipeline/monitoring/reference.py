@@ -1,7 +1,6 @@
 """The reference a served model's traffic is compared with: the test split as that model saw it.
 
-evaluate writes it (a DVC output, and an artifact of the model's run): one row per test image
-with the prediction log's columns. `make monitor` reads each served version's own.
+evaluate writes it (a DVC output and an artifact of the model's run), a row per test image.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.files import write_csv
 from pipeline.monitoring.statistics import STATISTICS, input_statistics
 
 COLUMNS = ("predicted", "confidence", *STATISTICS)
+# Each evaluated model's own reference, in its MLflow run: a version and its reference never part.
+ARTIFACT = "monitoring/reference.csv"
 
 
 class ReferenceUnreadable(Exception):
@@ -34,29 +34,16 @@ def reference_records(images: np.ndarray, probabilities: np.ndarray) -> pd.DataF
     )
 
 
-def write_reference(records: pd.DataFrame, path: str | Path) -> None:
-    """As CSV, atomically (floats to six significant digits)."""
-    write_csv(records, path)
-
-
-def read_reference(path: str | Path, text: str | None = None) -> pd.DataFrame:
-    """The reference at `path` (or its content, `text`); ReferenceUnreadable if it is not one."""
+def read_reference(text: str) -> pd.DataFrame:
+    """A reference from its CSV text; ReferenceUnreadable if it is not one."""
     try:
-        records = pd.read_csv(path if text is None else io.StringIO(text))
-    except FileNotFoundError:
-        raise ReferenceUnreadable(
-            f"no reference at {path}: the evaluate stage writes it (dvc repro)"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise ReferenceUnreadable(f"{path}: not a reference ({error})") from None
+        records = pd.read_csv(io.StringIO(text))
+    except ValueError as error:  # pandas' parser errors, an empty file
+        raise ReferenceUnreadable(f"{ARTIFACT}: not a reference ({error})") from None
     missing = [name for name in COLUMNS if name not in records.columns]
     if missing or records.empty:
-        raise ReferenceUnreadable(f"{path}: not a reference (no rows, or no {missing})")
+        raise ReferenceUnreadable(f"{ARTIFACT}: not a reference (no rows, or no {missing})")
     return records
-
-
-# Each evaluated model's own reference, in its MLflow run: a version and its reference never part.
-ARTIFACT = "monitoring/reference.csv"
 
 
 def log_reference(path: str | Path) -> None:
@@ -74,8 +61,7 @@ class ModelReference:
 
 
 def reference_of(model: str, client) -> ModelReference:
-    """The reference evaluate logged with the run of `model` (a registered version's URI). Any
-    other model has none: a window is never judged against another model's reference."""
+    """The reference evaluate logged with `model`'s run; none for a model not registered."""
     import mlflow
 
     from pipeline.tracking.registry import REGISTERED_URI, registered_version
@@ -92,7 +78,7 @@ def reference_of(model: str, client) -> ModelReference:
     if text is None:
         return ModelReference(model, None, f"none in this store (its run has no {ARTIFACT})")
     try:
-        records = read_reference(ARTIFACT, text)
+        records = read_reference(text)
     except ReferenceUnreadable as error:
         return ModelReference(model, None, f"none: {error}")
     return ModelReference(model, records, f"its evaluate run {run_id}")

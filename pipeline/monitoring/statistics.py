@@ -13,8 +13,7 @@ INK_THRESHOLD = 0.1  # a pixel above this is part of a stroke (MNIST's backgroun
 
 
 def input_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
-    """float (n, 28, 28) in [0, 1] → name → (n,): the pixels' sum, the ink's centre of mass
-    (the image's centre without ink), the mean of the pixels above INK_THRESHOLD (0 without)."""
+    """float (n, 28, 28) in [0, 1] → name → (n,); without ink: the image's centre, intensity 0."""
     images = np.asarray(images, dtype=np.float32)  # (n, rows, cols)
     _, rows, cols = images.shape
     ink = images.sum(axis=(1, 2), dtype=np.float64)  # (n,)

@@ -7,16 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 PARAMS_FILE = "params.yaml"
 # The tools' settings, validated by pipeline/params/tools.py; a stage's params do not hold them (a
@@ -49,7 +42,7 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, Field(min_length=1)]
 
 
-class Section(BaseModel):
+class Section(pydantic.BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -144,17 +137,11 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _intervals_fit(self) -> TrainParams:
-        for name in ("iterations", "log_every"):
-            if getattr(self, name) % self.steps_per_execution:
-                raise ValueError(
-                    f"{name} ({getattr(self, name)}) must be a multiple of "
-                    f"steps_per_execution ({self.steps_per_execution})"
-                )
-        if self.batch_size % self.batch_shards:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be a multiple of "
-                f"batch_shards ({self.batch_shards})"
-            )
+        steps, shards = "steps_per_execution", "batch_shards"
+        for name, by in (("iterations", steps), ("log_every", steps), ("batch_size", shards)):
+            value, divisor = getattr(self, name), getattr(self, by)
+            if value % divisor:
+                raise ValueError(f"{name} ({value}) must be a multiple of {by} ({divisor})")
         return self
 
 
@@ -260,7 +247,7 @@ def stage_sections(raw: dict) -> dict:
     return {name: value for name, value in raw.items() if name not in TOOL_SECTIONS}
 
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound=Section)
 
 
 def validated_params(schema: type[Model], raw: Any, source: str) -> Model:
@@ -269,7 +256,7 @@ def validated_params(schema: type[Model], raw: Any, source: str) -> Model:
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return schema.model_validate(raw)
-    except ValidationError as error:
+    except pydantic.ValidationError as error:
         problems = "; ".join(_describe(item) for item in error.errors(include_url=False))
         raise ConfigError(f"{source}: {problems}") from None
 

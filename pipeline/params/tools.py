@@ -1,7 +1,6 @@
 """The tools' settings in params.yaml (serve, monitor, team, tune, report); no stage reads them.
 
-`ToolParams` is the stages' `Params` and these sections together: a tool reads `params.mlflow`
-and `params.serve` alike.
+`ToolParams` holds the stages' `Params` too: a tool reads `params.mlflow` and `params.serve` alike.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ Duration = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhdw]$")]
 
 
 class MonitorParams(Section):
-    """The served model watched: the prediction log that `make serve` and `make demo` write, and
-    `make monitor`'s tests of it against the reference evaluate writes; no stage reads these."""
+    """The servers' prediction log and `make monitor`'s tests of it; no stage reads these."""
 
     log: StrictBool  # record each scored image
     log_path: Name  # SQLite, git- and DVC-ignored

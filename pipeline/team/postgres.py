@@ -1,9 +1,7 @@
-"""A PostgreSQL cluster of the project's own, made from the machine's PostgreSQL binaries.
+"""A PostgreSQL cluster of the project's own in `team.state_dir`, on 127.0.0.1 only (docs/team.md).
 
-For a machine with no database yet: `make server` initialises one in `team.state_dir`, listening
-on 127.0.0.1 only (no Unix socket), with one password-protected role whose password is made at
-random and kept in a file beside the cluster (mode 600, git- and DVC-ignored). `initdb` refuses
-to run as root, so as root every PostgreSQL binary runs as the `postgres` user (`runuser`).
+Its one role's random password is kept beside it (mode 600); `initdb` refuses to run as root, so
+as root every PostgreSQL binary runs as the `postgres` user (`runuser`).
 """
 
 from __future__ import annotations
@@ -42,10 +40,6 @@ def binary(name: str) -> str:
     )
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
 @dataclass(frozen=True)
 class PostgresCluster:
     """One cluster: its data folder and the loopback port it listens on."""
@@ -71,7 +65,7 @@ class PostgresCluster:
 
     def _run(self, name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         command = [binary(name), *args]
-        if _as_root():
+        if os.geteuid() == 0:
             command = ["runuser", "-u", OWNER, "--", *command]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
@@ -91,14 +85,14 @@ class PostgresCluster:
         with tempfile.NamedTemporaryFile("w", suffix=".pw") as handle:
             handle.write(password + "\n")
             handle.flush()
-            if _as_root():
+            if os.geteuid() == 0:
                 shutil.chown(self.data_dir, OWNER, OWNER)
                 shutil.chown(handle.name, OWNER, OWNER)
             options = ["--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"]
             result = self._run(
                 "initdb", "-D", str(self.data_dir), "-U", ROLE, f"--pwfile={handle.name}", *options
             )
-        if result.returncode != 0 and "Permission denied" in result.stderr and _as_root():
+        if result.returncode != 0 and "Permission denied" in result.stderr and os.geteuid() == 0:
             raise PostgresError(
                 f"the `{OWNER}` user cannot reach {self.data_dir}: make its parent folders "
                 "world-searchable (chmod o+x) or set team.state_dir to a folder it can reach"

@@ -4,8 +4,7 @@
     python -m pipeline.team.server stop            # both, by the pids they wrote; data kept
     python -m pipeline.team.server status
 
-The store: MLFLOW_BACKEND_STORE_URI, else a PostgreSQL cluster of our own in `team.state_dir`;
-artifacts proxied to MLFLOW_ARTIFACTS_DESTINATION or `<state_dir>/artifacts` (docs/team.md).
+The store: MLFLOW_BACKEND_STORE_URI, else our own PostgreSQL cluster (docs/team.md).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pipeline.params.config as config
 import pipeline.params.tools as tools
 import pipeline.tracking.store as tracking
 from pipeline.runtime import cli, processes
@@ -42,25 +40,24 @@ class ServerError(Exception):
 class State:
     """Where a server keeps what it owns: `team.state_dir` under the repo (or absolute)."""
 
-    def __init__(self, params: config.TeamParams, root: Path) -> None:
+    def __init__(self, params: tools.TeamParams, root: Path) -> None:
         self.folder = (root / params.state_dir).resolve()
         self.cluster = PostgresCluster(self.folder / "postgres", params.postgres_port)
         self.pid_file = self.folder / "mlflow-server.pid"
         self.log_file = self.folder / "logs" / "mlflow-server.log"
-        self.artifacts = self.folder / "artifacts"
+        self.artifacts = os.environ.get(ARTIFACTS_ENV) or str(self.folder / "artifacts")
         self.auth_config = self.folder / "basic_auth.ini"
         self.secret_key = self.folder / "flask-secret-key"
 
     def server_pid(self) -> int | None:
-        """The pid in the pid file, if that process is alive."""
+        """The pid in the pid file, if that process is alive (not a zombie)."""
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pid_file.read_text())
-            if running(pid):
-                return pid
+            return pid if processes.process_alive(pid) else None
         return None
 
 
-def url(params: config.TeamParams) -> str:
+def url(params: tools.TeamParams) -> str:
     return f"http://{params.host}:{params.port}"
 
 
@@ -115,12 +112,11 @@ def auth_environment(state: State) -> dict[str, str]:
     }
 
 
-def server_command(params: config.TeamParams, state: State, auth: bool) -> list[str]:
-    artifacts = os.environ.get(ARTIFACTS_ENV) or str(state.artifacts)
+def server_command(params: tools.TeamParams, state: State, auth: bool) -> list[str]:
     mlflow_cli = Path(sys.executable).with_name("mlflow")  # this environment's, PATH or not
     command = [str(mlflow_cli), "server", "--host", params.host, "--port", str(params.port)]
     command += ["--workers", str(params.workers), "--serve-artifacts"]
-    command += ["--artifacts-destination", artifacts]
+    command += ["--artifacts-destination", state.artifacts]
     return [*command, "--app-name", "basic-auth"] if auth else command
 
 
@@ -133,13 +129,13 @@ def wait_until_up(process: subprocess.Popen, state: State, base_url: str) -> Non
         if healthy(base_url):
             return
         time.sleep(0.5)
-    terminate(process.pid)
+    processes.stop_group(process.pid, STOP_TIMEOUT)
     raise ServerError(
         f"mlflow server did not answer within {START_TIMEOUT:g} s; log: {state.log_file}"
     )
 
 
-def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
+def start(params: tools.TeamParams, root: Path, auth: bool = False) -> str:
     """Start PostgreSQL (if it is ours) and the MLflow server; return the server's URL."""
     state, base_url = State(params, root), url(params)
     if state.server_pid() and healthy(base_url):
@@ -164,38 +160,18 @@ def start(params: config.TeamParams, root: Path, auth: bool = False) -> str:
         )
     state.pid_file.write_text(f"{process.pid}\n")
     wait_until_up(process, state, base_url)
-    artifacts = os.environ.get(ARTIFACTS_ENV) or state.artifacts
-    log.info(
-        "MLflow server (pid %d) at %s%s; artifacts proxied to %s",
-        process.pid,
-        base_url,
-        " with basic auth" if auth else "",
-        artifacts,
-    )
+    where = (process.pid, base_url, " with basic auth" if auth else "", state.artifacts)
+    log.info("MLflow server (pid %d) at %s%s; artifacts proxied to %s", *where)
     log.info("point the pipeline at it: export %s=%s", tracking.TRACKING_URI_ENV, base_url)
     return base_url
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie; a server that is our own child and has exited is reaped first."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return processes.process_alive(pid)
-
-
-def terminate(pid: int) -> None:
-    """SIGTERM the server's process group (uvicorn and its workers), SIGKILL if it lingers."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # our own child that has exited: reaped, not a zombie
-    processes.stop_group(pid, STOP_TIMEOUT)
-
-
-def stop(params: config.TeamParams, root: Path) -> None:
+def stop(params: tools.TeamParams, root: Path) -> None:
     """Stop the MLflow server and, if it is ours, PostgreSQL; every stored thing is kept."""
     state = State(params, root)
     pid = state.server_pid()
-    if pid:
-        terminate(pid)
+    if pid:  # its process group: uvicorn and its workers
+        processes.stop_group(pid, STOP_TIMEOUT)
         log.info("MLflow server (pid %d) stopped", pid)
     else:
         log.info("no MLflow server of this repo is running")
@@ -203,7 +179,7 @@ def stop(params: config.TeamParams, root: Path) -> None:
     state.cluster.stop()
 
 
-def status(params: config.TeamParams, root: Path) -> bool:
+def status(params: tools.TeamParams, root: Path) -> bool:
     state = State(params, root)
     pid, up = state.server_pid(), healthy(url(params))
     answer = "answers" if up else "does not answer"

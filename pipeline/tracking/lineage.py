@@ -1,14 +1,12 @@
-"""Tags that say where a training run's result came from, for a person and for `make reproduce`.
+"""Tags that say where a training run's result came from, for a person and `make reproduce`.
 
-Its commit and DVC experiment, its params and data (lineage_tags); the environment that shaped
-it beyond those, package versions, CPU model and vector flags (environment_tags); and the weights
-it gave (weights_sha256), so a reproduction on the same machine can be checked bit for bit;
-and the run's name (run_name): its experiment, or its commit and the params changed since.
-Reading them costs milliseconds; nothing here imports TensorFlow.
+Its commit, DVC experiment, params and data (lineage_tags); packages and CPU (environment_tags);
+the weights it gave (weights_sha256), for a bit-for-bit check; its name (run_name). No TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -64,8 +62,7 @@ def flatten(values: dict[str, Any]) -> dict[str, str]:
 
 
 def stage_params(params: config.Params) -> dict[str, Any]:
-    """The stages' validated params as JSON values: what a run logs, hashes and restores (the
-    tools' settings, when `params` holds them, are not the run's)."""
+    """The stages' validated params (not the tools') as JSON: what a run logs, hashes, restores."""
     return params.model_dump(mode="json", include=set(config.Params.model_fields))
 
 
@@ -100,11 +97,9 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
             "git.dirty": str(bool(changed)).lower(),
             "git.changed_files": ",".join(changed.split()),
         }
-    # Set by `make tune` for each trial's `dvc exp run`.
-    tags |= {tag: os.environ[name] for tag, name in TRIAL_TAG_ENV.items() if os.environ.get(name)}
-    # Set by DVC while running `dvc exp run` (dvc/repo/experiments/queue/base.py).
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    # Set by `make tune` for each trial, and by DVC in `dvc exp run` (dvc/repo/experiments/queue).
+    from_env = TRIAL_TAG_ENV | {"dvc.exp_name": "DVC_EXP_NAME"}
+    tags |= {tag: os.environ[name] for tag, name in from_env.items() if os.environ.get(name)}
     baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
     if baseline:
         tags["dvc.baseline_rev"] = baseline
@@ -112,10 +107,7 @@ def lineage_tags(data_hashes: dict[str, str], params: config.Params) -> dict[str
 
 
 def params_changes(path: str = config.PARAMS_FILE) -> dict[str, str]:
-    """The stage params that the workspace's params file changes from HEAD's, flattened:
-    {"train.learning_rate": "0.002"}, a key HEAD lacks with its value, a key removed as
-    "(removed)". The tools' sections are left out: a run neither logs nor hashes them. {}
-    outside git, or when either file cannot be read."""
+    """The stage params the workspace changes from HEAD's, flattened ({} outside git)."""
     committed_text = _git("show", f"HEAD:./{path}")
     if committed_text is None:
         return {}
@@ -132,8 +124,7 @@ def params_changes(path: str = config.PARAMS_FILE) -> dict[str, str]:
 
 
 def describe_changes(changes: dict[str, str]) -> str:
-    """`train.learning_rate=0.002 model.num_units=64`: the first few changes, each value cut
-    short, then `+N more`, so the runs table's name column stays readable."""
+    """`train.learning_rate=0.002 model.num_units=64 +2 more`: short, for the runs table."""
     named = [
         f"{key}={value if len(value) <= MAX_VALUE_CHARS else value[: MAX_VALUE_CHARS - 1] + '…'}"
         for key, value in list(changes.items())[:MAX_NAMED_CHANGES]
@@ -143,10 +134,8 @@ def describe_changes(changes: dict[str, str]) -> str:
 
 
 def run_name(tags: dict[str, str]) -> str | None:
-    """What the run is called in MLflow, as `dvc exp show` and a report call what made it: the
-    DVC experiment's name; for `dvc repro`, its commit (`a94719f`) followed by what params.yaml
-    changes from the commit's (`a94719f train.learning_rate=0.002`) and `+uncommitted code` when
-    other inputs differ too. None outside git: MLflow's random name."""
+    """The run's name: the DVC experiment's, else `a94719f train.learning_rate=0.002` (the commit,
+    the params changed since, `+uncommitted code`); None outside git: MLflow's random name."""
     if tags.get("dvc.exp_name"):
         return tags["dvc.exp_name"]
     commit = tags.get("git_commit")
@@ -171,16 +160,13 @@ def weights_sha256(weights: Iterable[np.ndarray]) -> str:
 
 def package_version(names: tuple[str, ...]) -> str:
     for name in names:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return "absent"
 
 
 def cpu_description(cpuinfo: Path = CPUINFO) -> tuple[str, str]:
-    """The first CPU's model name and its vector flags, from Linux's cpuinfo (else what Python
-    says). The one place that reads it: the run tags and the benchmarks' machine line."""
+    """The first CPU's model name and vector flags, from Linux's cpuinfo (else Python's guess)."""
     try:
         text = cpuinfo.read_text().split("\n\n", 1)[0]  # the first CPU's block
     except OSError:

@@ -1,7 +1,6 @@
-"""The model registry's plumbing: registered URIs, aliases, version tags, loading a version.
+"""The model registry's plumbing: aliases, version tags, loading a version (the rule: gate/rule.py).
 
-Who becomes `champion` is the gate's rule (pipeline/gate/rule.py). MLflow is imported inside
-the functions: the servers name the champion without loading it."""
+MLflow is imported inside the functions: the servers name the champion without importing it."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ def champion_uri(name: str) -> str:
 
 
 def registered_version(client: mlflow.MlflowClient, uri: str):
-    """The registered version a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names (an
-    alias resolved now); None for any other URI. MLflow's exception when there is no such."""
+    """The version a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names; None: not one."""
     match = REGISTERED_URI.match(uri)
     if match is None:
         return None
@@ -65,8 +63,7 @@ def tag_version(client: mlflow.MlflowClient, name: str, version: int, tags: dict
 
 
 def register(name: str, model_uri: str, onnx_sha256: str | None) -> int:
-    """A logged model as a new version of `name` (for `registration: better`, once it passed),
-    tagged with its ONNX file's sha256 as train logged it."""
+    """A logged model as a new version of `name`, tagged with its ONNX file's sha256."""
     import mlflow
 
     tags = {integrity.HASH_TAG: onnx_sha256} if onnx_sha256 else None
@@ -77,8 +74,7 @@ def register(name: str, model_uri: str, onnx_sha256: str | None) -> int:
 
 @contextlib.contextmanager
 def downloaded(model_uri: str, onnx_sha256: str | None) -> Iterator[str]:
-    """A logged model or a registered version in a temporary folder, its ONNX file checked
-    against `onnx_sha256` (None: none was recorded) and refused (ModelError) if it differs."""
+    """A model in a temporary folder, its ONNX file checked against `onnx_sha256` (ModelError)."""
     import mlflow
 
     with server_lost_as_error(), tempfile.TemporaryDirectory(prefix="model-") as folder:
@@ -88,10 +84,8 @@ def downloaded(model_uri: str, onnx_sha256: str | None) -> Iterator[str]:
 
 
 def load_model(model_uri: str, onnx_sha256: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """A logged model or a registered version as a function of images → class probabilities:
-    its ONNX file on ONNX Runtime, as the servers run it, checked (`downloaded`) first. The
-    pyfunc would run the same file through the same code (onnx_network.py) behind MLflow's own
-    loading, which costs a stage its import."""
+    """A model as images → class probabilities: its checked ONNX file on ONNX Runtime, as the
+    servers run it (the pyfunc runs the same, behind MLflow's slow loading)."""
     with downloaded(model_uri, onnx_sha256) as local:
         network = OnnxNetwork(integrity.onnx_file(local))  # read whole: the folder may go
     return network.predict

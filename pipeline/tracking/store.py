@@ -1,8 +1,4 @@
-"""Where runs are tracked: the repo's SQLite store by default, or a server; locking, orphaned runs.
-
-Lineage tags are in pipeline/tracking/lineage.py, the registry and its champion alias in
-pipeline/tracking/registry.py.
-"""
+"""Where runs are tracked: the repo's SQLite store by default, or a server; locks, orphaned runs."""
 
 from __future__ import annotations
 
@@ -29,7 +25,6 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before the stage gives up
 # MLflow's client retries a failed request 7 times with doubling waits (~4 minutes) by default;
 # a stage whose server went away should say so within seconds: 3 retries wait ~6-9 s in all.
-# Set either variable to choose otherwise.
 SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 # `mlflow ui` / `mlflow server` start job-consumer processes (huey) for GenAI jobs unless told
 # not to; this project runs none, and `mlflow ui` leaves them behind when stopped.
@@ -37,11 +32,8 @@ NO_SERVER_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def repo_root() -> Path:
-    """The DVC repo the run belongs to, even when `dvc exp run` executes in a temporary copy.
-
-    DVC sets DVC_ROOT for every stage command; for queued and --temp experiments it points at
-    the parent repository, not at the copy (dvc/repo/experiments/queue/base.py).
-    """
+    """The DVC repo the run belongs to, even when `dvc exp run` executes in a temporary copy."""
+    # DVC_ROOT names the parent repo, not the copy, for queued and --temp experiments too.
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
     here = Path.cwd().resolve()
@@ -75,39 +67,30 @@ def shown(uri: str) -> str:
 
 
 def require_run(run_id: str, origin: str | None, handed_over_in: str) -> None:
-    """Fail with one line when the current store lacks the run a stage was handed (or holds it
-    deleted): DVC restores a stage's outputs from its run cache whatever store trained them,
-    and the next stage would die on a run it cannot find."""
+    """Fail with one line when the store lacks (or deleted) the run a stage was handed."""
     import mlflow
 
     here = shown(mlflow.get_tracking_uri())
     try:
-        deleted = mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "deleted"
+        if mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage != "deleted":
+            return
+        where, hint = f"a run deleted from {here}", ""
     except mlflow.exceptions.MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        deleted = False
         where = f"a run of {shown(origin) if origin else 'another store'}, which {here} lacks"
-    else:
-        if not deleted:
-            return
-        where = f"a run deleted from {here}"
-    elsewhere = (
-        f", or set MLFLOW_TRACKING_URI={shown(origin)} to evaluate it there" if origin else ""
-    )
+        hint = (
+            f", or set MLFLOW_TRACKING_URI={shown(origin)} to evaluate it there" if origin else ""
+        )
     raise TrackingError(
         f"{handed_over_in} names MLflow run {run_id}, {where} (DVC restored train's outputs "
-        f"from its run cache): run `dvc repro -f train` to train it again into this store"
-        + ("" if deleted else elsewhere)
+        f"from its run cache): run `dvc repro -f train` to train it again into this store{hint}"
     )
 
 
 def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
-    """Fail fast, before any training, when a tracking server does not answer.
-
-    MLflow's own client retries for minutes; its server answers GET /health.
-    """
-    if not _is_server(uri):
+    """Fail fast, before any training, when a tracking server does not answer GET /health."""
+    if not is_server(uri):
         return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
@@ -122,10 +105,6 @@ def check_server(uri: str, timeout: float = SERVER_TIMEOUT) -> None:
         ) from None
 
 
-def _is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 @contextlib.contextmanager
 def server_lost_as_error() -> Iterator[None]:
     """A tracking server that stops answering mid-stage ends the stage with one clear line."""
@@ -135,7 +114,7 @@ def server_lost_as_error() -> Iterator[None]:
         yield
     except (mlflow.exceptions.MlflowException, OSError) as error:
         uri = mlflow.get_tracking_uri()
-        if not _is_server(uri):
+        if not is_server(uri):
             raise
         try:
             check_server(uri)
@@ -148,6 +127,10 @@ def server_lost_as_error() -> Iterator[None]:
         raise
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def local_db(uri: str) -> Path | None:
     """The SQLite file of a `sqlite:///` URI; None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -155,12 +138,7 @@ def local_db(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def store_lock(uri: str | None = None) -> Iterator[None]:
-    """Serialise store set-up and champion promotion across parallel experiments.
-
-    Two processes opening a new SQLite store both run its migrations and collide; two
-    evaluations promoting at once could leave the alias on the worse model. Server stores
-    handle their own concurrency, so only a local SQLite file gets a lock file beside it.
-    """
+    """Serialise a SQLite store's set-up (its migrations) and champion moves across processes."""
     import mlflow
 
     database = local_db(uri or mlflow.get_tracking_uri())
@@ -172,23 +150,16 @@ def store_lock(uri: str | None = None) -> Iterator[None]:
         yield
 
 
-def _use_wal(database: Path) -> None:
-    """Write-ahead logging lets readers (the UI) and one writer work at once; it persists."""
-    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
-
-
 def connect(params: config.MlflowParams, root: Path) -> str:
-    """Point MLflow's tracking and registry at the store (failing fast if it is a server that
-    does not answer); return its URI."""
+    """Point MLflow's tracking and registry at the store; return its URI."""
     return connect_to(tracking_uri(params, root))
 
 
 def connect_to(uri: str) -> str:
-    """`connect` for a store given by its URI."""
+    """`connect` for a store given by its URI (a server that does not answer fails fast)."""
     import mlflow
 
-    if _is_server(uri):
+    if is_server(uri):
         for name, value in SERVER_RETRIES.items():
             os.environ.setdefault(name, value)
     check_server(uri)
@@ -198,8 +169,7 @@ def connect_to(uri: str) -> str:
 
 
 def client_for(uri: str):
-    """An MlflowClient on the store at `uri`, its registry included: given only a tracking URI,
-    MLflow takes the registry from the process's global one, which may be another store."""
+    """An MlflowClient on the store at `uri`, its registry included (not the process's)."""
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -216,18 +186,6 @@ def artifact_text(client, run_id: str, path: str) -> str | None:
             return None
 
 
-def beside_store(uri: str, params: config.MlflowParams) -> str | None:
-    """For a SQLite store named by MLFLOW_TRACKING_URI, the artifacts folder beside it; None for
-    a server, which keeps artifacts where it is configured to.
-
-    Left to MLflow, a new experiment's artifacts would go to `./mlruns` under the working folder
-    of whichever stage created it: under `dvc exp run --temp` a temporary copy that DVC deletes
-    when that experiment ends, taking the later runs' models with it.
-    """
-    database = local_db(uri)
-    return None if database is None else artifact_location(params, database.parent)
-
-
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
@@ -235,14 +193,19 @@ def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     root = root or repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = connect(params, root)
+    database = local_db(uri)
     with store_lock(uri):
-        if (database := local_db(uri)) is not None:
-            _use_wal(database)
+        if database is not None:  # WAL: readers (the UI) and one writer at once; it persists
+            with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
         experiment = mlflow.get_experiment_by_name(params.experiment)
         location = None if overridden else artifact_location(params, root)
         if experiment is None:
+            # Left to MLflow, artifacts would go to ./mlruns in the stage's working folder: under
+            # `dvc exp run --temp` a copy DVC deletes. Beside a SQLite store, None for a server.
+            beside = database and artifact_location(params, database.parent)
             experiment_id = mlflow.create_experiment(
-                params.experiment, artifact_location=location or beside_store(uri, params)
+                params.experiment, artifact_location=location or beside
             )
         else:
             experiment_id = experiment.experiment_id
@@ -280,16 +243,9 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     client = mlflow.MlflowClient()
     closed = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        pid = tags.get("pipeline.pid", "")
-        if (
-            tags.get("pipeline.host") == socket.gethostname()
-            and pid.isdigit()
-            and not processes.process_alive(int(pid))
-        ):
+        host, pid = (run.data.tags.get(f"pipeline.{key}", "") for key in ("host", "pid"))
+        if host == socket.gethostname() and pid.isdigit() and not processes.process_alive(int(pid)):
             client.set_terminated(run.info.run_id, status="KILLED")
             closed.append(run.info.run_id)
-            log.warning(
-                "run %s was left RUNNING by a process that died; marked KILLED", run.info.run_id
-            )
+            log.warning("run %s was left RUNNING by a process that died; marked KILLED", closed[-1])
     return closed
