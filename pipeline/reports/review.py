@@ -19,6 +19,7 @@ CURVES_FILE = "curves.png"
 CONFUSION_CHANGE_FILE = "confusion_change.png"
 NONE = "—"  # a value a side did not record
 MOVES_SHOWN = 10  # rows of the confusion change's table
+SCORES = ["precision", "recall", "f1"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return markdown_table(pd.DataFrame(rows, columns=header)).splitlines()
 
 
-def signed(number: float) -> str:
-    return NONE if pd.isna(number) else f"{number:+.4f}"
+def number(value: float, sign: str = "") -> str:
+    return NONE if pd.isna(value) else f"{value:{sign}.4f}"
 
 
 def same_revision(base: str, target: str, commit: str) -> str:
@@ -69,16 +70,22 @@ def markdown(
 ) -> str:
     """The report; `dvc_tables`: `dvc params diff --md` and `dvc metrics diff --md --all`."""
     params, metrics = (text.strip() for text in dvc_tables)
-    missing = [f"{side.role} {side.label}: {'; '.join(side.missing)}"
-               for side in (base, target) if side.missing]  # fmt: skip
+    sides = (base, target)
+    cpus = [side.run.cpu if side.run else None for side in sides]
+    if None not in cpus and cpus[0] != cpus[1]:  # float sums in another order
+        notes = notes + [
+            f"the sides trained on different CPU kinds ({cpus[0]}; {cpus[1]}): at equal params "
+            "their weights, and so their metrics, differ in the last digits"
+        ]
+    notes = notes + [f"{s.role} {s.label}: {'; '.join(s.missing)}" for s in sides if s.missing]
     blocks = [
         [f"# Review: {target.label} against {base.label}"],
         [side_line(base), "", side_line(target)],
-        [f"- {note}" for note in notes + cpu_notes(base, target) + missing],
+        [f"- {note}" for note in notes],
         ["## Params (`dvc params diff`)", "", params or "No param differs."],
         ["## Metrics (`dvc metrics diff --all`)", "", metrics or "Neither side records metrics."],
         per_class_section(base, target),
-        curves_section(curves, (base, target)),
+        curves_section(curves, sides),
         confusion_section(base, target),
     ]
     return "\n\n".join("\n".join(block) for block in blocks if block) + "\n"
@@ -86,38 +93,22 @@ def markdown(
 
 def side_line(side: Side) -> str:
     """`Base: <revision>, <what its tables are>; MLflow run <run>; made on <CPU>; verdict.`"""
-    if side.run is None:
-        return f"{side.role.capitalize()}: {side.label}, {side.source}; no MLflow run at hand."
-    run = f"MLflow run {run_cell(side.run)}{side.run_found}"
-    cpu = f"made on {side.run.cpu}" if side.run.cpu else "CPU not recorded"
-    return (f"{side.role.capitalize()}: {side.label}, {side.source}; {run}; {cpu}; "
-            f"gate: {side.run.verdict}.")  # fmt: skip
-
-
-def cpu_notes(base: Side, target: Side) -> list[str]:
-    """A note when the sides trained on different CPU kinds (float sums in another order)."""
-    cpus = [side.run.cpu if side.run else None for side in (base, target)]
-    if None in cpus or cpus[0] == cpus[1]:
-        return []
-    return [f"the sides trained on different CPU kinds ({cpus[0]}; {cpus[1]}): at equal params "
-            "their weights, and so their metrics, differ in the last digits"]  # fmt: skip
-
-
-def run_cell(run: Run) -> str:
-    if run.name is None:
-        return f"`{run.run_id}` (not in this MLflow store)"
+    start, run = f"{side.role.capitalize()}: {side.label}, {side.source}", side.run
+    if run is None:
+        return f"{start}; no MLflow run at hand."
     name = f"[{run.name}]({run.url})" if run.url else run.name
-    return f"{name} `{run.run_id}`"
+    cell = f"{name} `{run.run_id}`" if run.name else f"`{run.run_id}` (not in this MLflow store)"
+    cpu = f"made on {run.cpu}" if run.cpu else "CPU not recorded"
+    return f"{start}; MLflow run {cell}{side.run_found}; {cpu}; gate: {run.verdict}."
 
 
 def per_class_changes(base: pd.DataFrame | None, target: pd.DataFrame | None) -> pd.DataFrame:
     """Both sides' per-class scores on one row per class, the largest F1 move first."""
-    empty = pd.DataFrame(columns=["class", "precision", "recall", "f1"]).astype({"class": str})
-    joined = (base if base is not None else empty).merge(
-        target if target is not None else empty, on="class", how="outer",
-        suffixes=("_base", "_target"), sort=False,
-    )  # fmt: skip
-    for score in ("precision", "recall", "f1"):
+    empty = pd.DataFrame(columns=["class", *SCORES]).astype({"class": str})
+    joined = (empty if base is None else base).merge(
+        empty if target is None else target, on="class", how="outer", suffixes=("_base", "_target")
+    )
+    for score in SCORES:
         joined[f"{score}_change"] = joined[f"{score}_target"] - joined[f"{score}_base"]
     order = joined["f1_change"].abs().fillna(-1).sort_values(ascending=False, kind="stable")
     return joined.loc[order.index].reset_index(drop=True)
@@ -128,10 +119,11 @@ def per_class_section(base: Side, target: Side) -> list[str]:
     if base.per_class is None and target.per_class is None:
         return lines + ["Neither side records per-class scores."]
     changes = per_class_changes(base.per_class, target.per_class).to_dict("records")
-    rows = [[f"`{row['class']}`", *(NONE if pd.isna(row[key]) else f"{row[key]:.4f}"
-                                    for key in ("f1_base", "f1_target")),
-             *(signed(row[f"{score}_change"]) for score in ("f1", "precision", "recall"))]
-            for row in changes]  # fmt: skip
+    rows = [
+        [f"`{row['class']}`", number(row["f1_base"]), number(row["f1_target"])]
+        + [number(row[f"{score}_change"], "+") for score in ("f1", "precision", "recall")]
+        for row in changes
+    ]
     header = ["class", "F1 base", "F1 target", "F1 change", "precision change", "recall change"]
     return lines + table(header, rows)
 
@@ -140,9 +132,12 @@ def curves_section(drawn: bool, sides: tuple[Side, ...]) -> list[str]:
     lines = ["## Training curves", ""]
     if not drawn:
         return lines + ["Neither side's training history is at hand."]
-    sources = [f"The {side.role}'s curves are {side.history_from}."
-               for side in sides if side.history is not None and side.history_from]  # fmt: skip
     lines.append(f"![training curves, base and target]({CURVES_FILE})")
+    sources = [
+        f"The {side.role}'s curves are {side.history_from}."
+        for side in sides
+        if side.history is not None and side.history_from
+    ]
     return lines + (["", " ".join(sources)] if sources else [])
 
 
@@ -151,16 +146,20 @@ def confusion_section(base: Side, target: Side) -> list[str]:
     lines = ["## Confusion change (test, target − base)", ""]
     if base.confusion is None or target.confusion is None:
         return lines + ["Only both sides' confusion records give a change."]
-    base_counts, target_counts, _ = aligned_counts(base.confusion, target.confusion, [])
-    correct = [int(np.trace(counts)) for counts in (base_counts, target_counts)]
-    lines += [f"![confusion change, target − base]({CONFUSION_CHANGE_FILE})", "",
-              f"Correct (the diagonal): base {correct[0]}, target {correct[1]} "
-              f"({correct[1] - correct[0]:+d})."]  # fmt: skip
+    before, after = (int(np.trace(c)) for c in aligned_counts(base.confusion, target.confusion))
+    lines += [
+        f"![confusion change, target − base]({CONFUSION_CHANGE_FILE})",
+        "",
+        f"Correct (the diagonal): base {before}, target {after} ({after - before:+d}).",
+    ]
     moves = confusion_moves(base.confusion, target.confusion)
     if moves.empty:
         return lines + ["", "No mistake moved: every off-diagonal count is the same."]
-    rows = [[f"`{move.actual}`", f"`{move.predicted}`", str(move.base), str(move.target),
-             f"{move.change:+d}"] for move in moves.head(MOVES_SHOWN).itertuples()]  # fmt: skip
+    rows = [
+        [f"`{move.actual}`", f"`{move.predicted}`", str(move.base), str(move.target)]
+        + [f"{move.change:+d}"]
+        for move in moves.head(MOVES_SHOWN).itertuples()
+    ]
     more = len(moves) - MOVES_SHOWN
     footer = ["", f"{more} more cells moved, by as much or less."] if more > 0 else []
     header = ["true", "predicted", "base", "target", "change"]
@@ -168,27 +167,24 @@ def confusion_section(base: Side, target: Side) -> list[str]:
 
 
 def aligned_counts(
-    base: pd.DataFrame, target: pd.DataFrame, class_names: list[str]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Two count matrices over one list of classes: the class names, then any other found."""
+    base: pd.DataFrame, target: pd.DataFrame, class_names: list[str] = ()
+) -> list[pd.DataFrame]:
+    """Two count tables over one list of classes: the class names, then any other found."""
     found = {str(name) for counts in (base, target) for name in (*counts.index, *counts.columns)}
     names = list(class_names) + sorted(found - set(class_names))
-    matrices = [counts.reindex(index=names, columns=names, fill_value=0).to_numpy(dtype=int)
-                for counts in (base, target)]  # fmt: skip
-    return matrices[0], matrices[1], names
+    return [counts.reindex(index=names, columns=names, fill_value=0) for counts in (base, target)]
 
 
 def confusion_moves(base: pd.DataFrame, target: pd.DataFrame) -> pd.DataFrame:
     """The mistakes (off-diagonal cells) whose count changed, the largest move first."""
-    base_counts, target_counts, names = aligned_counts(base, target, [])
-    rows = [(names[actual], names[predicted], int(base_counts[actual, predicted]),
-             int(target_counts[actual, predicted]))
-            for actual, predicted in zip(*np.nonzero(target_counts != base_counts), strict=True)
-            if actual != predicted]  # fmt: skip
-    moves = pd.DataFrame(rows, columns=["actual", "predicted", "base", "target"])
-    moves["change"] = moves["target"] - moves["base"]
-    order = moves["change"].abs().sort_values(ascending=False, kind="stable").index
-    return moves.loc[order].reset_index(drop=True)
+    before, after = (
+        counts.rename_axis(index="actual", columns="predicted").stack()
+        for counts in aligned_counts(base, target)
+    )
+    moves = pd.DataFrame({"base": before, "target": after}).reset_index()
+    moves = moves[(moves.actual != moves.predicted) & (moves.base != moves.target)]
+    moves["change"] = moves.target - moves.base
+    return moves.sort_values("change", key=abs, ascending=False, kind="stable")
 
 
 def curves_of_both(sides: list[Side]) -> Figure:
@@ -212,9 +208,8 @@ def curves_of_both(sides: list[Side]) -> Figure:
 def confusion_change(base: Side, target: Side, class_names: list[str]) -> Figure:
     """Target − base counts: mistakes red where the target makes more, blue fewer; the diagonal
     (correct answers) grey, its change in figures."""
-    base_counts, target_counts, names = aligned_counts(base.confusion, target.confusion,
-                                                       class_names)  # fmt: skip
-    change = target_counts - base_counts
+    before, after = aligned_counts(base.confusion, target.confusion, class_names)
+    names, change = list(after.index), (after - before).to_numpy(dtype=int)
     diagonal = np.eye(len(names), dtype=bool)
     limit = max(1, int(np.abs(change[~diagonal]).max(initial=0)))
     figure = Figure(figsize=(6.5, 5.5), layout="constrained")

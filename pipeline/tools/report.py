@@ -1,7 +1,5 @@
 """`make report`: what a commit or an experiment changed against a base revision, in Markdown.
 
-    python -m pipeline.tools.report [--base main] [--target workspace|REVISION|EXPERIMENT|best]
-
 DVC's params, metrics and plots diffs, and each side's MLflow run, CPU and verdict: docs/team.md.
 """
 
@@ -31,7 +29,6 @@ from pipeline.runtime import cli
 log = logging.getLogger(__name__)
 
 WORKSPACE = "workspace"
-BEST = "best"
 REPORT_FILE = "report.md"
 UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui`, where a run of the repo's own store opens
 # evaluate's gate tags train's run: passed or failed, the failed checks, the gain's line
@@ -80,19 +77,16 @@ def resolve_revision(repo, name: str) -> Revision:
         raise ReportError(f"unknown revision or experiment: {name}") from None
 
 
-def metric_of(row: dict, metric: str) -> float | None:
-    """A `dvc exp show` row's value of `metric` (its column is `file:metric` when ambiguous)."""
-    found = [value for key, value in row.items() if key == metric or key.endswith(f":{metric}")]
-    return found[0] if found and isinstance(found[0], int | float) else None
-
-
 def best_experiment(root: Path, tune: tools.TuneParams) -> tuple[str, str]:
     """HEAD's experiment with the best selection metric, and a note of how it was chosen."""
     import dvc.api
 
-    rows = [row for row in dvc.api.exp_show(repo=str(root)) if row.get("Experiment")]
-    scores = {row["Experiment"]: metric_of(row, tune.metric) for row in rows}
-    scored = {name: score for name, score in scores.items() if score is not None}
+    scores = {}  # a row's column is `file:metric` when the name is ambiguous
+    for row in dvc.api.exp_show(repo=str(root)):
+        found = [value for key, value in row.items() if key.split(":")[-1] == tune.metric]
+        if row.get("Experiment"):
+            scores[row["Experiment"]] = next(iter(found), None)
+    scored = {name: score for name, score in scores.items() if isinstance(score, int | float)}
     if not scores:
         raise ReportError("HEAD has no experiment to choose the best of (dvc exp show lists none)")
     if not scored:
@@ -100,14 +94,13 @@ def best_experiment(root: Path, tune: tools.TuneParams) -> tuple[str, str]:
             f"no experiment of HEAD records {tune.metric} (tune.metric) to choose the best by; "
             f"experiments considered: {', '.join(scores)}"
         )
-    choose = max if tune.direction == "maximize" else min
-    best = choose(scored, key=scored.__getitem__)
-    unscored = sorted(set(scores) - set(scored))
+    best = (max if tune.direction == "maximize" else min)(scored, key=scored.__getitem__)
+    unscored = ", ".join(sorted(set(scores) - set(scored)))
     note = (
         f"`best`: experiment `{best}`, {tune.metric} {scored[best]:.4f} "
         f"({tune.direction}, tune.metric) among {len(scored)} of HEAD's experiments"
     )
-    return best, note + (f"; without {tune.metric}: {', '.join(unscored)}" if unscored else "")
+    return best, note + (f"; without {tune.metric}: {unscored}" if unscored else "")
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -120,44 +113,29 @@ def dvc(root: Path, *args: str) -> str:
     return result.stdout
 
 
-@dataclass(frozen=True)
-class Plots:
-    """`dvc plots diff --json`'s rows (strings) by (plot, revision name), and its errors."""
-
-    rows: dict[tuple[str, str], pd.DataFrame]
-    errors: dict[str, list[str]]  # revision name → "path: DVC's message"
-
-    def history(self, name: str) -> pd.DataFrame | None:
-        rows = self.rows.get((HISTORY_PLOT, name))  # a row per iteration and y field
-        return None if rows is None else rows.drop_duplicates("iteration")[
-            ["iteration", *HISTORY_METRICS]].astype(float)  # fmt: skip
-
-    def per_class(self, path: str, name: str) -> pd.DataFrame | None:
-        rows = self.rows.get((path, name))
-        scores = dict.fromkeys(["precision", "recall", "f1"], float)
-        return None if rows is None else rows[["class", *scores]].astype(scores)
-
-    def confusion(self, path: str, name: str) -> pd.DataFrame | None:
-        rows = self.rows.get((path, name))
-        return None if rows is None else pd.crosstab(rows["actual"], rows["predicted"])
-
-
-def plots_of(root: Path, paths: config.PathParams, revisions: list[str]) -> Plots:
-    """The data of dvc.yaml's plots of history, per class and confusion at both revisions."""
-    targets = [HISTORY_PLOT, paths.per_class, paths.confusion]
+def plots_of(root: Path, paths: config.PathParams, revisions: list[str]) -> tuple[dict, dict]:
+    """dvc.yaml's plots of history, per class and confusion at both revisions, as tables by
+    (plot, revision name); and DVC's errors by revision name ("path: DVC's message")."""
+    tables = {
+        HISTORY_PLOT: lambda rows: rows.drop_duplicates("iteration")[  # a row per y field
+            ["iteration", *HISTORY_METRICS]
+        ].astype(float),
+        paths.per_class: lambda rows: rows[["class", *review.SCORES]].astype(
+            dict.fromkeys(review.SCORES, float)
+        ),
+        paths.confusion: lambda rows: pd.crosstab(rows["actual"], rows["predicted"]),
+    }
     with tempfile.TemporaryDirectory() as folder:  # where DVC would put image plots
-        text = dvc(root, "plots", "diff", "--json", "-o", folder, "--targets", *targets,
-                   "--", *revisions)  # fmt: skip
-    found = json.loads(text)
-    rows: dict[tuple[str, str], pd.DataFrame] = {}
-    for name, plots in found.get("data", {}).items():
-        table = pd.DataFrame([row for plot in plots for row in plot["content"]["data"]["values"]])
+        targets = ["-o", folder, "--targets", *tables, "--", *revisions]
+        text = dvc(root, "plots", "diff", "--json", *targets)
+    found, plots, errors = json.loads(text), {}, {}
+    for name, drawn in found.get("data", {}).items():
+        table = pd.DataFrame([row for plot in drawn for row in plot["content"]["data"]["values"]])
         for revision, part in table.groupby("rev") if not table.empty else []:
-            rows[name, revision] = part
-    errors: dict[str, list[str]] = {}
+            plots[name, revision] = tables[name](part)
     for error in found.get("errors", []):
         errors.setdefault(error["rev"], []).append(f"{error['source']}: {error['msg']}")
-    return Plots(rows, errors)
+    return plots, errors
 
 
 def read_files(root: Path, revision: Revision, paths: list[str]) -> dict[str, str | None]:
@@ -176,30 +154,17 @@ def read_files(root: Path, revision: Revision, paths: list[str]) -> dict[str, st
         fs.close()
 
 
-def workspace_changes(root: Path) -> list[str]:
-    """What `dvc status` finds changed since dvc.lock ran: one phrase, or none."""
-    status = json.loads(dvc(root, "status", "--json") or "{}")
-    if not status:
-        return []
-    return [f"`dvc status` finds {', '.join(status)} changed since dvc.lock ran: its outputs "
-            "are not its params' and code's (`dvc repro`)"]  # fmt: skip
-
-
-def gate_outcome(tags: dict[str, str]) -> str:
-    """The gate's verdict: the release checks' status, the failed ones, the gain's outcome."""
-    status, failed, gain = (tags.get(name) for name in VERDICT_TAGS)
-    if not status:
-        return "no verdict recorded"
-    text = f"{status} ({failed})" if failed and failed != "none" else status
-    return text + (f"; gain over the champion {gain.rsplit(': ', 1)[-1]}" if gain else "")
-
-
 def presented(store: Store, found) -> review.Run:
-    """A run of the store as the report shows it: name and link, verdict, CPU."""
+    """A run of the store as the report shows it: name and link, the gate's verdict, CPU."""
     tags, info = found.data.tags, found.info
     server = store.uri if store.uri.startswith(("http://", "https://")) else UI_ADDRESS
     url = f"{server.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
-    return review.Run(info.run_id, info.run_name, url, gate_outcome(tags), tags.get(CPU_TAG))
+    status, failed, gain = (tags.get(name) for name in VERDICT_TAGS)
+    verdict = f"{status} ({failed})" if failed and failed != "none" else status
+    if gain:
+        verdict += f"; gain over the champion {gain.rsplit(': ', 1)[-1]}"
+    verdict = verdict if status else "no verdict recorded"
+    return review.Run(info.run_id, info.run_name, url, verdict, tags.get(CPU_TAG))
 
 
 def run_of(store: Store, revision: Revision, texts: dict, params: tools.ToolParams) -> tuple:
@@ -230,16 +195,14 @@ def run_of(store: Store, revision: Revision, texts: dict, params: tools.ToolPara
 
 
 def side_of(
-    role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store,
-    plots: Plots,
-) -> review.Side:  # fmt: skip
+    role: str, revision: Revision, root: Path, params: tools.ToolParams, store: Store, plots: tuple
+) -> review.Side:
     """A side: its record as DVC reads it, its run, its curves, and what it lacks."""
-    paths = params.paths
-    wanted = [paths.run_info, paths.metrics, config.PARAMS_FILE]
-    texts = read_files(root, revision, wanted)
+    paths, (tables, errors) = params.paths, plots
+    texts = read_files(root, revision, [paths.run_info, paths.metrics, config.PARAMS_FILE])
     found, how = run_of(store, revision, texts, params)
-    missing = plots.errors.get(revision.name, [])
-    history, history_from = plots.history(revision.name), ""
+    missing = errors.get(revision.name, [])
+    history, history_from = tables.get((HISTORY_PLOT, revision.name)), ""
     if history is None and found is not None:
         history = run_history(store.client, found.info.run_id)
         if history is not None:
@@ -247,14 +210,15 @@ def side_of(
             missing = [line for line in missing if not line.startswith(paths.history)]
     if found is None and texts[paths.run_info] is None:
         missing.append(f"{paths.run_info} is not at hand, nor a run at its params in the store")
-    if revision.commit is None:
-        missing += workspace_changes(root)
+    if revision.commit is None and (status := json.loads(dvc(root, "status", "--json") or "{}")):
+        missing.append(f"`dvc status` finds {', '.join(status)} changed since dvc.lock ran: its "
+                       "outputs are not its params' and code's (`dvc repro`)")  # fmt: skip
     named = texts[paths.run_info] and json.loads(texts[paths.run_info])["run_id"]
     run = presented(store, found) if found else review.Run(named) if named else None
     source = "the experiment's record" if revision.experiment else "the committed record"
     source = "its files on disk" if revision.commit is None else source
-    per_class = plots.per_class(paths.per_class, revision.name)
-    confusion = plots.confusion(paths.confusion, revision.name)
+    per_class = tables.get((paths.per_class, revision.name))
+    confusion = tables.get((paths.confusion, revision.name))
     return review.Side(role, revision.label, source, per_class, confusion, history, history_from,
                        run, how, tuple(missing))  # fmt: skip
 
@@ -266,21 +230,19 @@ class Store:
     uri: str
     client: object | None
 
-    def sentence(self) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"Runs from the MLflow server {self.uri}."
-        where = f"`{self.uri}`" + ("" if self.client else " (no such store here)")
-        return f"Runs from the MLflow store {where}; the links open with `make ui` running."
 
-
-def open_store(params: tools.ToolParams, root: Path) -> Store:
-    """The repo's store (MLFLOW_TRACKING_URI, else its SQLite file), never created here."""
+def open_store(params: tools.ToolParams, root: Path) -> tuple[Store, str]:
+    """The repo's store (MLFLOW_TRACKING_URI, else its SQLite file), never created here; and
+    the report's sentence about it."""
     uri = tracking.tracking_uri(params.mlflow, root)
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)
+        return Store(uri, tracking.client_for(uri)), f"Runs from the MLflow server {uri}."
     database = tracking.local_db(uri)
-    if database is not None and not database.is_file():
-        return Store(uri, None)
-    tracking.check_server(uri)
-    return Store(uri, tracking.client_for(uri))
+    exists = database is None or database.is_file()
+    where = f"`{uri}`" + ("" if exists else " (no such store here)")
+    store = Store(uri, tracking.client_for(uri) if exists else None)
+    return store, f"Runs from the MLflow store {where}; the links open with `make ui` running."
 
 
 def clean_runs(store: Store, params_text: str | None, experiment: str) -> list:
@@ -328,31 +290,27 @@ def run(params: tools.ToolParams, params_file: str | Path, base: str, target: st
     from dvc.repo import Repo
 
     root, notes = Path(params_file).resolve().parent, []
-    if target == BEST:
+    if target == "best":
         target, note = best_experiment(root, params.tune)
         notes.append(note)
     if base == WORKSPACE:
         raise ReportError("the base is a revision: the workspace can only be the target")
     with Repo(str(root)) as repo:
-        base_revision, target_revision = (
-            resolve_revision(repo, base),
-            resolve_revision(repo, target),
-        )
+        revisions = [resolve_revision(repo, base), resolve_revision(repo, target)]
     report = root / params.report.output_dir / REPORT_FILE
-    if base_revision.commit == target_revision.commit:
-        write_text(report, review.same_revision(base, target, base_revision.commit))
+    if revisions[0].commit == revisions[1].commit:
+        write_text(report, review.same_revision(base, target, revisions[0].commit))
         log.info("wrote %s: %s and %s are the same revision", report, base, target)
         return report
-    revisions = [base, target]
-    tables = (dvc(root, "params", "diff", "--md", "--", *revisions),
-              dvc(root, "metrics", "diff", "--md", "--all", "--", *revisions))  # fmt: skip
-    plots = plots_of(root, params.paths, revisions)
-    store = open_store(params, root)
-    sides = [side_of("base", base_revision, root, params, store, plots),
-             side_of("target", target_revision, root, params, store, plots)]  # fmt: skip
+    tables = (dvc(root, "params", "diff", "--md", "--", base, target),
+              dvc(root, "metrics", "diff", "--md", "--all", "--", base, target))  # fmt: skip
+    plots = plots_of(root, params.paths, [base, target])
+    store, sentence = open_store(params, root)
+    sides = [side_of(role, revision, root, params, store, plots)
+             for role, revision in zip(("base", "target"), revisions, strict=True)]  # fmt: skip
     report.parent.mkdir(parents=True, exist_ok=True)
     curves = draw(report.parent, sides, params.data.class_names)
-    write_text(report, review.markdown(*sides, tables, [*notes, store.sentence()], curves))
+    write_text(report, review.markdown(*sides, tables, [*notes, sentence], curves))
     log.info("wrote %s: %s against %s", report, target, base)
     return report
 
