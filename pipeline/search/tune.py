@@ -350,17 +350,9 @@ def run(params: tools.ToolParams, params_file: str, workers: int = 1) -> None:
     """Work on the study here and in `workers - 1` more processes on this machine, each in a
     process group of its own (Ctrl-C reaches this command only, which stops each of them once)."""
     cli.unwind_on_signals()  # SIGTERM as Ctrl-C: the worker stops its trial's experiment first
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.search.tune",
-        "--params",
-        params_file,
-        "--workers",
-        "1",
-    ]
+    command = [sys.executable, "-m", "pipeline.search.tune", "--params", params_file]
     others = [
-        subprocess.Popen(command, stdin=subprocess.DEVNULL, process_group=0)
+        subprocess.Popen([*command, "--workers", "1"], stdin=subprocess.DEVNULL, process_group=0)
         for _ in range(workers - 1)
     ]
     try:

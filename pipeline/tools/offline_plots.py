@@ -35,18 +35,13 @@ class PlotsTemplateError(Exception):
 
 def fetch_script(package: str, sha256: str, workdir: Path) -> str:
     """Download one npm tarball (no install, no scripts run), verify it, return its script."""
+    command = ["npm", "pack", "--silent", "--pack-destination", str(workdir), package]
     try:
-        packed = subprocess.run(
-            ["npm", "pack", "--silent", "--pack-destination", str(workdir), package],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        ).stdout.split()[-1]
+        packed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         raise PlotsTemplateError(f"npm pack {package} failed: {detail.strip()}") from None
-    tarball = workdir / packed
+    tarball = workdir / packed.stdout.split()[-1]
     actual = sha256_file(tarball)
     if actual != sha256:
         raise PlotsTemplateError(f"{package}: sha256 {actual}, expected {sha256}")
