@@ -81,7 +81,7 @@ def render(
 def validation_section(status: str, checks: list, outcome: str) -> str:
     """The gate's verdict: its status and outcome, then one row per check (gate.Check)."""
     rows = pd.DataFrame(
-        [(c.name, f"`{c.metric}`", c.value, c.rule, c.outcome) for c in checks],
+        [(c.name, f"`{c.metric}`", float(c.value), c.rule, c.outcome) for c in checks],
         columns=["check", "metric", "value", "needs", "result"],
     )
     failed = [c.failed for c in checks]

@@ -194,9 +194,8 @@ def restore_params(source: Path, client, run_id: str) -> None:
             "artifact (older code logged none): its params cannot be restored exactly"
         ) from None
     path = source / config.PARAMS_FILE
-    path.write_text(
-        yaml.safe_dump(yaml.safe_load(path.read_text()) | stage_params, sort_keys=False)
-    )
+    rebuilt = yaml.safe_load(path.read_text()) | stage_params
+    path.write_text(yaml.safe_dump(rebuilt, sort_keys=False))
 
 
 def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
@@ -211,9 +210,8 @@ def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
     execute(["dvc", "config", "--local", "cache.dir", str(cache)], source, env)
     for name, settings in remotes.items():
         if "://" not in settings["url"]:  # a path remote, relative to the repo's .dvc folder
-            execute(
-                ["dvc", "remote", "modify", "--local", name, "url", settings["url"]], source, env
-            )
+            modify = ["dvc", "remote", "modify", "--local", name, "url", settings["url"]]
+            execute(modify, source, env)
 
 
 def restore_data(source: Path, env: dict[str, str], original: RunRecord) -> None:
@@ -259,12 +257,9 @@ def relayed(args: list[str], cwd: Path, env: dict[str, str]) -> int:
 def run_stages(source: Path, env: dict[str, str]) -> None:
     """The revision's own `train` and `evaluate` commands, output shown as they run."""
     stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
-    log.info(
-        "train and evaluate run against a scratch store (%s): the lines marked %s are "
-        "about it, and its registry, not yours",
-        env["MLFLOW_TRACKING_URI"],
-        SCRATCH_MARK.strip(),
-    )
+    store = env["MLFLOW_TRACKING_URI"]
+    about = f"the lines marked {SCRATCH_MARK.strip()} are about it, and its registry, not yours"
+    log.info("train and evaluate run against a scratch store (%s): %s", store, about)
     for name in ("train", "evaluate"):
         args = shlex.split(stages[name]["cmd"])
         if args[0] in ("python", "python3"):
