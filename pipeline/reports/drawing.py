@@ -13,7 +13,6 @@ the exception the drawing raised. EOF on stdin stops it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import pickle
 import subprocess
@@ -24,12 +23,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-FIGURES = "pipeline.reports.figures"  # imported in the drawing process only
-
 
 def answer(requests: BinaryIO, replies: BinaryIO) -> None:
     """The drawing process's loop: each request drawn and answered, until EOF."""
-    figures = importlib.import_module(FIGURES)
+    from pipeline.reports import figures  # in the drawing process only
+
     while True:
         try:
             figure, path, args = pickle.load(requests)

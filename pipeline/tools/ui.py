@@ -79,20 +79,16 @@ def run(params: config.Params, host: str, port: int) -> int:
     experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
     view = share_view(tracking.client_for(store_uri), experiment_id)
     if on_server:
-        log.info(
-            "the store is the tracking server %s: its training runs are at %s",
-            store_uri,
-            training_runs_url(store_uri, experiment_id, view),
-        )
+        url = training_runs_url(store_uri, experiment_id, view)
+        log.info("the store is the tracking server %s: its training runs are at %s", store_uri, url)
         return 0
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     command = [mlflow, "ui", "--backend-store-uri", store_uri, "--host", host, "--port", str(port)]
     environment = os.environ | tracking.NO_SERVER_JOBS
     process = subprocess.Popen(command, env=environment, start_new_session=True)
+    url = training_runs_url(f"http://{host}:{port}", experiment_id, view)
     log.info(
-        "MLflow UI on %s: the training runs, their params and accuracy, are at %s",
-        store_uri,
-        training_runs_url(f"http://{host}:{port}", experiment_id, view),
+        "MLflow UI on %s: the training runs, their params and accuracy, are at %s", store_uri, url
     )
     cli.unwind_on_signals()
     try:
