@@ -169,15 +169,14 @@ def source_of(root: Path, original: RunRecord) -> tuple[str, str, bool]:
 @contextlib.contextmanager
 def worktree(root: Path, revision: str) -> Iterator[Path]:
     """A detached git worktree of `revision` in a temporary folder, removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="reproduce-"))
-    source = folder / "src"
-    try:
-        execute(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
-        yield source
-    finally:
-        execute(["git", "worktree", "remove", "--force", str(source)], root, check=False)
-        execute(["git", "worktree", "prune"], root, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="reproduce-", ignore_cleanup_errors=True) as folder:
+        source = Path(folder) / "src"
+        try:
+            execute(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
+            yield source
+        finally:
+            execute(["git", "worktree", "remove", "--force", str(source)], root, check=False)
+            execute(["git", "worktree", "prune"], root, check=False)
 
 
 def restore_params(source: Path, client, run_id: str) -> None:
