@@ -36,7 +36,7 @@ def record(weights: str | None = "w1", accuracy: float = 0.98, loss: float = 0.0
         (record(), record(), reproduce.BIT_IDENTICAL, 0, []),
         (record(), record("w2", accuracy=0.978, loss=0.075, **{"env.tensorflow": "2.22.0"}),
          reproduce.WITHIN_TOLERANCE, 3, ["env.tensorflow: 2.21.0 → 2.22.0", "weights: other bytes",
-                                       "test_accuracy: 0.98"]),
+                                         "test_accuracy: 0.98"]),
         (record(), record("w2", accuracy=0.90, **{"data.train_sha256": "d2"}),
          reproduce.NOT_REPRODUCED, 4, ["data.train_sha256: d1 → d2"]),
         # a run without a weights hash is never called bit-identical
