@@ -17,7 +17,6 @@ import yaml
 from matplotlib import image
 
 from pipeline.params import tools
-from pipeline.reports import review
 from pipeline.tools import report
 
 from .support import REPO, client_for, environment, run, tiny_repo, with_value, write_params
@@ -253,13 +252,13 @@ def scores(f1: list[float]) -> pd.DataFrame:
 
 
 def test_per_class_changes_put_the_largest_move_first_and_keep_a_side_that_lacks_a_class():
-    changes = review.per_class_changes(scores([0.5, 0.9, 0.7]), scores([0.6, 0.2, 0.7]))
+    changes = report.per_class_changes(scores([0.5, 0.9, 0.7]), scores([0.6, 0.2, 0.7]))
     assert changes["class"].tolist() == ["1", "0", "2"]
     assert changes["f1_change"].round(3).tolist() == [-0.7, 0.1, 0.0]
-    alone = review.per_class_changes(None, scores([0.5, 0.9, 0.7]))
+    alone = report.per_class_changes(None, scores([0.5, 0.9, 0.7]))
     assert alone["f1_target"].tolist() == [0.5, 0.9, 0.7] and alone["f1_base"].isna().all()
-    target = review.Side("target", "workspace", per_class=scores([0.5, 0.9, 0.7]))
-    markdown = review.markdown(review.Side("base", "`main`"), target, ("", ""), [], curves=False)
+    target = report.Side("target", "workspace", per_class=scores([0.5, 0.9, 0.7]))
+    markdown = report.markdown(report.Side("base", "`main`"), target, ("", ""), [], curves=False)
     assert row(markdown, "`1`")[1:4] == ["—", "0.9000", "—"]
 
 
@@ -269,11 +268,11 @@ def counts(matrix: list[list[int]]) -> pd.DataFrame:
 
 
 def test_the_side_lines_name_the_record_its_run_cpu_and_verdict():
-    run = review.Run("abc123", "3b750bd", "http://ui/#/runs/abc123", "passed", "Xeon (family 6)")
-    base = review.Side("base", "`main` (`3b750bd`)", run=run)
-    target = review.Side("target", "workspace", source="its files on disk",
-                         run=review.Run("def456", "3b750bd x", cpu="EPYC"))  # fmt: skip
-    markdown = review.markdown(base, target, ("", ""), [], curves=False)
+    run = report.Run("abc123", "3b750bd", "http://ui/#/runs/abc123", "passed", "Xeon (family 6)")
+    base = report.Side("base", "`main` (`3b750bd`)", run=run)
+    target = report.Side("target", "workspace", source="its files on disk",
+                         run=report.Run("def456", "3b750bd x", cpu="EPYC"))  # fmt: skip
+    markdown = report.markdown(base, target, ("", ""), [], curves=False)
     assert markdown.splitlines()[2] == (
         "Base: `main` (`3b750bd`), the committed record; MLflow run "
         "[3b750bd](http://ui/#/runs/abc123) `abc123`; made on Xeon (family 6); gate: passed."
@@ -282,15 +281,15 @@ def test_the_side_lines_name_the_record_its_run_cpu_and_verdict():
 
 
 def test_the_confusion_change_shows_a_mistake_that_moved_off_the_diagonal(tmp_path):
-    base = review.Side("base", "`main`", confusion=counts([[5, 0, 0], [1, 4, 0], [0, 0, 5]]))
-    target = review.Side("target", "workspace", confusion=counts([[5, 0, 0], [3, 2, 0], [0, 0, 5]]))
-    figure = review.confusion_change(base, target, ["0", "1", "2"])
+    base = report.Side("base", "`main`", confusion=counts([[5, 0, 0], [1, 4, 0], [0, 0, 5]]))
+    target = report.Side("target", "workspace", confusion=counts([[5, 0, 0], [3, 2, 0], [0, 0, 5]]))
+    figure = report.confusion_change(base, target, ["0", "1", "2"])
     cells = figure.axes[0].images[0].get_array()
     assert cells.mask.tolist() == np.eye(3, dtype=bool).tolist()  # the diagonal set apart, grey
     assert cells[1, 0] == 2 and cells.sum() == 2  # 1 read as 0 twice more, nothing else moved
     written = {text.get_position(): text.get_text() for text in figure.axes[0].texts}
     assert written == {(0, 0): "0", (0, 1): "+2", (1, 1): "-2", (2, 2): "0"}  # (column, row)
-    markdown = review.markdown(base, target, ("", ""), [], curves=False)
+    markdown = report.markdown(base, target, ("", ""), [], curves=False)
     assert "Correct (the diagonal): base 14, target 12 (-2)." in markdown
     assert row(markdown, "`1`") == ["`1`", "`0`", "1", "3", "+2"]
 
@@ -378,7 +377,7 @@ def test_a_base_whose_run_is_elsewhere_names_the_rerun_of_its_commit(elsewhere, 
     )
     assert row(markdown, "test_accuracy")[2:4] == ["0.9775", "0.98"]  # the records', DVC's
     assert "The base's curves are its MLflow run's metric history" in markdown
-    assert (repo / "build/report" / review.CURVES_FILE).is_file()
+    assert (repo / "build/report" / report.CURVES_FILE).is_file()
     confusion = markdown.split("## Confusion change")[1]
     assert row(confusion, "`1`")[:3] == ["`1`", "`0`", "1"]  # the base's mistake, its record's
 

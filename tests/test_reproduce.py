@@ -16,7 +16,7 @@ import yaml
 import pipeline.tracking.lineage as lineage
 from pipeline.params import config, tools
 from pipeline.runtime import processes
-from pipeline.tools import reproduce, verdict
+from pipeline.tools import reproduce
 
 from .support import REPO, client_for, environment, run, tiny_repo, wait_for_queue
 
@@ -26,26 +26,26 @@ MODULE = ["python", "-m", "pipeline.tools.reproduce"]
 def record(weights: str | None = "w1", accuracy: float = 0.98, loss: float = 0.07, **tags):
     recorded = {"env.tensorflow": "2.21.0", "data.train_sha256": "d1"} | tags
     if weights:
-        recorded[verdict.WEIGHTS_TAG] = weights
-    return verdict.RunRecord("run", recorded, {"test_accuracy": accuracy, "test_loss": loss})
+        recorded[lineage.WEIGHTS_TAG] = weights
+    return reproduce.RunRecord("run", recorded, {"test_accuracy": accuracy, "test_loss": loss})
 
 
 @pytest.mark.parametrize(
     ("original", "again", "kind", "code", "said"),
     [
-        (record(), record(), verdict.BIT_IDENTICAL, 0, []),
+        (record(), record(), reproduce.BIT_IDENTICAL, 0, []),
         (record(), record("w2", accuracy=0.978, loss=0.075, **{"env.tensorflow": "2.22.0"}),
-         verdict.WITHIN_TOLERANCE, 3, ["env.tensorflow: 2.21.0 → 2.22.0", "weights: other bytes",
-                                       "test_accuracy: 0.98"]),
+         reproduce.WITHIN_TOLERANCE, 3, ["env.tensorflow: 2.21.0 → 2.22.0", "weights: other bytes",
+                                         "test_accuracy: 0.98"]),
         (record(), record("w2", accuracy=0.90, **{"data.train_sha256": "d2"}),
-         verdict.NOT_REPRODUCED, 4, ["data.train_sha256: d1 → d2"]),
+         reproduce.NOT_REPRODUCED, 4, ["data.train_sha256: d1 → d2"]),
         # a run without a weights hash is never called bit-identical
-        (record(weights=None), record(), verdict.WITHIN_TOLERANCE, 3,
+        (record(weights=None), record(), reproduce.WITHIN_TOLERANCE, 3,
          ["recorded no model.weights_sha256"]),
     ],
 )  # fmt: skip
 def test_the_verdict_and_what_it_says_differs(original, again, kind, code, said):
-    judged = verdict.compare(original, again)
+    judged = reproduce.compare(original, again)
     assert (judged.kind, judged.exit_code) == (kind, code)
     assert all(any(part in line for line in judged.differences) for part in said)
     assert said or judged.differences == []
@@ -200,7 +200,7 @@ def reproduced(repo: Path, version: int) -> tuple[str, dict[str, str]]:
 def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved(history):
     client = client_for(history)
     first, third = (client.get_model_version("mnist-lstm", v).run_id for v in ("1", "3"))
-    weights = [client.get_run(r).data.tags[verdict.WEIGHTS_TAG] for r in (first, third)]
+    weights = [client.get_run(r).data.tags[lineage.WEIGHTS_TAG] for r in (first, third)]
     assert weights[0] != weights[1]  # the later commit changed the result
     output, tags = reproduced(history, 1)
     assert ": bit-identical" in output

@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from pipeline.params import config, tools
-from pipeline.search import trials
+from pipeline.search import tune as trials
 from pipeline.tracking import store as tracking
 
 from .support import REPO, clone_state, environment, run, tiny_repo, wait_until
@@ -230,7 +230,7 @@ WORKER = """\
 import sys
 from pathlib import Path
 from pipeline.runtime.cli import unwind_on_signals
-from pipeline.search import trials
+from pipeline.search import tune as trials
 unwind_on_signals()
 try:
     trials.run_trial(Path(sys.argv[1]), "study", 3, {"train.learning_rate": 0.01})

@@ -13,8 +13,6 @@ import pipeline.params.config as config
 # Markdown with $placeholders (string.Template), filled in by render().
 TEMPLATE = Path(__file__).with_name("card_template.md")
 HEADLINE_METRICS = ("test_accuracy", "test_loss", "test_macro_f1")
-MODEL_FIELDS = ("time_steps", "n_input", "num_units", "forget_bias", "n_classes")
-TRAIN_FIELDS = ("learning_rate", "batch_size", "iterations")
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,10 @@ def render(
 ) -> str:
     """Markdown for reports/model_card.md: TEMPLATE with the run's values put in."""
     metrics, per_class = scores
-    model, train, data = params.model, params.train, params.data
-    champion = (
-        "this version"
-        if lineage.champion_version == lineage.registered_version
-        else f"version {lineage.champion_version}"
-    )
+    data = params.data
+    champion = f"version {lineage.champion_version}"
+    if lineage.champion_version == lineage.registered_version:
+        champion = "this version"
     values = {
         "data_name": data.name,
         "class_names": ", ".join(f"`{name}`" for name in data.class_names),
@@ -77,8 +73,7 @@ def render(
         "validation": validation,
     }
     values |= {key: f"{metrics[key]:.4f}" for key in HEADLINE_METRICS}
-    values |= {key: getattr(model, key) for key in MODEL_FIELDS}
-    values |= {key: getattr(train, key) for key in TRAIN_FIELDS}
+    values |= params.model.model_dump() | params.train.model_dump()  # the template names some
     values |= asdict(lineage) | asdict(figures)
     return Template(TEMPLATE.read_text()).substitute(values)
 
@@ -86,18 +81,11 @@ def render(
 def validation_section(status: str, checks: list, outcome: str) -> str:
     """The gate's verdict: its status and outcome, then one row per check (gate.Check)."""
     rows = pd.DataFrame(
-        [
-            (
-                c.name,
-                f"`{c.metric}`",
-                f"{c.value:.4f}",
-                c.rule,
-                f"**{c.outcome.lower()}**" if c.failed else c.outcome,
-            )
-            for c in checks
-        ],
+        [(c.name, f"`{c.metric}`", float(c.value), c.rule, c.outcome) for c in checks],
         columns=["check", "metric", "value", "needs", "result"],
     )
+    failed = [c.failed for c in checks]
+    rows.loc[failed, "result"] = "**" + rows.loc[failed, "result"].str.lower() + "**"
     return f"Gate: **{status}**. {outcome}\n\n{markdown_table(rows)}"
 
 

@@ -13,25 +13,21 @@ the exception the drawing raised. EOF on stdin stops it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from queue import SimpleQueue
 from typing import BinaryIO
-
-FIGURES = "pipeline.reports.figures"  # imported in the drawing process only
 
 
 def answer(requests: BinaryIO, replies: BinaryIO) -> None:
     """The drawing process's loop: each request drawn and answered, until EOF."""
-    figures = importlib.import_module(FIGURES)
+    from pipeline.reports import figures  # in the drawing process only
+
     while True:
         try:
             figure, path, args = pickle.load(requests)
@@ -55,36 +51,28 @@ class Painter:
         self.process = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
-        self.pending: SimpleQueue[Future] = SimpleQueue()
-        self.reader = threading.Thread(target=self._read_replies, daemon=True)
-        self.reader.start()
+        self.sender = ThreadPoolExecutor(max_workers=1)  # one request at a time, in order
 
     def draw(self, figure: str, *args, path: str | Path | None = None) -> Future:
         """A Future of the PNG's path: `figures.<figure>(*args)` at `path`, or in the folder."""
-        future: Future = Future()
-        self.pending.put(future)
-        pickle.dump((figure, Path(path or self.folder / f"{figure}.png"), args), self.process.stdin)
-        self.process.stdin.flush()
-        return future
+        path = Path(path or self.folder / f"{figure}.png")
+        return self.sender.submit(self._ask, (figure, path, args))
 
-    def _read_replies(self) -> None:
-        while True:
-            try:
-                reply = pickle.load(self.process.stdout)
-            except EOFError:  # stopped, or died: what it still owed fails
-                while not self.pending.empty():
-                    self.pending.get().set_exception(RuntimeError("the drawing process died"))
-                return
-            future = self.pending.get()
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+    def _ask(self, request: tuple) -> Path:
+        pickle.dump(request, self.process.stdin)
+        self.process.stdin.flush()
+        try:
+            reply = pickle.load(self.process.stdout)
+        except EOFError:
+            raise RuntimeError("the drawing process died") from None
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def stop(self) -> None:
+        self.sender.shutdown()
         self.process.stdin.close()
         self.process.wait()
-        self.reader.join()
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ def training_curves(history: pd.DataFrame) -> Figure:
 
 def confusion_heatmap(confusion: np.ndarray, class_names: list[str]) -> Figure:
     """Counts with true classes as rows and predictions as columns; the diagonal is correct."""
-    n_classes = len(confusion)
     figure = Figure(figsize=(6, 5.5), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(confusion, cmap="Blues")
@@ -34,15 +33,9 @@ def confusion_heatmap(confusion: np.ndarray, class_names: list[str]) -> Figure:
     for (row, column), count in np.ndenumerate(confusion):
         color = "white" if count > threshold else "black"
         axes.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
-    axes.set(
-        xticks=range(n_classes),
-        yticks=range(n_classes),
-        xlabel="predicted",
-        ylabel="true",
-        xticklabels=class_names,
-        yticklabels=class_names,
-        title="test confusion matrix",
-    )
+    ticks = range(len(confusion))
+    axes.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
+    axes.set(xlabel="predicted", ylabel="true", title="test confusion matrix")
     figure.colorbar(image, ax=axes, shrink=0.8)
     return figure
 
@@ -71,9 +64,8 @@ def misclassified_grid(
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong, strict=False):
         axes.imshow(images[index], cmap="gray_r", vmin=0, vmax=1)
-        axes.set_title(
-            f"{class_names[labels[index]]} → {class_names[predictions[index]]}", fontsize=9
-        )
+        title = f"{class_names[labels[index]]} → {class_names[predictions[index]]}"
+        axes.set_title(title, fontsize=9)
     figure.suptitle(
         f"misclassified {data_name} test images (true → predicted): "
         f"{len(wrong)} shown, {int((labels != predictions).sum())} in all"

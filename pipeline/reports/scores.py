@@ -36,12 +36,5 @@ def per_class_metrics(confusion: np.ndarray, class_names: list[str]) -> pd.DataF
     recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=actual > 0)
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
-    return pd.DataFrame(
-        {
-            "class": class_names,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "support": actual,
-        }
-    )
+    scores = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    return pd.DataFrame({"class": class_names} | scores)

@@ -1,6 +1,6 @@
 """The Optuna search (`make tune`): workers share a study; each trial is a DVC experiment.
 
-`python -m pipeline.search.tune` is the entry point; trials.py holds the work. A worker runs
+`python -m pipeline.search.tune` is the entry point and holds the work. A worker runs
 Optuna's `study.optimize`: each trial draws a point, runs it as
 `dvc exp run --temp -n <study>-<trial> -S ...` and returns the objective read from the trial's
 MLflow run; `MaxTrialsCallback` stops the worker once the study holds its budget. Workers on one
@@ -19,7 +19,7 @@ How the processes keep each other honest, in one place:
   while stashing, `dvc` can leave the clone on a detached HEAD with the trial's params in
   params.yaml. So it runs in a process group of its own (a terminal's Ctrl-C does not reach it),
   and a worker interrupted (Ctrl-C, SIGTERM) sends SIGINT to the stages among its descendants
-  (`trials.stop`), waiting out a stash first: the stage unwinds as on Ctrl-C, `dvc`, which
+  (`tune.stop`), waiting out a stash first: the stage unwinds as on Ctrl-C, `dvc`, which
   ignores SIGINT while a stage runs, fails the experiment and cleans up, and the worker then
   marks the trial failed. The command stops its `--workers N` likewise, with SIGTERM: they too
   run in process groups of their own, so each is stopped once. A worker killed outright

@@ -34,34 +34,22 @@ class PlotsTemplateError(Exception):
 
 
 def fetch_script(package: str, sha256: str, workdir: Path) -> str:
-    """Download one npm tarball (no install, no scripts run), verify it, return its script."""
+    """Download one npm tarball (no install, no scripts run), verify it, return its script as an
+    inline element (`</script` inside escaped, so that it cannot end it)."""
+    command = ["npm", "pack", "--silent", "--pack-destination", str(workdir), package]
     try:
-        packed = subprocess.run(
-            ["npm", "pack", "--silent", "--pack-destination", str(workdir), package],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        ).stdout.split()[-1]
+        packed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         raise PlotsTemplateError(f"npm pack {package} failed: {detail.strip()}") from None
-    tarball = workdir / packed
+    tarball = workdir / packed.stdout.split()[-1]
     actual = sha256_file(tarball)
     if actual != sha256:
         raise PlotsTemplateError(f"{package}: sha256 {actual}, expected {sha256}")
     with tarfile.open(tarball) as archive:
         member = f"package/build/{package.rpartition('@')[0]}.min.js"
-        return archive.extractfile(member).read().decode()
-
-
-def render(scripts: list[str]) -> str:
-    """The page, each script inlined; `</script` inside one is escaped so it cannot end it."""
-    inlined = "\n".join(
-        "    <script>" + script.replace("</script", "<\\/script") + "</script>"
-        for script in scripts
-    )
-    return PAGE_HTML.replace("{scripts}", '<meta charset="utf-8">\n' + inlined)
+        script = archive.extractfile(member).read().decode()
+    return "    <script>" + script.replace("</script", "<\\/script") + "</script>"
 
 
 def run(output: Path) -> Path:
@@ -70,7 +58,8 @@ def run(output: Path) -> Path:
         return output
     with tempfile.TemporaryDirectory(prefix="vega-") as workdir:
         scripts = [fetch_script(*library, Path(workdir)) for library in LIBRARIES.items()]
-    write_text(output, render(scripts))
+    page = PAGE_HTML.replace("{scripts}", "\n".join(['<meta charset="utf-8">', *scripts]))
+    write_text(output, page)
     log.info("wrote %s with %s inlined", output, ", ".join(LIBRARIES))
     return output
 

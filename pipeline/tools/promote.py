@@ -1,7 +1,5 @@
 """`make promote VERSION=N REASON="..." [FORCE=1]`: move `champion` to a version by hand.
 
-    python -m pipeline.tools.promote --version N --reason TEXT [--force]
-
 For a rollback, or a champion a person chooses: who and why are recorded as tags of the
 version (`champion.by`, `champion.reason`, `champion.previous`), and the champion before and
 after are printed. A version that failed the gate (`validation.status`) is refused unless
@@ -22,18 +20,14 @@ from pipeline.runtime import cli
 log = logging.getLogger(__name__)
 
 
-def who() -> str:
-    """The MLflow user where a server with auth names one, else the login name."""
-    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
-
-
 def run(params: config.Params, version: int, reason: str, force: bool) -> None:
     """Move the alias; say the champion before and after."""
     if not reason.strip():
         raise rule.PromotionError('give a reason: make promote VERSION=N REASON="..."')
     tracking.connect(params.mlflow, tracking.repo_root())
     name = params.mlflow.registered_model
-    before = rule.promote(name, version, reason, who(), force)
+    who = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()  # a server's user
+    before = rule.promote(name, version, reason, who, force)
     log.info("%s@%s: version %s → version %d", name, rule.CHAMPION, before or "none", version)
 
 

@@ -34,10 +34,6 @@ class RelocateError(Exception):
     """The store cannot be relocated; the message says why."""
 
 
-def _columns(connection: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-
-
 def old_root_uri(connection: sqlite3.Connection, params: config.MlflowParams) -> str:
     """`file:///old/repo/` from where the experiment says its artifacts are."""
     row = connection.execute(
@@ -65,8 +61,6 @@ def relocate(database: Path, params: config.MlflowParams, root: Path) -> dict[st
         if old_prefix == new_prefix:
             return {}
         for table, column in LOCATION_COLUMNS:
-            if column not in _columns(connection, table):
-                continue
             cursor = connection.execute(
                 f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
                 f"WHERE substr({column}, 1, ?) = ?",

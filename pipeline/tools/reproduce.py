@@ -1,7 +1,5 @@
 """`make reproduce`: rebuild a registered model (or any training run) from its lineage and judge it.
 
-    python -m pipeline.tools.reproduce [--model models:/mnist-lstm/3 | --run RUN_ID]
-
 The run's revision in a temporary git worktree, its `train` and `evaluate` run against a scratch
 store, the verdict tagged on the original run (docs/reliability.md). Exit codes: 0 bit-identical,
 3 within tolerance, 4 not reproduced, 1 could not reproduce.
@@ -19,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,15 +29,23 @@ import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import sha256_file
 from pipeline.runtime import cli
-from pipeline.tools import verdict as verdicts
 
 log = logging.getLogger(__name__)
 
 TAG_PREFIX = "reproduce."
-MAX_TAG_CHARS = 5000
 # Variables of the caller's own DVC, MLflow or search that must not reach the reproduction.
 SCRUBBED_PREFIXES = ("MLFLOW_", "DVC_", "PIPELINE_")
 SCRATCH_MARK = "[scratch store] "  # before each line the stages print
+BIT_IDENTICAL = "bit-identical"
+WITHIN_TOLERANCE = "reproduced within tolerance"
+NOT_REPRODUCED = "not reproduced"
+EXIT_CODES = {BIT_IDENTICAL: 0, WITHIN_TOLERANCE: 3, NOT_REPRODUCED: 4}
+# 0.005 is 50 of the 10,000 test images; the loss bound is of the same order relative to a
+# loss near 0.07. Both far exceed what summation order changes, far below what a bug costs.
+ACCURACY_TOLERANCE = 0.005
+LOSS_TOLERANCE = 0.02
+# Tags whose values shape the result besides code and params: compared, and listed if they differ.
+SHAPING_PREFIXES = (lineage.ENV_PREFIX, "tensorflow.", "data.", "params_sha256")
 
 
 class ReproduceError(Exception):
@@ -47,12 +53,24 @@ class ReproduceError(Exception):
 
 
 @dataclass(frozen=True)
-class Source:
-    """Where the run's code and params come from."""
+class RunRecord:
+    """What is compared of a run: its tags and metrics."""
 
-    revision: str
-    description: str
-    logged_params: bool  # params.yaml rebuilt from the run's params.json
+    run_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What came out of a reproduction: one of the three verdicts and what differs."""
+
+    kind: str
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.kind]
 
 
 def execute(
@@ -91,54 +109,49 @@ def run_id_of(client, model: str | None, run_id: str | None, registered: str) ->
     return version.run_id
 
 
-def record_of(client, run_id: str) -> verdicts.RunRecord:
+def record_of(client, run_id: str) -> RunRecord:
     import mlflow
 
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as error:
         raise ReproduceError(f"run {run_id} is not in the store: {error.message}") from None
-    return verdicts.RunRecord(run_id, dict(run.data.tags), dict(run.data.metrics))
+    return RunRecord(run_id, dict(run.data.tags), dict(run.data.metrics))
 
 
-def experiment_ref(root: Path, name: str) -> str | None:
-    refs = execute(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], root).stdout
-    found = [ref for ref in refs.split() if ref.endswith(f"/{name}")]
-    return found[0] if found else None
-
-
-def pulled_experiment_ref(root: Path, name: str, baseline: str) -> str:
-    """The experiment's ref, pulled from the repo's git remotes when it is not here."""
-    ref = experiment_ref(root, name)
+def experiment_commit(root: Path, name: str, baseline: str) -> tuple[str, str]:
+    """The experiment's ref and commit, pulled from the repo's git remotes when it is not here."""
     remotes = execute(["git", "remote"], root).stdout.split()
-    for remote in remotes:
-        if ref:
-            break
-        log.info("experiment %s is not in this repository: dvc exp pull %s %s", name, remote, name)
-        execute(["dvc", "exp", "pull", "--no-cache", remote, name], root, check=False)
-        ref = experiment_ref(root, name)
-    if not ref:
-        where = f"nor on its git remotes ({', '.join(remotes)})" if remotes else "(no git remote)"
-        raise ReproduceError(
-            f"experiment {name} (baseline {baseline[:7]}) is neither in this repository {where}: "
-            f"push it from the clone that ran it (dvc exp push origin {name})"
-        )
-    return ref
+    for remote in [None, *remotes]:
+        if remote:
+            log.info(
+                "experiment %s is not in this repository: dvc exp pull %s %s", name, remote, name
+            )
+            execute(["dvc", "exp", "pull", "--no-cache", remote, name], root, check=False)
+        listed = ["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/"]
+        refs = [line.split() for line in execute(listed, root).stdout.splitlines()]
+        found = [(ref, commit) for ref, commit in refs if ref.endswith(f"/{name}")]
+        if found:
+            return found[0]
+    where = f"nor on its git remotes ({', '.join(remotes)})" if remotes else "(no git remote)"
+    raise ReproduceError(
+        f"experiment {name} (baseline {baseline[:7]}) is neither in this repository {where}: "
+        f"push it from the clone that ran it (dvc exp push origin {name})"
+    )
 
 
-def source_of(root: Path, original: verdicts.RunRecord) -> Source:
-    """The revision to check out, from the run's lineage tags."""
-    tags = original.tags
-    commit = tags.get("git_commit")
+def source_of(root: Path, original: RunRecord) -> tuple[str, str, bool]:
+    """The revision to check out, from the run's lineage tags; how to say it; and whether
+    params.yaml is to be rebuilt from the run's params.json."""
+    tags, commit = original.tags, original.tags.get("git_commit")
     if not commit:
         raise ReproduceError(
             f"run {original.run_id} has no lineage tags (git_commit): it was "
             "made outside a git repository or by older code; retrain it"
         )
-    if tags.get("dvc.exp_name"):
-        ref = pulled_experiment_ref(root, tags["dvc.exp_name"], tags.get("dvc.baseline_rev", ""))
-        revision = execute(["git", "rev-parse", ref], root).stdout.strip()
-        return Source(revision, f"experiment {tags['dvc.exp_name']} ({ref})", False)
+    if name := tags.get("dvc.exp_name"):
+        ref, revision = experiment_commit(root, name, tags.get("dvc.baseline_rev", ""))
+        return revision, f"experiment {name} ({ref})", False
     exists = execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"], root, check=False)
     if exists.returncode != 0:
         raise ReproduceError(
@@ -146,22 +159,24 @@ def source_of(root: Path, original: verdicts.RunRecord) -> Source:
             "repository: git fetch it from the clone that made the run"
         )
     dirty = tags.get("git.dirty") == "true"
-    described = f"commit {commit[:12]}" + (", params as the run logged them" if dirty else "")
-    return Source(commit, described, dirty)
+    return (
+        commit,
+        f"commit {commit[:12]}" + (", params as the run logged them" if dirty else ""),
+        dirty,
+    )
 
 
 @contextlib.contextmanager
 def worktree(root: Path, revision: str) -> Iterator[Path]:
     """A detached git worktree of `revision` in a temporary folder, removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="reproduce-"))
-    source = folder / "src"
-    try:
-        execute(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
-        yield source
-    finally:
-        execute(["git", "worktree", "remove", "--force", str(source)], root, check=False)
-        execute(["git", "worktree", "prune"], root, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="reproduce-", ignore_cleanup_errors=True) as folder:
+        source = Path(folder) / "src"
+        try:
+            execute(["git", "worktree", "add", "--detach", "--quiet", str(source), revision], root)
+            yield source
+        finally:
+            execute(["git", "worktree", "remove", "--force", str(source)], root, check=False)
+            execute(["git", "worktree", "prune"], root, check=False)
 
 
 def restore_params(source: Path, client, run_id: str) -> None:
@@ -178,9 +193,8 @@ def restore_params(source: Path, client, run_id: str) -> None:
             "artifact (older code logged none): its params cannot be restored exactly"
         ) from None
     path = source / config.PARAMS_FILE
-    path.write_text(
-        yaml.safe_dump(yaml.safe_load(path.read_text()) | stage_params, sort_keys=False)
-    )
+    rebuilt = yaml.safe_load(path.read_text()) | stage_params
+    path.write_text(yaml.safe_dump(rebuilt, sort_keys=False))
 
 
 def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
@@ -195,12 +209,11 @@ def attach_dvc(root: Path, source: Path, env: dict[str, str]) -> None:
     execute(["dvc", "config", "--local", "cache.dir", str(cache)], source, env)
     for name, settings in remotes.items():
         if "://" not in settings["url"]:  # a path remote, relative to the repo's .dvc folder
-            execute(
-                ["dvc", "remote", "modify", "--local", name, "url", settings["url"]], source, env
-            )
+            modify = ["dvc", "remote", "modify", "--local", name, "url", settings["url"]]
+            execute(modify, source, env)
 
 
-def restore_data(source: Path, env: dict[str, str], original: verdicts.RunRecord) -> None:
+def restore_data(source: Path, env: dict[str, str], original: RunRecord) -> None:
     """The revision's training data, through its own pipeline up to `train`, checked by hash."""
     stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
     upstream = [name for name in stages if name not in ("train", "evaluate")]
@@ -213,8 +226,7 @@ def restore_data(source: Path, env: dict[str, str], original: verdicts.RunRecord
         )
 
 
-def data_differences(source: Path, original: verdicts.RunRecord) -> list[str]:
-    paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
+def data_differences(source: Path, paths: dict, original: RunRecord) -> list[str]:
     lines = []
     for split in ("train", "val"):
         recorded = original.tags.get(f"data.{split}_sha256")
@@ -222,15 +234,6 @@ def data_differences(source: Path, original: verdicts.RunRecord) -> list[str]:
         if recorded and recorded != digest:
             lines.append(f"data.{split}_sha256: {recorded[:12]} → {digest[:12]}")
     return lines
-
-
-def stage_environment(scratch: Path, source: Path) -> dict[str, str]:
-    scrubbed = processes.tools_environment(processes.environment_without(*SCRUBBED_PREFIXES))
-    return scrubbed | {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
-        "PYTHONPATH": str(source),  # the revision's package, not the one installed here
-        "DVC_NO_ANALYTICS": "1",
-    }
 
 
 def relayed(args: list[str], cwd: Path, env: dict[str, str]) -> int:
@@ -253,12 +256,9 @@ def relayed(args: list[str], cwd: Path, env: dict[str, str]) -> int:
 def run_stages(source: Path, env: dict[str, str]) -> None:
     """The revision's own `train` and `evaluate` commands, output shown as they run."""
     stages = yaml.safe_load((source / "dvc.yaml").read_text())["stages"]
-    log.info(
-        "train and evaluate run against a scratch store (%s): the lines marked %s are "
-        "about it, and its registry, not yours",
-        env["MLFLOW_TRACKING_URI"],
-        SCRATCH_MARK.strip(),
-    )
+    store = env["MLFLOW_TRACKING_URI"]
+    about = f"the lines marked {SCRATCH_MARK.strip()} are about it, and its registry, not yours"
+    log.info("train and evaluate run against a scratch store (%s): %s", store, about)
     for name in ("train", "evaluate"):
         args = shlex.split(stages[name]["cmd"])
         if args[0] in ("python", "python3"):
@@ -269,64 +269,97 @@ def run_stages(source: Path, env: dict[str, str]) -> None:
             raise ReproduceError(f"the revision's {name} stage failed (exit {code}); see above")
 
 
-def reproduction_of(source: Path, env: dict[str, str]) -> verdicts.RunRecord:
-    paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
-    run_id = json.loads((source / paths["run_info"]).read_text())["run_id"]
-    return record_of(tracking.client_for(env["MLFLOW_TRACKING_URI"]), run_id)
-
-
-def reproduce(root: Path, client, original: verdicts.RunRecord) -> verdicts.Reproduction:
+def reproduce(root: Path, client, original: RunRecord) -> Reproduction:
     """Rebuild the run in a worktree against a scratch store; judge the result."""
-    source_info = source_of(root, original)
-    log.info("reproducing run %s from %s", original.run_id, source_info.description)
-    with worktree(root, source_info.revision) as source:
-        env = stage_environment(source.parent, source)
-        if source_info.logged_params:
+    revision, description, logged_params = source_of(root, original)
+    log.info("reproducing run %s from %s", original.run_id, description)
+    with worktree(root, revision) as source:
+        scrubbed = processes.environment_without(*SCRUBBED_PREFIXES)
+        env = processes.tools_environment(scrubbed) | {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{source.parent / 'mlflow.db'}",
+            "PYTHONPATH": str(source),  # the revision's package, not the one installed here
+            "DVC_NO_ANALYTICS": "1",
+        }
+        if logged_params:
             restore_params(source, client, original.run_id)
         attach_dvc(root, source, env)
         restore_data(source, env, original)
-        data = data_differences(source, original)
+        paths = yaml.safe_load((source / config.PARAMS_FILE).read_text())["paths"]
+        data = data_differences(source, paths, original)
         run_stages(source, env)
-        judged = verdicts.compare(original, reproduction_of(source, env))
-    notes = [f"from {source_info.description}"] + data
-    changed = original.tags.get("git.changed_files", "")
-    code = [name for name in changed.split(",") if name and name != config.PARAMS_FILE]
-    if source_info.logged_params and code:
+        run_id = json.loads((source / paths["run_info"]).read_text())["run_id"]
+        again = record_of(tracking.client_for(env["MLFLOW_TRACKING_URI"]), run_id)
+    judged = compare(original, again)
+    notes = [f"from {description}"] + data
+    changed = original.tags.get("git.changed_files", "").split(",")
+    code = [name for name in changed if name and name != config.PARAMS_FILE]
+    if logged_params and code:
         notes.append(
             f"uncommitted changes to {', '.join(code)} were not recorded: rebuilt as committed"
         )
-    return verdicts.Reproduction(judged.kind, judged.differences + notes)
+    return Reproduction(judged.kind, judged.differences + notes)
 
 
-def record_verdict(client, run_id: str, judged: verdicts.Reproduction) -> None:
-    """Tag the original run, so the registry shows which versions were checked and how."""
-    summary = "; ".join(judged.differences)
-    client.set_tag(run_id, f"{TAG_PREFIX}verdict", judged.kind)
-    client.set_tag(run_id, f"{TAG_PREFIX}date", datetime.datetime.now(datetime.UTC).isoformat())
-    client.set_tag(run_id, f"{TAG_PREFIX}details", summary[:MAX_TAG_CHARS] or "-")
-
-
-def run(params: config.Params, model: str | None, run_id: str | None) -> verdicts.Reproduction:
+def run(params: config.Params, model: str | None, run_id: str | None) -> Reproduction:
+    """Reproduce the run and tag it, so the registry shows which versions were checked and how."""
     import mlflow
 
     root = tracking.repo_root()
     tracking.connect(params.mlflow, root)
     client = mlflow.MlflowClient()
     target = run_id_of(client, model, run_id, params.mlflow.registered_model)
-    original = record_of(client, target)
-    judged = reproduce(root, client, original)
-    record_verdict(client, target, judged)
-    log.info(
-        "the scratch store is removed; %s got no run and no version, only the verdict's "
-        "%s* tags on run %s",
-        tracking.tracking_uri(params.mlflow, root),
-        TAG_PREFIX,
-        target,
-    )
+    judged = reproduce(root, client, record_of(client, target))
+    client.set_tag(target, f"{TAG_PREFIX}verdict", judged.kind)
+    client.set_tag(target, f"{TAG_PREFIX}date", datetime.datetime.now(datetime.UTC).isoformat())
+    client.set_tag(target, f"{TAG_PREFIX}details", "; ".join(judged.differences)[:5000] or "-")
+    store = tracking.tracking_uri(params.mlflow, root)
+    kept = f"only the verdict's {TAG_PREFIX}* tags on run {target}"
+    log.info("the scratch store is removed; %s got no run and no version, %s", store, kept)
     log.info("run %s: %s", target, judged.kind)
     for line in judged.differences:
         log.info("  %s", line)
     return judged
+
+
+def compare(original: RunRecord, again: RunRecord) -> Reproduction:
+    """Compare a reproduction with the run it rebuilt."""
+    before, after = (
+        {key: value for key, value in record.metrics.items() if key.startswith("test_")}
+        for record in (original, again)
+    )
+    differences = [
+        f"{key}: {before[key]!r} → {after[key]!r}"
+        if key in after
+        else f"{key}: only in the original run"
+        for key in sorted(before)
+        if before[key] != after.get(key)
+    ]
+    weights = original.tags.get(lineage.WEIGHTS_TAG)
+    same_weights = weights is not None and weights == again.tags.get(lineage.WEIGHTS_TAG)
+    if same_weights and not differences:
+        return Reproduction(BIT_IDENTICAL)
+    shaping = [
+        {key: value for key, value in record.tags.items() if key.startswith(SHAPING_PREFIXES)}
+        for record in (original, again)
+    ]
+    differences += [
+        f"{key}: {shaping[0].get(key, 'not recorded')} → {shaping[1].get(key, 'not recorded')}"
+        for key in sorted(shaping[0].keys() | shaping[1].keys())
+        if shaping[0].get(key) != shaping[1].get(key)
+    ]
+    if weights is None:
+        differences.append(
+            f"the original run recorded no {lineage.WEIGHTS_TAG}: weights not compared"
+        )
+    elif not same_weights:
+        differences.append("weights: other bytes")
+    close = all(
+        key in original.metrics
+        and key in again.metrics
+        and abs(original.metrics[key] - again.metrics[key]) <= tolerance
+        for key, tolerance in (("test_accuracy", ACCURACY_TOLERANCE), ("test_loss", LOSS_TOLERANCE))
+    )
+    return Reproduction(WITHIN_TOLERANCE if close else NOT_REPRODUCED, differences)
 
 
 ARGUMENTS = {

@@ -1,7 +1,5 @@
 """`make ui`: MLflow's UI on this repo's store, with the link to the training runs.
 
-    python -m pipeline.tools.ui [--host HOST] [--port PORT] [--params params.yaml]
-
 The link opens MLflow 3's "Model training" mode (`workflowType=machine_learning`, not GenAI) in a
 shared view (`viewStateShareKey`, as the UI's Share button makes): the params that differ between
 the runs and the headline metrics. `mlflow ui` does not stop its web server's child processes on
@@ -72,17 +70,6 @@ def share_view(client, experiment_id: str) -> bool:
     return True
 
 
-def command(store_uri: str, host: str, port: int) -> list[str]:
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    return [mlflow, "ui", "--backend-store-uri", store_uri, "--host", host, "--port", str(port)]
-
-
-def stop(process: subprocess.Popen) -> int:
-    """Stop the UI's process group (SIGTERM, SIGKILL after STOP_TIMEOUT_S); its exit code."""
-    processes.stop_group(process.pid, STOP_TIMEOUT_S)
-    return process.wait()
-
-
 def run(params: config.Params, host: str, port: int) -> int:
     """Run the UI until Ctrl-C or SIGTERM; return its exit code."""
     store_uri = tracking.tracking_uri(params.mlflow, tracking.repo_root())
@@ -92,26 +79,23 @@ def run(params: config.Params, host: str, port: int) -> int:
     experiment_id = tracking.use_store(params.mlflow)  # the experiment exists, even if empty
     view = share_view(tracking.client_for(store_uri), experiment_id)
     if on_server:
-        log.info(
-            "the store is the tracking server %s: its training runs are at %s",
-            store_uri,
-            training_runs_url(store_uri, experiment_id, view),
-        )
+        url = training_runs_url(store_uri, experiment_id, view)
+        log.info("the store is the tracking server %s: its training runs are at %s", store_uri, url)
         return 0
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    command = [mlflow, "ui", "--backend-store-uri", store_uri, "--host", host, "--port", str(port)]
     environment = os.environ | tracking.NO_SERVER_JOBS
-    process = subprocess.Popen(
-        command(store_uri, host, port), env=environment, start_new_session=True
-    )
+    process = subprocess.Popen(command, env=environment, start_new_session=True)
+    url = training_runs_url(f"http://{host}:{port}", experiment_id, view)
     log.info(
-        "MLflow UI on %s: the training runs, their params and accuracy, are at %s",
-        store_uri,
-        training_runs_url(f"http://{host}:{port}", experiment_id, view),
+        "MLflow UI on %s: the training runs, their params and accuracy, are at %s", store_uri, url
     )
     cli.unwind_on_signals()
     try:
         return process.wait()
-    except KeyboardInterrupt:
-        return 0 if stop(process) in (0, -signal.SIGTERM) else 1
+    except KeyboardInterrupt:  # SIGTERM, then SIGKILL after STOP_TIMEOUT_S, to its whole group
+        processes.stop_group(process.pid, STOP_TIMEOUT_S)
+        return 0 if process.wait() in (0, -signal.SIGTERM) else 1
 
 
 ARGUMENTS = {
