@@ -92,3 +92,6 @@ if __name__ == "__main__":
     os.nice(10)
     replies, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the replies alone
     answer(sys.stdin.buffer, replies)
+    from pipeline.runtime.cli import exit_now
+
+    exit_now()  # the stage waits for this exit: without matplotlib's teardown, at once
