@@ -65,14 +65,6 @@ def test_a_stage_holds_its_params_and_a_tool_the_tools_settings_too(defaults):
         config.parse_params(defaults | {"lab": {}})  # an unknown section fails a stage too
 
 
-def test_unknown_and_missing_keys_are_named(defaults):
-    raw = with_value(defaults, "train.lr", 0.1)
-    del raw["model"]["num_units"]
-    message = str(pytest.raises(config.ConfigError, config.parse_params, raw).value)
-    assert "train.lr: unknown key" in message
-    assert "model.num_units: missing" in message
-
-
 def test_rows_of_two_image_lines_are_allowed(defaults):
     raw = with_value(with_value(defaults, "model.time_steps", 14), "model.n_input", 56)
     assert config.parse_params(raw).model.n_input == 56
