@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .support import client_for, environment, run, sha256_of, tiny_repo, wait_for_queue
+from pipeline.data.files import sha256_file
+
+from .support import CHROMIUM_FLAGS, client_for, environment, run, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +125,7 @@ def snapshot(repo: Path) -> dict:
     """What must survive a failed run: outputs, every MLflow run's status, every version."""
     client = client_for(repo)
     return {
-        "model": sha256_of(repo / "models/model.keras"),
+        "model": sha256_file(repo / "models/model.keras"),
         "metrics": (repo / "reports/metrics.json").read_text(),
         "runs": {r.info.run_id: r.info.status for r in runs_in(repo)},
         "versions": sorted(
@@ -198,12 +200,6 @@ def test_interrupted_repro_loses_nothing_and_the_next_completes(repo):
     assert "Running stage 'train'" not in run(["dvc", "repro"], repo).stdout
     assert snapshot(repo)["model"] == before["model"]
     assert len(runs_in(repo)) == runs_before_restore
-
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def rendered_dom(page: Path, profile: Path) -> str:

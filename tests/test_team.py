@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.data.files import sha256_file
 from pipeline.team import postgres
 
 from .support import (
@@ -28,7 +29,6 @@ from .support import (
     free_port,
     postgres_missing,
     run,
-    sha256_of,
     tiny_repo,
     wait_until_healthy,
 )
@@ -131,7 +131,7 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     repro = run(["dvc", "repro"], b, env=team.env())
     assert "Running stage" not in repro.stdout and "up to date" in repro.stdout, repro.stdout
     for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
-        assert sha256_of(b / output) == sha256_of(a / output), output
+        assert sha256_file(b / output) == sha256_file(a / output), output
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]
     found = team.client().get_run(run_id)
     assert found.info.artifact_uri.startswith("mlflow-artifacts:")
@@ -212,7 +212,7 @@ def champion_files(team: Team) -> dict[str, str]:
         artifact_uri=client.get_model_version_download_uri(MODEL, version),
         tracking_uri=team.url, dst_path=tempfile.mkdtemp(dir=team.base),
     ))  # fmt: skip
-    return {str(path.relative_to(folder)): sha256_of(path) for path in folder.rglob("*")
+    return {str(path.relative_to(folder)): sha256_file(path) for path in folder.rglob("*")
             if path.is_file()}  # fmt: skip
 
 
@@ -288,14 +288,14 @@ def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, sh
         run(["git", "clone", "-q", "-b", "main", str(team.origin), str(c)], team.base)
         use_s3_remote(c, endpoint)
         run(["dvc", "pull"], c, env=environment(**S3_KEYS))
-    assert sha256_of(c / "models/model.keras") == sha256_of(a / "models/model.keras")
+    assert sha256_file(c / "models/model.keras") == sha256_file(a / "models/model.keras")
     outputs = ("models/model.keras", "data/processed/train.npz")
-    kept = {path: sha256_of(c / path) for path in outputs}
+    kept = {path: sha256_file(c / path) for path in outputs}
     failed = run(["dvc", "push"], c, check=False, env=environment(**S3_KEYS))  # moto is gone
     lines = [line for line in (failed.stdout + failed.stderr).splitlines() if line.strip()]
     assert failed.returncode != 0, lines
     assert len([line for line in lines if line.startswith("ERROR")]) == 1, lines
-    assert {path: sha256_of(c / path) for path in kept} == kept
+    assert {path: sha256_file(c / path) for path in kept} == kept
     assert run(["dvc", "status"], c).stdout.strip().endswith("up to date.")
 
 
@@ -336,7 +336,7 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["train"] |= {"iterations": 999_999, "log_every": 3}
     (a / "long.yaml").write_text(yaml.safe_dump(params))
-    model_before = sha256_of(a / "models/model.keras")
+    model_before = sha256_file(a / "models/model.keras")
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", "long.yaml"],
                              cwd=a, env=team.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -357,4 +357,4 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     assert stage.returncode == 1, rest
     assert last.startswith(f"error: MLflow tracking server {team.url} stopped answering"), rest
     assert "Traceback" not in rest
-    assert sha256_of(a / "models/model.keras") == model_before  # the last good model is untouched
+    assert sha256_file(a / "models/model.keras") == model_before  # the last good model is untouched
