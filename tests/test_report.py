@@ -184,21 +184,22 @@ def hidden_from_the_cache(repo: Path, revision: str, path: str, aside: Path):
 
 
 @pytest.mark.heavy
-def test_a_history_missing_from_the_cache_is_drawn_from_its_run(repo, monkeypatch, tmp_path):
-    with hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path):
-        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
-    assert not [line for line in markdown.splitlines() if line.startswith("- base")]
-    curves = "The base's curves are its MLflow run's metric history (reports/train_history.csv"
-    assert f"{curves} is not at hand)." in markdown and "(curves.png)" in markdown
-
-
-@pytest.mark.heavy
-def test_a_run_record_missing_from_the_cache_is_found_by_its_params(repo, monkeypatch, tmp_path):
+def test_a_run_record_and_history_missing_from_the_cache_come_from_the_run_found_by_its_params(
+    repo, monkeypatch, tmp_path
+):
     """As in a fresh clone: main's dvc.lock names run records another machine made."""
-    with hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path):
+    (tmp_path / "record").mkdir()
+    (tmp_path / "history").mkdir()
+    with (
+        hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path / "record"),
+        hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path / "history"),
+    ):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
     line = side_line(markdown, "Base")
     assert f"`{run_id_of(repo, 'HEAD~1')}` (its own, found by its params and metrics)" in line
+    assert not [line for line in markdown.splitlines() if line.startswith("- base")]
+    curves = "The base's curves are its MLflow run's metric history (reports/train_history.csv"
+    assert f"{curves} is not at hand)." in markdown and "(curves.png)" in markdown
 
 
 @pytest.mark.heavy
