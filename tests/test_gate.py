@@ -21,6 +21,8 @@ from pipeline.tracking import store as tracking
 
 from . import support
 
+GATE = config.load_params(support.REPO / "params.yaml").evaluate  # the repo's own thresholds
+
 
 def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
     images = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28)
@@ -48,49 +50,46 @@ def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, rule.Check]:
+def checks_of(model: Path) -> dict[str, rule.Check]:
     network = OnnxNetwork(model)
     images, labels = centred_digits(400)
     predictions = network.predict(images).argmax(axis=1)
     values = behaviour.behaviour_metrics(
-        network.predict, images, labels, predictions, (2, gate_params.noise_sigma), seed=0
+        network.predict, images, labels, predictions, (2, GATE.noise_sigma), seed=0
     )
     metrics = values | {"test_accuracy": 1.0, "test_min_class_f1": 1.0}
-    return {check.metric: check for check in rule.release_checks(metrics, gate_params)}
+    return {check.metric: check for check in rule.release_checks(metrics, GATE)}
 
 
 def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
-    corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True), gate_params)
-    ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False), gate_params)
+    corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True))
+    ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False))
     assert not corner["shift_agreement"].passed
-    assert corner["shift_agreement"].value < gate_params.min_shift_agreement
+    assert corner["shift_agreement"].value < GATE.min_shift_agreement
     assert "shift invariance: shift_agreement = 0." in corner["shift_agreement"].line()
     assert ink["shift_agreement"].passed and ink["shift_agreement"].value > 0.95
 
 
 def test_the_verdict_names_each_failed_check_with_value_and_threshold():
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
     metrics = {"test_accuracy": 0.31, "test_min_class_f1": 0.02, "shift_agreement": 0.9,
                "noise_accuracy_drop": 0.01}  # fmt: skip
-    release = rule.release_checks(metrics, gate_params)
-    tags = rule.tags(release, rule.gain_check(0.98, 0.9795, gate_params.min_gain))
+    release = rule.release_checks(metrics, GATE)
+    tags = rule.tags(release, rule.gain_check(0.98, 0.9795, GATE.min_gain))
     assert tags["validation.status"] == "failed"
     assert tags["validation.failed"] == "test_accuracy, test_min_class_f1"
     assert tags["validation.test_accuracy"] == (
         "test accuracy floor: test_accuracy = 0.3100, needs >= 0.95: FAILED"
     )
     assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: no gain")
-    assert rule.gain_check(0.981, 0.9795, gate_params.min_gain).passed
-    unscored = rule.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
+    assert rule.gain_check(0.981, 0.9795, GATE.min_gain).passed
+    unscored = rule.gain_check(0.99, float("-inf"), GATE.min_gain)  # model not loadable
     assert not unscored.passed and "could not be loaded" in unscored.line()
 
 
 def decision_of(release_passed: bool, gain: rule.Check | None, version, champion, before):
     metrics = {"test_accuracy": 0.98 if release_passed else 0.3, "test_min_class_f1": 0.95,
                "shift_agreement": 0.9, "noise_accuracy_drop": 0.01}  # fmt: skip
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
-    return rule.Decision(rule.release_checks(metrics, gate_params), gain, version, champion,
+    return rule.Decision(rule.release_checks(metrics, GATE), gain, version, champion,
                              before)  # fmt: skip
 
 
@@ -102,15 +101,9 @@ def test_the_gate_gives_one_verdict_in_one_sentence():
     assert line == ("release checks passed; no gain over champion v1 (validation_accuracy "
                     "0.9780, needs >= champion 0.9780 + 0.001): challenger (version 2; "
                     "champion v1)")  # fmt: skip
-    gained = rule.gain_check(0.99, 0.978, 0.001)
-    assert (
-        decision_of(True, gained, 3, 3, 1)
-        .verdict_line()
-        .endswith(
-            "a gain over champion v1 (validation_accuracy 0.9900, needs >= champion 0.9780 + 0.001)"
-            ": champion (version 3)"
-        )
-    )
+    gained = decision_of(True, rule.gain_check(0.99, 0.978, 0.001), 3, 3, 1).verdict_line()
+    assert gained.endswith("a gain over champion v1 (validation_accuracy 0.9900, needs >= "
+                           "champion 0.9780 + 0.001): champion (version 3)")  # fmt: skip
     assert decision_of(True, None, 1, 1, None).verdict_line() == (
         "release checks passed: champion (version 1)")  # fmt: skip
     failed = decision_of(False, None, 4, 1, 1).verdict_line()

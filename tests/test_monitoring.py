@@ -345,7 +345,7 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     try:
         support.wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
         sender.start()
-        logged = lambda: count_rows(params.monitor.log_path) >= 50  # noqa: E731
+        logged = lambda: len(support.logged_by("serve", params.monitor.log_path, 0)) >= 50  # noqa: E731
         assert support.wait_until(logged, timeout=30)
         process.send_signal(signal.SIGKILL)  # mid-traffic: requests in flight, rows queued
         assert process.wait(timeout=10) == -signal.SIGKILL
@@ -365,14 +365,6 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     after = read_predictions(database)
     assert len(after) == len(survived) + 3
     assert after.iloc[: len(survived)].equals(survived)
-
-
-def count_rows(path: str) -> int:
-    if not Path(path).is_file():
-        return 0
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path)) as db:
-        return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    return 0
 
 
 def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_path):

@@ -36,12 +36,8 @@ def post(server: support.Running, body: bytes) -> tuple[int, dict]:
     return support.post_json(server.url + "/invocations", body)
 
 
-def images_json(images: np.ndarray) -> bytes:
-    return json.dumps({"inputs": images.tolist()}).encode()
-
-
 def good_request_still_works(server: support.Running) -> None:
-    status, answer = post(server, images_json(np.zeros((1, 28, 28), np.float32)))
+    status, answer = support.invocations(server.url, np.zeros((1, 28, 28), np.float32))
     assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)
 
 
@@ -162,7 +158,7 @@ def test_workers_share_the_port_add_up_their_metrics_and_all_stop_with_the_serve
         assert len(workers) == 2, spawned
         assert_serving(server, trained)  # what the supervisor pinned, in each worker
         connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-        body = images_json(np.zeros((1, 28, 28), np.float32))
+        body = json.dumps({"inputs": np.zeros((1, 28, 28)).tolist()}).encode()
         for _ in range(3):  # keep-alive requests on one connection, each answered
             connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
