@@ -13,7 +13,15 @@ import yaml
 
 from pipeline.params import config, tools
 
-from .support import REPO, client_for, make_mnist, tiny_params, use_store_at, write_idx_folder
+from .support import (
+    REPO,
+    client_for,
+    make_mnist,
+    own_store,
+    tiny_params,
+    use_store_at,
+    write_idx_folder,
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not slow"` never picks a heavy test
@@ -123,6 +131,13 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict
         result = train.run(params)
         metrics = evaluate.run(params)
     return {"run_id": result.run_id, "metrics": metrics}
+
+
+@pytest.fixture
+def trained_store(trained: TrainedPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A copy of the trained store in tmp_path, the stages' and MLflow's current one: a client."""
+    use_store_at(tmp_path, monkeypatch)
+    return own_store(trained, tmp_path)
 
 
 @dataclass(frozen=True)
