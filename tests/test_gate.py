@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 import pipeline.tracking.registry as registry
 from pipeline import evaluate
@@ -231,17 +230,6 @@ class Pipeline:
         version = int(run.data.tags["validation.version"])
         return version, registry.version_tags(client, "mnist-lstm", version)
 
-    def copy_of(self, version: int, tags: dict[str, str]) -> int:
-        """Another version of the same run with a verdict's tags (promotion reads only tags)."""
-        client = self.client()
-        # create_model_version looks the logged model up through MLflow's global store
-        mlflow.set_tracking_uri(client.tracking_uri)
-        mlflow.set_registry_uri(client.tracking_uri)
-        original = client.get_model_version("mnist-lstm", str(version))
-        copy = client.create_model_version("mnist-lstm", original.source, original.run_id)
-        registry.tag_version(client, "mnist-lstm", int(copy.version), tags)
-        return int(copy.version)
-
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
 
@@ -297,17 +285,18 @@ def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(p
 
 
 @pytest.mark.slow
-def test_make_promote_refuses_a_failed_version_in_one_line(pipeline):
-    first = pipeline.alias("champion") or pipeline.version()[0]
-    failed = pipeline.copy_of(first, {"validation.status": "failed",
-                                      "validation.failed": "test_accuracy"})  # fmt: skip
-    (pipeline.root / "params.yaml").write_text(yaml.safe_dump(pipeline.raw))
+def test_make_promote_refuses_a_failed_version_in_one_line(trained, trained_store, tmp_path):
+    name = trained.params.mlflow.registered_model
+    first = trained_store.get_model_version_by_alias(name, "champion")
+    failed = int(trained_store.create_model_version(name, first.source, first.run_id).version)
+    verdict = {rule.STATUS_TAG: "failed", "validation.failed": "test_accuracy"}
+    registry.tag_version(trained_store, name, failed, verdict)
+    params = support.write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
     command = [sys.executable, "-m", "pipeline.tools.promote", "--version", str(failed),
-               "--params", str(pipeline.root / "params.yaml"), "--reason", "no"]  # fmt: skip
-    refused = support.run(
-        command, support.REPO, False, support.environment(DVC_ROOT=str(pipeline.root))
-    )
-    assert refused.returncode == 1 and pipeline.alias("champion") == first
+               "--params", str(params), "--reason", "no"]  # fmt: skip
+    refused = support.run(command, support.REPO, False, support.environment(DVC_ROOT=str(tmp_path)))
+    assert refused.returncode == 1
+    assert champion(trained_store, name) == int(first.version)
     assert refused.stderr.strip().splitlines() == [
         f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "
         "anyway"
