@@ -21,6 +21,7 @@ from .support import (
     tiny_params,
     use_store_at,
     write_idx_folder,
+    write_params,
 )
 
 
@@ -77,6 +78,16 @@ def params(raw_params: dict) -> tools.ToolParams:
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty MLflow store in tmp_path."""
     return use_store_at(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def prepared(params: tools.ToolParams, raw_params: dict, store: Path, tmp_path: Path) -> Path:
+    """Fetched and preprocessed tiny data in tmp_path; the params file a stage subprocess reads."""
+    from pipeline import fetch, preprocess
+
+    fetch.run(params)
+    preprocess.run(params)
+    return write_params(raw_params, tmp_path / "params.yaml")
 
 
 @dataclass(frozen=True)

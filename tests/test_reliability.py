@@ -112,18 +112,6 @@ def stage(name: str, params_file: Path, env: dict | None = None, **popen) -> sub
     )  # fmt: skip
 
 
-@pytest.fixture
-def prepared(params, raw_params, store, tmp_path) -> Path:
-    """Fetched and preprocessed tiny data; the params file a stage subprocess reads."""
-    from pipeline import preprocess
-
-    fetch.run(params)
-    preprocess.run(params)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw_params))
-    return params_file
-
-
 @pytest.mark.slow
 def test_unanswering_tracking_server_fails_fast_before_training(prepared, tmp_path):
     with misbehaving_server("silent") as server:
