@@ -38,7 +38,7 @@ def batches(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("shards", [2, pytest.param(4, marks=pytest.mark.slow)])
-def test_sharded_steps_take_the_whole_batch_gradient(shards):
+def test_sharded_steps_take_the_whole_batch_gradient_and_score_as_keras_evaluates(shards):
     """Plain SGD, whose step is proportional to the gradient: any scale or shard error shows."""
     keras.utils.set_random_seed(0)
     sharded_net, plain = twin_nets()
@@ -55,17 +55,7 @@ def test_sharded_steps_take_the_whole_batch_gradient(shards):
         np.testing.assert_allclose(ours, keras_own, rtol=0, atol=2e-6)
     assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], abs=1e-6)
     assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
-
-
-def test_sharded_validation_scores_like_keras_evaluate():
-    """Batches of 16, 16, 5 and 1 (a shard of zero rows): loss and accuracy as Keras's own."""
-    shards = 3
-    keras.utils.set_random_seed(0)
-    sharded_net, plain = twin_nets()
-    sharded = fitting.ShardedTrainer(sharded_net, shards)
-    for model in (sharded, plain):
-        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    for n in (37, 1):
+    for n in (37, 1):  # validation batches of 16, 16, 5 and 1 (a shard of zero rows)
         x, y = batches(n, seed=n)
         ours = sharded.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
         keras_own = plain.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
