@@ -74,7 +74,6 @@ def test_a_sqlite_store_has_a_state_a_write_changes_a_settled_close_does_not_a_s
 
 
 def test_the_first_server_start_after_dvc_repro_asks_no_mlflow(tmp_path):
-    """After `dvc repro`, the next `make serve` resolves the champion without MLflow."""
     repo = tiny_repo(tmp_path)
     run(["dvc", "repro"], repo)
     with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as reader:  # as `make ui` would

@@ -212,7 +212,6 @@ def test_the_makefile_binds_the_ui_to_localhost():  # MLflow's UI has no auth: n
 
 
 def test_a_stage_run_by_a_python_without_the_packages_says_so_in_one_line():
-    """A stage run by a Python without the venv's packages (`-S`) says so in one line."""
     command = [sys.executable, "-S", "-m", "pipeline.train"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -235,7 +235,6 @@ def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(his
 
 @pytest.mark.heavy
 def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path):
-    """A queued experiment pushed from one clone reproduces in another sharing only the store."""
     storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
     env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'shared.db'}")
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
