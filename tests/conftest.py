@@ -1,7 +1,5 @@
 """Fixtures: tiny MNIST and params, an MLflow store, a tiny trained pipeline, a real model."""
 
-from __future__ import annotations
-
 import os
 import sys
 from dataclasses import dataclass

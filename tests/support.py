@@ -1,7 +1,5 @@
 """The tests' helpers; conftest.py holds the fixtures built on them."""
 
-from __future__ import annotations
-
 import ast
 import contextlib
 import copy

@@ -1,7 +1,5 @@
 """params.yaml schema: defaults load, YAML 1.2 numbers work, bad values fail with one line."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """Multi-worker training: the custom step matches Keras's; chief and worker; a dying worker."""
 
-from __future__ import annotations
-
 import json
 import signal
 import subprocess

@@ -1,7 +1,5 @@
 """The README and docs/: every relative link resolves, and measured figures live in RESULTS.md."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """evaluate: reports on disk, results logged into the run that train started, the model card."""
 
-from __future__ import annotations
-
 import json
 import sys
 

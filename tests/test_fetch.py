@@ -1,7 +1,5 @@
 """fetch: first verified source wins, failures are listed, the manifest records what was used."""
 
-from __future__ import annotations
-
 import numpy as np
 import pytest
 import yaml

@@ -1,7 +1,5 @@
 """fitting: sharded steps take the whole batch's gradient; exact iteration counts; thread counts."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 

@@ -1,8 +1,6 @@
 """make serve and make demo follow the champion: a promotion under load served in time, no
 request failed; a server on a version stays."""
 
-from __future__ import annotations
-
 import json
 import sys
 import threading

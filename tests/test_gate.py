@@ -1,7 +1,5 @@
 """The gate: behavioural checks, floors, the gain, the verdict and `make promote`."""
 
-from __future__ import annotations
-
 import sys
 import time
 from pathlib import Path

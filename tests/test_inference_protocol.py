@@ -1,7 +1,5 @@
 """make serve's Open Inference Protocol, driven by Triton's own client; batching and shedding."""
 
-from __future__ import annotations
-
 import json
 import urllib.error
 import urllib.request

@@ -1,7 +1,5 @@
 """The ONNX file's sha256 is a version tag; evaluate, serve and predict refuse another file."""
 
-from __future__ import annotations
-
 import logging
 import sys
 

@@ -5,8 +5,6 @@ repro → change a hyperparameter → repro → params and metrics diff → repo
 champion and post clean test images → monitor → promote and back → the store switched.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import urllib.request

@@ -1,7 +1,5 @@
 """A model URI becomes a local folder once per store state: MLflow asked only after a write."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

@@ -1,7 +1,5 @@
 """Watching the served model: the prediction log, /metrics, a shadow, make monitor's drift."""
 
-from __future__ import annotations
-
 import contextlib
 import signal
 import sqlite3

@@ -1,7 +1,5 @@
 """Every key's wrong values are refused in one line naming it, by the stages' and tools' loaders."""
 
-from __future__ import annotations
-
 import copy
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """Photographed digits read about as well as the arrays; a picture of no digit is refused."""
 
-from __future__ import annotations
-
 import io
 
 import numpy as np

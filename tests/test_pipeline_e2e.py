@@ -1,7 +1,5 @@
 """End to end: the real `dvc repro` and `dvc exp run` in a temporary copy of this repository."""
 
-from __future__ import annotations
-
 import json
 import os
 import shutil

@@ -1,7 +1,5 @@
 """Faults: misbehaving download servers, an unreachable tracking server, interrupted training."""
 
-from __future__ import annotations
-
 import signal
 import socket
 import subprocess

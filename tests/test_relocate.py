@@ -1,7 +1,5 @@
 """A moved clone's SQLite store: refused with the fix named, then fixed by `make relocate`."""
 
-from __future__ import annotations
-
 import shutil
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """`make report` in a real git + DVC repo with reproduced commits and their MLflow runs."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import re

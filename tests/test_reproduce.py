@@ -1,7 +1,5 @@
 """`make reproduce`: a model rebuilt from its lineage, judged, and nothing else touched."""
 
-from __future__ import annotations
-
 import datetime
 import json
 import shlex

@@ -1,7 +1,5 @@
 """The REST server: MLflow's scoring protocol on the registered ONNX model, and what it refuses."""
 
-from __future__ import annotations
-
 import http.client
 import importlib.metadata
 import json

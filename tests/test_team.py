@@ -1,7 +1,5 @@
 """Team mode end to end: two clones, a real PostgreSQL and `mlflow server`, DVC remotes."""
 
-from __future__ import annotations
-
 import base64
 import contextlib
 import json

@@ -1,7 +1,5 @@
 """train: exactly N iterations, a saved model, and one MLflow run with params, metrics and model."""
 
-from __future__ import annotations
-
 import json
 import math
 import subprocess

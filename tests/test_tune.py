@@ -1,7 +1,5 @@
 """The search's study mechanics on Optuna's journal file, and one trial run by `dvc exp run`."""
 
-from __future__ import annotations
-
 import copy
 import os
 import signal

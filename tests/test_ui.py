@@ -1,7 +1,5 @@
 """`make ui`: MLflow's UI without GenAI job workers, its link to the training runs, in Chromium."""
 
-from __future__ import annotations
-
 import json
 import re
 
