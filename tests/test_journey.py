@@ -96,7 +96,11 @@ def test_the_readme_walked_in_order_tells_one_story(tmp_path):
     # serve the champion, post clean test images, monitor
     test_images = np.load(repo / "data/processed/test.npz")["x"]
     served = serve_and_post(repo, tmp_path, np.concatenate([test_images] * 4))
-    assert f"models:/{NAME}/{champion}" in json.dumps(served)
+    assert served["pinned"] == f"models:/{NAME}/{champion}"
+    # the first start after dvc repro asks MLflow nothing: evaluate left the answer in .serve/
+    said = f"models:/{NAME}@champion is models:/{NAME}/{champion} (store unchanged)"
+    assert said in (tmp_path / "serve.log").read_text()
+    assert Path(served["path"]).is_relative_to(repo / ".serve")
     monitored = python(repo, "pipeline.monitoring.monitor", "--since", "1h", check=False)
     assert monitored.returncode == 0, monitored.stderr
     page = (repo / ".monitor/report.md").read_text()

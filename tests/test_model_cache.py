@@ -1,19 +1,14 @@
 """A model URI becomes a local folder once per store state: MLflow asked only after a write."""
 
 import contextlib
-import json
 import logging
 import shutil
 import sqlite3
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from pipeline.inference import cache as model_cache
 from pipeline.serving import loader
-
-from .support import run, running, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -69,20 +64,3 @@ def test_a_sqlite_store_has_a_state_a_write_changes_a_settled_close_does_not_a_s
         writer.execute("insert into t values (1)")
         writer.commit()
         assert model_cache.store_state(store) != recorded
-
-
-def test_the_first_server_start_after_dvc_repro_asks_no_mlflow(tmp_path):
-    repo = tiny_repo(tmp_path)
-    run(["dvc", "repro"], repo)
-    with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as reader:  # as `make ui` would
-        assert reader.execute("select count(*) from runs").fetchone() == (1,)
-    log = tmp_path / "server.log"
-    args = ["--params", str(repo / "params.yaml")]
-    with running("pipeline.serving.serve", args, "/ping", log, {"DVC_ROOT": str(repo)}) as server:
-        with urllib.request.urlopen(server.url + "/version", timeout=10) as response:
-            serving = json.loads(response.read())
-    assert "models:/mnist-lstm@champion is models:/mnist-lstm/1 (store unchanged)" in (
-        log.read_text()
-    ), log.read_text()
-    assert serving["pinned"] == "models:/mnist-lstm/1"
-    assert Path(serving["path"]).is_relative_to(repo / model_cache.CACHE_DIR)
