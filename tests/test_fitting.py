@@ -84,18 +84,6 @@ def test_exactly_n_iterations_reported_every_interval(
     assert int(trainer.optimizer.iterations.numpy()) == iterations
 
 
-def test_the_saved_network_is_compiled_with_the_trained_optimizer(tmp_path):
-    keras.utils.set_random_seed(0)
-    net, _ = twin_nets()
-    trainer = fitting.compile_trainer(net, settings())
-    x, y = batches(32)
-    fitting.fit(trainer, {"x": x, "y": y}, {"x": x, "y": y}, settings(), 0, lambda row: None)
-    net.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert int(loaded.optimizer.iterations.numpy()) == 6
-    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(trainer.evaluate(x, y, verbose=0))
-
-
 @pytest.mark.parametrize(
     ("cores", "changes", "others", "expected"),
     [
