@@ -12,49 +12,43 @@ from . import support
 
 pytestmark = pytest.mark.slow
 LINK = re.compile(
-    r"http://127\.0\.0\.1:\d+/#/experiments/(\d+)/runs\?workflowType=machine_learning"
+    r"http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\?workflowType=machine_learning"
     r"&viewStateShareKey=pipeline-training-runs"
 )
 
 
-@pytest.fixture(scope="module")
-def ui(trained, tmp_path_factory):
-    """`python -m pipeline.tools.ui` on the tiny trained store; its link, processes and run."""
-    folder = tmp_path_factory.mktemp("ui")
-    params = support.write_params(trained.params.model_dump(mode="json"), folder / "params.yaml")
-    log = folder / "ui.log"
+def test_no_genai_workers_and_the_link_opens_the_runs_with_the_run_and_its_accuracy(
+    trained, tmp_path
+):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    params = support.write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
+    run_name = trained.client().get_run(trained.run_id).info.run_name
+    log = tmp_path / "ui.log"
     with support.running("pipeline.tools.ui", ["--params", str(params)], "/health", log,
                  {"DVC_ROOT": str(trained.root)}) as server:  # fmt: skip
         link = LINK.search(log.read_text())
         assert link, log.read_text()
         processes = support.descendants(server.pid)
-        yield {"link": link.group(0), "experiment_id": link.group(1), "url": server.url,
-               "processes": processes}  # fmt: skip
+        lines = [support.command_line(pid) for pid in processes]
+        assert lines and not [line for line in lines if "huey" in line], lines  # MLflow's jobs
+        driver = support.browser("2400,1000")  # wide: the table draws only the columns in sight
+        try:
+            driver.get(link.group(0))
+            WebDriverWait(driver, 90).until(lambda page: run_name in page.page_source)
+            headers = lambda page: {cell.text for cell in page.find_elements(  # noqa: E731
+                By.CSS_SELECTOR, "[role=columnheader]")}  # fmt: skip
+            rendering = (StaleElementReferenceException,)  # a header re-drawn while it is read
+            WebDriverWait(driver, 30, ignored_exceptions=rendering).until(
+                lambda page: set(HEADLINE_METRICS) <= headers(page)
+            )
+        finally:
+            driver.quit()
     # stopped by SIGTERM (support.running() checks its exit): nothing it started is left behind
     left = lambda: [line for line in map(support.command_line, processes) if line]  # noqa: E731
     assert support.wait_until(lambda: not left(), timeout=20), left()
-
-
-def test_no_genai_workers_and_the_link_opens_the_runs_with_the_run_and_its_accuracy(ui, trained):
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    lines = [support.command_line(pid) for pid in ui["processes"]]
-    assert lines and not [line for line in lines if "huey" in line], lines  # MLflow's job workers
-    run_name = trained.client().get_run(trained.run_id).info.run_name
-    driver = support.browser("2400,1000")  # wide: the table draws only the columns in sight
-    try:
-        driver.get(ui["link"])
-        WebDriverWait(driver, 90).until(lambda page: run_name in page.page_source)
-        headers = lambda page: {cell.text for cell in page.find_elements(  # noqa: E731
-            By.CSS_SELECTOR, "[role=columnheader]")}  # fmt: skip
-        rendering = (StaleElementReferenceException,)  # a header re-drawn while it is read
-        WebDriverWait(driver, 30, ignored_exceptions=rendering).until(
-            lambda page: set(HEADLINE_METRICS) <= headers(page)
-        )
-    finally:
-        driver.quit()
 
 
 def test_the_view_shows_the_params_that_differ_then_the_headline_metrics_in_a_tag(tmp_path):
