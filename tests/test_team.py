@@ -186,13 +186,8 @@ def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
     run(["dvc", "exp", "push", "origin", "pushed"], a)
     run(["dvc", "exp", "pull", "origin", "pushed"], b)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], b).stdout)
-    experiments = {
-        exp["name"]: exp
-        for row in shown
-        for exp in (row.get("experiments") or [])
-        if exp.get("name")
-    }
-    assert "pushed" in experiments, shown
+    names = {experiment.get("name") for row in shown for experiment in row.get("experiments") or []}
+    assert "pushed" in names, shown
     run(["dvc", "exp", "apply", "pushed"], b)
     assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.03
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]  # from the cache
@@ -278,12 +273,11 @@ def use_s3_remote(repo: Path, endpoint: str) -> None:
 @pytest.mark.heavy
 def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, shared, tmp_path):
     a, _ = shared
-    c = team.base / "c"
     with moto_s3(tmp_path / "moto.log") as endpoint:
         use_s3_remote(a, endpoint)
         pushed = run(["dvc", "push"], a, env=environment(**S3_KEYS))
         assert "files pushed" in pushed.stdout + pushed.stderr
-        run(["git", "clone", "-q", "-b", "main", str(team.origin), str(c)], team.base)
+        c = team.clone("c")  # its default remote is then the S3 one
         use_s3_remote(c, endpoint)
         run(["dvc", "pull"], c, env=environment(**S3_KEYS))
     assert sha256_file(c / "models/model.keras") == sha256_file(a / "models/model.keras")
