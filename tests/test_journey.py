@@ -32,10 +32,6 @@ def version_run(repo: Path, version: int):
     return client.get_run(client.get_model_version(NAME, str(version)).run_id)
 
 
-def gate_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if " gate: " in line]
-
-
 def python(repo: Path, module: str, *args: str, check: bool = True, env: dict | None = None):
     """`python -m module args` in the repo, as its Makefile target runs it."""
     return run([sys.executable, "-m", module, *args], repo, check=check, env=env)
@@ -43,7 +39,7 @@ def python(repo: Path, module: str, *args: str, check: bool = True, env: dict | 
 
 def check_one_verdict(output: str) -> None:
     """Each check's line and one closing sentence that agrees with them."""
-    lines = gate_lines(output)
+    lines = [line for line in output.splitlines() if " gate: " in line]
     closing = [line for line in lines if "release checks " in line]
     assert len(closing) == 1, lines
     failed = [line for line in lines if line.endswith(": FAILED")]

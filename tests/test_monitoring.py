@@ -260,17 +260,14 @@ def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log_or_
     verdict = monitor.run(params)
     assert not verdict.tested and verdict.exit_code == 0 and verdict.predictions == 20
     assert monitor.run(params, since="2000-01-01").predictions == 20
-    assert monitor.run(params, since=time_in(60)).predictions == 0  # a minute from now
+    in_a_minute = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 60))
+    assert monitor.run(params, since=in_a_minute).predictions == 0
     nowhere = params_file(params, tmp_path, log_path=str(tmp_path / "none.db"))
     with pytest.raises(monitor.LogError, match="no prediction log at .*none.db"):
         monitor.run(tools.load_params(nowhere))
     with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
         monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
     assert stop.value.code == 2 and "duration" in capsys.readouterr().err
-
-
-def time_in(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
 
 
 # --- the servers ------------------------------------------------------------------------------

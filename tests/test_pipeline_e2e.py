@@ -78,10 +78,6 @@ def test_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date." in again.stdout
 
 
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
 def runs_in(repo: Path) -> list:
     client = client_for(repo)
     experiment = client.get_experiment_by_name("mnist-lstm")
@@ -190,7 +186,8 @@ def test_interrupted_repro_loses_nothing_and_the_next_completes(repo):
 
     with edited_params(repo, **longer):  # the interrupted change now runs to the end
         completed = run(["dvc", "repro"], repo)
-    assert stages_run(completed.stdout) == ["train", "evaluate"]
+    ran = [line.split("'")[1] for line in completed.stdout.splitlines() if "Running stage" in line]
+    assert ran == ["train", "evaluate"]
     assert f"iteration {iterations}/{iterations}" in completed.stdout + completed.stderr
     assert {r.info.run_id: r.info.status for r in runs_in(repo)}[interrupted[0]] == "KILLED"
     runs_before_restore = len(runs_in(repo))

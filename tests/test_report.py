@@ -4,7 +4,6 @@ import contextlib
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,12 +49,6 @@ def make_report(repo: Path, base: str, target: str, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tools.load_params(repo / "params.yaml")
     return report.run(params, repo / "params.yaml", base, target).read_text()
-
-
-def command(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.tools.report` on the repo's params, as `make report` runs it."""
-    module = [sys.executable, "-m", "pipeline.tools.report"]
-    return run([*module, "--params", str(repo / "params.yaml"), *args], REPO, False, environment())
 
 
 def row(markdown: str, cell: str) -> list[str]:
@@ -135,7 +128,8 @@ def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
     "args", [["--base", "HEAD", "--target", "no-such-rev"], ["--base", "no-such-rev"]]
 )
 def test_an_unknown_revision_or_experiment_is_one_line_and_exit_1(repo, args):
-    result = command(repo, *args)
+    command = [sys.executable, "-m", "pipeline.tools.report", "--params", str(repo / "params.yaml")]
+    result = run([*command, *args], REPO, False, environment())  # as `make report` runs it
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: unknown revision or experiment: no-such-rev"

@@ -33,11 +33,6 @@ def post(server: support.Running, body: bytes) -> tuple[int, dict]:
     return support.post_json(server.url + "/invocations", body)
 
 
-def good_request_still_works(server: support.Running) -> None:
-    status, answer = support.invocations(server.url, np.zeros((1, 28, 28), np.float32))
-    assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)
-
-
 BAD_BODIES = {
     "malformed JSON": b'{"inputs": [[[0.1, 0.2',
     "empty body": b"",
@@ -66,7 +61,8 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_server_goes_on(server, case)
     assert message and "\n" not in message and len(message) <= 300, message
     if case in SAID:
         assert status == SAID[case][0] and SAID[case][1] in message, answer
-    good_request_still_works(server)
+    status, answer = support.invocations(server.url, np.zeros((1, 28, 28), np.float32))
+    assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 10)  # still served
 
 
 def test_answers_are_the_keras_models_and_each_is_counted_and_logged_for_its_version(

@@ -209,10 +209,6 @@ def champion_files(team: Team) -> dict[str, str]:
             if path.is_file()}  # fmt: skip
 
 
-def server_pid(team: Team) -> int:
-    return int((team.state / "mlflow-server.pid").read_text())
-
-
 def everything(team: Team, run_id: str) -> dict:
     """Every run with its metrics, every model version, and one run's model card."""
     client, card = team.client(), f"{team.url}/get-artifact?path=model_card.md&run_uuid={run_id}"
@@ -336,7 +332,8 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
         for line in stage.stdout:
             if "iteration 6/" in line:
                 break
-        os.killpg(server_pid(team), signal.SIGKILL)  # the server dies, as a crash would
+        server = int((team.state / "mlflow-server.pid").read_text())
+        os.killpg(server, signal.SIGKILL)  # the server dies, as a crash would
         # a generous deadline that guards against a hang only: store.SERVER_TIMEOUT and
         # SERVER_RETRIES end the stage well before it
         rest = stage.communicate(timeout=120)[0]
