@@ -13,11 +13,6 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FIGURE = re.compile(r"[0-9]+(\.[0-9]+)? ?(ms|images/s|samples/s|requests/s)")
 
 
-def relative_links(page: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
-    return [link for link in LINK.findall(text) if not re.match(r"[a-z]+:|#", link)]
-
-
 def test_the_docs_cover_each_topic_and_the_readme_links_them():
     readme = (REPO / "README.md").read_text()
     for topic in ("team", "serving", "search-and-multi-worker", "reliability", "data-sources",
@@ -36,11 +31,6 @@ def test_measured_figures_are_only_in_the_results():
 # `pipeline/inference/`, `python -m pipeline.search.tune`, `pipeline.training.fitting`.
 CODE_PATH = re.compile(r"(?<![\w/.])pipeline/[\w./-]*[\w/]")
 MODULE = re.compile(r"(?<![\w/.])pipeline(?:\.\w+)+")
-
-
-def named_code(page: Path) -> list[str]:
-    text = page.read_text()
-    return CODE_PATH.findall(text) + MODULE.findall(text)
 
 
 def exists(name: str) -> bool:
@@ -109,10 +99,12 @@ def runnable(module: str) -> bool:
 def missing(page: Path) -> dict[str, list[str]]:
     """What a page names that does not exist, by kind; empty when all of it does."""
     text = page.read_text()
+    links = [link for link in LINK.findall(FENCED_BLOCK.sub("", text))  # code holds no links
+             if not re.match(r"[a-z]+:|#", link)]  # fmt: skip
     found = {
-        "links": [link for link in relative_links(page)
-                  if not (page.parent / link.split("#")[0]).exists()],
-        "package names": [name for name in named_code(page) if not exists(name)],
+        "links": [link for link in links if not (page.parent / link.split("#")[0]).exists()],
+        "package names": [name for name in CODE_PATH.findall(text) + MODULE.findall(text)
+                          if not exists(name)],
         "params keys": [key for key in named_params(text) if not is_param(key)],
         "make targets": set(named_targets(text)) - TARGETS,
         "python -m modules": [name for name in run_modules(text) if not runnable(name)],
