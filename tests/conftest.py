@@ -1,7 +1,5 @@
 """Fixtures: tiny MNIST and params, an MLflow store, a tiny trained pipeline, a real model."""
 
-from __future__ import annotations
-
 import os
 import sys
 from dataclasses import dataclass
@@ -13,7 +11,16 @@ import yaml
 
 from pipeline.params import config, tools
 
-from .support import REPO, client_for, make_mnist, tiny_params, use_store_at, write_idx_folder
+from .support import (
+    REPO,
+    client_for,
+    make_mnist,
+    own_store,
+    tiny_params,
+    use_store_at,
+    write_idx_folder,
+    write_params,
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: `-m "not slow"` never picks a heavy test
@@ -71,6 +78,16 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return use_store_at(tmp_path, monkeypatch)
 
 
+@pytest.fixture
+def prepared(params: tools.ToolParams, raw_params: dict, store: Path, tmp_path: Path) -> Path:
+    """Fetched and preprocessed tiny data in tmp_path; the params file a stage subprocess reads."""
+    from pipeline import fetch, preprocess
+
+    fetch.run(params)
+    preprocess.run(params)
+    return write_params(raw_params, tmp_path / "params.yaml")
+
+
 @dataclass(frozen=True)
 class TrainedPipeline:
     """fetch → preprocess → train → evaluate, run once on tiny data; for tests that only read."""
@@ -123,6 +140,13 @@ def train_tiny_pipeline(root: Path, arrays: dict, params: config.Params) -> dict
         result = train.run(params)
         metrics = evaluate.run(params)
     return {"run_id": result.run_id, "metrics": metrics}
+
+
+@pytest.fixture
+def trained_store(trained: TrainedPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A copy of the trained store in tmp_path, the stages' and MLflow's current one: a client."""
+    use_store_at(tmp_path, monkeypatch)
+    return own_store(trained, tmp_path)
 
 
 @dataclass(frozen=True)

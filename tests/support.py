@@ -1,12 +1,9 @@
 """The tests' helpers; conftest.py holds the fixtures built on them."""
 
-from __future__ import annotations
-
 import ast
 import contextlib
 import copy
 import gzip
-import hashlib
 import json
 import shutil
 import signal
@@ -372,10 +369,6 @@ def tiny_repo(base: Path, name: str = "repo") -> Path:
     return repo
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def clone_state(repo: Path) -> str:
     """The clone's branch, commit and changes to tracked files."""
     return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
@@ -470,6 +463,12 @@ def linear_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> Path:
 # --- a browser and image files -------------------------------------------------------------
 
 
+# Headless, and nothing fetched behind the test's back (updates, sync, QUIC)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-quic", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
 def browser(window: str = "800,900"):
     """Headless Debian chromium through its own chromedriver (never a downloaded browser)."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -481,9 +480,7 @@ def browser(window: str = "800,900"):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", f"--window-size={window}"):  # fmt: skip
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={window}"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
 

@@ -1,7 +1,5 @@
 """The body-size limit both servers share, on a real uvicorn server and real sockets."""
 
-from __future__ import annotations
-
 import http.client
 import json
 import socket

@@ -1,7 +1,5 @@
 """params.yaml schema: defaults load, YAML 1.2 numbers work, bad values fail with one line."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 from pathlib import Path
@@ -33,22 +31,13 @@ def test_yaml12_numbers_written_by_dvc_exp_are_numbers(defaults, text, expected)
 @pytest.mark.parametrize(
     ("key", "value", "phrase"),
     [
-        ("train.learning_rate", -0.1, "greater than 0"),
-        ("train.learning_rate", "fast", "valid number"),
-        ("train.iterations", True, "not a boolean"),
-        ("train.iterations", 2.5, "valid integer"),
-        ("model.num_units", 0, "greater than or equal to 1"),
-        ("data.validation_size", None, "valid integer"),
-        ("data.sources", [], "at least 1 item"),
-        ("mlflow.experiment", "", "at least 1 character"),
-        ("paths.model", "models/model.h5", "pattern"),
         ("model.time_steps", 14, "time_steps × n_input must be 784"),
         ("train.steps_per_execution", 30, "iterations (2000) must be a multiple of"),
         ("train.steps_per_execution", 40, "log_every (100) must be a multiple of"),
         ("train.batch_shards", 3, "batch_size (128) must be a multiple of batch_shards (3)"),
     ],
 )  # fmt: skip
-def test_bad_value_names_key_value_and_rule(defaults, key, value, phrase):
+def test_a_rule_across_keys_is_named_with_the_values(defaults, key, value, phrase):
     with pytest.raises(config.ConfigError) as error:
         config.parse_params(with_value(defaults, key, value))
     message = str(error.value)
@@ -63,14 +52,6 @@ def test_a_stage_holds_its_params_and_a_tool_the_tools_settings_too(defaults):
     assert everything.train == params.train
     with pytest.raises(config.ConfigError, match=r"^params.yaml: lab: unknown key$"):
         config.parse_params(defaults | {"lab": {}})  # an unknown section fails a stage too
-
-
-def test_unknown_and_missing_keys_are_named(defaults):
-    raw = with_value(defaults, "train.lr", 0.1)
-    del raw["model"]["num_units"]
-    message = str(pytest.raises(config.ConfigError, config.parse_params, raw).value)
-    assert "train.lr: unknown key" in message
-    assert "model.num_units: missing" in message
 
 
 def test_rows_of_two_image_lines_are_allowed(defaults):

@@ -1,7 +1,5 @@
 """The draw-a-digit page: its JSON endpoint, bad input, and real strokes drawn in Chromium."""
 
-from __future__ import annotations
-
 import base64
 import io
 import json

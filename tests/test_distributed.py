@@ -1,7 +1,5 @@
 """Multi-worker training: the custom step matches Keras's; chief and worker; a dying worker."""
 
-from __future__ import annotations
-
 import json
 import signal
 import subprocess
@@ -14,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import fetch, preprocess, train
-from pipeline.params import config
+from pipeline import train
 from pipeline.training import cluster, distributed, fitting
 from pipeline.training.network import build_model
 
@@ -95,12 +92,8 @@ def test_custom_step_trains_like_the_keras_trainer(params, monkeypatch):
     assert trained.predict_on_batch(x[:2]).shape == (2, 10)  # outside the strategy
 
 
-def prepared(tmp_path: Path, raw_params: dict, monkeypatch, **train_changes) -> dict:
-    """Fetched and preprocessed tiny data; params for multi-worker training on it."""
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    parsed = config.parse_params(raw_params)
-    fetch.run(parsed)
-    preprocess.run(parsed)
+def multi_worker(raw_params: dict, **train_changes) -> dict:
+    """Params for multi-worker training, with `train_changes`."""
     raw = with_value(raw_params, "train.distribution", "multi_worker")
     for key, value in train_changes.items():
         raw = with_value(raw, f"train.{key}", value)
@@ -134,8 +127,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 @pytest.mark.slow
-def test_two_workers_train_and_only_the_chief_saves_and_logs(tmp_path, raw_params, monkeypatch):
-    raw = prepared(tmp_path, raw_params, monkeypatch)
+def test_two_workers_train_and_only_the_chief_saves_and_logs(prepared, tmp_path, raw_params):
+    raw = multi_worker(raw_params)
     roots = [tmp_path / "chief", tmp_path / "worker"]
     processes, logs = start_workers(raw, roots)
     try:
@@ -172,10 +165,8 @@ def wait_for(text: str, log: Path, processes: list[subprocess.Popen], deadline_s
 @pytest.mark.parametrize(
     "killed", [1, pytest.param(0, marks=pytest.mark.heavy)], ids=["worker-dies", "chief-dies"]
 )
-def test_a_dying_worker_makes_the_other_fail_with_one_line(
-    killed, tmp_path, raw_params, monkeypatch
-):
-    raw = prepared(tmp_path, raw_params, monkeypatch, iterations=30000)
+def test_a_dying_worker_makes_the_other_fail_with_one_line(killed, prepared, tmp_path, raw_params):
+    raw = multi_worker(raw_params, iterations=30000)
     processes, logs = start_workers(raw, [tmp_path / "chief", tmp_path / "worker"])
     survivor = processes[1 - killed]
     try:

@@ -1,7 +1,5 @@
 """The README and docs/: every relative link resolves, and measured figures live in RESULTS.md."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 
@@ -13,18 +11,6 @@ from .support import REPO
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FIGURE = re.compile(r"[0-9]+(\.[0-9]+)? ?(ms|images/s|samples/s|requests/s)")
-
-
-def relative_links(page: Path) -> list[str]:
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code blocks hold no links
-    return [link for link in LINK.findall(text) if not re.match(r"[a-z]+:|#", link)]
-
-
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_relative_link_resolves(page):
-    missing = [link for link in relative_links(page)
-               if not (page.parent / link.split("#")[0]).exists()]  # fmt: skip
-    assert not missing, f"{page.name}: {missing}"
 
 
 def test_the_docs_cover_each_topic_and_the_readme_links_them():
@@ -47,22 +33,11 @@ CODE_PATH = re.compile(r"(?<![\w/.])pipeline/[\w./-]*[\w/]")
 MODULE = re.compile(r"(?<![\w/.])pipeline(?:\.\w+)+")
 
 
-def named_code(page: Path) -> list[str]:
-    text = page.read_text()
-    return CODE_PATH.findall(text) + MODULE.findall(text)
-
-
 def exists(name: str) -> bool:
     if "/" in name:
         return (REPO / name).exists()
     base = REPO.joinpath(*name.split("."))
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
-
-
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_module_and_path_of_the_package_a_page_names_exists(page):
-    missing = sorted({name for name in named_code(page) if not exists(name)})
-    assert not missing, f"{page.name} names {missing}"
 
 
 # What a page tells a user to type: the params keys (`serve.max_image_pixels`, `-S
@@ -121,39 +96,41 @@ def runnable(module: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__main__.py").is_file()
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_params_key_a_page_names_is_in_params_yaml(page):
-    missing = sorted({key for key in named_params(page.read_text()) if not is_param(key)})
-    assert not missing, f"{page.name} names {missing}, not in params.yaml"
+def missing(page: Path) -> dict[str, list[str]]:
+    """What a page names that does not exist, by kind; empty when all of it does."""
+    text = page.read_text()
+    links = [link for link in LINK.findall(FENCED_BLOCK.sub("", text))  # code holds no links
+             if not re.match(r"[a-z]+:|#", link)]  # fmt: skip
+    found = {
+        "links": [link for link in links if not (page.parent / link.split("#")[0]).exists()],
+        "package names": [name for name in CODE_PATH.findall(text) + MODULE.findall(text)
+                          if not exists(name)],
+        "params keys": [key for key in named_params(text) if not is_param(key)],
+        "make targets": set(named_targets(text)) - TARGETS,
+        "python -m modules": [name for name in run_modules(text) if not runnable(name)],
+    }  # fmt: skip
+    return {kind: sorted(set(names)) for kind, names in found.items() if names}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_make_target_a_page_names_is_in_the_makefile(page):
-    missing = sorted(set(named_targets(page.read_text())) - TARGETS)
-    assert not missing, f"{page.name} names make {missing}, not in the Makefile"
+def test_every_link_module_params_key_and_make_target_a_page_names_exists(page):
+    assert not missing(page), f"{page.name} names what does not exist: {missing(page)}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
-def test_every_module_a_page_runs_with_python_m_exists(page):
-    missing = sorted({name for name in run_modules(page.read_text()) if not runnable(name)})
-    assert not missing, f"{page.name} runs python -m {missing}: no such module"
-
-
-def test_the_checks_find_a_wrong_key_target_module_and_path(tmp_path):
+def test_the_checks_find_a_wrong_link_key_target_module_and_path(tmp_path):
     assert not [name for name in NOT_PARAMS if is_param(name)]
     page = tmp_path / "page.md"
-    page.write_text("Run `python -m pipeline.nowhere` or edit pipeline/shared/config.py.\n")
-    assert sorted(name for name in named_code(page) if not exists(name)) == [
-        "pipeline.nowhere", "pipeline/shared/config.py",
-    ]  # fmt: skip
-    text = (
+    page.write_text(
+        "Run `python -m pipeline.nowhere` or edit pipeline/shared/config.py, see [x](none.md).\n"
         "Set `serve.max_pixels` or `dvc exp run -S train.rate=0.1`, and `report.output_dir`;\n"
         "`mlflow.db`, `mlflow.get_run(id)`; `nowhere:` in `params.yaml`.\n"
-        "```bash\nmake serve PORT=5011\nmake deploy\npython -m pipeline.nowhere\n```\n"
+        "```bash\nmake serve PORT=5011\nmake deploy\n```\n"
         "Run `make\nui`, then `.venv/bin/python -m pipeline.search.tune` or `python -m pytest`.\n"
     )
-    assert [key for key in named_params(text) if not is_param(key)] == [
-        "serve.max_pixels", "train.rate", "nowhere.*",
-    ]  # fmt: skip
-    assert set(named_targets(text)) - TARGETS == {"deploy"}
-    assert [name for name in run_modules(text) if not runnable(name)] == ["pipeline.nowhere"]
+    assert missing(page) == {
+        "links": ["none.md"],
+        "package names": ["pipeline.nowhere", "pipeline/shared/config.py"],
+        "params keys": ["nowhere.*", "serve.max_pixels", "train.rate"],
+        "make targets": ["deploy"],
+        "python -m modules": ["pipeline.nowhere"],
+    }

@@ -1,7 +1,5 @@
 """dvc.yaml lists, for each stage, exactly the modules of pipeline/ its code imports."""
 
-from __future__ import annotations
-
 import pytest
 
 from . import support

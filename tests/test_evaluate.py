@@ -1,7 +1,5 @@
 """evaluate: reports on disk, results logged into the run that train started, the model card."""
 
-from __future__ import annotations
-
 import json
 import sys
 
@@ -12,13 +10,6 @@ from pipeline import evaluate
 from pipeline.gate import rule
 
 from .support import REPO, environment, run, with_value
-
-
-def outputs_in(folder, raw: dict) -> dict:
-    """The trained pipeline's params with evaluate's outputs in `folder` (the card: card.md)."""
-    for key in ("metrics", "per_class", "confusion", "figures_dir"):
-        raw = with_value(raw, f"paths.{key}", str(folder / key))
-    return with_value(raw, "paths.model_card", str(folder / "card.md"))
 
 
 def test_evaluate_writes_reports_and_logs_into_train_run(trained):
@@ -94,7 +85,10 @@ def test_evaluate_imports_no_tensorflow_and_names_another_data_set_as_the_params
     raw = with_value(trained.params.model_dump(mode="json"), "data.name", "Fashion-MNIST")
     names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
              "Bag", "Ankle boot"]  # fmt: skip
-    raw = outputs_in(tmp_path, with_value(raw, "data.class_names", names))
+    raw = with_value(raw, "data.class_names", names)
+    for key in ("metrics", "per_class", "confusion", "figures_dir"):  # evaluate's outputs here
+        raw = with_value(raw, f"paths.{key}", str(tmp_path / key))
+    raw = with_value(raw, "paths.model_card", str(tmp_path / "card.md"))
     (tmp_path / "params.yaml").write_text(json.dumps(raw))  # JSON is YAML
     result = run([sys.executable, "-c", EVALUATE_ALONE, str(tmp_path / "params.yaml")], REPO,
                  env=environment(DVC_ROOT=str(trained.root)))  # fmt: skip

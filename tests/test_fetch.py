@@ -1,7 +1,5 @@
 """fetch: first verified source wins, failures are listed, the manifest records what was used."""
 
-from __future__ import annotations
-
 import numpy as np
 import pytest
 import yaml
@@ -13,21 +11,13 @@ from pipeline.params import config
 from .support import array_hashes, free_port
 
 
-def with_sources(raw_params: dict, sources: list[dict]) -> config.Params:
-    raw_params["data"]["sources"] = sources
-    return config.parse_params(raw_params)
-
-
 def test_falls_through_to_the_first_source_that_verifies(raw_params, mirror, mnist, tmp_path):
-    params = with_sources(
-        raw_params,
-        [
-            {"kind": "url", "url": f"http://127.0.0.1:{free_port()}/m.npz", "sha256": "0" * 64},
-            {"kind": "local", "path": str(tmp_path / "absent.npz")},
-            {"kind": "local", "path": str(mirror)},
-        ],
-    )
-    result = fetch.run(params)
+    raw_params["data"]["sources"] = [
+        {"kind": "url", "url": f"http://127.0.0.1:{free_port()}/m.npz", "sha256": "0" * 64},
+        {"kind": "local", "path": str(tmp_path / "absent.npz")},
+        {"kind": "local", "path": str(mirror)},
+    ]
+    result = fetch.run(config.parse_params(raw_params))
     assert result.source == f"local {mirror}"
     written = load_arrays(tmp_path / "data/raw/mnist.npz")
     for name in ("x_train", "y_train", "x_test", "y_test"):

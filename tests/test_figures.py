@@ -1,7 +1,5 @@
 """Figures: each is drawn from real arrays and saved as a PNG."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 

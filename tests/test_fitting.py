@@ -1,7 +1,5 @@
 """fitting: sharded steps take the whole batch's gradient; exact iteration counts; thread counts."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 
@@ -38,7 +36,7 @@ def batches(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("shards", [2, pytest.param(4, marks=pytest.mark.slow)])
-def test_sharded_steps_take_the_whole_batch_gradient(shards):
+def test_sharded_steps_take_the_whole_batch_gradient_and_score_as_keras_evaluates(shards):
     """Plain SGD, whose step is proportional to the gradient: any scale or shard error shows."""
     keras.utils.set_random_seed(0)
     sharded_net, plain = twin_nets()
@@ -55,17 +53,7 @@ def test_sharded_steps_take_the_whole_batch_gradient(shards):
         np.testing.assert_allclose(ours, keras_own, rtol=0, atol=2e-6)
     assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], abs=1e-6)
     assert logs[0]["accuracy"] == pytest.approx(logs[1]["accuracy"])
-
-
-def test_sharded_validation_scores_like_keras_evaluate():
-    """Batches of 16, 16, 5 and 1 (a shard of zero rows): loss and accuracy as Keras's own."""
-    shards = 3
-    keras.utils.set_random_seed(0)
-    sharded_net, plain = twin_nets()
-    sharded = fitting.ShardedTrainer(sharded_net, shards)
-    for model in (sharded, plain):
-        model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    for n in (37, 1):
+    for n in (37, 1):  # validation batches of 16, 16, 5 and 1 (a shard of zero rows)
         x, y = batches(n, seed=n)
         ours = sharded.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
         keras_own = plain.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
@@ -94,18 +82,6 @@ def test_exactly_n_iterations_reported_every_interval(
     fitting.fit(trainer, {"x": x, "y": y}, {"x": x[:16], "y": y[:16]}, values, 0, reports.append)
     assert [row["iteration"] for row in reports] == reported
     assert int(trainer.optimizer.iterations.numpy()) == iterations
-
-
-def test_the_saved_network_is_compiled_with_the_trained_optimizer(tmp_path):
-    keras.utils.set_random_seed(0)
-    net, _ = twin_nets()
-    trainer = fitting.compile_trainer(net, settings())
-    x, y = batches(32)
-    fitting.fit(trainer, {"x": x, "y": y}, {"x": x, "y": y}, settings(), 0, lambda row: None)
-    net.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert int(loaded.optimizer.iterations.numpy()) == 6
-    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(trainer.evaluate(x, y, verbose=0))
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,6 @@
 """make serve and make demo follow the champion: a promotion under load served in time, no
 request failed; a server on a version stays."""
 
-from __future__ import annotations
-
 import json
 import sys
 import threading
@@ -39,17 +37,22 @@ class Load(threading.Thread):
             self.statuses.append(status if len(answer.get("predictions", ())) == 2 else -status)
 
 
+def following(trained, tmp_path) -> tuple:
+    """A copy of the trained store, its champion, and params that follow it every second."""
+    client = support.own_store(trained, tmp_path)
+    first = client.get_model_version_by_alias(trained.params.mlflow.registered_model, "champion")
+    raw = trained.params.model_dump(mode="json")
+    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
+    raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")
+    return client, first, support.write_params(raw, tmp_path / "params.yaml")
+
+
 def test_a_promotion_under_load_is_served_within_the_interval_and_no_request_fails(
     trained, tmp_path
 ):
     name = trained.params.mlflow.registered_model
-    client = support.own_store(trained, tmp_path)
-    first = client.get_model_version_by_alias(name, "champion")
+    client, first, params = following(trained, tmp_path)
     second = client.create_model_version(name, first.source, first.run_id).version
-    raw = trained.params.model_dump(mode="json")
-    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
-    raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")
-    params = support.write_params(raw, tmp_path / "params.yaml")
     environment = {"DVC_ROOT": str(tmp_path)}
     with support.running("pipeline.serving.serve", ["--params", str(params)], "/ping",
                  tmp_path / "server.log", environment) as server:  # fmt: skip
@@ -78,35 +81,22 @@ def test_a_promotion_under_load_is_served_within_the_interval_and_no_request_fai
     assert set(logged["model"]) == {f"models:/{name}/{first.version}", f"models:/{name}/{second}"}
 
 
-def test_a_server_on_a_fixed_version_never_moves(trained, tmp_path):
-    name = trained.params.mlflow.registered_model
-    client = support.own_store(trained, tmp_path)
-    first = client.get_model_version_by_alias(name, "champion")
-    raw = trained.params.model_dump(mode="json")
-    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
-    params = support.write_params(raw, tmp_path / "params.yaml")
-    args = ["--params", str(params), "--model", f"models:/{name}/{first.version}"]
-    with support.running("pipeline.serving.serve", args, "/ping", tmp_path / "server.log",
-                 {"DVC_ROOT": str(tmp_path)}) as server:  # fmt: skip
-        second = client.create_model_version(name, first.source, first.run_id).version
-        client.set_registered_model_alias(name, "champion", second)
-        time.sleep(3 * FOLLOW_SECONDS)
-        assert serving(server.url) == f"models:/{name}/{first.version}"
-
-
-def test_the_demo_follows_its_alias_too(trained, real_model, tmp_path):
+def test_the_demo_follows_its_alias_too_and_a_server_on_a_fixed_version_never_moves(
+    trained, real_model, tmp_path
+):
     from .test_demo import png_data_url
 
     name = trained.params.mlflow.registered_model
-    client = support.own_store(trained, tmp_path)
-    first = client.get_model_version_by_alias(name, "champion")
-    raw = trained.params.model_dump(mode="json")
-    raw["serve"]["follow_seconds"] = FOLLOW_SECONDS
-    raw["monitor"]["log_path"] = str(tmp_path / "predictions.db")
-    params = support.write_params(raw, tmp_path / "params.yaml")
+    client, first, params = following(trained, tmp_path)
     body = json.dumps({"image": png_data_url(real_model.images[0])}).encode()
-    with support.running("pipeline.serving.demo", ["--params", str(params)], "/health",
-                         tmp_path / "demo.log", {"DVC_ROOT": str(tmp_path)}) as demo:  # fmt: skip
+    pinned = ["--params", str(params), "--model", f"models:/{name}/{first.version}"]
+    environment = {"DVC_ROOT": str(tmp_path)}
+    with (
+        support.running("pipeline.serving.demo", ["--params", str(params)], "/health",
+                        tmp_path / "demo.log", environment) as demo,
+        support.running("pipeline.serving.serve", pinned, "/ping", tmp_path / "server.log",
+                        environment) as server,
+    ):  # fmt: skip
         second = client.create_model_version(name, first.source, first.run_id).version
         client.set_registered_model_alias(name, "champion", second)
 
@@ -121,4 +111,6 @@ def test_the_demo_follows_its_alias_too(trained, real_model, tmp_path):
         assert support.post_json(demo.url + "/api/classify", body)[0] == 200
         log = tmp_path / "predictions.db"
         assert support.wait_until(lambda: len(support.logged_by("demo", log, started)), 30)
+        time.sleep(2 * FOLLOW_SECONDS)  # the pinned server has had as long as the demo, and more
+        assert serving(server.url) == f"models:/{name}/{first.version}"
     assert support.logged_by("demo", log, started)["model"].tolist() == [f"models:/{name}/{second}"]

@@ -1,7 +1,5 @@
 """Every route of make serve and make demo fuzzed: no 5xx, no hang, memory bounded."""
 
-from __future__ import annotations
-
 import base64
 import http.client
 import json

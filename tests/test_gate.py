@@ -1,7 +1,5 @@
 """The gate: behavioural checks, floors, the gain, the verdict and `make promote`."""
 
-from __future__ import annotations
-
 import sys
 import time
 from pathlib import Path
@@ -9,7 +7,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 import pipeline.tracking.registry as registry
 from pipeline import evaluate
@@ -20,6 +17,8 @@ from pipeline.params import config, tools
 from pipeline.tracking import store as tracking
 
 from . import support
+
+GATE = config.load_params(support.REPO / "params.yaml").evaluate  # the repo's own thresholds
 
 
 def test_shifted_moves_each_image_by_its_offset_and_blanks_the_uncovered_side():
@@ -48,49 +47,46 @@ def centred_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def checks_of(model: Path, gate_params: config.EvaluateParams) -> dict[str, rule.Check]:
+def checks_of(model: Path) -> dict[str, rule.Check]:
     network = OnnxNetwork(model)
     images, labels = centred_digits(400)
     predictions = network.predict(images).argmax(axis=1)
     values = behaviour.behaviour_metrics(
-        network.predict, images, labels, predictions, (2, gate_params.noise_sigma), seed=0
+        network.predict, images, labels, predictions, (2, GATE.noise_sigma), seed=0
     )
     metrics = values | {"test_accuracy": 1.0, "test_min_class_f1": 1.0}
-    return {check.metric: check for check in rule.release_checks(metrics, gate_params)}
+    return {check.metric: check for check in rule.release_checks(metrics, GATE)}
 
 
 def test_a_model_reading_one_corner_pixel_fails_the_invariance_check(tmp_path):
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
-    corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True), gate_params)
-    ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False), gate_params)
+    corner = checks_of(pixel_model(tmp_path / "corner.onnx", reads_corner=True))
+    ink = checks_of(pixel_model(tmp_path / "ink.onnx", reads_corner=False))
     assert not corner["shift_agreement"].passed
-    assert corner["shift_agreement"].value < gate_params.min_shift_agreement
+    assert corner["shift_agreement"].value < GATE.min_shift_agreement
     assert "shift invariance: shift_agreement = 0." in corner["shift_agreement"].line()
     assert ink["shift_agreement"].passed and ink["shift_agreement"].value > 0.95
 
 
 def test_the_verdict_names_each_failed_check_with_value_and_threshold():
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
     metrics = {"test_accuracy": 0.31, "test_min_class_f1": 0.02, "shift_agreement": 0.9,
                "noise_accuracy_drop": 0.01}  # fmt: skip
-    release = rule.release_checks(metrics, gate_params)
-    tags = rule.tags(release, rule.gain_check(0.98, 0.9795, gate_params.min_gain))
+    release = rule.release_checks(metrics, GATE)
+    tags = rule.tags(release, rule.gain_check(0.98, 0.9795, GATE.min_gain))
     assert tags["validation.status"] == "failed"
     assert tags["validation.failed"] == "test_accuracy, test_min_class_f1"
     assert tags["validation.test_accuracy"] == (
         "test accuracy floor: test_accuracy = 0.3100, needs >= 0.95: FAILED"
     )
     assert tags["validation.gain"].endswith("needs >= champion 0.9795 + 0.001: no gain")
-    assert rule.gain_check(0.981, 0.9795, gate_params.min_gain).passed
-    unscored = rule.gain_check(0.99, float("-inf"), gate_params.min_gain)  # model not loadable
+    assert rule.gain_check(0.981, 0.9795, GATE.min_gain).passed
+    unscored = rule.gain_check(0.99, float("-inf"), GATE.min_gain)  # model not loadable
     assert not unscored.passed and "could not be loaded" in unscored.line()
 
 
 def decision_of(release_passed: bool, gain: rule.Check | None, version, champion, before):
     metrics = {"test_accuracy": 0.98 if release_passed else 0.3, "test_min_class_f1": 0.95,
                "shift_agreement": 0.9, "noise_accuracy_drop": 0.01}  # fmt: skip
-    gate_params = config.load_params(support.REPO / "params.yaml").evaluate
-    return rule.Decision(rule.release_checks(metrics, gate_params), gain, version, champion,
+    return rule.Decision(rule.release_checks(metrics, GATE), gain, version, champion,
                              before)  # fmt: skip
 
 
@@ -102,15 +98,9 @@ def test_the_gate_gives_one_verdict_in_one_sentence():
     assert line == ("release checks passed; no gain over champion v1 (validation_accuracy "
                     "0.9780, needs >= champion 0.9780 + 0.001): challenger (version 2; "
                     "champion v1)")  # fmt: skip
-    gained = rule.gain_check(0.99, 0.978, 0.001)
-    assert (
-        decision_of(True, gained, 3, 3, 1)
-        .verdict_line()
-        .endswith(
-            "a gain over champion v1 (validation_accuracy 0.9900, needs >= champion 0.9780 + 0.001)"
-            ": champion (version 3)"
-        )
-    )
+    gained = decision_of(True, rule.gain_check(0.99, 0.978, 0.001), 3, 3, 1).verdict_line()
+    assert gained.endswith("a gain over champion v1 (validation_accuracy 0.9900, needs >= "
+                           "champion 0.9780 + 0.001): champion (version 3)")  # fmt: skip
     assert decision_of(True, None, 1, 1, None).verdict_line() == (
         "release checks passed: champion (version 1)")  # fmt: skip
     failed = decision_of(False, None, 4, 1, 1).verdict_line()
@@ -238,17 +228,6 @@ class Pipeline:
         version = int(run.data.tags["validation.version"])
         return version, registry.version_tags(client, "mnist-lstm", version)
 
-    def copy_of(self, version: int, tags: dict[str, str]) -> int:
-        """Another version of the same run with a verdict's tags (promotion reads only tags)."""
-        client = self.client()
-        # create_model_version looks the logged model up through MLflow's global store
-        mlflow.set_tracking_uri(client.tracking_uri)
-        mlflow.set_registry_uri(client.tracking_uri)
-        original = client.get_model_version("mnist-lstm", str(version))
-        copy = client.create_model_version("mnist-lstm", original.source, original.run_id)
-        registry.tag_version(client, "mnist-lstm", int(copy.version), tags)
-        return int(copy.version)
-
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
 
@@ -304,17 +283,18 @@ def test_a_champion_from_another_validation_split_is_scored_again_on_this_ones(p
 
 
 @pytest.mark.slow
-def test_make_promote_refuses_a_failed_version_in_one_line(pipeline):
-    first = pipeline.alias("champion") or pipeline.version()[0]
-    failed = pipeline.copy_of(first, {"validation.status": "failed",
-                                      "validation.failed": "test_accuracy"})  # fmt: skip
-    (pipeline.root / "params.yaml").write_text(yaml.safe_dump(pipeline.raw))
+def test_make_promote_refuses_a_failed_version_in_one_line(trained, trained_store, tmp_path):
+    name = trained.params.mlflow.registered_model
+    first = trained_store.get_model_version_by_alias(name, "champion")
+    failed = int(trained_store.create_model_version(name, first.source, first.run_id).version)
+    verdict = {rule.STATUS_TAG: "failed", "validation.failed": "test_accuracy"}
+    registry.tag_version(trained_store, name, failed, verdict)
+    params = support.write_params(trained.params.model_dump(mode="json"), tmp_path / "params.yaml")
     command = [sys.executable, "-m", "pipeline.tools.promote", "--version", str(failed),
-               "--params", str(pipeline.root / "params.yaml"), "--reason", "no"]  # fmt: skip
-    refused = support.run(
-        command, support.REPO, False, support.environment(DVC_ROOT=str(pipeline.root))
-    )
-    assert refused.returncode == 1 and pipeline.alias("champion") == first
+               "--params", str(params), "--reason", "no"]  # fmt: skip
+    refused = support.run(command, support.REPO, False, support.environment(DVC_ROOT=str(tmp_path)))
+    assert refused.returncode == 1
+    assert champion(trained_store, name) == int(first.version)
     assert refused.stderr.strip().splitlines() == [
         f"error: version {failed} failed the gate (test_accuracy): give FORCE=1 to promote it "
         "anyway"

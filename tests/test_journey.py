@@ -5,8 +5,6 @@ repro → change a hyperparameter → repro → params and metrics diff → repo
 champion and post clean test images → monitor → promote and back → the store switched.
 """
 
-from __future__ import annotations
-
 import json
 import sys
 import urllib.request
@@ -34,10 +32,6 @@ def version_run(repo: Path, version: int):
     return client.get_run(client.get_model_version(NAME, str(version)).run_id)
 
 
-def gate_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if " gate: " in line]
-
-
 def python(repo: Path, module: str, *args: str, check: bool = True, env: dict | None = None):
     """`python -m module args` in the repo, as its Makefile target runs it."""
     return run([sys.executable, "-m", module, *args], repo, check=check, env=env)
@@ -45,7 +39,7 @@ def python(repo: Path, module: str, *args: str, check: bool = True, env: dict | 
 
 def check_one_verdict(output: str) -> None:
     """Each check's line and one closing sentence that agrees with them."""
-    lines = gate_lines(output)
+    lines = [line for line in output.splitlines() if " gate: " in line]
     closing = [line for line in lines if "release checks " in line]
     assert len(closing) == 1, lines
     failed = [line for line in lines if line.endswith(": FAILED")]
@@ -98,7 +92,11 @@ def test_the_readme_walked_in_order_tells_one_story(tmp_path):
     # serve the champion, post clean test images, monitor
     test_images = np.load(repo / "data/processed/test.npz")["x"]
     served = serve_and_post(repo, tmp_path, np.concatenate([test_images] * 4))
-    assert f"models:/{NAME}/{champion}" in json.dumps(served)
+    assert served["pinned"] == f"models:/{NAME}/{champion}"
+    # the first start after dvc repro asks MLflow nothing: evaluate left the answer in .serve/
+    said = f"models:/{NAME}@champion is models:/{NAME}/{champion} (store unchanged)"
+    assert said in (tmp_path / "serve.log").read_text()
+    assert Path(served["path"]).is_relative_to(repo / ".serve")
     monitored = python(repo, "pipeline.monitoring.monitor", "--since", "1h", check=False)
     assert monitored.returncode == 0, monitored.stderr
     page = (repo / ".monitor/report.md").read_text()

@@ -1,7 +1,5 @@
 """The network: shapes, softmax outputs, forget-gate bias, and that it is the plain Keras LSTM."""
 
-from __future__ import annotations
-
 import keras
 import numpy as np
 import pytest

@@ -1,7 +1,5 @@
 """Watching the served model: the prediction log, /metrics, a shadow, make monitor's drift."""
 
-from __future__ import annotations
-
 import contextlib
 import signal
 import sqlite3
@@ -52,13 +50,6 @@ def digits(count: int, seed: int) -> np.ndarray:
     strokes = np.exp(-distance2 / (2 * width**2))  # (image, stroke, 28, 28)
     strokes[:, 2] *= rng.random(count)[:, None, None] < 0.5  # a third stroke half the time
     return np.clip(strokes.max(axis=1) * 1.2, 0, 1).astype(np.float32)
-
-
-def shifted(images: np.ndarray, pixels: int) -> np.ndarray:
-    """Moved right by `pixels`, the background filling in."""
-    moved = np.zeros_like(images)
-    moved[:, :, pixels:] = images[:, :, :-pixels]
-    return moved
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +167,9 @@ def test_the_reference_has_a_row_per_test_image_and_reads_back(tmp_path, models)
 
 def test_drift_names_what_moved_and_only_that(params, reference, models):
     """Digits moved right: the column centre drifted, not the row centre nor the ink."""
-    log_directly(params, models["champion"], shifted(digits(500, seed=1), 4))
+    moved = np.zeros((500, 28, 28), np.float32)
+    moved[:, :, 4:] = digits(500, seed=1)[:, :, :-4]  # 4 pixels right, the background filling in
+    log_directly(params, models["champion"], moved)
     window = read_predictions(params.monitor.log_path)
     verdict = monitor.judge(window, own(reference, window), params.monitor, 0, time.time())
     assert verdict.tested and verdict.predictions == 500 and verdict.exit_code == 1
@@ -262,17 +255,14 @@ def test_make_monitor_gives_no_verdict_on_too_few_and_one_line_without_a_log_or_
     verdict = monitor.run(params)
     assert not verdict.tested and verdict.exit_code == 0 and verdict.predictions == 20
     assert monitor.run(params, since="2000-01-01").predictions == 20
-    assert monitor.run(params, since=time_in(60)).predictions == 0  # a minute from now
+    in_a_minute = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 60))
+    assert monitor.run(params, since=in_a_minute).predictions == 0
     nowhere = params_file(params, tmp_path, log_path=str(tmp_path / "none.db"))
     with pytest.raises(monitor.LogError, match="no prediction log at .*none.db"):
         monitor.run(tools.load_params(nowhere))
     with pytest.raises(SystemExit) as stop:  # a bad param: test_params_property.py
         monitor.main(["--params", str(tmp_path / "params.yaml"), "--since", "yesterday"])
     assert stop.value.code == 2 and "duration" in capsys.readouterr().err
-
-
-def time_in(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + seconds))
 
 
 # --- the servers ------------------------------------------------------------------------------
@@ -345,7 +335,7 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     try:
         support.wait_until_healthy(url + "/ping", process, tmp_path / "killed.log", deadline_s=60)
         sender.start()
-        logged = lambda: count_rows(params.monitor.log_path) >= 50  # noqa: E731
+        logged = lambda: len(support.logged_by("serve", params.monitor.log_path, 0)) >= 50  # noqa: E731
         assert support.wait_until(logged, timeout=30)
         process.send_signal(signal.SIGKILL)  # mid-traffic: requests in flight, rows queued
         assert process.wait(timeout=10) == -signal.SIGKILL
@@ -365,14 +355,6 @@ def test_the_log_reads_back_after_a_restart_and_after_kill_9(params, models, tmp
     after = read_predictions(database)
     assert len(after) == len(survived) + 3
     assert after.iloc[: len(survived)].equals(survived)
-
-
-def count_rows(path: str) -> int:
-    if not Path(path).is_file():
-        return 0
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(path)) as db:
-        return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
-    return 0
 
 
 def test_an_unwritable_log_costs_a_warning_not_a_request(params, models, tmp_path):

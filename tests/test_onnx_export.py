@@ -1,7 +1,5 @@
 """The ONNX export: Keras's probabilities within tolerance, plain ONNX ops, checked or refused."""
 
-from __future__ import annotations
-
 import re
 
 import keras

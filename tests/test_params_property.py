@@ -1,7 +1,5 @@
 """Every key's wrong values are refused in one line naming it, by the stages' and tools' loaders."""
 
-from __future__ import annotations
-
 import copy
 from pathlib import Path
 
@@ -85,6 +83,7 @@ INVALID = {
                    {"train.no_such_param": {"kind": "float", "low": 0.1, "high": 1.0}},
                    {"train.learning_rate": {"kind": "normal", "low": 0.1, "high": 1.0}},
                    {"train.learning_rate": {"kind": "float", "low": 1.0, "high": 0.1}},
+                   {"train.learning_rate": {"kind": "float", "low": 0, "high": 1, "log": True}},
                    {"model.num_units": {"kind": "choice", "choices": []}}],
     "team.workers": [*NOT_AN_INT, 0],
     **{f"paths.{key}": NOT_A_TEXT for key in DEFAULTS["paths"]},

@@ -1,15 +1,13 @@
 """Photographed digits read about as well as the arrays; a picture of no digit is refused."""
 
-from __future__ import annotations
-
 import io
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.inference.onnx_network import OnnxNetwork
 from pipeline.serving import images
 
 SIDE = 400  # the photo's side, in pixels, for the off-centre digit; the others are half that
@@ -51,12 +49,6 @@ def photo(digit: np.ndarray, condition: str, rng: np.random.Generator) -> bytes:
     return file.getvalue()
 
 
-def classify(model: str, inputs: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    (probabilities,) = session.run(None, {session.get_inputs()[0].name: inputs})
-    return probabilities.argmax(axis=1)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("condition", CONDITIONS)
 def test_photographed_digits_read_about_as_well_as_the_arrays(condition, real_model):
@@ -65,7 +57,7 @@ def test_photographed_digits_read_about_as_well_as_the_arrays(condition, real_mo
     rng = np.random.default_rng(sorted(CONDITIONS).index(condition))
     inputs = np.stack([images.from_picture(photo(digit, condition, rng), MAX_PIXELS)
                        for digit in digits])  # fmt: skip
-    predicted = classify(str(real_model.path), inputs)
+    predicted = OnnxNetwork(real_model.path).predict(inputs).argmax(axis=1)
     on_arrays = (real_model.predicted[:100] == labels).mean()
     accuracy = (predicted == labels).mean()
     assert accuracy >= on_arrays - 0.04, f"{condition}: {accuracy:.2f} (arrays {on_arrays:.2f})"
@@ -85,7 +77,8 @@ def test_a_phone_photo_is_decoded_at_reduced_scale_and_read(real_model):
     picture = images.read_image(file.getvalue(), MAX_PIXELS)
     assert max(picture.size) == images.WORK_SIDE and picture.mode == "L"
     model_input = images.from_picture(file.getvalue(), MAX_PIXELS)
-    assert classify(str(real_model.path), model_input[np.newaxis]) == real_model.predicted[0]
+    probabilities = OnnxNetwork(real_model.path).predict(model_input[np.newaxis])
+    assert probabilities.argmax() == real_model.predicted[0]
 
 
 @pytest.mark.parametrize("kind", ["white", "noisy paper", "JPEG of noisy paper", "a speck"])

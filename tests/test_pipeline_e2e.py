@@ -1,7 +1,5 @@
 """End to end: the real `dvc repro` and `dvc exp run` in a temporary copy of this repository."""
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -14,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .support import client_for, environment, run, sha256_of, tiny_repo, wait_for_queue
+from pipeline.data.files import sha256_file
+
+from .support import CHROMIUM_FLAGS, client_for, environment, run, tiny_repo, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +78,6 @@ def test_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date." in again.stdout
 
 
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
 def runs_in(repo: Path) -> list:
     client = client_for(repo)
     experiment = client.get_experiment_by_name("mnist-lstm")
@@ -123,7 +119,7 @@ def snapshot(repo: Path) -> dict:
     """What must survive a failed run: outputs, every MLflow run's status, every version."""
     client = client_for(repo)
     return {
-        "model": sha256_of(repo / "models/model.keras"),
+        "model": sha256_file(repo / "models/model.keras"),
         "metrics": (repo / "reports/metrics.json").read_text(),
         "runs": {r.info.run_id: r.info.status for r in runs_in(repo)},
         "versions": sorted(
@@ -190,7 +186,8 @@ def test_interrupted_repro_loses_nothing_and_the_next_completes(repo):
 
     with edited_params(repo, **longer):  # the interrupted change now runs to the end
         completed = run(["dvc", "repro"], repo)
-    assert stages_run(completed.stdout) == ["train", "evaluate"]
+    ran = [line.split("'")[1] for line in completed.stdout.splitlines() if "Running stage" in line]
+    assert ran == ["train", "evaluate"]
     assert f"iteration {iterations}/{iterations}" in completed.stdout + completed.stderr
     assert {r.info.run_id: r.info.status for r in runs_in(repo)}[interrupted[0]] == "KILLED"
     runs_before_restore = len(runs_in(repo))
@@ -198,12 +195,6 @@ def test_interrupted_repro_loses_nothing_and_the_next_completes(repo):
     assert "Running stage 'train'" not in run(["dvc", "repro"], repo).stdout
     assert snapshot(repo)["model"] == before["model"]
     assert len(runs_in(repo)) == runs_before_restore
-
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def rendered_dom(page: Path, profile: Path) -> str:

@@ -1,7 +1,5 @@
 """A busy port: make serve, make demo and make ui stop with one line, before loading anything."""
 
-from __future__ import annotations
-
 import contextlib
 import socket
 from collections.abc import Iterator

@@ -1,7 +1,5 @@
 """predict: real digits as image files of other sizes and colours get the array path's labels."""
 
-from __future__ import annotations
-
 import subprocess
 import sys
 

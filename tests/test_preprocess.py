@@ -1,7 +1,5 @@
 """preprocess: scaling, seeded validation split, data checks and corruption detection."""
 
-from __future__ import annotations
-
 import numpy as np
 import pytest
 

@@ -1,7 +1,5 @@
 """Faults: misbehaving download servers, an unreachable tracking server, interrupted training."""
 
-from __future__ import annotations
-
 import signal
 import socket
 import subprocess
@@ -112,18 +110,6 @@ def stage(name: str, params_file: Path, env: dict | None = None, **popen) -> sub
     )  # fmt: skip
 
 
-@pytest.fixture
-def prepared(params, raw_params, store, tmp_path) -> Path:
-    """Fetched and preprocessed tiny data; the params file a stage subprocess reads."""
-    from pipeline import preprocess
-
-    fetch.run(params)
-    preprocess.run(params)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw_params))
-    return params_file
-
-
 @pytest.mark.slow
 def test_unanswering_tracking_server_fails_fast_before_training(prepared, tmp_path):
     with misbehaving_server("silent") as server:
@@ -224,7 +210,6 @@ def test_the_makefile_binds_the_ui_to_localhost():  # MLflow's UI has no auth: n
 
 
 def test_a_stage_run_by_a_python_without_the_packages_says_so_in_one_line():
-    """A stage run by a Python without the venv's packages (`-S`) says so in one line."""
     command = [sys.executable, "-S", "-m", "pipeline.train"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -1,7 +1,5 @@
 """A moved clone's SQLite store: refused with the fix named, then fixed by `make relocate`."""
 
-from __future__ import annotations
-
 import shutil
 import subprocess
 import sys
@@ -29,14 +27,11 @@ def moved(trained, tmp_path, monkeypatch):
     return use_store_at(tmp_path / "after", monkeypatch)
 
 
-def test_a_moved_store_is_refused_with_the_command_that_fixes_it(moved, trained):
-    with pytest.raises(tracking.TrackingError, match=r"moved or copied; run `make relocate`"):
-        tracking.use_store(trained.params.mlflow, moved)
-
-
-def test_relocate_makes_runs_and_registered_models_load_from_the_new_folder(
+def test_a_moved_store_is_refused_and_make_relocate_makes_runs_and_models_load_from_it(
     moved, trained, monkeypatch
 ):
+    with pytest.raises(tracking.TrackingError, match=r"moved or copied; run `make relocate`"):
+        tracking.use_store(trained.params.mlflow, moved)
     command = [sys.executable, "-m", "pipeline.tools.relocate", "--params", "params.yaml"]
     result = subprocess.run(command, cwd=moved, capture_output=True, text=True, timeout=120,
                             env={"PATH": "/usr/bin:/bin"})  # fmt: skip

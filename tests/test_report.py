@@ -1,12 +1,9 @@
 """`make report` in a real git + DVC repo with reproduced commits and their MLflow runs."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,12 +48,6 @@ def make_report(repo: Path, base: str, target: str, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tools.load_params(repo / "params.yaml")
     return report.run(params, repo / "params.yaml", base, target).read_text()
-
-
-def command(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.tools.report` on the repo's params, as `make report` runs it."""
-    module = [sys.executable, "-m", "pipeline.tools.report"]
-    return run([*module, "--params", str(repo / "params.yaml"), *args], REPO, False, environment())
 
 
 def row(markdown: str, cell: str) -> list[str]:
@@ -136,7 +127,8 @@ def test_base_equal_to_target_says_there_is_no_change(repo, monkeypatch):
     "args", [["--base", "HEAD", "--target", "no-such-rev"], ["--base", "no-such-rev"]]
 )
 def test_an_unknown_revision_or_experiment_is_one_line_and_exit_1(repo, args):
-    result = command(repo, *args)
+    command = [sys.executable, "-m", "pipeline.tools.report", "--params", str(repo / "params.yaml")]
+    result = run([*command, *args], REPO, False, environment())  # as `make report` runs it
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: unknown revision or experiment: no-such-rev"
@@ -183,21 +175,22 @@ def hidden_from_the_cache(repo: Path, revision: str, path: str, aside: Path):
 
 
 @pytest.mark.heavy
-def test_a_history_missing_from_the_cache_is_drawn_from_its_run(repo, monkeypatch, tmp_path):
-    with hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path):
-        markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
-    assert not [line for line in markdown.splitlines() if line.startswith("- base")]
-    curves = "The base's curves are its MLflow run's metric history (reports/train_history.csv"
-    assert f"{curves} is not at hand)." in markdown and "(curves.png)" in markdown
-
-
-@pytest.mark.heavy
-def test_a_run_record_missing_from_the_cache_is_found_by_its_params(repo, monkeypatch, tmp_path):
+def test_a_run_record_and_history_missing_from_the_cache_come_from_the_run_found_by_its_params(
+    repo, monkeypatch, tmp_path
+):
     """As in a fresh clone: main's dvc.lock names run records another machine made."""
-    with hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path):
+    (tmp_path / "record").mkdir()
+    (tmp_path / "history").mkdir()
+    with (
+        hidden_from_the_cache(repo, "HEAD~1", "models/mlflow_run.json", tmp_path / "record"),
+        hidden_from_the_cache(repo, "HEAD~1", "reports/train_history.csv", tmp_path / "history"),
+    ):
         markdown = make_report(repo, "HEAD~1", "HEAD", monkeypatch)
     line = side_line(markdown, "Base")
     assert f"`{run_id_of(repo, 'HEAD~1')}` (its own, found by its params and metrics)" in line
+    assert not [line for line in markdown.splitlines() if line.startswith("- base")]
+    curves = "The base's curves are its MLflow run's metric history (reports/train_history.csv"
+    assert f"{curves} is not at hand)." in markdown and "(curves.png)" in markdown
 
 
 @pytest.mark.heavy

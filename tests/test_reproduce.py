@@ -1,7 +1,5 @@
 """`make reproduce`: a model rebuilt from its lineage, judged, and nothing else touched."""
 
-from __future__ import annotations
-
 import datetime
 import json
 import shlex
@@ -125,16 +123,6 @@ def reproduce_in(repo: Path, *args: str, **env: str):
     return result
 
 
-def failure_of(repo: Path, *args: str) -> str:
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    result = reproduce_in(repo, "--params", str(REPO / "params.yaml"), *args,
-                          MLFLOW_TRACKING_URI=uri)  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ")
-    return lines[-1]
-
-
 @pytest.mark.parametrize(
     ("tags", "expected"),
     [
@@ -149,7 +137,11 @@ def test_a_run_or_model_that_cannot_be_rebuilt_gets_one_line(bare_repo, tags, ex
     experiment = client.get_experiment_by_name("mnist-lstm").experiment_id
     args = ("--model", "models:/mnist-lstm/9") if tags is None else (
         "--run", client.create_run(experiment, tags=tags).info.run_id)  # fmt: skip
-    assert expected in failure_of(repo, *args)
+    result = reproduce_in(repo, "--params", str(REPO / "params.yaml"), *args,
+                          MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last
 
 
 # --- on the tiny pipeline: real training, twice per reproduction (the heavy tier) -------------
@@ -197,7 +189,7 @@ def reproduced(repo: Path, version: int) -> tuple[str, dict[str, str]]:
 
 
 @pytest.mark.heavy
-def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved(history):
+def test_versions_reproduce_bit_identical_from_their_commit_or_their_logged_params(history):
     client = client_for(history)
     first, third = (client.get_model_version("mnist-lstm", v).run_id for v in ("1", "3"))
     weights = [client.get_run(r).data.tags[lineage.WEIGHTS_TAG] for r in (first, third)]
@@ -207,11 +199,7 @@ def test_a_version_reproduces_bit_identical_from_its_own_commit_after_main_moved
     checked = datetime.datetime.fromisoformat(tags["reproduce.date"])
     assert tags["reproduce.verdict"] == "bit-identical"
     assert checked.date() == datetime.datetime.now(datetime.UTC).date()
-
-
-@pytest.mark.heavy
-def test_a_run_with_uncommitted_params_reproduces_from_its_logged_params(history):
-    output, tags = reproduced(history, 2)
+    output, tags = reproduced(history, 2)  # trained from uncommitted params
     assert tags["git.dirty"] == "true" and "params.yaml" in tags["git.changed_files"]
     assert ": bit-identical" in output and "params as the run logged them" in output
     assert "params as the run logged them" in tags["reproduce.details"]
@@ -235,7 +223,6 @@ def test_data_in_neither_cache_nor_remote_nor_its_source_fails_with_one_line(his
 
 @pytest.mark.heavy
 def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path):
-    """A queued experiment pushed from one clone reproduces in another sharing only the store."""
     storage, origin = tmp_path / "dvc-storage", tmp_path / "origin.git"
     env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'shared.db'}")
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)

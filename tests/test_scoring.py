@@ -1,7 +1,5 @@
 """scoring: loss, accuracy, confusion matrix and per-class scores on a few known rows."""
 
-from __future__ import annotations
-
 import numpy as np
 import pytest
 

@@ -1,7 +1,5 @@
 """Reading MNIST sources: IDX and npz decoding, checksums, the numpy-only unpickler, downloads."""
 
-from __future__ import annotations
-
 import gzip
 import io
 import os

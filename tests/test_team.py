@@ -1,7 +1,5 @@
 """Team mode end to end: two clones, a real PostgreSQL and `mlflow server`, DVC remotes."""
 
-from __future__ import annotations
-
 import base64
 import contextlib
 import json
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.data.files import sha256_file
 from pipeline.team import postgres
 
 from .support import (
@@ -28,7 +27,6 @@ from .support import (
     free_port,
     postgres_missing,
     run,
-    sha256_of,
     tiny_repo,
     wait_until_healthy,
 )
@@ -131,7 +129,7 @@ def test_b_pulls_reproduces_nothing_and_opens_a_run_on_the_server(team, shared):
     repro = run(["dvc", "repro"], b, env=team.env())
     assert "Running stage" not in repro.stdout and "up to date" in repro.stdout, repro.stdout
     for output in ("models/model.keras", "data/processed/test.npz", "reports/metrics.json"):
-        assert sha256_of(b / output) == sha256_of(a / output), output
+        assert sha256_file(b / output) == sha256_file(a / output), output
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]
     found = team.client().get_run(run_id)
     assert found.info.artifact_uri.startswith("mlflow-artifacts:")
@@ -188,13 +186,8 @@ def test_an_experiment_pushed_from_a_is_listed_and_applied_in_b(team, shared):
     run(["dvc", "exp", "push", "origin", "pushed"], a)
     run(["dvc", "exp", "pull", "origin", "pushed"], b)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], b).stdout)
-    experiments = {
-        exp["name"]: exp
-        for row in shown
-        for exp in (row.get("experiments") or [])
-        if exp.get("name")
-    }
-    assert "pushed" in experiments, shown
+    names = {experiment.get("name") for row in shown for experiment in row.get("experiments") or []}
+    assert "pushed" in names, shown
     run(["dvc", "exp", "apply", "pushed"], b)
     assert yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"] == 0.03
     run_id = json.loads((b / "models/mlflow_run.json").read_text())["run_id"]  # from the cache
@@ -212,12 +205,8 @@ def champion_files(team: Team) -> dict[str, str]:
         artifact_uri=client.get_model_version_download_uri(MODEL, version),
         tracking_uri=team.url, dst_path=tempfile.mkdtemp(dir=team.base),
     ))  # fmt: skip
-    return {str(path.relative_to(folder)): sha256_of(path) for path in folder.rglob("*")
+    return {str(path.relative_to(folder)): sha256_file(path) for path in folder.rglob("*")
             if path.is_file()}  # fmt: skip
-
-
-def server_pid(team: Team) -> int:
-    return int((team.state / "mlflow-server.pid").read_text())
 
 
 def everything(team: Team, run_id: str) -> dict:
@@ -280,22 +269,21 @@ def use_s3_remote(repo: Path, endpoint: str) -> None:
 @pytest.mark.heavy
 def test_s3_remote_pushes_and_pulls_and_unreachable_fails_with_one_line(team, shared, tmp_path):
     a, _ = shared
-    c = team.base / "c"
     with moto_s3(tmp_path / "moto.log") as endpoint:
         use_s3_remote(a, endpoint)
         pushed = run(["dvc", "push"], a, env=environment(**S3_KEYS))
         assert "files pushed" in pushed.stdout + pushed.stderr
-        run(["git", "clone", "-q", "-b", "main", str(team.origin), str(c)], team.base)
+        c = team.clone("c")  # its default remote is then the S3 one
         use_s3_remote(c, endpoint)
         run(["dvc", "pull"], c, env=environment(**S3_KEYS))
-    assert sha256_of(c / "models/model.keras") == sha256_of(a / "models/model.keras")
+    assert sha256_file(c / "models/model.keras") == sha256_file(a / "models/model.keras")
     outputs = ("models/model.keras", "data/processed/train.npz")
-    kept = {path: sha256_of(c / path) for path in outputs}
+    kept = {path: sha256_file(c / path) for path in outputs}
     failed = run(["dvc", "push"], c, check=False, env=environment(**S3_KEYS))  # moto is gone
     lines = [line for line in (failed.stdout + failed.stderr).splitlines() if line.strip()]
     assert failed.returncode != 0, lines
     assert len([line for line in lines if line.startswith("ERROR")]) == 1, lines
-    assert {path: sha256_of(c / path) for path in kept} == kept
+    assert {path: sha256_file(c / path) for path in kept} == kept
     assert run(["dvc", "status"], c).stdout.strip().endswith("up to date.")
 
 
@@ -336,7 +324,7 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["train"] |= {"iterations": 999_999, "log_every": 3}
     (a / "long.yaml").write_text(yaml.safe_dump(params))
-    model_before = sha256_of(a / "models/model.keras")
+    model_before = sha256_file(a / "models/model.keras")
     stage = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--params", "long.yaml"],
                              cwd=a, env=team.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -344,7 +332,8 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
         for line in stage.stdout:
             if "iteration 6/" in line:
                 break
-        os.killpg(server_pid(team), signal.SIGKILL)  # the server dies, as a crash would
+        server = int((team.state / "mlflow-server.pid").read_text())
+        os.killpg(server, signal.SIGKILL)  # the server dies, as a crash would
         # a generous deadline that guards against a hang only: store.SERVER_TIMEOUT and
         # SERVER_RETRIES end the stage well before it
         rest = stage.communicate(timeout=120)[0]
@@ -357,4 +346,4 @@ def test_training_fails_with_one_line_when_the_server_goes_away(team, shared):
     assert stage.returncode == 1, rest
     assert last.startswith(f"error: MLflow tracking server {team.url} stopped answering"), rest
     assert "Traceback" not in rest
-    assert sha256_of(a / "models/model.keras") == model_before  # the last good model is untouched
+    assert sha256_file(a / "models/model.keras") == model_before  # the last good model is untouched

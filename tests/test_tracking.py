@@ -1,7 +1,5 @@
 """Tracking: lineage tags, store set-up under parallel processes."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

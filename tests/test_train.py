@@ -1,7 +1,5 @@
 """train: exactly N iterations, a saved model, and one MLflow run with params, metrics and model."""
 
-from __future__ import annotations
-
 import json
 import math
 import subprocess
@@ -14,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import train
-from pipeline.data.files import read_json, sha256_file
+from pipeline.data.files import load_arrays, read_json, sha256_file
 from pipeline.inference.integrity import HASH_TAG
 from pipeline.params import config
 from pipeline.tracking import lineage
@@ -34,6 +32,10 @@ def test_train_logs_one_complete_run(trained):
 
     model = keras.saving.load_model(root / "models/model.keras")
     assert model.get_layer("lstm").units == params.model.num_units
+    # compiled with the trained optimizer: its state comes back, and evaluate() works on it
+    assert int(model.optimizer.iterations.numpy()) == params.train.iterations
+    val = load_arrays(params.paths.split("val"))
+    assert model.evaluate(val["x"], val["y"], verbose=0)[0] > 0
 
     run_info = read_json(root / "models/mlflow_run.json")
     assert run_info["run_id"] == trained.run_id and run_info["registered_version"] == 1

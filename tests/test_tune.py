@@ -1,7 +1,5 @@
 """The search's study mechanics on Optuna's journal file, and one trial run by `dvc exp run`."""
 
-from __future__ import annotations
-
 import copy
 import os
 import signal
@@ -17,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.params import config, tools
+from pipeline.params import tools
 from pipeline.search import tune as trials
 from pipeline.tracking import store as tracking
 
@@ -54,19 +52,6 @@ def trials_run(monkeypatch) -> list[int]:
     monkeypatch.setattr(trials, "run_trial", run_trial)
     monkeypatch.setattr(trials, "read_result", read_result)
     return numbers
-
-
-def test_the_space_is_validated_with_the_key_named(raw_params):
-    raw = copy.deepcopy(raw_params)
-    raw["tune"]["space"] = {"train.learning_rat": {"kind": "float", "low": 0.1, "high": 1}}
-    with pytest.raises(config.ConfigError, match="tune.space names no model or train param: "
-                                                 "train.learning_rat"):  # fmt: skip
-        tools.parse_params(raw)
-    raw["tune"]["space"] = {
-        "train.learning_rate": {"kind": "float", "low": 0, "high": 1, "log": True}
-    }
-    with pytest.raises(config.ConfigError, match=r"tune.space.train.learning_rate.float"):
-        tools.parse_params(raw)
 
 
 def test_points_come_from_the_declared_space(study):

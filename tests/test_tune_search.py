@@ -1,7 +1,5 @@
 """`python -m pipeline.search.tune` end to end: workers stopped and started, one study."""
 
-from __future__ import annotations
-
 import json
 import shutil
 import signal
