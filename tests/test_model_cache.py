@@ -33,7 +33,7 @@ def own_store(trained, tmp_path, monkeypatch):
 def resolve(trained, caplog) -> str:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=model_cache.__name__):
-        folder = model_cache.local_folder(loader.default_uri(trained.params), trained.params)
+        _, folder, _ = model_cache.resolve(loader.default_uri(trained.params), trained.params)
     assert (folder / "MLmodel").is_file()
     return caplog.text
 
@@ -55,7 +55,7 @@ def test_the_answer_is_reused_until_the_store_or_the_copy_changes(trained, own_s
     moved = resolve(trained, caplog)
     assert f"{name}/{version}" in moved and "unchanged" not in moved
     with pytest.raises(model_cache.ModelError, match="cannot load model models:/nope@champion"):
-        model_cache.local_folder("models:/nope@champion", trained.params)
+        model_cache.resolve("models:/nope@champion", trained.params)
 
 
 def test_a_server_store_has_no_state_and_a_sqlite_file_has_one(tmp_path):

@@ -80,11 +80,6 @@ def _place(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
     return store, root / CACHE_DIR, f"{store} {model_uri}"
 
 
-def local_folder(model_uri: str, params: config.Params) -> Path:
-    """The MLflow model at `model_uri` as a folder on this machine (a local path as it is)."""
-    return resolve(model_uri, params)[1]
-
-
 def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
     """What `model_uri` names (`models:/name/<version>` for an alias), the local folder of its
     files and its registered ONNX sha256 ("" if none); a local path as it is."""
@@ -131,13 +126,17 @@ def _answers(cache: Path) -> dict:
 
 def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
     """Run `main` below in a new interpreter; its last line of output is the answer."""
-    command = [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache)]
     environment = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    command = child_command(model_uri, store, cache)
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if result.returncode != 0:
         reason = processes.failure_reason(result.stderr, f"exit code {result.returncode}")
         raise ModelError(reason.removeprefix("error: "))
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def child_command(model_uri: str, store: str, cache: Path) -> list[str]:
+    return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache)]
 
 
 # --- the child: MLflow resolves and copies ---------------------------------------------------
@@ -185,34 +184,28 @@ def follow_command(model_uri: str, params: config.Params, seconds: float) -> lis
     """The child that says what `model_uri` names, again whenever that changes (every
     `seconds`), its files copied first: how a server follows an alias without MLflow."""
     store, cache, _ = _place(model_uri, params)
-    return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache),
-            "--follow-seconds", str(seconds)]  # fmt: skip
-
-
-def watch(model_uri: str, store: str, cache: Path, seconds: float) -> None:
-    """`copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until the
-    parent is gone."""
-    tracking.connect_to(store)
-    parent, last = os.getppid(), None
-    while os.getppid() == parent:
-        try:
-            answer = copied(model_uri, store, cache)
-        except (ModelError, tracking.TrackingError) as error:
-            answer = {"error": str(error)}
-        if answer != last:
-            sys.stdout.write(json.dumps(answer) + "\n")
-            sys.stdout.flush()
-            last = answer
-        time.sleep(seconds)
+    return child_command(model_uri, store, cache) + ["--follow-seconds", str(seconds)]
 
 
 def run(model_uri: str, store: str, cache: Path, follow_seconds: float | None = None) -> None:
-    """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, on every change."""
-    if follow_seconds:
-        with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-            watch(model_uri, store, cache, follow_seconds)
+    """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, that answer (or
+    {"error": ...}) again whenever it changes, until the parent is gone."""
+    if not follow_seconds:
+        sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
         return
-    sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
+    tracking.connect_to(store)
+    parent, last = os.getppid(), None
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        while os.getppid() == parent:
+            try:
+                answer = copied(model_uri, store, cache)
+            except (ModelError, tracking.TrackingError) as error:
+                answer = {"error": str(error)}
+            if answer != last:
+                sys.stdout.write(json.dumps(answer) + "\n")
+                sys.stdout.flush()
+                last = answer
+            time.sleep(follow_seconds)
 
 
 ARGUMENTS = {

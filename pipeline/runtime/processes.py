@@ -12,8 +12,6 @@ from pathlib import Path
 
 import psutil
 
-Environ = Callable[[], dict[str, str]]  # a process's environment, read only when called
-
 
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity where the OS has one; else all)."""
@@ -32,16 +30,11 @@ def process_alive(pid: int) -> bool:
         return True  # another user's: it exists
 
 
-def lineage() -> set[int]:
-    """This process and its ancestors."""
-    me = psutil.Process()
-    return {me.pid, *(parent.pid for parent in me.parents())}
-
-
-def processes(matching: Callable[[list[str], Environ], bool]) -> list[int]:
+def processes(matching: Callable[[list[str], Callable[[], dict[str, str]]], bool]) -> list[int]:
     """Pids of this machine's other processes whose command line and (read only when asked)
     environment match; never an ancestor (`time python -m ...`, `uv run` carry the same words)."""
-    found, own = [], lineage()
+    me = psutil.Process()
+    found, own = [], {me.pid, *(parent.pid for parent in me.parents())}
     for process in psutil.process_iter(["cmdline"]):
         if process.pid in own:
             continue
@@ -59,19 +52,13 @@ def runs_module(cmdline: list[str], *modules: str) -> bool:
     )
 
 
-def group_members(leader: int) -> list[psutil.Process]:
-    """The live processes of the process group that `leader` leads."""
+def stop_group(leader: int, timeout: float) -> None:
+    """SIGTERM to the process group `leader` leads, SIGKILL to those left after `timeout` s."""
     members = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
             if os.getpgid(process.pid) == leader:
                 members.append(process)
-    return members
-
-
-def stop_group(leader: int, timeout: float) -> None:
-    """SIGTERM to the process group `leader` leads, SIGKILL to those left after `timeout` s."""
-    members = group_members(leader)
     try:
         os.killpg(leader, signal.SIGTERM)
     except ProcessLookupError:

@@ -1,11 +1,9 @@
 """What the REST server and the demo page share: their 4xx, worker threads, a body limit, their
 monitoring (pipeline/monitoring/), uvicorn.
 
-A refused request raises `BadRequest` (status, MLflow's error code, one line), answered as
-MLflow's scoring server shapes errors. With `workers` > 1 uvicorn's supervisor binds the port
-and spawns that many processes (each builds the app in `app_from_environment`); it pins the
-model first (pipeline/inference/cache.py), so every process serves the same version, and each
-process's ONNX Runtime gets its share of the cores; SIGTERM to the supervisor stops them all.
+With `workers` > 1 uvicorn's supervisor binds the port and spawns that many processes, each
+building the app in `app_from_environment`; the model is pinned first (pipeline/inference/
+cache.py), so every process serves the same version with its share of the cores.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -74,22 +73,11 @@ def json_body(body: bytes) -> object:
         raise BadRequest("the body is not valid JSON") from None
 
 
-class WorkerThreads:
-    """An app's blocking work on worker threads, at most one per usable core, never on the event
-    loop: a slow request holds up only those queued behind it, and the other routes answer."""
-
-    def __init__(self) -> None:
-        self.limiter = anyio.CapacityLimiter(usable_cores())
-
-    async def run(self, work: Callable[..., Any], *args: object) -> Any:
-        return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
-
-    async def respond(self, work: Callable[..., Response], *args: object) -> Response:
-        """`work(*args)`'s response, or the 4xx of the BadRequest it raised."""
-        try:
-            return await self.run(work, *args)
-        except BadRequest as problem:
-            return problem.response()
+def worker_threads() -> Callable[..., Awaitable[Any]]:
+    """`await run(work, *args)`: an app's blocking work on worker threads, at most one per usable
+    core, never on the event loop, so a slow request holds up only those queued behind it."""
+    limiter = anyio.CapacityLimiter(usable_cores())
+    return functools.partial(anyio.to_thread.run_sync, limiter=limiter)
 
 
 class BodyLimit:
@@ -228,16 +216,6 @@ class HotRoutes:
             log.exception("%s failed", scope["path"])
             response = PlainTextResponse("Internal Server Error", 500)
         await response(scope, receive, send)
-
-
-def monitored(app_name: str, model: str | Served, params: ToolParams,
-              shadow: str | Served | None) -> tuple[Served, Monitoring, Predict]:  # fmt: skip
-    """A server's model: what it serves, its monitoring, and its predict, which records."""
-    from pipeline.serving import loader
-
-    served = loader.locate(model, params)
-    monitoring = Monitoring(app_name, served, params, shadow)
-    return served, monitoring, monitoring.watched(loader.load(served, params))
 
 
 APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, models, params file

@@ -40,16 +40,12 @@ class Batcher:
     """The one queue of a server process and the task that scores it in batches."""
 
     def __init__(self, model: Model, wait_ms: float, max_batch: int, max_pending: int) -> None:
-        self.model = model
+        self.model = model  # swapped whole between batches
         self.wait_s, self.max_batch, self.max_pending = wait_ms / 1000, max_batch, max_pending
         self.pending = 0  # admitted, not yet answered
         self.queue: asyncio.Queue[Request] | None = None  # made on the loop, at the first request
         self.task: asyncio.Task | None = None
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="scoring")
-
-    def swap(self, model: Model) -> None:
-        """Score the batches after the one in flight with `model`."""
-        self.model = model
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:

@@ -1,16 +1,9 @@
 """Serve a registered model over REST (`make serve`): MLflow's scoring protocol and the Open
-Inference Protocol (KServe V2, pipeline/serving/inference_protocol.py).
+Inference Protocol (KServe V2, inference_protocol.py), scored in batches (batching.py) by ONNX
+Runtime without MLflow in the process; docs/serving.md says what each route takes and answers.
 
     python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
                                      [--workers N]
-
-MLflow's protocol: POST /invocations with `{"inputs": images}` (or `"instances"`), images
-(n, 28, 28) in [0, 1], answered `{"predictions": probabilities}`; GET /ping, /health, /version
-(what is serving, as JSON). Errors: a 4xx with MLflow's `{"error_code", "message"}`; past
-`serve.max_pending` requests, a 503 at once; bodies over `serve.max_body_bytes`, 413. The ONNX
-file runs on ONNX Runtime without MLflow in the process, requests scored in batches
-(batching.py); a server on an alias follows it (following.py). GET /metrics, the prediction
-log and `--shadow`: pipeline/monitoring/. Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -78,16 +71,15 @@ def build_app(
 ) -> Starlette:
     """The REST app around `model`, with `shadow` scored beside it: MLflow's protocol and the
     Open Inference Protocol, through one batcher."""
-    served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
-    batcher = following.batcher_for(served, monitoring, predict, params)
-    threads = asgi.WorkerThreads()
+    monitoring, batcher = following.monitored_batcher("serve", model, params, shadow)
+    on_thread = asgi.worker_threads()
     name = params.mlflow.registered_model
 
     async def parsed(parse: Callable[[bytes, Any], Any], body: bytes, detail: Any) -> Any:
         """A small body parsed on the event loop (cheaper than a thread hop), a large one not."""
         if len(body) <= INLINE_BYTES:
             return parse(body, detail)
-        return await threads.run(parse, body, detail)
+        return await on_thread(parse, body, detail)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
@@ -125,16 +117,13 @@ def build_app(
         return protocol.infer_response(inference, probabilities, name,
                                        version_number(answered.served))  # fmt: skip
 
-    def served_version() -> str:
-        return version_number(batcher.model.served)
-
     return monitoring.app(
         routes=[
             Route("/ping", ping),
             Route("/health", ping),
             Route("/version", version),
             Route("/invocations", invocations, methods=["POST"]),
-            *protocol.routes(name, served_version, len(params.data.class_names), infer),
+            *protocol.routes(params, lambda: version_number(batcher.model.served), infer),
         ],
         hot={"/invocations": invocations, f"/v2/models/{name}/infer": infer},
     )
