@@ -14,7 +14,7 @@ import mlflow
 import pytest
 
 from pipeline.inference import cache as model_cache
-from pipeline.serving import loader
+from pipeline.tracking import registry
 
 from .support import copy_store, run, running, tiny_repo, use_store_at
 
@@ -33,7 +33,8 @@ def own_store(trained, tmp_path, monkeypatch):
 def resolve(trained, caplog) -> str:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=model_cache.__name__):
-        _, folder, _ = model_cache.resolve(loader.default_uri(trained.params), trained.params)
+        champion = registry.champion_uri(trained.params.mlflow.registered_model)
+        _, folder, _ = model_cache.resolve(champion, trained.params)
     assert (folder / "MLmodel").is_file()
     return caplog.text
 

@@ -1,17 +1,11 @@
 """An MLflow model URI as a local model folder, so that the servers answer without MLflow.
 
-Resolving `models:/name@champion` takes MLflow (seconds and a hundred-odd MB for a server's
-whole life), so a child process does it (`python -m pipeline.inference.cache URI --store
-STORE`): it pins an alias to its version and copies that version's files once into
-`.serve/models/`, named after the store and the version.
-
-For a SQLite store the answer is remembered with the state of the store's files (size,
-modification time and inode of the database and of its non-empty write-ahead log), read before
-MLflow is asked: while it is unchanged no alias can have moved, and the next start reuses the
-answer without MLflow. Closing the last connection checkpoints the log into the database (a
-new modification time), so the state is read after a checkpoint of our own (`settle`). The
-evaluate stage leaves the champion's answer behind (`prepare`), so that the first start after
-`dvc repro` needs no MLflow. A tracking server is always asked.
+A child process with MLflow (`python -m pipeline.inference.cache URI --store STORE`) pins an
+alias to its version and copies its files once into `.serve/models/`. For a SQLite store the
+answer is remembered with the state of the store's files (`store_state`, read after a checkpoint
+of our own, `settle`, before MLflow is asked): while that state is unchanged no alias can have
+moved, so the next start needs no MLflow; evaluate leaves the champion's answer (`prepare`) for
+the first start after `dvc repro`. A tracking server is always asked.
 """
 
 from __future__ import annotations
@@ -49,9 +43,13 @@ def store_state(store: str) -> list[list[int]] | None:
     database = tracking.local_db(store)
     if database is None:
         return None
-    wal = _stat(Path(f"{database}-wal"))
-    files = [_stat(database), wal if wal and wal.st_size else None]
-    return [[stat.st_size, stat.st_mtime_ns, stat.st_ino] for stat in files if stat]
+    state = []
+    for path in (database, Path(f"{database}-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if path == database or stat.st_size:
+                state.append([stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    return state
 
 
 def settle(store: str) -> None:
@@ -64,13 +62,6 @@ def settle(store: str) -> None:
         uri = f"{database.resolve().as_uri()}?mode=rw"  # never creates a missing store
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as connection:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    try:
-        return path.stat()
-    except FileNotFoundError:
-        return None
 
 
 def _place(model_uri: str, params: config.Params) -> tuple[str, Path, str]:

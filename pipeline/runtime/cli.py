@@ -91,10 +91,9 @@ def run_command(
     load: Callable[[str], object] | None = None,
     interrupted: str | None = None,
 ) -> None:
-    """A command's `main()`: `arguments` (argparse's keywords by flag) become run's keyword
-    arguments; with `load`, so do `--params` loaded (`params`) and its path (`params_file`, if
-    run takes it). An `expected` error is one `error:` line, exit 1; with `interrupted`, SIGTERM
-    and Ctrl-C end in that line. Exits with run's int result or its result's `exit_code`."""
+    """A command's `main()`: `arguments` (argparse's keywords by flag, plus `--params` loaded
+    with `load` and its `params_file`) become run's; an `expected` error, or with `interrupted`
+    SIGTERM, is one `error:` line; exits with run's int result or its result's `exit_code`."""
     parser = config.params_parser() if load else argparse.ArgumentParser()
     parser.description = (description or "").partition("\n")[0]
     exclusive = None  # one group of the arguments marked "exclusive" (an empty one breaks usage)

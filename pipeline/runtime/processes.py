@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 
 import psutil
@@ -46,10 +47,7 @@ def processes(matching: Callable[[list[str], Callable[[], dict[str, str]]], bool
 
 def runs_module(cmdline: list[str], *modules: str) -> bool:
     """Whether a command line is `python -m MODULE ...` for one of `modules`."""
-    return any(
-        first == "-m" and second in modules
-        for first, second in zip(cmdline, cmdline[1:], strict=False)
-    )
+    return any(first == "-m" and second in modules for first, second in pairwise(cmdline))
 
 
 def stop_group(leader: int, timeout: float) -> None:

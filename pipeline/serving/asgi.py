@@ -17,30 +17,30 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
+import numpy as np
 import orjson
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.inference.onnx_network import validated
+import pipeline.params.tools as tools
+from pipeline.inference import onnx_network
 from pipeline.monitoring import metrics as server_metrics
 from pipeline.monitoring.prediction_log import PredictionLog
 from pipeline.monitoring.recorder import Recorder
+from pipeline.runtime.cli import setup_logging
 from pipeline.runtime.processes import usable_cores
-
-if TYPE_CHECKING:
-    from pipeline.params.tools import ToolParams
-    from pipeline.serving.loader import Predict, Served
+from pipeline.serving import loader
+from pipeline.serving.loader import Predict, Served
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
@@ -81,14 +81,11 @@ def worker_threads() -> Callable[..., Awaitable[Any]]:
 
 
 class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed.
+    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed. Up to
+    DRAIN_FACTOR times the limit it is read and dropped first, as clients such as urllib send the
+    whole body before they read an answer (else they see a broken pipe, not the 413)."""
 
-    Clients such as urllib send the whole body before they read an answer (else they see a
-    broken pipe, not the 413): so an oversized body up to DRAIN_FACTOR times the limit is read
-    and dropped first; a larger one, or one with `Expect: 100-continue`, gets the 413 at once.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,10 +135,8 @@ async def discard(receive: Receive, budget: int) -> None:
 class Monitoring:
     """A server's monitoring: its metrics, the prediction log and the shadow model, if any."""
 
-    def __init__(self, app_name: str, served: Served, params: ToolParams,
+    def __init__(self, app_name: str, served: Served, params: tools.ToolParams,
                  shadow: str | Served | None = None) -> None:  # fmt: skip
-        from pipeline.serving import loader
-
         settings = params.monitor
         self.shadow = loader.locate(shadow, params) if shadow else None
         self.metrics = server_metrics.ServerMetrics(
@@ -160,10 +155,9 @@ class Monitoring:
         self.closing: list[Callable[[], Awaitable[None]]] = []  # the app's own, at shutdown
 
     def watched(self, predict: Predict, model: str = "") -> Predict:
-        """`predict`, recording each batch it scores as `model`'s (InputError as before)."""
+        """`predict`, recording each batch it scores as `model`'s."""
 
-        def scored(model_input: object):
-            images = validated(model_input)  # (n, 28, 28) float32, or InputError
+        def scored(images: np.ndarray) -> np.ndarray:  # (n, 28, 28) float32, checked by its server
             probabilities = predict(images)
             self.recorder.record(images, probabilities, model)
             return probabilities
@@ -178,14 +172,13 @@ class Monitoring:
         return response
 
     def app(self, routes: list[BaseRoute], hot: dict[str, Endpoint] | None = None) -> Starlette:
-        """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes;
-        when it stops, the log and the shadow finish their queues."""
+        """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes."""
         app = Starlette(routes=routes, lifespan=self.lifespan)
         app.state.monitoring, app.state.hot = self, hot or {}
         return app
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette):
+    async def lifespan(self, app: Starlette):  # on stop, the log and the shadow finish queues
         tasks = [asyncio.create_task(work()) for work in self.background]
         yield
         for task in tasks:
@@ -202,7 +195,7 @@ class HotRoutes:
     Starlette's own Request and Response, past its router and exception layers (which cost the
     event loop about a fifth of a one-image request); anything else goes to `app`."""
 
-    def __init__(self, app: Any, endpoints: dict[str, Endpoint]) -> None:
+    def __init__(self, app: ASGIApp, endpoints: dict[str, Endpoint]) -> None:
         self.app, self.endpoints = app, endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -223,8 +216,6 @@ APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, model
 
 def build(module: str, model: str | Served, params_file: str, shadow: str | Served | None = None):
     """`module.build_app(model, params, shadow)` in the body limit, in its request metrics."""
-    import pipeline.params.tools as tools
-
     params = tools.load_params(params_file)
     app = importlib.import_module(module).build_app(model, params, shadow)
     limited = BodyLimit(HotRoutes(app, getattr(app.state, "hot", {})), params.serve.max_body_bytes)
@@ -236,9 +227,6 @@ def build(module: str, model: str | Served, params_file: str, shadow: str | Serv
 
 def app_from_environment():
     """The app of one worker process (uvicorn's factory), as the supervisor described it."""
-    from pipeline.runtime.cli import setup_logging
-    from pipeline.serving.loader import Served
-
     setup_logging()
     spec = json.loads(os.environ[APP_ENV])
     shadow = Served(**spec["shadow"]) if spec["shadow"] else None
@@ -251,12 +239,6 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first).
     Workers need uvicorn with Kludex/uvicorn#3149 (TCP_NODELAY on the supervisor's socket)."""
-    import uvicorn
-
-    import pipeline.params.tools as tools
-    from pipeline.inference import onnx_network
-    from pipeline.serving import loader
-
     options = dict(  # no access log to name a proxied client in
         host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False
     )

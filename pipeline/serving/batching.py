@@ -1,10 +1,8 @@
 """Requests that arrive together are scored in one ONNX Runtime call; past a limit, refused.
 
-One task takes what is queued (waiting at most `serve.batch_wait_ms` for more, up to
-`serve.max_batch` images), has the scoring thread score it in one call and answers each request
-with its rows; while one batch is scored the next gathers, so batches form under load. A request
-that finds `serve.max_pending` admitted is refused at once (`Overloaded`: a 503), so the server
-answers those it admitted in bounded time. The model is swapped whole between batches.
+While one batch is scored on the scoring thread the next gathers, so batches grow with the load
+(docs/serving.md, "Under load"); refusing past `serve.max_pending` keeps every admitted
+request's wait bounded.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,6 @@ import pipeline.params.tools as tools
 from pipeline.runtime import cli
 from pipeline.serving import asgi, batching, following, images, loader, serve
 from pipeline.serving.asgi import BadRequest
-
-log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "static" / "demo.html"
 TOP = 3

@@ -153,13 +153,10 @@ def fit_ink(ink: np.ndarray) -> np.ndarray:
 
 def centre_by_mass(ink: np.ndarray) -> np.ndarray:
     """Place the ink in IMAGE_SIDE×IMAGE_SIDE with its centre of mass at the centre."""
-    rows, columns = np.indices(ink.shape)
-    total = ink.sum()
-    centre_row, centre_column = (rows * ink).sum() / total, (columns * ink).sum() / total
-    top = int(round(IMAGE_SIDE / 2 - centre_row))
-    left = int(round(IMAGE_SIDE / 2 - centre_column))
-    top = min(max(top, 0), IMAGE_SIDE - ink.shape[0])  # keep every ink pixel in the frame
-    left = min(max(left, 0), IMAGE_SIDE - ink.shape[1])
+    centre_row, centre_column = ndimage.center_of_mass(ink)
+    # clipped: every ink pixel stays in the frame
+    top = int(np.clip(round(IMAGE_SIDE / 2 - centre_row), 0, IMAGE_SIDE - ink.shape[0]))
+    left = int(np.clip(round(IMAGE_SIDE / 2 - centre_column), 0, IMAGE_SIDE - ink.shape[1]))
     canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     canvas[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
     return canvas

@@ -169,11 +169,11 @@ def routes(params: config.Params, version: Callable[[], str], infer: Endpoint) -
     installed = importlib.metadata.version(package)
     server = {"name": package, "version": installed, "extensions": ["binary_tensor_data"]}
 
-    def constant(payload: dict) -> Endpoint:
-        async def answer(request: Request) -> Response:
-            return reply(payload)
+    async def health(request: Request) -> Response:
+        return reply({"live": True} if request.url.path.endswith("live") else {"ready": True})
 
-        return answer
+    async def metadata(request: Request) -> Response:
+        return reply(server)
 
     def asked(request: Request) -> Response | None:
         """None when the request names the model served (and its version, if it names one)."""
@@ -204,9 +204,9 @@ def routes(params: config.Params, version: Callable[[], str], infer: Endpoint) -
 
     base, versioned = f"/v2/models/{name}", f"/v2/models/{name}/versions/{{version}}"
     return [
-        Route("/v2/health/live", constant({"live": True})),
-        Route("/v2/health/ready", constant({"ready": True})),
-        Route("/v2", constant(server)),
+        Route("/v2/health/live", health),
+        Route("/v2/health/ready", health),
+        Route("/v2", metadata),
         *(Route(prefix, model) for prefix in (base, versioned)),
         *(Route(f"{prefix}/ready", model_ready) for prefix in (base, versioned)),
         *(Route(f"{prefix}/infer", inference, methods=["POST"]) for prefix in (base, versioned)),

@@ -17,7 +17,6 @@ import pipeline.params.config as config
 from pipeline.inference import cache as model_cache
 from pipeline.inference.integrity import ModelError, onnx_file, verify
 from pipeline.inference.onnx_network import OnnxNetwork
-from pipeline.tracking import registry
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,6 @@ class Served:
     pinned: str  # the version an alias named (models:/mnist-lstm/3); else as asked
     path: str  # the local model folder, or the .onnx file
     sha256: str = ""  # its ONNX file's, as registered ("": none recorded, or a file)
-
-
-def default_uri(params: config.Params) -> str:
-    return registry.champion_uri(params.mlflow.registered_model)
 
 
 def locate(model: str | Served, params: config.Params) -> Served:

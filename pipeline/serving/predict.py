@@ -2,9 +2,7 @@
 
     python -m pipeline.serving.predict digit.png scans/ --csv predictions.csv
 
-Each line printed is `file<TAB>label<TAB>probability`; a file that cannot be read gets one
-`error:` line naming it and the problem, the others are still classified, and the exit code is
-1 if any failed. The model is the registered champion unless `--model` names another.
+One `file<TAB>label<TAB>probability` line each; an unreadable file gets an `error:` line, exit 1.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import pipeline.params.tools as tools
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_csv
 from pipeline.runtime import cli
@@ -56,8 +55,7 @@ def results_table(
 def run(
     params: tools.ToolParams, paths: list[Path], model: str | None = None, csv: Path | None = None
 ) -> int:
-    """Classify every readable file with `model` (the champion); one line each; the CSV; the
-    exit code: 1 if a file could not be read."""
+    """Classify every readable file with `model` (the champion); 1 if a file could not be read."""
     inputs, failed = {}, 0
     for file in expand(paths):
         try:
@@ -67,7 +65,8 @@ def run(
             failed = 1
     if not inputs:
         return failed
-    predict = loader.load(model or loader.default_uri(params), params)
+    champion = registry.champion_uri(params.mlflow.registered_model)
+    predict = loader.load(model or champion, params)
     probabilities = predict(np.stack(list(inputs.values())))
     results = results_table(list(inputs), probabilities, params.data.class_names)
     for row in results.itertuples(index=False):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +29,6 @@ from pipeline.runtime import cli, ports
 from pipeline.serving import asgi, batching, following, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
-
-log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("inputs", "instances")  # MLflow's two JSON forms of a tensor input
 TABLE_KEYS = ("dataframe_split", "dataframe_records")  # its DataFrame forms: not for images
@@ -159,7 +156,7 @@ def run(
         raise config.ConfigError(f"--workers {workers}: needs at least 1")
     host, port = host or params.serve.host, port or getattr(params.serve, port_key)
     ports.check_free(host, port, command)
-    model = model or loader.default_uri(params)
+    model = model or registry.champion_uri(params.mlflow.registered_model)
     asgi.serve(module, model, params_file, host, port, workers, shadow)
 
 
