@@ -38,8 +38,7 @@ ANSWERS = "resolved.json"  # model URI and store → the local folder, with the 
 
 
 def store_state(store: str) -> list[list[int]] | None:
-    """Size, modification time and inode of a SQLite store's database file and of its non-empty
-    write-ahead log; None for a server."""
+    """Size, mtime and inode of a SQLite store's file and non-empty log; None for a server."""
     database = tracking.local_db(store)
     if database is None:
         return None
@@ -134,8 +133,7 @@ def child_command(model_uri: str, store: str, cache: Path) -> list[str]:
 
 
 def pinned(model_uri: str) -> tuple[str, str, str]:
-    """(`models:/name/<version>` for an alias, else the URI; what its files are a copy of: the
-    version's source and run; its registered ONNX sha256 or "")."""
+    """The pinned URI (an alias's version), the version's source and run, its ONNX sha256 or ""."""
     import mlflow
 
     try:
@@ -172,8 +170,7 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
 
 
 def follow_command(model_uri: str, params: config.Params, seconds: float) -> list[str]:
-    """The child that says what `model_uri` names, again whenever that changes (every
-    `seconds`), its files copied first: how a server follows an alias without MLflow."""
+    """The child that says what `model_uri` names whenever that changes (`run` below)."""
     store, cache, _ = _place(model_uri, params)
     return child_command(model_uri, store, cache) + ["--follow-seconds", str(seconds)]
 

@@ -45,10 +45,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
     """A 4xx as MLflow's scoring server shapes it: `{"error_code", "message"}` in JSON."""
     body = orjson.dumps({"error_code": code, "message": message})
-    return Response(body, status, media_type="application/json")
+    return Response(body, status, headers, media_type="application/json")
 
 
 class BadRequest(ValueError):
@@ -167,9 +167,7 @@ class Monitoring:
     def shed(self, error: Exception) -> Response:
         """A request refused for load (batching.Overloaded): counted, a 503 to retry later."""
         self.metrics.shed.inc()
-        response = error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
-        response.headers["Retry-After"] = "1"
-        return response
+        return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error), {"Retry-After": "1"})
 
     def app(self, routes: list[BaseRoute], hot: dict[str, Endpoint] | None = None) -> Starlette:
         """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes."""

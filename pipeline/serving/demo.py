@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 import pipeline.params.tools as tools
 from pipeline.runtime import cli
-from pipeline.serving import asgi, batching, following, images, loader, serve
+from pipeline.serving import asgi, batching, images, loader, serve
 from pipeline.serving.asgi import BadRequest
 
 PAGE = Path(__file__).parent / "static" / "demo.html"
@@ -48,9 +48,8 @@ def picture(body: bytes, max_pixels: int) -> np.ndarray:
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The page and its endpoint around `model`, with `shadow` scored beside it; the model is
-    scored through the batcher, which follows the alias as `make serve` does."""
-    monitoring, batcher = following.monitored_batcher("demo", model, params, shadow)
+    """The page and its endpoint around `model`, with `shadow` scored beside it."""
+    monitoring, batcher = batching.monitored_batcher("demo", model, params, shadow)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     page = PAGE.read_text()
     on_thread = asgi.worker_threads()

@@ -26,7 +26,7 @@ import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.inference.onnx_network import InputError, validated
 from pipeline.runtime import cli, ports
-from pipeline.serving import asgi, batching, following, loader
+from pipeline.serving import asgi, batching, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
 
@@ -37,8 +37,7 @@ MLFLOW_VERSION = importlib.metadata.version("mlflow")  # what /version reports, 
 
 
 def request_images(body: bytes, content_type: str) -> np.ndarray:
-    """A request body → its images, float32 (n, 28, 28), read as MLflow's scoring server reads
-    them; BadRequest says what is wrong."""
+    """A request body → its images, float32 (n, 28, 28), as MLflow's scoring server reads them."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise BadRequest(
             f"content type {content_type or '(none)'!r}: send application/json", status=415
@@ -66,9 +65,8 @@ def version_number(served: loader.Served) -> str:
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The REST app around `model`, with `shadow` scored beside it: MLflow's protocol and the
-    Open Inference Protocol, through one batcher."""
-    monitoring, batcher = following.monitored_batcher("serve", model, params, shadow)
+    """The REST app around `model`, with `shadow` scored beside it: both protocols, one batcher."""
+    monitoring, batcher = batching.monitored_batcher("serve", model, params, shadow)
     on_thread = asgi.worker_threads()
     name = params.mlflow.registered_model
 
