@@ -79,10 +79,9 @@ def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
     settle(store)
     state = store_state(store)  # before MLflow is asked: a write after it changes the state
     remembered = _answers(cache).get(key)
-    if state is not None and remembered and remembered["state"] == state:
-        if Path(remembered["path"]).is_dir():
-            log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
-            return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
+    if remembered and remembered["state"] == state and Path(remembered["path"]).is_dir():
+        log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
+        return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
     answer = _resolve_in_child(model_uri, store, cache)
     if state is not None:
         write_json(cache / ANSWERS, _answers(cache) | {key: answer | {"state": state}})

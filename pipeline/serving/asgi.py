@@ -1,9 +1,6 @@
 """What the REST server and the demo page share: their 4xx, worker threads, a body limit, their
-monitoring (pipeline/monitoring/), uvicorn.
-
-With `workers` > 1 uvicorn's supervisor binds the port and spawns that many processes, each
-building the app in `app_from_environment`; the model is pinned first (pipeline/inference/
-cache.py), so every process serves the same version with its share of the cores.
+monitoring, uvicorn. With `workers` > 1 each process builds its app in `app_from_environment`,
+on the version pinned before they start, with its share of the cores.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""Requests that arrive together are scored in one ONNX Runtime call; past a limit, refused; the
-model follows its alias.
+"""Requests that arrive together are scored in one ONNX Runtime call, by a model that follows
+its alias; past `serve.max_pending` waiting, refused, so the admitted ones wait a bounded time.
 
-While one batch is scored on the scoring thread the next gathers, so batches grow with the load
-(docs/serving.md, "Under load"); refusing past `serve.max_pending` keeps every admitted
-request's wait bounded. On an alias (`models:/name@champion`) a child with MLflow (pipeline/
-inference/cache.py `--follow-seconds`) says in one line when the alias moved (the files copied);
-the version is loaded off the event loop and swapped in between batches. A registry that cannot
-be reached costs a warning, never the version being served.
+On an alias a child with MLflow (cache.py `--follow-seconds`) says in one line when it moved (the
+files copied); the version is loaded off the event loop and swapped in between batches. A
+registry that cannot be reached costs a warning, never the version being served.
 """
 
 from __future__ import annotations
@@ -136,18 +133,13 @@ async def follow(batcher: Batcher, monitoring: asgi.Monitoring, params: config.P
     model = batcher.model.served.model
     command = model_cache.follow_command(model, params, params.serve.follow_seconds)
     child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-    problem = None
     try:
-        async for line in child.stdout:
+        async for line in child.stdout:  # a line only when the answer changed
             answer, serving = json.loads(line), batcher.model.served.pinned
-            if "error" not in answer:
-                problem = None
-                if answer["pinned"] != serving:
-                    after = Served(model, answer["pinned"], answer["path"], answer["sha256"])
-                    await swap(batcher, monitoring, params, after)
-            elif answer["error"] != problem:
+            if "error" in answer:
                 log.warning("following %s: %s; still serving %s", model, answer["error"], serving)
-                problem = answer["error"]
+            elif answer["pinned"] != serving:
+                await swap(batcher, monitoring, params, Served(model, **answer))
     finally:
         if child.returncode is None:
             child.terminate()

@@ -1,7 +1,5 @@
 """The draw-a-digit page (`make demo`): draw with a mouse or a finger, see the top classes.
 
-    python -m pipeline.serving.demo [--model URI] [--shadow URI] [--host HOST] [--port PORT]
-
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
 {"classes": [{"label", "probability"}, ...]}, best first, read as `make predict` reads a file.
 """

@@ -36,12 +36,9 @@ class ImageError(ValueError):
 
 
 def read_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode PNG, JPEG or any format Pillow reads → grayscale, upright, at most WORK_SIDE.
-
-    Transparent pixels are white paper. Over `max_pixels` the picture is refused before it is
-    decoded (a 37 kB PNG can decode to 169 MB); a JPEG is decoded at 1/2, 1/4 or 1/8 scale
-    when that still covers WORK_SIDE (Pillow's draft mode), so a phone's photo passes.
-    """
+    """Decode any format Pillow reads → grayscale, upright, transparency white, at most WORK_SIDE.
+    Over `max_pixels` it is refused before it is decoded (a 37 kB PNG can hold 169 MB); a JPEG
+    is decoded at 1/2 to 1/8 scale (Pillow's draft mode) when that still covers WORK_SIDE."""
     unreadable = (OSError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only

@@ -33,12 +33,10 @@ class ProtocolError(ValueError):
         self.status = status
 
 
-def error(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps({"error": message}), status, headers, "application/json")
-
-
-def reply(payload: object) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
+def reply(payload: object, status: int = 200, headers: dict | None = None) -> Response:
+    """JSON, numpy arrays too; an error is `{"error": "one line"}`."""
+    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status, headers, media_type="application/json")
 
 
 @dataclass(frozen=True)
@@ -132,9 +130,8 @@ def wants_binary(header: dict) -> bool:
 
 def parse_infer(body: bytes, header_length: str | None) -> Inference:
     header, binary = split_body(body, header_length)
-    images = read_images(header, binary)
     try:
-        images = validated(images)
+        images = validated(read_images(header, binary))
     except InputError as problem:
         raise ProtocolError(str(problem)) from None
     request_id = header.get("id")
@@ -153,8 +150,7 @@ def infer_response(
         answer["id"] = inference.request_id
     if not inference.binary:
         answer["outputs"] = [output | {"data": probabilities.ravel()}]
-        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")  # fmt: skip
+        return reply(answer)
     data = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
     answer["outputs"] = [output | {"parameters": {"binary_data_size": len(data)}}]
     header = orjson.dumps(answer)
@@ -179,7 +175,8 @@ def routes(params: config.Params, version: Callable[[], str], infer: Endpoint) -
         """None when the request names the model served (and its version, if it names one)."""
         wanted = request.path_params.get("version")
         if wanted is not None and wanted != version():
-            return error(404, f"model {name} version {wanted} is not served; {version()} is")
+            message = f"model {name} version {wanted} is not served; {version()} is"
+            return reply({"error": message}, 404)
         return None
 
     async def model(request: Request) -> Response:
@@ -200,7 +197,8 @@ def routes(params: config.Params, version: Callable[[], str], infer: Endpoint) -
         return asked(request) or await infer(request)
 
     async def unknown(request: Request) -> Response:
-        return error(404, f"no route {request.url.path}; this server serves model {name}")
+        message = f"no route {request.url.path}; this server serves model {name}"
+        return reply({"error": message}, 404)
 
     base, versioned = f"/v2/models/{name}", f"/v2/models/{name}/versions/{{version}}"
     return [

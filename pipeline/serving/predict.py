@@ -40,16 +40,11 @@ def results_table(
     files: list[Path], probabilities: np.ndarray, class_names: list[str]
 ) -> pd.DataFrame:
     """One row per file: its label, that label's probability, and every class's probability."""
-    best = probabilities.argmax(axis=1)
-    rows = pd.DataFrame(
-        {
-            "file": [str(file) for file in files],
-            "label": [class_names[index] for index in best],
-            "probability": probabilities.max(axis=1),
-        }
-    )
-    by_class = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
-    return pd.concat([rows, by_class], axis=1)
+    table = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
+    table.insert(0, "file", [str(file) for file in files])
+    table.insert(1, "label", [class_names[index] for index in probabilities.argmax(axis=1)])
+    table.insert(2, "probability", probabilities.max(axis=1))
+    return table
 
 
 def run(

@@ -1,9 +1,6 @@
 """Serve a registered model over REST (`make serve`): MLflow's scoring protocol and the Open
 Inference Protocol (KServe V2, inference_protocol.py), scored in batches (batching.py) by ONNX
 Runtime without MLflow in the process; docs/serving.md says what each route takes and answers.
-
-    python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
-                                     [--workers N]
 """
 
 from __future__ import annotations
@@ -105,10 +102,10 @@ def build_app(
                 inference = await parsed(protocol.parse_infer, await request.body(), length)
                 probabilities, answered = await batcher.score(inference.images)
         except protocol.ProtocolError as problem:
-            return protocol.error(problem.status, str(problem))
+            return protocol.reply({"error": str(problem)}, problem.status)
         except batching.Overloaded as error:
             monitoring.metrics.shed.inc()
-            return protocol.error(503, str(error), {"Retry-After": "1"})
+            return protocol.reply({"error": str(error)}, 503, {"Retry-After": "1"})
         return protocol.infer_response(inference, probabilities, name,
                                        version_number(answered.served))  # fmt: skip
 
