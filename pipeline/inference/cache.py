@@ -1,17 +1,11 @@
 """An MLflow model URI as a local model folder, so that the servers answer without MLflow.
 
-Resolving `models:/name@champion` takes MLflow (seconds and a hundred-odd MB for a server's
-whole life), so a child process does it (`python -m pipeline.inference.cache URI --store
-STORE`): it pins an alias to its version and copies that version's files once into
-`.serve/models/`, named after the store and the version.
-
-For a SQLite store the answer is remembered with the state of the store's files (size,
-modification time and inode of the database and of its non-empty write-ahead log), read before
-MLflow is asked: while it is unchanged no alias can have moved, and the next start reuses the
-answer without MLflow. Closing the last connection checkpoints the log into the database (a
-new modification time), so the state is read after a checkpoint of our own (`settle`). The
-evaluate stage leaves the champion's answer behind (`prepare`), so that the first start after
-`dvc repro` needs no MLflow. A tracking server is always asked.
+A child process with MLflow (`python -m pipeline.inference.cache URI --store STORE`) pins an
+alias to its version and copies its files once into `.serve/models/`. For a SQLite store the
+answer is remembered with the state of the store's files (`store_state`, read after a checkpoint
+of our own, `settle`, before MLflow is asked): while that state is unchanged no alias can have
+moved, so the next start needs no MLflow; evaluate leaves the champion's answer (`prepare`) for
+the first start after `dvc repro`. A tracking server is always asked.
 """
 
 from __future__ import annotations
@@ -44,14 +38,17 @@ ANSWERS = "resolved.json"  # model URI and store → the local folder, with the 
 
 
 def store_state(store: str) -> list[list[int]] | None:
-    """Size, modification time and inode of a SQLite store's database file and of its non-empty
-    write-ahead log; None for a server."""
+    """Size, mtime and inode of a SQLite store's file and non-empty log; None for a server."""
     database = tracking.local_db(store)
     if database is None:
         return None
-    wal = _stat(Path(f"{database}-wal"))
-    files = [_stat(database), wal if wal and wal.st_size else None]
-    return [[stat.st_size, stat.st_mtime_ns, stat.st_ino] for stat in files if stat]
+    state = []
+    for path in (database, Path(f"{database}-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if path == database or stat.st_size:
+                state.append([stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    return state
 
 
 def settle(store: str) -> None:
@@ -66,23 +63,11 @@ def settle(store: str) -> None:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def _stat(path: Path) -> os.stat_result | None:
-    try:
-        return path.stat()
-    except FileNotFoundError:
-        return None
-
-
 def _place(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
     """The store's URI, the folder of copies, and the answer's key in it."""
     root = tracking.repo_root()
     store = tracking.tracking_uri(params.mlflow, root)
     return store, root / CACHE_DIR, f"{store} {model_uri}"
-
-
-def local_folder(model_uri: str, params: config.Params) -> Path:
-    """The MLflow model at `model_uri` as a folder on this machine (a local path as it is)."""
-    return resolve(model_uri, params)[1]
 
 
 def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
@@ -94,10 +79,9 @@ def resolve(model_uri: str, params: config.Params) -> tuple[str, Path, str]:
     settle(store)
     state = store_state(store)  # before MLflow is asked: a write after it changes the state
     remembered = _answers(cache).get(key)
-    if state is not None and remembered and remembered["state"] == state:
-        if Path(remembered["path"]).is_dir():
-            log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
-            return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
+    if remembered and remembered["state"] == state and Path(remembered["path"]).is_dir():
+        log.info("%s is %s (store unchanged)", model_uri, remembered["pinned"])
+        return remembered["pinned"], Path(remembered["path"]), remembered.get("sha256", "")
     answer = _resolve_in_child(model_uri, store, cache)
     if state is not None:
         write_json(cache / ANSWERS, _answers(cache) | {key: answer | {"state": state}})
@@ -131,8 +115,8 @@ def _answers(cache: Path) -> dict:
 
 def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
     """Run `main` below in a new interpreter; its last line of output is the answer."""
-    command = [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache)]
     environment = os.environ | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    command = child_command(model_uri, store, cache)
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if result.returncode != 0:
         reason = processes.failure_reason(result.stderr, f"exit code {result.returncode}")
@@ -140,12 +124,15 @@ def _resolve_in_child(model_uri: str, store: str, cache: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def child_command(model_uri: str, store: str, cache: Path) -> list[str]:
+    return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache)]
+
+
 # --- the child: MLflow resolves and copies ---------------------------------------------------
 
 
 def pinned(model_uri: str) -> tuple[str, str, str]:
-    """(`models:/name/<version>` for an alias, else the URI; what its files are a copy of: the
-    version's source and run; its registered ONNX sha256 or "")."""
+    """The pinned URI (an alias's version), the version's source and run, its ONNX sha256 or ""."""
     import mlflow
 
     try:
@@ -182,37 +169,30 @@ def copied(model_uri: str, store: str, cache: Path) -> dict:
 
 
 def follow_command(model_uri: str, params: config.Params, seconds: float) -> list[str]:
-    """The child that says what `model_uri` names, again whenever that changes (every
-    `seconds`), its files copied first: how a server follows an alias without MLflow."""
+    """The child that says what `model_uri` names whenever that changes (`run` below)."""
     store, cache, _ = _place(model_uri, params)
-    return [sys.executable, "-m", __name__, model_uri, "--store", store, "--cache", str(cache),
-            "--follow-seconds", str(seconds)]  # fmt: skip
-
-
-def watch(model_uri: str, store: str, cache: Path, seconds: float) -> None:
-    """`copied`'s answer (or {"error": ...}) as a JSON line whenever it changes, until the
-    parent is gone."""
-    tracking.connect_to(store)
-    parent, last = os.getppid(), None
-    while os.getppid() == parent:
-        try:
-            answer = copied(model_uri, store, cache)
-        except (ModelError, tracking.TrackingError) as error:
-            answer = {"error": str(error)}
-        if answer != last:
-            sys.stdout.write(json.dumps(answer) + "\n")
-            sys.stdout.flush()
-            last = answer
-        time.sleep(seconds)
+    return child_command(model_uri, store, cache) + ["--follow-seconds", str(seconds)]
 
 
 def run(model_uri: str, store: str, cache: Path, follow_seconds: float | None = None) -> None:
-    """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, on every change."""
-    if follow_seconds:
-        with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
-            watch(model_uri, store, cache, follow_seconds)
+    """`copied`'s answer as one JSON line on stdout; with `follow_seconds`, that answer (or
+    {"error": ...}) again whenever it changes, until the parent is gone."""
+    if not follow_seconds:
+        sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
         return
-    sys.stdout.write(json.dumps(copied(model_uri, store, cache)) + "\n")
+    tracking.connect_to(store)
+    parent, last = os.getppid(), None
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        while os.getppid() == parent:
+            try:
+                answer = copied(model_uri, store, cache)
+            except (ModelError, tracking.TrackingError) as error:
+                answer = {"error": str(error)}
+            if answer != last:
+                sys.stdout.write(json.dumps(answer) + "\n")
+                sys.stdout.flush()
+                last = answer
+            time.sleep(follow_seconds)
 
 
 ARGUMENTS = {

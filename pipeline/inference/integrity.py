@@ -1,11 +1,6 @@
-"""What is loaded is what was registered: the ONNX file's sha256, kept with the version.
-
-Train records the sha256 of the ONNX file it logs as the run's tag `onnx.sha256`, and every
-registered version gets the same tag. Before a registered version is loaded (evaluate's
-champion, a server's copy, `make predict`) its file is hashed and a different hash is refused
-in one line naming the version and both hashes: an artifact overwritten in the store (an
-artifact proxy's fault, a hand, a disk) is never served silently. A version registered before
-the tag existed is loaded unchecked.
+"""What is loaded is what was registered: the ONNX file's sha256, kept with the version (tag
+`onnx.sha256`), checked before a registered version is loaded, so an artifact overwritten in the
+store is never served silently. A version registered before the tag existed loads unchecked.
 """
 
 from __future__ import annotations
@@ -43,8 +38,7 @@ def onnx_file(model: str) -> Path:
 
 
 def verify(model: str, onnx: Path, expected: str | None) -> None:
-    """Refuse `onnx` (the file of `model`, a version) unless its sha256 is `expected`; None: the
-    version has no recorded hash, nothing to check."""
+    """Refuse `onnx` (the file of `model`, a version) unless its sha256 is `expected` (if any)."""
     if not expected:
         return
     actual = sha256_file(onnx)

@@ -1,14 +1,8 @@
 """The registered MLflow model's code ("models from code"): the ONNX network behind pyfunc.
 
-MLflow runs this file when it loads the model. The work is in onnx_network.py, logged with the
-model as its code (`code_paths`), so loading and predicting import ONNX Runtime and MLflow and
-nothing of this project, and never TensorFlow. The ONNX file is the one the train stage
-exported and checked against Keras, and the one evaluate scored: the metrics in the registry
-are this model's.
-
-Input: float32 images (n, 28, 28) with pixels in [0, 1]; output: class probabilities
-(n, n_classes). Bad input is refused with one line naming what is wrong, which MLflow's
-scoring server turns into a 400.
+MLflow runs this file when it loads the model; the work is in onnx_network.py, logged with it
+(`code_paths`), so loading imports ONNX Runtime and MLflow, nothing of this project, and never
+TensorFlow. Bad input is refused in one line, which MLflow's scoring server turns into a 400.
 """
 
 import mlflow

@@ -1,11 +1,7 @@
-"""The ONNX network on ONNX Runtime: what the registered model, the servers and `predict` run.
+"""The ONNX network on ONNX Runtime: float32 images (n, 28, 28) in [0, 1] → class probabilities.
 
-It imports numpy and ONNX Runtime and nothing else, from this project or MLflow: the
-registered MLflow model carries a copy of this file (`code_paths`, beside its pyfunc code in
-onnx_classifier.py), and the servers import it to answer without loading MLflow at all.
-
-Input: float32 images (n, 28, 28) with pixels in [0, 1]; output: class probabilities
-(n, n_classes). Bad input raises InputError with one line naming what is wrong.
+It imports numpy and ONNX Runtime only: the registered model carries a copy of this file
+(`code_paths`), and the servers run it without loading MLflow at all.
 """
 
 from __future__ import annotations
@@ -16,7 +12,9 @@ import numpy as np
 
 ONNX_ARTIFACT = "onnx_model"  # the MLflow model's artifact holding the .onnx file
 IMAGE_SHAPE = (28, 28)  # config.IMAGE_SHAPE: this file is logged with the model, standalone
-THREADS_ENV = "PIPELINE_ONNX_THREADS"  # threads per prediction; unset: ONNX Runtime's default
+# Threads per prediction; unset: ONNX Runtime's default. `make serve WORKERS=N` sets it, so that
+# N processes share the cores instead of each spinning a thread per core.
+THREADS_ENV = "PIPELINE_ONNX_THREADS"
 # "0": idle threads sleep rather than spin. Servers keep ONNX Runtime's spinning: with it, one
 # image per request went faster at every concurrency, though the event loop shares the cores.
 SPINNING_ENV = "PIPELINE_ONNX_SPINNING"
@@ -28,24 +26,6 @@ CHUNK = 128
 
 class InputError(ValueError):
     """The input is not images this network takes; the message says what is wrong."""
-
-
-def session_options(threads: int | None = None, spinning: bool | None = None):
-    """Errors only in the log; `threads` per run, else THREADS_ENV's when set (`make serve
-    WORKERS=N` sets it so that N processes share the cores instead of each spinning a thread per
-    core); spinning unless `spinning` is False or SPINNING_ENV is "0"."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    configured = os.environ.get(THREADS_ENV, "")
-    threads = threads or (int(configured) if configured.isdigit() else 0)
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if spinning is False or os.environ.get(SPINNING_ENV) == "0":
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def validated(model_input) -> np.ndarray:
@@ -64,14 +44,23 @@ def validated(model_input) -> np.ndarray:
 
 
 class OnnxNetwork:
-    """An `.onnx` file in an ONNX Runtime session: images → class probabilities."""
+    """An `.onnx` file in an ONNX Runtime session: images → class probabilities; `threads` per
+    run (else THREADS_ENV's), spinning unless `spinning` is False or SPINNING_ENV is "0"."""
 
     def __init__(
         self, path: str | os.PathLike, threads: int | None = None, spinning: bool | None = None
     ) -> None:
         import onnxruntime
 
-        options = session_options(threads, spinning)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        configured = os.environ.get(THREADS_ENV, "")
+        threads = threads or (int(configured) if configured.isdigit() else 0)
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if spinning is False or os.environ.get(SPINNING_ENV) == "0":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )

@@ -27,11 +27,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def exit_now() -> NoReturn:
-    """End a finished stage command: exit handlers run, the interpreter's teardown does not.
-
-    The teardown would only collect TensorFlow's and tf2onnx's graphs: seconds of work for memory
-    the OS takes back anyway. atexit's handlers (autograph's, MLflow's temporary files) still run.
-    """
+    """End a finished stage command: exit handlers (autograph's, MLflow's temporary files) run,
+    the interpreter's teardown, seconds of collecting TensorFlow's graphs for memory the OS takes
+    back anyway, does not."""
     # private: atexit's public API has no call that runs the handlers now; os._exit skips them,
     # and sys.exit would run the teardown this avoids.
     atexit._run_exitfuncs()
@@ -41,13 +39,13 @@ def exit_now() -> NoReturn:
     os._exit(0)
 
 
-def interrupt(signum: int, frame: Any) -> None:
-    """A signal handler: SIGTERM (or any) unwinds like Ctrl-C, `finally` blocks and all."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def unwind_on_signals() -> None:
-    """SIGTERM (`dvc queue kill`, schedulers, `kill`) and SIGINT raise KeyboardInterrupt."""
+    """SIGTERM (`dvc queue kill`, schedulers, `kill`) and SIGINT raise KeyboardInterrupt, so
+    `finally` blocks run as on Ctrl-C."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
     # SIGINT too: a process started in the background, or by a test runner's worker, inherits
     # SIGINT ignored, and Python then leaves it ignored.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -93,10 +91,9 @@ def run_command(
     load: Callable[[str], object] | None = None,
     interrupted: str | None = None,
 ) -> None:
-    """A command's `main()`: `arguments` (argparse's keywords by flag) become run's keyword
-    arguments; with `load`, so do `--params` loaded (`params`) and its path (`params_file`, if
-    run takes it). An `expected` error is one `error:` line, exit 1; with `interrupted`, SIGTERM
-    and Ctrl-C end in that line. Exits with run's int result or its result's `exit_code`."""
+    """A command's `main()`: `arguments` (argparse's keywords by flag, plus `--params` loaded
+    with `load` and its `params_file`) become run's; an `expected` error, or with `interrupted`
+    SIGTERM, is one `error:` line; exits with run's int result or its result's `exit_code`."""
     parser = config.params_parser() if load else argparse.ArgumentParser()
     parser.description = (description or "").partition("\n")[0]
     exclusive = None  # one group of the arguments marked "exclusive" (an empty one breaks usage)

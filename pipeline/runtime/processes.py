@@ -8,11 +8,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 
 import psutil
-
-Environ = Callable[[], dict[str, str]]  # a process's environment, read only when called
 
 
 def usable_cores() -> int:
@@ -32,16 +31,11 @@ def process_alive(pid: int) -> bool:
         return True  # another user's: it exists
 
 
-def lineage() -> set[int]:
-    """This process and its ancestors."""
-    me = psutil.Process()
-    return {me.pid, *(parent.pid for parent in me.parents())}
-
-
-def processes(matching: Callable[[list[str], Environ], bool]) -> list[int]:
+def processes(matching: Callable[[list[str], Callable[[], dict[str, str]]], bool]) -> list[int]:
     """Pids of this machine's other processes whose command line and (read only when asked)
     environment match; never an ancestor (`time python -m ...`, `uv run` carry the same words)."""
-    found, own = [], lineage()
+    me = psutil.Process()
+    found, own = [], {me.pid, *(parent.pid for parent in me.parents())}
     for process in psutil.process_iter(["cmdline"]):
         if process.pid in own:
             continue
@@ -53,25 +47,16 @@ def processes(matching: Callable[[list[str], Environ], bool]) -> list[int]:
 
 def runs_module(cmdline: list[str], *modules: str) -> bool:
     """Whether a command line is `python -m MODULE ...` for one of `modules`."""
-    return any(
-        first == "-m" and second in modules
-        for first, second in zip(cmdline, cmdline[1:], strict=False)
-    )
+    return any(first == "-m" and second in modules for first, second in pairwise(cmdline))
 
 
-def group_members(leader: int) -> list[psutil.Process]:
-    """The live processes of the process group that `leader` leads."""
+def stop_group(leader: int, timeout: float) -> None:
+    """SIGTERM to the process group `leader` leads, SIGKILL to those left after `timeout` s."""
     members = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
             if os.getpgid(process.pid) == leader:
                 members.append(process)
-    return members
-
-
-def stop_group(leader: int, timeout: float) -> None:
-    """SIGTERM to the process group `leader` leads, SIGKILL to those left after `timeout` s."""
-    members = group_members(leader)
     try:
         os.killpg(leader, signal.SIGTERM)
     except ProcessLookupError:

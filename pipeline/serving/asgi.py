@@ -1,11 +1,6 @@
 """What the REST server and the demo page share: their 4xx, worker threads, a body limit, their
-monitoring (pipeline/monitoring/), uvicorn.
-
-A refused request raises `BadRequest` (status, MLflow's error code, one line), answered as
-MLflow's scoring server shapes errors. With `workers` > 1 uvicorn's supervisor binds the port
-and spawns that many processes (each builds the app in `app_from_environment`); it pins the
-model first (pipeline/inference/cache.py), so every process serves the same version, and each
-process's ONNX Runtime gets its share of the cores; SIGTERM to the supervisor stops them all.
+monitoring, uvicorn. With `workers` > 1 each process builds its app in `app_from_environment`,
+on the version pinned before they start, with its share of the cores.
 """
 
 from __future__ import annotations
@@ -13,43 +8,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
+import numpy as np
 import orjson
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.inference.onnx_network import validated
+import pipeline.params.tools as tools
+from pipeline.inference import onnx_network
 from pipeline.monitoring import metrics as server_metrics
 from pipeline.monitoring.prediction_log import PredictionLog
 from pipeline.monitoring.recorder import Recorder
+from pipeline.runtime.cli import setup_logging
 from pipeline.runtime.processes import usable_cores
-
-if TYPE_CHECKING:
-    from pipeline.params.tools import ToolParams
-    from pipeline.serving.loader import Predict, Served
+from pipeline.serving import loader
+from pipeline.serving.loader import Predict, Served
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict]]
-Send = Callable[[dict], Awaitable[None]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read before the 413
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
     """A 4xx as MLflow's scoring server shapes it: `{"error_code", "message"}` in JSON."""
     body = orjson.dumps({"error_code": code, "message": message})
-    return Response(body, status, media_type="application/json")
+    return Response(body, status, headers, media_type="application/json")
 
 
 class BadRequest(ValueError):
@@ -74,33 +70,19 @@ def json_body(body: bytes) -> object:
         raise BadRequest("the body is not valid JSON") from None
 
 
-class WorkerThreads:
-    """An app's blocking work on worker threads, at most one per usable core, never on the event
-    loop: a slow request holds up only those queued behind it, and the other routes answer."""
-
-    def __init__(self) -> None:
-        self.limiter = anyio.CapacityLimiter(usable_cores())
-
-    async def run(self, work: Callable[..., Any], *args: object) -> Any:
-        return await anyio.to_thread.run_sync(work, *args, limiter=self.limiter)
-
-    async def respond(self, work: Callable[..., Response], *args: object) -> Response:
-        """`work(*args)`'s response, or the 4xx of the BadRequest it raised."""
-        try:
-            return await self.run(work, *args)
-        except BadRequest as problem:
-            return problem.response()
+def worker_threads() -> Callable[..., Awaitable[Any]]:
+    """`await run(work, *args)`: an app's blocking work on worker threads, at most one per usable
+    core, never on the event loop, so a slow request holds up only those queued behind it."""
+    limiter = anyio.CapacityLimiter(usable_cores())
+    return functools.partial(anyio.to_thread.run_sync, limiter=limiter)
 
 
 class BodyLimit:
-    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed.
+    """ASGI middleware: a body over `max_bytes` gets 413 and one line, before it is parsed. Up to
+    DRAIN_FACTOR times the limit it is read and dropped first, as clients such as urllib send the
+    whole body before they read an answer (else they see a broken pipe, not the 413)."""
 
-    Clients such as urllib send the whole body before they read an answer (else they see a
-    broken pipe, not the 413): so an oversized body up to DRAIN_FACTOR times the limit is read
-    and dropped first; a larger one, or one with `Expect: 100-continue`, gets the 413 at once.
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -150,10 +132,8 @@ async def discard(receive: Receive, budget: int) -> None:
 class Monitoring:
     """A server's monitoring: its metrics, the prediction log and the shadow model, if any."""
 
-    def __init__(self, app_name: str, served: Served, params: ToolParams,
+    def __init__(self, app_name: str, served: Served, params: tools.ToolParams,
                  shadow: str | Served | None = None) -> None:  # fmt: skip
-        from pipeline.serving import loader
-
         settings = params.monitor
         self.shadow = loader.locate(shadow, params) if shadow else None
         self.metrics = server_metrics.ServerMetrics(
@@ -172,10 +152,9 @@ class Monitoring:
         self.closing: list[Callable[[], Awaitable[None]]] = []  # the app's own, at shutdown
 
     def watched(self, predict: Predict, model: str = "") -> Predict:
-        """`predict`, recording each batch it scores as `model`'s (InputError as before)."""
+        """`predict`, recording each batch it scores as `model`'s."""
 
-        def scored(model_input: object):
-            images = validated(model_input)  # (n, 28, 28) float32, or InputError
+        def scored(images: np.ndarray) -> np.ndarray:  # (n, 28, 28) float32, checked by its server
             probabilities = predict(images)
             self.recorder.record(images, probabilities, model)
             return probabilities
@@ -185,19 +164,16 @@ class Monitoring:
     def shed(self, error: Exception) -> Response:
         """A request refused for load (batching.Overloaded): counted, a 503 to retry later."""
         self.metrics.shed.inc()
-        response = error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
-        response.headers["Retry-After"] = "1"
-        return response
+        return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error), {"Retry-After": "1"})
 
     def app(self, routes: list[BaseRoute], hot: dict[str, Endpoint] | None = None) -> Starlette:
-        """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes;
-        when it stops, the log and the shadow finish their queues."""
+        """The app of `routes`, its `hot` POST routes (path → endpoint) answered by HotRoutes."""
         app = Starlette(routes=routes, lifespan=self.lifespan)
         app.state.monitoring, app.state.hot = self, hot or {}
         return app
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette):
+    async def lifespan(self, app: Starlette):  # on stop, the log and the shadow finish queues
         tasks = [asyncio.create_task(work()) for work in self.background]
         yield
         for task in tasks:
@@ -214,7 +190,7 @@ class HotRoutes:
     Starlette's own Request and Response, past its router and exception layers (which cost the
     event loop about a fifth of a one-image request); anything else goes to `app`."""
 
-    def __init__(self, app: Any, endpoints: dict[str, Endpoint]) -> None:
+    def __init__(self, app: ASGIApp, endpoints: dict[str, Endpoint]) -> None:
         self.app, self.endpoints = app, endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,23 +206,11 @@ class HotRoutes:
         await response(scope, receive, send)
 
 
-def monitored(app_name: str, model: str | Served, params: ToolParams,
-              shadow: str | Served | None) -> tuple[Served, Monitoring, Predict]:  # fmt: skip
-    """A server's model: what it serves, its monitoring, and its predict, which records."""
-    from pipeline.serving import loader
-
-    served = loader.locate(model, params)
-    monitoring = Monitoring(app_name, served, params, shadow)
-    return served, monitoring, monitoring.watched(loader.load(served, params))
-
-
 APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, models, params file
 
 
 def build(module: str, model: str | Served, params_file: str, shadow: str | Served | None = None):
     """`module.build_app(model, params, shadow)` in the body limit, in its request metrics."""
-    import pipeline.params.tools as tools
-
     params = tools.load_params(params_file)
     app = importlib.import_module(module).build_app(model, params, shadow)
     limited = BodyLimit(HotRoutes(app, getattr(app.state, "hot", {})), params.serve.max_body_bytes)
@@ -258,9 +222,6 @@ def build(module: str, model: str | Served, params_file: str, shadow: str | Serv
 
 def app_from_environment():
     """The app of one worker process (uvicorn's factory), as the supervisor described it."""
-    from pipeline.runtime.cli import setup_logging
-    from pipeline.serving.loader import Served
-
     setup_logging()
     spec = json.loads(os.environ[APP_ENV])
     shadow = Served(**spec["shadow"]) if spec["shadow"] else None
@@ -273,12 +234,6 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve `module`'s app with uvicorn until SIGINT or SIGTERM (open requests finish first).
     Workers need uvicorn with Kludex/uvicorn#3149 (TCP_NODELAY on the supervisor's socket)."""
-    import uvicorn
-
-    import pipeline.params.tools as tools
-    from pipeline.inference import onnx_network
-    from pipeline.serving import loader
-
     options = dict(  # no access log to name a proxied client in
         host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False
     )

@@ -1,23 +1,32 @@
-"""Requests that arrive together are scored in one ONNX Runtime call; past a limit, refused.
+"""Requests that arrive together are scored in one ONNX Runtime call, by a model that follows
+its alias; past `serve.max_pending` waiting, refused, so the admitted ones wait a bounded time.
 
-One task takes what is queued (waiting at most `serve.batch_wait_ms` for more, up to
-`serve.max_batch` images), has the scoring thread score it in one call and answers each request
-with its rows; while one batch is scored the next gathers, so batches form under load. A request
-that finds `serve.max_pending` admitted is refused at once (`Overloaded`: a 503), so the server
-answers those it admitted in bounded time. The model is swapped whole between batches.
+On an alias a child with MLflow (cache.py `--follow-seconds`) says in one line when it moved (the
+files copied); the version is loaded off the event loop and swapped in between batches. A
+registry that cannot be reached costs a warning, never the version being served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import anyio
 import numpy as np
 
+import pipeline.params.config as config
+from pipeline.inference import cache as model_cache
+from pipeline.serving import asgi, loader
 from pipeline.serving.loader import Predict, Served
+from pipeline.tracking import registry
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
@@ -40,16 +49,12 @@ class Batcher:
     """The one queue of a server process and the task that scores it in batches."""
 
     def __init__(self, model: Model, wait_ms: float, max_batch: int, max_pending: int) -> None:
-        self.model = model
+        self.model = model  # swapped whole between batches
         self.wait_s, self.max_batch, self.max_pending = wait_ms / 1000, max_batch, max_pending
         self.pending = 0  # admitted, not yet answered
         self.queue: asyncio.Queue[Request] | None = None  # made on the loop, at the first request
         self.task: asyncio.Task | None = None
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="scoring")
-
-    def swap(self, model: Model) -> None:
-        """Score the batches after the one in flight with `model`."""
-        self.model = model
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -121,3 +126,54 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         self.scorer.shutdown(wait=True)
+
+
+async def follow(batcher: Batcher, monitoring: asgi.Monitoring, params: config.Params) -> None:
+    """Run the watching child until cancelled; swap in each version the alias moves to."""
+    model = batcher.model.served.model
+    command = model_cache.follow_command(model, params, params.serve.follow_seconds)
+    child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+    try:
+        async for line in child.stdout:  # a line only when the answer changed
+            answer, serving = json.loads(line), batcher.model.served.pinned
+            if "error" in answer:
+                log.warning("following %s: %s; still serving %s", model, answer["error"], serving)
+            elif answer["pinned"] != serving:
+                await swap(batcher, monitoring, params, Served(model, **answer))
+    finally:
+        if child.returncode is None:
+            child.terminate()
+            await child.wait()
+
+
+async def swap(
+    batcher: Batcher, monitoring: asgi.Monitoring, params: config.Params, after: Served
+) -> None:
+    """Score the batches after the one in flight with `after`, unless it cannot be loaded."""
+    before = batcher.model.served
+    try:
+        predict = await anyio.to_thread.run_sync(loader.load, after, params)
+    except loader.ModelError as error:
+        log.warning("%s moved to %s, which cannot be served (%s); still serving %s",
+                    after.model, after.pinned, error, before.pinned)  # fmt: skip
+        return
+    batcher.model = Model(after, monitoring.watched(predict, after.pinned))
+    monitoring.metrics.serving(before, after)  # model_info names the new version
+    log.info("%s moved: serving %s (was %s)", after.model, after.pinned, before.pinned)
+
+
+def monitored_batcher(
+    app_name: str, model: str | Served, params: config.Params, shadow: str | Served | None
+) -> tuple[asgi.Monitoring, Batcher]:
+    """A server's monitoring and its one batcher, which follows the alias if it is on one."""
+    served = loader.locate(model, params)
+    monitoring = asgi.Monitoring(app_name, served, params, shadow)
+    predict = monitoring.watched(loader.load(served, params))
+    settings = params.serve
+    batcher = Batcher(Model(served, predict), settings.batch_wait_ms,
+                               settings.max_batch, settings.max_pending)  # fmt: skip
+    monitoring.closing.append(batcher.close)
+    alias = registry.REGISTERED_URI.match(served.model)
+    if settings.follow_seconds and alias and alias["alias"]:
+        monitoring.background.append(functools.partial(follow, batcher, monitoring, params))
+    return monitoring, batcher

@@ -1,13 +1,7 @@
 """The draw-a-digit page (`make demo`): draw with a mouse or a finger, see the top classes.
 
-    python -m pipeline.serving.demo [--model URI] [--shadow URI] [--host HOST] [--port PORT]
-
 GET / is the page; POST /api/classify takes {"image": "data:image/png;base64,..."} and answers
-{"classes": [{"label", "probability"}, ...]}, best first, preprocessed as `make predict` does.
-Decoding and scoring run on worker threads, so the page and /health answer meanwhile; an image
-over `serve.max_image_pixels` is refused from its header. GET /metrics, the prediction log and
-`--shadow` as in `make serve`; started on an alias, it follows it as `make serve` does. Bound
-to 127.0.0.1 unless told otherwise.
+{"classes": [{"label", "probability"}, ...]}, best first, read as `make predict` reads a file.
 """
 
 from __future__ import annotations
@@ -15,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +19,16 @@ from starlette.routing import Route
 
 import pipeline.params.tools as tools
 from pipeline.runtime import cli
-from pipeline.serving import asgi, batching, following, images, loader, serve
+from pipeline.serving import asgi, batching, images, loader, serve
 from pipeline.serving.asgi import BadRequest
-
-log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).parent / "static" / "demo.html"
 TOP = 3
 
 
-def decode(payload: object, max_pixels: int) -> np.ndarray:
-    """{"image": data URL or base64 of an image file} → the model's (28, 28) input."""
+def picture(body: bytes, max_pixels: int) -> np.ndarray:
+    """{"image": data URL or base64 of an image file} → the model's input, (1, 28, 28)."""
+    payload = asgi.json_body(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise BadRequest('expected a JSON object {"image": "data:image/png;base64,..."}')
     image = payload["image"]
@@ -46,31 +38,19 @@ def decode(payload: object, max_pixels: int) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise BadRequest("image is not valid base64") from None
     try:
-        return images.from_picture(data, max_pixels)
+        return images.from_picture(data, max_pixels)[np.newaxis]
     except images.ImageError as error:
         raise BadRequest(f"image: {error}") from None
-
-
-def ranked(probabilities: np.ndarray, class_names: list[str]) -> list[dict]:
-    order = np.argsort(probabilities)[::-1][:TOP]
-    return [{"label": class_names[i], "probability": float(probabilities[i])} for i in order]
-
-
-def picture(body: bytes, max_pixels: int) -> np.ndarray:
-    """A request body → the model's input, (1, 28, 28); BadRequest names what is wrong."""
-    return decode(asgi.json_body(body), max_pixels)[np.newaxis]
 
 
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The page and its endpoint around `model`, with `shadow` scored beside it; the model is
-    scored through the batcher, which follows the alias as `make serve` does."""
-    served, monitoring, predict = asgi.monitored("demo", model, params, shadow)
-    batcher = following.batcher_for(served, monitoring, predict, params)
+    """The page and its endpoint around `model`, with `shadow` scored beside it."""
+    monitoring, batcher = batching.monitored_batcher("demo", model, params, shadow)
     class_names, max_pixels = params.data.class_names, params.serve.max_image_pixels
     page = PAGE.read_text()
-    threads = asgi.WorkerThreads()
+    on_thread = asgi.worker_threads()
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -81,13 +61,15 @@ def build_app(
     async def classify(request: Request) -> Response:
         try:
             with batcher.admitted():
-                images = await threads.run(picture, await request.body(), max_pixels)
+                images = await on_thread(picture, await request.body(), max_pixels)
                 probabilities, _ = await batcher.score(images)
         except BadRequest as problem:
             return problem.response()
         except batching.Overloaded as error:
             return monitoring.shed(error)
-        return JSONResponse({"classes": ranked(probabilities[0], class_names)})
+        order = np.argsort(probabilities[0])[::-1][:TOP]
+        top = [{"label": class_names[i], "probability": float(probabilities[0][i])} for i in order]
+        return JSONResponse({"classes": top})
 
     return monitoring.app(
         routes=[

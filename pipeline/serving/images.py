@@ -1,10 +1,6 @@
-"""A picture of one digit → the model's input, the way MNIST's images were made.
-
-A photo is decoded at reduced scale, upright, grayscale. Then the ink is separated from the
-paper: a smooth surface fitted to the paper removes its level and the lighting's gradient, the
-side that strays furthest from it is the ink, the noise sets the level below which nothing is
-ink, the ink keeps its strength, specks are dropped. Then MNIST's own steps: cropped to the
-ink, scaled to fit 20×20, placed in 28×28 with its centre of mass at the centre.
+"""A picture of one digit → the model's input, the way MNIST's images were made: decoded small,
+upright and grey; the ink separated from the paper and its lighting; then MNIST's own steps
+(docs/serving.md, "What a picture should be", walks through each).
 """
 
 from __future__ import annotations
@@ -40,12 +36,9 @@ class ImageError(ValueError):
 
 
 def read_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode PNG, JPEG or any format Pillow reads → grayscale, upright, at most WORK_SIDE.
-
-    Transparent pixels are white paper. Over `max_pixels` the picture is refused before it is
-    decoded (a 37 kB PNG can decode to 169 MB); a JPEG is decoded at 1/2, 1/4 or 1/8 scale
-    when that still covers WORK_SIDE (Pillow's draft mode), so a phone's photo passes.
-    """
+    """Decode any format Pillow reads → grayscale, upright, transparency white, at most WORK_SIDE.
+    Over `max_pixels` it is refused before it is decoded (a 37 kB PNG can hold 169 MB); a JPEG
+    is decoded at 1/2 to 1/8 scale (Pillow's draft mode) when that still covers WORK_SIDE."""
     unreadable = (OSError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
@@ -75,21 +68,16 @@ def read_image(data: bytes, max_pixels: int) -> Image.Image:
     return gray
 
 
-def border(shape: tuple[int, ...]) -> np.ndarray:
-    """The picture's outer frame (a twentieth of a side wide): paper, when one digit is framed."""
-    frame = np.ones(shape, dtype=bool)
-    rows, columns = (max(1, side // 20) for side in shape)
-    frame[rows:-rows, columns:-columns] = False
-    return frame
-
-
 def ink_up(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixels in [0, 1] with the ink brighter than the paper, and what they stray from the
     paper's surface fitted to the border. The ink is the side that strays furthest, counted at
     the EXTREME-th pixel so that neither one dust grain nor the noise decides."""
     if float(gray.max() - gray.min()) < 1e-6:
         raise ImageError("the image is empty: one flat colour, no ink")
-    residual = gray - paper_surface(gray, border(gray.shape))
+    border = np.ones(gray.shape, dtype=bool)  # a twentieth of a side: paper, if a digit is framed
+    rows, columns = (max(1, side // 20) for side in gray.shape)
+    border[rows:-rows, columns:-columns] = False
+    residual = gray - paper_surface(gray, border)
     smooth = ndimage.gaussian_filter(residual, 1.0).ravel()
     darkest = -np.partition(smooth, EXTREME)[EXTREME]
     brightest = np.partition(smooth, -EXTREME)[-EXTREME]
@@ -111,12 +99,6 @@ def paper_surface(values: np.ndarray, paper: np.ndarray) -> np.ndarray:
     return c0 + c1 * rows + c2 * columns + c3 * rows**2 + c4 * columns**2 + c5 * rows * columns
 
 
-def noise_level(residual: np.ndarray) -> float:
-    """The paper's noise: a robust standard deviation (MAD), which the ink barely moves."""
-    sample = residual[::2, ::2]  # plenty of pixels for one number
-    return 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-
-
 def separate_ink(gray: np.ndarray) -> np.ndarray:
     """Grayscale in [0, 1] → ink strength in [0, 1] on a background of exactly 0."""
     values, residual = ink_up(gray)  # past the border's surface; then past the paper's alone
@@ -134,7 +116,9 @@ def separate_ink(gray: np.ndarray) -> np.ndarray:
 def ink_above(residual: np.ndarray) -> tuple[np.ndarray, float]:
     """The pixels that stand out of the paper's noise (smoothed), and the level they pass."""
     smooth = ndimage.gaussian_filter(residual, 1.0)
-    level = max(MIN_CONTRAST, NOISE_LEVELS * noise_level(smooth))
+    sample = smooth[::2, ::2]  # the paper's noise: a robust deviation (MAD) the ink barely moves
+    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    level = max(MIN_CONTRAST, NOISE_LEVELS * noise)
     return smooth > level, level
 
 
@@ -166,13 +150,10 @@ def fit_ink(ink: np.ndarray) -> np.ndarray:
 
 def centre_by_mass(ink: np.ndarray) -> np.ndarray:
     """Place the ink in IMAGE_SIDE×IMAGE_SIDE with its centre of mass at the centre."""
-    rows, columns = np.indices(ink.shape)
-    total = ink.sum()
-    centre_row, centre_column = (rows * ink).sum() / total, (columns * ink).sum() / total
-    top = int(round(IMAGE_SIDE / 2 - centre_row))
-    left = int(round(IMAGE_SIDE / 2 - centre_column))
-    top = min(max(top, 0), IMAGE_SIDE - ink.shape[0])  # keep every ink pixel in the frame
-    left = min(max(left, 0), IMAGE_SIDE - ink.shape[1])
+    centre_row, centre_column = ndimage.center_of_mass(ink)
+    # clipped: every ink pixel stays in the frame
+    top = int(np.clip(round(IMAGE_SIDE / 2 - centre_row), 0, IMAGE_SIDE - ink.shape[0]))
+    left = int(np.clip(round(IMAGE_SIDE / 2 - centre_column), 0, IMAGE_SIDE - ink.shape[1]))
     canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     canvas[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
     return canvas

@@ -1,14 +1,7 @@
-"""The Open Inference Protocol (KServe V2, as Triton speaks it) beside MLflow's /invocations.
-
-    GET  /v2/health/live, /v2/health/ready, /v2               health, server metadata
-    GET  /v2/models/<name>[/versions/<v>][/ready]             model metadata, readiness
-    POST /v2/models/<name>[/versions/<v>]/infer               inference
-
-One input, `images`: FP32 [-1, 28, 28] in [0, 1], or UINT8 0–255; one output,
-`probabilities`: FP32 [-1, 10]. Tensors travel as JSON `data` or, with the binary tensor
-extension, as raw little-endian bytes after the JSON header (`Inference-Header-Content-Length`
-long); the answer is binary when asked. Sizes and shapes are checked before a tensor is read.
-Errors are `{"error": "one line"}` with a 4xx, or a 503 with Retry-After when the server is full.
+"""The Open Inference Protocol (KServe V2, as Triton speaks it) beside MLflow's /invocations:
+health, metadata and inference routes for one input, `images` (FP32 [-1, 28, 28] in [0, 1], or
+UINT8 0–255), and one output, `probabilities`, as JSON `data` or with the binary tensor
+extension. Sizes and shapes are checked before a tensor is read; errors are `{"error": ...}`.
 """
 
 from __future__ import annotations
@@ -23,10 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import pipeline.params.config as config
 from pipeline.inference.onnx_network import IMAGE_SHAPE, InputError, validated
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT, OUTPUT = "images", "probabilities"
+Endpoint = Callable[[Request], Awaitable[Response]]
 DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 
 
@@ -38,12 +33,10 @@ class ProtocolError(ValueError):
         self.status = status
 
 
-def error(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps({"error": message}), status, headers, "application/json")
-
-
-def reply(payload: object) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
+def reply(payload: object, status: int = 200, headers: dict | None = None) -> Response:
+    """JSON, numpy arrays too; an error is `{"error": "one line"}`."""
+    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status, headers, media_type="application/json")
 
 
 @dataclass(frozen=True)
@@ -71,16 +64,6 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return header, body[length:]
 
 
-def image_tensor(header: dict) -> dict:
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise ProtocolError(f'expected "inputs": one tensor, "{INPUT}" FP32 [-1, 28, 28]')
-    tensor = inputs[0]
-    if tensor.get("name") != INPUT:
-        raise ProtocolError(f"unknown input {tensor.get('name')!r}: this model takes {INPUT!r}")
-    return tensor
-
-
 def tensor_shape(tensor: dict) -> tuple[int, ...]:
     shape = tensor.get("shape")
     sides = isinstance(shape, list) and len(shape) == 3 and all(type(s) is int for s in shape)
@@ -89,8 +72,14 @@ def tensor_shape(tensor: dict) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def read_images(tensor: dict, binary: bytes) -> np.ndarray:
+def read_images(header: dict, binary: bytes) -> np.ndarray:
     """The input tensor's images as float32 in [0, 1], its size checked before it is read."""
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(f'expected "inputs": one tensor, "{INPUT}" FP32 [-1, 28, 28]')
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT:
+        raise ProtocolError(f"unknown input {tensor.get('name')!r}: this model takes {INPUT!r}")
     shape = tensor_shape(tensor)
     dtype = DATATYPES.get(tensor.get("datatype"))
     if dtype is None:
@@ -141,9 +130,8 @@ def wants_binary(header: dict) -> bool:
 
 def parse_infer(body: bytes, header_length: str | None) -> Inference:
     header, binary = split_body(body, header_length)
-    images = read_images(image_tensor(header), binary)
     try:
-        images = validated(images)
+        images = validated(read_images(header, binary))
     except InputError as problem:
         raise ProtocolError(str(problem)) from None
     request_id = header.get("id")
@@ -162,8 +150,7 @@ def infer_response(
         answer["id"] = inference.request_id
     if not inference.binary:
         answer["outputs"] = [output | {"data": probabilities.ravel()}]
-        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")  # fmt: skip
+        return reply(answer)
     data = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
     answer["outputs"] = [output | {"parameters": {"binary_data_size": len(data)}}]
     header = orjson.dumps(answer)
@@ -171,42 +158,37 @@ def infer_response(
                     media_type="application/octet-stream")  # fmt: skip
 
 
-def model_metadata(name: str, version: str, n_classes: int) -> dict:
-    return {
-        "name": name,
-        "versions": [version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
-        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, n_classes]}],
-    }
-
-
-def routes(
-    name: str,
-    version: Callable[[], str],
-    n_classes: int,
-    infer: Callable[[Request], Awaitable[Response]],
-) -> list[Route]:
-    """The protocol's routes for model `name`: `version()` names the version served now."""
+def routes(params: config.Params, version: Callable[[], str], infer: Endpoint) -> list[Route]:
+    """The protocol's routes for the registered model: `version()` names the version served now."""
+    name, n_classes = params.mlflow.registered_model, len(params.data.class_names)
     package = "mnist-lstm-pipeline"
     installed = importlib.metadata.version(package)
     server = {"name": package, "version": installed, "extensions": ["binary_tensor_data"]}
 
-    def constant(payload: dict) -> Callable[[Request], Awaitable[Response]]:
-        async def answer(request: Request) -> Response:
-            return reply(payload)
+    async def health(request: Request) -> Response:
+        return reply({"live": True} if request.url.path.endswith("live") else {"ready": True})
 
-        return answer
+    async def metadata(request: Request) -> Response:
+        return reply(server)
 
     def asked(request: Request) -> Response | None:
         """None when the request names the model served (and its version, if it names one)."""
         wanted = request.path_params.get("version")
         if wanted is not None and wanted != version():
-            return error(404, f"model {name} version {wanted} is not served; {version()} is")
+            message = f"model {name} version {wanted} is not served; {version()} is"
+            return reply({"error": message}, 404)
         return None
 
     async def model(request: Request) -> Response:
-        return asked(request) or reply(model_metadata(name, version(), n_classes))
+        return asked(request) or reply(
+            {
+                "name": name,
+                "versions": [version()],
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
+                "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, n_classes]}],
+            }
+        )
 
     async def model_ready(request: Request) -> Response:
         return asked(request) or reply({"name": name, "ready": True})
@@ -215,13 +197,14 @@ def routes(
         return asked(request) or await infer(request)
 
     async def unknown(request: Request) -> Response:
-        return error(404, f"no route {request.url.path}; this server serves model {name}")
+        message = f"no route {request.url.path}; this server serves model {name}"
+        return reply({"error": message}, 404)
 
     base, versioned = f"/v2/models/{name}", f"/v2/models/{name}/versions/{{version}}"
     return [
-        Route("/v2/health/live", constant({"live": True})),
-        Route("/v2/health/ready", constant({"ready": True})),
-        Route("/v2", constant(server)),
+        Route("/v2/health/live", health),
+        Route("/v2/health/ready", health),
+        Route("/v2", metadata),
         *(Route(prefix, model) for prefix in (base, versioned)),
         *(Route(f"{prefix}/ready", model_ready) for prefix in (base, versioned)),
         *(Route(f"{prefix}/infer", inference, methods=["POST"]) for prefix in (base, versioned)),

@@ -1,9 +1,6 @@
-"""Which model to use (the registered champion by default) and loading it for prediction.
-
-The servers and `predict` run the registered ONNX file through onnx_network.py, as the
-registered pyfunc does, with no TensorFlow and no MLflow in the process; an MLflow model URI
-becomes a local model folder first (pipeline/inference/cache.py).
-"""
+"""Which model to use (the registered champion by default) and loading it for prediction: the
+servers and `predict` run its ONNX file through onnx_network.py, as the registered pyfunc does,
+with no TensorFlow and no MLflow in the process (a model URI becomes a folder: cache.py)."""
 
 from __future__ import annotations
 
@@ -19,16 +16,13 @@ import numpy as np
 import pipeline.params.config as config
 from pipeline.inference import cache as model_cache
 from pipeline.inference.integrity import ModelError, onnx_file, verify
-from pipeline.inference.onnx_network import InputError, OnnxNetwork
-from pipeline.tracking import registry
+from pipeline.inference.onnx_network import OnnxNetwork
 
 log = logging.getLogger(__name__)
 
 # `mnist-lstm@champion`, `mnist-lstm/3`: a registered model named without its `models:/` scheme
 REGISTERED_NAME = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
 Predict = Callable[[np.ndarray], np.ndarray]  # float32 (n, 28, 28) → probabilities (n, classes)
-
-__all__ = ["ModelError", "InputError", "Predict", "Served", "default_uri", "load", "locate"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +33,6 @@ class Served:
     pinned: str  # the version an alias named (models:/mnist-lstm/3); else as asked
     path: str  # the local model folder, or the .onnx file
     sha256: str = ""  # its ONNX file's, as registered ("": none recorded, or a file)
-
-
-def default_uri(params: config.Params) -> str:
-    return registry.champion_uri(params.mlflow.registered_model)
 
 
 def locate(model: str | Served, params: config.Params) -> Served:
@@ -57,22 +47,17 @@ def locate(model: str | Served, params: config.Params) -> Served:
     if model.endswith(".onnx"):
         return Served(model, model, model)
     if not urllib.parse.urlparse(model).scheme and not Path(model).exists():
-        raise ModelError(missing_path(model))
+        if REGISTERED_NAME.fullmatch(model):  # a registered model's name: give its URI
+            raise ModelError(
+                f"cannot load model {model}: no such file; for the registered model, give its "
+                f"URI: models:/{model}"
+            )
+        raise ModelError(
+            f"cannot load model {model}: no such file or folder (give a model folder, an .onnx "
+            "file, or an MLflow model URI such as models:/NAME@ALIAS)"
+        )
     pinned, folder, sha256 = model_cache.resolve(model, params)
     return Served(model, pinned, str(folder), sha256)
-
-
-def missing_path(model: str) -> str:
-    """No such path; one that reads as a registered model's name gets its URI."""
-    if REGISTERED_NAME.fullmatch(model):
-        return (
-            f"cannot load model {model}: no such file; for the registered model, give its URI: "
-            f"models:/{model}"
-        )
-    return (
-        f"cannot load model {model}: no such file or folder (give a model folder, an .onnx "
-        "file, or an MLflow model URI such as models:/NAME@ALIAS)"
-    )
 
 
 def load(model: str | Served, params: config.Params) -> Predict:

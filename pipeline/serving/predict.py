@@ -2,9 +2,7 @@
 
     python -m pipeline.serving.predict digit.png scans/ --csv predictions.csv
 
-Each line printed is `file<TAB>label<TAB>probability`; a file that cannot be read gets one
-`error:` line naming it and the problem, the others are still classified, and the exit code is
-1 if any failed. The model is the registered champion unless `--model` names another.
+One `file<TAB>label<TAB>probability` line each; an unreadable file gets an `error:` line, exit 1.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import pipeline.params.tools as tools
+import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.data.files import write_csv
 from pipeline.runtime import cli
@@ -41,23 +40,17 @@ def results_table(
     files: list[Path], probabilities: np.ndarray, class_names: list[str]
 ) -> pd.DataFrame:
     """One row per file: its label, that label's probability, and every class's probability."""
-    best = probabilities.argmax(axis=1)
-    rows = pd.DataFrame(
-        {
-            "file": [str(file) for file in files],
-            "label": [class_names[index] for index in best],
-            "probability": probabilities.max(axis=1),
-        }
-    )
-    by_class = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
-    return pd.concat([rows, by_class], axis=1)
+    table = pd.DataFrame(probabilities, columns=[f"p_{name}" for name in class_names])
+    table.insert(0, "file", [str(file) for file in files])
+    table.insert(1, "label", [class_names[index] for index in probabilities.argmax(axis=1)])
+    table.insert(2, "probability", probabilities.max(axis=1))
+    return table
 
 
 def run(
     params: tools.ToolParams, paths: list[Path], model: str | None = None, csv: Path | None = None
 ) -> int:
-    """Classify every readable file with `model` (the champion); one line each; the CSV; the
-    exit code: 1 if a file could not be read."""
+    """Classify every readable file with `model` (the champion); 1 if a file could not be read."""
     inputs, failed = {}, 0
     for file in expand(paths):
         try:
@@ -67,7 +60,8 @@ def run(
             failed = 1
     if not inputs:
         return failed
-    predict = loader.load(model or loader.default_uri(params), params)
+    champion = registry.champion_uri(params.mlflow.registered_model)
+    predict = loader.load(model or champion, params)
     probabilities = predict(np.stack(list(inputs.values())))
     results = results_table(list(inputs), probabilities, params.data.class_names)
     for row in results.itertuples(index=False):

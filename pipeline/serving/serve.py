@@ -1,23 +1,12 @@
 """Serve a registered model over REST (`make serve`): MLflow's scoring protocol and the Open
-Inference Protocol (KServe V2, pipeline/serving/inference_protocol.py).
-
-    python -m pipeline.serving.serve [--model URI] [--shadow URI] [--host HOST] [--port PORT]
-                                     [--workers N]
-
-MLflow's protocol: POST /invocations with `{"inputs": images}` (or `"instances"`), images
-(n, 28, 28) in [0, 1], answered `{"predictions": probabilities}`; GET /ping, /health, /version
-(what is serving, as JSON). Errors: a 4xx with MLflow's `{"error_code", "message"}`; past
-`serve.max_pending` requests, a 503 at once; bodies over `serve.max_body_bytes`, 413. The ONNX
-file runs on ONNX Runtime without MLflow in the process, requests scored in batches
-(batching.py); a server on an alias follows it (following.py). GET /metrics, the prediction
-log and `--shadow`: pipeline/monitoring/. Bound to 127.0.0.1 unless told otherwise.
+Inference Protocol (KServe V2, inference_protocol.py), scored in batches (batching.py) by ONNX
+Runtime without MLflow in the process; docs/serving.md says what each route takes and answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -34,11 +23,9 @@ import pipeline.tracking.registry as registry
 import pipeline.tracking.store as tracking
 from pipeline.inference.onnx_network import InputError, validated
 from pipeline.runtime import cli, ports
-from pipeline.serving import asgi, batching, following, loader
+from pipeline.serving import asgi, batching, loader
 from pipeline.serving import inference_protocol as protocol
 from pipeline.serving.asgi import BadRequest
-
-log = logging.getLogger(__name__)
 
 TENSOR_KEYS = ("inputs", "instances")  # MLflow's two JSON forms of a tensor input
 TABLE_KEYS = ("dataframe_split", "dataframe_records")  # its DataFrame forms: not for images
@@ -47,8 +34,7 @@ MLFLOW_VERSION = importlib.metadata.version("mlflow")  # what /version reports, 
 
 
 def request_images(body: bytes, content_type: str) -> np.ndarray:
-    """A request body → its images, float32 (n, 28, 28), read as MLflow's scoring server reads
-    them; BadRequest says what is wrong."""
+    """A request body → its images, float32 (n, 28, 28), as MLflow's scoring server reads them."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise BadRequest(
             f"content type {content_type or '(none)'!r}: send application/json", status=415
@@ -76,18 +62,16 @@ def version_number(served: loader.Served) -> str:
 def build_app(
     model: str | loader.Served, params: tools.ToolParams, shadow: str | loader.Served | None = None
 ) -> Starlette:
-    """The REST app around `model`, with `shadow` scored beside it: MLflow's protocol and the
-    Open Inference Protocol, through one batcher."""
-    served, monitoring, predict = asgi.monitored("serve", model, params, shadow)
-    batcher = following.batcher_for(served, monitoring, predict, params)
-    threads = asgi.WorkerThreads()
+    """The REST app around `model`, with `shadow` scored beside it: both protocols, one batcher."""
+    monitoring, batcher = batching.monitored_batcher("serve", model, params, shadow)
+    on_thread = asgi.worker_threads()
     name = params.mlflow.registered_model
 
     async def parsed(parse: Callable[[bytes, Any], Any], body: bytes, detail: Any) -> Any:
         """A small body parsed on the event loop (cheaper than a thread hop), a large one not."""
         if len(body) <= INLINE_BYTES:
             return parse(body, detail)
-        return await threads.run(parse, body, detail)
+        return await on_thread(parse, body, detail)
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type="application/json")
@@ -118,15 +102,12 @@ def build_app(
                 inference = await parsed(protocol.parse_infer, await request.body(), length)
                 probabilities, answered = await batcher.score(inference.images)
         except protocol.ProtocolError as problem:
-            return protocol.error(problem.status, str(problem))
+            return protocol.reply({"error": str(problem)}, problem.status)
         except batching.Overloaded as error:
             monitoring.metrics.shed.inc()
-            return protocol.error(503, str(error), {"Retry-After": "1"})
+            return protocol.reply({"error": str(error)}, 503, {"Retry-After": "1"})
         return protocol.infer_response(inference, probabilities, name,
                                        version_number(answered.served))  # fmt: skip
-
-    def served_version() -> str:
-        return version_number(batcher.model.served)
 
     return monitoring.app(
         routes=[
@@ -134,7 +115,7 @@ def build_app(
             Route("/health", ping),
             Route("/version", version),
             Route("/invocations", invocations, methods=["POST"]),
-            *protocol.routes(name, served_version, len(params.data.class_names), infer),
+            *protocol.routes(params, lambda: version_number(batcher.model.served), infer),
         ],
         hot={"/invocations": invocations, f"/v2/models/{name}/infer": infer},
     )
@@ -170,7 +151,7 @@ def run(
         raise config.ConfigError(f"--workers {workers}: needs at least 1")
     host, port = host or params.serve.host, port or getattr(params.serve, port_key)
     ports.check_free(host, port, command)
-    model = model or loader.default_uri(params)
+    model = model or registry.champion_uri(params.mlflow.registered_model)
     asgi.serve(module, model, params_file, host, port, workers, shadow)
 
 
