@@ -170,8 +170,9 @@ def monitored_batcher(
     monitoring = asgi.Monitoring(app_name, served, params, shadow)
     predict = monitoring.watched(loader.load(served, params))
     settings = params.serve
-    batcher = Batcher(Model(served, predict), settings.batch_wait_ms,
-                               settings.max_batch, settings.max_pending)  # fmt: skip
+    batcher = Batcher(
+        Model(served, predict), settings.batch_wait_ms, settings.max_batch, settings.max_pending
+    )
     monitoring.closing.append(batcher.close)
     alias = registry.REGISTERED_URI.match(served.model)
     if settings.follow_seconds and alias and alias["alias"]:

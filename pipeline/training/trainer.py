@@ -98,17 +98,14 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     return train_distributed, runtime | {"train.workers": str(workers.workers)}
 
 
-def splits(params: config.Params) -> tuple[Arrays, Arrays]:
-    return tuple(load_arrays(params.paths.split(split)) for split in ("train", "val"))
-
-
 def prepared(params: config.Params, workers: cluster.Cluster | None):
     """The splits, and `prepare_training`'s function and tags: the files are read in a thread
     (file reads, without the GIL) while TensorFlow imports here (with it)."""
     with ThreadPoolExecutor(max_workers=1) as reading:
-        loaded = reading.submit(splits, params)
+        files = [params.paths.split(split) for split in ("train", "val")]
+        loaded = reading.map(load_arrays, files)
         train_model, runtime = prepare_training(params, workers)
-        train, val = loaded.result()
+        train, val = loaded
     return train, val, train_model, runtime
 
 
