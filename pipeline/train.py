@@ -191,7 +191,7 @@ def record(params: config.Params, training: trainer.Training) -> TrainResult:
         trained = training.result(history, fitted)
         table = history.table()
         write_csv(table, params.paths.history)
-        curves = painters[0].draw("training_curves", table)
+        curves = painters[0].draw("training_curves", table.to_dict("list"))  # no pandas there
         mlflow.log_metrics({TIME_METRICS[name]: value for name, value in trained.seconds.items()})
         mlflow.set_tags(trained.tags)
         mlflow.log_artifact(str(params.paths.model), KERAS_ARTIFACT_DIR)

@@ -12,9 +12,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import pipeline.params.config as config
+if TYPE_CHECKING:  # imported where a command needs it: exit_now alone must cost nothing
+    import pipeline.params.config as config
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -59,6 +60,8 @@ def run_stage(
     expected: tuple[type[Exception], ...] = (),
 ) -> None:
     """Validate params, run, and turn known failures (and SIGTERM, as Ctrl-C) into one line."""
+    import pipeline.params.config as config
+
     params = config.load_params_from_cli(argv, description or "")
     setup_logging()
     unwind_on_signals()
@@ -94,6 +97,8 @@ def run_command(
     """A command's `main()`: `arguments` (argparse's keywords by flag, plus `--params` loaded
     with `load` and its `params_file`) become run's; an `expected` error, or with `interrupted`
     SIGTERM, is one `error:` line; exits with run's int result or its result's `exit_code`."""
+    import pipeline.params.config as config
+
     parser = config.params_parser() if load else argparse.ArgumentParser()
     parser.description = (description or "").partition("\n")[0]
     exclusive = None  # one group of the arguments marked "exclusive" (an empty one breaks usage)
