@@ -191,11 +191,12 @@ class Scores:
     test_probabilities: np.ndarray
     val_probabilities: np.ndarray
     behaviour: dict[str, float]
+    pictures: dict[str, Future]  # figure file name → its path, drawn meanwhile
 
 
-def score(params: config.Params, onnx_sha256: str | None) -> Scores:
+def score(params: config.Params, onnx_sha256: str | None, painter: drawing.Painter) -> Scores:
     """The exported ONNX file (its sha256 checked first) on both splits and the behavioural
-    checks."""
+    checks; the test split's figures sent to the painter as soon as its answers are known."""
     path = Path(params.paths.onnx_model)
     integrity.verify(str(path), path, onnx_sha256)
     # One thread that does not spin: the other core is MLflow's import meanwhile, which the
@@ -205,19 +206,22 @@ def score(params: config.Params, onnx_sha256: str | None) -> Scores:
     log.info("scoring the exported model on %d test and %d validation images",
              len(test["x"]), len(val["x"]))  # fmt: skip
     probabilities = predict(test["x"])
-    found = behaviour(predict, test, probabilities.argmax(axis=1), params)
-    return Scores(test, val, probabilities, predict(val["x"]), found)
+    predictions = probabilities.argmax(axis=1)
+    confusion = scoring.confusion_matrix(test["y"], predictions, params.model.n_classes)
+    folder = Path(params.paths.figures_dir)
+    pictures = draw_figures(painter, test, predictions, confusion, params.data, folder)
+    found = behaviour(predict, test, predictions, params)
+    return Scores(test, val, probabilities, predict(val["x"]), found, pictures)
 
 
-def measure(scores: Scores, params: config.Params, painter: drawing.Painter) -> Evaluation:
-    """Metrics of both splits and the behavioural checks; write the reports and figures."""
+def measure(scores: Scores, params: config.Params) -> Evaluation:
+    """Metrics of both splits and the behavioural checks; write the reports, once the figures
+    are drawn."""
     import pandas as pd
 
     test, probabilities = scores.test, scores.test_probabilities
     predictions = probabilities.argmax(axis=1)
     metrics, per_class, confusion = scored(probabilities, test["y"], "test", params)
-    folder = Path(params.paths.figures_dir)
-    drawn = draw_figures(painter, test, predictions, confusion, params.data, folder)
     val_y = scores.val["y"]
     validation, validation_per_class, _ = scored(scores.val_probabilities, val_y, "validation",
                                                  params)  # fmt: skip
@@ -232,7 +236,7 @@ def measure(scores: Scores, params: config.Params, painter: drawing.Painter) -> 
         pd.DataFrame({"actual": names[test["y"]], "predicted": names[predictions]}),
         params.paths.confusion,
     )
-    pictures = {name: picture.result() for name, picture in drawn.items()}
+    pictures = {name: picture.result() for name, picture in scores.pictures.items()}
     return Evaluation(metrics, per_class, validation_per_class, confusion, pictures)
 
 
@@ -242,14 +246,15 @@ def run(params: config.Params) -> dict[str, float]:
     run_info = read_json(params.paths.run_info)
     onnx_sha256 = run_info.get("onnx_sha256")
     with ThreadPoolExecutor(max_workers=1) as background, drawing.painter() as painter:
-        scores = background.submit(score, params, onnx_sha256)  # ONNX Runtime, without the GIL
+        # ONNX Runtime without the GIL, and the figures in the painter's process, meanwhile
+        scores = background.submit(score, params, onnx_sha256, painter)
         tracking.use_store(params.mlflow)  # meanwhile: MLflow's import and the store's, with it
         origin = run_info.get("tracking_uri")
         tracking.require_run(run_info["run_id"], origin, params.paths.run_info)
         with registry.downloaded(run_info["model_uri"], onnx_sha256):
             pass  # the store's copy is the file scored: the one registered and served
         answers = scores.result()
-        results = measure(answers, params, painter)
+        results = measure(answers, params)
     metrics = results.metrics
     log.info(
         "validation accuracy %.4f; test accuracy %.4f, loss %.4f",
