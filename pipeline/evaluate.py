@@ -191,6 +191,7 @@ class Scores:
     test_probabilities: np.ndarray
     val_probabilities: np.ndarray
     behaviour: dict[str, float]
+    test_scores: tuple  # scored() of the test split: metrics, per-class table, confusion matrix
     pictures: dict[str, Future]  # figure file name → its path, drawn meanwhile
 
 
@@ -207,11 +208,11 @@ def score(params: config.Params, onnx_sha256: str | None, painter: drawing.Paint
              len(test["x"]), len(val["x"]))  # fmt: skip
     probabilities = predict(test["x"])
     predictions = probabilities.argmax(axis=1)
-    confusion = scoring.confusion_matrix(test["y"], predictions, params.model.n_classes)
+    test_scores = scored(probabilities, test["y"], "test", params)
     folder = Path(params.paths.figures_dir)
-    pictures = draw_figures(painter, test, predictions, confusion, params.data, folder)
+    pictures = draw_figures(painter, test, predictions, test_scores[2], params.data, folder)
     found = behaviour(predict, test, predictions, params)
-    return Scores(test, val, probabilities, predict(val["x"]), found, pictures)
+    return Scores(test, val, probabilities, predict(val["x"]), found, test_scores, pictures)
 
 
 def measure(scores: Scores, params: config.Params) -> Evaluation:
@@ -221,11 +222,11 @@ def measure(scores: Scores, params: config.Params) -> Evaluation:
 
     test, probabilities = scores.test, scores.test_probabilities
     predictions = probabilities.argmax(axis=1)
-    metrics, per_class, confusion = scored(probabilities, test["y"], "test", params)
+    metrics, per_class, confusion = scores.test_scores
     val_y = scores.val["y"]
     validation, validation_per_class, _ = scored(scores.val_probabilities, val_y, "validation",
                                                  params)  # fmt: skip
-    metrics |= {"test_min_class_f1": float(per_class["f1"].min())} | validation
+    metrics = metrics | {"test_min_class_f1": float(per_class["f1"].min())} | validation
     metrics |= scores.behaviour
     write_json(params.paths.metrics, metrics)
     write_csv(per_class, params.paths.per_class)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 from pipeline.data.files import atomic_path
 
-if TYPE_CHECKING:
-    import pandas as pd
 
-
-def training_curves(history: pd.DataFrame | dict[str, list]) -> Figure:
-    """Loss and accuracy, train and validation, against the iteration: the history table, or its
-    columns (what the drawing process is sent: it never imports pandas)."""
+def training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
+    """Loss and accuracy, train and validation, against the iteration: the history table's
+    columns (a dict of lists, so that the drawing process never imports pandas)."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     loss, accuracy = figure.subplots(1, 2)
     for axes, metric in ((loss, "loss"), (accuracy, "accuracy")):

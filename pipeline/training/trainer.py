@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -99,13 +98,11 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
 
 
 def prepared(params: config.Params, workers: cluster.Cluster | None):
-    """The splits, and `prepare_training`'s function and tags: the files are read in a thread
-    (file reads, without the GIL) while TensorFlow imports here (with it)."""
-    with ThreadPoolExecutor(max_workers=1) as reading:
-        files = [params.paths.split(split) for split in ("train", "val")]
-        loaded = reading.map(load_arrays, files)
-        train_model, runtime = prepare_training(params, workers)
-        train, val = loaded
+    """`prepare_training`'s function and tags, then the splits. Read after TensorFlow's import,
+    not in a thread beside it: numpy reads an .npz member in small chunks that take the GIL,
+    which slowed the import by more than the read costs."""
+    train_model, runtime = prepare_training(params, workers)
+    train, val = (load_arrays(params.paths.split(split)) for split in ("train", "val"))
     return train, val, train_model, runtime
 
 
