@@ -194,8 +194,10 @@ def presented(found, links: str) -> Run:
     url = f"{links.rstrip('/')}/#/experiments/{info.experiment_id}/runs/{info.run_id}"
     status, failed, gain = (tags.get(name) for name in VERDICT_TAGS)
     verdict = f"{status} ({failed})" if failed and failed != "none" else status
-    if gain:
-        verdict += f"; gain over the champion {gain.rsplit(': ', 1)[-1]}"
+    if gain:  # the tag's line ends in "gain" or "no gain"
+        verdict += f"; against the champion: {gain.rsplit(': ', 1)[-1]}"
+    if status and tags.get("validation.version"):  # the registered version it is about
+        verdict += f"; version {tags['validation.version']}"
     verdict = verdict if status else "no verdict recorded"
     return Run(info.run_id, info.run_name, url, verdict, tags.get(CPU_TAG))
 
