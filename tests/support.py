@@ -5,6 +5,7 @@ import contextlib
 import copy
 import gzip
 import json
+import os
 import shutil
 import signal
 import socket
@@ -374,15 +375,34 @@ def clone_state(repo: Path) -> str:
     return run(["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"], repo).stdout
 
 
-def wait_for_queue(repo: Path, timeout: float = 900) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if not any(state in status for state in ("Queued", "Running")):
-            return status
-        time.sleep(2)
-    pytest.fail(f"queue still busy after {timeout} s:\n{status}")
+def run_queue(
+    repo: Path, jobs: int = 1, env: dict[str, str] | None = None, timeout: float = 600
+) -> str:
+    """`dvc queue start -j jobs`, then poll `dvc queue status` until nothing is queued or
+    running; return the last status. Whatever happens (a timeout, a failed assertion), the
+    queue's workers and every process still running inside the repo are stopped on the way out:
+    DVC detaches its workers, so nothing else would."""
+    try:
+        run(["dvc", "queue", "start", "-j", str(jobs)], repo, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], repo, env=env).stdout
+            if not any(state in status for state in ("Queued", "Running")):
+                return status
+            time.sleep(2)
+        pytest.fail(f"queue still busy after {timeout} s:\n{status}")
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env or environment(),
+                       capture_output=True, timeout=120)  # fmt: skip
+        kill_processes_in(repo)
+
+
+def kill_processes_in(folder: Path) -> None:
+    """Kill every process whose working directory is inside `folder`."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and Path(process.cwd()).is_relative_to(folder):
+                process.kill()
 
 
 # --- what a module of pipeline/ imports, and the stages' modules in dvc.yaml ----------------

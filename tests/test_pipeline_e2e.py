@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.data.files import sha256_file
 
-from .support import CHROMIUM_FLAGS, client_for, environment, run, tiny_repo, wait_for_queue
+from .support import CHROMIUM_FLAGS, client_for, environment, run, run_queue, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +92,7 @@ def test_queued_sweep_runs_in_parallel_into_one_store(repo):
     # 5e-04 is how DVC writes the value back (YAML 1.2); the stage must read it as a number
     run(["dvc", "exp", "run", "--queue", "-S", "model.num_units=4,6", "-S", "train.iterations=3",
          "-S", "train.learning_rate=5e-04"], repo)  # fmt: skip
-    run(["dvc", "queue", "start", "-j", "2"], repo)
-    status = wait_for_queue(repo)
+    status = run_queue(repo, jobs=2)
     assert "Failed" not in status, status
     runs = runs_in(repo)
     new = runs[len(before) :]

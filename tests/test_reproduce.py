@@ -16,7 +16,7 @@ from pipeline.params import config, tools
 from pipeline.runtime import processes
 from pipeline.tools import reproduce
 
-from .support import REPO, client_for, environment, run, tiny_repo, wait_for_queue
+from .support import REPO, client_for, environment, run, run_queue, tiny_repo
 
 MODULE = ["python", "-m", "pipeline.tools.reproduce"]
 
@@ -231,8 +231,7 @@ def test_a_queued_experiment_reproduces_in_a_second_clone_that_pulls_it(tmp_path
     run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], one)
     run(["dvc", "remote", "modify", "--local", "local", "url", str(storage)], one)
     run(["dvc", "exp", "run", "--queue", "-S", "train.iterations=9"], one, env=env)
-    run(["dvc", "queue", "start"], one, env=env)
-    assert "Failed" not in wait_for_queue(one)
+    assert "Failed" not in run_queue(one, env=env)
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     original = client.get_run(client.get_model_version("mnist-lstm", "1").run_id)
     name = original.data.tags["dvc.exp_name"]
