@@ -155,8 +155,6 @@ def run(params: config.Params) -> TrainResult | None:
 def record(params: config.Params, training: trainer.Training) -> TrainResult:
     """The MLflow side of a training: the run, its live curves, the model logged and
     registered; the training itself goes on in its own process meanwhile."""
-    import mlflow
-
     # The splits are read and hashed (file reads and hashlib, without the GIL) in a thread
     # while the store's first connection imports its modules (which hold it).
     with ThreadPoolExecutor(max_workers=1) as background:
@@ -165,6 +163,8 @@ def record(params: config.Params, training: trainer.Training) -> TrainResult:
         tracking.close_orphaned_runs(experiment_id)
         training.go()  # the store answers: the fit may begin
         train, val, data_hashes = splits.result()
+    import mlflow  # loaded by use_store, with the collector paused
+
     tags = lineage.lineage_tags(data_hashes, params)
     with (
         tracking.server_lost_as_error(),  # outermost: ending the run needs the server too

@@ -87,3 +87,20 @@ def test_unreadable_params_file_is_one_line(tmp_path):
         result.stderr.strip()
         == f"error: {tmp_path / 'absent.yaml'}: cannot read (No such file or directory)"
     )
+
+
+def test_a_first_import_pauses_the_collector_once_and_freezes_what_it_loaded():
+    # in a process of its own: a freeze lasts as long as the process
+    script = """
+import gc, json
+from pipeline.runtime import cli
+seen = []
+for _ in range(2):
+    with cli.first_import("json"):
+        seen.append(gc.isenabled())
+        loaded = [[n] for n in range(1000)]  # alive at the end: frozen
+print(seen, gc.isenabled(), gc.get_freeze_count() >= 1000)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert result.stdout.split() == ["[False,", "True]", "True", "True"]

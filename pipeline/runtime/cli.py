@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # imported where a command needs it: exit_now alone must cost nothing
@@ -38,6 +39,32 @@ def exit_now() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+PAUSED_FOR: set[str] = set()  # the imports first_import has paused the collector for
+
+
+@contextlib.contextmanager
+def first_import(name: str) -> Iterator[None]:
+    """A block that loads a large library (TensorFlow; MLflow and its store) for the first time
+    in this process: Python's cyclic garbage collector paused in it, and what is alive at its
+    end frozen (gc.freeze: never scanned again, never freed).
+
+    Such a library leaves hundreds of thousands of objects that live as long as the process.
+    The collector's full passes over them, while they load and at every full pass after, cost
+    about a fifth of the load and slowed the work that followed. Garbage pending at the end is
+    frozen with them, so each name pauses once per process (a test run calls this many times).
+    """
+    if name in PAUSED_FOR or not gc.isenabled():
+        yield
+        return
+    PAUSED_FOR.add(name)
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def unwind_on_signals() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 import pipeline.params.config as config
+import pipeline.runtime.cli as cli
 import pipeline.runtime.processes as processes
 
 log = logging.getLogger(__name__)
@@ -188,9 +189,14 @@ def artifact_text(client, run_id: str, path: str) -> str | None:
 
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
+    with cli.first_import("mlflow and its store"):
+        return connected(params, root or repo_root())
+
+
+def connected(params: config.MlflowParams, root: Path) -> str:
+    """use_store's work: MLflow imported, its store opened, the experiment's id."""
     import mlflow
 
-    root = root or repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = connect(params, root)
     database = local_db(uri)

@@ -16,6 +16,7 @@ those alone: what anything else would print goes to stderr, with its log.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import pipeline.params.config as config
+import pipeline.runtime.cli as cli
 import pipeline.training.cluster as cluster
 import pipeline.training.onnx_export as onnx_export
 import pipeline.training.tf_options as tf_options
@@ -68,7 +70,8 @@ def prepare_training(params: config.Params, workers: cluster.Cluster | None):
     `distributed.fit` builds the same network in the strategy's scope.
     """
     tf_options.use_onednn(params.train.onednn)
-    import pipeline.training.tf_runtime as tf_runtime  # TensorFlow loads once options are set
+    with cli.first_import("tensorflow"):
+        import pipeline.training.tf_runtime as tf_runtime  # TensorFlow loads once options are set
 
     runtime = tf_runtime.configure_runtime(params.seed, params.train)
     network = params.network()  # `unroll: auto` settled
@@ -118,6 +121,11 @@ def train_and_export(
     if not go():
         raise Stopped
     model, seconds = train_model(train, val, report)
+    # The fit's dataset iterator is garbage now, in reference cycles. Collected, its destructor
+    # frees the shuffle buffer (the whole training split) and waits for tf.data's threads to
+    # stop: a second or more with the GIL held, wherever a collection starts (in the export,
+    # here). This process ends without a teardown (cli.exit_now): frozen, it is never collected.
+    gc.freeze()
     fitted()
     with atomic_path(params.paths.model, ".keras") as temporary:  # complete, or not there
         model.save(temporary)
@@ -230,8 +238,6 @@ def answer(requests: BinaryIO, replies: BinaryIO) -> None:
 
 def main() -> None:
     """The training process's main: one request answered on the saved stdout, then exit."""
-    import pipeline.runtime.cli as cli
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's: it stops this one
     tf_options.without_unused_libraries()
     cli.setup_logging()
