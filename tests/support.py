@@ -394,15 +394,10 @@ def run_queue(
     finally:
         subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env or environment(),
                        capture_output=True, timeout=120)  # fmt: skip
-        kill_processes_in(repo)
-
-
-def kill_processes_in(folder: Path) -> None:
-    """Kill every process whose working directory is inside `folder`."""
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and Path(process.cwd()).is_relative_to(folder):
-                process.kill()
+        for process in psutil.process_iter():  # what still works inside the repo
+            with contextlib.suppress(psutil.Error):
+                if process.pid != os.getpid() and Path(process.cwd()).is_relative_to(repo):
+                    process.kill()
 
 
 # --- what a module of pipeline/ imports, and the stages' modules in dvc.yaml ----------------

@@ -187,16 +187,12 @@ def artifact_text(client, run_id: str, path: str) -> str | None:
             return None
 
 
+@cli.first_import("mlflow and its store")
 def use_store(params: config.MlflowParams, root: Path | None = None) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
-    with cli.first_import("mlflow and its store"):
-        return connected(params, root or repo_root())
-
-
-def connected(params: config.MlflowParams, root: Path) -> str:
-    """use_store's work: MLflow imported, its store opened, the experiment's id."""
     import mlflow
 
+    root = root or repo_root()
     overridden = bool(os.environ.get(TRACKING_URI_ENV))  # read first: set_tracking_uri sets it
     uri = connect(params, root)
     database = local_db(uri)
