@@ -19,10 +19,16 @@ MAX_BODY = 200_000
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def server(trained, folder):
     raw = trained.params.model_dump(mode="json")
     raw["serve"]["max_body_bytes"] = MAX_BODY
+    # this server's rows only: the trained folder's log is written by the other xdist worker's
+    raw["monitor"]["log_path"] = str(folder / "predictions.db")
     params = support.write_params(raw, folder / "params.yaml")
     with support.running("pipeline.serving.serve", ["--params", str(params)], "/ping",
                  folder / "server.log", {"DVC_ROOT": str(trained.root)}) as process:  # fmt: skip
@@ -66,7 +72,7 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_server_goes_on(server, case)
 
 
 def test_answers_are_the_keras_models_and_each_is_counted_and_logged_for_its_version(
-    server, trained
+    server, trained, folder
 ):
     name = trained.params.mlflow.registered_model
     champion = trained.client().get_model_version_by_alias(name, "champion").version
@@ -96,7 +102,7 @@ def test_answers_are_the_keras_models_and_each_is_counted_and_logged_for_its_ver
     assert (scored[1] - scored[0], timed[1] - timed[0]) == (8, 3)
 
     def logged():  # written off the request path, by the log's own thread
-        return support.logged_by("serve", trained.params.monitor.log_path, started)
+        return support.logged_by("serve", folder / "predictions.db", started)
 
     assert support.wait_until(lambda: len(logged()) == 8, timeout=30)
     rows = logged()
