@@ -44,8 +44,8 @@ class ServerMetrics:
         self.predictions = counter(
             "model_predictions", "Images scored, by predicted class", ("class",)
         )
-        for name in class_names:  # every class's series exists from the start, at 0
-            self.predictions.labels(name)
+        # every class's series exists from the start, at 0; its child found by index
+        self.by_class = [self.predictions.labels(name) for name in class_names]
         # The version served: prometheus-client's Info does not work in multiprocess mode; a
         # gauge of 1 named *_info is what Info exposes anyway.
         self.info = Gauge(
@@ -71,6 +71,7 @@ class ServerMetrics:
             "Images scored but not logged: the log could not be written, or its queue was full",
         )
         self.endpoint = make_asgi_app(self.exposed())
+        self.series: dict[tuple[str, int], tuple] = {}  # (route, status) → (counter, histogram)
 
     def exposed(self) -> CollectorRegistry:
         """This registry, or in multiprocess mode every process's files."""
@@ -88,12 +89,21 @@ class ServerMetrics:
     def count_predictions(self, predicted: np.ndarray) -> None:
         counts = np.bincount(predicted, minlength=len(self.class_names))  # (classes,)
         for index in np.flatnonzero(counts):
-            self.predictions.labels(self.class_names[index]).inc(int(counts[index]))
+            self.by_class[index].inc(int(counts[index]))
 
     def count_shadow(self, predicted: np.ndarray, shadow_predicted: np.ndarray) -> None:
         agree = int((predicted == shadow_predicted).sum())
         self.shadow.labels("agree").inc(agree)
         self.shadow.labels("disagree").inc(len(predicted) - agree)
+
+    def answered(self, route: str, status: int, seconds: float) -> None:
+        """One request answered: counted by route and status, timed by route."""
+        series = self.series.get((route, status))
+        if series is None:  # labels() costs a lookup under a lock: once per route and status
+            series = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self.series[route, status] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def middleware(self, app: Any, routes: Iterable[str]) -> Callable:
         """ASGI middleware: every HTTP request counted and timed; GET /metrics answered here."""
@@ -115,8 +125,7 @@ class ServerMetrics:
             try:
                 await target(scope, receive, sending)
             finally:
-                self.requests.labels(route, str(status[0])).inc()
-                self.latency.labels(route).observe(time.perf_counter() - started)
+                self.answered(route, status[0], time.perf_counter() - started)
 
         return measured
 

@@ -6,6 +6,7 @@ Runtime without MLflow in the process; docs/serving.md says what each route take
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +54,7 @@ def request_images(body: bytes, content_type: str) -> np.ndarray:
         raise BadRequest(str(error), code="INVALID_PARAMETER_VALUE") from None
 
 
+@functools.lru_cache(maxsize=64)  # asked on every V2 answer; a server serves few versions
 def version_number(served: loader.Served) -> str:
     """The registry version a server serves (`models:/name/3` → "3"); "1" for a file."""
     match = registry.REGISTERED_URI.match(served.pinned)
