@@ -392,6 +392,21 @@ def test_the_log_keeps_to_its_size_cap_dropping_the_oldest_and_pixels_only_when_
     np.testing.assert_allclose(kept, images[:4], atol=0.5 / 255)
 
 
+def test_a_small_batchs_statistics_are_the_writers_and_the_same(tmp_path):
+    images = digits(40, seed=11)
+    probabilities = np.random.default_rng(3).dirichlet(np.ones(10), 40).astype(np.float32)
+    writer = PredictionLog(tmp_path / "predictions.db", "serve", "model.onnx", 10**6)
+    small, large = (Scored.of(images[:n], probabilities[:n], keep_pixels=False) for n in (4, 40))
+    assert small.statistics is None and large.images is None  # computed later, and at once
+    writer.write(small)
+    writer.write(large)
+    writer.close()
+    logged = read_predictions(tmp_path / "predictions.db")
+    expected = input_statistics(np.concatenate([images[:4], images]))
+    for name in STATISTICS:
+        np.testing.assert_allclose(logged[name], expected[name], rtol=1e-12)
+
+
 def test_the_default_log_path_is_ignored_by_git_and_dvc():
     settings = yaml.safe_load((support.REPO / "params.yaml").read_text())["monitor"]
     folder = Path(settings["log_path"]).parts[0]

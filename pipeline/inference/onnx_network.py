@@ -38,7 +38,9 @@ def validated(model_input) -> np.ndarray:
         raise InputError(
             f"images of shape {images.shape}, expected (n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]})"
         )
-    if not np.isfinite(images).all() or images.min(initial=0) < 0 or images.max(initial=0) > 1:
+    # A NaN makes min and max NaN, which fails both comparisons, as ±inf fails one: two passes
+    # over the pixels check finiteness and range at once.
+    if not (images.min(initial=0) >= 0 and images.max(initial=0) <= 1):
         raise InputError("pixels must be finite and in [0, 1] (scale uint8 images by 1/255)")
     return np.ascontiguousarray(images)
 

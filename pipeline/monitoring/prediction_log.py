@@ -49,7 +49,8 @@ PRAGMA user_version = 1;  -- the schema's version
 """
 DELETE_OLDEST = f"DELETE FROM {TABLE} WHERE id IN (SELECT id FROM {TABLE} ORDER BY id LIMIT ?)"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-QUEUE_SIZE = 1000  # scored batches waiting for the writer; a request's batch is small arrays
+LAZY_IMAGES = 16  # a batch of at most this many images keeps them for the writer (Scored.of)
+QUEUE_SIZE = 1000  # scored batches waiting for the writer: a few numbers per image, or 16 images
 GATHER_S = 0.05  # the writer gathers batches this long into one transaction (lost on kill -9)
 BUSY_TIMEOUT_S = 10  # the writer of another server process holds the file's write lock
 TRIM_TO = 0.9  # past max_bytes, the oldest rows are deleted down to this share of it
@@ -68,10 +69,11 @@ class Scored:
     time: float  # Unix seconds
     predicted: np.ndarray  # (n,) class indices
     confidence: np.ndarray  # (n,) their probabilities
-    statistics: dict[str, np.ndarray]  # STATISTICS → (n,)
+    statistics: dict[str, np.ndarray] | None  # STATISTICS → (n,); None: the writer's to compute
     pixels: np.ndarray | None  # uint8 (n, 784), only when the log keeps pixels
     model: str = ""  # the version that scored them; "": the log's own (a server that never moves)
     shadow: tuple[str, list, list] | None = None  # its version, predicted, confidence (lists)
+    images: np.ndarray | None = None  # float (n, 28, 28), kept while statistics is None
 
     @classmethod
     def of(
@@ -80,18 +82,21 @@ class Scored:
         """images float (n, 28, 28) in [0, 1] and the model's probabilities (n, classes)."""
         flat = np.asarray(images).reshape(len(images), -1)
         pixels = np.rint(flat * 255).astype(np.uint8) if keep_pixels else None
-        return cls(
-            time.time(),
-            probabilities.argmax(axis=1),
-            probabilities.max(axis=1),
-            input_statistics(images),
-            pixels,
-            model,
-        )
+        # A small batch's statistics (a dozen numpy calls, whatever its size) are left to the
+        # writer's thread, off the event loop that scored it; a large batch's are computed here,
+        # so that the queue holds a few numbers per image, never the images.
+        lazy = len(images) <= LAZY_IMAGES
+        predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+        statistics = None if lazy else input_statistics(images)
+        return cls(time.time(), predicted, confidence, statistics, pixels, model,
+                   images=images if lazy else None)  # fmt: skip
 
 
 def rows_of(scored: Scored, app: str, model: str) -> list[tuple]:
     count = len(scored.predicted)
+    statistics = scored.statistics
+    if statistics is None:  # a small batch's: computed here, on the writer's thread
+        statistics = input_statistics(scored.images)
     nothing = [None] * count
     shadow, shadow_predicted, shadow_confidence = scored.shadow or (None, nothing, nothing)
     columns = [
@@ -100,7 +105,7 @@ def rows_of(scored: Scored, app: str, model: str) -> list[tuple]:
         [scored.model or model] * count,
         scored.predicted.tolist(),
         scored.confidence.tolist(),
-        *(scored.statistics[name].tolist() for name in STATISTICS),
+        *(statistics[name].tolist() for name in STATISTICS),
         [shadow] * count,
         shadow_predicted,
         shadow_confidence,
