@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 import pipeline.params.config as config
 import pipeline.reports.drawing as drawing
 import pipeline.runtime.cli as stage
@@ -78,29 +76,11 @@ class History:
         return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS).astype({"iteration": int})
 
 
-def numpy_digest(*arrays: np.ndarray) -> str:
-    """mlflow.data.from_numpy's digest of `arrays` (its compute_numpy_digest), without the copy.
-
-    MLflow hashes the first MAX_ROWS values and the shape of each array, but takes the values
-    from `array.flatten()`, a copy of the whole training split (172 MB, in fresh pages) made
-    while the training process sets up its own copy: a flat view gives the same values.
-    """
-    import pandas as pd
-    from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
-
-    elements: list = []
-    for array in arrays:
-        elements.append(pd.util.hash_array(array.reshape(-1)[:MAX_ROWS]))
-        elements.extend(np.int64(size) for size in array.shape)
-    return get_normalized_md5_digest(elements)
-
-
 def training_dataset(train: Arrays, data_name: str):
-    """The training set as an MLflow dataset, with MLflow's own digest."""
+    """The training set as an MLflow dataset (its digest computed)."""
     import mlflow
 
-    return mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train",
-                                  digest=numpy_digest(train["x"], train["y"]))  # fmt: skip
+    return mlflow.data.from_numpy(train["x"], targets=train["y"], name=f"{data_name}-train")
 
 
 def log_model(onnx_file: str | Path, example, params: config.Params):
@@ -113,6 +93,7 @@ def log_model(onnx_file: str | Path, example, params: config.Params):
     for the example's batch size, for the same (n, classes) float32.
     """
     import mlflow
+    import numpy as np
     import onnxruntime
     from mlflow.models import infer_signature
 

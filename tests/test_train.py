@@ -116,14 +116,3 @@ def test_the_champion_loads_and_predicts_as_keras_without_tensorflow_and_prints_
     keras_model = keras.saving.load_model(trained.root / "models/model.keras")
     np.testing.assert_allclose(answer["probabilities"], keras_model.predict_on_batch(images),
                                atol=onnx_export.TOLERANCE)  # fmt: skip
-
-
-def test_the_training_sets_digest_is_mlflows_own():
-    from mlflow.data.digest_utils import compute_numpy_digest
-
-    rng = np.random.default_rng(0)
-    for rows in (3, 20, 200):  # fewer and more values than MLflow hashes (MAX_ROWS)
-        x = rng.random((rows, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, rows, dtype=np.uint8)
-        assert train.numpy_digest(x, y) == compute_numpy_digest(x, y)
-        assert train.numpy_digest(x, y) != train.numpy_digest(x, (y + 1) % 10)
