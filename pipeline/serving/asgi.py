@@ -225,10 +225,11 @@ class HotRoutes:
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         endpoint = self.endpoints.get(scope["path"])
+        if endpoint is None:
+            return None
         declared = next((value for name, value in scope["headers"] if name == b"content-length"),
                         b"")  # fmt: skip
-        fits = declared.isdigit() and int(declared) <= self.max_bytes
-        return endpoint if fits else None
+        return endpoint if declared.isdigit() and int(declared) <= self.max_bytes else None
 
 
 APP_ENV = "PIPELINE_SERVE_APP"  # what each worker process builds: module, models, params file
@@ -240,12 +241,12 @@ def build(module: str, model: str | Served, params_file: str, shadow: str | Serv
     params = tools.load_params(params_file)
     app = importlib.import_module(module).build_app(model, params, shadow)
     max_bytes = params.serve.max_body_bytes
-    measured = limited = BodyLimit(app, max_bytes)
     monitoring = getattr(app.state, "monitoring", None)  # None: an app that keeps no metrics
-    metrics = monitoring and monitoring.metrics
+    metrics = monitoring.metrics if monitoring else None
+    rest = BodyLimit(app, max_bytes)
     if metrics is not None:
-        measured = metrics.middleware(limited, [route.path for route in app.routes])
-    return HotRoutes(measured, getattr(app.state, "hot", {}), max_bytes, metrics)
+        rest = metrics.middleware(rest, [route.path for route in app.routes])
+    return HotRoutes(rest, getattr(app.state, "hot", {}), max_bytes, metrics)
 
 
 def app_from_environment():
